@@ -1,0 +1,25 @@
+//! Support for vmbw's privileged integration tests: network namespaces that
+//! clean up after themselves, running code inside a namespace, and visible
+//! skips when the machine lacks what a test needs.
+//!
+//! Every namespace a test makes is named `vmbw-t<pid>-<n>`: unique per test
+//! process, so tests run in parallel, and recognisable, so `cargo xtask test`
+//! can remove the leftovers of a test process that was killed (its pid is
+//! gone) without touching anything else.
+
+pub mod netns;
+pub mod skip;
+
+pub use netns::{NetNs, in_netns};
+pub use skip::{privileged, skip};
+
+/// Skips the calling test (returning from it) when `$check` is an `Err(reason)`.
+#[macro_export]
+macro_rules! require {
+    ($check:expr) => {
+        if let Err(reason) = $check {
+            $crate::skip(&reason);
+            return;
+        }
+    };
+}
