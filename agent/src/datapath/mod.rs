@@ -20,7 +20,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vm
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error("loading the eBPF object failed")]
-    Load(#[source] EbpfError),
+    Load(#[source] Box<EbpfError>),
     #[error("the eBPF object has no program `{0}` (object and agent out of step?)")]
     MissingProgram(&'static str),
     #[error("the eBPF object has no map `{0}` (object and agent out of step?)")]
@@ -30,13 +30,13 @@ pub enum DatapathError {
         name: &'static str,
         action: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("adding the clsact qdisc to {iface} failed")]
     Clsact {
         iface: String,
         #[source]
-        source: TcError,
+        source: Box<TcError>,
     },
     #[error("attaching `{name}` to {iface} ({direction}) failed")]
     Attach {
@@ -44,14 +44,14 @@ pub enum DatapathError {
         iface: String,
         direction: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("map `{name}`: {action} failed")]
     Map {
         name: &'static str,
         action: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
 }
 
@@ -81,14 +81,14 @@ impl Datapath {
     /// Loads the embedded object and both classifiers into the kernel
     /// (verifier included), without attaching them anywhere yet.
     pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(DatapathError::Load)?;
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
         for name in [program::EGRESS, program::INGRESS] {
             classifier(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DatapathError::Program {
                     name,
                     action: "load",
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         Ok(Self {
@@ -111,7 +111,7 @@ impl Datapath {
                 Err(source) => {
                     return Err(DatapathError::Clsact {
                         iface: iface.to_owned(),
-                        source,
+                        source: Box::new(source),
                     });
                 }
             }
@@ -126,7 +126,7 @@ impl Datapath {
                     name,
                     iface: iface.to_owned(),
                     direction: dir.as_str(),
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         self.attached.push(iface.to_owned());
@@ -146,7 +146,7 @@ impl Datapath {
             PerCpuArray::try_from(map).map_err(|source| DatapathError::Map {
                 name,
                 action: "open",
-                source,
+                source: Box::new(source),
             })?;
         let mut out = DirectionCounters::default();
         for dir in Direction::ALL {
@@ -155,7 +155,7 @@ impl Datapath {
                 .map_err(|source| DatapathError::Map {
                     name,
                     action: "read",
-                    source,
+                    source: Box::new(source),
                 })?;
             let total = match dir {
                 Direction::Egress => &mut out.egress,
@@ -185,6 +185,6 @@ fn classifier<'a>(
         .map_err(|source| DatapathError::Program {
             name,
             action: "open",
-            source,
+            source: Box::new(source),
         })
 }

@@ -1,0 +1,255 @@
+//! `cargo xtask setup`: everything the build, tests and demo need, installed
+//! idempotently. Each step says what it checks and skips what is present.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{self, cache_dir, output, step};
+
+#[derive(clap::Args, Default)]
+pub struct Args {
+    /// Skip fetching the test-guest kernel (build and kernel tests only).
+    #[arg(long)]
+    pub no_guest: bool,
+}
+
+/// Debian packages and why each is needed.
+const DEB_PACKAGES: &[(&str, &str)] = &[
+    ("llvm-22-dev", "bpf-linker links against LLVM 22"),
+    ("libpolly-22-dev", "bpf-linker's LLVM 22 link"),
+    ("libzstd-dev", "bpf-linker's LLVM 22 link"),
+    ("zlib1g-dev", "bpf-linker's LLVM 22 link"),
+    ("iproute2", "ip/tc for test namespaces and tc checks"),
+    ("iperf3", "TCP goodput measurements in shaping tests"),
+    ("qemu-system-x86", "test guests and live migrations (TCG)"),
+    ("busybox-static", "the test guest's initramfs userland"),
+    ("cpio", "packing the test guest's initramfs"),
+];
+
+/// bpf-linker version built against LLVM 22 (MISSION §5).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+
+/// The guest kernel modules needed for virtio networking, in load order.
+pub const GUEST_MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "failover",
+    "net_failover",
+    "virtio_net",
+];
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    debian_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    if args.no_guest {
+        step("guest kernel: skipped (--no-guest)");
+    } else {
+        guest_kernel()?;
+    }
+    step("setup complete");
+    Ok(())
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    step("Debian packages");
+    let missing: Vec<&str> = DEB_PACKAGES
+        .iter()
+        .filter(|(pkg, _)| !deb_installed(pkg))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        println!("    all {} present", DEB_PACKAGES.len());
+        return Ok(());
+    }
+    for (pkg, why) in DEB_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+        println!("    missing {pkg} ({why})");
+    }
+    if !util::is_root() {
+        bail!(
+            "Debian packages missing: {}. Install them as root: apt-get install -y {}",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    util::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    util::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing),
+    )
+    .context("installing Debian packages")?;
+    let still: Vec<&str> = missing.into_iter().filter(|p| !deb_installed(p)).collect();
+    if !still.is_empty() {
+        bail!(
+            "apt-get ran but these are still missing: {}",
+            still.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn deb_installed(pkg: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    step("nightly toolchain with rust-src (eBPF target: -Z build-std=core)");
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).context(
+        "rustup not found: vmbw builds with rustup-managed stable and nightly toolchains",
+    )?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        util::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))
+        .context("installing the nightly toolchain")?;
+    }
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        println!("    present");
+        return Ok(());
+    }
+    util::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("adding rust-src to nightly")
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    step(&format!("bpf-linker {BPF_LINKER_VERSION} (LLVM 22)"));
+    let have = output(Command::new("bpf-linker").arg("--version"));
+    if let Some(v) = &have {
+        if v.split_whitespace().any(|w| w == BPF_LINKER_VERSION) {
+            println!("    present: {}", v.trim());
+            return Ok(());
+        }
+        println!(
+            "    found {}, want {BPF_LINKER_VERSION}: reinstalling",
+            v.trim()
+        );
+    }
+    if !Path::new(LLVM_BIN).join("llvm-config").exists() {
+        bail!("{LLVM_BIN}/llvm-config is missing: install llvm-22-dev (cargo xtask setup does)");
+    }
+    println!("    building from crates.io (about 2 minutes)");
+    let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
+    util::run(
+        Command::new("cargo")
+            .env("PATH", path)
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"]),
+    )
+    .context("building bpf-linker")
+}
+
+/// Where the test-guest kernel and its modules are kept.
+pub fn guest_dir() -> anyhow::Result<PathBuf> {
+    Ok(cache_dir()?.join("guest"))
+}
+
+/// Downloads Debian's cloud kernel (the package `linux-image-cloud-amd64`
+/// points at) and keeps vmlinuz plus the virtio modules in the cache.
+fn guest_kernel() -> anyhow::Result<()> {
+    step("test-guest kernel (Debian linux-image-*-cloud-amd64)");
+    let dir = guest_dir()?;
+    let stamp = dir.join("kernel-package");
+    if let Ok(pkg) = fs::read_to_string(&stamp)
+        && dir.join("vmlinuz").exists()
+        && GUEST_MODULES
+            .iter()
+            .all(|m| dir.join("modules").join(format!("{m}.ko")).exists())
+    {
+        println!("    present: {} in {}", pkg.trim(), dir.display());
+        return Ok(());
+    }
+    let deps = output(Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]))
+        .context("apt-cache cannot resolve linux-image-cloud-amd64 (run apt-get update?)")?;
+    let pkg = deps
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|d| d.starts_with("linux-image-"))
+        .map(str::to_owned)
+        .context("linux-image-cloud-amd64 names no kernel package")?;
+    let work = dir.join("download");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    util::run(
+        Command::new("apt-get")
+            .current_dir(&work)
+            .args(["download", &pkg]),
+    )
+    .with_context(|| format!("downloading {pkg}"))?;
+    let deb = fs::read_dir(&work)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .with_context(|| format!("apt-get download left no .deb in {}", work.display()))?;
+    let tree = work.join("tree");
+    util::run(Command::new("dpkg").arg("-x").arg(&deb).arg(&tree))?;
+
+    let vmlinuz = find_file(&tree.join("boot"), |n| n.starts_with("vmlinuz-"))
+        .with_context(|| format!("{pkg} has no boot/vmlinuz-*"))?;
+    fs::copy(&vmlinuz, dir.join("vmlinuz"))?;
+    let modules_out = dir.join("modules");
+    fs::create_dir_all(&modules_out)?;
+    for m in GUEST_MODULES {
+        let want = format!("{m}.ko");
+        let found = find_file(&tree.join("lib/modules"), |n| n == want)
+            .with_context(|| format!("{pkg} has no module {want}"))?;
+        fs::copy(&found, modules_out.join(&want))?;
+    }
+    fs::write(&stamp, format!("{pkg}\n"))?;
+    fs::remove_dir_all(&work)?;
+    println!("    installed {pkg} into {}", dir.display());
+    Ok(())
+}
+
+/// Depth-first search for a file whose name satisfies `pred`.
+fn find_file(root: &Path, pred: impl Fn(&str) -> bool + Copy) -> Option<PathBuf> {
+    for entry in fs::read_dir(root).ok()?.filter_map(Result::ok) {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(p) = find_file(&path, pred) {
+                return Some(p);
+            }
+        } else if entry.file_name().to_str().is_some_and(pred) {
+            return Some(path);
+        }
+    }
+    None
+}
