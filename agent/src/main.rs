@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use vmbw::datapath::{Datapath, DirectionCounters};
+use vmbw::datapath::{Datapath, DirectionCounters, PinDir};
 
 #[derive(Parser)]
 #[command(
@@ -61,7 +61,8 @@ fn watch(iface: &str, interval: f64, count: u64) -> anyhow::Result<()> {
         interval.is_finite() && interval > 0.0,
         "--interval must be a positive number of seconds, got {interval}"
     );
-    let mut dp = Datapath::load().context("loading the datapath (are you root?)")?;
+    let mut dp =
+        Datapath::load(&PinDir::Ephemeral).context("loading the datapath (are you root?)")?;
     dp.attach(iface)
         .with_context(|| format!("attaching to {iface}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()

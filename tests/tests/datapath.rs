@@ -4,7 +4,7 @@
 use std::{net::UdpSocket, time::Duration};
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use vmbw::datapath::Datapath;
+use vmbw::datapath::{Datapath, PinDir};
 use vmbw_tests::{NetNs, in_netns, privileged, require};
 
 const HOST_IP: &str = "198.18.0.1"; // RFC 2544 benchmarking range
@@ -63,7 +63,7 @@ fn counts_real_traffic_per_direction() {
     let (back_n, back_size) = (50, 500);
 
     let dp = in_netns(&host, || {
-        let mut dp = Datapath::load().expect("load datapath");
+        let mut dp = Datapath::load(&PinDir::Ephemeral).expect("load datapath");
         dp.attach("veth0").expect("attach to veth0");
         let sock = UdpSocket::bind((HOST_IP, PORT)).expect("bind host");
         let to_peer = format!("{PEER_IP}:{PORT}");
@@ -116,7 +116,7 @@ fn dropping_the_datapath_detaches_it() {
                 .1
                 .len()
         };
-        let mut dp = Datapath::load().expect("load datapath");
+        let mut dp = Datapath::load(&PinDir::Ephemeral).expect("load datapath");
         dp.attach("veth0").expect("attach");
         assert_eq!(attached(TcAttachType::Egress), 1);
         assert_eq!(attached(TcAttachType::Ingress), 1);
