@@ -7,9 +7,12 @@
 //! can remove the leftovers of a test process that was killed (its pid is
 //! gone) without touching anything else.
 
+pub mod bpffs;
+pub mod frames;
 pub mod netns;
 pub mod skip;
 
+pub use bpffs::BpffsMount;
 pub use netns::{NetNs, in_netns};
 pub use skip::{privileged, skip};
 

@@ -133,3 +133,234 @@ fn dropping_the_datapath_detaches_it() {
         );
     });
 }
+
+/// Per-packet header bytes tc sees on an established TCP/IPv4 connection
+/// with timestamps (Linux's default): Ethernet 14 + IPv4 20 + TCP 20 + 12.
+const TCP_TS_HEADERS: u64 = 14 + 20 + 32;
+
+/// Streams `total` bytes over `stream`, then closes it and returns.
+fn stream_bytes(mut stream: std::net::TcpStream, total: usize) {
+    use std::io::Write as _;
+    let chunk = vec![0x42u8; 64 * 1024];
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        stream.write_all(&chunk[..n]).expect("write");
+        left -= n;
+    }
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+}
+
+/// Accepts one connection and reads it to the end; returns the byte count.
+fn sink(listener: std::net::TcpListener) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return total,
+                Ok(n) => total += n as u64,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    })
+}
+
+#[test]
+fn classifies_concurrent_real_tcp_flows_within_one_percent() {
+    require!(privileged());
+    let host = NetNs::new().expect("host namespace");
+    let peer = NetNs::new().expect("peer namespace");
+    host.veth_to(
+        ("veth0", "198.18.2.1/24"),
+        &peer,
+        ("veth0", "198.18.2.2/24"),
+    )
+    .expect("veth pair");
+    // The VM's address lives on the host side; the application sink is a
+    // second peer address reached with the VM address as source.
+    host.ip(&["addr", "add", "198.18.2.10/32", "dev", "veth0"])
+        .expect("vm addr");
+    peer.ip(&["addr", "add", "198.18.2.3/32", "dev", "veth0"])
+        .expect("sink addr");
+    host.ip(&[
+        "route",
+        "add",
+        "198.18.2.3/32",
+        "dev",
+        "veth0",
+        "src",
+        "198.18.2.10",
+    ])
+    .expect("route");
+    let (host_mac, peer_mac) = (
+        host.mac("veth0").expect("mac"),
+        peer.mac("veth0").expect("mac"),
+    );
+    #[rustfmt::skip]
+    host.ip(&["neigh", "replace", "198.18.2.3", "lladdr", &peer_mac, "dev", "veth0", "nud", "permanent"]).expect("neigh");
+    #[rustfmt::skip]
+    peer.ip(&["neigh", "replace", "198.18.2.10", "lladdr", &host_mac, "dev", "veth0", "nud", "permanent"]).expect("neigh");
+    peer.ip(&["route", "add", "198.18.2.10/32", "dev", "veth0"])
+        .expect("return route");
+
+    let (mig_listener, app_listener) = in_netns(&peer, || {
+        (
+            std::net::TcpListener::bind("198.18.2.2:4444").expect("bind mig"),
+            std::net::TcpListener::bind("198.18.2.3:5555").expect("bind app"),
+        )
+    });
+    let (mig_sink, app_sink) = (sink(mig_listener), sink(app_listener));
+    let (mig_bytes, app_bytes) = (24 << 20, 16 << 20);
+
+    const VM: u32 = 1;
+    let dp = in_netns(&host, || {
+        let mut dp = Datapath::load(&PinDir::Ephemeral).expect("load");
+        dp.attach("veth0").expect("attach");
+        dp.add_vm_ip(VM, "198.18.2.10".parse().expect("ip"))
+            .expect("vm ip");
+        let mig = std::net::TcpStream::connect("198.18.2.2:4444").expect("connect mig");
+        // Register the exact 5-tuple now that the local port is known.
+        let (local, remote) = (
+            mig.local_addr().expect("local"),
+            mig.peer_addr().expect("peer"),
+        );
+        dp.add_migration_flow(
+            VM,
+            (local.ip(), local.port()),
+            (remote.ip(), remote.port()),
+            6,
+        )
+        .expect("register flow");
+        let app = std::net::TcpStream::connect("198.18.2.3:5555").expect("connect app");
+        assert_eq!(
+            app.local_addr().expect("local").ip().to_string(),
+            "198.18.2.10"
+        );
+        std::thread::scope(|s| {
+            s.spawn(|| stream_bytes(mig, mig_bytes));
+            s.spawn(|| stream_bytes(app, app_bytes));
+        });
+        dp
+    });
+    assert_eq!(mig_sink.join().expect("mig sink"), mig_bytes as u64);
+    assert_eq!(app_sink.join().expect("app sink"), app_bytes as u64);
+
+    let c = dp.vm_counters(VM).expect("counters");
+    for (what, counter, sent) in [
+        ("migration", c.migration.egress, mig_bytes as u64),
+        ("application", c.application.egress, app_bytes as u64),
+    ] {
+        let payload = counter.bytes - counter.packets * TCP_TS_HEADERS;
+        let err = (payload as f64 - sent as f64).abs() / sent as f64;
+        eprintln!(
+            "{what}: {} bytes in {} skbs -> payload {payload} vs sent {sent} ({:.4}%)",
+            counter.bytes,
+            counter.packets,
+            err * 100.0
+        );
+        assert!(
+            err < 0.01,
+            "{what}: counted payload {payload} vs sent {sent}"
+        );
+    }
+    // The return ACKs of each flow are counted in its class on ingress.
+    assert!(c.migration.ingress.packets > 0 && c.application.ingress.packets > 0);
+}
+
+#[test]
+fn a_restarted_agent_adopts_the_pinned_datapath_and_traffic_flows_meanwhile() {
+    require!(privileged());
+    let bpffs = vmbw_tests::BpffsMount::new().expect("private bpffs");
+    let pin = PinDir::Persistent(bpffs.path().join("vmbw"));
+    let host = NetNs::new().expect("host namespace");
+    let peer = NetNs::new().expect("peer namespace");
+    host.veth_to(
+        ("veth0", "198.18.3.1/24"),
+        &peer,
+        ("veth0", "198.18.3.2/24"),
+    )
+    .expect("veth pair");
+    const VM: u32 = 5;
+    let attached = |t| {
+        SchedClassifier::query_tcx("veth0", t)
+            .expect("query tcx")
+            .1
+            .len()
+    };
+    let peer_sock = in_netns(&peer, || {
+        UdpSocket::bind(("198.18.3.2", PORT)).expect("bind")
+    });
+
+    in_netns(&host, || {
+        let mut dp = Datapath::load(&pin).expect("first agent: load");
+        dp.attach("veth0").expect("first agent: attach");
+        dp.add_vm_ip(VM, "198.18.3.1".parse().expect("ip"))
+            .expect("vm ip");
+        drop(dp); // the agent dies without cleaning up
+        assert_eq!(
+            (
+                attached(TcAttachType::Egress),
+                attached(TcAttachType::Ingress)
+            ),
+            (1, 1)
+        );
+    });
+
+    // While no agent runs: traffic flows and is still classified.
+    let sent_while_down = 40;
+    in_netns(&host, || {
+        let sock = UdpSocket::bind(("198.18.3.1", PORT)).expect("bind");
+        let got = exchange(
+            &sock,
+            &peer_sock,
+            &format!("198.18.3.2:{PORT}"),
+            sent_while_down,
+            200,
+        );
+        assert_eq!(got, sent_while_down, "traffic must flow with no agent");
+    });
+
+    in_netns(&host, || {
+        let mut dp = Datapath::load(&pin).expect("second agent: load");
+        let c = dp.vm_counters(VM).expect("counters");
+        assert_eq!(
+            c.application.egress.packets, sent_while_down as u64,
+            "counted while down"
+        );
+        let addrs = dp.registered_addrs().expect("addrs");
+        assert!(
+            addrs.iter().any(|(_, vm)| *vm == VM),
+            "tables survived: {addrs:?}"
+        );
+        dp.attach("veth0").expect("second agent: adopt");
+        assert_eq!(
+            (
+                attached(TcAttachType::Egress),
+                attached(TcAttachType::Ingress)
+            ),
+            (1, 1),
+            "adopting must replace, not add"
+        );
+        let sock = UdpSocket::bind(("198.18.3.1", PORT)).expect("bind");
+        assert_eq!(
+            exchange(&sock, &peer_sock, &format!("198.18.3.2:{PORT}"), 10, 200),
+            10
+        );
+        let c = dp.vm_counters(VM).expect("counters");
+        assert_eq!(c.application.egress.packets, sent_while_down as u64 + 10);
+        dp.remove().expect("clean removal");
+        assert_eq!(
+            (
+                attached(TcAttachType::Egress),
+                attached(TcAttachType::Ingress)
+            ),
+            (0, 0)
+        );
+    });
+    assert!(!bpffs.path().join("vmbw").exists(), "pins removed");
+}
