@@ -14,6 +14,11 @@ fn main() -> anyhow::Result<()> {
         .to_str()
         .context("eBPF crate path is not valid UTF-8")?;
 
+    // aya-build watches the eBPF crate only; the kernel programs also compile
+    // the shared crate's parser, classifier and EDT code.
+    let common_dir = std::path::Path::new(&manifest_dir).join("../common");
+    println!("cargo:rerun-if-changed={}", common_dir.display());
+
     if std::env::var_os("AYA_BUILD_SKIP").is_none() && which_bpf_linker().is_none() {
         bail!(
             "bpf-linker is not on PATH; it is needed to build vmbw's eBPF programs. \

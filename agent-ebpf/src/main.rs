@@ -106,7 +106,7 @@ fn try_egress(ctx: &TcContext) -> Option<i32> {
                         (*skb).tstamp,
                         (*state).t_last_ns,
                         len,
-                        cfg.rate_bytes_per_s,
+                        cfg.ns_per_byte_q16,
                         cfg.horizon_ns,
                     ) {
                         Edt::Send { t_last } => (*state).t_last_ns = t_last,
@@ -159,12 +159,20 @@ fn bump_dropped(c: Option<*mut Counter>, len: u64) {
     }
 }
 
-/// Packet bytes through bpf_skb_load_bytes.
+/// Packet bytes: direct packet access when they lie in the linear area
+/// (headers nearly always do), bpf_skb_load_bytes otherwise.
 struct Skb<'a>(&'a TcContext);
 
 impl Packet for Skb<'_> {
     #[inline(always)]
     fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let start = self.0.data();
+        let end = self.0.data_end();
+        if start + offset + N <= end {
+            // SAFETY: [start + offset, start + offset + N) was just checked
+            // to lie inside the packet's linear data.
+            return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) });
+        }
         self.0.load::<[u8; N]>(offset).ok()
     }
 }

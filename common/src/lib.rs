@@ -194,11 +194,29 @@ pub struct ClassConfig {
     /// `skb->priority`; 0 = leave the packet's priority alone.
     pub priority: u32,
     pub _pad: u32,
-    /// EDT mode: pacing rate in bytes per second; 0 = unpaced.
+    /// EDT mode: pacing rate in bytes per second; 0 = unpaced. For
+    /// reporting; the kernel uses `ns_per_byte_q16`.
     pub rate_bytes_per_s: u64,
+    /// EDT mode: nanoseconds per byte in Q16 fixed point (see
+    /// [`edt::ns_per_byte_q16`]), so the kernel multiplies instead of
+    /// dividing per packet; 0 = unpaced.
+    pub ns_per_byte_q16: u64,
     /// EDT mode: drop a packet whose departure would be more than this far
     /// in the future; 0 = never drop.
     pub horizon_ns: u64,
+}
+
+impl ClassConfig {
+    /// A class paced at `rate_bytes_per_s` with a drop horizon (EDT mode).
+    pub const fn paced(priority: u32, rate_bytes_per_s: u64, horizon_ns: u64) -> Self {
+        ClassConfig {
+            priority,
+            _pad: 0,
+            rate_bytes_per_s,
+            ns_per_byte_q16: edt::ns_per_byte_q16(rate_bytes_per_s),
+            horizon_ns,
+        }
+    }
 }
 
 /// EDT pacer state per (vm, class), written only by the kernel.
@@ -222,7 +240,7 @@ const _: () = {
     assert!(core::mem::size_of::<Counter>() == 32);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<AddrKey>() == 20);
-    assert!(core::mem::size_of::<ClassConfig>() == 24);
+    assert!(core::mem::size_of::<ClassConfig>() == 32);
     assert!(core::mem::size_of::<EdtState>() == 8);
     assert!(core::mem::size_of::<Settings>() == 8);
 };

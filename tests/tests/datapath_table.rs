@@ -369,12 +369,7 @@ fn edt_spaces_packets_and_drops_beyond_the_horizon() {
     let rate = 1_000_000; // bytes/s: 1 ms per packet
     let gap = len * 1_000_000_000 / rate;
     let horizon = 5 * gap;
-    let cfg = ClassConfig {
-        priority: 0,
-        _pad: 0,
-        rate_bytes_per_s: rate,
-        horizon_ns: horizon,
-    };
+    let cfg = ClassConfig::paced(0, rate, horizon);
     dp.set_class(VM_A, class::MIGRATION, cfg).expect("class");
 
     let run = |dp: &mut Datapath| {
