@@ -6,3 +6,4 @@
 //! - [`datapath`]: the eBPF tc programs: loading, attaching, counters.
 
 pub mod datapath;
+pub mod predict;

@@ -19,10 +19,16 @@ pub struct Args {
 /// The benchmarks, by name, with a one-line description. Each is a release
 /// binary `bench-<name>` of the `vmbw-tests` crate: xtask itself must build
 /// without the eBPF toolchain (it installs it), so it only runs them.
-const BENCHES: &[(&str, &str)] = &[(
-    "datapath",
-    "ns/packet of the tc classifier (BPF_PROG_TEST_RUN) per mode and table size; root",
-)];
+const BENCHES: &[(&str, &str)] = &[
+    (
+        "datapath",
+        "ns/packet of the tc classifier (BPF_PROG_TEST_RUN) per mode and table size; root",
+    ),
+    (
+        "predict",
+        "µs per one-step GM(1,N) prediction for windows 8, 16, 32",
+    ),
+];
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     match args.name.as_str() {
