@@ -5,5 +5,6 @@
 //!
 //! - [`datapath`]: the eBPF tc programs: loading, attaching, counters.
 
+pub mod control;
 pub mod datapath;
 pub mod predict;

@@ -1,0 +1,165 @@
+//! Bandwidth decisions per pre-copy iteration and host tick.
+//!
+//! Pure modules: [`Inputs`] in, [`Decision`] out, with the reasons. The
+//! policies are NRAC (seed 000, [`nrac`]), BDA (seed 001, [`bda`]), the
+//! AdaMig watchdog layered on either (seed 004, [`adamig`]), and two
+//! references: `default` (no enforcement) and `static:RATE` (a fixed cap,
+//! like KubeVirt's bandwidthPerMigration). [`sim`] is a deterministic
+//! pre-copy simulator that drives them.
+//!
+//! Units: bandwidth in bytes per second, sizes in bytes, times in seconds.
+
+pub mod adamig;
+pub mod bda;
+pub mod nrac;
+pub mod policy;
+pub mod sim;
+
+use std::fmt;
+
+/// The host link as the controller sees it at one tick.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Link {
+    /// N_t: link capacity.
+    pub capacity: f64,
+    /// N_u(i): current usage by everything except migration streams
+    /// (applications included).
+    pub usage: f64,
+}
+
+impl Link {
+    /// N_f(i) = N_t − N_u(i), never negative.
+    pub fn free(&self) -> f64 {
+        (self.capacity - self.usage).max(0.0)
+    }
+}
+
+/// One migrating VM as the controller sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmInputs {
+    pub name: String,
+    /// D_p(n, i): predicted dirty pages of the coming iteration.
+    pub predicted_dirty_pages: f64,
+    /// T(i): the iteration's expected duration (the last one's, measured).
+    pub iteration_s: f64,
+    pub page_size: f64,
+    /// Net_vm(n, j): the VM's application throughput samples, oldest
+    /// first (bytes/s).
+    pub app_history: Vec<f64>,
+    /// Bytes QEMU still has to send (ram.remaining).
+    pub remaining: f64,
+    /// Pre-copy iteration number, 1 = the first (bulk) pass.
+    pub iteration: u32,
+    /// QEMU's downtime limit, seconds.
+    pub downtime_limit_s: f64,
+    /// Measured dirty rates of the finished iterations (bytes/s), oldest
+    /// first (BDA's U_dirty).
+    pub dirty_rate_history: Vec<f64>,
+}
+
+impl VmInputs {
+    /// D_e(n, i) = D_p(n, i)·page_size / T(i): the dirty rate as bandwidth.
+    pub fn dirty_rate(&self) -> f64 {
+        if self.iteration_s > 0.0 {
+            (self.predicted_dirty_pages * self.page_size / self.iteration_s).max(0.0)
+        } else {
+            0.0
+        }
+    }
+
+    /// Whether the next pass is the stop-and-copy: what remains fits in the
+    /// downtime limit at `rate`.
+    pub fn final_pass(&self, rate: f64) -> bool {
+        self.iteration > 1 && rate > 0.0 && self.remaining / rate <= self.downtime_limit_s
+    }
+
+    /// Mean of the last `k` application samples (0 without samples).
+    pub fn app_mean(&self, k: usize) -> f64 {
+        let tail = &self.app_history[self.app_history.len().saturating_sub(k)..];
+        if tail.is_empty() {
+            0.0
+        } else {
+            tail.iter().sum::<f64>() / tail.len() as f64
+        }
+    }
+}
+
+/// Everything a policy decides from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inputs {
+    pub link: Link,
+    pub vms: Vec<VmInputs>,
+}
+
+/// QEMU parameters to apply (None = leave as is).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct QemuParams {
+    /// `max-bandwidth`, bytes/s.
+    pub max_bandwidth: Option<f64>,
+    /// `downtime-limit`, seconds.
+    pub downtime_limit_s: Option<f64>,
+    /// Capability `auto-converge`.
+    pub auto_converge: Option<bool>,
+    /// Switch to post-copy now (`migrate-start-postcopy`).
+    pub start_postcopy: bool,
+}
+
+/// Why a number is what it is: one line per step the policy took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reason(pub String);
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The decision for one VM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmDecision {
+    pub name: String,
+    /// Rate of the VM's migration class; None = unlimited (no enforcement).
+    pub migration_rate: Option<f64>,
+    /// Bandwidth reserved for the VM's application; 0 = none.
+    pub app_reserve: f64,
+    /// Order among this host's migrations, 0 first.
+    pub priority: u32,
+    /// Held at the floor because the link is short (NRAC step 8).
+    pub delayed: bool,
+    pub qemu: QemuParams,
+    pub reasons: Vec<Reason>,
+}
+
+impl VmDecision {
+    pub fn unenforced(name: &str) -> Self {
+        VmDecision {
+            name: name.to_owned(),
+            migration_rate: None,
+            app_reserve: 0.0,
+            priority: 0,
+            delayed: false,
+            qemu: QemuParams::default(),
+            reasons: Vec::new(),
+        }
+    }
+
+    pub fn why(&mut self, reason: impl Into<String>) {
+        self.reasons.push(Reason(reason.into()));
+    }
+}
+
+/// A decision for every migrating VM of the host.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Decision {
+    pub vms: Vec<VmDecision>,
+}
+
+/// QEMU's `max-bandwidth` is set this much above the class rate, so QEMU's
+/// own limiter never becomes the bottleneck (the kernel class is) and its
+/// downtime estimate, based on the measured rate, stays sane.
+pub const QEMU_HEADROOM: f64 = 1.1;
+
+/// Formats bytes/s as Mbit/s for reasons and tables.
+pub fn mbit(bytes_per_s: f64) -> String {
+    format!("{:.1} Mbit/s", bytes_per_s * 8.0 / 1e6)
+}

@@ -1,0 +1,332 @@
+//! NRAC: network bandwidth reserve adjustment for different application
+//! characteristics (seed 000 §5), with the two corrections a real
+//! controller needs (MISSION §3.2):
+//!
+//! - convergence margin γ > 1: a migration allotted exactly its dirty rate
+//!   D_e never shrinks its remaining set; at γ·D_e it shrinks by 1/γ per
+//!   iteration;
+//! - a cap on reservations: a network-intensive application gets its
+//!   predicted bandwidth N_app (with headroom) but never more than
+//!   `reserve_cap` of the link, so a greedy application cannot starve the
+//!   migration; and every migration keeps at least `floor` of the link.
+//!
+//! Per VM (paper's pseudo-code, steps in brackets):
+//! - not network-intensive (mean of the last k app samples ≤ Th_r) [6]:
+//!   if N_f < γ·D_e, this migration gets all of N_f and goes first while
+//!   network-intensive ones are held at the floor [7–8]; else γ·D_e [10];
+//! - network-intensive [12]: reserve R = min(N̂_app·(1+headroom), cap·N_t)
+//!   [13]; the migration gets what is left of the free bandwidth once the
+//!   application has R, at least the floor [14–15].
+//!
+//! Several migrations: non-network-intensive first, each in turn taking
+//! what it needs from what is left; network-intensive ones after, sharing
+//! what remains equally; none below the floor.
+
+use super::{Decision, Inputs, QEMU_HEADROOM, VmDecision, VmInputs, mbit};
+
+/// NRAC's knobs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Config {
+    /// Th_r: mean application throughput (bytes/s) above which a VM is
+    /// network-intensive.
+    pub network_intensive: f64,
+    /// k: application samples averaged for the test.
+    pub samples: usize,
+    /// γ: convergence margin over the dirty rate.
+    pub gamma: f64,
+    /// Extra on top of the predicted application bandwidth.
+    pub reserve_headroom: f64,
+    /// Largest share of the link one reservation may take.
+    pub reserve_cap: f64,
+    /// Smallest share of the link a migration keeps.
+    pub floor: f64,
+    /// EWMA weight for N̂_app(n, k+1).
+    pub app_alpha: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            network_intensive: 1_250_000.0, // 10 Mbit/s
+            samples: 5,
+            gamma: 2.0,
+            reserve_headroom: 0.05,
+            reserve_cap: 0.7,
+            floor: 0.05,
+            app_alpha: 0.5,
+        }
+    }
+}
+
+/// N̂_app(n, k+1): EWMA of the application samples.
+pub fn predict_app(history: &[f64], alpha: f64) -> f64 {
+    let mut it = history.iter();
+    let Some(first) = it.next() else { return 0.0 };
+    it.fold(*first, |s, x| alpha * x + (1.0 - alpha) * s)
+}
+
+/// Decides every migrating VM of the host.
+pub fn decide(cfg: &Config, inputs: &Inputs) -> Decision {
+    let n_t = inputs.link.capacity;
+    let floor = cfg.floor * n_t;
+    let intensive = |vm: &VmInputs| vm.app_mean(cfg.samples) > cfg.network_intensive;
+
+    // Reservations first: they shape what every migration can have.
+    let reserves: Vec<f64> = inputs
+        .vms
+        .iter()
+        .map(|vm| {
+            if intensive(vm) {
+                let predicted = predict_app(&vm.app_history, cfg.app_alpha);
+                (predicted * (1.0 + cfg.reserve_headroom)).min(cfg.reserve_cap * n_t)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    // The applications' current use is in N_u; their reservations replace
+    // it when computing what the migrations may use.
+    let current_app: f64 = inputs
+        .vms
+        .iter()
+        .map(|vm| vm.app_history.last().copied().unwrap_or(0.0))
+        .sum();
+    let reserved: f64 = reserves.iter().sum();
+    let mut left = (inputs.link.free() + current_app - reserved).max(0.0);
+
+    let mut order: Vec<usize> = (0..inputs.vms.len()).collect();
+    // Non-network-intensive first, then by dirty rate (smaller first: it
+    // converges sooner and frees the link), then by name for determinism.
+    order.sort_by(|&a, &b| {
+        let (va, vb) = (&inputs.vms[a], &inputs.vms[b]);
+        intensive(va)
+            .cmp(&intensive(vb))
+            .then(va.dirty_rate().total_cmp(&vb.dirty_rate()))
+            .then(va.name.cmp(&vb.name))
+    });
+    let mut out: Vec<Option<VmDecision>> = vec![None; inputs.vms.len()];
+    let n_intensive = inputs.vms.iter().filter(|vm| intensive(vm)).count();
+    let mut short = false;
+    for (rank, &i) in order.iter().enumerate() {
+        let vm = &inputs.vms[i];
+        let mut d = VmDecision::unenforced(&vm.name);
+        d.priority = rank as u32;
+        let d_e = vm.dirty_rate();
+        let need = cfg.gamma * d_e;
+        d.why(format!(
+            "D_e = {} ({} pages x {} B / {:.2} s); gamma*D_e = {}",
+            mbit(d_e),
+            vm.predicted_dirty_pages.round(),
+            vm.page_size,
+            vm.iteration_s,
+            mbit(need)
+        ));
+        let rate = if !intensive(vm) {
+            d.why(format!(
+                "not network-intensive: app mean {} <= Th_r {}",
+                mbit(vm.app_mean(cfg.samples)),
+                mbit(cfg.network_intensive)
+            ));
+            if left < need {
+                short = true;
+                d.why(format!(
+                    "free {} < gamma*D_e: takes all that is free and goes first",
+                    mbit(left)
+                ));
+                left
+            } else {
+                d.why(format!("free {} >= gamma*D_e: gets gamma*D_e", mbit(left)));
+                need
+            }
+        } else {
+            d.app_reserve = reserves[i];
+            d.why(format!(
+                "network-intensive: app mean {} > Th_r; reserve {} (predicted {} +{:.0}%, cap {:.0}% of link)",
+                mbit(vm.app_mean(cfg.samples)),
+                mbit(reserves[i]),
+                mbit(predict_app(&vm.app_history, cfg.app_alpha)),
+                cfg.reserve_headroom * 100.0,
+                cfg.reserve_cap * 100.0
+            ));
+            let remaining_intensive = n_intensive
+                - order[..rank]
+                    .iter()
+                    .filter(|&&j| intensive(&inputs.vms[j]))
+                    .count();
+            let share = left / remaining_intensive.max(1) as f64;
+            if short {
+                d.delayed = true;
+                d.why(
+                    "link short for a non-network-intensive migration: held at the floor"
+                        .to_owned(),
+                );
+                0.0
+            } else {
+                d.why(format!(
+                    "gets what is left of the free bandwidth: {}",
+                    mbit(share)
+                ));
+                share
+            }
+        };
+        let rate = if rate < floor {
+            d.why(format!(
+                "raised to the floor {} ({:.0}% of link)",
+                mbit(floor),
+                cfg.floor * 100.0
+            ));
+            floor
+        } else {
+            rate
+        };
+        left = (left - rate).max(0.0);
+        d.migration_rate = Some(rate);
+        d.qemu.max_bandwidth = Some(rate * QEMU_HEADROOM);
+        out[i] = Some(d);
+    }
+    Decision {
+        vms: out.into_iter().flatten().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::Link;
+
+    const MBIT: f64 = 125_000.0;
+
+    fn vm(name: &str, dirty_mbit: f64, app_mbit: f64) -> VmInputs {
+        // 1 s iterations with 4 KiB pages: pages = rate / 4096.
+        VmInputs {
+            name: name.into(),
+            predicted_dirty_pages: dirty_mbit * MBIT / 4096.0,
+            iteration_s: 1.0,
+            page_size: 4096.0,
+            app_history: vec![app_mbit * MBIT; 5],
+            remaining: 1e9,
+            iteration: 3,
+            downtime_limit_s: 0.3,
+            dirty_rate_history: vec![dirty_mbit * MBIT; 2],
+        }
+    }
+
+    fn link(cap_mbit: f64, used_mbit: f64) -> Link {
+        Link {
+            capacity: cap_mbit * MBIT,
+            usage: used_mbit * MBIT,
+        }
+    }
+
+    fn rate(d: &Decision, name: &str) -> f64 {
+        d.vms
+            .iter()
+            .find(|v| v.name == name)
+            .and_then(|v| v.migration_rate)
+            .expect("rate")
+            / MBIT
+    }
+
+    #[test]
+    fn quiet_vm_with_room_gets_gamma_times_dirty_rate() {
+        // Step 10: 100 Mbit free, D_e = 20 Mbit, gamma 2 -> 40 Mbit.
+        let d = decide(
+            &Config::default(),
+            &Inputs {
+                link: link(100.0, 0.0),
+                vms: vec![vm("a", 20.0, 1.0)],
+            },
+        );
+        assert!((rate(&d, "a") - 40.0).abs() < 1e-9);
+        assert_eq!(d.vms[0].app_reserve, 0.0);
+        assert!(!d.vms[0].delayed);
+        assert!((d.vms[0].qemu.max_bandwidth.expect("set") / MBIT - 44.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn quiet_vm_on_a_short_link_takes_all_free_and_delays_intensive_ones() {
+        // Steps 7-8: 30 Mbit free < 2*20; the intensive VM is held at the floor.
+        let cfg = Config::default();
+        let d = decide(
+            &cfg,
+            &Inputs {
+                link: link(100.0, 70.0),
+                vms: vec![vm("busy", 5.0, 40.0), vm("quiet", 20.0, 1.0)],
+            },
+        );
+        let quiet = d.vms.iter().find(|v| v.name == "quiet").expect("quiet");
+        let busy = d.vms.iter().find(|v| v.name == "busy").expect("busy");
+        assert_eq!(quiet.priority, 0);
+        assert!(busy.delayed && busy.priority == 1);
+        // free = 30 + the apps' current 40 + 1 - busy's reserve 42 = 29 Mbit,
+        // all to quiet.
+        assert!(
+            (rate(&d, "quiet") - 29.0).abs() < 1e-6,
+            "{}",
+            rate(&d, "quiet")
+        );
+        assert!((rate(&d, "busy") - 100.0 * cfg.floor).abs() < 1e-9);
+    }
+
+    #[test]
+    fn intensive_vm_keeps_its_reservation_and_migration_gets_the_rest() {
+        // Steps 13-15: app 30 Mbit -> reserve 31.5; link 100 with the app's
+        // 30 in use -> free 70 + 30 - 31.5 = 68.5 for the migration.
+        let d = decide(
+            &Config::default(),
+            &Inputs {
+                link: link(100.0, 30.0),
+                vms: vec![vm("a", 10.0, 30.0)],
+            },
+        );
+        assert!((d.vms[0].app_reserve / MBIT - 31.5).abs() < 1e-9);
+        assert!((rate(&d, "a") - 68.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn greedy_application_is_capped() {
+        // App wants 95 Mbit on a 100 Mbit link: reserve capped at 70.
+        let d = decide(
+            &Config::default(),
+            &Inputs {
+                link: link(100.0, 95.0),
+                vms: vec![vm("a", 10.0, 95.0)],
+            },
+        );
+        assert!((d.vms[0].app_reserve / MBIT - 70.0).abs() < 1e-9);
+        assert!((rate(&d, "a") - 30.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn migration_never_below_the_floor() {
+        // Link saturated by others: the migration still gets 5 Mbit.
+        let d = decide(
+            &Config::default(),
+            &Inputs {
+                link: link(100.0, 100.0),
+                vms: vec![vm("a", 10.0, 0.0)],
+            },
+        );
+        assert!((rate(&d, "a") - 5.0).abs() < 1e-9);
+        assert!(d.vms[0].reasons.iter().any(|r| r.0.contains("floor")));
+    }
+
+    #[test]
+    fn equal_intensive_vms_share_equally() {
+        let d = decide(
+            &Config::default(),
+            &Inputs {
+                link: link(200.0, 40.0),
+                vms: vec![vm("x", 10.0, 20.0), vm("y", 10.0, 20.0)],
+            },
+        );
+        // free 160 + 40 current - 2*21 reserved = 158, split 79/79.
+        assert!((rate(&d, "x") - 79.0).abs() < 1e-9 && (rate(&d, "y") - 79.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn app_prediction_is_an_ewma() {
+        assert_eq!(predict_app(&[], 0.5), 0.0);
+        assert_eq!(predict_app(&[10.0, 20.0], 0.5), 15.0);
+    }
+}

@@ -1,0 +1,189 @@
+//! The policies by name and the controller that runs one (with the AdaMig
+//! watchdog on top when asked) and applies the rules every enforcing policy
+//! shares: the final pass gets all free bandwidth, QEMU's `max-bandwidth`
+//! sits just above the class rate.
+
+use super::{Decision, Inputs, QEMU_HEADROOM, VmDecision, adamig, bda, mbit, nrac};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "unknown policy `{0}`: expected default, static:RATE, nrac, bda, nrac+adamig or bda+adamig"
+    )]
+    Unknown(String),
+    #[error(
+        "bad rate `{0}` in static:RATE: expected a number with a unit, e.g. 64MiB (bytes/s) or 100mbit"
+    )]
+    Rate(String),
+}
+
+/// A bandwidth policy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Policy {
+    /// No enforcement: QEMU's defaults, the link shared as TCP shares it.
+    Default,
+    /// A fixed migration cap, bytes/s, no reservation.
+    Static(f64),
+    Nrac(nrac::Config),
+    Bda(bda::Config),
+}
+
+/// A policy with an optional AdaMig watchdog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub policy: Policy,
+    pub adamig: Option<adamig::Config>,
+}
+
+impl Spec {
+    /// Parses `default`, `static:64MiB`, `static:100mbit`, `nrac`, `bda`,
+    /// `nrac+adamig`, `bda+adamig`.
+    pub fn parse(s: &str) -> Result<Spec, PolicyError> {
+        let (base, adamig) = match s.strip_suffix("+adamig") {
+            Some(base) => (base, Some(adamig::Config::default())),
+            None => (s, None),
+        };
+        let policy = match base {
+            "default" => Policy::Default,
+            "nrac" => Policy::Nrac(nrac::Config::default()),
+            "bda" => Policy::Bda(bda::Config::default()),
+            _ => match base.strip_prefix("static:") {
+                Some(rate) => Policy::Static(parse_rate(rate)?),
+                None => return Err(PolicyError::Unknown(s.to_owned())),
+            },
+        };
+        if adamig.is_some() && !matches!(policy, Policy::Nrac(_) | Policy::Bda(_)) {
+            return Err(PolicyError::Unknown(s.to_owned()));
+        }
+        Ok(Spec { policy, adamig })
+    }
+}
+
+/// `64MiB`, `1.5GiB`, `500KiB`, `100mbit`, `1gbit`, `125000` (bytes/s).
+pub fn parse_rate(s: &str) -> Result<f64, PolicyError> {
+    let lower = s.trim().to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (num, unit) = lower.split_at(split);
+    let value: f64 = num.parse().map_err(|_| PolicyError::Rate(s.to_owned()))?;
+    let factor = match unit {
+        "" | "b" => 1.0,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "kbit" => 125.0,
+        "mbit" => 125_000.0,
+        "gbit" => 125_000_000.0,
+        _ => return Err(PolicyError::Rate(s.to_owned())),
+    };
+    if !value.is_finite() || value <= 0.0 {
+        return Err(PolicyError::Rate(s.to_owned()));
+    }
+    Ok(value * factor)
+}
+
+/// Runs a policy tick after tick, keeping the watchdog's state.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    pub spec: Spec,
+    pub watchdog: Option<adamig::Watchdog>,
+}
+
+impl Controller {
+    pub fn new(spec: Spec) -> Controller {
+        let watchdog = spec.adamig.map(adamig::Watchdog::new);
+        Controller { spec, watchdog }
+    }
+
+    pub fn decide(&mut self, inputs: &Inputs) -> Decision {
+        let mut d = match &self.spec.policy {
+            Policy::Default => Decision {
+                vms: inputs
+                    .vms
+                    .iter()
+                    .map(|vm| {
+                        let mut d = VmDecision::unenforced(&vm.name);
+                        d.why("default: no enforcement");
+                        d
+                    })
+                    .collect(),
+            },
+            Policy::Static(rate) => Decision {
+                vms: inputs
+                    .vms
+                    .iter()
+                    .map(|vm| {
+                        let mut d = VmDecision::unenforced(&vm.name);
+                        d.migration_rate = Some(*rate);
+                        d.qemu.max_bandwidth = Some(*rate);
+                        d.why(format!("static cap {}", mbit(*rate)));
+                        d
+                    })
+                    .collect(),
+            },
+            Policy::Nrac(cfg) => nrac::decide(cfg, inputs),
+            Policy::Bda(cfg) => bda::decide(cfg, inputs),
+        };
+        if matches!(self.spec.policy, Policy::Nrac(_)) {
+            final_pass_rule(inputs, &mut d);
+        }
+        if let Some(w) = self.watchdog.as_mut() {
+            w.review(inputs, &mut d);
+        }
+        d
+    }
+}
+
+/// BDA's rule for every enforcing policy: the stop-and-copy pass gets all
+/// the free bandwidth (the VM is paused, its application sends nothing).
+fn final_pass_rule(inputs: &Inputs, d: &mut Decision) {
+    for vm in &inputs.vms {
+        let Some(vd) = d.vms.iter_mut().find(|v| v.name == vm.name) else {
+            continue;
+        };
+        let all = inputs.link.free() + vm.app_history.last().copied().unwrap_or(0.0);
+        let rate = vd.migration_rate.unwrap_or(0.0);
+        if vm.final_pass(rate.max(all)) && all > rate {
+            vd.migration_rate = Some(all);
+            vd.qemu.max_bandwidth = Some(all * QEMU_HEADROOM);
+            vd.why(format!("final pass: all free bandwidth {}", mbit(all)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_policies_and_rates() {
+        assert_eq!(
+            Spec::parse("default").map(|s| s.policy),
+            Ok(Policy::Default)
+        );
+        assert_eq!(
+            Spec::parse("static:64MiB").map(|s| s.policy),
+            Ok(Policy::Static(64.0 * 1024.0 * 1024.0))
+        );
+        assert_eq!(
+            Spec::parse("static:100mbit").map(|s| s.policy),
+            Ok(Policy::Static(12_500_000.0))
+        );
+        assert!(Spec::parse("nrac+adamig").is_ok_and(|s| s.adamig.is_some()));
+        assert!(Spec::parse("bda").is_ok_and(|s| s.adamig.is_none()));
+        assert!(matches!(
+            Spec::parse("static:fast"),
+            Err(PolicyError::Rate(_))
+        ));
+        assert!(matches!(
+            Spec::parse("static:-5mbit"),
+            Err(PolicyError::Rate(_))
+        ));
+        assert!(matches!(
+            Spec::parse("default+adamig"),
+            Err(PolicyError::Unknown(_))
+        ));
+        assert!(matches!(Spec::parse("magic"), Err(PolicyError::Unknown(_))));
+    }
+}
