@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use super::{Decision, Inputs, QEMU_HEADROOM, mbit};
+use super::{Decision, Inputs, mbit};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Config {
@@ -118,8 +118,8 @@ impl Watchdog {
             if let Some(dt) = w.downtime_s {
                 d.qemu.downtime_limit_s = Some(dt);
             }
-            if let Some(r) = d.migration_rate {
-                d.qemu.max_bandwidth = Some(r * QEMU_HEADROOM);
+            if let (Some(r), ceil) = (d.migration_rate, d.migration_ceil) {
+                d.enforce(r, ceil.unwrap_or(r));
             }
             if !new_iteration || vm.iteration <= 1 {
                 continue;
@@ -168,9 +168,8 @@ impl Watchdog {
                     w.share_halvings += 1;
                     let moved = d.app_reserve / 2.0;
                     d.app_reserve -= moved;
-                    if let Some(r) = d.migration_rate.as_mut() {
-                        *r += moved;
-                        d.qemu.max_bandwidth = Some(*r * QEMU_HEADROOM);
+                    if let Some(r) = d.migration_rate {
+                        d.enforce(r + moved, d.migration_ceil.unwrap_or(r + moved));
                     }
                 }
                 Step::AutoConverge => d.qemu.auto_converge = Some(true),
@@ -244,7 +243,7 @@ mod tests {
         };
         let mut w = Watchdog::new(cfg);
         let mut last = decision(0.0, 0.0);
-        // Remaining stuck at 5e8: from iteration 3 on (window 2) it stalls.
+        // Remaining stuck at 5e8: from iteration 2 on it stalls.
         for it in 1..=8u32 {
             let mut d = decision(50.0, 20.0);
             w.review(&inputs(it, 5e8, 10.0), &mut d);

@@ -13,7 +13,7 @@
 //! BDA is a single-migration method; several migrations split `F_bw`
 //! equally. The service reserve is the VM's application reservation.
 
-use super::{Decision, Inputs, QEMU_HEADROOM, VmDecision, mbit};
+use super::{Decision, Inputs, VmDecision, mbit};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Config {
@@ -90,8 +90,9 @@ pub fn decide(cfg: &Config, inputs: &Inputs) -> Decision {
                 ((f_bw - b_bw).max(0.0), b_bw)
             };
             d.app_reserve = b_bw;
-            d.migration_rate = Some(e_bw);
-            d.qemu.max_bandwidth = Some(e_bw * QEMU_HEADROOM);
+            // E_bw is the migration's guaranteed share; like NRAC it may
+            // borrow what the service leaves unused.
+            d.enforce(e_bw, inputs.link.capacity);
             d.why(format!("migration gets E_bw = {}", mbit(e_bw)));
             d
         })

@@ -118,8 +118,12 @@ impl fmt::Display for Reason {
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmDecision {
     pub name: String,
-    /// Rate of the VM's migration class; None = unlimited (no enforcement).
+    /// Guaranteed rate of the VM's migration class (HTB `rate`); None = no
+    /// enforcement.
     pub migration_rate: Option<f64>,
+    /// Most the migration class may use, borrowing what others leave unused
+    /// (HTB `ceil`); None = the link.
+    pub migration_ceil: Option<f64>,
     /// Bandwidth reserved for the VM's application; 0 = none.
     pub app_reserve: f64,
     /// Order among this host's migrations, 0 first.
@@ -135,6 +139,7 @@ impl VmDecision {
         VmDecision {
             name: name.to_owned(),
             migration_rate: None,
+            migration_ceil: None,
             app_reserve: 0.0,
             priority: 0,
             delayed: false,
@@ -154,10 +159,20 @@ pub struct Decision {
     pub vms: Vec<VmDecision>,
 }
 
-/// QEMU's `max-bandwidth` is set this much above the class rate, so QEMU's
-/// own limiter never becomes the bottleneck (the kernel class is) and its
-/// downtime estimate, based on the measured rate, stays sane.
+/// QEMU's `max-bandwidth` is set this much above the class ceiling, so
+/// QEMU's own limiter never becomes the bottleneck (the kernel class is) and
+/// its downtime estimate, based on the measured rate, stays sane.
 pub const QEMU_HEADROOM: f64 = 1.1;
+
+impl VmDecision {
+    /// Sets the class guarantee and ceiling and mirrors the ceiling to QEMU.
+    pub fn enforce(&mut self, rate: f64, ceil: f64) {
+        let ceil = ceil.max(rate);
+        self.migration_rate = Some(rate);
+        self.migration_ceil = Some(ceil);
+        self.qemu.max_bandwidth = Some(ceil * QEMU_HEADROOM);
+    }
+}
 
 /// Formats bytes/s as Mbit/s for reasons and tables.
 pub fn mbit(bytes_per_s: f64) -> String {

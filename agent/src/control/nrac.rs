@@ -21,8 +21,14 @@
 //! Several migrations: non-network-intensive first, each in turn taking
 //! what it needs from what is left; network-intensive ones after, sharing
 //! what remains equally; none below the floor.
+//!
+//! The allotments are HTB guarantees, not caps: every migration class may
+//! borrow up to the link what nobody else uses (work-conserving), while the
+//! applications' reservations are guaranteed back to them under contention.
+//! Only a delayed migration is capped, at the floor. Holding a migration at
+//! γ·D_e on an idle link would waste the link and prolong every pass.
 
-use super::{Decision, Inputs, QEMU_HEADROOM, VmDecision, VmInputs, mbit};
+use super::{Decision, Inputs, VmDecision, VmInputs, mbit};
 
 /// NRAC's knobs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -180,8 +186,13 @@ pub fn decide(cfg: &Config, inputs: &Inputs) -> Decision {
             rate
         };
         left = (left - rate).max(0.0);
-        d.migration_rate = Some(rate);
-        d.qemu.max_bandwidth = Some(rate * QEMU_HEADROOM);
+        let ceil = if d.delayed { rate } else { n_t };
+        d.enforce(rate, ceil);
+        d.why(format!(
+            "guarantee {}, may borrow up to {}",
+            mbit(rate),
+            mbit(ceil)
+        ));
         out[i] = Some(d);
     }
     Decision {
@@ -240,7 +251,9 @@ mod tests {
         assert!((rate(&d, "a") - 40.0).abs() < 1e-9);
         assert_eq!(d.vms[0].app_reserve, 0.0);
         assert!(!d.vms[0].delayed);
-        assert!((d.vms[0].qemu.max_bandwidth.expect("set") / MBIT - 44.0).abs() < 1e-9);
+        // A guarantee, not a cap: it may borrow the whole idle link.
+        assert_eq!(d.vms[0].migration_ceil, Some(100.0 * MBIT));
+        assert!((d.vms[0].qemu.max_bandwidth.expect("set") / MBIT - 110.0).abs() < 1e-9);
     }
 
     #[test]
@@ -266,6 +279,8 @@ mod tests {
             rate(&d, "quiet")
         );
         assert!((rate(&d, "busy") - 100.0 * cfg.floor).abs() < 1e-9);
+        // Delayed means capped at the floor, not just guaranteed it.
+        assert_eq!(busy.migration_ceil, busy.migration_rate);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! shares: the final pass gets all free bandwidth, QEMU's `max-bandwidth`
 //! sits just above the class rate.
 
-use super::{Decision, Inputs, QEMU_HEADROOM, VmDecision, adamig, bda, mbit, nrac};
+use super::{Decision, Inputs, VmDecision, adamig, bda, mbit, nrac};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyError {
@@ -115,7 +115,9 @@ impl Controller {
                     .iter()
                     .map(|vm| {
                         let mut d = VmDecision::unenforced(&vm.name);
+                        // A cap like KubeVirt's: QEMU limits itself to it.
                         d.migration_rate = Some(*rate);
+                        d.migration_ceil = Some(*rate);
                         d.qemu.max_bandwidth = Some(*rate);
                         d.why(format!("static cap {}", mbit(*rate)));
                         d
@@ -145,9 +147,11 @@ fn final_pass_rule(inputs: &Inputs, d: &mut Decision) {
         let all = inputs.link.free() + vm.app_history.last().copied().unwrap_or(0.0);
         let rate = vd.migration_rate.unwrap_or(0.0);
         if vm.final_pass(rate.max(all)) && all > rate {
-            vd.migration_rate = Some(all);
-            vd.qemu.max_bandwidth = Some(all * QEMU_HEADROOM);
-            vd.why(format!("final pass: all free bandwidth {}", mbit(all)));
+            vd.enforce(all, vd.migration_ceil.unwrap_or(all).max(all));
+            vd.why(format!(
+                "final pass: all free bandwidth {} guaranteed",
+                mbit(all)
+            ));
         }
     }
 }
