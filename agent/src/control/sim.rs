@@ -188,7 +188,7 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
     };
     for iteration in 1..=10_000u32 {
         // What the controller knows: the prediction for this pass.
-        let predicted = if rows.len() >= 1 {
+        let predicted = if !rows.is_empty() {
             predictor.predict(&rows).map(|p| p.value).unwrap_or(0.0)
         } else {
             sc.dirty.rate_at(0.0) * remaining / (sc.link / 2.0).max(1.0)
