@@ -4,5 +4,8 @@
 //! line over it.
 //!
 //! - [`datapath`]: the eBPF tc programs: loading, attaching, counters.
+//! - [`shaping`]: the HTB tree on the uplink over rtnetlink: classes, live
+//!   rate changes, fq/EDT detection, restoring the original qdisc.
 
 pub mod datapath;
+pub mod shaping;
