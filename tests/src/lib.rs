@@ -7,8 +7,11 @@
 //! can remove the leftovers of a test process that was killed (its pid is
 //! gone) without touching anything else.
 
+pub mod measure;
 pub mod netns;
+pub mod shaped;
 pub mod skip;
+pub mod tcp;
 
 pub use netns::{NetNs, in_netns};
 pub use skip::{privileged, skip};

@@ -64,11 +64,18 @@ impl ObservedTree {
                 kind: q.kind.clone(),
                 handle: q.handle,
             });
+            // HTB reports the parent of a top-level class as TC_H_ROOT,
+            // not as its qdisc.
+            let parent = if c.parent == handles::TC_H_ROOT {
+                root.handle
+            } else {
+                c.parent
+            };
             tree.classes.insert(
                 c.handle,
                 ObservedClass {
                     handle: c.handle,
-                    parent: c.parent,
+                    parent,
                     params,
                     leaf,
                     bytes: c.bytes,
@@ -331,7 +338,12 @@ mod tests {
             classes.push(TcEntry {
                 ifindex: 3,
                 handle: c.handle,
-                parent: c.parent,
+                // As the kernel dumps a top-level HTB class.
+                parent: if c.parent == root_qdisc() {
+                    handles::TC_H_ROOT
+                } else {
+                    c.parent
+                },
                 kind: "htb".into(),
                 options: Some(c.params.encode()),
                 bytes: 100 * i as u64,

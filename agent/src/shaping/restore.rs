@@ -16,6 +16,10 @@ use super::{
     netlink::SyncSocket,
 };
 
+/// Classful qdiscs whose classes are created one by one by their users, so
+/// replaying the qdisc's own options cannot bring them back.
+const USER_CLASS_KINDS: [&str; 6] = ["htb", "hfsc", "drr", "qfq", "cbq", "ets"];
+
 /// A device's root qdisc from before vmbw shaped it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OriginalRoot {
@@ -54,7 +58,13 @@ impl OriginalRoot {
             });
         }
         let major = handles::major(root.handle);
-        let has_children = classes.iter().any(|c| handles::major(c.handle) == major)
+        // Child qdiscs somebody attached are visible in the dump (the
+        // default ones qdiscs make for themselves are not). Classes count
+        // only for kinds whose classes are made by users: tbf, prio, mq and
+        // the like have fixed classes that come back with their options.
+        let user_classes = USER_CLASS_KINDS.contains(&root.kind.as_str())
+            && classes.iter().any(|c| handles::major(c.handle) == major);
+        let has_children = user_classes
             || qdiscs
                 .iter()
                 .any(|q| q.parent != TC_H_ROOT && handles::major(q.parent) == major);
@@ -334,7 +344,9 @@ mod tests {
         );
         let mut tbf = entry(0x8001_0000, TC_H_ROOT, "tbf");
         tbf.options = Some(vec![1, 2, 3, 4]);
-        let got = OriginalRoot::capture("veth0", &[tbf], &[]).expect("capture");
+        // tbf's own class 5:1 (holding its default inner fifo) is fine.
+        let got = OriginalRoot::capture("veth0", &[tbf], &[entry(0x8001_0001, 0x8001_0000, "tbf")])
+            .expect("capture");
         assert_eq!(
             got,
             OriginalRoot::Configured {
@@ -360,6 +372,12 @@ mod tests {
         );
         assert!(OriginalRoot::capture("eth9", &q[..1], &c).is_err());
         assert!(OriginalRoot::capture("eth9", &q, &[]).is_err());
+        // A child qdisc someone attached under tbf's class.
+        let tbf = [
+            entry(0x0005_0000, TC_H_ROOT, "tbf"),
+            entry(0x0006_0000, 0x0005_0001, "fq_codel"),
+        ];
+        assert!(OriginalRoot::capture("eth9", &tbf, &[]).is_err());
     }
 
     #[test]
