@@ -73,8 +73,9 @@ pub struct Contention {
     /// Measured goodput per flow over the settled windows, bits/s.
     pub before: [f64; 2],
     pub after: [f64; 2],
-    /// Time from sending the change until each flow's 50 ms goodput had
-    /// moved at least half way from its old to its new rate, seconds.
+    /// Time from sending the change until each flow's goodput since the
+    /// change (window 10..50 ms) had moved at least half way from its old
+    /// to its new rate, seconds.
     pub reaction_s: [Option<f64>; 2],
     /// Netlink round trip of each class change, seconds.
     pub change_rtt_s: [f64; 2],
@@ -159,12 +160,14 @@ pub fn contention(
     })
 }
 
-/// Width of the sliding window used to see a rate change, seconds.
-pub const REACTION_WINDOW_S: f64 = 0.05;
+/// Longest window over which goodput is averaged to see a rate change,
+/// and the shortest that counts (seconds); windows never reach back
+/// before the change, so old-rate bytes do not delay the answer.
+pub const REACTION_WINDOW_S: (f64, f64) = (0.05, 0.01);
 
-/// First time after `change_at` at which counter `i`'s goodput over the
-/// preceding `REACTION_WINDOW_S` crossed `threshold` (upwards if `rising`),
-/// relative to `change_at`.
+/// First time after `change_at` at which counter `i`'s goodput since the
+/// change (over at most the last `REACTION_WINDOW_S.0`) crossed `threshold`
+/// (upwards if `rising`), relative to `change_at`.
 fn reaction(
     series: &Series,
     i: usize,
@@ -172,13 +175,14 @@ fn reaction(
     threshold: f64,
     rising: bool,
 ) -> Option<f64> {
+    let (longest, shortest) = REACTION_WINDOW_S;
     series
         .samples
         .iter()
         .map(|(t, _)| t.as_secs_f64())
-        .filter(|t| *t >= change_at + REACTION_WINDOW_S / 2.0)
+        .filter(|t| *t >= change_at + shortest)
         .find(|t| {
-            let r = series.rate_bps(i, t - REACTION_WINDOW_S, *t);
+            let r = series.rate_bps(i, (t - longest).max(change_at), *t);
             if rising {
                 r >= threshold
             } else {

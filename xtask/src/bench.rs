@@ -13,12 +13,16 @@ pub struct Args {
 }
 
 /// The benchmarks, by name, with a one-line description.
-const BENCHES: &[(&str, &str)] = &[];
+const BENCHES: &[(&str, &str)] = &[(
+    "shaping",
+    "HTB goodput per rate, two-class contention with a live change, class-change latency",
+)];
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let _ = &args.rest;
     #[allow(clippy::match_single_binding)]
     match args.name.as_str() {
+        "shaping" => crate::bench_shaping::run(&args.rest),
         other => {
             let known: Vec<String> = BENCHES
                 .iter()
