@@ -7,6 +7,7 @@
 //! can remove the leftovers of a test process that was killed (its pid is
 //! gone) without touching anything else.
 
+pub mod logs;
 pub mod measure;
 pub mod netns;
 pub mod shaped;

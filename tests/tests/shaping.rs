@@ -5,9 +5,10 @@ use std::{collections::BTreeMap, time::Duration};
 
 use vmbw::shaping::{
     ClassSpec, DesiredTree, Enforcement, OriginalRoot, Rate, Shaper, ShapingError, TrafficClass,
-    VmShaping, class_handle, handles::display_handle,
+    VmShaping, class_handle, handles::display_handle, messages,
 };
 use vmbw_tests::{
+    logs::Captured,
     measure, privileged, require,
     shaped::{IFACE, ShapedLink, parse_tc_classes},
 };
@@ -56,6 +57,9 @@ fn class_tree_reads_back_identically_in_tc() {
         .block_on(Shaper::install(tc, IFACE, &desired, &link.opts()))
         .expect("install");
     assert_eq!(report.added, 6, "{report:?}");
+    // Explicit quanta within 1 frame..200000 bytes: HTB has nothing to say
+    // (kernel_warnings_are_reported shows that it would be heard).
+    assert_eq!(report.warnings, Vec::<String>::new());
 
     let out = link
         .tc_cmd(&["-s", "class", "show", "dev", IFACE])
@@ -447,10 +451,14 @@ fn edt_mode_detects_fq_and_falls_back_to_htb() {
     let mut desired = one_class_tree(Rate::mbit(50));
     desired.enforcement = Enforcement::Edt;
     let tc = link.tc().expect("tc client");
+    let (logs, log_guard) = Captured::start();
     let (shaper, report) = link
         .rt
         .block_on(Shaper::install(tc, IFACE, &desired, &link.opts()))
         .expect("install");
+    drop(log_guard);
+    let logs = logs.text();
+    print!("{logs}");
     let leaves = link.qdiscs().expect("qdiscs");
     println!(
         "fq per tc: {fq_works}; vmbw: {:?}\n{leaves}",
@@ -473,6 +481,11 @@ fn edt_mode_detects_fq_and_falls_back_to_htb() {
             other => panic!("tc cannot create fq but vmbw says {other:?}"),
         }
         assert_eq!(report.enforcement, Enforcement::Htb);
+        assert!(
+            logs.contains("fq qdisc is not available on this kernel")
+                && logs.contains("falling back to HTB"),
+            "the fallback is logged:\n{logs}"
+        );
         assert!(!leaves.contains("qdisc fq "), "{leaves}");
         // The tree is plain HTB, and the probe class is gone.
         let classes = link
@@ -550,4 +563,46 @@ fn errors_name_the_device_the_object_and_the_kernels_answer() {
 
 fn state_files(link: &ShapedLink) -> usize {
     std::fs::read_dir(link.state_dir()).map_or(0, |d| d.count())
+}
+
+#[test]
+fn kernel_warnings_are_reported() {
+    require!(privileged());
+    let link = ShapedLink::new().expect("shaped link");
+    let tc = link.tc().expect("tc client");
+    let (shaper, _) = link
+        .rt
+        .block_on(Shaper::install(
+            tc.clone(),
+            IFACE,
+            &one_class_tree(Rate::mbit(10)),
+            &link.opts(),
+        ))
+        .expect("install");
+    // A class with quantum 0 lets HTB derive it from r2q: 100 Mbit/s / 10
+    // is 1.25 MB, above HTB's 200000 limit, and the kernel warns in its ack.
+    let dev = link.rt.block_on(tc.link(IFACE)).expect("link");
+    let params =
+        vmbw::shaping::tca::HtbClassParams::new(12_500_000, 12_500_000, 30_000, 30_000, 0, 0);
+    let handle = class_handle(100, TrafficClass::Migration).expect("slot 100");
+    let add = messages::htb_class(
+        messages::Mode::Add,
+        dev.index,
+        handle,
+        vmbw::shaping::handles::root_class(),
+        &params,
+    );
+    let warning = link
+        .rt
+        .block_on(tc.apply(&dev, &add))
+        .expect("the class is created all the same");
+    let warning = warning.expect("the kernel warns about the quantum");
+    assert!(
+        warning.contains("quantum") && warning.contains("big"),
+        "{warning}"
+    );
+    link.rt
+        .block_on(tc.apply(&dev, &messages::delete_class(dev.index, handle)))
+        .expect("delete");
+    link.rt.block_on(shaper.cleanup()).expect("cleanup");
 }

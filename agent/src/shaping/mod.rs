@@ -5,7 +5,7 @@
 //!   [`class_handle`]`(slot, class)` into `skb->priority` to steer packets.
 //! - [`desired`]: the desired state ([`DesiredTree`]) and its validation.
 //! - [`tca`]: HTB and fq option bytes (netlink-packet-route has neither).
-//! - `messages`: the netlink requests, checked against iproute2's bytes.
+//! - [`messages`]: the netlink requests, checked against iproute2's bytes.
 //! - [`plan`]: observed tree vs desired tree, as ordered operations.
 //! - `netlink`: the rtnetlink client ([`TcClient`]).
 //! - [`restore`]: the original root qdisc, its state file, the drop guard.
@@ -19,7 +19,7 @@
 pub mod desired;
 mod error;
 pub mod handles;
-mod messages;
+pub mod messages;
 mod netlink;
 pub mod plan;
 pub mod restore;
@@ -85,6 +85,9 @@ pub struct ReconcileReport {
     pub leaves: usize,
     /// Classes in vmbw's qdisc that vmbw did not make (left alone).
     pub foreign: Vec<u32>,
+    /// Warnings the kernel attached to its acknowledgements ("quantum of
+    /// class … is big"); vmbw's parameters are chosen to cause none.
+    pub warnings: Vec<String>,
     /// The enforcement in effect (EDT falls back to HTB without fq).
     pub enforcement: Enforcement,
 }
@@ -143,7 +146,7 @@ impl Shaper {
             handles::root_qdisc(),
             handles::DEFAULT_CLASS_MINOR,
         );
-        if let Err(e) = tc.apply(&link, &root).await {
+        if let Err(e) = tc.apply(&link, &root).await.map(drop) {
             if let Some(path) = &state {
                 let _ = restore::remove(path); // nothing was changed
             }
@@ -162,10 +165,13 @@ impl Shaper {
         let report = shaper.reconcile_with(desired, false).await?;
         shaper.edt = shaper.probe_fq().await?;
         let report = if desired.enforcement == Enforcement::Edt {
-            let again = shaper.reconcile(desired).await?;
+            let mut again = shaper.reconcile(desired).await?;
+            let mut warnings = report.warnings;
+            warnings.append(&mut again.warnings);
             ReconcileReport {
                 leaves: again.leaves,
                 enforcement: again.enforcement,
+                warnings,
                 ..report
             }
         } else {
@@ -290,7 +296,12 @@ impl Shaper {
             ..ReconcileReport::default()
         };
         for op in &plan.ops {
-            self.tc.apply(&self.link, &self.request(op)).await?;
+            let req = self.request(op);
+            if let Some(w) = self.tc.apply(&self.link, &req).await? {
+                report
+                    .warnings
+                    .push(format!("{} {}: {w}", req.verb, req.object));
+            }
             match op {
                 Op::Add(_) => report.added += 1,
                 Op::Change(_) => report.changed += 1,
@@ -342,7 +353,7 @@ impl Shaper {
             handles::root_class(),
             &params,
         );
-        self.tc.apply(&self.link, &req).await
+        self.tc.apply(&self.link, &req).await.map(drop)
     }
 
     /// Reads vmbw's tree back from the kernel.
@@ -377,7 +388,8 @@ impl Shaper {
                 &self.link,
                 &messages::fq_leaf(ifindex, probe, &FqOptions::for_edt()),
             )
-            .await;
+            .await
+            .map(drop);
         // Deleting the class deletes its leaf too.
         self.tc
             .apply(&self.link, &messages::delete_class(ifindex, probe))

@@ -62,9 +62,20 @@ impl Failure {
     }
 }
 
-/// Reads an `NLMSG_ERROR`: the errno and, with extended acks on, the
-/// kernel's message (`NLMSGERR_ATTR_MSG`, after the echoed request).
+/// Reads an `NLMSG_ERROR` that carries an error: the errno and the
+/// kernel's message.
 pub(crate) fn kernel_failure(header: &NetlinkHeader, err: &ErrorMessage) -> Failure {
+    Failure::Kernel {
+        errno: err.raw_code().abs(),
+        extack: extack(header, err),
+    }
+}
+
+/// The kernel's extended-ack message (`NLMSGERR_ATTR_MSG`) of an
+/// `NLMSG_ERROR`, found after the echoed request. On an error it says what
+/// was wrong; on a successful ack it is a warning (HTB's "quantum of class
+/// … is big", for one).
+pub(crate) fn extack(header: &NetlinkHeader, err: &ErrorMessage) -> Option<String> {
     const NLMSGERR_ATTR_MSG: u16 = 1;
     let payload = &err.header;
     let echoed = if header.flags & NLM_F_CAPPED != 0 {
@@ -76,7 +87,7 @@ pub(crate) fn kernel_failure(header: &NetlinkHeader, err: &ErrorMessage) -> Fail
             .map_or(payload.len(), |b| u32::from_ne_bytes(b) as usize)
     };
     let tlvs = payload.get((echoed + 3) & !3..).unwrap_or_default();
-    let extack = super::tca::attrs(tlvs).ok().and_then(|attrs| {
+    super::tca::attrs(tlvs).ok().and_then(|attrs| {
         attrs
             .into_iter()
             .find(|(k, _)| *k == NLMSGERR_ATTR_MSG)
@@ -86,11 +97,8 @@ pub(crate) fn kernel_failure(header: &NetlinkHeader, err: &ErrorMessage) -> Fail
                     .trim()
                     .to_owned()
             })
-    });
-    Failure::Kernel {
-        errno: err.raw_code().abs(),
-        extack,
-    }
+            .filter(|m| !m.is_empty())
+    })
 }
 
 /// A traffic-control client bound to one network namespace.
@@ -115,6 +123,9 @@ impl TcClient {
     pub fn connect() -> Result<Self, ShapingError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ShapingError::NoRuntime)?;
         let (mut conn, handle, _) = rtnetlink::new_connection().map_err(ShapingError::Socket)?;
+        // Hand acks to `apply`: a successful ack can carry a kernel warning.
+        // (Only requests with NLM_F_ACK get one; dumps end without.)
+        conn.set_forward_ack(true);
         let socket = conn.socket_mut().socket_mut();
         // Ask for the kernel's error messages ("Specified qdisc kind is
         // unknown") and not for an echo of each failed request.
@@ -187,7 +198,8 @@ impl TcClient {
     }
 
     /// Sends one request and waits for the kernel's acknowledgement.
-    pub async fn apply(&self, link: &Link, req: &Request) -> Result<(), ShapingError> {
+    /// Returns the kernel's warning if the acknowledgement carried one.
+    pub async fn apply(&self, link: &Link, req: &Request) -> Result<Option<String>, ShapingError> {
         let mut msg = NetlinkMessage::from(req.message.clone());
         msg.header.flags = req.flags | NLM_F_REQUEST | NLM_F_ACK;
         let mut replies = self
@@ -195,14 +207,19 @@ impl TcClient {
             .clone()
             .request(msg)
             .map_err(|e| Failure::Transport(e.to_string()).into_error(&link.name, req))?;
+        let mut warning = None;
         while let Some(reply) = replies.next().await {
-            if let NetlinkPayload::Error(err) = &reply.payload
-                && err.code.is_some()
-            {
-                return Err(kernel_failure(&reply.header, err).into_error(&link.name, req));
+            if let NetlinkPayload::Error(err) = &reply.payload {
+                if err.code.is_some() {
+                    return Err(kernel_failure(&reply.header, err).into_error(&link.name, req));
+                }
+                warning = extack(&reply.header, err);
             }
         }
-        Ok(())
+        if let Some(w) = &warning {
+            tracing::warn!(iface = %link.name, "kernel warning after {} {}: {w}", req.verb, req.object);
+        }
+        Ok(warning)
     }
 
     /// All qdiscs on the device (the kernel dumps every device; the rest
