@@ -337,6 +337,7 @@ impl Shaper {
     /// Changes one VM class in place with a single netlink round trip
     /// (no dump, no plan): the fast path for per-iteration rate updates.
     /// The caller keeps its [`DesiredTree`] in step for later reconciles.
+    #[instrument(skip(self, spec), fields(iface = %self.link.name, vm = slot, class = %class, rate = %spec.rate))]
     pub async fn set_class(
         &self,
         slot: u16,

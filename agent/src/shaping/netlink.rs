@@ -225,8 +225,7 @@ impl TcClient {
     /// All qdiscs on the device (the kernel dumps every device; the rest
     /// are dropped here).
     pub async fn qdiscs(&self, link: &Link) -> Result<Vec<TcEntry>, ShapingError> {
-        let mut m = TcMessage::with_index(link.index as i32);
-        m.header.index = link.index as i32;
+        let m = TcMessage::with_index(link.index as i32);
         let entries = self
             .dump(link, RouteNetlinkMessage::GetQueueDiscipline(m), "qdiscs")
             .await?;

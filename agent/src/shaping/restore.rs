@@ -294,6 +294,10 @@ impl RestoreGuard {
 }
 
 impl Drop for RestoreGuard {
+    /// Unlike [`super::Shaper::cleanup`], this does not first check that the
+    /// root is still vmbw's: a drop must not wait on a dump. Deleting names
+    /// vmbw's handle, so only recreating a configured original could
+    /// replace a root someone installed over vmbw's meanwhile.
     fn drop(&mut self) {
         if !self.armed {
             return;
