@@ -3,8 +3,14 @@
 //! The library holds every subsystem; `src/main.rs` is the `vmbw` command
 //! line over it.
 //!
-//! - [`datapath`]: the eBPF tc programs: loading, attaching, counters.
+//! - [`datapath`]: the eBPF tc programs: classification into (vm, class),
+//!   per-CPU counters, HTB steering and EDT pacing, pinning and adoption.
+//! - [`predict`]: GM(1,N)/GM(1,1) dirty-page prediction and baselines.
+//! - [`control`]: NRAC, BDA and the AdaMig watchdog; a pre-copy simulator.
+//! - [`shaping`]: the HTB tree on the uplink over rtnetlink: classes, live
+//!   rate changes, fq/EDT detection, restoring the original qdisc.
 
 pub mod control;
 pub mod datapath;
 pub mod predict;
+pub mod shaping;

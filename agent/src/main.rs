@@ -36,6 +36,13 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         count: u64,
     },
+    /// Show vmbw's HTB tree on an interface: classes with their roles,
+    /// rates and counters. Read-only.
+    Shaping {
+        /// Interface whose tree to show (in the current network namespace).
+        #[arg(long, short)]
+        iface: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,7 +60,60 @@ fn main() -> anyhow::Result<()> {
             interval,
             count,
         } => watch(&iface, interval, count),
+        Command::Shaping { iface } => show_shaping(&iface),
     }
+}
+
+fn show_shaping(iface: &str) -> anyhow::Result<()> {
+    use vmbw::shaping::{
+        ObservedTree, Rate, TcClient,
+        handles::{ClassRole, class_role, display_handle},
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let tc = TcClient::connect()?;
+        let link = tc.link(iface).await?;
+        let qdiscs = tc.qdiscs(&link).await?;
+        let classes = tc.classes(&link).await?;
+        let Some(tree) = ObservedTree::from_dump(&qdiscs, &classes)
+            .with_context(|| format!("reading the tree on {iface}"))?
+        else {
+            let root = qdiscs
+                .iter()
+                .find(|q| q.parent == vmbw::shaping::handles::TC_H_ROOT)
+                .map_or("none".to_owned(), |q| {
+                    format!("{} {}", q.kind, display_handle(q.handle))
+                });
+            println!("{iface}: not shaped by vmbw (root qdisc: {root})");
+            return anyhow::Ok(());
+        };
+        println!(
+            "{iface}: vmbw HTB tree, mtu {}, default class 7662:{:x}",
+            link.mtu, tree.default_minor
+        );
+        for c in tree.classes.values() {
+            let role = match class_role(c.handle) {
+                Some(ClassRole::Root) => "link".to_owned(),
+                Some(ClassRole::Default) => "default".to_owned(),
+                Some(ClassRole::Probe) => "fq probe".to_owned(),
+                Some(ClassRole::Vm { slot, class }) => format!("VM {slot} {class}"),
+                None => "not vmbw's".to_owned(),
+            };
+            println!(
+                "  class {:<10} {:<18} rate {:>14} ceil {:>14} prio {} leaf {:<6} sent {} bytes",
+                display_handle(c.handle),
+                role,
+                Rate::bits_per_sec(c.params.rate * 8).to_string(),
+                Rate::bits_per_sec(c.params.ceil * 8).to_string(),
+                c.params.prio,
+                c.leaf.as_ref().map_or("-", |l| l.kind.as_str()),
+                c.bytes
+            );
+        }
+        anyhow::Ok(())
+    })
 }
 
 fn watch(iface: &str, interval: f64, count: u64) -> anyhow::Result<()> {

@@ -9,8 +9,12 @@
 
 pub mod bpffs;
 pub mod frames;
+pub mod logs;
+pub mod measure;
 pub mod netns;
+pub mod shaped;
 pub mod skip;
+pub mod tcp;
 
 pub use bpffs::BpffsMount;
 pub use netns::{NetNs, in_netns};

@@ -28,6 +28,10 @@ const BENCHES: &[(&str, &str)] = &[
         "predict",
         "µs per one-step GM(1,N) prediction for windows 8, 16, 32",
     ),
+    (
+        "shaping",
+        "HTB goodput per rate, two-class contention with a live change, class-change latency; root",
+    ),
 ];
 
 pub fn run(args: &Args) -> anyhow::Result<()> {

@@ -1,0 +1,372 @@
+//! Reconciling, the pure half: what the kernel holds (read back from a
+//! dump) against what is desired, as an ordered list of operations.
+
+use std::collections::BTreeMap;
+
+use super::{
+    desired::{DesiredClass, DesiredTree},
+    handles::{self, ClassRole},
+    messages::TcEntry,
+    tca::{self, HtbClassParams, TcaError},
+};
+
+/// One class of vmbw's tree as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedClass {
+    pub handle: u32,
+    pub parent: u32,
+    pub params: HtbClassParams,
+    /// The class's leaf qdisc (`pfifo` by default, `fq` in EDT mode).
+    pub leaf: Option<Leaf>,
+    /// Bytes and packets the class has sent (kernel counters).
+    pub bytes: u64,
+    pub packets: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaf {
+    pub kind: String,
+    pub handle: u32,
+}
+
+/// vmbw's tree on one device, read back from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedTree {
+    /// The root qdisc's default class minor.
+    pub default_minor: u32,
+    pub classes: BTreeMap<u32, ObservedClass>,
+}
+
+impl ObservedTree {
+    /// Picks vmbw's tree out of a device's qdisc and class dumps. `None`
+    /// if the device's root is not vmbw's HTB qdisc.
+    pub fn from_dump(qdiscs: &[TcEntry], classes: &[TcEntry]) -> Result<Option<Self>, TcaError> {
+        let Some(root) = qdiscs
+            .iter()
+            .find(|q| q.parent == handles::TC_H_ROOT && q.handle == handles::root_qdisc())
+        else {
+            return Ok(None);
+        };
+        if root.kind != "htb" {
+            return Ok(None);
+        }
+        let default_minor = tca::htb_qdisc_default(root.options.as_deref().unwrap_or_default())?;
+        let mut tree = ObservedTree {
+            default_minor,
+            classes: BTreeMap::new(),
+        };
+        for c in classes
+            .iter()
+            .filter(|c| c.kind == "htb" && handles::major(c.handle) == handles::VMBW_MAJOR)
+        {
+            let params = HtbClassParams::decode(c.options.as_deref().unwrap_or_default())?;
+            let leaf = qdiscs.iter().find(|q| q.parent == c.handle).map(|q| Leaf {
+                kind: q.kind.clone(),
+                handle: q.handle,
+            });
+            // HTB reports the parent of a top-level class as TC_H_ROOT,
+            // not as its qdisc.
+            let parent = if c.parent == handles::TC_H_ROOT {
+                root.handle
+            } else {
+                c.parent
+            };
+            tree.classes.insert(
+                c.handle,
+                ObservedClass {
+                    handle: c.handle,
+                    parent,
+                    params,
+                    leaf,
+                    bytes: c.bytes,
+                    packets: c.packets,
+                },
+            );
+        }
+        Ok(Some(tree))
+    }
+}
+
+/// One step of a reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Create a class.
+    Add(DesiredClass),
+    /// Change a class in place: queue, counters and handle stay.
+    Change(DesiredClass),
+    /// Delete a class vmbw no longer wants.
+    Delete { handle: u32 },
+    /// Give a class an `fq` leaf (EDT mode).
+    FqLeaf { class: u32 },
+    /// Put a class back on HTB's default leaf by deleting its `fq`.
+    DefaultLeaf { class: u32, leaf: u32 },
+}
+
+/// What to do, plus classes in vmbw's qdisc that vmbw did not make and
+/// leaves alone.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    pub ops: Vec<Op>,
+    pub foreign: Vec<u32>,
+}
+
+/// Plans the operations that turn `observed` into `desired`. With `fq`
+/// (EDT mode on a kernel that has fq) VM classes get fq leaves; without,
+/// fq leaves found are removed. Order: deletions, in-place changes (root
+/// first), additions, then leaves.
+pub fn plan(observed: &ObservedTree, desired: &DesiredTree, mtu: u32, fq: bool) -> Plan {
+    let wanted = desired.classes(mtu);
+    let wanted_handles: Vec<u32> = wanted.iter().map(|c| c.handle).collect();
+    let mut out = Plan::default();
+    let (mut deletes, mut changes, mut adds, mut leaves) = (vec![], vec![], vec![], vec![]);
+
+    for (handle, _) in observed.classes.iter().rev() {
+        if wanted_handles.contains(handle) {
+            continue;
+        }
+        match handles::class_role(*handle) {
+            Some(ClassRole::Vm { .. } | ClassRole::Probe) => {
+                deletes.push(Op::Delete { handle: *handle });
+            }
+            // Root and default are always wanted; anything else in our
+            // qdisc was made by someone else.
+            _ => out.foreign.push(*handle),
+        }
+    }
+    for want in &wanted {
+        match observed.classes.get(&want.handle) {
+            None => adds.push(Op::Add(*want)),
+            // HTB cannot move a class: recreate it under the right parent.
+            Some(have) if have.parent != want.parent => {
+                deletes.push(Op::Delete {
+                    handle: want.handle,
+                });
+                adds.push(Op::Add(*want));
+            }
+            Some(have) if have.params != want.params => changes.push(Op::Change(*want)),
+            Some(_) => {}
+        }
+        if !want.leaf {
+            continue;
+        }
+        let leaf = observed
+            .classes
+            .get(&want.handle)
+            .and_then(|c| c.leaf.as_ref());
+        let has_fq = leaf.is_some_and(|l| l.kind == "fq");
+        match (fq, leaf) {
+            (true, _) if !has_fq => leaves.push(Op::FqLeaf { class: want.handle }),
+            (false, Some(l)) if has_fq => leaves.push(Op::DefaultLeaf {
+                class: want.handle,
+                leaf: l.handle,
+            }),
+            _ => {}
+        }
+    }
+    out.ops = deletes
+        .into_iter()
+        .chain(changes)
+        .chain(adds)
+        .chain(leaves)
+        .collect();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shaping::{
+        desired::{ClassSpec, Rate, VmShaping},
+        handles::{TrafficClass, class_handle, default_class, root_class, root_qdisc},
+    };
+
+    fn desired() -> DesiredTree {
+        let link = Rate::mbit(100);
+        DesiredTree::new(link, ClassSpec::borrowing(Rate::mbit(10), link)).with_vm(
+            0,
+            VmShaping {
+                migration: ClassSpec::borrowing(Rate::mbit(60), link),
+                application: ClassSpec::borrowing(Rate::mbit(30), link),
+            },
+        )
+    }
+
+    /// What the kernel would report after applying `t` fully.
+    fn observed_from(t: &DesiredTree, leaf_kind: &str) -> ObservedTree {
+        let mut tree = ObservedTree {
+            default_minor: 2,
+            ..Default::default()
+        };
+        for (i, c) in t.classes(1500).into_iter().enumerate() {
+            tree.classes.insert(
+                c.handle,
+                ObservedClass {
+                    handle: c.handle,
+                    parent: c.parent,
+                    params: c.params,
+                    leaf: Some(Leaf {
+                        kind: leaf_kind.into(),
+                        handle: 0x8001_0000 + ((i as u32) << 16),
+                    }),
+                    bytes: 0,
+                    packets: 0,
+                },
+            );
+        }
+        tree
+    }
+
+    #[test]
+    fn empty_tree_gets_everything_added_root_first() {
+        let p = plan(&ObservedTree::default(), &desired(), 1500, false);
+        let handles: Vec<u32> = p
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Add(c) => c.handle,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            handles,
+            [0x7662_0001, 0x7662_0002, 0x7662_0011, 0x7662_0012]
+        );
+    }
+
+    #[test]
+    fn applied_tree_needs_nothing() {
+        let d = desired();
+        assert_eq!(
+            plan(&observed_from(&d, "pfifo"), &d, 1500, false),
+            Plan::default()
+        );
+    }
+
+    #[test]
+    fn a_rate_change_is_one_in_place_change() {
+        let d = desired();
+        let have = observed_from(&d, "pfifo");
+        let mut want = d.clone();
+        if let Some(vm) = want.vms.get_mut(&0) {
+            vm.migration.rate = Rate::mbit(20);
+        }
+        let p = plan(&have, &want, 1500, false);
+        assert_eq!(p.ops.len(), 1);
+        match &p.ops[0] {
+            Op::Change(c) => {
+                assert_eq!(Some(c.handle), class_handle(0, TrafficClass::Migration));
+                assert_eq!(c.params.rate, Rate::mbit(20).bytes_per_sec());
+            }
+            other => panic!("expected a change, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn removed_vms_and_a_stale_probe_are_deleted_first_foreign_left_alone() {
+        let d = desired();
+        let mut have = observed_from(&d, "pfifo");
+        let mut extra = have.classes[&root_class()].clone();
+        extra.handle = handles::probe_class();
+        have.classes.insert(extra.handle, extra.clone());
+        extra.handle = 0x7662_0abc; // not a handle vmbw makes
+        have.classes.insert(extra.handle, extra);
+        let mut want = d.clone();
+        want.vms.clear();
+        want.vms.insert(
+            5,
+            VmShaping {
+                migration: ClassSpec::fixed(Rate::mbit(1)),
+                application: ClassSpec::fixed(Rate::mbit(1)),
+            },
+        );
+        let p = plan(&have, &want, 1500, false);
+        assert_eq!(p.foreign, [0x7662_0abc]);
+        let kinds: Vec<String> = p
+            .ops
+            .iter()
+            .map(|o| format!("{o:?}")[..3].to_owned())
+            .collect();
+        assert_eq!(kinds, ["Del", "Del", "Del", "Add", "Add"]);
+        assert!(p.ops.contains(&Op::Delete {
+            handle: handles::probe_class()
+        }));
+    }
+
+    #[test]
+    fn edt_mode_puts_fq_on_vm_classes_only_and_back() {
+        let d = desired();
+        let p = plan(&observed_from(&d, "pfifo"), &d, 1500, true);
+        assert_eq!(
+            p.ops,
+            [
+                Op::FqLeaf { class: 0x7662_0011 },
+                Op::FqLeaf { class: 0x7662_0012 }
+            ]
+        );
+        let with_fq = observed_from(&d, "fq");
+        assert_eq!(plan(&with_fq, &d, 1500, true), Plan::default());
+        let back = plan(&with_fq, &d, 1500, false);
+        assert!(matches!(
+            back.ops.as_slice(),
+            [
+                Op::DefaultLeaf {
+                    class: 0x7662_0011,
+                    ..
+                },
+                Op::DefaultLeaf {
+                    class: 0x7662_0012,
+                    ..
+                }
+            ]
+        ));
+    }
+
+    #[test]
+    fn reads_its_tree_from_a_dump() {
+        let d = desired();
+        let mut qdiscs = vec![TcEntry {
+            ifindex: 3,
+            handle: root_qdisc(),
+            parent: handles::TC_H_ROOT,
+            kind: "htb".into(),
+            options: Some(tca::htb_qdisc_options(2)),
+            bytes: 0,
+            packets: 0,
+        }];
+        let mut classes = vec![];
+        for (i, c) in d.classes(1500).into_iter().enumerate() {
+            classes.push(TcEntry {
+                ifindex: 3,
+                handle: c.handle,
+                // As the kernel dumps a top-level HTB class.
+                parent: if c.parent == root_qdisc() {
+                    handles::TC_H_ROOT
+                } else {
+                    c.parent
+                },
+                kind: "htb".into(),
+                options: Some(c.params.encode()),
+                bytes: 100 * i as u64,
+                packets: i as u64,
+            });
+            qdiscs.push(TcEntry {
+                ifindex: 3,
+                handle: 0x8001_0000 + ((i as u32) << 16),
+                parent: c.handle,
+                kind: "pfifo".into(),
+                options: None,
+                bytes: 0,
+                packets: 0,
+            });
+        }
+        let tree = ObservedTree::from_dump(&qdiscs, &classes)
+            .expect("decodes")
+            .expect("is vmbw's");
+        assert_eq!(tree.default_minor, 2);
+        assert_eq!(tree.classes[&default_class()].bytes, 100);
+        assert_eq!(plan(&tree, &d, 1500, false), Plan::default());
+
+        qdiscs[0].handle = 0x0001_0000; // someone else's htb
+        assert_eq!(ObservedTree::from_dump(&qdiscs, &classes), Ok(None));
+    }
+}
