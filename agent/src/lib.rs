@@ -4,5 +4,7 @@
 //! line over it.
 //!
 //! - [`datapath`]: the eBPF tc programs: loading, attaching, counters.
+//! - [`plan`]: migration planning (VMM-CFG) and consolidation (SICC).
 
 pub mod datapath;
+pub mod plan;
