@@ -1,5 +1,7 @@
 //! `vmbw`: the host agent and its debug command line.
 
+mod plan_cli;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -36,6 +38,12 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         count: u64,
     },
+    /// Plan migrations (VMM-CFG) or consolidation (SICC, ICMA, FFD) for an
+    /// inventory of hosts and VMs; optionally write KubeVirt migrations.
+    Plan(plan_cli::PlanArgs),
+    /// Run the planning papers' simulations from a seed (what
+    /// `cargo xtask bench plan` measures), or write their inventories.
+    PlanSim(plan_cli::SimArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +61,8 @@ fn main() -> anyhow::Result<()> {
             interval,
             count,
         } => watch(&iface, interval, count),
+        Command::Plan(args) => plan_cli::plan(&args),
+        Command::PlanSim(args) => plan_cli::sim(&args),
     }
 }
 

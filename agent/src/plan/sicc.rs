@@ -509,3 +509,218 @@ fn place(items: Vec<Item>, capacity: f64) -> (Vec<Cvm>, Vec<Server>) {
         .collect();
     (cvms, servers)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::rng::Rng;
+    use super::*;
+
+    fn wave(mean: f64, amp: f64, phase: f64, len: usize) -> Vec<f64> {
+        (0..len)
+            .map(|t| mean + amp * (std::f64::consts::TAU * t as f64 / len as f64 + phase).sin())
+            .collect()
+    }
+
+    #[test]
+    fn ffd_packs_largest_first_into_the_first_bin_with_room() {
+        let bins = first_fit_decreasing(&[3.0, 7.0, 5.0, 5.0, 2.0, 8.0], 10.0);
+        // 8 | 7 | 5+5 ; 3 joins 7, 2 joins 8.
+        assert_eq!(bins, vec![vec![5, 4], vec![1, 0], vec![2, 3]]);
+        assert_eq!(first_fit_decreasing(&[12.0], 10.0), vec![vec![0]]);
+        assert!(first_fit_decreasing(&[], 10.0).is_empty());
+    }
+
+    #[test]
+    fn anti_phase_vms_merge_and_in_phase_vms_do_not() {
+        let len = 240;
+        let series = vec![
+            wave(30.0, 10.0, 0.0, len),
+            wave(30.0, 10.0, std::f64::consts::PI, len),
+            wave(30.0, 10.0, 0.05, len),
+        ];
+        let c =
+            consolidate(&series, Algorithm::Icma, &ConsolidationConfig::default()).expect("runs");
+        assert_eq!(c.cvms.len(), 2);
+        assert!(
+            c.cvms
+                .iter()
+                .any(|x| x.members == vec![0, 1] || x.members == vec![1, 2])
+        );
+        assert_eq!(c.coefficient_sequence.len(), 1);
+        assert!(c.coefficient_sequence[0] < -0.99);
+        let cvm = c
+            .cvms
+            .iter()
+            .find(|x| x.members.len() == 2)
+            .expect("one CVM");
+        assert!(
+            (cvm.pru - 60.0).abs() < 1e-6,
+            "mean model: PRU is the mean, {}",
+            cvm.pru
+        );
+    }
+
+    #[test]
+    fn weakly_anti_correlated_pairs_stay_apart() {
+        let len = 240;
+        // Phase difference 110 degrees: r = cos(110°) ≈ -0.34 > -0.5.
+        let series = vec![
+            wave(30.0, 10.0, 0.0, len),
+            wave(30.0, 10.0, 110f64.to_radians(), len),
+        ];
+        let c =
+            consolidate(&series, Algorithm::Icma, &ConsolidationConfig::default()).expect("runs");
+        assert_eq!(c.cvms.len(), 2);
+        assert!(c.coefficient_sequence.is_empty());
+    }
+
+    #[test]
+    fn a_pair_whose_cvm_would_exceed_100_percent_is_refused() {
+        let len = 240;
+        let series = vec![
+            wave(60.0, 10.0, 0.0, len),
+            wave(60.0, 10.0, std::f64::consts::PI, len),
+        ];
+        let c =
+            consolidate(&series, Algorithm::Icma, &ConsolidationConfig::default()).expect("runs");
+        assert_eq!(c.cvms.len(), 2);
+        assert_eq!(c.refused_pairs, 1);
+    }
+
+    #[test]
+    fn the_max_model_keeps_every_cvm_peak_under_the_limit() {
+        let mut rng = Rng::new(3);
+        let series: Vec<Vec<f64>> = (0..60)
+            .map(|_| {
+                wave(
+                    rng.uniform(15.0, 45.0),
+                    rng.uniform(5.0, 20.0),
+                    rng.uniform(0.0, 6.28),
+                    200,
+                )
+            })
+            .collect();
+        let config = ConsolidationConfig {
+            peak_model: PeakModel::Max,
+            ..ConsolidationConfig::default()
+        };
+        let c = consolidate(&series, Algorithm::Sicc, &config).expect("runs");
+        assert!(c.cvms.iter().all(|x| x.peak <= 100.0 + 1e-9));
+        assert!(c.servers_over(config.server_capacity) == 0);
+        assert_eq!(c.bands.map(|b| b.iter().sum::<usize>()), Some(60));
+    }
+
+    /// Straightforward ICMA-0.5: recompute every coefficient in f64 each
+    /// round. Returns the member sets.
+    fn naive_icma(series: &[Vec<f64>], config: &ConsolidationConfig) -> Vec<Vec<usize>> {
+        let mut items: Vec<(Vec<usize>, Vec<f64>)> = series
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (vec![i], s.clone()))
+            .collect();
+        let mut refused: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+        loop {
+            let mut best: Option<(f64, usize, usize)> = None;
+            for a in 0..items.len() {
+                for b in a + 1..items.len() {
+                    if refused.contains(&(items[a].0.clone(), items[b].0.clone())) {
+                        continue;
+                    }
+                    let r = stats::pearson(&items[a].1, &items[b].1);
+                    if best.is_none_or(|(br, _, _)| r < br) {
+                        best = Some((r, a, b));
+                    }
+                }
+            }
+            let Some((r, a, b)) = best else { break };
+            if r > config.corr_threshold {
+                break;
+            }
+            let sum: Vec<f64> = items[a]
+                .1
+                .iter()
+                .zip(&items[b].1)
+                .map(|(x, y)| x + y)
+                .collect();
+            if stats::mean(&sum) > config.cvm_limit {
+                refused.push((items[a].0.clone(), items[b].0.clone()));
+                continue;
+            }
+            let (mb, _) = items.remove(b);
+            items[a].0.extend(mb);
+            items[a].1 = sum;
+        }
+        let mut sets: Vec<Vec<usize>> = items
+            .into_iter()
+            .map(|(mut m, _)| {
+                m.sort_unstable();
+                m
+            })
+            .collect();
+        sets.sort();
+        sets
+    }
+
+    #[test]
+    fn the_incremental_matrix_matches_a_naive_recomputation() {
+        let config = ConsolidationConfig::default();
+        for seed in 0..12 {
+            let mut rng = Rng::new(100 + seed);
+            let n = 8 + (seed as usize % 4) * 6;
+            let series: Vec<Vec<f64>> = (0..n)
+                .map(|_| {
+                    let base = wave(
+                        rng.uniform(10.0, 40.0),
+                        rng.uniform(3.0, 15.0),
+                        rng.uniform(0.0, 6.28),
+                        120,
+                    );
+                    base.into_iter()
+                        .map(|v| (v + 2.0 * rng.normal()).clamp(0.0, 100.0))
+                        .collect()
+                })
+                .collect();
+            let fast = consolidate(&series, Algorithm::Icma, &config).expect("runs");
+            let mut sets: Vec<Vec<usize>> = fast.cvms.iter().map(|c| c.members.clone()).collect();
+            sets.sort();
+            assert_eq!(sets, naive_icma(&series, &config), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn bad_series_are_rejected_by_index() {
+        let config = ConsolidationConfig::default();
+        let err = consolidate(&[vec![1.0; 5], vec![1.0; 4]], Algorithm::Sicc, &config)
+            .expect_err("lengths");
+        assert!(err.to_string().contains("VM #1 has a series of 4"), "{err}");
+        let err = consolidate(&[vec![1.0, f64::NAN]], Algorithm::Ffd, &config).expect_err("nan");
+        assert!(err.to_string().contains("VM #0, sample #1"), "{err}");
+        let bad = ConsolidationConfig {
+            corr_threshold: -2.0,
+            ..config
+        };
+        assert!(consolidate(&[], Algorithm::Icma, &bad).is_err());
+    }
+
+    #[test]
+    fn evaluate_counts_overloads_on_other_series() {
+        let len = 100;
+        let series = vec![
+            wave(50.0, 40.0, 0.0, len),
+            wave(45.0, 40.0, std::f64::consts::PI, len),
+        ];
+        let config = ConsolidationConfig {
+            server_capacity: 100.0,
+            ..ConsolidationConfig::default()
+        };
+        let c = consolidate(&series, Algorithm::Icma, &config).expect("runs");
+        assert_eq!(c.cvms.len(), 1);
+        assert_eq!(evaluate(&c, &series, &config).servers_over, 0);
+        // The day that really came: both peaked together.
+        let truth = vec![wave(50.0, 40.0, 0.0, len), wave(45.0, 40.0, 0.0, len)];
+        let e = evaluate(&c, &truth, &config);
+        assert_eq!(e.servers_over, 1);
+        assert_eq!(e.cvms_over, 1);
+        assert!(e.samples_over > 0 && e.worst_server_pct > 100.0);
+    }
+}

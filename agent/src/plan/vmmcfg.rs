@@ -183,8 +183,8 @@ pub fn select(inv: &Inventory) -> (Vec<usize>, Vec<Selected>) {
                 let c: f64 = inv.adjacency[j]
                     .iter()
                     .filter(|(k, _)| inv.vms[*k].host == h)
-                    .map(|(_, w)| w)
-                    .sum();
+                    // fold from +0.0: an empty f64 sum is -0.0.
+                    .fold(0.0, |acc, (_, w)| acc + w);
                 (c, j)
             })
             .collect();
@@ -631,5 +631,204 @@ impl<'a> Game<'a> {
             return true;
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{inventory::Inventory, sim};
+    use super::*;
+
+    fn inventory(json: serde_json::Value) -> Inventory {
+        Inventory::from_json(&json.to_string()).expect("valid test inventory")
+    }
+
+    /// h0 is overloaded (100 > 70) with a chatty pair (a, b) and two quiet
+    /// VMs; h1 and h2 are empty targets in another rack than h0.
+    fn small() -> Inventory {
+        inventory(serde_json::json!({
+            "version": 1,
+            "hosts": [
+                {"name": "h0", "capacity": 120, "threshold": 70, "rack": "r0", "vms": ["a", "b", "q1", "q2"]},
+                {"name": "h1", "capacity": 120, "threshold": 100, "rack": "r1", "vms": []},
+                {"name": "h2", "capacity": 120, "threshold": 100, "rack": "r1", "vms": ["z"]}
+            ],
+            "vms": [
+                {"name": "a", "memory": 20}, {"name": "b", "memory": 20},
+                {"name": "q1", "memory": 30}, {"name": "q2", "memory": 30},
+                {"name": "z", "memory": 10}
+            ],
+            "edges": [
+                {"a": "a", "b": "b", "weight": 9},
+                {"a": "q1", "b": "z", "weight": 1}
+            ],
+            "unit_costs": {"same_rack": 1, "cross_rack": 5}
+        }))
+    }
+
+    #[test]
+    fn selection_takes_the_least_connected_vms_until_under_threshold() {
+        let inv = small();
+        let (overloaded, selected) = select(&inv);
+        assert_eq!(overloaded, vec![0]);
+        // q1 and q2 have no traffic on h0; moving both (60) brings 130... the
+        // host carries 100, so one quiet VM (30) is enough: 70 <= 70.
+        let vms: Vec<usize> = selected.iter().map(|s| s.vm).collect();
+        assert_eq!(vms, vec![2]);
+        assert_eq!(selected[0].intra_host_traffic, 0.0);
+    }
+
+    #[test]
+    fn the_plan_clears_the_overload_and_follows_the_traffic() {
+        let inv = small();
+        let plan = plan(&inv, &VmmCfgConfig::default());
+        assert_eq!(plan.before.overloaded, 1);
+        assert_eq!(plan.after.overloaded, 0);
+        // q1 talks to z on h2: it goes there rather than to the emptier h1.
+        assert_eq!(
+            plan.moves,
+            vec![Move {
+                vm: 2,
+                from: 0,
+                to: 2
+            }]
+        );
+        assert!(plan.unplaced.is_empty());
+        assert!((plan.cost_after - communication_cost(&inv, &plan.placement)).abs() < 1e-9);
+        assert_eq!(plan.cost_after, 0.0);
+    }
+
+    #[test]
+    fn communicating_vms_that_must_leave_end_up_together() {
+        // Threshold 15: all four must go (quiet q1, q2 first, then a, b);
+        // a and b talk a lot.
+        let mut json: serde_json::Value = serde_json::json!({
+            "version": 1,
+            "hosts": [
+                {"name": "h0", "capacity": 120, "threshold": 15, "rack": "r0", "vms": ["a", "b", "q1", "q2"]},
+                {"name": "h1", "capacity": 120, "threshold": 45, "rack": "r1", "vms": []},
+                {"name": "h2", "capacity": 120, "threshold": 45, "rack": "r1", "vms": []},
+                {"name": "h3", "capacity": 120, "threshold": 45, "rack": "r1", "vms": []}
+            ],
+            "vms": [
+                {"name": "a", "memory": 20}, {"name": "b", "memory": 20},
+                {"name": "q1", "memory": 21}, {"name": "q2", "memory": 21}
+            ],
+            "edges": [{"a": "a", "b": "b", "weight": 9}],
+            "unit_costs": {"same_rack": 1, "cross_rack": 5}
+        });
+        let inv = inventory(json.take());
+        let plan = plan(&inv, &VmmCfgConfig::default());
+        assert_eq!(plan.after.overloaded, 0);
+        assert_eq!(plan.moves.len(), 4);
+        assert_eq!(plan.placement[0], plan.placement[1], "a and b share a host");
+        assert_eq!(plan.cost_after, 0.0);
+        assert!(plan.cost_after <= plan.cost_initial_mapping);
+    }
+
+    #[test]
+    fn a_vm_with_no_room_anywhere_stays_and_is_reported() {
+        let inv = inventory(serde_json::json!({
+            "version": 1,
+            "hosts": [
+                {"name": "h0", "capacity": 100, "threshold": 50, "vms": ["big"]},
+                {"name": "h1", "capacity": 100, "threshold": 50, "vms": []}
+            ],
+            "vms": [{"name": "big", "memory": 80}]
+        }));
+        let plan = plan(&inv, &VmmCfgConfig::default());
+        assert_eq!(plan.unplaced, vec![0]);
+        assert!(plan.moves.is_empty());
+        assert_eq!(plan.after.overloaded, 1);
+    }
+
+    #[test]
+    fn a_split_that_lowers_the_cost_is_applied() {
+        // x and y sit on target t1 as one coalition; y talks much more to w
+        // on host t2 than to x, so splitting y off to t2 pays.
+        let inv = inventory(serde_json::json!({
+            "version": 1,
+            "hosts": [
+                {"name": "src", "capacity": 100, "threshold": 1, "rack": "r0", "vms": ["x", "y"]},
+                {"name": "t1", "capacity": 100, "threshold": 90, "rack": "r1", "vms": []},
+                {"name": "t2", "capacity": 100, "threshold": 90, "rack": "r2", "vms": ["w"]}
+            ],
+            "vms": [{"name": "x", "memory": 10}, {"name": "y", "memory": 10}, {"name": "w", "memory": 10}],
+            "edges": [{"a": "x", "b": "y", "weight": 1}, {"a": "y", "b": "w", "weight": 8}],
+            "unit_costs": {"same_rack": 1, "cross_rack": 3}
+        }));
+        let current = vec![0, 0, 2];
+        let mut game = Game::new(&inv, &[0], communication_cost(&inv, &current));
+        // Force the coalition {x, y} onto t1, as an earlier merge might have.
+        game.relocate(&[0, 1], 1);
+        game.cost = communication_cost(&inv, &game.host_of);
+        for v in [0, 1] {
+            game.coalition_of[v] = 0;
+        }
+        game.coalitions.push(Coalition {
+            members: vec![0, 1],
+            memory: 20.0,
+            host: 1,
+            alive: true,
+        });
+        let before = game.cost;
+        assert_eq!(game.split_process(10), 1);
+        assert!(game.cost < before);
+        assert!((game.cost - communication_cost(&inv, &game.host_of)).abs() < 1e-9);
+        assert_eq!(game.host_of[1], 2, "y joins w");
+        assert_eq!(game.trace.last().map(|s| s.kind), Some(StepKind::Split));
+    }
+
+    #[test]
+    fn merges_and_splits_never_raise_the_cost_and_the_running_cost_is_exact() {
+        for seed in 0..30 {
+            let hosts = 10 + (seed as usize % 5) * 7;
+            let inv =
+                Inventory::from_file(sim::vmmcfg_inventory(hosts, 3 * hosts, seed)).expect("valid");
+            let plan = plan(
+                &inv,
+                &VmmCfgConfig {
+                    seed,
+                    ..VmmCfgConfig::default()
+                },
+            );
+            let mut last = f64::INFINITY;
+            for step in &plan.trace {
+                if step.kind != StepKind::Place {
+                    assert!(
+                        step.cost <= last + 1e-9,
+                        "seed {seed}: {} after {last}",
+                        step.cost
+                    );
+                }
+                last = step.cost;
+            }
+            let exact = communication_cost(&inv, &plan.placement);
+            assert!(
+                (plan.cost_after - exact).abs() < 1e-6 * (1.0 + exact),
+                "seed {seed}"
+            );
+            assert!(plan.cost_after <= plan.cost_initial_mapping + 1e-9);
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_plan() {
+        let inv = Inventory::from_file(sim::vmmcfg_inventory(60, 180, 4)).expect("valid");
+        let a = plan(
+            &inv,
+            &VmmCfgConfig {
+                seed: 9,
+                ..VmmCfgConfig::default()
+            },
+        );
+        let b = plan(
+            &inv,
+            &VmmCfgConfig {
+                seed: 9,
+                ..VmmCfgConfig::default()
+            },
+        );
+        assert_eq!(a, b);
     }
 }
