@@ -13,12 +13,14 @@ pub struct Args {
 }
 
 /// The benchmarks, by name, with a one-line description.
-const BENCHES: &[(&str, &str)] = &[];
+const BENCHES: &[(&str, &str)] = &[(
+    "plan",
+    "VMM-CFG and SICC papers' simulations, 10k-VM planning time",
+)];
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let _ = &args.rest;
-    #[allow(clippy::match_single_binding)]
     match args.name.as_str() {
+        "plan" => crate::bench_plan::run(&args.rest),
         other => {
             let known: Vec<String> = BENCHES
                 .iter()
