@@ -493,11 +493,16 @@ fn consolidations_of_random_populations_pass_the_validator() {
         let len = 48 + r.below(100);
         let series: Vec<Vec<f64>> = (0..n)
             .map(|_| {
-                let (mu, amp, ph) = (r.range(5.0, 60.0), r.range(0.0, 30.0), r.range(0.0, 6.3));
+                let (mu, amp, ph) = (
+                    r.range(5.0, 60.0),
+                    r.range(0.0, 30.0),
+                    r.range(0.0, std::f64::consts::TAU),
+                );
                 (0..len)
                     .map(|t| {
-                        (mu + amp * (6.283 * t as f64 / len as f64 + ph).sin() + r.range(-5.0, 5.0))
-                            .clamp(0.0, 100.0)
+                        (mu + amp * (std::f64::consts::TAU * t as f64 / len as f64 + ph).sin()
+                            + r.range(-5.0, 5.0))
+                        .clamp(0.0, 100.0)
                     })
                     .collect()
             })
@@ -756,7 +761,8 @@ fn cli_consolidates_the_example_inventory() {
 #[test]
 fn cli_names_the_offending_entry_of_a_bad_inventory() {
     let base = fixture_json();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "edge",
             Box::new(|v| v["edges"][2]["b"] = json!("db-9")),

@@ -491,10 +491,8 @@ impl Inventory {
         if p == q {
             return 0.0;
         }
-        if !self.unit_costs.pairs.is_empty() {
-            if let Some(&c) = self.unit_costs.pairs.get(&(p.min(q), p.max(q))) {
-                return c;
-            }
+        if let Some(&c) = self.unit_costs.pairs.get(&(p.min(q), p.max(q))) {
+            return c;
         }
         match (self.hosts[p].rack, self.hosts[q].rack) {
             (Some(a), Some(b)) if a == b => self.unit_costs.same_rack,
@@ -574,10 +572,10 @@ fn check_vm(v: &VmEntry, period: usize) -> Result<(), InventoryError> {
     if !(v.memory.is_finite() && v.memory > 0.0) {
         return Err(bad("memory", v.memory, "finite and > 0"));
     }
-    if let Some(bps) = v.net_bps {
-        if !(bps.is_finite() && bps >= 0.0) {
-            return Err(bad("net_bps", bps, "finite and >= 0"));
-        }
+    if let Some(bps) = v.net_bps
+        && !(bps.is_finite() && bps >= 0.0)
+    {
+        return Err(bad("net_bps", bps, "finite and >= 0"));
     }
     if let Some(series) = &v.utilisation {
         if let Some((index, &value)) = series
@@ -652,7 +650,8 @@ mod tests {
     #[test]
     fn each_broken_entry_is_named_in_the_error() {
         use serde_json::json;
-        let cases: Vec<(Box<dyn FnOnce(&mut serde_json::Value)>, &str)> = vec![
+        type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|v| v["version"] = json!(2)), "version 2"),
             (
                 Box::new(|v| v["hosts"][1]["name"] = json!("h1")),

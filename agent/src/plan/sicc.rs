@@ -595,7 +595,7 @@ mod tests {
                 wave(
                     rng.uniform(15.0, 45.0),
                     rng.uniform(5.0, 20.0),
-                    rng.uniform(0.0, 6.28),
+                    rng.uniform(0.0, std::f64::consts::TAU),
                     200,
                 )
             })
@@ -672,7 +672,7 @@ mod tests {
                     let base = wave(
                         rng.uniform(10.0, 40.0),
                         rng.uniform(3.0, 15.0),
-                        rng.uniform(0.0, 6.28),
+                        rng.uniform(0.0, std::f64::consts::TAU),
                         120,
                     );
                     base.into_iter()

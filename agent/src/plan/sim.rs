@@ -100,8 +100,8 @@ pub fn vmmcfg_inventory(hosts: usize, vms: usize, seed: u64) -> InventoryFile {
     let mut order: Vec<usize> = (0..hosts).collect();
     rng.shuffle(&mut order);
     let mut load = vec![0.0; hosts];
-    for j in 0..vm_entries.len() {
-        let memory = vm_entries[j].memory;
+    for vm in &vm_entries {
+        let memory = vm.memory;
         let slot = order
             .iter()
             .copied()
@@ -111,7 +111,7 @@ pub fn vmmcfg_inventory(hosts: usize, vms: usize, seed: u64) -> InventoryFile {
             .or_else(|| (0..hosts).min_by(|&a, &b| load[a].total_cmp(&load[b])));
         if let Some(h) = slot {
             load[h] += memory;
-            host_entries[h].vms.push(vm_entries[j].name.clone());
+            host_entries[h].vms.push(vm.name.clone());
         }
     }
 
