@@ -9,8 +9,10 @@
 //! - [`control`]: NRAC, BDA and the AdaMig watchdog; a pre-copy simulator.
 //! - [`shaping`]: the HTB tree on the uplink over rtnetlink: classes, live
 //!   rate changes, fq/EDT detection, restoring the original qdisc.
+//! - [`plan`]: migration planning (VMM-CFG) and consolidation (SICC).
 
 pub mod control;
 pub mod datapath;
+pub mod plan;
 pub mod predict;
 pub mod shaping;

@@ -1,5 +1,7 @@
 //! `vmbw`: the host agent and its debug command line.
 
+mod plan_cli;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -43,6 +45,12 @@ enum Command {
         #[arg(long, short)]
         iface: String,
     },
+    /// Plan migrations (VMM-CFG) or consolidation (SICC, ICMA, FFD) for an
+    /// inventory of hosts and VMs; optionally write KubeVirt migrations.
+    Plan(plan_cli::PlanArgs),
+    /// Run the planning papers' simulations from a seed (what
+    /// `cargo xtask bench plan` measures), or write their inventories.
+    PlanSim(plan_cli::SimArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +69,8 @@ fn main() -> anyhow::Result<()> {
             count,
         } => watch(&iface, interval, count),
         Command::Shaping { iface } => show_shaping(&iface),
+        Command::Plan(args) => plan_cli::plan(&args),
+        Command::PlanSim(args) => plan_cli::sim(&args),
     }
 }
 

@@ -32,10 +32,15 @@ const BENCHES: &[(&str, &str)] = &[
         "shaping",
         "HTB goodput per rate, two-class contention with a live change, class-change latency; root",
     ),
+    (
+        "plan",
+        "VMM-CFG and SICC papers' simulations, 10k-VM planning time (drives the release vmbw binary)",
+    ),
 ];
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     match args.name.as_str() {
+        "plan" => crate::bench_plan::run(&args.rest),
         name if BENCHES.iter().any(|(n, _)| *n == name) => util::run(
             Command::new(env!("CARGO"))
                 .current_dir(util::workspace_root())

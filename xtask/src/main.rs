@@ -6,6 +6,7 @@
 //! - `bench`: benchmarks; each prints a JSON summary as its last line.
 
 mod bench;
+mod bench_plan;
 mod setup;
 mod test;
 mod util;
