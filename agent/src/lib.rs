@@ -11,6 +11,7 @@
 //!   rate changes, fq/EDT detection, restoring the original qdisc.
 //! - [`plan`]: migration planning (VMM-CFG) and consolidation (SICC).
 
+pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod plan;
