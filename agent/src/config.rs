@@ -185,7 +185,7 @@ pub struct ApiSection {
     pub listen: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiscoverySection {
     pub qmp_glob: String,
@@ -294,15 +294,6 @@ impl Default for ApiSection {
     }
 }
 
-impl Default for DiscoverySection {
-    fn default() -> Self {
-        DiscoverySection {
-            qmp_glob: String::new(),
-            kubevirt: false,
-        }
-    }
-}
-
 /// The datapath mode the config asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModeSetting {
@@ -391,10 +382,12 @@ impl Config {
                 ),
             ));
         }
-        if !(n.network_intensive_mbit.is_finite() && n.network_intensive_mbit >= 0.0)
-            || !(n.reserve_headroom >= 0.0)
-            || n.samples == 0
-        {
+        let sane = n.network_intensive_mbit.is_finite()
+            && n.network_intensive_mbit >= 0.0
+            && n.reserve_headroom.is_finite()
+            && n.reserve_headroom >= 0.0
+            && n.samples > 0;
+        if !sane {
             return Err(bad(
                 "nrac",
                 "network_intensive_mbit >= 0, reserve_headroom >= 0 and samples >= 1 are required"
