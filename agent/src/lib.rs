@@ -14,6 +14,7 @@
 pub mod config;
 pub mod control;
 pub mod datapath;
+pub mod metrics;
 pub mod plan;
 pub mod predict;
 pub mod shaping;
