@@ -4,10 +4,7 @@
 //! documentation cannot drift from the code. Unknown keys are errors (a typo
 //! must not silently fall back to a default), and every error names the key.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -73,7 +70,8 @@ keep_on_exit = false
 state_dir = "/run/vmbw/shaping"
 
 [api]
-# Status API (JSON) and /metrics (Prometheus). Localhost by default.
+# Status API (JSON) and /metrics (Prometheus): "ADDR:PORT" or
+# "unix:/path/to.sock". Localhost by default.
 listen = "127.0.0.1:9464"
 
 [discovery]
@@ -407,8 +405,8 @@ impl Config {
         }
         self.api
             .listen
-            .parse::<SocketAddr>()
-            .map_err(|e| bad("api.listen", format!("`{}`: {e}", self.api.listen)))?;
+            .parse::<crate::daemon::http::Listen>()
+            .map_err(|e| bad("api.listen", e))?;
         let mut names = std::collections::HashSet::new();
         for (i, vm) in self.vm.iter().enumerate() {
             if vm.name.is_empty() || !names.insert(vm.name.as_str()) {

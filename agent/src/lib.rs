@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod datapath;
 pub mod metrics;
 pub mod plan;
