@@ -4,5 +4,7 @@
 //! line over it.
 //!
 //! - [`datapath`]: the eBPF tc programs: loading, attaching, counters.
+//! - [`qemu`]: QMP client, per-iteration migration monitor, trace CSV.
 
 pub mod datapath;
+pub mod qemu;
