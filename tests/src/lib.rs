@@ -6,9 +6,16 @@
 //! process, so tests run in parallel, and recognisable, so `cargo xtask test`
 //! can remove the leftovers of a test process that was killed (its pid is
 //! gone) without touching anything else.
+//!
+//! [`guest`] builds the test guest (kernel + initramfs with
+//! `vmbw-workload`), [`vm`] runs QEMU processes, [`testbed`] joins source
+//! and destination hosts through a rate-limited router for migrations.
 
+pub mod guest;
 pub mod netns;
 pub mod skip;
+pub mod testbed;
+pub mod vm;
 
 pub use netns::{NetNs, in_netns};
 pub use skip::{privileged, skip};

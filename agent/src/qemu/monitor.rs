@@ -119,7 +119,8 @@ pub struct IterationSample {
     /// from its counters (see the module docs); `None` if no poll landed
     /// in the iteration or the next one.
     pub dirty_pages_counted: Option<u64>,
-    /// QEMU's `dirty-pages-rate` after the closing sync, pages/s.
+    /// QEMU's `dirty-pages-rate` after the closing sync (the last one
+    /// reported while the migration ran), pages/s.
     pub dirty_rate_pps: u64,
     /// X2, percent.
     pub mem_usage_pct: f64,
@@ -198,6 +199,9 @@ pub struct MigrationOutcome {
     pub info: MigrationInfo,
     /// Samples yielded.
     pub samples: u64,
+    /// The interval from the last pre-copy sync to QEMU's final sync in
+    /// stop-and-copy, not yielded as an iteration (see `boundary_at`).
+    pub stop_and_copy: Option<IterationSample>,
     /// The sync count at the first boundary the monitor saw (1 when it
     /// followed the migration from its start).
     pub first_sync: Option<u64>,
@@ -255,7 +259,9 @@ pub struct MigrationMonitor {
     ledger: BTreeMap<u64, Epoch>,
     prev_iter_s: f64,
     page_size: u64,
+    last_rate: u64,
     ready: VecDeque<IterationSample>,
+    held: Option<IterationSample>,
     samples: u64,
     outcome: Option<MigrationOutcome>,
     next_poll: Instant,
@@ -350,7 +356,9 @@ impl MigrationMonitor {
             ledger: BTreeMap::new(),
             prev_iter_s: 0.0,
             page_size: 4096,
+            last_rate: 0,
             ready: VecDeque::new(),
+            held: None,
             samples: 0,
             outcome: None,
             next_poll: Instant::now() + poll,
@@ -474,10 +482,7 @@ impl MigrationMonitor {
     async fn on_event(&mut self, ev: QmpEvent) -> Result<(), MonitorError> {
         if let Some(pass) = ev.migration_pass() {
             self.started = true;
-            let host = self.snapshot().await?;
-            let info = self.qmp.query_migrate().await?;
-            self.observe(&info);
-            self.close(pass, Some(ev.timestamp), host, &info);
+            let info = self.boundary_at(pass, Some(ev.timestamp)).await?;
             if info.status.as_ref().is_some_and(MigrationStatus::is_final) {
                 self.finish().await?;
             }
@@ -508,8 +513,7 @@ impl MigrationMonitor {
             .as_ref()
             .map_or(self.baseline_sync, |b| b.sync);
         if !self.events && sync > known {
-            let host = self.snapshot().await?;
-            self.close(sync, None, host, &info);
+            self.boundary_at(sync, None).await?;
         }
         if status.is_final() {
             self.finish().await?;
@@ -523,6 +527,10 @@ impl MigrationMonitor {
         let Some(ram) = &info.ram else { return };
         if let Some(p) = ram.page_size.filter(|p| *p > 0) {
             self.page_size = p;
+        }
+        // QEMU stops reporting the rate (0) once the migration completed.
+        if info.status != Some(MigrationStatus::Completed) {
+            self.last_rate = ram.dirty_pages_rate;
         }
         if ram.dirty_sync_count == 0 {
             return;
@@ -541,8 +549,50 @@ impl MigrationMonitor {
             });
     }
 
-    /// A boundary at sync `sync`: closes the open iteration into a sample.
-    fn close(&mut self, sync: u64, qemu_ts: Option<f64>, host: HostSnapshot, info: &MigrationInfo) {
+    /// A boundary at sync `sync` (seen now): measures, closes the open
+    /// iteration and releases its sample, except when QEMU made the sync
+    /// after stopping the VM. A completed pre-copy migration always ends
+    /// with such a sync (QEMU 7.2 syncs once more in `ram_save_complete`,
+    /// right after the sync that found little enough left to stop): the
+    /// interval it closes is the start of stop-and-copy, not an iteration.
+    /// Because our status query may land just after the stop even for the
+    /// sync before, a sample closed while the VM is stopped is held until
+    /// another sync (it was an iteration) or the end (it was not).
+    async fn boundary_at(
+        &mut self,
+        sync: u64,
+        qemu_ts: Option<f64>,
+    ) -> Result<MigrationInfo, MonitorError> {
+        let host = self.snapshot().await?;
+        let info = self.qmp.query_migrate().await?;
+        self.observe(&info);
+        if let Some(sample) = self.close(sync, qemu_ts, host, &info) {
+            let vm = self.qmp.query_status().await?;
+            if let Some(held) = self.held.take() {
+                self.release(held);
+            }
+            if matches!(vm.status.as_str(), "finish-migrate" | "postmigrate") {
+                self.held = Some(sample);
+            } else {
+                self.release(sample);
+            }
+        }
+        Ok(info)
+    }
+
+    fn release(&mut self, sample: IterationSample) {
+        self.samples += 1;
+        self.ready.push_back(sample);
+    }
+
+    /// Closes the open iteration at sync `sync` into a sample.
+    fn close(
+        &mut self,
+        sync: u64,
+        qemu_ts: Option<f64>,
+        host: HostSnapshot,
+        info: &MigrationInfo,
+    ) -> Option<IterationSample> {
         if self.first.is_none() {
             self.first = Some((sync, qemu_ts, host.at));
         }
@@ -552,11 +602,11 @@ impl MigrationMonitor {
                 qemu_ts,
                 host,
             });
-            return;
+            return None;
         };
         if sync <= b.sync {
             self.boundary = Some(b); // a repeated or stale boundary
-            return;
+            return None;
         }
         let wall = host.at.duration_since(b.host.at).as_secs_f64();
         let iter_s = match (qemu_ts, b.qemu_ts) {
@@ -575,6 +625,7 @@ impl MigrationMonitor {
             _ => None,
         };
         let ram = info.ram.clone().unwrap_or_default();
+        let rate = self.last_rate;
         let end_s = match (qemu_ts, self.first) {
             (Some(t), Some((_, Some(t0), _))) => t - t0,
             (_, Some((_, _, at0))) => host.at.duration_since(at0).as_secs_f64(),
@@ -583,9 +634,9 @@ impl MigrationMonitor {
         let sample = IterationSample {
             iteration: b.sync,
             syncs: sync - b.sync,
-            dirty_pages: ram.dirty_pages_rate as f64 * iter_s,
+            dirty_pages: rate as f64 * iter_s,
             dirty_pages_counted: counted,
-            dirty_rate_pps: ram.dirty_pages_rate,
+            dirty_rate_pps: rate,
             mem_usage_pct: host.mem_pct,
             cpu_usage_pct,
             vm_net_bps: bps(host.vm_bytes, b.host.vm_bytes),
@@ -616,27 +667,32 @@ impl MigrationMonitor {
             "iteration finished"
         );
         self.prev_iter_s = iter_s;
-        self.samples += 1;
-        self.ready.push_back(sample);
         self.boundary = Some(Boundary {
             sync,
             qemu_ts,
             host,
         });
+        Some(sample)
     }
 
     /// Handles events still queued, then records the outcome.
     async fn finish(&mut self) -> Result<(), MonitorError> {
         while let Some(ev) = self.qmp.try_event() {
             if let Some(pass) = ev.migration_pass() {
-                let host = self.snapshot().await?;
-                let info = self.qmp.query_migrate().await?;
-                self.observe(&info);
-                self.close(pass, Some(ev.timestamp), host, &info);
+                self.boundary_at(pass, Some(ev.timestamp)).await?;
             }
         }
         let info = self.qmp.query_migrate().await?;
         self.observe(&info);
+        let status = info.status.clone().unwrap_or(MigrationStatus::Other);
+        let mut stop_and_copy = None;
+        if let Some(held) = self.held.take() {
+            if status == MigrationStatus::Completed {
+                stop_and_copy = Some(held);
+            } else {
+                self.release(held);
+            }
+        }
         let ledger_spread = self
             .ledger
             .values()
@@ -644,8 +700,9 @@ impl MigrationMonitor {
             .max()
             .unwrap_or(0);
         self.outcome = Some(MigrationOutcome {
-            status: info.status.clone().unwrap_or(MigrationStatus::Other),
+            status,
             info,
+            stop_and_copy,
             samples: self.samples,
             first_sync: self.first.map(|(s, _, _)| s),
             ledger: self.ledger.iter().map(|(k, e)| (*k, e.first)).collect(),
