@@ -12,8 +12,12 @@
 //! - [`record`]: `vmbw record`, the monitor writing a trace.
 
 pub mod commands;
+#[cfg(test)]
+mod fake_qmp;
 pub mod hoststats;
 pub mod monitor;
+#[cfg(test)]
+mod monitor_tests;
 pub mod qmp;
 #[cfg(test)]
 mod qmp_tests;

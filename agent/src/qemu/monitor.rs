@@ -6,7 +6,11 @@
 //! `dirty-sync-count`; each sync emits `MIGRATION_PASS` with the new count
 //! when the `events` capability is on). With events, iteration boundaries
 //! carry QEMU's own microsecond timestamps; without, they are the poll at
-//! which the counter was seen to move (±one poll interval).
+//! which the counter was seen to move (±one poll interval). A completed
+//! migration with S syncs has S-2 iterations: QEMU 7.2 syncs once when
+//! little enough is left to stop, and once more after stopping the VM; the
+//! millisecond between those two is reported as
+//! [`MigrationOutcome::stop_and_copy`], not as an iteration.
 //!
 //! X1 is defined as QEMU's `dirty-pages-rate` × the iteration's duration
 //! (MISSION §6). Beside it the monitor counts the pages each sync found

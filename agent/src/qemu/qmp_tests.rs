@@ -3,11 +3,7 @@
 //! message cut off, a closed socket, silence, replies to nothing). These
 //! test our protocol handling; the real-QEMU tests are in `vmbw-tests`.
 
-use std::{
-    path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
-    time::Duration,
-};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::{
@@ -18,32 +14,7 @@ use tokio::{
 
 use super::qmp::{Qmp, QmpError, QmpOptions};
 
-const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "fake"}, "capabilities": ["oob"]}}"#;
-
-/// A socket path in the temp dir, removed when dropped.
-struct SocketFile(PathBuf);
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-impl std::ops::Deref for SocketFile {
-    type Target = PathBuf;
-    fn deref(&self) -> &PathBuf {
-        &self.0
-    }
-}
-
-fn socket_path() -> SocketFile {
-    static N: AtomicU32 = AtomicU32::new(0);
-    SocketFile(std::env::temp_dir().join(format!(
-        "vmbw-qmp-test-{}-{}.sock",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )))
-}
+use super::fake_qmp::{GREETING, SocketFile, socket_path};
 
 /// The fake QEMU's side of one connection.
 struct Peer {

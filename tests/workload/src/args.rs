@@ -8,7 +8,8 @@ pub const USAGE: &str = "\
 usage: vmbw-workload --mode MODE [options]
   --mode idle|cpu|mem-seq|mem-rand|burst|net
   --wss-mb N        working set for the memory modes, MiB (default 32)
-  --dirty-mbps X    pages dirtied per second, as MiB/s (default 4)
+  --dirty-mbps X    pages dirtied per second, as MiB/s (default 4; in cpu
+                    and net modes 0, else a dirtying thread runs beside)
   --pattern seq|rand  page order in burst mode (default rand)
   --on-ms N         burst: dirtying period (default 2000)
   --off-ms N        burst: idle period (default 2000)
@@ -60,6 +61,7 @@ pub struct Args {
 impl Args {
     pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         let mut mode = None;
+        let mut dirty_given = false;
         let mut a = Args {
             mode: Mode::Idle,
             wss_mb: 32,
@@ -95,7 +97,10 @@ impl Args {
                     })
                 }
                 "wss-mb" => a.wss_mb = positive(&value).ok_or_else(|| bad("not a count > 0"))?,
-                "dirty-mbps" => a.dirty_mbps = rate(&value).ok_or_else(|| bad("not a rate"))?,
+                "dirty-mbps" => {
+                    a.dirty_mbps = rate(&value).ok_or_else(|| bad("not a rate"))?;
+                    dirty_given = true;
+                }
                 "pattern" => {
                     a.pattern = match value.as_str() {
                         "seq" => Pattern::Seq,
@@ -133,6 +138,9 @@ impl Args {
         if a.mode == Mode::Net && a.sink.is_none() {
             return Err("--mode net needs --sink IP:PORT".into());
         }
+        if matches!(a.mode, Mode::Net | Mode::Cpu) && !dirty_given {
+            a.dirty_mbps = 0.0;
+        }
         match a.mode {
             Mode::MemSeq => a.pattern = Pattern::Seq,
             Mode::MemRand => a.pattern = Pattern::Rand,
@@ -145,6 +153,16 @@ impl Args {
     pub fn describe(&self) -> String {
         match self.mode {
             Mode::Idle => "mode=idle".into(),
+            Mode::Cpu if self.dirty_mbps > 0.0 => format!(
+                "mode=cpu wss_mb={} dirty_mbps={} pattern={}",
+                self.wss_mb,
+                self.dirty_mbps,
+                if self.pattern == Pattern::Seq {
+                    "seq"
+                } else {
+                    "rand"
+                }
+            ),
             Mode::Cpu => "mode=cpu".into(),
             Mode::MemSeq | Mode::MemRand => format!(
                 "mode={} wss_mb={} dirty_mbps={}",
@@ -169,7 +187,7 @@ impl Args {
                 self.off.as_millis()
             ),
             Mode::Net => format!(
-                "mode=net proto={} rate_mbit={} packet={} sink={}",
+                "mode=net proto={} rate_mbit={} packet={} sink={} wss_mb={} dirty_mbps={}",
                 if self.proto == Proto::Udp {
                     "udp"
                 } else {
@@ -177,7 +195,9 @@ impl Args {
                 },
                 self.rate_mbit,
                 self.packet,
-                self.sink.map(|s| s.to_string()).unwrap_or_default()
+                self.sink.map(|s| s.to_string()).unwrap_or_default(),
+                self.wss_mb,
+                self.dirty_mbps
             ),
         }
     }
@@ -214,6 +234,14 @@ mod tests {
         assert_eq!(a.pattern, Pattern::Seq);
         assert_eq!(a.wss_mb, 48);
         assert_eq!(a.dirty_mbps, 2.5);
+    }
+
+    #[test]
+    fn net_mode_dirties_only_when_asked() {
+        let a = parse("--mode net --sink 198.18.2.2:9000").expect("valid");
+        assert_eq!(a.dirty_mbps, 0.0);
+        let a = parse("--mode net --sink 198.18.2.2:9000 --dirty-mbps 1").expect("valid");
+        assert_eq!(a.dirty_mbps, 1.0);
     }
 
     #[test]

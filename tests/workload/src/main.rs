@@ -3,13 +3,14 @@
 //!
 //! Modes:
 //! - `idle`: sleeps.
-//! - `cpu`: spins on arithmetic, touching no memory beyond its stack.
+//! - `cpu`: spins on arithmetic, touching no memory beyond its stack
+//!   (with `--dirty-mbps`, a second thread dirties a working set).
 //! - `mem-seq` / `mem-rand`: dirties pages of a working set at a set rate,
 //!   walking it in order or picking pages at random.
 //! - `burst`: like `mem-rand` (or `--pattern seq`) for `--on-ms`, then idle
 //!   for `--off-ms`, repeated.
 //! - `net`: streams UDP datagrams or a TCP byte stream to `--sink` at a set
-//!   rate.
+//!   rate (with `--dirty-mbps`, a second thread dirties a working set).
 //!
 //! Every line it prints starts with `vmbw-workload:`; after its set-up it
 //! prints `VMBW-WORKLOAD-READY`, which tests wait for before migrating. Each
@@ -70,6 +71,9 @@ fn idle(args: &Args) -> Result<(), String> {
 }
 
 fn cpu(args: &Args) -> Result<(), String> {
+    if args.dirty_mbps > 0.0 {
+        memory::spawn(args);
+    }
     ready(args);
     let start = Instant::now();
     let mut last = start;

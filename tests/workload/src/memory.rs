@@ -74,6 +74,19 @@ pub fn run(args: &Args) -> Result<(), String> {
     let mut ws = WorkingSet::new(args);
     ws.fill();
     crate::ready(args);
+    dirty_loop(args, ws)
+}
+
+/// Sets up a working set and dirties it on a thread of its own (the net
+/// mode's optional background dirtying).
+pub fn spawn(args: &Args) {
+    let mut ws = WorkingSet::new(args);
+    ws.fill();
+    let args = args.clone();
+    std::thread::spawn(move || dirty_loop(&args, ws));
+}
+
+fn dirty_loop(args: &Args, mut ws: WorkingSet) -> Result<(), String> {
     let pages_per_sec = args.dirty_mbps * (1 << 20) as f64 / PAGE as f64;
     let off = if args.mode == Mode::Burst {
         args.off
@@ -100,7 +113,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         if now >= report_at {
             let dt = args.report.as_secs_f64();
             println!(
-                "vmbw-workload: t={:.1}s pages_written={} rate_mbps={:.2} total_pages={}",
+                "vmbw-workload: t={:.1}s pages_written={} dirty_mbps={:.2} total_pages={}",
                 now.duration_since(start).as_secs_f64(),
                 since_report,
                 since_report as f64 * PAGE as f64 / (1 << 20) as f64 / dt,

@@ -27,6 +27,9 @@ pub fn run(args: &Args) -> Result<(), String> {
         ),
         Proto::Tcp => Conn::Tcp(None),
     };
+    if args.dirty_mbps > 0.0 {
+        crate::memory::spawn(args);
+    }
     crate::ready(args);
     let payload = vec![0x5au8; args.packet];
     let bytes_per_sec = args.rate_mbit * 1e6 / 8.0;
