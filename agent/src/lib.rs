@@ -10,6 +10,7 @@
 //! - [`shaping`]: the HTB tree on the uplink over rtnetlink: classes, live
 //!   rate changes, fq/EDT detection, restoring the original qdisc.
 //! - [`plan`]: migration planning (VMM-CFG) and consolidation (SICC).
+//! - [`qemu`]: QMP client, per-iteration migration monitor, trace CSV.
 
 pub mod config;
 pub mod control;
@@ -18,4 +19,5 @@ pub mod datapath;
 pub mod metrics;
 pub mod plan;
 pub mod predict;
+pub mod qemu;
 pub mod shaping;

@@ -1,6 +1,8 @@
 //! `vmbw`: the host agent and its debug command line.
 
 mod plan_cli;
+mod predict_cli;
+mod simulate_cli;
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +53,43 @@ enum Command {
     /// Run the planning papers' simulations from a seed (what
     /// `cargo xtask bench plan` measures), or write their inventories.
     PlanSim(plan_cli::SimArgs),
+    /// Follow one live migration of a VM through its QMP socket and write
+    /// the dirty-page trace CSV: one row per pre-copy iteration with X1..X6
+    /// (dirty pages, memory, CPU, VM network, previous iteration's
+    /// duration, host uplink). Waits for the migration to start.
+    Record(RecordArgs),
+    /// Predict each iteration's dirty pages of a recorded trace one step
+    /// ahead with GM(1,N) and the baselines, and score them (MAPE, WAPE, RMSE).
+    Predict(predict_cli::PredictArgs),
+    /// Replay a trace's dirtying in the pre-copy simulator under several
+    /// policies: convergence, total time, downtime, what the application got.
+    Simulate(simulate_cli::SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct RecordArgs {
+    /// The source QEMU's QMP unix socket.
+    #[arg(long)]
+    qmp: std::path::PathBuf,
+    /// Output CSV file.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// The VM's interface (tap) for X4, in QEMU's network namespace;
+    /// repeat for several.
+    #[arg(long = "vm-iface")]
+    vm_ifaces: Vec<String>,
+    /// The host uplink for X6, in QEMU's network namespace.
+    #[arg(long)]
+    uplink: Option<String>,
+    /// Milliseconds between query-migrate polls.
+    #[arg(long, default_value_t = 200)]
+    poll_ms: u64,
+    /// Seconds to wait for the migration to start.
+    #[arg(long, default_value_t = 600)]
+    wait_secs: u64,
+    /// A comment line for the trace header (how it was made); repeatable.
+    #[arg(long)]
+    comment: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +110,9 @@ fn main() -> anyhow::Result<()> {
         Command::Shaping { iface } => show_shaping(&iface),
         Command::Plan(args) => plan_cli::plan(&args),
         Command::PlanSim(args) => plan_cli::sim(&args),
+        Command::Record(args) => record(args),
+        Command::Predict(args) => predict_cli::predict(&args),
+        Command::Simulate(args) => simulate_cli::run(&args),
     }
 }
 
@@ -192,4 +234,45 @@ fn print_rates(
         rate(prev.ingress.bytes, cur.ingress.bytes) * 8.0 / 1e6,
         rate(prev.ingress.packets, cur.ingress.packets),
     );
+}
+
+fn record(args: RecordArgs) -> anyhow::Result<()> {
+    use vmbw::qemu::{MonitorConfig, record};
+    anyhow::ensure!(args.poll_ms > 0, "--poll-ms must be positive");
+    let opts = record::RecordOptions {
+        qmp: args.qmp,
+        out: args.out,
+        monitor: MonitorConfig {
+            poll_interval: Duration::from_millis(args.poll_ms),
+            vm_ifaces: args.vm_ifaces,
+            uplink: args.uplink,
+            ..MonitorConfig::default()
+        },
+        start_timeout: Duration::from_secs(args.wait_secs),
+        comments: args.comment,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let summary = runtime
+        .block_on(record::record(&opts, |s| {
+            eprintln!(
+                "iteration {:>3}: {:>9.0} dirty pages ({:?} counted) in {:>7.3} s; cpu {:>5.1}% mem {:>5.1}%",
+                s.iteration,
+                s.dirty_pages,
+                s.dirty_pages_counted,
+                s.iter_s,
+                s.cpu_usage_pct,
+                s.mem_usage_pct
+            );
+        }))
+        .with_context(|| format!("recording the migration behind {}", opts.qmp.display()))?;
+    eprintln!("{}", record::outcome_line(&summary.outcome));
+    eprintln!("wrote {} rows to {}", summary.rows, opts.out.display());
+    anyhow::ensure!(
+        summary.outcome.status == vmbw::qemu::types::MigrationStatus::Completed,
+        "the migration ended {}",
+        summary.outcome.status.as_str()
+    );
+    Ok(())
 }

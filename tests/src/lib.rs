@@ -6,15 +6,22 @@
 //! process, so tests run in parallel, and recognisable, so `cargo xtask test`
 //! can remove the leftovers of a test process that was killed (its pid is
 //! gone) without touching anything else.
+//!
+//! [`guest`] builds the test guest (kernel + initramfs with
+//! `vmbw-workload`), [`vm`] runs QEMU processes, [`testbed`] joins source
+//! and destination hosts through a rate-limited router for migrations.
 
 pub mod bpffs;
 pub mod frames;
+pub mod guest;
 pub mod logs;
 pub mod measure;
 pub mod netns;
 pub mod shaped;
 pub mod skip;
 pub mod tcp;
+pub mod testbed;
+pub mod vm;
 
 pub use bpffs::BpffsMount;
 pub use netns::{NetNs, in_netns};

@@ -29,13 +29,20 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "test guests and live migrations (TCG)"),
     ("busybox-static", "the test guest's initramfs userland"),
     ("cpio", "packing the test guest's initramfs"),
+    (
+        "libc6-dev",
+        "static libc for the test guest's workload (crt-static)",
+    ),
 ];
 
 /// bpf-linker version built against LLVM 22 (MISSION §5).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
-/// The guest kernel modules needed for virtio networking, in load order.
+/// The guest kernel modules needed for virtio networking, in load order,
+/// then the balloon driver (guest memory statistics for the migration
+/// monitor's X2). The guest builder (`tests/src/guest.rs`) loads the same
+/// list.
 pub const GUEST_MODULES: &[&str] = &[
     "virtio_ring",
     "virtio",
@@ -45,6 +52,7 @@ pub const GUEST_MODULES: &[&str] = &[
     "failover",
     "net_failover",
     "virtio_net",
+    "virtio_balloon",
 ];
 
 pub fn run(args: &Args) -> anyhow::Result<()> {

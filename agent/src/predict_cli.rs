@@ -1,0 +1,144 @@
+//! `vmbw predict`: one-step-ahead dirty-page predictions over a recorded
+//! trace, per model, with MAPE / RMSE / WAPE over the iterations where every
+//! selected model has a prediction.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use vmbw::{
+    predict::{MODELS, Row, eval, model},
+    qemu::trace,
+};
+
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    /// Trace CSV (MISSION §6 format), e.g. one recorded by `vmbw record`.
+    #[arg(long)]
+    trace: PathBuf,
+    /// Model: gm1n, gm11, last, mean, ewma, bda, or all.
+    #[arg(long, default_value = "all")]
+    model: String,
+    /// Rolling window of the grey models (iterations).
+    #[arg(long, default_value_t = 8)]
+    window: usize,
+    /// First iteration to predict (1-based; earlier ones are history only).
+    #[arg(long, default_value_t = 2)]
+    from: usize,
+    /// Print a JSON summary as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
+    let t = trace::read_path(&args.trace)?;
+    if t.rows.len() < 2 {
+        bail!(
+            "{}: {} iteration(s); at least 2 are needed to predict anything",
+            args.trace.display(),
+            t.rows.len()
+        );
+    }
+    if args.window < 2 {
+        bail!("--window must be at least 2");
+    }
+    let names: Vec<&str> = if args.model == "all" {
+        MODELS.to_vec()
+    } else {
+        vec![
+            MODELS
+                .iter()
+                .copied()
+                .find(|m| *m == args.model)
+                .with_context(|| {
+                    format!(
+                        "unknown model `{}` (known: {}, all)",
+                        args.model,
+                        MODELS.join(", ")
+                    )
+                })?,
+        ]
+    };
+    let rows: Vec<Row> = t.rows.iter().map(trace::TraceRow::x).collect();
+    let first = args.from.max(2) - 1;
+    let mut runs = Vec::new();
+    for name in &names {
+        let m = model(name, args.window).with_context(|| format!("model {name}"))?;
+        runs.push(
+            eval::run(m.as_ref(), &rows, first)
+                .with_context(|| format!("running {name} on {}", args.trace.display()))?,
+        );
+    }
+    let common = eval::common_iterations(&runs);
+
+    print!("{:>5} {:>12}", "iter", "actual");
+    for r in &runs {
+        print!(" {:>12}", r.model);
+    }
+    println!();
+    for (k, row) in t.rows.iter().enumerate() {
+        print!("{:>5} {:>12.0}", row.iteration, row.dirty_pages);
+        for r in &runs {
+            match r.predicted[k] {
+                Some(p) => print!(" {p:>12.0}"),
+                None => print!(" {:>12}", "-"),
+            }
+        }
+        println!();
+    }
+    println!();
+    println!(
+        "{} iterations scored (every model predicted them)",
+        common.len()
+    );
+    println!(
+        "{:<6} {:>10} {:>10} {:>14} {:>4}",
+        "model", "MAPE %", "WAPE %", "RMSE pages", "n"
+    );
+    let scores: Vec<_> = runs
+        .iter()
+        .map(|r| (r.model.clone(), eval::score(r, &rows, &common)))
+        .collect();
+    for (name, s) in &scores {
+        println!(
+            "{name:<6} {:>10.2} {:>10.2} {:>14.1} {:>4}",
+            s.mape, s.wape, s.rmse, s.n
+        );
+    }
+    if let Some(gm) = runs.iter().find(|r| r.model == "gm1n") {
+        let hows: std::collections::BTreeSet<&str> =
+            gm.how.iter().flatten().map(String::as_str).collect();
+        println!(
+            "gm1n predictions were made as: {}",
+            hows.into_iter().collect::<Vec<_>>().join("; ")
+        );
+    }
+    if args.json {
+        let json_num = |v: f64| {
+            if v.is_finite() {
+                format!("{v:.4}")
+            } else {
+                "null".into()
+            }
+        };
+        let models: Vec<String> = scores
+            .iter()
+            .map(|(n, s)| {
+                format!(
+                    r#""{n}":{{"mape":{},"wape":{},"rmse":{},"n":{}}}"#,
+                    json_num(s.mape),
+                    json_num(s.wape),
+                    json_num(s.rmse),
+                    s.n
+                )
+            })
+            .collect();
+        println!(
+            r#"{{"trace":{:?},"iterations":{},"window":{},"models":{{{}}}}}"#,
+            args.trace.display().to_string(),
+            t.rows.len(),
+            args.window,
+            models.join(",")
+        );
+    }
+    Ok(())
+}

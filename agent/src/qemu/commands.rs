@@ -1,0 +1,168 @@
+//! Typed QMP commands: the queries the monitor reads and the controls the
+//! bandwidth controller uses (`max-bandwidth`, `downtime-limit`,
+//! capabilities, post-copy, cancel).
+
+use serde_json::{Value, json};
+
+use super::{
+    qmp::{Qmp, QmpError},
+    types::{
+        BalloonGuestStats, CapabilityState, CpuInfoFast, MemorySizeSummary, MigrationInfo,
+        QomProperty, StatusInfo, VersionInfo,
+    },
+};
+
+/// Migration capabilities the controller switches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capability {
+    /// MIGRATION and MIGRATION_PASS events.
+    Events,
+    /// Throttle the guest's vCPUs when the migration does not converge.
+    AutoConverge,
+    /// Allow switching to post-copy (`migrate-start-postcopy`).
+    PostcopyRam,
+}
+
+impl Capability {
+    pub fn qapi_name(self) -> &'static str {
+        match self {
+            Capability::Events => "events",
+            Capability::AutoConverge => "auto-converge",
+            Capability::PostcopyRam => "postcopy-ram",
+        }
+    }
+}
+
+impl Qmp {
+    pub async fn query_migrate(&mut self) -> Result<MigrationInfo, QmpError> {
+        self.execute_as("query-migrate", None).await
+    }
+
+    pub async fn query_cpus_fast(&mut self) -> Result<Vec<CpuInfoFast>, QmpError> {
+        self.execute_as("query-cpus-fast", None).await
+    }
+
+    pub async fn query_memory_size_summary(&mut self) -> Result<MemorySizeSummary, QmpError> {
+        self.execute_as("query-memory-size-summary", None).await
+    }
+
+    pub async fn query_status(&mut self) -> Result<StatusInfo, QmpError> {
+        self.execute_as("query-status", None).await
+    }
+
+    pub async fn query_version(&mut self) -> Result<VersionInfo, QmpError> {
+        self.execute_as("query-version", None).await
+    }
+
+    pub async fn query_migrate_capabilities(&mut self) -> Result<Vec<CapabilityState>, QmpError> {
+        self.execute_as("query-migrate-capabilities", None).await
+    }
+
+    /// Sets migration capabilities. QEMU refuses while a migration runs.
+    pub async fn set_capabilities(&mut self, caps: &[(Capability, bool)]) -> Result<(), QmpError> {
+        let list: Vec<Value> = caps
+            .iter()
+            .map(|(c, on)| json!({"capability": c.qapi_name(), "state": on}))
+            .collect();
+        self.execute(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": list })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Caps the migration stream, bytes per second. Takes effect on the
+    /// running migration.
+    pub async fn set_max_bandwidth(&mut self, bytes_per_sec: u64) -> Result<(), QmpError> {
+        self.execute(
+            "migrate-set-parameters",
+            Some(json!({ "max-bandwidth": bytes_per_sec })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The stop-and-copy time QEMU aims for, milliseconds.
+    pub async fn set_downtime_limit(&mut self, ms: u64) -> Result<(), QmpError> {
+        self.execute(
+            "migrate-set-parameters",
+            Some(json!({ "downtime-limit": ms })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Starts an outgoing migration to `uri` (e.g. `tcp:198.18.2.2:4444`).
+    pub async fn migrate(&mut self, uri: &str) -> Result<(), QmpError> {
+        self.execute("migrate", Some(json!({ "uri": uri })))
+            .await
+            .map(drop)
+    }
+
+    /// Switches a running migration to post-copy (needs `postcopy-ram` on
+    /// both sides before the migration started).
+    pub async fn migrate_start_postcopy(&mut self) -> Result<(), QmpError> {
+        self.execute("migrate-start-postcopy", None).await.map(drop)
+    }
+
+    pub async fn migrate_cancel(&mut self) -> Result<(), QmpError> {
+        self.execute("migrate_cancel", None).await.map(drop)
+    }
+
+    pub async fn qom_list(&mut self, path: &str) -> Result<Vec<QomProperty>, QmpError> {
+        self.execute_as("qom-list", Some(json!({ "path": path })))
+            .await
+    }
+
+    pub async fn qom_get(&mut self, path: &str, property: &str) -> Result<Value, QmpError> {
+        self.execute(
+            "qom-get",
+            Some(json!({ "path": path, "property": property })),
+        )
+        .await
+    }
+
+    pub async fn qom_set(
+        &mut self,
+        path: &str,
+        property: &str,
+        value: Value,
+    ) -> Result<(), QmpError> {
+        self.execute(
+            "qom-set",
+            Some(json!({ "path": path, "property": property, "value": value })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The QOM path of the first virtio-balloon device, if the VM has one.
+    pub async fn find_balloon(&mut self) -> Result<Option<String>, QmpError> {
+        for parent in ["/machine/peripheral", "/machine/peripheral-anon"] {
+            let children = match self.qom_list(parent).await {
+                Ok(c) => c,
+                Err(QmpError::Command { .. }) => continue, // no such container
+                Err(e) => return Err(e),
+            };
+            if let Some(dev) = children
+                .iter()
+                .find(|p| p.kind.starts_with("child<virtio-balloon"))
+            {
+                return Ok(Some(format!("{parent}/{}", dev.name)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The balloon driver's memory statistics at `balloon` (a QOM path).
+    pub async fn balloon_stats(&mut self, balloon: &str) -> Result<BalloonGuestStats, QmpError> {
+        let v = self.qom_get(balloon, "guest-stats").await?;
+        let text = v.to_string();
+        serde_json::from_value(v).map_err(|e| QmpError::Decode {
+            command: format!("qom-get {balloon} guest-stats"),
+            excerpt: text.chars().take(160).collect(),
+            source: std::sync::Arc::new(e),
+        })
+    }
+}

@@ -1,0 +1,802 @@
+//! Per-VM migration monitor: follows one outgoing pre-copy migration over
+//! QMP and yields one [`IterationSample`] per finished iteration, with the
+//! six GM(1,N) variables X1..X6.
+//!
+//! Iteration k is the time between dirty-bitmap sync k and sync k+1 (QEMU's
+//! `dirty-sync-count`; each sync emits `MIGRATION_PASS` with the new count
+//! when the `events` capability is on). With events, iteration boundaries
+//! carry QEMU's own microsecond timestamps; without, they are the poll at
+//! which the counter was seen to move (±one poll interval). A completed
+//! migration with S syncs has S-2 iterations: QEMU 7.2 syncs once when
+//! little enough is left to stop, and once more after stopping the VM; the
+//! millisecond between those two is reported as
+//! [`MigrationOutcome::stop_and_copy`], not as an iteration.
+//!
+//! X1 is defined as QEMU's `dirty-pages-rate` × the iteration's duration
+//! (MISSION §6). Beside it the monitor counts the pages each sync found
+//! dirty straight from QEMU's counters: between two syncs, pages sent
+//! (`normal` + `duplicate`) plus pages still dirty (`remaining` / page size)
+//! stay constant, and a sync raises that sum by exactly the pages it found
+//! newly dirty. So `ledger(k+1) - ledger(k)` is the number of pages dirtied
+//! during iteration k, observable from any poll inside each iteration.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use super::{
+    commands::Capability,
+    hoststats::{self, ByteCounter, HostStatsError, ProcNetDev, SumCounter},
+    qmp::{Qmp, QmpError},
+    trace::TraceRow,
+    types::{MigrationInfo, MigrationStatus, QmpEvent},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("talking to QEMU")]
+    Qmp(#[from] QmpError),
+    #[error("reading the VM's host statistics")]
+    Host(#[from] HostStatsError),
+    #[error("QEMU reports no vCPU thread ids (query-cpus-fast); vCPU CPU use cannot be measured")]
+    NoVcpuThreads,
+    #[error(
+        "no memory usage source: the VM has no virtio-balloon device and no mapping of its \
+         {ram_bytes} bytes of RAM in /proc/{pid}/smaps"
+    )]
+    NoMemorySource { pid: u32, ram_bytes: u64 },
+    #[error("no migration started within {0:?}")]
+    NotStarted(Duration),
+    #[error("lost the QMP connection and {attempts} reconnects failed")]
+    Reconnect {
+        attempts: u32,
+        #[source]
+        source: QmpError,
+    },
+}
+
+/// What the monitor measures and how often.
+#[derive(Clone, Debug)]
+pub struct MonitorConfig {
+    /// How often `query-migrate` is polled between events.
+    pub poll_interval: Duration,
+    /// The VM's own interfaces (taps) in QEMU's network namespace, for X4.
+    pub vm_ifaces: Vec<String>,
+    /// The host uplink in QEMU's network namespace, for X6.
+    pub uplink: Option<String>,
+    /// If the VM's balloon device does not poll guest memory statistics,
+    /// switch polling on at this interval (seconds); 0 leaves it alone.
+    pub balloon_poll_secs: u64,
+    /// Reconnects tried when the QMP connection drops mid-migration.
+    pub reconnect_attempts: u32,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            poll_interval: Duration::from_millis(200),
+            vm_ifaces: Vec::new(),
+            uplink: None,
+            balloon_poll_secs: 1,
+            reconnect_attempts: 3,
+        }
+    }
+}
+
+/// Where X2 (memory usage) comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemorySource {
+    /// The guest's balloon driver: (total - available) / total.
+    Balloon { qom_path: String },
+    /// Host view: resident part of the guest RAM mapping / RAM size.
+    GuestRamResident,
+}
+
+impl std::fmt::Display for MemorySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemorySource::Balloon { qom_path } => write!(
+                f,
+                "guest balloon statistics at {qom_path}: (total - available) / total"
+            ),
+            MemorySource::GuestRamResident => {
+                write!(f, "host: resident part of the guest RAM mapping / RAM size")
+            }
+        }
+    }
+}
+
+/// One finished pre-copy iteration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IterationSample {
+    /// Iteration number k (= the dirty-sync-count that started it).
+    pub iteration: u64,
+    /// Iterations this sample spans: 1, unless boundaries were missed
+    /// (no events and several syncs between two polls, or a reconnect).
+    pub syncs: u64,
+    /// X1: `dirty_rate_pps` × `iter_s`.
+    pub dirty_pages: f64,
+    /// Pages QEMU's sync at the end of the iteration found newly dirty,
+    /// from its counters (see the module docs); `None` if no poll landed
+    /// in the iteration or the next one.
+    pub dirty_pages_counted: Option<u64>,
+    /// QEMU's `dirty-pages-rate` after the closing sync (the last one
+    /// reported while the migration ran), pages/s.
+    pub dirty_rate_pps: u64,
+    /// X2, percent.
+    pub mem_usage_pct: f64,
+    /// X3: vCPU threads' CPU time / (wall time × vCPUs), percent.
+    pub cpu_usage_pct: f64,
+    /// X4, bits/s (0 when no VM interface is measured).
+    pub vm_net_bps: f64,
+    /// X5: the previous sample's `iter_s` (0 for the first).
+    pub prev_iter_s: f64,
+    /// X6, bits/s (0 when no uplink is measured).
+    pub host_net_bps: f64,
+    /// Duration of the iteration, seconds.
+    pub iter_s: f64,
+    pub page_size: u64,
+    /// End of the iteration, seconds after the first boundary seen.
+    pub end_s: f64,
+    /// `dirty-sync-count` when the sample was closed.
+    pub dirty_sync_count: u64,
+    pub status: MigrationStatus,
+    pub transferred_bytes: u64,
+    pub remaining_bytes: u64,
+    pub mbps: f64,
+    pub expected_downtime_ms: Option<u64>,
+}
+
+/// Names of the trace columns after the standard nine, as
+/// [`IterationSample::to_trace_row`] fills them.
+pub const EXTRA_COLUMNS: [&str; 9] = [
+    "dirty_pages_counted",
+    "dirty_rate_pps",
+    "dirty_sync_count",
+    "syncs",
+    "transferred_bytes",
+    "remaining_bytes",
+    "mbps",
+    "expected_downtime_ms",
+    "end_s",
+];
+
+impl IterationSample {
+    pub fn to_trace_row(&self) -> TraceRow {
+        TraceRow {
+            iteration: self.iteration,
+            dirty_pages: self.dirty_pages.round(),
+            mem_usage_pct: self.mem_usage_pct.clamp(0.0, 100.0),
+            cpu_usage_pct: self.cpu_usage_pct.max(0.0),
+            vm_net_bps: self.vm_net_bps.max(0.0),
+            prev_iter_s: self.prev_iter_s,
+            host_net_bps: self.host_net_bps.max(0.0),
+            iter_s: self.iter_s,
+            page_size: self.page_size,
+            extra: vec![
+                self.dirty_pages_counted
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+                self.dirty_rate_pps.to_string(),
+                self.dirty_sync_count.to_string(),
+                self.syncs.to_string(),
+                self.transferred_bytes.to_string(),
+                self.remaining_bytes.to_string(),
+                format!("{:.3}", self.mbps),
+                self.expected_downtime_ms
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+                format!("{:.3}", self.end_s),
+            ],
+        }
+    }
+}
+
+/// How the followed migration ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MigrationOutcome {
+    pub status: MigrationStatus,
+    /// `query-migrate` after the end.
+    pub info: MigrationInfo,
+    /// Samples yielded.
+    pub samples: u64,
+    /// The interval from the last pre-copy sync to QEMU's final sync in
+    /// stop-and-copy, not yielded as an iteration (see `boundary_at`).
+    pub stop_and_copy: Option<IterationSample>,
+    /// The sync count at the first boundary the monitor saw (1 when it
+    /// followed the migration from its start).
+    pub first_sync: Option<u64>,
+    /// Pages sent + pages dirty, per sync count, as observed.
+    pub ledger: BTreeMap<u64, u64>,
+    /// Largest difference between two observations of the ledger within
+    /// one sync count; 0 when QEMU's counters behave as documented.
+    pub ledger_spread: u64,
+    /// Memory readings that fell back from the balloon to the host view.
+    pub mem_fallbacks: u64,
+}
+
+#[derive(Clone, Debug)]
+struct HostSnapshot {
+    at: Instant,
+    vcpu_ns: u64,
+    vm_bytes: Option<u64>,
+    uplink_bytes: Option<u64>,
+    mem_pct: f64,
+}
+
+#[derive(Clone, Debug)]
+struct Boundary {
+    sync: u64,
+    /// QEMU's event timestamp, seconds (None when seen by polling).
+    qemu_ts: Option<f64>,
+    host: HostSnapshot,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Epoch {
+    first: u64,
+    min: u64,
+    max: u64,
+}
+
+/// Follows one migration of one VM. See the module docs.
+pub struct MigrationMonitor {
+    qmp: Qmp,
+    cfg: MonitorConfig,
+    vcpu_tids: Vec<u32>,
+    pid: u32,
+    ram_bytes: u64,
+    mem: MemorySource,
+    last_balloon_pct: Option<f64>,
+    mem_fallbacks: u64,
+    vm_counter: Option<Box<dyn ByteCounter>>,
+    uplink_counter: Option<Box<dyn ByteCounter>>,
+    events: bool,
+    backlog: VecDeque<QmpEvent>,
+    started: bool,
+    baseline_sync: u64,
+    boundary: Option<Boundary>,
+    first: Option<(u64, Option<f64>, Instant)>,
+    ledger: BTreeMap<u64, Epoch>,
+    prev_iter_s: f64,
+    page_size: u64,
+    last_rate: u64,
+    ready: VecDeque<IterationSample>,
+    held: Option<IterationSample>,
+    samples: u64,
+    outcome: Option<MigrationOutcome>,
+    next_poll: Instant,
+}
+
+impl MigrationMonitor {
+    /// Looks the VM up (vCPU threads, QEMU's pid, RAM size, balloon device,
+    /// interfaces) so that missing pieces fail here, before a migration.
+    pub async fn new(mut qmp: Qmp, cfg: MonitorConfig) -> Result<Self, MonitorError> {
+        let vcpu_tids: Vec<u32> = qmp
+            .query_cpus_fast()
+            .await?
+            .iter()
+            .filter_map(|c| c.thread_id)
+            .collect();
+        let first_tid = *vcpu_tids.first().ok_or(MonitorError::NoVcpuThreads)?;
+        let pid = hoststats::process_of_thread(first_tid)?;
+        let ram_bytes = qmp.query_memory_size_summary().await?.base_memory;
+
+        let mem = match qmp.find_balloon().await? {
+            Some(qom_path) => {
+                let interval = qmp
+                    .qom_get(&qom_path, "guest-stats-polling-interval")
+                    .await?;
+                if interval.as_u64() == Some(0) && cfg.balloon_poll_secs > 0 {
+                    qmp.qom_set(
+                        &qom_path,
+                        "guest-stats-polling-interval",
+                        serde_json::json!(cfg.balloon_poll_secs),
+                    )
+                    .await?;
+                }
+                MemorySource::Balloon { qom_path }
+            }
+            None => {
+                if hoststats::guest_ram_resident(pid, ram_bytes)?.is_none() {
+                    return Err(MonitorError::NoMemorySource { pid, ram_bytes });
+                }
+                MemorySource::GuestRamResident
+            }
+        };
+
+        let counter = |ifaces: &[String]| -> Option<Box<dyn ByteCounter>> {
+            match ifaces {
+                [] => None,
+                [one] => Some(Box::new(ProcNetDev::new(pid, one.clone()))),
+                many => Some(Box::new(SumCounter(
+                    many.iter()
+                        .map(|i| Box::new(ProcNetDev::new(pid, i.clone())) as Box<dyn ByteCounter>)
+                        .collect(),
+                ))),
+            }
+        };
+        let mut vm_counter = counter(&cfg.vm_ifaces);
+        let mut uplink_counter = counter(cfg.uplink.as_slice());
+        for c in vm_counter.iter_mut().chain(uplink_counter.iter_mut()) {
+            c.total_bytes()?; // fail now if an interface is missing
+        }
+
+        let info = qmp.query_migrate().await?;
+        let running = info
+            .status
+            .as_ref()
+            .is_some_and(MigrationStatus::is_running);
+        let baseline_sync = match (&info.ram, running) {
+            (Some(ram), true) => ram.dirty_sync_count,
+            _ => 0,
+        };
+        let events = qmp
+            .query_migrate_capabilities()
+            .await?
+            .iter()
+            .any(|c| c.capability == Capability::Events.qapi_name() && c.state);
+        let poll = cfg.poll_interval;
+        Ok(MigrationMonitor {
+            qmp,
+            cfg,
+            vcpu_tids,
+            pid,
+            ram_bytes,
+            mem,
+            last_balloon_pct: None,
+            mem_fallbacks: 0,
+            vm_counter,
+            uplink_counter,
+            events,
+            backlog: VecDeque::new(),
+            started: running,
+            baseline_sync,
+            boundary: None,
+            first: None,
+            ledger: BTreeMap::new(),
+            prev_iter_s: 0.0,
+            page_size: 4096,
+            last_rate: 0,
+            ready: VecDeque::new(),
+            held: None,
+            samples: 0,
+            outcome: None,
+            next_poll: Instant::now() + poll,
+        })
+    }
+
+    /// Replaces the interface counter for X4 (e.g. with the eBPF datapath's
+    /// per-VM counters).
+    pub fn set_vm_counter(&mut self, counter: Box<dyn ByteCounter>) {
+        self.vm_counter = Some(counter);
+    }
+
+    /// Replaces the interface counter for X6.
+    pub fn set_uplink_counter(&mut self, counter: Box<dyn ByteCounter>) {
+        self.uplink_counter = Some(counter);
+    }
+
+    /// Turns the `events` capability on so iteration boundaries carry
+    /// QEMU's timestamps. Returns whether events are on; QEMU cannot change
+    /// capabilities during a migration, so one already running is followed
+    /// by polling.
+    pub async fn enable_events(&mut self) -> Result<bool, MonitorError> {
+        if self.events {
+            return Ok(true);
+        }
+        if self.started {
+            return Ok(false);
+        }
+        self.qmp
+            .set_capabilities(&[(Capability::Events, true)])
+            .await?;
+        self.events = true;
+        Ok(true)
+    }
+
+    pub fn events_enabled(&self) -> bool {
+        self.events
+    }
+
+    /// Waits until a migration is under way (or `timeout` passes).
+    pub async fn wait_for_start(&mut self, timeout: Duration) -> Result<(), MonitorError> {
+        let deadline = Instant::now() + timeout;
+        while !self.started {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(MonitorError::NotStarted(timeout));
+            }
+            let wait = self
+                .cfg
+                .poll_interval
+                .min(deadline.saturating_duration_since(now));
+            if let Some(ev) = self.qmp.next_event(wait).await? {
+                if ev.migration_pass().is_some()
+                    || ev.migration_status().is_some_and(|s| s.is_running())
+                {
+                    self.started = true;
+                }
+                self.backlog.push_back(ev);
+                continue;
+            }
+            let info = self.qmp.query_migrate().await?;
+            if info
+                .status
+                .as_ref()
+                .is_some_and(MigrationStatus::is_running)
+            {
+                self.started = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next finished iteration; `Ok(None)` once the migration has ended
+    /// (then [`outcome`](Self::outcome) says how). Waits as long as the
+    /// migration runs: wrap it in a timeout if that must be bounded.
+    pub async fn next_sample(&mut self) -> Result<Option<IterationSample>, MonitorError> {
+        let mut reconnects = 0;
+        loop {
+            if let Some(s) = self.ready.pop_front() {
+                return Ok(Some(s));
+            }
+            if self.outcome.is_some() {
+                return Ok(None);
+            }
+            match self.step().await {
+                Ok(()) => reconnects = 0,
+                Err(MonitorError::Qmp(e)) if e.is_connection_lost() => {
+                    if reconnects >= self.cfg.reconnect_attempts {
+                        return Err(MonitorError::Reconnect {
+                            attempts: reconnects,
+                            source: e,
+                        });
+                    }
+                    reconnects += 1;
+                    tracing::warn!(error = %e, attempt = reconnects, "QMP connection lost; reconnecting");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Err(e) = self.qmp.reconnect().await {
+                        tracing::warn!(error = %e, "reconnect failed");
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One event or one poll.
+    async fn step(&mut self) -> Result<(), MonitorError> {
+        if let Some(ev) = self.backlog.pop_front() {
+            return self.on_event(ev).await;
+        }
+        let now = Instant::now();
+        if now < self.next_poll
+            && let Some(ev) = self.qmp.next_event(self.next_poll - now).await?
+        {
+            return self.on_event(ev).await;
+        }
+        self.next_poll = Instant::now() + self.cfg.poll_interval;
+        self.poll().await
+    }
+
+    async fn on_event(&mut self, ev: QmpEvent) -> Result<(), MonitorError> {
+        if let Some(pass) = ev.migration_pass() {
+            self.started = true;
+            let info = self.boundary_at(pass, Some(ev.timestamp)).await?;
+            if info.status.as_ref().is_some_and(MigrationStatus::is_final) {
+                self.finish().await?;
+            }
+        } else if let Some(status) = ev.migration_status() {
+            tracing::debug!(status = status.as_str(), "MIGRATION event");
+            if status.is_running() {
+                self.started = true;
+            } else if status.is_final() && self.started {
+                self.finish().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn poll(&mut self) -> Result<(), MonitorError> {
+        let info = self.qmp.query_migrate().await?;
+        self.observe(&info);
+        let status = info.status.clone().unwrap_or(MigrationStatus::None);
+        if status.is_running() {
+            self.started = true;
+        }
+        if !self.started {
+            return Ok(());
+        }
+        let sync = info.ram.as_ref().map_or(0, |r| r.dirty_sync_count);
+        let known = self
+            .boundary
+            .as_ref()
+            .map_or(self.baseline_sync, |b| b.sync);
+        if !self.events && sync > known {
+            self.boundary_at(sync, None).await?;
+        }
+        if status.is_final() {
+            self.finish().await?;
+        }
+        Ok(())
+    }
+
+    /// Records the ledger value (pages sent + pages dirty) for the sync
+    /// count this reply shows.
+    fn observe(&mut self, info: &MigrationInfo) {
+        let Some(ram) = &info.ram else { return };
+        if let Some(p) = ram.page_size.filter(|p| *p > 0) {
+            self.page_size = p;
+        }
+        // QEMU stops reporting the rate (0) once the migration completed.
+        if info.status != Some(MigrationStatus::Completed) {
+            self.last_rate = ram.dirty_pages_rate;
+        }
+        if ram.dirty_sync_count == 0 {
+            return;
+        }
+        let value = ram.pages_sent() + ram.remaining / self.page_size;
+        self.ledger
+            .entry(ram.dirty_sync_count)
+            .and_modify(|e| {
+                e.min = e.min.min(value);
+                e.max = e.max.max(value);
+            })
+            .or_insert(Epoch {
+                first: value,
+                min: value,
+                max: value,
+            });
+    }
+
+    /// A boundary at sync `sync` (seen now): measures, closes the open
+    /// iteration and releases its sample, except when QEMU made the sync
+    /// after stopping the VM. A completed pre-copy migration always ends
+    /// with such a sync (QEMU 7.2 syncs once more in `ram_save_complete`,
+    /// right after the sync that found little enough left to stop): the
+    /// interval it closes is the start of stop-and-copy, not an iteration.
+    /// Because our status query may land just after the stop even for the
+    /// sync before, a sample closed while the VM is stopped is held until
+    /// another sync (it was an iteration) or the end (it was not).
+    async fn boundary_at(
+        &mut self,
+        sync: u64,
+        qemu_ts: Option<f64>,
+    ) -> Result<MigrationInfo, MonitorError> {
+        let host = self.snapshot().await?;
+        let info = self.qmp.query_migrate().await?;
+        self.observe(&info);
+        if let Some(sample) = self.close(sync, qemu_ts, host, &info) {
+            let vm = self.qmp.query_status().await?;
+            if let Some(held) = self.held.take() {
+                self.release(held);
+            }
+            if matches!(vm.status.as_str(), "finish-migrate" | "postmigrate") {
+                self.held = Some(sample);
+            } else {
+                self.release(sample);
+            }
+        }
+        Ok(info)
+    }
+
+    fn release(&mut self, sample: IterationSample) {
+        self.samples += 1;
+        self.ready.push_back(sample);
+    }
+
+    /// Closes the open iteration at sync `sync` into a sample.
+    fn close(
+        &mut self,
+        sync: u64,
+        qemu_ts: Option<f64>,
+        host: HostSnapshot,
+        info: &MigrationInfo,
+    ) -> Option<IterationSample> {
+        if self.first.is_none() {
+            self.first = Some((sync, qemu_ts, host.at));
+        }
+        let Some(b) = self.boundary.take() else {
+            self.boundary = Some(Boundary {
+                sync,
+                qemu_ts,
+                host,
+            });
+            return None;
+        };
+        if sync <= b.sync {
+            self.boundary = Some(b); // a repeated or stale boundary
+            return None;
+        }
+        let wall = host.at.duration_since(b.host.at).as_secs_f64();
+        let iter_s = match (qemu_ts, b.qemu_ts) {
+            (Some(t1), Some(t0)) if t1 > t0 => t1 - t0,
+            _ => wall,
+        };
+        let rate_wall = wall.max(1e-3);
+        let bps = |now: Option<u64>, then: Option<u64>| match (now, then) {
+            (Some(n), Some(t)) => n.wrapping_sub(t) as f64 * 8.0 / rate_wall,
+            _ => 0.0,
+        };
+        let cpu_ns = host.vcpu_ns.saturating_sub(b.host.vcpu_ns) as f64;
+        let cpu_usage_pct = 100.0 * cpu_ns / (rate_wall * 1e9 * self.vcpu_tids.len() as f64);
+        let counted = match (self.ledger.get(&sync), self.ledger.get(&b.sync)) {
+            (Some(now), Some(then)) => Some(now.first.saturating_sub(then.first)),
+            _ => None,
+        };
+        let ram = info.ram.clone().unwrap_or_default();
+        let rate = self.last_rate;
+        let end_s = match (qemu_ts, self.first) {
+            (Some(t), Some((_, Some(t0), _))) => t - t0,
+            (_, Some((_, _, at0))) => host.at.duration_since(at0).as_secs_f64(),
+            _ => 0.0,
+        };
+        let sample = IterationSample {
+            iteration: b.sync,
+            syncs: sync - b.sync,
+            dirty_pages: rate as f64 * iter_s,
+            dirty_pages_counted: counted,
+            dirty_rate_pps: rate,
+            mem_usage_pct: host.mem_pct,
+            cpu_usage_pct,
+            vm_net_bps: bps(host.vm_bytes, b.host.vm_bytes),
+            prev_iter_s: self.prev_iter_s,
+            host_net_bps: bps(host.uplink_bytes, b.host.uplink_bytes),
+            iter_s,
+            page_size: self.page_size,
+            end_s,
+            dirty_sync_count: ram.dirty_sync_count,
+            status: info.status.clone().unwrap_or(MigrationStatus::Other),
+            transferred_bytes: ram.transferred,
+            remaining_bytes: ram.remaining,
+            mbps: ram.mbps,
+            expected_downtime_ms: info.expected_downtime,
+        };
+        if sample.syncs > 1 {
+            tracing::warn!(
+                iteration = sample.iteration,
+                syncs = sample.syncs,
+                "iteration boundaries were missed; one sample spans several iterations"
+            );
+        }
+        tracing::debug!(
+            iteration = sample.iteration,
+            dirty_pages = sample.dirty_pages,
+            counted = ?sample.dirty_pages_counted,
+            iter_s = sample.iter_s,
+            "iteration finished"
+        );
+        self.prev_iter_s = iter_s;
+        self.boundary = Some(Boundary {
+            sync,
+            qemu_ts,
+            host,
+        });
+        Some(sample)
+    }
+
+    /// Handles events still queued, then records the outcome.
+    async fn finish(&mut self) -> Result<(), MonitorError> {
+        while let Some(ev) = self.qmp.try_event() {
+            if let Some(pass) = ev.migration_pass() {
+                self.boundary_at(pass, Some(ev.timestamp)).await?;
+            }
+        }
+        let info = self.qmp.query_migrate().await?;
+        self.observe(&info);
+        let status = info.status.clone().unwrap_or(MigrationStatus::Other);
+        let mut stop_and_copy = None;
+        if let Some(held) = self.held.take() {
+            if status == MigrationStatus::Completed {
+                stop_and_copy = Some(held);
+            } else {
+                self.release(held);
+            }
+        }
+        let ledger_spread = self
+            .ledger
+            .values()
+            .map(|e| e.max - e.min)
+            .max()
+            .unwrap_or(0);
+        self.outcome = Some(MigrationOutcome {
+            status,
+            info,
+            stop_and_copy,
+            samples: self.samples,
+            first_sync: self.first.map(|(s, _, _)| s),
+            ledger: self.ledger.iter().map(|(k, e)| (*k, e.first)).collect(),
+            ledger_spread,
+            mem_fallbacks: self.mem_fallbacks,
+        });
+        Ok(())
+    }
+
+    async fn snapshot(&mut self) -> Result<HostSnapshot, MonitorError> {
+        let mut vcpu_ns = 0u64;
+        for tid in &self.vcpu_tids {
+            vcpu_ns = vcpu_ns.saturating_add(hoststats::thread_cpu_ns(*tid)?);
+        }
+        let vm_bytes = match &mut self.vm_counter {
+            Some(c) => Some(c.total_bytes()?),
+            None => None,
+        };
+        let uplink_bytes = match &mut self.uplink_counter {
+            Some(c) => Some(c.total_bytes()?),
+            None => None,
+        };
+        let mem_pct = self.memory_pct().await?;
+        Ok(HostSnapshot {
+            at: Instant::now(),
+            vcpu_ns,
+            vm_bytes,
+            uplink_bytes,
+            mem_pct,
+        })
+    }
+
+    async fn memory_pct(&mut self) -> Result<f64, MonitorError> {
+        if let MemorySource::Balloon { qom_path } = &self.mem {
+            let path = qom_path.clone();
+            if let Some(p) = self.qmp.balloon_stats(&path).await?.used_pct() {
+                self.last_balloon_pct = Some(p);
+                return Ok(p);
+            }
+            if let Some(p) = self.last_balloon_pct {
+                return Ok(p);
+            }
+            self.mem_fallbacks += 1;
+        }
+        let resident = hoststats::guest_ram_resident(self.pid, self.ram_bytes)?.ok_or(
+            MonitorError::NoMemorySource {
+                pid: self.pid,
+                ram_bytes: self.ram_bytes,
+            },
+        )?;
+        Ok(100.0 * resident as f64 / self.ram_bytes.max(1) as f64)
+    }
+
+    /// How the followed migration ended, once `next_sample` returned None.
+    pub fn outcome(&self) -> Option<&MigrationOutcome> {
+        self.outcome.as_ref()
+    }
+
+    pub fn memory_source(&self) -> &MemorySource {
+        &self.mem
+    }
+
+    /// What X4 and X6 count, for trace headers.
+    pub fn net_sources(&self) -> (String, String) {
+        let d = |c: &Option<Box<dyn ByteCounter>>| {
+            c.as_ref()
+                .map_or_else(|| "not measured (0)".to_owned(), |c| c.describe())
+        };
+        (d(&self.vm_counter), d(&self.uplink_counter))
+    }
+
+    /// QEMU's process id (found from its vCPU threads).
+    pub fn qemu_pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn vcpus(&self) -> usize {
+        self.vcpu_tids.len()
+    }
+
+    pub fn ram_bytes(&self) -> u64 {
+        self.ram_bytes
+    }
+
+    /// The QMP connection, for control commands between samples.
+    pub fn qmp(&mut self) -> &mut Qmp {
+        &mut self.qmp
+    }
+
+    pub fn into_qmp(self) -> Qmp {
+        self.qmp
+    }
+}

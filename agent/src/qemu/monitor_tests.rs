@@ -1,0 +1,287 @@
+//! The migration monitor's bookkeeping against a scripted fake QEMU whose
+//! migration moves through phases on the test's command: iteration
+//! boundaries from events or from polling, counted pages from the ledger,
+//! the stop-and-copy interval held back, merged samples when syncs are
+//! missed. The real-QEMU test is `vmbw-tests/tests/qemu_migration.rs`.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::UnixListener,
+    sync::mpsc,
+};
+
+use super::{
+    fake_qmp::{GREETING, SocketFile, socket_path},
+    monitor::{IterationSample, MigrationMonitor, MonitorConfig},
+    qmp::{Qmp, QmpOptions},
+    types::MigrationStatus,
+};
+
+/// The fake migration's state in one phase.
+#[derive(Clone, Debug)]
+struct Phase {
+    status: &'static str,
+    sync: u64,
+    sent: u64,
+    remaining: u64,
+    rate: u64,
+    vm: &'static str,
+    /// Event timestamp of the sync that starts the phase.
+    ts: f64,
+}
+
+const PAGE: u64 = 4096;
+
+fn phase(
+    status: &'static str,
+    sync: u64,
+    sent: u64,
+    remaining: u64,
+    rate: u64,
+    vm: &'static str,
+    ts: f64,
+) -> Phase {
+    Phase {
+        status,
+        sync,
+        sent,
+        remaining,
+        rate,
+        vm,
+        ts,
+    }
+}
+
+/// A migration of 1000 pages: syncs 1..=3 are iterations, sync 4 finds
+/// little enough left (the VM is stopped by the time anyone asks), sync 5
+/// is QEMU's final sync in stop-and-copy.
+fn script() -> Vec<Phase> {
+    vec![
+        phase("none", 0, 0, 0, 0, "running", 0.0),
+        phase("active", 1, 0, 1000, 0, "running", 100.0),
+        // Same sync, pages moving from remaining to sent.
+        phase("active", 1, 600, 400, 0, "running", 100.0),
+        // Sync 2 finds 300 new dirty pages: sent + remaining = 1300.
+        phase("active", 2, 1000, 300, 150, "running", 102.0),
+        phase("active", 3, 1250, 150, 50, "running", 103.0),
+        phase("active", 4, 1390, 30, 40, "finish-migrate", 103.5),
+        // QEMU reports no rate once completed.
+        phase("completed", 5, 1425, 0, 0, "postmigrate", 103.6),
+    ]
+}
+
+fn migrate_info(p: &Phase) -> Value {
+    if p.status == "none" {
+        return json!({});
+    }
+    json!({
+        "status": p.status,
+        "total-time": 3600,
+        "expected-downtime": 300,
+        "downtime": 50,
+        "setup-time": 1,
+        "ram": {
+            "transferred": p.sent * PAGE, "remaining": p.remaining * PAGE,
+            "total": 1000 * PAGE, "duplicate": 0, "normal": p.sent,
+            "dirty-pages-rate": p.rate, "mbps": 30.0,
+            "dirty-sync-count": p.sync, "page-size": PAGE
+        }
+    })
+}
+
+enum Drive {
+    /// Move `n` phases on at once (emitting events for each sync).
+    Advance(usize),
+}
+
+/// Serves one connection: answers the monitor's queries from the current
+/// phase and moves on when told.
+async fn fake_qemu(listener: UnixListener, phases: Vec<Phase>, mut drive: mpsc::Receiver<Drive>) {
+    let (stream, _) = listener.accept().await.expect("accept");
+    let (r, mut w) = stream.into_split();
+    let (line_tx, mut lines) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let mut r = BufReader::new(r);
+        loop {
+            let mut l = String::new();
+            match r.read_line(&mut l).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if line_tx.send(l).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let out = |v: Value| format!("{v}\n").into_bytes();
+    w.write_all(GREETING.as_bytes()).await.expect("greet");
+    w.write_all(b"\n").await.expect("greet");
+    let mut at = 0usize;
+    let mut events = false;
+    // The main thread of this process is alive for the whole test: its tid
+    // stands in for a vCPU thread.
+    let tid = std::process::id();
+    let mut driven = true;
+    loop {
+        tokio::select! {
+            line = lines.recv() => {
+                let Some(line) = line else { return };
+                let cmd: Value = serde_json::from_str(&line).expect("json");
+                let id = cmd["id"].clone();
+                let p = &phases[at];
+                let ret = match cmd["execute"].as_str().unwrap_or_default() {
+                    "qmp_capabilities" => json!({}),
+                    "query-cpus-fast" => json!([{"cpu-index": 0, "thread-id": tid, "target": "x86_64"}]),
+                    "query-memory-size-summary" => json!({"base-memory": 1000 * PAGE}),
+                    "qom-list" if cmd["arguments"]["path"] == "/machine/peripheral" =>
+                        json!([{"name": "balloon0", "type": "child<virtio-balloon-pci>"}]),
+                    "qom-get" if cmd["arguments"]["property"] == "guest-stats" => json!({
+                        "stats": {"stat-total-memory": 1000, "stat-available-memory": 600,
+                                  "stat-free-memory": 500}, "last-update": 1}),
+                    "qom-get" => json!(1),
+                    "query-migrate-capabilities" => json!([{"capability": "events", "state": events}]),
+                    "migrate-set-capabilities" => { events = true; json!({}) }
+                    "query-migrate" => migrate_info(p),
+                    "query-status" => json!({"status": p.vm, "running": p.vm == "running"}),
+                    other => panic!("unexpected command {other}"),
+                };
+                w.write_all(&out(json!({"return": ret, "id": id}))).await.expect("reply");
+            }
+            d = drive.recv(), if driven => {
+                // The script is over: keep answering queries.
+                let Some(Drive::Advance(n)) = d else {
+                    driven = false;
+                    continue;
+                };
+                for _ in 0..n {
+                    let before = phases[at].clone();
+                    at += 1;
+                    let p = &phases[at];
+                    if !events {
+                        continue;
+                    }
+                    if p.sync > before.sync {
+                        let ts = json!({"seconds": p.ts.trunc() as u64,
+                                        "microseconds": (p.ts.fract() * 1e6).round() as u64});
+                        w.write_all(&out(json!({"timestamp": ts, "event": "MIGRATION_PASS",
+                                                "data": {"pass": p.sync}}))).await.expect("event");
+                        if p.status == "completed" {
+                            w.write_all(&out(json!({"timestamp": ts, "event": "MIGRATION",
+                                                    "data": {"status": "completed"}}))).await.expect("event");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Run {
+    samples: Vec<IterationSample>,
+    outcome: super::monitor::MigrationOutcome,
+}
+
+/// Runs the script; `steps` says how many phases each advance moves.
+async fn run(events: bool, steps: &[usize]) -> Run {
+    let path: SocketFile = socket_path();
+    let listener = UnixListener::bind(&*path).expect("bind");
+    let (drive, rx) = mpsc::channel(8);
+    tokio::spawn(fake_qemu(listener, script(), rx));
+    let qmp = Qmp::connect(&*path, QmpOptions::default())
+        .await
+        .expect("connect");
+    let cfg = MonitorConfig {
+        poll_interval: Duration::from_millis(20),
+        ..MonitorConfig::default()
+    };
+    let mut mon = MigrationMonitor::new(qmp, cfg).await.expect("monitor");
+    if events {
+        assert!(mon.enable_events().await.expect("events"));
+    }
+    let steps = steps.to_vec();
+    tokio::spawn(async move {
+        for n in steps {
+            // Long enough for several polls per phase.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            if drive.send(Drive::Advance(n)).await.is_err() {
+                return;
+            }
+        }
+    });
+    mon.wait_for_start(Duration::from_secs(5))
+        .await
+        .expect("starts");
+    let mut samples = Vec::new();
+    let follow = async {
+        while let Some(s) = mon.next_sample().await.expect("sample") {
+            samples.push(s);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), follow)
+        .await
+        .expect("the monitor finishes");
+    Run {
+        samples,
+        outcome: mon.outcome().cloned().expect("outcome"),
+    }
+}
+
+#[tokio::test]
+async fn events_give_exact_iterations_and_hold_back_stop_and_copy() {
+    let r = run(true, &[1, 1, 1, 1, 1, 1]).await;
+    let got: Vec<(u64, u64, Option<u64>, f64)> = r
+        .samples
+        .iter()
+        .map(|s| (s.iteration, s.syncs, s.dirty_pages_counted, s.iter_s))
+        .collect();
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+    assert_eq!(got.len(), 3, "{got:?}");
+    for (i, (it, syncs, counted, iter_s)) in got.iter().enumerate() {
+        assert_eq!(*it, i as u64 + 1);
+        assert_eq!(*syncs, 1);
+        assert_eq!(*counted, [Some(300), Some(100), Some(20)][i]);
+        assert!(close(*iter_s, [2.0, 1.0, 0.5][i]), "{iter_s}");
+    }
+    // X1 = rate after the closing sync x iteration time.
+    assert!(close(r.samples[0].dirty_pages, 150.0 * 2.0));
+    assert!(close(r.samples[1].dirty_pages, 50.0 * 1.0));
+    assert!(close(r.samples[2].dirty_pages, 40.0 * 0.5));
+    assert!(close(r.samples[1].prev_iter_s, 2.0));
+    assert!(close(r.samples[0].mem_usage_pct, 40.0));
+    let stop = r.outcome.stop_and_copy.as_ref().expect("held back");
+    assert_eq!(stop.iteration, 4);
+    assert!(close(stop.iter_s, 0.1));
+    // The completed reply has no rate: the last one seen is used.
+    assert_eq!(stop.dirty_rate_pps, 40);
+    assert_eq!(r.outcome.status, MigrationStatus::Completed);
+    assert_eq!(r.outcome.samples, 3);
+    assert_eq!(r.outcome.first_sync, Some(1));
+    assert_eq!(r.outcome.ledger_spread, 0);
+    assert_eq!(r.outcome.ledger.get(&1), Some(&1000));
+    assert_eq!(r.outcome.ledger.get(&5), Some(&1425));
+}
+
+#[tokio::test]
+async fn polling_alone_finds_boundaries_and_merges_missed_syncs() {
+    // Phases 3 and 4 pass between two polls: sync 2 is never seen.
+    let r = run(false, &[1, 1, 2, 1, 1]).await;
+    let got: Vec<(u64, u64, Option<u64>)> = r
+        .samples
+        .iter()
+        .map(|s| (s.iteration, s.syncs, s.dirty_pages_counted))
+        .collect();
+    assert_eq!(got, vec![(1, 2, Some(400)), (3, 1, Some(20))], "{got:?}");
+    // Without event timestamps, durations are the polls' (phases ~150 ms).
+    for s in &r.samples {
+        assert!(s.iter_s > 0.05 && s.iter_s < 1.0, "{s:?}");
+    }
+    assert_eq!(
+        r.outcome.stop_and_copy.as_ref().map(|s| s.iteration),
+        Some(4)
+    );
+    assert_eq!(r.outcome.status, MigrationStatus::Completed);
+}

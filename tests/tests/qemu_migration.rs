@@ -1,0 +1,275 @@
+//! A real live migration (QEMU TCG, Debian kernel, `vmbw-workload`
+//! dirtying memory) between two test-made hosts through a rate-limited
+//! router, recorded with `vmbw record`'s library function. The samples
+//! must agree with QEMU's own counters, the trace must read back
+//! identically, and the guest must keep running on the destination.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use vmbw::qemu::{
+    Qmp, QmpOptions,
+    commands::Capability,
+    monitor::{IterationSample, MonitorConfig},
+    record::{self, RecordOptions},
+    trace,
+    types::MigrationStatus,
+};
+use vmbw_tests::{
+    guest::{self, Guest, READY_MARKER, Workload},
+    privileged, require,
+    testbed::{MigrationTestbed, TAP, UPLINK},
+};
+
+/// Kept small so the test stays short on two shared cores: a 128 MiB
+/// guest over a 100 Mbit/s link, dirtying a 24 MiB working set at 3 MiB/s.
+const LINK_MBIT: f64 = 100.0;
+const GUEST_MB: u32 = 128;
+
+#[test]
+fn monitor_samples_agree_with_qemu_on_a_real_migration() {
+    require!(privileged());
+    require!(guest::available());
+    let started = Instant::now();
+    let guest = Guest::build().expect("building the test guest");
+    let tb = MigrationTestbed::new(LINK_MBIT).expect("testbed");
+    let workload = Workload::new("mem-seq")
+        .with("wss-mb", 24)
+        .with("dirty-mbps", 3)
+        .with("report-secs", 1);
+    let mut src = tb
+        .start_source(&guest, &workload, GUEST_MB)
+        .expect("source QEMU");
+    let mut dst = tb
+        .start_destination(&guest, &workload, GUEST_MB)
+        .expect("destination QEMU");
+    src.wait_for_console(READY_MARKER, Duration::from_secs(180))
+        .expect("guest boots and starts its workload");
+    let booted = started.elapsed();
+
+    let out = tb.run.path().join("trace.csv");
+    let opts = RecordOptions {
+        qmp: src.qmp.clone(),
+        out: out.clone(),
+        monitor: MonitorConfig {
+            vm_ifaces: vec![TAP.into()],
+            uplink: Some(UPLINK.into()),
+            ..MonitorConfig::default()
+        },
+        start_timeout: Duration::from_secs(30),
+        comments: vec![format!("test: {}", workload.describe())],
+    };
+    let samples: Arc<Mutex<Vec<IterationSample>>> = Arc::default();
+    let uri = tb.migration_uri();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (summary, dst_status) = rt.block_on(async {
+        let seen = samples.clone();
+        let recording = record::record(&opts, move |s| seen.lock().expect("lock").push(s.clone()));
+        let start_migration = async {
+            let mut ctl = Qmp::connect(&src.qmp_ctl, QmpOptions::default())
+                .await
+                .expect("control QMP");
+            // Migrate only once the recorder has switched events on.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let caps = ctl.query_migrate_capabilities().await.expect("caps");
+                if caps
+                    .iter()
+                    .any(|c| c.capability == Capability::Events.qapi_name() && c.state)
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the recorder never enabled events"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ctl.migrate(&uri).await.expect("migrate");
+        };
+        let (summary, ()) = tokio::time::timeout(Duration::from_secs(600), async {
+            tokio::join!(recording, start_migration)
+        })
+        .await
+        .expect("the migration finishes within 10 minutes");
+        let summary = summary.expect("recording succeeds");
+        // The destination resumes the guest once it has loaded the last
+        // device state, shortly after the source reports completion.
+        let mut dq = Qmp::connect(&dst.qmp_ctl, QmpOptions::default())
+            .await
+            .expect("destination QMP");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = dq.query_status().await.expect("destination status");
+            if st.running || Instant::now() > deadline {
+                break (summary, st);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let samples = samples.lock().expect("lock").clone();
+    let o = &summary.outcome;
+    let ram = o.info.ram.clone().expect("final RAM stats");
+    let page = ram.page_size.expect("page size");
+    let total_s = o.info.total_time.expect("total-time") as f64 / 1000.0;
+    eprintln!(
+        "booted in {:.1} s; {}",
+        booted.as_secs_f64(),
+        record::outcome_line(o)
+    );
+    for s in &samples {
+        eprintln!(
+            "  iter {:>2}: {:>7.3} s  X1 {:>7.0}  counted {:>7?}  rate {:>5}/s  cpu {:>5.1}%  mem {:>5.1}%  vm {:>9.0} b/s  uplink {:>10.0} b/s",
+            s.iteration,
+            s.iter_s,
+            s.dirty_pages,
+            s.dirty_pages_counted,
+            s.dirty_rate_pps,
+            s.cpu_usage_pct,
+            s.mem_usage_pct,
+            s.vm_net_bps,
+            s.host_net_bps
+        );
+    }
+
+    eprintln!(
+        "  stop-and-copy interval: {:?}; ledger {:?} (spread {})",
+        o.stop_and_copy.as_ref().map(|s| (s.iteration, s.iter_s)),
+        o.ledger,
+        o.ledger_spread
+    );
+
+    // The migration completed and the guest runs on the destination: its
+    // workload keeps printing progress there (its console starts empty).
+    assert_eq!(o.status, MigrationStatus::Completed, "{o:?}");
+    assert!(dst_status.running, "destination is {dst_status:?}");
+    dst.wait_for_console("vmbw-workload: t=", Duration::from_secs(30))
+        .expect("the migrated guest runs its workload on the destination");
+    assert!(
+        !dst.console().contains("Kernel panic"),
+        "the guest crashed after migration:\n{}",
+        dst.console_tail(30)
+    );
+    assert!(summary.events, "MIGRATION_PASS events were on");
+
+    // One sample per pre-copy iteration. Sync k starts iteration k; the
+    // last two syncs are QEMU's "little enough left" sync and the final one
+    // after stopping the VM, so a migration with S syncs has S-2
+    // iterations, and the interval between the last two is reported apart.
+    assert_eq!(o.first_sync, Some(1), "followed from the first sync");
+    let syncs = ram.dirty_sync_count;
+    assert!(
+        syncs >= 4,
+        "a migration with at least two pre-copy iterations (sync count {syncs})"
+    );
+    assert_eq!(samples.len() as u64, syncs - 2);
+    let stop = o
+        .stop_and_copy
+        .as_ref()
+        .expect("the stop-and-copy interval");
+    assert_eq!(stop.iteration, syncs - 1);
+    for (i, s) in samples.iter().enumerate() {
+        assert_eq!(s.iteration, i as u64 + 1);
+        assert_eq!(s.syncs, 1, "iteration {} spans one sync", s.iteration);
+        assert_eq!(s.page_size, page);
+    }
+
+    // QEMU's counters: pages sent + pages dirty is (almost: QEMU 7.2 starts
+    // one page short here) all of guest RAM at the first sync, never falls,
+    // is constant between syncs, and ends as the pages sent.
+    let all_pages = ram.total / page;
+    let first = o.ledger.get(&1).copied().unwrap_or(0);
+    assert!(
+        first <= all_pages && all_pages - first <= 16,
+        "ledger at sync 1: {first}, RAM pages: {all_pages}"
+    );
+    assert_eq!(
+        o.ledger.get(&syncs),
+        Some(&ram.pages_sent()),
+        "{:?}",
+        o.ledger
+    );
+    let ledger: Vec<u64> = o.ledger.values().copied().collect();
+    assert!(ledger.windows(2).all(|w| w[0] <= w[1]), "{:?}", o.ledger);
+    assert!(o.ledger_spread <= 2, "ledger spread {}", o.ledger_spread);
+    for s in samples.iter().filter(|s| s.iter_s >= 0.5) {
+        assert!(
+            s.dirty_pages_counted.is_some(),
+            "iteration {} lasted {:.3} s, long enough to be polled",
+            s.iteration,
+            s.iter_s
+        );
+    }
+
+    // X1 (rate x time) agrees with the counted pages where QEMU's rate
+    // period is the iteration itself: iterations over 1 s whose previous
+    // iteration (if any) also took over 1 s.
+    let mut compared = 0;
+    for (i, s) in samples.iter().enumerate() {
+        let prev_long = i == 0 || samples[i - 1].iter_s >= 1.0;
+        if prev_long && s.iter_s >= 1.0 {
+            compared += 1;
+            let c = s.dirty_pages_counted.unwrap_or(0) as f64;
+            let err = (s.dirty_pages - c).abs() / c.max(1.0);
+            assert!(
+                err < 0.05,
+                "iteration {}: X1 {} vs counted {c}",
+                s.iteration,
+                s.dirty_pages
+            );
+        }
+    }
+    assert!(compared >= 1, "no iteration long enough to compare X1");
+
+    // Iteration times add up to the migration's time less set-up and
+    // stop-and-copy.
+    let iter_total: f64 = samples.iter().map(|s| s.iter_s).sum();
+    let setup_s = o.info.setup_time.unwrap_or(0) as f64 / 1000.0;
+    assert!(
+        iter_total <= total_s && iter_total >= total_s - setup_s - 2.0,
+        "iterations {iter_total:.3} s vs total {total_s:.3} s"
+    );
+    for w in samples.windows(2) {
+        assert_eq!(w[1].prev_iter_s, w[0].iter_s);
+    }
+
+    // Host-side variables. The first pass is link-bound: the uplink carries
+    // about the link rate. The guest's vCPU is busy (TCG, a dirtying loop
+    // and the kernel), its memory use is what the balloon reports.
+    let first = &samples[0];
+    let link_bps = LINK_MBIT * 1e6;
+    assert!(
+        first.host_net_bps > 0.6 * link_bps && first.host_net_bps < 1.2 * link_bps,
+        "uplink {} b/s during the first pass",
+        first.host_net_bps
+    );
+    for s in &samples {
+        let floor = if s.iter_s >= 0.5 { 1.0 } else { 0.0 };
+        assert!(s.cpu_usage_pct > floor && s.cpu_usage_pct <= 110.0, "{s:?}");
+        assert!(s.mem_usage_pct > 5.0 && s.mem_usage_pct < 100.0, "{s:?}");
+    }
+    assert_eq!(o.mem_fallbacks, 0, "the balloon reported guest memory");
+
+    // The trace reads back as written.
+    let t = trace::read_path(&out).expect("trace reads back");
+    assert_eq!(t.rows.len(), samples.len());
+    for (row, s) in t.rows.iter().zip(&samples) {
+        assert_eq!(row.iteration, s.iteration);
+        assert_eq!(row.dirty_pages, s.dirty_pages.round());
+        assert_eq!(
+            t.extra_f64(row, "dirty_pages_counted"),
+            s.dirty_pages_counted.map(|c| c as f64)
+        );
+    }
+    assert!(
+        t.comments
+            .iter()
+            .any(|c| c.starts_with("outcome: completed"))
+    );
+    eprintln!("test took {:.1} s", started.elapsed().as_secs_f64());
+}

@@ -1,0 +1,102 @@
+//! The network mode: a paced UDP or TCP stream to a sink. Errors (no route
+//! yet, a TCP connection broken by the migration) are counted and retried,
+//! never fatal: the guest must keep its behaviour through a migration.
+
+use std::{
+    io::Write as _,
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    TICK,
+    args::{Args, Proto},
+    pace::Pacer,
+};
+
+enum Conn {
+    Udp(UdpSocket),
+    Tcp(Option<TcpStream>),
+}
+
+pub fn run(args: &Args) -> Result<(), String> {
+    let sink = args.sink.ok_or("net mode needs --sink")?;
+    let mut conn = match args.proto {
+        Proto::Udp => Conn::Udp(
+            UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("binding a UDP socket: {e}"))?,
+        ),
+        Proto::Tcp => Conn::Tcp(None),
+    };
+    if args.dirty_mbps > 0.0 {
+        crate::memory::spawn(args);
+    }
+    crate::ready(args);
+    let payload = vec![0x5au8; args.packet];
+    let bytes_per_sec = args.rate_mbit * 1e6 / 8.0;
+    let mut pacer = Pacer::new(bytes_per_sec, Duration::ZERO, Duration::ZERO);
+    let start = Instant::now();
+    let mut report_at = start + args.report;
+    let (mut sent, mut errors, mut credit) = (0u64, 0u64, 0u64);
+    let mut last_error = String::new();
+    loop {
+        credit += pacer.take();
+        while credit >= args.packet as u64 {
+            match send(&mut conn, sink, &payload) {
+                Ok(()) => {
+                    sent += payload.len() as u64;
+                    credit -= payload.len() as u64;
+                }
+                Err(e) => {
+                    errors += 1;
+                    last_error = e;
+                    credit = 0;
+                    if matches!(conn, Conn::Tcp(_)) {
+                        std::thread::sleep(Duration::from_millis(500)); // reconnect back-off
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        if now >= report_at {
+            println!(
+                "vmbw-workload: t={:.1}s sent_bytes={} rate_mbit={:.2} errors={}{}",
+                now.duration_since(start).as_secs_f64(),
+                sent,
+                sent as f64 * 8.0 / 1e6 / args.report.as_secs_f64(),
+                errors,
+                if errors > 0 {
+                    format!(" last_error=\"{last_error}\"")
+                } else {
+                    String::new()
+                }
+            );
+            sent = 0;
+            errors = 0;
+            report_at += args.report;
+        }
+        std::thread::sleep(TICK);
+    }
+}
+
+fn send(conn: &mut Conn, sink: SocketAddr, payload: &[u8]) -> Result<(), String> {
+    match conn {
+        Conn::Udp(sock) => sock
+            .send_to(payload, sink)
+            .map(drop)
+            .map_err(|e| format!("udp send to {sink}: {e}")),
+        Conn::Tcp(stream) => {
+            if stream.is_none() {
+                let s = TcpStream::connect_timeout(&sink, Duration::from_secs(2))
+                    .map_err(|e| format!("tcp connect to {sink}: {e}"))?;
+                *stream = Some(s);
+            }
+            let Some(s) = stream.as_mut() else {
+                return Err("no TCP stream".into());
+            };
+            s.write_all(payload).map_err(|e| {
+                *stream = None; // reconnect next time
+                format!("tcp write to {sink}: {e}")
+            })
+        }
+    }
+}
