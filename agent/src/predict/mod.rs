@@ -294,10 +294,7 @@ impl GreyGm1n {
             .filter(|&i| (1..SERIES).contains(&i))
             .filter_map(|i| {
                 let col: Vec<f64> = h.iter().map(|r| r[i]).collect();
-                let varies = col
-                    .iter()
-                    .any(|v| (v - col[0]).abs() > 1e-12 * col[0].abs().max(1.0));
-                varies.then(|| (i, relational_grade(&target, &col)))
+                informative(&col).then(|| (i, relational_grade(&target, &col)))
             })
             .collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -305,40 +302,18 @@ impl GreyGm1n {
     }
 }
 
-impl Predictor for GreyGm1n {
-    fn name(&self) -> &str {
-        "gm1n"
-    }
-    fn predict(&self, history: &[Row]) -> Result<Prediction, PredictError> {
-        check_history(history)?;
-        let h = &history[history
-            .len()
-            .saturating_sub(self.window.max(MIN_GREY_SAMPLES))..];
-        if h.len() < MIN_GREY_SAMPLES {
-            return Ok(fallback_last(history, &format!("{} samples", h.len())));
-        }
-        let drivers = self.select_drivers(h);
-        if drivers.is_empty() {
-            // Too few samples (or no varying driver) for any driver: GM(1,1).
-            let gm11 = GreyGm11 {
-                window: self.window,
-                response: self.response,
-                correction: self.correction,
-            };
-            let mut p = gm11.predict(history)?;
-            p.how = format!("gm1n->{} (no usable driver)", p.how);
-            return Ok(p);
-        }
+impl GreyGm1n {
+    /// GM(1,N) on exactly these rows and drivers: the prediction for the
+    /// step after `h` (residual correction included), or `None` when the
+    /// system cannot be fitted or the result is not finite.
+    fn fit_predict(&self, h: &[Row], drivers: &[usize]) -> Option<(f64, String)> {
         let xs = x1(h);
         let cols: Vec<Vec<f64>> = drivers
             .iter()
             .map(|&i| h.iter().map(|r| r[i]).collect())
             .collect();
         let col_refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
-        let m = match Gm1n::fit(&xs, &col_refs, self.ridge) {
-            Ok(m) => m,
-            Err(e) => return Ok(fallback_last(history, &e.to_string())),
-        };
+        let m = Gm1n::fit(&xs, &col_refs, self.ridge).ok()?;
         // Drivers' next raw values, then their AGO at S+1.
         let next_raw: Vec<f64> = cols
             .iter()
@@ -377,12 +352,98 @@ impl Predictor for GreyGm1n {
         };
         let residuals: Vec<f64> = xs[1..].iter().zip(&fitted).map(|(x, f)| x - f).collect();
         let names: Vec<String> = drivers.iter().map(|i| format!("X{}", i + 1)).collect();
-        finish(
+        let p = finish(
             next,
             residuals,
             self.correction,
             format!("gm1n[{}]", names.join(",")),
         )
+        .ok()?;
+        // A grey extrapolation that leaves the scale of the data (the
+        // equation form divides by 1 + a/2) is a failed fit, not a forecast.
+        let max = xs.iter().copied().fold(0.0, f64::max);
+        (p.value <= PLAUSIBLE_FACTOR * max + 1.0).then_some((p.value, p.how))
+    }
+
+    fn gm11(&self) -> GreyGm11 {
+        GreyGm11 {
+            window: self.window,
+            response: self.response,
+            correction: self.correction,
+        }
+    }
+}
+
+/// GM(1,N) predictions above this multiple of the window's largest X1 are
+/// rejected as blown-up fits.
+const PLAUSIBLE_FACTOR: f64 = 3.0;
+/// Rolling origins of the in-window backtest that chooses GM(1,N) over
+/// GM(1,1).
+const BACKTEST_ORIGINS: usize = 3;
+
+/// Whether a driver column carries signal: a coefficient of variation of at
+/// least 2% and no more than half of it zeros (a sparse, mostly-zero column
+/// like an idle NIC's byte rate only adds noise to the fit).
+fn informative(col: &[f64]) -> bool {
+    let n = col.len() as f64;
+    let mean = col.iter().sum::<f64>() / n;
+    if mean <= 0.0 {
+        return false;
+    }
+    let var = col.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    let zeros = col.iter().filter(|v| **v == 0.0).count() as f64;
+    var.sqrt() / mean >= 0.02 && zeros <= n / 2.0
+}
+
+impl Predictor for GreyGm1n {
+    fn name(&self) -> &str {
+        "gm1n"
+    }
+
+    /// GM(1,N) when it earns its parameters: the drivers are chosen on the
+    /// window, then a rolling-origin backtest over the window's last
+    /// iterations compares GM(1,N) with GM(1,1); GM(1,N) is used only if
+    /// its backtest error is not larger, and its prediction is plausible.
+    fn predict(&self, history: &[Row]) -> Result<Prediction, PredictError> {
+        check_history(history)?;
+        let h = &history[history
+            .len()
+            .saturating_sub(self.window.max(MIN_GREY_SAMPLES))..];
+        if h.len() < MIN_GREY_SAMPLES {
+            return Ok(fallback_last(history, &format!("{} samples", h.len())));
+        }
+        let gm11 = self.gm11();
+        let drivers = self.select_drivers(h);
+        let via_gm11 = |why: &str| -> Result<Prediction, PredictError> {
+            let mut p = gm11.predict(h)?;
+            p.how = format!("gm1n->{} ({why})", p.how);
+            Ok(p)
+        };
+        if drivers.is_empty() {
+            return via_gm11("no usable driver");
+        }
+        let need = (drivers.len() + 3).max(MIN_GREY_SAMPLES);
+        let (mut err_n, mut err_1, mut tested) = (0.0, 0.0, 0);
+        for origin in h.len().saturating_sub(BACKTEST_ORIGINS).max(need)..h.len() {
+            let actual = h[origin][0];
+            let Some((pn, _)) = self.fit_predict(&h[..origin], &drivers) else {
+                err_n = f64::INFINITY;
+                break;
+            };
+            let p1 = gm11.predict(&h[..origin])?.value;
+            err_n += (pn - actual).abs();
+            err_1 += (p1 - actual).abs();
+            tested += 1;
+        }
+        if err_n > err_1 {
+            return via_gm11(&format!(
+                "backtest over {tested}: gm1n err {err_n:.0} > gm11 err {err_1:.0}"
+            ));
+        }
+        match self.fit_predict(h, &drivers) {
+            Some((value, how)) => Ok(Prediction { value, how }),
+            None => via_gm11("gm1n fit failed or implausible"),
+        }
     }
 }
 
