@@ -115,11 +115,13 @@ impl Controller {
                     .iter()
                     .map(|vm| {
                         let mut d = VmDecision::unenforced(&vm.name);
-                        // A cap like KubeVirt's: QEMU limits itself to it.
-                        d.migration_rate = Some(*rate);
-                        d.migration_ceil = Some(*rate);
+                        // A cap like KubeVirt's bandwidthPerMigration: QEMU
+                        // limits itself; the kernel enforces nothing.
                         d.qemu.max_bandwidth = Some(*rate);
-                        d.why(format!("static cap {}", mbit(*rate)));
+                        d.why(format!(
+                            "static QEMU cap {}, no kernel enforcement",
+                            mbit(*rate)
+                        ));
                         d
                     })
                     .collect(),

@@ -14,6 +14,8 @@
 //!   limit at `b`, the pass is the stop-and-copy and the migration ends;
 //! - post-copy, when a policy starts it, ends the pre-copy: the remainder is
 //!   sent at `b` while the guest runs at the destination (downtime ≈ 0);
+//! - `static:RATE` is QEMU's `max-bandwidth` alone (KubeVirt's
+//!   `bandwidthPerMigration`): TCP-fair sharing with that cap;
 //! - link sharing under an enforcing policy is HTB's: each class first gets
 //!   up to its guaranteed rate (the migration its `rate`, the application
 //!   its reservation), then the excess is split in proportion to the rates
@@ -171,8 +173,8 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
         });
         let ratio = passes
             .iter()
-            .filter(|p| p.app_reserve > 0.0)
-            .map(|p| p.app / p.app_reserve.min(sc.app_demand).max(f64::MIN_POSITIVE))
+            .filter(|p| p.app_reserve.min(sc.app_demand) > 0.0)
+            .map(|p| p.app / p.app_reserve.min(sc.app_demand))
             .fold(1.0f64, f64::min);
         Outcome {
             policy: name.to_owned(),
@@ -230,9 +232,13 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
         // Link sharing.
         let avail = (sc.link - sc.background).max(0.0);
         let (rate, app) = match (&spec.policy, d.migration_rate) {
-            (Policy::Default, _) | (_, None) => {
-                let app = sc.app_demand.min(avail / 2.0);
-                ((avail - app).min(QEMU_DEFAULT_MAX_BANDWIDTH), app)
+            (Policy::Default | Policy::Static(_), _) | (_, None) => {
+                // TCP shares the link fairly; the migration is capped only by
+                // QEMU's max-bandwidth (its default, or the static cap), and
+                // the application takes the rest up to its demand.
+                let cap = d.qemu.max_bandwidth.unwrap_or(QEMU_DEFAULT_MAX_BANDWIDTH);
+                let mig = cap.min(avail - sc.app_demand.min(avail / 2.0));
+                (mig, sc.app_demand.min(avail - mig))
             }
             (_, Some(r)) => {
                 let ceil = d
