@@ -9,6 +9,7 @@
 
 pub mod bpffs;
 pub mod frames;
+pub mod kubeapi;
 pub mod logs;
 pub mod measure;
 pub mod netns;
