@@ -153,26 +153,54 @@ fn operation(raw: i32) -> JobOperation {
     }
 }
 
+/// `virDomainGetJobStats`, read with libvirt's own typed-parameter
+/// accessors and freed with `virTypedParamsFree`. (virt 0.4's
+/// `Domain::get_job_stats` hands libvirt's allocation to Rust's allocator,
+/// and builds a `Vec` from a null pointer when no job runs: it aborts.)
+fn job_stats(dom: &Domain) -> Result<Option<JobSnapshot>, virt::error::Error> {
+    use std::ffi::CStr;
+    let mut job_type: libc::c_int = 0;
+    let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
+    let mut nparams: libc::c_int = 0;
+    // SAFETY: a live domain handle; libvirt allocates `params` (freed
+    // below, on every path after this call).
+    let ret = unsafe {
+        sys::virDomainGetJobStats(dom.as_ptr(), &mut job_type, &mut params, &mut nparams, 0)
+    };
+    if ret == -1 {
+        return Err(virt::error::Error::last_error());
+    }
+    let ull = |name: &CStr| -> Option<u64> {
+        let mut v: libc::c_ulonglong = 0;
+        // SAFETY: `params`/`nparams` as libvirt returned them; a C string.
+        let found = unsafe { sys::virTypedParamsGetULLong(params, nparams, name.as_ptr(), &mut v) };
+        (found == 1).then_some(v)
+    };
+    let int = |name: &CStr| -> Option<i32> {
+        let mut v: libc::c_int = 0;
+        // SAFETY: as above.
+        let found = unsafe { sys::virTypedParamsGetInt(params, nparams, name.as_ptr(), &mut v) };
+        (found == 1).then_some(v)
+    };
+    let snapshot = (job_type != sys::VIR_DOMAIN_JOB_NONE as i32).then(|| JobSnapshot {
+        operation: int(c"operation").map(operation),
+        elapsed_ms: ull(c"time_elapsed").unwrap_or(0),
+        iteration: ull(c"memory_iteration").unwrap_or(0),
+        dirty_pages_per_sec: ull(c"memory_dirty_rate").unwrap_or(0),
+        page_size: ull(c"memory_page_size").unwrap_or(4096),
+        processed_bytes: ull(c"memory_processed").unwrap_or(0),
+        remaining_bytes: ull(c"memory_remaining").unwrap_or(0),
+        total_bytes: ull(c"memory_total").unwrap_or(0),
+        bytes_per_sec: ull(c"memory_bps").unwrap_or(0),
+    });
+    // SAFETY: frees what virDomainGetJobStats allocated (null is fine).
+    unsafe { sys::virTypedParamsFree(params, nparams) };
+    Ok(snapshot)
+}
+
 impl MigrationBackend for LibvirtDomain {
     fn job(&mut self) -> Result<Option<JobSnapshot>, LibvirtError> {
-        let s = self
-            .domain
-            .get_job_stats(0)
-            .map_err(self.call_err("virDomainGetJobStats"))?;
-        if s.r#type == sys::VIR_DOMAIN_JOB_NONE as i32 {
-            return Ok(None);
-        }
-        Ok(Some(JobSnapshot {
-            operation: s.operation.map(operation),
-            elapsed_ms: s.time_elapsed.unwrap_or(0),
-            iteration: s.mem_iteration.unwrap_or(0),
-            dirty_pages_per_sec: s.mem_dirty_rate.unwrap_or(0),
-            page_size: s.mem_page_size.unwrap_or(4096),
-            processed_bytes: s.mem_processed.unwrap_or(0),
-            remaining_bytes: s.mem_remaining.unwrap_or(0),
-            total_bytes: s.mem_total.unwrap_or(0),
-            bytes_per_sec: s.mem_bps.unwrap_or(0),
-        }))
+        job_stats(&self.domain).map_err(self.call_err("virDomainGetJobStats"))
     }
 
     fn set_max_bandwidth(&mut self, bytes_per_sec: u64) -> Result<u64, LibvirtError> {

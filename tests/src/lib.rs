@@ -10,6 +10,7 @@
 pub mod bpffs;
 pub mod frames;
 pub mod kubeapi;
+pub mod libvirtd;
 pub mod logs;
 pub mod measure;
 pub mod netns;
