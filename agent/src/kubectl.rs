@@ -11,10 +11,7 @@
 use std::fmt::Write as _;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    Api, Client,
-    api::ListParams,
-};
+use kube::{Api, Client, api::ListParams};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
@@ -179,8 +176,13 @@ fn to_json<T: Serialize>(v: &T) -> Result<String, KubectlError> {
 }
 
 /// The VMI's node, then the target node of a migration in progress.
-async fn vmi_nodes(client: &Client, namespace: &str, name: &str) -> Result<Vec<String>, KubectlError> {
-    let api: Api<RawObject> = Api::namespaced_with(client.clone(), namespace, &objects::vmi_resource());
+async fn vmi_nodes(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<String>, KubectlError> {
+    let api: Api<RawObject> =
+        Api::namespaced_with(client.clone(), namespace, &objects::vmi_resource());
     let raw = match api.get_opt(name).await {
         Ok(Some(raw)) => raw,
         Ok(None) => {
@@ -200,10 +202,12 @@ async fn vmi_nodes(client: &Client, namespace: &str, name: &str) -> Result<Vec<S
     let mut nodes: Vec<String> = vmi.node.iter().cloned().collect();
     if let Some(m) = &vmi.migration {
         let over = m.completed || m.failed || m.end_timestamp.is_some();
-        if let Some(t) = m.target_node.as_ref().filter(|_| !over) {
-            if !nodes.contains(t) {
-                nodes.push(t.clone());
-            }
+        if let Some(t) = m
+            .target_node
+            .as_ref()
+            .filter(|t| !over && !nodes.contains(t))
+        {
+            nodes.push(t.clone());
         }
     }
     if nodes.is_empty() {
@@ -250,7 +254,11 @@ async fn all_agents(client: &Client, locator: &AgentLocator) -> Result<Vec<Agent
     list_agents(client, locator, None).await
 }
 
-async fn agent_on(client: &Client, locator: &AgentLocator, node: &str) -> Result<Agent, KubectlError> {
+async fn agent_on(
+    client: &Client,
+    locator: &AgentLocator,
+    node: &str,
+) -> Result<Agent, KubectlError> {
     list_agents(client, locator, Some(node))
         .await?
         .into_iter()
@@ -278,8 +286,11 @@ async fn proxy_get<T: DeserializeOwned>(
         .header(http::header::ACCEPT, "application/json")
         .body(Vec::new())
         .map_err(|e| KubectlError::Request(url.clone(), e))?;
-    client.request::<T>(req).await.map_err(|source| KubectlError::Kube {
-        what: format!("GET {path} from agent {} on {}", agent.pod, agent.node),
-        source,
-    })
+    client
+        .request::<T>(req)
+        .await
+        .map_err(|source| KubectlError::Kube {
+            what: format!("GET {path} from agent {} on {}", agent.pod, agent.node),
+            source,
+        })
 }

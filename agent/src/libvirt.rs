@@ -124,7 +124,10 @@ impl LibvirtDomain {
         &self.name
     }
 
-    fn call_err(&self, action: &'static str) -> impl FnOnce(virt::error::Error) -> LibvirtError + '_ {
+    fn call_err(
+        &self,
+        action: &'static str,
+    ) -> impl FnOnce(virt::error::Error) -> LibvirtError + '_ {
         move |source| LibvirtError::Call {
             domain: self.name.clone(),
             action,

@@ -37,7 +37,11 @@ fn typed<T: DeserializeOwned + serde::Serialize>(name: &str) -> T {
     let typed: T = serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
     // Round trip: the typed object must keep every field written.
     let back = serde_json::to_value(&typed).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert_eq!(strip_nulls(back), strip_nulls(value), "{name} has fields its type does not know");
+    assert_eq!(
+        strip_nulls(back),
+        strip_nulls(value),
+        "{name} has fields its type does not know"
+    );
     typed
 }
 
@@ -55,7 +59,8 @@ fn strip_nulls(v: Value) -> Value {
 }
 
 fn kustomization() -> Value {
-    serde_saphyr::from_str(&read("kustomization.yaml")).unwrap_or_else(|e| panic!("kustomization: {e}"))
+    serde_saphyr::from_str(&read("kustomization.yaml"))
+        .unwrap_or_else(|e| panic!("kustomization: {e}"))
 }
 
 fn config() -> toml::Table {
@@ -89,7 +94,11 @@ fn daemonset() -> DaemonSet {
 }
 
 fn agent(ds: &DaemonSet) -> Container {
-    let pod = ds.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod spec");
+    let pod = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
     assert_eq!(pod.containers.len(), 1, "one container");
     pod.containers[0].clone()
 }
@@ -124,7 +133,11 @@ fn every_manifest_is_listed_and_parses() {
 #[test]
 fn the_agent_is_not_privileged_and_has_only_its_capabilities() {
     let ds = daemonset();
-    let pod = ds.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod spec");
+    let pod = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .expect("pod spec");
     assert_eq!(pod.host_network, Some(true), "the uplink is the host's");
     assert_ne!(pod.host_pid, Some(true));
     assert_ne!(pod.host_ipc, Some(true));
@@ -147,7 +160,10 @@ fn probes_and_ports_use_the_status_api() {
     assert_eq!(port, i32::from(vmbw::api::DEFAULT_PORT));
     let c = agent(&daemonset());
     let ports = c.ports.clone().expect("ports");
-    let api = ports.iter().find(|p| p.container_port == port).expect("a port for [api] listen");
+    let api = ports
+        .iter()
+        .find(|p| p.container_port == port)
+        .expect("a port for [api] listen");
     let api_name = api.name.clone().expect("the API port is named");
     let resolves = |p: &IntOrString| match p {
         IntOrString::Int(n) => *n == port,
@@ -157,14 +173,19 @@ fn probes_and_ports_use_the_status_api() {
         (c.readiness_probe.as_ref(), vmbw::api::READYZ_PATH),
         (c.liveness_probe.as_ref(), vmbw::api::HEALTHZ_PATH),
     ] {
-        let get = probe.and_then(|p| p.http_get.as_ref()).expect("an HTTP probe");
+        let get = probe
+            .and_then(|p| p.http_get.as_ref())
+            .expect("an HTTP probe");
         assert!(resolves(&get.port), "probe port {:?}", get.port);
         assert_eq!(get.path.as_deref(), Some(path));
     }
     let res = c.resources.expect("resources");
     for (what, m) in [("requests", res.requests), ("limits", res.limits)] {
         let m = m.unwrap_or_else(|| panic!("resource {what}"));
-        assert!(m.contains_key("cpu") && m.contains_key("memory"), "{what}: {m:?}");
+        assert!(
+            m.contains_key("cpu") && m.contains_key("memory"),
+            "{what}: {m:?}"
+        );
     }
     // The Service and the scrape annotations point at the same port.
     let svc: Service = typed("service.yaml");
@@ -177,9 +198,16 @@ fn probes_and_ports_use_the_status_api() {
     assert_eq!(ann["prometheus.io/port"], port.to_string());
     assert_eq!(ann["prometheus.io/path"], vmbw::api::METRICS_PATH);
     let tmpl = daemonset().spec.expect("spec").template;
-    let labels = tmpl.metadata.as_ref().and_then(|m| m.labels.clone()).expect("pod labels");
+    let labels = tmpl
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .expect("pod labels");
     assert!(
-        spec.selector.expect("selector").iter().all(|(k, v)| labels.get(k) == Some(v)),
+        spec.selector
+            .expect("selector")
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v)),
         "the Service selects the agent pods"
     );
 }
@@ -189,7 +217,11 @@ fn mounts_match_the_config() {
     let cfg = config();
     let ds = daemonset();
     let c = agent(&ds);
-    let pod = ds.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod spec");
+    let pod = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .expect("pod spec");
     let volumes: BTreeMap<String, _> = pod
         .volumes
         .unwrap_or_default()
@@ -198,7 +230,11 @@ fn mounts_match_the_config() {
         .collect();
     let mounts = c.volume_mounts.clone().expect("mounts");
     for m in &mounts {
-        assert!(volumes.contains_key(&m.name), "mount {} has a volume", m.name);
+        assert!(
+            volumes.contains_key(&m.name),
+            "mount {} has a volume",
+            m.name
+        );
     }
     assert_eq!(mounts.len(), volumes.len(), "every volume is mounted");
 
@@ -218,8 +254,14 @@ fn mounts_match_the_config() {
         })
         .expect("the ConfigMap is mounted");
     assert_eq!(config_path.parent(), Some(Path::new(&cm_mount.mount_path)));
-    let file = config_path.file_name().and_then(|f| f.to_str()).expect("file");
-    let items = volumes[&cm_mount.name].config_map.as_ref().and_then(|s| s.items.clone());
+    let file = config_path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .expect("file");
+    let items = volumes[&cm_mount.name]
+        .config_map
+        .as_ref()
+        .and_then(|s| s.items.clone());
     assert!(
         items.is_none_or(|items| items.iter().any(|i| i.path == file && i.key == "vmbw.toml")),
         "{file} is projected from the ConfigMap's vmbw.toml"
@@ -235,7 +277,10 @@ fn mounts_match_the_config() {
         .max_by_key(|m| m.mount_path.len())
         .expect("a mount holds the pin directory");
     assert_ne!(bpf.read_only, Some(true), "maps are pinned there");
-    let host = volumes[&bpf.name].host_path.as_ref().expect("bpffs is a hostPath");
+    let host = volumes[&bpf.name]
+        .host_path
+        .as_ref()
+        .expect("bpffs is a hostPath");
     assert_eq!(host.path, "/sys/fs/bpf");
     assert_eq!(bpf.mount_path, "/sys/fs/bpf", "same path inside and out");
     assert!(
@@ -245,13 +290,22 @@ fn mounts_match_the_config() {
 
     // Runtime sockets: host paths, read-only.
     for path in ["/var/run/kubevirt", "/var/run/libvirt"] {
-        let m = mounts.iter().find(|m| m.mount_path == path).unwrap_or_else(|| panic!("{path}"));
+        let m = mounts
+            .iter()
+            .find(|m| m.mount_path == path)
+            .unwrap_or_else(|| panic!("{path}"));
         assert_eq!(m.read_only, Some(true), "{path}");
-        assert_eq!(volumes[&m.name].host_path.as_ref().map(|h| h.path.as_str()), Some(path));
+        assert_eq!(
+            volumes[&m.name].host_path.as_ref().map(|h| h.path.as_str()),
+            Some(path)
+        );
     }
     // KubeVirt discovery needs the node name.
     let env = c.env.expect("env");
-    let node = env.iter().find(|e| e.name == "NODE_NAME").expect("NODE_NAME");
+    let node = env
+        .iter()
+        .find(|e| e.name == "NODE_NAME")
+        .expect("NODE_NAME");
     let field = node
         .value_from
         .as_ref()
@@ -259,7 +313,9 @@ fn mounts_match_the_config() {
         .map(|f| f.field_path.as_str());
     assert_eq!(field, Some("spec.nodeName"));
     assert_eq!(
-        cfg.get("discovery").and_then(|d| d.get("kubevirt")).and_then(|v| v.as_bool()),
+        cfg.get("discovery")
+            .and_then(|d| d.get("kubevirt"))
+            .and_then(|v| v.as_bool()),
         Some(true)
     );
 }
@@ -277,7 +333,10 @@ fn rbac_is_read_only_on_what_the_agent_reads() {
         assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
         for g in rule.api_groups.expect("apiGroups") {
             for r in rule.resources.clone().expect("resources") {
-                assert!(g != "*" && r != "*" && !r.contains('/'), "no wildcards or subresources");
+                assert!(
+                    g != "*" && r != "*" && !r.contains('/'),
+                    "no wildcards or subresources"
+                );
                 granted.insert((g.clone(), r));
             }
         }
@@ -313,7 +372,10 @@ fn the_plugin_finds_the_agent_pods() {
         assert_eq!(labels.get(k).map(String::as_str), Some(v), "{term}");
     }
     let ds = daemonset();
-    assert_eq!(ds.metadata.namespace.as_deref(), Some(vmbw::kubectl::AGENT_NAMESPACE));
+    assert_eq!(
+        ds.metadata.namespace.as_deref(),
+        Some(vmbw::kubectl::AGENT_NAMESPACE)
+    );
 }
 
 #[test]
@@ -321,8 +383,12 @@ fn the_image_is_the_one_the_containerfile_builds() {
     let k = kustomization();
     let image = k["images"][0]["name"].as_str().expect("images[0].name");
     assert_eq!(agent(&daemonset()).image.as_deref(), Some(image));
-    let containerfile = std::fs::read_to_string(base().join("../Containerfile")).expect("Containerfile");
-    assert!(containerfile.contains("--bin vmbw"), "builds the agent binary");
+    let containerfile =
+        std::fs::read_to_string(base().join("../Containerfile")).expect("Containerfile");
+    assert!(
+        containerfile.contains("--bin vmbw"),
+        "builds the agent binary"
+    );
     assert!(containerfile.contains("ENTRYPOINT [\"/usr/local/bin/vmbw\"]"));
     // The DaemonSet's args start with the agent subcommand.
     assert_eq!(agent(&daemonset()).args.expect("args")[0], "agent");

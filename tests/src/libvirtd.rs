@@ -67,7 +67,10 @@ impl Libvirtd {
             ),
         )?;
         // No virtlogd: QEMU's output goes to files.
-        std::fs::write(dir.join("cfg/libvirt/qemu.conf"), "stdio_handler = \"file\"\n")?;
+        std::fs::write(
+            dir.join("cfg/libvirt/qemu.conf"),
+            "stdio_handler = \"file\"\n",
+        )?;
         chown_tree(&dir)?;
         let log = std::fs::File::create(dir.join("libvirtd.log"))?;
         chown(dir.join("libvirtd.log"), Some(UID), Some(GID))?;

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use vmbw::{
     api::{
-        self, Allocation, ClassTraffic, Explain, ExplainedDecision, MigrationPhase,
-        MigrationRole, MigrationStatus, Status, TrafficClass, VmStatus,
+        self, Allocation, ClassTraffic, Explain, ExplainedDecision, MigrationPhase, MigrationRole,
+        MigrationStatus, Status, TrafficClass, VmStatus,
     },
     kubectl::{self, AgentLocator, KubectlError, Request},
 };
@@ -125,7 +125,11 @@ async fn server(vmi_fixture: &str) -> FakeApi {
     for (pod, node) in [("vmbw-agent-n1", "node01"), ("vmbw-agent-n2", "node02")] {
         let status = serde_json::to_value(status(node)).expect("json");
         api.route(&proxy(pod, api::STATUS_PATH), 200, status);
-        api.route(&proxy(pod, api::VMS_PATH), 200, serde_json::to_value(vms()).expect("json"));
+        api.route(
+            &proxy(pod, api::VMS_PATH),
+            200,
+            serde_json::to_value(vms()).expect("json"),
+        );
     }
     api.route(
         &proxy("vmbw-agent-n2", "/api/v1/explain/default/testvmi"),
@@ -150,21 +154,35 @@ fn proxied(api: &FakeApi) -> Vec<String> {
 #[tokio::test]
 async fn status_of_a_running_vmi_asks_the_agent_on_its_node() {
     let api = server("vmi-running-node02.json").await;
-    let out = run(&api, Request::Status { vmi: Some("testvmi".into()) }, false)
-        .await
-        .expect("status");
+    let out = run(
+        &api,
+        Request::Status {
+            vmi: Some("testvmi".into()),
+        },
+        false,
+    )
+    .await
+    .expect("status");
     let requests = api.requests();
     assert_eq!(
         requests[0],
         "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances/testvmi"
     );
     let list = &requests[1];
-    assert!(list.starts_with("/api/v1/namespaces/vmbw-system/pods?"), "{list}");
     assert!(
-        list.contains("labelSelector=app.kubernetes.io%2Fname%3Dvmbw%2Capp.kubernetes.io%2Fcomponent%3Dagent"),
+        list.starts_with("/api/v1/namespaces/vmbw-system/pods?"),
         "{list}"
     );
-    assert!(list.contains("fieldSelector=spec.nodeName%3Dnode02"), "{list}");
+    assert!(
+        list.contains(
+            "labelSelector=app.kubernetes.io%2Fname%3Dvmbw%2Capp.kubernetes.io%2Fcomponent%3Dagent"
+        ),
+        "{list}"
+    );
+    assert!(
+        list.contains("fieldSelector=spec.nodeName%3Dnode02"),
+        "{list}"
+    );
     assert_eq!(
         proxied(&api),
         [
@@ -185,15 +203,25 @@ async fn status_of_a_running_vmi_asks_the_agent_on_its_node() {
 #[tokio::test]
 async fn status_of_a_migrating_vmi_asks_source_and_target() {
     let api = server("vmi-migrating-node02-to-node01.json").await;
-    let out = run(&api, Request::Status { vmi: Some("testvmi".into()) }, true)
-        .await
-        .expect("status");
+    let out = run(
+        &api,
+        Request::Status {
+            vmi: Some("testvmi".into()),
+        },
+        true,
+    )
+    .await
+    .expect("status");
     let pods: Vec<String> = proxied(&api)
         .iter()
         .filter(|r| r.ends_with(api::STATUS_PATH))
         .map(|r| r.split('/').nth(6).unwrap_or("").to_owned())
         .collect();
-    assert_eq!(pods, ["vmbw-agent-n2:9464", "vmbw-agent-n1:9464"], "source first");
+    assert_eq!(
+        pods,
+        ["vmbw-agent-n2:9464", "vmbw-agent-n1:9464"],
+        "source first"
+    );
     // --json: the agents' own objects, one report per agent.
     let reports: Value = serde_json::from_str(&out).expect("json output");
     let reports = reports.as_array().expect("array");
@@ -209,27 +237,53 @@ async fn status_of_a_migrating_vmi_asks_source_and_target() {
 #[tokio::test]
 async fn status_without_a_vmi_lists_every_running_agent() {
     let api = server("vmi-running-node02.json").await;
-    let out = run(&api, Request::Status { vmi: None }, false).await.expect("status");
-    assert!(out.starts_with("== node01 (agent vmbw-agent-n1)\n"), "{out}");
+    let out = run(&api, Request::Status { vmi: None }, false)
+        .await
+        .expect("status");
+    assert!(
+        out.starts_with("== node01 (agent vmbw-agent-n1)\n"),
+        "{out}"
+    );
     assert!(out.contains("\n== node02 (agent vmbw-agent-n2)\n"), "{out}");
-    assert!(!out.contains("vmbw-agent-old"), "a finished pod is not an agent");
-    assert_eq!(out.matches("other/idle").count(), 2, "all VMs of both agents");
+    assert!(
+        !out.contains("vmbw-agent-old"),
+        "a finished pod is not an agent"
+    );
+    assert_eq!(
+        out.matches("other/idle").count(),
+        2,
+        "all VMs of both agents"
+    );
 }
 
 #[tokio::test]
 async fn explain_asks_the_source_node_agent() {
     let api = server("vmi-migrating-node02-to-node01.json").await;
-    let out = run(&api, Request::Explain { vmi: "testvmi".into() }, false)
-        .await
-        .expect("explain");
+    let out = run(
+        &api,
+        Request::Explain {
+            vmi: "testvmi".into(),
+        },
+        false,
+    )
+    .await
+    .expect("explain");
     assert_eq!(
         proxied(&api),
-        ["/api/v1/namespaces/vmbw-system/pods/vmbw-agent-n2:9464/proxy/api/v1/explain/default/testvmi"]
+        [
+            "/api/v1/namespaces/vmbw-system/pods/vmbw-agent-n2:9464/proxy/api/v1/explain/default/testvmi"
+        ]
     );
     assert_eq!(out, api::render_explain(&explain()));
-    let json = run(&api, Request::Explain { vmi: "testvmi".into() }, true)
-        .await
-        .expect("explain --json");
+    let json = run(
+        &api,
+        Request::Explain {
+            vmi: "testvmi".into(),
+        },
+        true,
+    )
+    .await
+    .expect("explain --json");
     let back: Explain = serde_json::from_str(&json).expect("Explain");
     assert_eq!(back, explain());
 }
@@ -237,30 +291,51 @@ async fn explain_asks_the_source_node_agent() {
 #[tokio::test]
 async fn errors_name_what_is_missing() {
     let api = server("vmi-running-node02.json").await;
-    let e = run(&api, Request::Status { vmi: Some("nope".into()) }, false)
-        .await
-        .expect_err("no such VMI");
+    let e = run(
+        &api,
+        Request::Status {
+            vmi: Some("nope".into()),
+        },
+        false,
+    )
+    .await
+    .expect_err("no such VMI");
     assert!(matches!(e, KubectlError::VmiNotFound { .. }), "{e}");
-    assert_eq!(e.to_string(), "VirtualMachineInstance default/nope not found");
+    assert_eq!(
+        e.to_string(),
+        "VirtualMachineInstance default/nope not found"
+    );
 
     // The agent on node02 is gone.
     api.delete(PODS, "vmbw-system", "vmbw-agent-n2");
-    let e = run(&api, Request::Explain { vmi: "testvmi".into() }, false)
-        .await
-        .expect_err("no agent");
+    let e = run(
+        &api,
+        Request::Explain {
+            vmi: "testvmi".into(),
+        },
+        false,
+    )
+    .await
+    .expect_err("no agent");
     assert!(
-        e.to_string().starts_with("no running vmbw agent on node node02"),
+        e.to_string()
+            .starts_with("no running vmbw agent on node node02"),
         "{e}"
     );
 
     // A VMI the plugin cannot read is reported with its name.
-    api.apply(VMIS, fixture("vmi-apitesting-roundtrip.json").expect("fixture"));
+    api.apply(
+        VMIS,
+        fixture("vmi-apitesting-roundtrip.json").expect("fixture"),
+    );
     let client = api.client().expect("client");
     let e = kubectl::run(
         &client,
         "namespaceValue",
         &AgentLocator::default(),
-        &Request::Status { vmi: Some("nameValue".into()) },
+        &Request::Status {
+            vmi: Some("nameValue".into()),
+        },
         false,
     )
     .await

@@ -21,7 +21,12 @@ use vmbw::{
     kubevirt::{self, Discovery},
 };
 use vmbw_common::{Direction, NO_VM};
-use vmbw_tests::{frames::*, kubeapi::{FakeApi, fixture}, logs::Captured, privileged, require};
+use vmbw_tests::{
+    frames::*,
+    kubeapi::{FakeApi, fixture},
+    logs::Captured,
+    privileged, require,
+};
 
 const VMIS: &str = "/apis/kubevirt.io/v1/virtualmachineinstances";
 const VMIMS: &str = "/apis/kubevirt.io/v1/virtualmachineinstancemigrations";
@@ -79,7 +84,10 @@ impl Setup {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             {
-                let d = self.discovery.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                let d = self
+                    .discovery
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?;
                 if pred(&d) {
                     return Ok(());
                 }
@@ -96,7 +104,10 @@ impl Setup {
     }
 
     fn slot(&self) -> anyhow::Result<u32> {
-        let d = self.discovery.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let d = self
+            .discovery
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
         d.vms()
             .into_iter()
             .find(|v| v.name == "default/testvmi")
@@ -115,7 +126,10 @@ impl Setup {
         let mut out = VmCounters::default();
         for (o, (a, b)) in [
             (&mut out.migration, (&after.migration, &before.migration)),
-            (&mut out.application, (&after.application, &before.application)),
+            (
+                &mut out.application,
+                (&after.application, &before.application),
+            ),
             (&mut out.other, (&after.other, &before.other)),
         ] {
             o.egress.packets = d(a.egress.packets, b.egress.packets);
@@ -177,62 +191,126 @@ async fn source_node_learns_the_migration_ports_and_drops_them_at_the_end() {
     .await
     .expect("addresses");
     let slot = s.slot().expect("slot");
-    assert_eq!(s.run(slot, e, &app_frame()).expect("run").application.egress.packets, 1);
+    assert_eq!(
+        s.run(slot, e, &app_frame())
+            .expect("run")
+            .application
+            .egress
+            .packets,
+        1
+    );
     let to_target = tcp(e, SOURCE_HOST, 51000, TARGET_HOST, 43345);
     assert_eq!(
-        s.run(slot, e, &to_target).expect("run").migration.egress.packets,
+        s.run(slot, e, &to_target)
+            .expect("run")
+            .migration
+            .egress
+            .packets,
         0,
         "no migration yet: port 43345 means nothing"
     );
 
     // The migration is requested, then virt-handler publishes its ports.
-    s.api.apply(VMIMS, obj("vmim-scheduling.json").expect("fixture"));
+    s.api
+        .apply(VMIMS, obj("vmim-scheduling.json").expect("fixture"));
     s.until("the pending migration", |d| {
         d.vms().iter().any(|v| v.phase == MigrationPhase::Pending)
     })
     .await
     .expect("pending");
     assert_eq!(s.flow_count(FlowMatch::RemotePorts), 0);
-    s.api.apply(VMIS, obj("vmi-migrating-node02-to-node01.json").expect("fixture"));
-    s.api.apply(VMIMS, obj("vmim-running.json").expect("fixture"));
+    s.api.apply(
+        VMIS,
+        obj("vmi-migrating-node02-to-node01.json").expect("fixture"),
+    );
+    s.api
+        .apply(VMIMS, obj("vmim-running.json").expect("fixture"));
     s.until("three remote migration ports", |d| {
-        d.flows().iter().filter(|f| f.matches == FlowMatch::RemotePorts).count() == 3
+        d.flows()
+            .iter()
+            .filter(|f| f.matches == FlowMatch::RemotePorts)
+            .count()
+            == 3
     })
     .await
     .expect("ports");
     {
         let d = s.discovery.lock().expect("lock");
-        let vm = d.vms().into_iter().find(|v| v.name == "default/testvmi").expect("vm");
+        let vm = d
+            .vms()
+            .into_iter()
+            .find(|v| v.name == "default/testvmi")
+            .expect("vm");
         assert_eq!(vm.role, Some(MigrationRole::Source));
         assert_eq!(vm.phase, MigrationPhase::PreCopy);
         assert_eq!(vm.peer_node.as_deref(), Some("node01"));
         assert_eq!(vm.slot, Some(slot), "the slot stays with the VM");
     }
     for port in PORTS {
-        let out = s.run(slot, e, &tcp(e, SOURCE_HOST, 51000, TARGET_HOST, port)).expect("run");
+        let out = s
+            .run(slot, e, &tcp(e, SOURCE_HOST, 51000, TARGET_HOST, port))
+            .expect("run");
         assert_eq!(out.migration.egress.packets, 1, "egress to {port}");
-        let back = s.run(slot, i, &tcp(i, SOURCE_HOST, 51000, TARGET_HOST, port)).expect("run");
+        let back = s
+            .run(slot, i, &tcp(i, SOURCE_HOST, 51000, TARGET_HOST, port))
+            .expect("run");
         assert_eq!(back.migration.ingress.packets, 1, "ingress from {port}");
     }
     let other = tcp(e, SOURCE_HOST, 51000, TARGET_HOST, 43346);
-    assert_eq!(s.run(slot, e, &other).expect("run").migration.egress.packets, 0);
+    assert_eq!(
+        s.run(slot, e, &other)
+            .expect("run")
+            .migration
+            .egress
+            .packets,
+        0
+    );
     // The application is still the application.
-    assert_eq!(s.run(slot, e, &app_frame()).expect("run").application.egress.packets, 1);
+    assert_eq!(
+        s.run(slot, e, &app_frame())
+            .expect("run")
+            .application
+            .egress
+            .packets,
+        1
+    );
 
     // The migration completes: the VM now runs on node01, so node02 drops
     // its ports and addresses.
-    s.api.apply(VMIS, obj("vmi-migrated-to-node01.json").expect("fixture"));
-    s.api.apply(VMIMS, obj("vmim-succeeded.json").expect("fixture"));
-    s.until("nothing left for the VM", |d| d.flows().is_empty() && d.vms().is_empty())
-        .await
-        .expect("removed");
-    assert_eq!(s.run(slot, e, &to_target).expect("run").migration.egress.packets, 0);
+    s.api
+        .apply(VMIS, obj("vmi-migrated-to-node01.json").expect("fixture"));
+    s.api
+        .apply(VMIMS, obj("vmim-succeeded.json").expect("fixture"));
+    s.until("nothing left for the VM", |d| {
+        d.flows().is_empty() && d.vms().is_empty()
+    })
+    .await
+    .expect("removed");
     assert_eq!(
-        s.run(NO_VM, e, &to_target).expect("run").other.egress.packets,
+        s.run(slot, e, &to_target)
+            .expect("run")
+            .migration
+            .egress
+            .packets,
+        0
+    );
+    assert_eq!(
+        s.run(NO_VM, e, &to_target)
+            .expect("run")
+            .other
+            .egress
+            .packets,
         1,
         "port 43345 is unknown traffic again"
     );
-    assert_eq!(s.run(slot, e, &app_frame()).expect("run").application.egress.packets, 0);
+    assert_eq!(
+        s.run(slot, e, &app_frame())
+            .expect("run")
+            .application
+            .egress
+            .packets,
+        0
+    );
 
     // The malformed object was skipped with a warning naming it, once.
     let text = logs.text();
@@ -241,7 +319,9 @@ async fn source_node_learns_the_migration_ports_and_drops_them_at_the_end() {
         .filter(|l| l.contains("skipping a malformed KubeVirt object"))
         .collect();
     assert!(
-        warnings.iter().any(|l| l.contains("namespaceValue/nameValue")),
+        warnings
+            .iter()
+            .any(|l| l.contains("namespaceValue/nameValue")),
         "{text}"
     );
     assert_eq!(warnings.len(), 1, "logged once per object version: {text}");
@@ -250,7 +330,9 @@ async fn source_node_learns_the_migration_ports_and_drops_them_at_the_end() {
     let requests = s.api.requests();
     for path in [VMIS, VMIMS] {
         assert!(
-            requests.iter().any(|r| r.starts_with(&format!("{path}?")) && r.contains("watch=true")),
+            requests
+                .iter()
+                .any(|r| r.starts_with(&format!("{path}?")) && r.contains("watch=true")),
             "{path} watched: {requests:?}"
         );
     }
@@ -259,16 +341,25 @@ async fn source_node_learns_the_migration_ports_and_drops_them_at_the_end() {
 #[tokio::test]
 async fn target_node_learns_its_listening_ports_then_adopts_the_vm() {
     require!(privileged());
-    let s = setup("node01", &["vmi-running-node02.json"]).await.expect("setup");
+    let s = setup("node01", &["vmi-running-node02.json"])
+        .await
+        .expect("setup");
     let i = Direction::Ingress;
     // Not this node's VM: nothing registered. Give the watcher time to
     // list before the migration shows up.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(s.discovery.lock().expect("lock").flows().is_empty());
 
-    s.api.apply(VMIS, obj("vmi-migrating-node02-to-node01.json").expect("fixture"));
+    s.api.apply(
+        VMIS,
+        obj("vmi-migrating-node02-to-node01.json").expect("fixture"),
+    );
     s.until("three local migration ports", |d| {
-        d.flows().iter().filter(|f| f.matches == FlowMatch::LocalPorts).count() == 3
+        d.flows()
+            .iter()
+            .filter(|f| f.matches == FlowMatch::LocalPorts)
+            .count()
+            == 3
     })
     .await
     .expect("ports");
@@ -279,18 +370,33 @@ async fn target_node_learns_its_listening_ports_then_adopts_the_vm() {
     );
     // The source connects from an ephemeral port to our listening port.
     let incoming = tcp(i, TARGET_HOST, 43345, SOURCE_HOST, 51000);
-    assert_eq!(s.run(slot, i, &incoming).expect("run").migration.ingress.packets, 1);
+    assert_eq!(
+        s.run(slot, i, &incoming)
+            .expect("run")
+            .migration
+            .ingress
+            .packets,
+        1
+    );
     // The VM does not run here yet: its address is not ours.
     assert_eq!(s.flow_count(FlowMatch::VmAddress), 0);
 
-    s.api.apply(VMIS, obj("vmi-migrated-to-node01.json").expect("fixture"));
+    s.api
+        .apply(VMIS, obj("vmi-migrated-to-node01.json").expect("fixture"));
     s.until("ports released, addresses registered", |d| {
         let f = d.flows();
         f.iter().all(|f| f.matches == FlowMatch::VmAddress) && !f.is_empty()
     })
     .await
     .expect("adopted");
-    assert_eq!(s.run(slot, i, &incoming).expect("run").migration.ingress.packets, 0);
+    assert_eq!(
+        s.run(slot, i, &incoming)
+            .expect("run")
+            .migration
+            .ingress
+            .packets,
+        0
+    );
     assert_eq!(
         s.run(slot, Direction::Egress, &app_frame())
             .expect("run")
@@ -301,5 +407,7 @@ async fn target_node_learns_its_listening_ports_then_adopts_the_vm() {
     );
     // A deleted VMI releases everything.
     s.api.delete(VMIS, "default", "testvmi");
-    s.until("VM gone", |d| d.flows().is_empty()).await.expect("deleted");
+    s.until("VM gone", |d| d.flows().is_empty())
+        .await
+        .expect("deleted");
 }

@@ -26,7 +26,10 @@ fn guest_kernel() -> Result<PathBuf, String> {
     if k.exists() {
         Ok(k)
     } else {
-        Err(format!("{} missing (cargo xtask setup fetches it)", k.display()))
+        Err(format!(
+            "{} missing (cargo xtask setup fetches it)",
+            k.display()
+        ))
     }
 }
 
@@ -127,11 +130,15 @@ fn job_statistics_and_speed_control_during_a_real_migration() {
         "total {} covers the guest's RAM",
         first.total_bytes
     );
-    assert_eq!(backend.max_bandwidth().expect("speed"), MIB, "started at 1 MiB/s");
+    assert_eq!(
+        backend.max_bandwidth().expect("speed"),
+        MIB,
+        "started at 1 MiB/s"
+    );
     std::thread::sleep(Duration::from_secs(3));
     let slow = backend.job().expect("stats").expect("still migrating");
-    let slow_rate = (slow.processed_bytes - first.processed_bytes) as f64
-        / t0.elapsed().as_secs_f64();
+    let slow_rate =
+        (slow.processed_bytes - first.processed_bytes) as f64 / t0.elapsed().as_secs_f64();
     assert!(slow.remaining_bytes < first.remaining_bytes);
     assert!(slow.elapsed_ms > first.elapsed_ms);
     assert!(
@@ -159,8 +166,8 @@ fn job_statistics_and_speed_control_during_a_real_migration() {
     std::thread::sleep(Duration::from_millis(1500));
     match backend.job().expect("stats") {
         Some(fast) => {
-            let fast_rate = (fast.processed_bytes - slow.processed_bytes) as f64
-                / t1.elapsed().as_secs_f64();
+            let fast_rate =
+                (fast.processed_bytes - slow.processed_bytes) as f64 / t1.elapsed().as_secs_f64();
             eprintln!("after raising to 8 MiB/s: measured {fast_rate:.0} B/s");
             assert!(
                 fast_rate > 3.0 * slow_rate,
@@ -185,5 +192,9 @@ fn job_statistics_and_speed_control_during_a_real_migration() {
     drop(dom);
     let mut conn = conn;
     let _ = conn.close();
-    eprintln!("source libvirtd pid {}, target pid {}", src.pid(), dst.pid());
+    eprintln!(
+        "source libvirtd pid {}, target pid {}",
+        src.pid(),
+        dst.pid()
+    );
 }

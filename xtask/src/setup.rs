@@ -29,10 +29,10 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "test guests and live migrations (TCG)"),
     ("busybox-static", "the test guest's initramfs userland"),
     ("cpio", "packing the test guest's initramfs"),
-    ("libvirt-dev", "the libvirt statistics backend links libvirt (virt-sys)"),
-    ("pkg-config", "virt-sys finds libvirt with pkg-config"),
-    ("libvirt-daemon", "libvirt backend tests run private libvirtd daemons"),
-    ("libvirt-daemon-driver-qemu", "libvirtd's QEMU driver for the libvirt tests"),
+    ("libvirt-dev", "vmbw::libvirt links libvirt (virt-sys)"),
+    ("pkg-config", "virt-sys finds libvirt with it"),
+    ("libvirt-daemon", "private libvirtd for libvirt tests"),
+    ("libvirt-daemon-driver-qemu", "libvirtd's QEMU driver"),
 ];
 
 /// bpf-linker version built against LLVM 22 (MISSION §5).

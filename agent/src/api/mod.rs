@@ -346,7 +346,10 @@ mod tests {
             FlowMatch::RemotePorts,
         ))
         .expect("serialize");
-        assert_eq!(json, r#"["pre-copy","target","application","remote-ports"]"#);
+        assert_eq!(
+            json,
+            r#"["pre-copy","target","application","remote-ports"]"#
+        );
         assert_eq!(MigrationPhase::PreCopy.as_str(), "pre-copy");
         assert_eq!(FlowMatch::RemotePorts.as_str(), "remote-ports");
     }

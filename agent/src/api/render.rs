@@ -140,13 +140,7 @@ pub fn render_vms(vms: &[VmStatus]) -> String {
                 fmt_pages(m.predicted_dirty_pages),
                 fmt_pages(m.actual_dirty_pages),
             ),
-            None => (
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
         };
         let (mig_tx, _) = class_rate(vm, TrafficClass::Migration);
         let (app_tx, app_rx) = class_rate(vm, TrafficClass::Application);
@@ -246,8 +240,8 @@ mod tests {
 
     use super::*;
     use crate::api::{
-        Allocation, ClassTraffic, FlowMatch, MigrationPhase, MigrationRole, MigrationStatus,
-        ExplainedDecision,
+        Allocation, ClassTraffic, ExplainedDecision, FlowMatch, MigrationPhase, MigrationRole,
+        MigrationStatus,
     };
 
     fn vm_fixture() -> Vec<VmStatus> {
@@ -301,7 +295,10 @@ mod tests {
         let text = render_vms(&vm_fixture());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
-        assert!(lines[0].starts_with("VM            SLOT  MIGRATION"), "{text}");
+        assert!(
+            lines[0].starts_with("VM            SLOT  MIGRATION"),
+            "{text}"
+        );
         let a: Vec<&str> = lines[1].split("  ").filter(|s| !s.is_empty()).collect();
         assert_eq!(
             a.iter().map(|s| s.trim()).collect::<Vec<_>>(),
@@ -386,9 +383,12 @@ discovery:     kubevirt
             sent_bytes: 1536,
         }];
         let text = render_classes(&classes);
-        assert!(text.ends_with(
-            "eth0   7662:11  -   0     default  8.000 Mbit/s  1000.000 Mbit/s  1.5 KiB\n"
-        ), "{text}");
+        assert!(
+            text.ends_with(
+                "eth0   7662:11  -   0     default  8.000 Mbit/s  1000.000 Mbit/s  1.5 KiB\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

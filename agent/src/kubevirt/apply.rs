@@ -32,12 +32,35 @@ struct Applied {
 /// One table change, for logs and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    AddPort { vm: String, slot: u32, side: Side, port: u16 },
-    RemovePort { vm: String, side: Side, port: u16 },
-    AddAddress { vm: String, slot: u32, ip: IpAddr },
-    RemoveAddress { vm: String, ip: IpAddr },
-    AddMac { vm: String, slot: u32, mac: [u8; 6] },
-    RemoveMac { vm: String, mac: [u8; 6] },
+    AddPort {
+        vm: String,
+        slot: u32,
+        side: Side,
+        port: u16,
+    },
+    RemovePort {
+        vm: String,
+        side: Side,
+        port: u16,
+    },
+    AddAddress {
+        vm: String,
+        slot: u32,
+        ip: IpAddr,
+    },
+    RemoveAddress {
+        vm: String,
+        ip: IpAddr,
+    },
+    AddMac {
+        vm: String,
+        slot: u32,
+        mac: [u8; 6],
+    },
+    RemoveMac {
+        vm: String,
+        mac: [u8; 6],
+    },
 }
 
 /// The outcome of one [`Applier::apply`].
@@ -119,7 +142,9 @@ impl Applier {
                             port: claim.port,
                         });
                     }
-                    Err(e) => report.errors.push(KubevirtError::datapath(&key, "remove port", e)),
+                    Err(e) => report
+                        .errors
+                        .push(KubevirtError::datapath(&key, "remove port", e)),
                 }
             }
             for ip in have.addresses.clone().difference(want_addresses) {
@@ -131,7 +156,11 @@ impl Applier {
                             ip: *ip,
                         });
                     }
-                    Err(e) => report.errors.push(KubevirtError::datapath(&key, "remove address", e)),
+                    Err(e) => {
+                        report
+                            .errors
+                            .push(KubevirtError::datapath(&key, "remove address", e))
+                    }
                 }
             }
             for mac in have.macs.clone().difference(want_macs) {
@@ -143,15 +172,19 @@ impl Applier {
                             mac: *mac,
                         });
                     }
-                    Err(e) => report.errors.push(KubevirtError::datapath(&key, "remove MAC", e)),
+                    Err(e) => report
+                        .errors
+                        .push(KubevirtError::datapath(&key, "remove MAC", e)),
                 }
             }
         }
         for key in gone {
             // Release the slot only once everything of the VM is gone.
-            if self.applied.get(&key).is_some_and(|a| {
-                a.claims.is_empty() && a.addresses.is_empty() && a.macs.is_empty()
-            }) {
+            if self
+                .applied
+                .get(&key)
+                .is_some_and(|a| a.claims.is_empty() && a.addresses.is_empty() && a.macs.is_empty())
+            {
                 self.applied.remove(&key);
             }
         }
@@ -187,7 +220,9 @@ impl Applier {
                             port: claim.port,
                         });
                     }
-                    Err(e) => report.errors.push(KubevirtError::datapath(key, "add port", e)),
+                    Err(e) => report
+                        .errors
+                        .push(KubevirtError::datapath(key, "add port", e)),
                 }
             }
             for ip in want.addresses.difference(&have.addresses.clone()) {
@@ -200,7 +235,9 @@ impl Applier {
                             ip: *ip,
                         });
                     }
-                    Err(e) => report.errors.push(KubevirtError::datapath(key, "add address", e)),
+                    Err(e) => report
+                        .errors
+                        .push(KubevirtError::datapath(key, "add address", e)),
                 }
             }
             for mac in want.macs.difference(&have.macs.clone()) {
@@ -213,7 +250,9 @@ impl Applier {
                             mac: *mac,
                         });
                     }
-                    Err(e) => report.errors.push(KubevirtError::datapath(key, "add MAC", e)),
+                    Err(e) => report
+                        .errors
+                        .push(KubevirtError::datapath(key, "add MAC", e)),
                 }
             }
         }

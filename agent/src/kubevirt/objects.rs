@@ -10,8 +10,8 @@ use std::{borrow::Cow, collections::BTreeMap, fmt, net::IpAddr};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
-    core::{ApiResource, DynamicResourceScope},
     Resource,
+    core::{ApiResource, DynamicResourceScope},
 };
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -324,7 +324,12 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn field(&self, field: &'static str, value: impl fmt::Display, expected: &'static str) -> ObjectError {
+    fn field(
+        &self,
+        field: &'static str,
+        value: impl fmt::Display,
+        expected: &'static str,
+    ) -> ObjectError {
         ObjectError::Field {
             kind: self.kind,
             object: self.object.clone(),
@@ -335,10 +340,7 @@ impl Ctx {
     }
 }
 
-fn identity(
-    raw: &RawObject,
-    kind: &'static str,
-) -> Result<(Ctx, String, String), ObjectError> {
+fn identity(raw: &RawObject, kind: &'static str) -> Result<(Ctx, String, String), ObjectError> {
     let ctx = Ctx {
         kind,
         object: raw.key(),
@@ -453,7 +455,11 @@ fn parse_migration(ctx: &Ctx, m: MigrationStateJson) -> Result<MigrationState, O
     let target_address = match address {
         None => None,
         Some(a) => Some(parse_ip(&a).ok_or_else(|| {
-            ctx.field("status.migrationState.targetNodeAddress", &a, "an IP address")
+            ctx.field(
+                "status.migrationState.targetNodeAddress",
+                &a,
+                "an IP address",
+            )
         })?),
     };
     let port_map = m
@@ -526,7 +532,10 @@ mod tests {
 
     #[test]
     fn addresses_and_macs() {
-        assert_eq!(parse_ip("10.0.0.1/24"), Some("10.0.0.1".parse().expect("ip")));
+        assert_eq!(
+            parse_ip("10.0.0.1/24"),
+            Some("10.0.0.1".parse().expect("ip"))
+        );
         assert_eq!(parse_ip("fe80::1/64"), Some("fe80::1".parse().expect("ip")));
         assert_eq!(parse_ip("ipAddressValue"), None);
         assert_eq!(
@@ -544,7 +553,11 @@ mod tests {
         assert!(r.metadata_error.is_some());
         assert_eq!(r.key(), "ns/a");
         let e = parse_vmi(&r).expect_err("must be skipped");
-        assert!(e.to_string().starts_with("VirtualMachineInstance ns/a: metadata"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("VirtualMachineInstance ns/a: metadata"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -571,8 +584,14 @@ mod tests {
         assert_eq!(
             m.ports,
             [
-                MigrationPort { node_port: 40000, launcher_port: 0 },
-                MigrationPort { node_port: 40001, launcher_port: 49152 },
+                MigrationPort {
+                    node_port: 40000,
+                    launcher_port: 0
+                },
+                MigrationPort {
+                    node_port: 40001,
+                    launcher_port: 49152
+                },
             ]
         );
     }

@@ -318,15 +318,26 @@ mod tests {
 
     #[test]
     fn source_claims_remote_ports_and_keeps_addresses() {
-        let vmis = [vmi("vm-a", "node02", Some(state("node02", "node01", PORTS)))];
+        let vmis = [vmi(
+            "vm-a",
+            "node02",
+            Some(state("node02", "node01", PORTS)),
+        )];
         let d = reconcile("node02", &vmis, &[vmim("Running")]);
         let vm = &d.vms["default/vm-a"];
         let m = vm.migration.as_ref().expect("migration");
-        assert_eq!((m.role, m.phase), (MigrationRole::Source, MigrationPhase::PreCopy));
+        assert_eq!(
+            (m.role, m.phase),
+            (MigrationRole::Source, MigrationPhase::PreCopy)
+        );
         assert_eq!(m.peer_node.as_deref(), Some("node01"));
         assert_eq!(
             claims(&d, "default/vm-a"),
-            [(Side::Remote, 39445), (Side::Remote, 43345), (Side::Remote, 44222)]
+            [
+                (Side::Remote, 39445),
+                (Side::Remote, 43345),
+                (Side::Remote, 44222)
+            ]
         );
         assert_eq!(vm.addresses.len(), 1);
         assert_eq!(vm.macs.len(), 1);
@@ -334,7 +345,11 @@ mod tests {
 
     #[test]
     fn target_claims_local_ports_without_addresses() {
-        let vmis = [vmi("vm-a", "node02", Some(state("node02", "node01", PORTS)))];
+        let vmis = [vmi(
+            "vm-a",
+            "node02",
+            Some(state("node02", "node01", PORTS)),
+        )];
         let d = reconcile("node01", &vmis, &[vmim("Running")]);
         let vm = &d.vms["default/vm-a"];
         assert_eq!(
@@ -347,7 +362,11 @@ mod tests {
 
     #[test]
     fn other_nodes_see_nothing() {
-        let vmis = [vmi("vm-a", "node02", Some(state("node02", "node01", PORTS)))];
+        let vmis = [vmi(
+            "vm-a",
+            "node02",
+            Some(state("node02", "node01", PORTS)),
+        )];
         assert!(reconcile("node03", &vmis, &[]).vms.is_empty());
     }
 
@@ -359,7 +378,10 @@ mod tests {
         // After completion the VMI runs on the target.
         let vmis = [vmi("vm-a", "node01", Some(s))];
         let on_target = reconcile("node01", &vmis, &[vmim("Succeeded")]);
-        let m = on_target.vms["default/vm-a"].migration.as_ref().expect("shown");
+        let m = on_target.vms["default/vm-a"]
+            .migration
+            .as_ref()
+            .expect("shown");
         assert_eq!(m.phase, MigrationPhase::Completed);
         assert!(m.claims.is_empty());
         assert_eq!(on_target.vms["default/vm-a"].addresses.len(), 1);
@@ -371,7 +393,11 @@ mod tests {
     fn a_finished_migration_object_wins_over_a_stale_state() {
         // virt-handler has not written `completed` yet, the object says
         // the migration failed.
-        let vmis = [vmi("vm-a", "node02", Some(state("node02", "node01", PORTS)))];
+        let vmis = [vmi(
+            "vm-a",
+            "node02",
+            Some(state("node02", "node01", PORTS)),
+        )];
         let d = reconcile("node02", &vmis, &[vmim("Failed")]);
         let m = d.vms["default/vm-a"].migration.as_ref().expect("shown");
         assert_eq!(m.phase, MigrationPhase::Failed);
@@ -413,12 +439,19 @@ mod tests {
         let mut b = state("node02", "node03", &[(40000, 49152), (40001, 0)]);
         b.migration_uid = Some("mig-2".into());
         b.start_timestamp = Some("2019-03-29T05:00:00Z".into());
-        let vmis = [vmi("vm-b", "node02", Some(b)), vmi("vm-a", "node02", Some(a))];
+        let vmis = [
+            vmi("vm-b", "node02", Some(b)),
+            vmi("vm-a", "node02", Some(a)),
+        ];
         let d = reconcile("node02", &vmis, &[]);
         assert_eq!(claims(&d, "default/vm-a"), [(Side::Remote, 40000)]);
         assert_eq!(claims(&d, "default/vm-b"), [(Side::Remote, 40001)]);
         assert_eq!(d.warnings.len(), 1);
-        assert!(d.warnings[0].contains("stays with default/vm-a"), "{:?}", d.warnings);
+        assert!(
+            d.warnings[0].contains("stays with default/vm-a"),
+            "{:?}",
+            d.warnings
+        );
     }
 
     #[test]

@@ -66,7 +66,9 @@ impl Store {
                 false
             }
             watcher::Event::InitApply(o) => {
-                self.relist.get_or_insert_with(BTreeMap::new).insert(o.key(), o);
+                self.relist
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(o.key(), o);
                 false
             }
             watcher::Event::InitDone => {
@@ -253,7 +255,5 @@ pub async fn run(
             "reconciled"
         );
     }
-    Err(KubevirtError::WatchEnded {
-        kind: "KubeVirt",
-    })
+    Err(KubevirtError::WatchEnded { kind: "KubeVirt" })
 }
