@@ -20,12 +20,15 @@
 //!   (feature `libvirt`).
 
 pub mod api;
+pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod datapath;
 pub mod kubectl;
 pub mod kubevirt;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
+pub mod metrics;
 pub mod plan;
 pub mod predict;
 pub mod shaping;

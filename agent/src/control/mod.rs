@@ -11,6 +11,7 @@
 
 pub mod adamig;
 pub mod bda;
+pub mod enforce;
 pub mod nrac;
 pub mod policy;
 pub mod sim;

@@ -1,0 +1,559 @@
+//! The agent's configuration (TOML). Every key has a default; the commented
+//! default file is [`DEFAULT_TOML`] (`vmbw agent --print-default-config`),
+//! and a test checks that it parses to exactly [`Config::default`], so the
+//! documentation cannot drift from the code. Unknown keys are errors (a typo
+//! must not silently fall back to a default), and every error names the key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::control::{adamig, bda, nrac, policy::Spec};
+
+/// The documented default configuration.
+pub const DEFAULT_TOML: &str = r#"# vmbw agent configuration. Every key is optional; the values below are the
+# defaults. Rates are in Mbit/s (10^6 bit/s) unless a key says otherwise.
+
+[agent]
+# What the datapath does beyond counting: "htb" (steer into HTB classes),
+# "edt" (pace with skb->tstamp; needs the fq qdisc, falls back to htb),
+# "observe" (count only, change nothing).
+mode = "htb"
+# Bandwidth policy: "nrac", "bda", "nrac+adamig", "bda+adamig", "default"
+# (no enforcement) or "static:RATE" (e.g. "static:64MiB", "static:100mbit").
+policy = "nrac+adamig"
+# Control loop period between migration iterations, milliseconds.
+tick_ms = 500
+
+# The host uplink(s) the migrations and the applications share.
+[[uplink]]
+iface = "eth0"
+# Link capacity N_t.
+link_mbit = 1000.0
+
+[nrac]
+# Th_r: mean application throughput above which a VM is network-intensive.
+network_intensive_mbit = 10.0
+# k: application samples averaged for that test.
+samples = 5
+# gamma: a migration is guaranteed gamma x its predicted dirty rate (> 1).
+gamma = 2.0
+# Headroom on the predicted application bandwidth when reserving it.
+reserve_headroom = 0.05
+# Largest share of the link one application reservation may take.
+reserve_cap = 0.7
+# Smallest share of the link every migration keeps.
+floor = 0.05
+
+[bda]
+# The first round's bandwidth.
+initial_mbit = 268.435456
+
+[adamig]
+# Passes over which the remaining set must shrink by min_progress.
+window = 1
+min_progress = 0.1
+# Whether the watchdog may switch a migration to post-copy.
+allow_postcopy = false
+# Upper bound for a raised downtime limit, milliseconds.
+max_downtime_ms = 2000
+
+[datapath]
+# bpffs directory for vmbw's pinned maps and links (must be on a bpffs).
+pin_dir = "/sys/fs/bpf/vmbw"
+# Keep the datapath attached when the agent stops (traffic stays classified;
+# the next agent adopts it). Otherwise stopping removes it.
+keep_on_exit = false
+
+[shaping]
+# Where the original root qdiscs are remembered for restoring them.
+state_dir = "/run/vmbw/shaping"
+
+[api]
+# Status API (JSON) and /metrics (Prometheus): "ADDR:PORT" or
+# "unix:/path/to.sock". Localhost by default.
+listen = "127.0.0.1:9464"
+
+[discovery]
+# QMP sockets to follow besides the [[vm]] entries, as a glob pattern
+# (e.g. "/run/vmbw/qmp/*.sock"); the VM is named after the file stem.
+qmp_glob = ""
+# Learn VMIs and migrations from KubeVirt (in-cluster).
+kubevirt = false
+
+# VMs to follow, one table each:
+# [[vm]]
+# name = "vm1"
+# qmp = "/run/vm1.qmp"           # QEMU's QMP socket
+# ips = ["198.18.0.10"]          # the VM's addresses (application traffic)
+# macs = ["52:54:00:12:34:56"]
+# taps = ["tap-vm1"]             # its tap devices
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: `{key}`: {problem}")]
+    Invalid {
+        path: String,
+        key: String,
+        problem: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub agent: AgentSection,
+    pub uplink: Vec<Uplink>,
+    pub nrac: NracSection,
+    pub bda: BdaSection,
+    pub adamig: AdamigSection,
+    pub datapath: DatapathSection,
+    pub shaping: ShapingSection,
+    pub api: ApiSection,
+    pub discovery: DiscoverySection,
+    pub vm: Vec<VmEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    pub mode: String,
+    pub policy: String,
+    pub tick_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Uplink {
+    pub iface: String,
+    pub link_mbit: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NracSection {
+    pub network_intensive_mbit: f64,
+    pub samples: usize,
+    pub gamma: f64,
+    pub reserve_headroom: f64,
+    pub reserve_cap: f64,
+    pub floor: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BdaSection {
+    pub initial_mbit: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdamigSection {
+    pub window: usize,
+    pub min_progress: f64,
+    pub allow_postcopy: bool,
+    pub max_downtime_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatapathSection {
+    pub pin_dir: PathBuf,
+    pub keep_on_exit: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShapingSection {
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoverySection {
+    pub qmp_glob: String,
+    pub kubevirt: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmEntry {
+    pub name: String,
+    pub qmp: PathBuf,
+    #[serde(default)]
+    pub ips: Vec<String>,
+    #[serde(default)]
+    pub macs: Vec<String>,
+    #[serde(default)]
+    pub taps: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            agent: AgentSection::default(),
+            uplink: vec![Uplink {
+                iface: "eth0".into(),
+                link_mbit: 1000.0,
+            }],
+            nrac: NracSection::default(),
+            bda: BdaSection::default(),
+            adamig: AdamigSection::default(),
+            datapath: DatapathSection::default(),
+            shaping: ShapingSection::default(),
+            api: ApiSection::default(),
+            discovery: DiscoverySection::default(),
+            vm: Vec::new(),
+        }
+    }
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            mode: "htb".into(),
+            policy: "nrac+adamig".into(),
+            tick_ms: 500,
+        }
+    }
+}
+
+impl Default for NracSection {
+    fn default() -> Self {
+        let n = nrac::Config::default();
+        NracSection {
+            network_intensive_mbit: n.network_intensive * 8.0 / 1e6,
+            samples: n.samples,
+            gamma: n.gamma,
+            reserve_headroom: n.reserve_headroom,
+            reserve_cap: n.reserve_cap,
+            floor: n.floor,
+        }
+    }
+}
+
+impl Default for BdaSection {
+    fn default() -> Self {
+        BdaSection {
+            initial_mbit: bda::Config::default().initial * 8.0 / 1e6,
+        }
+    }
+}
+
+impl Default for AdamigSection {
+    fn default() -> Self {
+        let a = adamig::Config::default();
+        AdamigSection {
+            window: a.window,
+            min_progress: a.min_progress,
+            allow_postcopy: a.allow_postcopy,
+            max_downtime_ms: (a.max_downtime_s * 1000.0) as u64,
+        }
+    }
+}
+
+impl Default for DatapathSection {
+    fn default() -> Self {
+        DatapathSection {
+            pin_dir: crate::datapath::DEFAULT_PIN_DIR.into(),
+            keep_on_exit: false,
+        }
+    }
+}
+
+impl Default for ShapingSection {
+    fn default() -> Self {
+        ShapingSection {
+            state_dir: crate::shaping::DEFAULT_STATE_DIR.into(),
+        }
+    }
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// The datapath mode the config asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeSetting {
+    Htb,
+    Edt,
+    Observe,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, problem: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key: key.to_owned(),
+            problem,
+        };
+        self.mode().ok_or_else(|| {
+            bad(
+                "agent.mode",
+                format!("`{}` is not one of htb, edt, observe", self.agent.mode),
+            )
+        })?;
+        Spec::parse(&self.agent.policy).map_err(|e| bad("agent.policy", e.to_string()))?;
+        if self.agent.tick_ms == 0 {
+            return Err(bad("agent.tick_ms", "must be at least 1".into()));
+        }
+        if self.uplink.is_empty() {
+            return Err(bad("uplink", "at least one [[uplink]] is needed".into()));
+        }
+        for (i, u) in self.uplink.iter().enumerate() {
+            if u.iface.is_empty() || u.iface.len() > 15 {
+                return Err(bad(
+                    &format!("uplink[{i}].iface"),
+                    format!("`{}` is not an interface name", u.iface),
+                ));
+            }
+            if !(u.link_mbit.is_finite() && u.link_mbit > 0.0) {
+                return Err(bad(
+                    &format!("uplink[{i}].link_mbit"),
+                    format!("{} must be a positive number", u.link_mbit),
+                ));
+            }
+        }
+        let n = &self.nrac;
+        if !(n.gamma.is_finite() && n.gamma > 1.0) {
+            return Err(bad(
+                "nrac.gamma",
+                format!(
+                    "{} must be > 1: a migration given exactly its dirty rate never converges",
+                    n.gamma
+                ),
+            ));
+        }
+        for (key, v) in [("nrac.reserve_cap", n.reserve_cap), ("nrac.floor", n.floor)] {
+            if !(v.is_finite() && v > 0.0 && v <= 1.0) {
+                return Err(bad(
+                    key,
+                    format!("{v} must be a share of the link in (0, 1]"),
+                ));
+            }
+        }
+        if n.reserve_cap + n.floor > 1.0 {
+            return Err(bad(
+                "nrac.reserve_cap",
+                format!(
+                    "reserve_cap {} + floor {} exceed the link",
+                    n.reserve_cap, n.floor
+                ),
+            ));
+        }
+        let sane = n.network_intensive_mbit.is_finite()
+            && n.network_intensive_mbit >= 0.0
+            && n.reserve_headroom.is_finite()
+            && n.reserve_headroom >= 0.0
+            && n.samples > 0;
+        if !sane {
+            return Err(bad(
+                "nrac",
+                "network_intensive_mbit >= 0, reserve_headroom >= 0 and samples >= 1 are required"
+                    .into(),
+            ));
+        }
+        if !(self.bda.initial_mbit.is_finite() && self.bda.initial_mbit > 0.0) {
+            return Err(bad("bda.initial_mbit", "must be a positive number".into()));
+        }
+        if self.adamig.window == 0
+            || !(self.adamig.min_progress > 0.0 && self.adamig.min_progress < 1.0)
+        {
+            return Err(bad(
+                "adamig",
+                "window >= 1 and 0 < min_progress < 1 are required".into(),
+            ));
+        }
+        self.api
+            .listen
+            .parse::<crate::daemon::http::Listen>()
+            .map_err(|e| bad("api.listen", e))?;
+        let mut names = std::collections::HashSet::new();
+        for (i, vm) in self.vm.iter().enumerate() {
+            if vm.name.is_empty() || !names.insert(vm.name.as_str()) {
+                return Err(bad(
+                    &format!("vm[{i}].name"),
+                    format!("`{}` is empty or used twice", vm.name),
+                ));
+            }
+            for ip in &vm.ips {
+                ip.parse::<std::net::IpAddr>()
+                    .map_err(|e| bad(&format!("vm[{i}].ips"), format!("`{ip}`: {e}")))?;
+            }
+            for mac in &vm.macs {
+                parse_mac(mac).ok_or_else(|| {
+                    bad(
+                        &format!("vm[{i}].macs"),
+                        format!("`{mac}` is not a MAC address"),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn mode(&self) -> Option<ModeSetting> {
+        match self.agent.mode.as_str() {
+            "htb" => Some(ModeSetting::Htb),
+            "edt" => Some(ModeSetting::Edt),
+            "observe" => Some(ModeSetting::Observe),
+            _ => None,
+        }
+    }
+
+    /// The policy with this config's NRAC/BDA/AdaMig knobs applied.
+    pub fn policy(&self) -> Result<Spec, crate::control::policy::PolicyError> {
+        use crate::control::policy::Policy;
+        let mut spec = Spec::parse(&self.agent.policy)?;
+        let mbit = |m: f64| m * 1e6 / 8.0;
+        match &mut spec.policy {
+            Policy::Nrac(c) => {
+                *c = nrac::Config {
+                    network_intensive: mbit(self.nrac.network_intensive_mbit),
+                    samples: self.nrac.samples,
+                    gamma: self.nrac.gamma,
+                    reserve_headroom: self.nrac.reserve_headroom,
+                    reserve_cap: self.nrac.reserve_cap,
+                    floor: self.nrac.floor,
+                    app_alpha: c.app_alpha,
+                }
+            }
+            Policy::Bda(c) => c.initial = mbit(self.bda.initial_mbit),
+            _ => {}
+        }
+        if let Some(a) = spec.adamig.as_mut() {
+            *a = adamig::Config {
+                window: self.adamig.window,
+                min_progress: self.adamig.min_progress,
+                allow_postcopy: self.adamig.allow_postcopy,
+                max_downtime_s: self.adamig.max_downtime_ms as f64 / 1000.0,
+            };
+        }
+        Ok(spec)
+    }
+}
+
+/// `52:54:00:12:34:56` -> bytes.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_defaults_are_the_defaults() {
+        let parsed = Config::parse(DEFAULT_TOML, "default").expect("default config parses");
+        assert_eq!(parsed, Config::default());
+        // And the policy built from them equals the modules' own defaults.
+        let spec = parsed.policy().expect("policy");
+        assert_eq!(spec.adamig, Some(adamig::Config::default()));
+        match spec.policy {
+            crate::control::policy::Policy::Nrac(c) => assert_eq!(c, nrac::Config::default()),
+            other => panic!("default policy is {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_file_is_the_default() {
+        assert_eq!(
+            Config::parse("", "empty").expect("parses"),
+            Config::default()
+        );
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "t.toml")
+            .expect_err("must be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_problem() {
+        assert!(err("[agent]\nmode = \"fast\"").contains("agent.mode"));
+        assert!(err("[agent]\npolicy = \"magic\"").contains("agent.policy"));
+        assert!(err("[nrac]\ngamma = 1.0").contains("nrac.gamma"));
+        assert!(err("[nrac]\nreserve_cap = 0.99\nfloor = 0.05").contains("nrac.reserve_cap"));
+        assert!(err("[api]\nlisten = \"localhost\"").contains("api.listen"));
+        assert!(
+            err("[[uplink]]\niface = \"eth0\"\nlink_mbit = -1.0").contains("uplink[0].link_mbit")
+        );
+        assert!(err("[[vm]]\nname = \"a\"\nqmp = \"/x\"\nips = [\"1.2.3\"]").contains("vm[0].ips"));
+        assert!(err("[[vm]]\nname = \"a\"\nqmp = \"/x\"\nmacs = [\"zz\"]").contains("vm[0].macs"));
+        // A typo is an error naming the unknown key, not a silent default.
+        assert!(err("[agent]\npolicyy = \"nrac\"").contains("policyy"));
+        // Wrong type: the parser names the key.
+        assert!(err("[agent]\ntick_ms = \"fast\"").contains("tick_ms"));
+    }
+
+    #[test]
+    fn knobs_reach_the_policy() {
+        let cfg = Config::parse(
+            "[agent]\npolicy = \"nrac\"\n[nrac]\ngamma = 3.0\nnetwork_intensive_mbit = 20.0",
+            "t",
+        )
+        .expect("ok");
+        match cfg.policy().expect("policy").policy {
+            crate::control::policy::Policy::Nrac(c) => {
+                assert_eq!(c.gamma, 3.0);
+                assert_eq!(c.network_intensive, 2_500_000.0);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn macs_parse() {
+        assert_eq!(
+            parse_mac("52:54:00:12:34:56"),
+            Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+        );
+        assert_eq!(parse_mac("52:54:00:12:34"), None);
+        assert_eq!(parse_mac("52:54:00:12:34:56:78"), None);
+    }
+}

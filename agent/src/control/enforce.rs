@@ -1,0 +1,283 @@
+//! From a [`Decision`] to what the kernel enforces: the HTB tree on the
+//! uplink ([`crate::shaping`]) and the datapath's per-(vm, class) steering
+//! ([`crate::datapath`]). QEMU's `max-bandwidth` is mirrored by the caller
+//! from [`super::QemuParams`].
+//!
+//! - A VM with an enforced decision gets two classes: its migration class
+//!   (rate = the guarantee, ceil = the policy's ceiling) and its application
+//!   class (rate = the reservation, ceil = the link). A VM the policy leaves
+//!   alone (`default`) gets no classes: its traffic stays in the default
+//!   class.
+//! - The default class keeps a small guarantee (1% of the link, at least
+//!   8 kbit/s) so unclassified traffic is never starved.
+//! - HTB honours guarantees only if they fit the link: when they do not,
+//!   every VM guarantee is scaled down by the same factor and the plan says
+//!   so.
+//! - In HTB mode the datapath writes the class handle into `skb->priority`;
+//!   in EDT mode it paces the migration at its ceiling (EDT can cap but not
+//!   borrow) and leaves the application unpaced.
+
+use std::collections::BTreeMap;
+
+use vmbw_common::{ClassConfig, class};
+
+use super::Decision;
+use crate::{
+    datapath::{Datapath, DatapathError, Mode},
+    shaping::{
+        ClassSpec, DesiredTree, Enforcement, Rate, ReconcileReport, Shaper, ShapingError,
+        TrafficClass, VmShaping, class_handle,
+    },
+};
+
+/// Smallest guarantee a class is given (HTB needs a positive rate).
+const MIN_RATE_BPS: u64 = 8_000;
+/// EDT drop horizon: packets that would wait longer are dropped.
+pub const EDT_HORIZON_NS: u64 = 50_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    #[error("VM `{0}` has no slot (register it before enforcing)")]
+    NoSlot(String),
+    #[error("VM slot {0} cannot have HTB classes (1..=4094)")]
+    Slot(u16),
+    #[error("installing the HTB tree")]
+    Shaping(#[from] ShapingError),
+    #[error("writing the datapath's class steering")]
+    Datapath(#[from] DatapathError),
+}
+
+/// One (vm, class)'s steering in the datapath.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steering {
+    pub slot: u16,
+    pub class: u32,
+    pub config: ClassConfig,
+}
+
+/// What a decision becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub tree: DesiredTree,
+    pub steering: Vec<Steering>,
+    /// Factor the VM guarantees were scaled by to fit the link (1.0 = none).
+    pub scaled: f64,
+}
+
+fn bits(bytes_per_s: f64) -> u64 {
+    (bytes_per_s * 8.0).round().max(0.0) as u64
+}
+
+/// Builds the plan for `decision` on a link of `link_bytes_per_s`, with
+/// each VM's slot from `slots` (VM name -> slot).
+pub fn plan(
+    decision: &Decision,
+    link_bytes_per_s: f64,
+    slots: &BTreeMap<String, u16>,
+    enforcement: Enforcement,
+) -> Result<Plan, EnforceError> {
+    let link = bits(link_bytes_per_s).max(MIN_RATE_BPS * 4);
+    let default_rate = (link / 100).max(MIN_RATE_BPS);
+    let enforced: Vec<_> = decision
+        .vms
+        .iter()
+        .filter(|d| d.migration_rate.is_some())
+        .collect();
+    let wanted: u64 = enforced
+        .iter()
+        .map(|d| {
+            bits(d.migration_rate.unwrap_or(0.0)).max(MIN_RATE_BPS)
+                + bits(d.app_reserve).max(MIN_RATE_BPS)
+        })
+        .sum();
+    let room = link.saturating_sub(default_rate);
+    let scaled = if wanted > room {
+        room as f64 / wanted as f64
+    } else {
+        1.0
+    };
+    let scale = |b: u64| {
+        ((b as f64 * scaled).floor() as u64)
+            .max(MIN_RATE_BPS)
+            .min(link)
+    };
+
+    let mut tree = DesiredTree::new(
+        Rate::bits_per_sec(link),
+        ClassSpec::borrowing(Rate::bits_per_sec(default_rate), Rate::bits_per_sec(link)),
+    );
+    tree.enforcement = enforcement;
+    let mut steering = Vec::new();
+    for d in enforced {
+        let slot = *slots
+            .get(&d.name)
+            .ok_or_else(|| EnforceError::NoSlot(d.name.clone()))?;
+        let (Some(mig_handle), Some(app_handle)) = (
+            class_handle(slot, TrafficClass::Migration),
+            class_handle(slot, TrafficClass::Application),
+        ) else {
+            return Err(EnforceError::Slot(slot));
+        };
+        let mig_rate = scale(bits(d.migration_rate.unwrap_or(0.0)));
+        let mig_ceil = bits(d.migration_ceil.unwrap_or(link_bytes_per_s)).clamp(mig_rate, link);
+        let app_rate = scale(bits(d.app_reserve));
+        // Migrations first when the link is short: HTB serves lower prio
+        // numbers first when borrowing.
+        let prio = d.priority.min(7) as u8;
+        tree = tree.with_vm(
+            slot,
+            VmShaping {
+                migration: ClassSpec::borrowing(
+                    Rate::bits_per_sec(mig_rate),
+                    Rate::bits_per_sec(mig_ceil),
+                )
+                .with_prio(prio),
+                application: ClassSpec::borrowing(
+                    Rate::bits_per_sec(app_rate),
+                    Rate::bits_per_sec(link),
+                ),
+            },
+        );
+        let (mig_cfg, app_cfg) = match enforcement {
+            Enforcement::Htb => (
+                ClassConfig {
+                    priority: mig_handle,
+                    ..ClassConfig::default()
+                },
+                ClassConfig {
+                    priority: app_handle,
+                    ..ClassConfig::default()
+                },
+            ),
+            Enforcement::Edt => (
+                ClassConfig::paced(mig_handle, mig_ceil / 8, EDT_HORIZON_NS),
+                ClassConfig {
+                    priority: app_handle,
+                    ..ClassConfig::default()
+                },
+            ),
+        };
+        steering.push(Steering {
+            slot,
+            class: class::MIGRATION,
+            config: mig_cfg,
+        });
+        steering.push(Steering {
+            slot,
+            class: class::APPLICATION,
+            config: app_cfg,
+        });
+    }
+    Ok(Plan {
+        tree,
+        steering,
+        scaled,
+    })
+}
+
+/// Applies a plan: reconciles the HTB tree, then points the datapath's
+/// steering at the classes (tree first, so a steered packet never lands in
+/// a class that does not exist yet).
+pub async fn apply(
+    plan: &Plan,
+    shaper: &mut Shaper,
+    datapath: &mut Datapath,
+) -> Result<ReconcileReport, EnforceError> {
+    let report = shaper.reconcile(&plan.tree).await?;
+    datapath.set_mode(match report.enforcement {
+        Enforcement::Htb => Mode::Htb,
+        Enforcement::Edt => Mode::Edt,
+    })?;
+    for s in &plan.steering {
+        datapath.set_class(u32::from(s.slot), s.class, s.config)?;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::VmDecision;
+
+    const MBIT: f64 = 125_000.0;
+
+    fn decided(name: &str, rate: f64, ceil: f64, reserve: f64) -> VmDecision {
+        let mut d = VmDecision::unenforced(name);
+        d.enforce(rate * MBIT, ceil * MBIT);
+        d.app_reserve = reserve * MBIT;
+        d
+    }
+
+    fn slots() -> BTreeMap<String, u16> {
+        [("a".to_owned(), 1u16), ("b".to_owned(), 2u16)]
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn a_decision_becomes_classes_and_steering() {
+        let d = Decision {
+            vms: vec![decided("a", 20.0, 100.0, 30.0), VmDecision::unenforced("b")],
+        };
+        let p = plan(&d, 100.0 * MBIT, &slots(), Enforcement::Htb).expect("plan");
+        assert_eq!(p.scaled, 1.0);
+        let vm = p.tree.vms.get(&1).expect("vm a has classes");
+        assert_eq!(vm.migration.rate, Rate::mbit(20));
+        assert_eq!(vm.migration.ceil, Rate::mbit(100));
+        assert_eq!(vm.application.rate, Rate::mbit(30));
+        assert!(
+            !p.tree.vms.contains_key(&2),
+            "unenforced VM b gets no classes"
+        );
+        assert_eq!(p.tree.default.rate, Rate::mbit(1));
+        p.tree.validate().expect("valid tree");
+        let mig = p
+            .steering
+            .iter()
+            .find(|s| s.class == class::MIGRATION)
+            .expect("steering");
+        assert_eq!(
+            Some(mig.config.priority),
+            class_handle(1, TrafficClass::Migration)
+        );
+    }
+
+    #[test]
+    fn oversubscribed_guarantees_are_scaled_to_fit() {
+        let d = Decision {
+            vms: vec![
+                decided("a", 60.0, 100.0, 30.0),
+                decided("b", 30.0, 100.0, 20.0),
+            ],
+        };
+        let p = plan(&d, 100.0 * MBIT, &slots(), Enforcement::Htb).expect("plan");
+        // 140 Mbit wanted, 99 Mbit of room beside the 1 Mbit default class.
+        assert!((p.scaled - 99.0 / 140.0).abs() < 1e-9, "{}", p.scaled);
+        p.tree.validate().expect("fits after scaling");
+    }
+
+    #[test]
+    fn edt_paces_the_migration_at_its_ceiling() {
+        let d = Decision {
+            vms: vec![decided("a", 20.0, 40.0, 0.0)],
+        };
+        let p = plan(&d, 100.0 * MBIT, &slots(), Enforcement::Edt).expect("plan");
+        let mig = p
+            .steering
+            .iter()
+            .find(|s| s.class == class::MIGRATION)
+            .expect("steering");
+        assert_eq!(mig.config.rate_bytes_per_s, 5_000_000);
+        assert_eq!(mig.config.horizon_ns, EDT_HORIZON_NS);
+    }
+
+    #[test]
+    fn unknown_vm_is_an_error() {
+        let d = Decision {
+            vms: vec![decided("zz", 20.0, 40.0, 0.0)],
+        };
+        assert!(
+            matches!(plan(&d, 100.0 * MBIT, &slots(), Enforcement::Htb), Err(EnforceError::NoSlot(n)) if n == "zz")
+        );
+    }
+}

@@ -1,0 +1,233 @@
+//! The agent's Prometheus metrics. One [`Metrics`] owns the registry; names
+//! follow Prometheus conventions (base units, `_total` for counters,
+//! `_bytes_per_second` for rates, `_seconds` for times).
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// Errors registering or encoding metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("registering metric {name}")]
+    Register {
+        name: &'static str,
+        #[source]
+        source: prometheus::Error,
+    },
+    #[error("encoding metrics")]
+    Encode(#[source] prometheus::Error),
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Bytes per VM, traffic class and direction, as the datapath counts them.
+    pub bytes: IntCounterVec,
+    /// Packets per VM, class and direction.
+    pub packets: IntCounterVec,
+    /// Throughput per VM, class and direction over the last tick.
+    pub throughput: GaugeVec,
+    /// Dirty pages of the last finished iteration and the prediction for it.
+    pub dirty_pages: GaugeVec,
+    /// Allocations per VM: guarantee, ceiling, application reservation.
+    pub allocation: GaugeVec,
+    /// Bytes QEMU still has to send.
+    pub remaining: GaugeVec,
+    /// Current pre-copy iteration.
+    pub iteration: GaugeVec,
+    /// QEMU's expected downtime.
+    pub expected_downtime: GaugeVec,
+    /// AdaMig escalations.
+    pub policy_switches: IntCounterVec,
+    /// Errors by subsystem.
+    pub errors: IntCounterVec,
+    /// Time one control-loop tick takes.
+    pub loop_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, MetricsError> {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($metric:expr, $name:expr) => {{
+                let m = $metric.map_err(|source| MetricsError::Register {
+                    name: $name,
+                    source,
+                })?;
+                registry.register(Box::new(m.clone())).map_err(|source| {
+                    MetricsError::Register {
+                        name: $name,
+                        source,
+                    }
+                })?;
+                m
+            }};
+        }
+        let vcd = &["vm", "class", "direction"];
+        Ok(Metrics {
+            bytes: reg!(
+                IntCounterVec::new(
+                    Opts::new(
+                        "vmbw_vm_bytes_total",
+                        "Bytes per VM, traffic class and direction on the uplink."
+                    ),
+                    vcd
+                ),
+                "vmbw_vm_bytes_total"
+            ),
+            packets: reg!(
+                IntCounterVec::new(
+                    Opts::new(
+                        "vmbw_vm_packets_total",
+                        "Packets per VM, traffic class and direction on the uplink."
+                    ),
+                    vcd
+                ),
+                "vmbw_vm_packets_total"
+            ),
+            throughput: reg!(
+                GaugeVec::new(
+                    Opts::new(
+                        "vmbw_vm_throughput_bytes_per_second",
+                        "Throughput per VM, class and direction over the last tick."
+                    ),
+                    vcd
+                ),
+                "vmbw_vm_throughput_bytes_per_second"
+            ),
+            dirty_pages: reg!(
+                GaugeVec::new(
+                    Opts::new(
+                        "vmbw_dirty_pages",
+                        "Dirty pages of the last finished iteration (kind=actual) and the prediction for it (kind=predicted)."
+                    ),
+                    &["vm", "kind"]
+                ),
+                "vmbw_dirty_pages"
+            ),
+            allocation: reg!(
+                GaugeVec::new(
+                    Opts::new(
+                        "vmbw_allocation_bytes_per_second",
+                        "Bandwidth decided per VM: migration guarantee, migration ceiling, application reservation."
+                    ),
+                    &["vm", "kind"]
+                ),
+                "vmbw_allocation_bytes_per_second"
+            ),
+            remaining: reg!(
+                GaugeVec::new(
+                    Opts::new(
+                        "vmbw_migration_remaining_bytes",
+                        "Bytes the migration still has to send."
+                    ),
+                    &["vm"]
+                ),
+                "vmbw_migration_remaining_bytes"
+            ),
+            iteration: reg!(
+                GaugeVec::new(
+                    Opts::new("vmbw_migration_iteration", "Current pre-copy iteration."),
+                    &["vm"]
+                ),
+                "vmbw_migration_iteration"
+            ),
+            expected_downtime: reg!(
+                GaugeVec::new(
+                    Opts::new(
+                        "vmbw_migration_expected_downtime_seconds",
+                        "QEMU's expected downtime."
+                    ),
+                    &["vm"]
+                ),
+                "vmbw_migration_expected_downtime_seconds"
+            ),
+            policy_switches: reg!(
+                IntCounterVec::new(
+                    Opts::new(
+                        "vmbw_policy_switches_total",
+                        "AdaMig escalations per VM and step."
+                    ),
+                    &["vm", "step"]
+                ),
+                "vmbw_policy_switches_total"
+            ),
+            errors: reg!(
+                IntCounterVec::new(
+                    Opts::new("vmbw_errors_total", "Errors per subsystem."),
+                    &["subsystem"]
+                ),
+                "vmbw_errors_total"
+            ),
+            loop_seconds: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "vmbw_control_loop_duration_seconds",
+                        "Time one control-loop tick takes."
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
+                    ]),
+                ),
+                "vmbw_control_loop_duration_seconds"
+            ),
+            registry,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Result<String, MetricsError> {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .map_err(MetricsError::Encode)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    /// Advances a monotonic counter to `total` (kernel counters are totals;
+    /// Prometheus counters only go up). A total that went backwards (the
+    /// datapath was replaced) resets nothing and adds nothing.
+    pub fn set_total(counter: &prometheus::IntCounter, total: u64) {
+        let current = counter.get();
+        if total > current {
+            counter.inc_by(total - current);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_conventional_names_and_values() {
+        let m = Metrics::new().expect("metrics");
+        let c = m.bytes.with_label_values(&["vm1", "migration", "egress"]);
+        Metrics::set_total(&c, 1000);
+        Metrics::set_total(&c, 1500);
+        Metrics::set_total(&c, 1200); // backwards: ignored
+        m.allocation
+            .with_label_values(&["vm1", "guarantee"])
+            .set(2.5e6);
+        m.policy_switches
+            .with_label_values(&["vm1", "auto-converge"])
+            .inc();
+        m.loop_seconds.observe(0.003);
+        let text = m.encode().expect("encode");
+        assert!(
+            text.contains(
+                "vmbw_vm_bytes_total{class=\"migration\",direction=\"egress\",vm=\"vm1\"} 1500"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "vmbw_allocation_bytes_per_second{kind=\"guarantee\",vm=\"vm1\"} 2500000"
+            )
+        );
+        assert!(text.contains("vmbw_policy_switches_total{step=\"auto-converge\",vm=\"vm1\"} 1"));
+        assert!(text.contains("vmbw_control_loop_duration_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("# TYPE vmbw_vm_bytes_total counter"));
+    }
+}
