@@ -97,6 +97,10 @@ impl LibvirtDomain {
     /// `qemu+unix:///session?socket=PATH`) and looks up `name` (KubeVirt
     /// names domains `namespace_name`).
     pub fn connect(uri: &str, name: &str) -> Result<Self, LibvirtError> {
+        // libvirt prints every error to stderr by default; vmbw returns
+        // them typed and logs them itself.
+        static QUIET: std::sync::Once = std::sync::Once::new();
+        QUIET.call_once(virt::error::clear_error_callback);
         let conn = Connect::open(Some(uri)).map_err(|source| LibvirtError::Connect {
             uri: uri.to_owned(),
             source,

@@ -20,6 +20,7 @@ use k8s_openapi::api::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use vmbw::config::Config;
 
 fn base() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base")
@@ -63,29 +64,29 @@ fn kustomization() -> Value {
         .unwrap_or_else(|e| panic!("kustomization: {e}"))
 }
 
-fn config() -> toml::Table {
+/// The ConfigMap's vmbw.toml, read by the agent's own parser (unknown
+/// keys are errors there).
+fn config() -> Config {
     let cm: ConfigMap = typed("configmap.yaml");
     let text = cm
         .data
         .as_ref()
         .and_then(|d| d.get("vmbw.toml"))
         .expect("the ConfigMap has vmbw.toml");
-    text.parse().unwrap_or_else(|e| panic!("vmbw.toml: {e}"))
+    Config::parse(text, "deploy/base/configmap.yaml vmbw.toml")
+        .unwrap_or_else(|e| panic!("vmbw.toml: {e}"))
 }
 
-fn config_str<'a>(cfg: &'a toml::Table, section: &str, key: &str) -> &'a str {
-    cfg.get(section)
-        .and_then(|s| s.get(key))
-        .and_then(|v| v.as_str())
-        .unwrap_or_else(|| panic!("vmbw.toml needs [{section}] {key}"))
-}
-
-fn api_port(cfg: &toml::Table) -> i32 {
-    let listen = config_str(cfg, "api", "listen");
+fn api_port(cfg: &Config) -> i32 {
+    let listen = &cfg.api.listen;
     let port: u16 = listen
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
         .unwrap_or_else(|| panic!("[api] listen {listen:?} has no port"));
+    assert!(
+        !listen.starts_with("127.") && !listen.starts_with("[::1]"),
+        "the kubelet's probes and the pod proxy need more than loopback: {listen}"
+    );
     i32::from(port)
 }
 
@@ -269,7 +270,7 @@ fn mounts_match_the_config() {
     assert_eq!(cm_mount.read_only, Some(true));
 
     // The pin directory lives on the host's bpffs, mounted read-write.
-    let pin_dir = Path::new(config_str(&cfg, "datapath", "pin_dir"));
+    let pin_dir = cfg.datapath.pin_dir.as_path();
     assert!(pin_dir.starts_with("/sys/fs/bpf"), "{}", pin_dir.display());
     let bpf = mounts
         .iter()
@@ -312,12 +313,24 @@ fn mounts_match_the_config() {
         .and_then(|v| v.field_ref.as_ref())
         .map(|f| f.field_path.as_str());
     assert_eq!(field, Some("spec.nodeName"));
+    assert!(cfg.discovery.kubevirt, "KubeVirt discovery is on");
+    // The shaping state (the uplink's original qdisc) is written to a
+    // host directory, so a restarted agent can still restore it.
+    let state = cfg.shaping.state_dir.as_path();
+    let m = mounts
+        .iter()
+        .filter(|m| state.starts_with(&m.mount_path))
+        .max_by_key(|m| m.mount_path.len())
+        .expect("a mount holds [shaping] state_dir (the root filesystem is read-only)");
+    assert_ne!(m.read_only, Some(true));
     assert_eq!(
-        cfg.get("discovery")
-            .and_then(|d| d.get("kubevirt"))
-            .and_then(|v| v.as_bool()),
-        Some(true)
+        volumes[&m.name].host_path.as_ref().map(|h| h.path.as_str()),
+        Some(m.mount_path.as_str()),
+        "state_dir survives the pod"
     );
+    // Traffic stays classified while the agent restarts.
+    assert!(cfg.datapath.keep_on_exit);
+    assert!(!cfg.uplink.is_empty(), "an uplink is configured");
 }
 
 #[test]
