@@ -11,11 +11,24 @@
 //!   rate changes, fq/EDT detection, restoring the original qdisc.
 //! - [`plan`]: migration planning (VMM-CFG) and consolidation (SICC).
 //! - [`qemu`]: QMP client, per-iteration migration monitor, trace CSV.
+//! - [`api`]: the agent's read-only status API: wire types, URL paths and
+//!   the tables the debug CLI and `kubectl-vmbw` print.
+//! - [`kubevirt`]: KubeVirt discovery: VMIs and migrations on this node to
+//!   datapath registrations.
+//! - [`kubectl`]: the `kubectl vmbw` plugin (reaches agents via the API
+//!   server's pod proxy).
+//! - [`libvirt`]: migration statistics and speed control through libvirt
+//!   (feature `libvirt`).
 
+pub mod api;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod kubectl;
+pub mod kubevirt;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
 pub mod metrics;
 pub mod plan;
 pub mod predict;

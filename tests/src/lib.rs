@@ -14,6 +14,8 @@
 pub mod bpffs;
 pub mod frames;
 pub mod guest;
+pub mod kubeapi;
+pub mod libvirtd;
 pub mod logs;
 pub mod measure;
 pub mod netns;

@@ -33,6 +33,10 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
         "libc6-dev",
         "static libc for the test guest's workload (crt-static)",
     ),
+    ("libvirt-dev", "vmbw::libvirt links libvirt (virt-sys)"),
+    ("pkg-config", "virt-sys finds libvirt with it"),
+    ("libvirt-daemon", "private libvirtd for libvirt tests"),
+    ("libvirt-daemon-driver-qemu", "libvirtd's QEMU driver"),
 ];
 
 /// bpf-linker version built against LLVM 22 (MISSION §5).

@@ -1,0 +1,605 @@
+//! What vmbw reads from KubeVirt objects, parsed from their JSON.
+//!
+//! The watcher hands over objects as raw JSON ([`RawObject`]), so one bad
+//! object can never fail a whole list: each is parsed here on its own, and
+//! an error names the object and the field. Only the fields vmbw uses are
+//! read (KubeVirt `kubevirt.io/v1`, `staging/src/kubevirt.io/api/core/v1/
+//! types.go`); everything else is ignored.
+
+use std::{borrow::Cow, collections::BTreeMap, fmt, net::IpAddr};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{
+    Resource,
+    core::{ApiResource, DynamicResourceScope},
+};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+/// `kubevirt.io/v1` VirtualMachineInstance.
+pub fn vmi_resource() -> ApiResource {
+    kubevirt_resource("VirtualMachineInstance", "virtualmachineinstances")
+}
+
+/// `kubevirt.io/v1` VirtualMachineInstanceMigration.
+pub fn vmim_resource() -> ApiResource {
+    kubevirt_resource(
+        "VirtualMachineInstanceMigration",
+        "virtualmachineinstancemigrations",
+    )
+}
+
+fn kubevirt_resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: "kubevirt.io".into(),
+        version: "v1".into(),
+        api_version: "kubevirt.io/v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// An object as the API server sent it: metadata parsed when it can be,
+/// everything kept as JSON. Deserialising never fails on a JSON object, so
+/// a malformed object reaches [`parse_vmi`]/[`parse_vmim`] and is skipped
+/// there with a reason instead of breaking the watch.
+#[derive(Debug, Clone, Default)]
+pub struct RawObject {
+    pub metadata: ObjectMeta,
+    /// Why `metadata` could not be read, if it could not.
+    pub metadata_error: Option<String>,
+    pub value: Value,
+}
+
+impl<'de> Deserialize<'de> for RawObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(d)?;
+        let (metadata, metadata_error) = match value.get("metadata") {
+            None => (ObjectMeta::default(), Some("no metadata".to_owned())),
+            Some(m) => match ObjectMeta::deserialize(m) {
+                Ok(meta) => (meta, None),
+                Err(e) => {
+                    // Keep what identifies the object, for the log line.
+                    let field = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+                    let meta = ObjectMeta {
+                        name: field("name"),
+                        namespace: field("namespace"),
+                        resource_version: field("resourceVersion"),
+                        ..ObjectMeta::default()
+                    };
+                    (meta, Some(e.to_string()))
+                }
+            },
+        };
+        Ok(RawObject {
+            metadata,
+            metadata_error,
+            value,
+        })
+    }
+}
+
+impl Resource for RawObject {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        Cow::from(&dt.kind)
+    }
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        Cow::from(&dt.group)
+    }
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        Cow::from(&dt.version)
+    }
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        Cow::from(&dt.api_version)
+    }
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        Cow::from(&dt.plural)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl RawObject {
+    /// `namespace/name`, or what is known of it.
+    pub fn key(&self) -> String {
+        object_key(
+            self.metadata.namespace.as_deref(),
+            self.metadata.name.as_deref(),
+        )
+    }
+}
+
+pub(crate) fn object_key(namespace: Option<&str>, name: Option<&str>) -> String {
+    format!(
+        "{}/{}",
+        namespace.unwrap_or("<no namespace>"),
+        name.unwrap_or("<no name>")
+    )
+}
+
+/// Why an object was skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("{kind} {object}: metadata is malformed: {reason}")]
+    Metadata {
+        kind: &'static str,
+        object: String,
+        reason: String,
+    },
+    #[error("{kind} {object}: has no name")]
+    NoName { kind: &'static str, object: String },
+    #[error("{kind} {object}: malformed")]
+    Json {
+        kind: &'static str,
+        object: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{kind} {object}: {field} = {value:?} is not {expected}")]
+    Field {
+        kind: &'static str,
+        object: String,
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+/// One network interface of a VMI as KubeVirt reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmiInterface {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// One entry of `targetDirectMigrationNodePorts`: virt-handler's proxy
+/// port on the target node and the virt-launcher port it leads to (49152
+/// memory, 49153 block migration, 0 libvirt's own connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MigrationPort {
+    pub node_port: u16,
+    pub launcher_port: u16,
+}
+
+impl MigrationPort {
+    /// What the connection carries, from the launcher port.
+    pub fn role(&self) -> &'static str {
+        match self.launcher_port {
+            49152 => "memory",
+            49153 => "block",
+            0 => "libvirt",
+            _ => "other",
+        }
+    }
+}
+
+/// `status.migrationState`, the fields vmbw uses.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MigrationState {
+    pub migration_uid: Option<String>,
+    pub source_node: Option<String>,
+    pub source_pod: Option<String>,
+    pub target_node: Option<String>,
+    pub target_pod: Option<String>,
+    pub target_address: Option<IpAddr>,
+    /// Sorted by node port.
+    pub ports: Vec<MigrationPort>,
+    pub completed: bool,
+    pub failed: bool,
+    pub abort_requested: bool,
+    /// `PreCopy`, `PostCopy`, `Paused` (KubeVirt's `MigrationMode`).
+    pub mode: Option<String>,
+    /// RFC 3339, as KubeVirt wrote it (ordering only).
+    pub start_timestamp: Option<String>,
+    pub end_timestamp: Option<String>,
+}
+
+/// A VirtualMachineInstance, the fields vmbw uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vmi {
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+    /// `status.nodeName`: where the VM runs.
+    pub node: Option<String>,
+    /// `status.phase` (`Running`, `Scheduled`, `Succeeded`, ...).
+    pub phase: Option<String>,
+    pub interfaces: Vec<VmiInterface>,
+    pub migration: Option<MigrationState>,
+}
+
+impl Vmi {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A VirtualMachineInstanceMigration, the fields vmbw uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vmim {
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+    pub vmi_name: String,
+    /// `status.phase` (`Pending`, `Scheduling`, `TargetReady`, `Running`,
+    /// `Succeeded`, `Failed`, ...).
+    pub phase: Option<String>,
+}
+
+impl Vmim {
+    /// Whether the migration is over (either way).
+    pub fn finished(&self) -> bool {
+        matches!(self.phase.as_deref(), Some("Succeeded" | "Failed"))
+    }
+}
+
+// ---- serde shapes of the JSON (camelCase, everything optional) ----
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct VmiJson {
+    status: VmiStatusJson,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct VmiStatusJson {
+    node_name: Option<String>,
+    phase: Option<String>,
+    interfaces: Vec<InterfaceJson>,
+    migration_state: Option<MigrationStateJson>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct InterfaceJson {
+    name: Option<String>,
+    interface_name: Option<String>,
+    ip_address: Option<String>,
+    ip_addresses: Vec<String>,
+    mac: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct MigrationStateJson {
+    start_timestamp: Option<String>,
+    end_timestamp: Option<String>,
+    target_node_address: Option<String>,
+    target_direct_migration_node_ports: Option<BTreeMap<String, i64>>,
+    target_node: Option<String>,
+    target_pod: Option<String>,
+    source_node: Option<String>,
+    source_pod: Option<String>,
+    completed: bool,
+    failed: bool,
+    abort_requested: bool,
+    migration_uid: Option<String>,
+    mode: Option<String>,
+    // Newer KubeVirt (decentralised migration) also keeps per-side state;
+    // the legacy fields above are still written, these are a fallback.
+    source_state: Option<SideStateJson>,
+    target_state: Option<SideStateJson>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct SideStateJson {
+    node: Option<String>,
+    pod: Option<String>,
+    node_address: Option<String>,
+    direct_migration_node_ports: Option<BTreeMap<String, i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct VmimJson {
+    spec: VmimSpecJson,
+    status: VmimStatusJson,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct VmimSpecJson {
+    vmi_name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct VmimStatusJson {
+    phase: Option<String>,
+}
+
+struct Ctx {
+    kind: &'static str,
+    object: String,
+}
+
+impl Ctx {
+    fn field(
+        &self,
+        field: &'static str,
+        value: impl fmt::Display,
+        expected: &'static str,
+    ) -> ObjectError {
+        ObjectError::Field {
+            kind: self.kind,
+            object: self.object.clone(),
+            field,
+            value: value.to_string(),
+            expected,
+        }
+    }
+}
+
+fn identity(raw: &RawObject, kind: &'static str) -> Result<(Ctx, String, String), ObjectError> {
+    let ctx = Ctx {
+        kind,
+        object: raw.key(),
+    };
+    if let Some(reason) = &raw.metadata_error {
+        return Err(ObjectError::Metadata {
+            kind,
+            object: ctx.object,
+            reason: reason.clone(),
+        });
+    }
+    let name = raw.metadata.name.clone().filter(|n| !n.is_empty());
+    let Some(name) = name else {
+        return Err(ObjectError::NoName {
+            kind,
+            object: ctx.object,
+        });
+    };
+    let namespace = raw.metadata.namespace.clone().unwrap_or_default();
+    Ok((ctx, namespace, name))
+}
+
+/// Parses a VirtualMachineInstance.
+pub fn parse_vmi(raw: &RawObject) -> Result<Vmi, ObjectError> {
+    let (ctx, namespace, name) = identity(raw, "VirtualMachineInstance")?;
+    let json: VmiJson =
+        serde_json::from_value(raw.value.clone()).map_err(|source| ObjectError::Json {
+            kind: ctx.kind,
+            object: ctx.object.clone(),
+            source,
+        })?;
+    let status = json.status;
+    let interfaces = status
+        .interfaces
+        .iter()
+        .map(|i| parse_interface(&ctx, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let migration = status
+        .migration_state
+        .map(|m| parse_migration(&ctx, m))
+        .transpose()?;
+    Ok(Vmi {
+        namespace,
+        name,
+        uid: raw.metadata.uid.clone(),
+        node: status.node_name.filter(|n| !n.is_empty()),
+        phase: status.phase,
+        interfaces,
+        migration,
+    })
+}
+
+/// Parses a VirtualMachineInstanceMigration.
+pub fn parse_vmim(raw: &RawObject) -> Result<Vmim, ObjectError> {
+    let (ctx, namespace, name) = identity(raw, "VirtualMachineInstanceMigration")?;
+    let json: VmimJson =
+        serde_json::from_value(raw.value.clone()).map_err(|source| ObjectError::Json {
+            kind: ctx.kind,
+            object: ctx.object.clone(),
+            source,
+        })?;
+    let vmi_name = json
+        .spec
+        .vmi_name
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ctx.field("spec.vmiName", "", "a VMI name"))?;
+    Ok(Vmim {
+        namespace,
+        name,
+        uid: raw.metadata.uid.clone(),
+        vmi_name,
+        phase: json.status.phase,
+    })
+}
+
+fn parse_interface(ctx: &Ctx, i: &InterfaceJson) -> Result<VmiInterface, ObjectError> {
+    let mut addresses = Vec::new();
+    for a in i.ip_address.iter().chain(&i.ip_addresses) {
+        if a.is_empty() {
+            continue;
+        }
+        let ip = parse_ip(a)
+            .ok_or_else(|| ctx.field("status.interfaces[].ipAddress(es)", a, "an IP address"))?;
+        if !addresses.contains(&ip) {
+            addresses.push(ip);
+        }
+    }
+    let mac = match i.mac.as_deref().filter(|m| !m.is_empty()) {
+        None => None,
+        Some(m) => Some(
+            parse_mac(m).ok_or_else(|| ctx.field("status.interfaces[].mac", m, "a MAC address"))?,
+        ),
+    };
+    Ok(VmiInterface {
+        name: i
+            .name
+            .clone()
+            .or_else(|| i.interface_name.clone())
+            .unwrap_or_default(),
+        addresses,
+        mac,
+    })
+}
+
+fn parse_migration(ctx: &Ctx, m: MigrationStateJson) -> Result<MigrationState, ObjectError> {
+    let target = m.target_state.unwrap_or_default();
+    let source = m.source_state.unwrap_or_default();
+    let address = m
+        .target_node_address
+        .filter(|a| !a.is_empty())
+        .or(target.node_address.filter(|a| !a.is_empty()));
+    let target_address = match address {
+        None => None,
+        Some(a) => Some(parse_ip(&a).ok_or_else(|| {
+            ctx.field(
+                "status.migrationState.targetNodeAddress",
+                &a,
+                "an IP address",
+            )
+        })?),
+    };
+    let port_map = m
+        .target_direct_migration_node_ports
+        .or(target.direct_migration_node_ports)
+        .unwrap_or_default();
+    let mut ports = Vec::with_capacity(port_map.len());
+    for (node_port, launcher_port) in &port_map {
+        let field = "status.migrationState.targetDirectMigrationNodePorts";
+        let node_port = node_port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| ctx.field(field, node_port, "a port number (1-65535) key"))?;
+        let launcher_port = u16::try_from(*launcher_port)
+            .map_err(|_| ctx.field(field, launcher_port, "a port number (0-65535) value"))?;
+        ports.push(MigrationPort {
+            node_port,
+            launcher_port,
+        });
+    }
+    ports.sort();
+    let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    Ok(MigrationState {
+        migration_uid: nonempty(m.migration_uid),
+        source_node: nonempty(m.source_node).or(nonempty(source.node)),
+        source_pod: nonempty(m.source_pod).or(nonempty(source.pod)),
+        target_node: nonempty(m.target_node).or(nonempty(target.node)),
+        target_pod: nonempty(m.target_pod).or(nonempty(target.pod)),
+        target_address,
+        ports,
+        completed: m.completed,
+        failed: m.failed,
+        abort_requested: m.abort_requested,
+        mode: nonempty(m.mode),
+        start_timestamp: nonempty(m.start_timestamp),
+        end_timestamp: nonempty(m.end_timestamp),
+    })
+}
+
+/// An IP address, with or without a `/prefix` (KubeVirt reports both
+/// forms in `status.interfaces`).
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    let addr = s.split_once('/').map_or(s, |(a, _)| a);
+    addr.parse().ok()
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split([':', '-']);
+    for b in &mut out {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn raw(v: Value) -> RawObject {
+        serde_json::from_value(v).expect("a JSON object always deserialises")
+    }
+
+    #[test]
+    fn addresses_and_macs() {
+        assert_eq!(
+            parse_ip("10.0.0.1/24"),
+            Some("10.0.0.1".parse().expect("ip"))
+        );
+        assert_eq!(parse_ip("fe80::1/64"), Some("fe80::1".parse().expect("ip")));
+        assert_eq!(parse_ip("ipAddressValue"), None);
+        assert_eq!(
+            parse_mac("de:ad:be:ef:00:01"),
+            Some([0xde, 0xad, 0xbe, 0xef, 0, 1])
+        );
+        assert_eq!(parse_mac("de:ad:be:ef:00"), None);
+        assert_eq!(parse_mac("de:ad:be:ef:00:01:02"), None);
+        assert_eq!(parse_mac("macValue"), None);
+    }
+
+    #[test]
+    fn broken_metadata_is_kept_with_its_reason() {
+        let r = raw(json!({"metadata": {"name": "a", "namespace": "ns", "labels": 5}}));
+        assert!(r.metadata_error.is_some());
+        assert_eq!(r.key(), "ns/a");
+        let e = parse_vmi(&r).expect_err("must be skipped");
+        assert!(
+            e.to_string()
+                .starts_with("VirtualMachineInstance ns/a: metadata"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn status_of_the_wrong_type_names_the_object() {
+        let r = raw(json!({"metadata": {"name": "a", "namespace": "ns"}, "status": "oops"}));
+        let e = parse_vmi(&r).expect_err("must be skipped");
+        assert!(e.to_string().contains("ns/a: malformed"), "{e}");
+    }
+
+    #[test]
+    fn new_style_target_state_is_a_fallback() {
+        let r = raw(json!({
+            "metadata": {"name": "a", "namespace": "ns"},
+            "status": {"migrationState": {
+                "sourceState": {"node": "n1"},
+                "targetState": {"node": "n2", "nodeAddress": "10.1.0.2",
+                                "directMigrationNodePorts": {"40001": 49152, "40000": 0}}
+            }}
+        }));
+        let m = parse_vmi(&r).expect("parse").migration.expect("state");
+        assert_eq!(m.source_node.as_deref(), Some("n1"));
+        assert_eq!(m.target_node.as_deref(), Some("n2"));
+        assert_eq!(m.target_address, Some("10.1.0.2".parse().expect("ip")));
+        assert_eq!(
+            m.ports,
+            [
+                MigrationPort {
+                    node_port: 40000,
+                    launcher_port: 0
+                },
+                MigrationPort {
+                    node_port: 40001,
+                    launcher_port: 49152
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn vmim_needs_a_vmi_name() {
+        let r = raw(json!({"metadata": {"name": "m", "namespace": "ns"}, "spec": {}}));
+        let e = parse_vmim(&r).expect_err("no vmiName");
+        assert!(e.to_string().contains("spec.vmiName"), "{e}");
+    }
+}
