@@ -1,5 +1,6 @@
 //! `vmbw`: the host agent and its debug command line.
 
+mod debug_cli;
 mod plan_cli;
 mod predict_cli;
 mod simulate_cli;
@@ -27,6 +28,37 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A running agent's summary: mode, policy, link use, VMs, migrations.
+    Status(debug_cli::ApiArgs),
+    /// The VMs a running agent follows: migration progress, allocations, traffic per class.
+    Vms(debug_cli::ApiArgs),
+    /// The flows a running agent classifies: migration 5-tuples and ports, VM addresses.
+    Flows(debug_cli::ApiArgs),
+    /// The HTB classes a running agent enforces.
+    Classes(debug_cli::ApiArgs),
+    /// The last decisions about one VM, with their inputs and reasons.
+    Explain {
+        /// The VM's name as the agent knows it.
+        vm: String,
+        #[command(flatten)]
+        api: debug_cli::ApiArgs,
+    },
+    /// Run the host agent: classify and count traffic in eBPF, follow the
+    /// VMs' migrations over QMP, predict dirty pages, divide the link every
+    /// iteration (HTB classes, QEMU max-bandwidth), serve /metrics and the
+    /// status API. SIGHUP reloads the policy; SIGTERM restores the host.
+    Agent {
+        /// Configuration file (TOML); without it every key has its default.
+        #[arg(long, short)]
+        config: Option<std::path::PathBuf>,
+        /// Print the default configuration, every key documented, and exit.
+        #[arg(long)]
+        print_default_config: bool,
+        /// On exit, leave the datapath and the HTB tree running for the next
+        /// agent to adopt (traffic stays classified and shaped).
+        #[arg(long)]
+        keep_datapath: bool,
+    },
     /// Attach the counting datapath to an interface and print its throughput
     /// per direction each interval. Detaches on exit; traffic is never changed.
     Watch {
@@ -92,16 +124,41 @@ struct RecordArgs {
     comment: Vec<String>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole chain, one cause per line; no backtrace for users.
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Status(a) => debug_cli::show(debug_cli::View::Status, &a),
+        Command::Vms(a) => debug_cli::show(debug_cli::View::Vms, &a),
+        Command::Flows(a) => debug_cli::show(debug_cli::View::Flows, &a),
+        Command::Classes(a) => debug_cli::show(debug_cli::View::Classes, &a),
+        Command::Explain { vm, api } => debug_cli::show(debug_cli::View::Explain(vm), &api),
+        Command::Agent {
+            config,
+            print_default_config,
+            keep_datapath,
+        } => agent(config, print_default_config, keep_datapath),
         Command::Watch {
             iface,
             interval,
@@ -274,5 +331,30 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         "the migration ended {}",
         summary.outcome.status.as_str()
     );
+    Ok(())
+}
+
+fn agent(
+    config: Option<std::path::PathBuf>,
+    print_default_config: bool,
+    keep_datapath: bool,
+) -> anyhow::Result<()> {
+    if print_default_config {
+        print!("{}", vmbw::config::DEFAULT_TOML);
+        return Ok(());
+    }
+    let cfg = match &config {
+        Some(path) => vmbw::config::Config::load(path)?,
+        None => vmbw::config::Config::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(vmbw::daemon::run(vmbw::daemon::Options {
+        config: cfg,
+        config_path: config,
+        keep_datapath,
+    }))?;
     Ok(())
 }

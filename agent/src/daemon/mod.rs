@@ -1,3 +1,437 @@
 //! The host agent daemon (`vmbw agent`): the parts run together.
+//!
+//! Start-up: load (or adopt) the pinned datapath and attach it to the
+//! uplinks, install (or adopt) the HTB tree, register the configured VMs'
+//! addresses and taps, serve the status API and `/metrics`, start one task
+//! per VM ([`vm`]) and run the control loop ([`tick`]). SIGHUP reloads the
+//! policy and its knobs; SIGTERM/SIGINT stop the tasks and put the host back
+//! as it was (original root qdisc, datapath removed) unless
+//! `keep_on_exit` / `--keep-datapath`, which leaves both running for the
+//! next agent to adopt. If the agent is killed, pinned programs and the HTB
+//! tree stay: traffic keeps flowing, classified and shaped at the last
+//! rates.
 
 pub mod http;
+pub mod procnet;
+pub mod state;
+pub mod tick;
+pub mod vm;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
+use tracing::{error, info, warn};
+
+use self::{
+    http::{Listen, Server},
+    state::{Shared, State, VmState},
+    tick::ControlLoop,
+};
+use crate::{
+    config::{Config, ConfigError, ModeSetting, VmEntry, parse_mac},
+    control::policy::Controller,
+    datapath::{Datapath, DatapathError, Mode, PinDir},
+    metrics::{Metrics, MetricsError},
+    qemu::MonitorConfig,
+    shaping::{
+        ClassSpec, DesiredTree, Enforcement, Rate, Shaper, ShaperOptions, ShapingError, TcClient,
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("configuration")]
+    Config(#[from] ConfigError),
+    #[error("policy: {0}")]
+    Policy(String),
+    #[error("datapath")]
+    Datapath(#[from] DatapathError),
+    #[error("traffic control on {iface}")]
+    Shaping {
+        iface: String,
+        #[source]
+        source: ShapingError,
+    },
+    #[error("metrics")]
+    Metrics(#[from] MetricsError),
+    #[error("status API")]
+    Http(#[from] http::HttpError),
+    #[error("VM {vm}: {problem}")]
+    Vm { vm: String, problem: String },
+    #[error("installing signal handlers")]
+    Signals(#[source] std::io::Error),
+}
+
+/// How `vmbw agent` was started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: Config,
+    /// The file to re-read on SIGHUP.
+    pub config_path: Option<PathBuf>,
+    /// Leave the datapath and the HTB tree in place on exit.
+    pub keep_datapath: bool,
+}
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    let cfg = opts.config.clone();
+    let spec = cfg
+        .policy()
+        .map_err(|e| DaemonError::Policy(e.to_string()))?;
+    let mode = cfg.mode().unwrap_or(ModeSetting::Htb);
+    let uplinks: Vec<String> = cfg.uplink.iter().map(|u| u.iface.clone()).collect();
+    let link = cfg.uplink[0].link_mbit * 1e6 / 8.0;
+    let keep = opts.keep_datapath || cfg.datapath.keep_on_exit;
+
+    // The datapath: pinned maps and links are adopted if a previous agent left them.
+    let mut dp = Datapath::load(&PinDir::Persistent(cfg.datapath.pin_dir.clone()))?;
+    for iface in &uplinks {
+        dp.attach(iface)?;
+        info!(iface, pin_dir = %cfg.datapath.pin_dir.display(), "datapath attached");
+    }
+    dp.set_mode(match mode {
+        ModeSetting::Htb => Mode::Htb,
+        ModeSetting::Edt => Mode::Edt,
+        ModeSetting::Observe => Mode::Observe,
+    })?;
+
+    // The VMs: configured ones get slots 1.. in order.
+    let mut vms = BTreeMap::new();
+    for (i, entry) in cfg.vm.iter().enumerate() {
+        let slot = i as u32 + 1;
+        register_vm(&mut dp, slot, entry)?;
+        vms.insert(entry.name.clone(), VmState::new(slot, entry.clone()));
+    }
+    for (i, (name, qmp)) in glob_sockets(&cfg.discovery.qmp_glob)
+        .into_iter()
+        .enumerate()
+    {
+        if vms.contains_key(&name) {
+            continue;
+        }
+        let slot = (cfg.vm.len() + i) as u32 + 1;
+        let entry = VmEntry {
+            name: name.clone(),
+            qmp,
+            ips: vec![],
+            macs: vec![],
+            taps: vec![],
+        };
+        vms.insert(name, VmState::new(slot, entry));
+    }
+
+    // Shaping on the first uplink (observe mode changes nothing).
+    let shaper = if mode == ModeSetting::Observe {
+        None
+    } else {
+        let tc = TcClient::connect().map_err(|source| DaemonError::Shaping {
+            iface: uplinks[0].clone(),
+            source,
+        })?;
+        let mut tree = DesiredTree::new(
+            Rate::bits_per_sec((link * 8.0) as u64),
+            ClassSpec::borrowing(
+                Rate::bits_per_sec((link * 8.0 / 100.0) as u64),
+                Rate::bits_per_sec((link * 8.0) as u64),
+            ),
+        );
+        if mode == ModeSetting::Edt {
+            tree.enforcement = Enforcement::Edt;
+        }
+        let sopts = ShaperOptions {
+            state_dir: Some(cfg.shaping.state_dir.clone()),
+        };
+        let (shaper, report) = Shaper::start(tc, &uplinks[0], &tree, &sopts)
+            .await
+            .map_err(|source| DaemonError::Shaping {
+                iface: uplinks[0].clone(),
+                source,
+            })?;
+        info!(iface = %uplinks[0], original = %shaper.original_root().describe(), enforcement = ?report.enforcement, "HTB tree in place");
+        Some(shaper)
+    };
+    let enforcement = if mode == ModeSetting::Edt {
+        Enforcement::Edt
+    } else {
+        Enforcement::Htb
+    };
+
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            started: Instant::now(),
+            ready: true,
+            node: hostname(),
+            mode: cfg.agent.mode.clone(),
+            policy: cfg.agent.policy.clone(),
+            uplinks: uplinks.clone(),
+            link,
+            link_usage: 0.0,
+            discovery: discovery_names(&cfg),
+            vms,
+        }),
+        datapath: Arc::new(Mutex::new(dp)),
+        metrics: Metrics::new()?,
+        wake: tokio::sync::Notify::new(),
+    });
+
+    let (stop, stopped) = watch::channel(false);
+    let listen: Listen = cfg
+        .api
+        .listen
+        .parse()
+        .map_err(|e: String| DaemonError::Policy(e))?;
+    let server = Server::bind(&listen).await?;
+    info!(listen = %cfg.api.listen, "status API and /metrics");
+    let handler_shared = shared.clone();
+    let api = tokio::spawn(server.run(
+        Arc::new(move |p: &str| state::handle(&handler_shared, p)),
+        stopped.clone(),
+    ));
+
+    let monitor_cfg = MonitorConfig {
+        uplink: Some(uplinks[0].clone()),
+        ..MonitorConfig::default()
+    };
+    let mut tasks = Vec::new();
+    let entries: Vec<VmEntry> = shared
+        .state()
+        .vms
+        .values()
+        .map(|v| v.entry.clone())
+        .collect();
+    for entry in entries {
+        let cfg = MonitorConfig {
+            vm_ifaces: entry.taps.clone(),
+            ..monitor_cfg.clone()
+        };
+        tasks.push(tokio::spawn(vm::follow(
+            shared.clone(),
+            entry.name.clone(),
+            entry.qmp.clone(),
+            cfg,
+            stopped.clone(),
+        )));
+    }
+    let kubevirt = cfg
+        .discovery
+        .kubevirt
+        .then(|| spawn_kubevirt(&shared, cfg.vm.len() as u32 + 1000));
+
+    let mut control = ControlLoop::new(
+        shared.clone(),
+        Controller::new(spec),
+        cfg.agent.policy.clone(),
+        shaper,
+        enforcement,
+        link,
+    );
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.agent.tick_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    info!(policy = %cfg.agent.policy, mode = %cfg.agent.mode, "agent running");
+    loop {
+        tokio::select! {
+            _ = tick.tick() => control.tick().await,
+            _ = shared.wake.notified() => control.tick().await,
+            _ = term.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { info!("SIGINT: stopping"); break; }
+            _ = hup.recv() => reload(&opts.config_path, &mut control, &mut tick, &shared),
+        }
+    }
+
+    // Shutdown: stop the tasks, then put the host back (or leave it running).
+    let _ = stop.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
+    if let Some(k) = kubevirt {
+        k.abort();
+        let _ = k.await;
+    }
+    if let Some(shaper) = control.shaper.take() {
+        if keep {
+            shaper.detach();
+            info!("HTB tree left in place (keep_on_exit)");
+        } else if let Err(e) = shaper.cleanup().await {
+            error!(error = %e, "restoring the original root qdisc");
+        } else {
+            info!("original root qdisc restored");
+        }
+    }
+    drop(control);
+    let datapath = Arc::try_unwrap(shared)
+        .ok()
+        .and_then(|shared| Arc::try_unwrap(shared.datapath).ok())
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()));
+    match datapath {
+        Some(_) if keep => info!("datapath left attached (pinned) for the next agent"),
+        Some(dp) => {
+            dp.remove()?;
+            info!("datapath detached and unpinned");
+        }
+        // A task that did not stop in time still holds it: fail safe by
+        // leaving it running (it is pinned; the next agent adopts it).
+        None => warn!("datapath still in use at exit; left pinned"),
+    }
+    Ok(())
+}
+
+/// SIGHUP: re-read the config; a valid one replaces the policy, its knobs
+/// and the tick. Other changes (uplinks, VMs, API address) need a restart.
+fn reload(
+    path: &Option<PathBuf>,
+    control: &mut ControlLoop,
+    tick: &mut tokio::time::Interval,
+    shared: &Arc<Shared>,
+) {
+    let Some(path) = path else {
+        warn!("SIGHUP: started without --config, nothing to reload");
+        return;
+    };
+    match Config::load(path).and_then(|c| {
+        c.policy()
+            .map(|s| (c, s))
+            .map_err(|e| ConfigError::Invalid {
+                path: path.display().to_string(),
+                key: "agent.policy".into(),
+                problem: e.to_string(),
+            })
+    }) {
+        Ok((cfg, spec)) => {
+            control.controller = Controller::new(spec);
+            control.policy_name = cfg.agent.policy.clone();
+            *tick = tokio::time::interval(Duration::from_millis(cfg.agent.tick_ms));
+            shared.state().policy = cfg.agent.policy.clone();
+            info!(policy = %cfg.agent.policy, tick_ms = cfg.agent.tick_ms, "SIGHUP: configuration reloaded");
+        }
+        Err(e) => {
+            error!(error = %e, "SIGHUP: configuration rejected, keeping the running one");
+            shared.metrics.errors.with_label_values(&["config"]).inc();
+        }
+    }
+}
+
+fn register_vm(dp: &mut Datapath, slot: u32, entry: &VmEntry) -> Result<(), DaemonError> {
+    let bad = |problem: String| DaemonError::Vm {
+        vm: entry.name.clone(),
+        problem,
+    };
+    for ip in &entry.ips {
+        let ip = ip.parse().map_err(|e| bad(format!("ip `{ip}`: {e}")))?;
+        dp.add_vm_ip(slot, ip)?;
+    }
+    for mac in &entry.macs {
+        let m = parse_mac(mac).ok_or_else(|| bad(format!("mac `{mac}`")))?;
+        dp.add_vm_mac(slot, m)?;
+    }
+    for tap in &entry.taps {
+        let c = std::ffi::CString::new(tap.as_str()).map_err(|_| bad(format!("tap `{tap}`")))?;
+        // SAFETY: a valid C string.
+        let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        if idx == 0 {
+            warn!(vm = %entry.name, tap, "tap not found (yet); its traffic is attributed by address only");
+        } else {
+            dp.add_vm_tap(slot, idx)?;
+        }
+    }
+    Ok(())
+}
+
+/// QMP sockets matching `dir/prefix*suffix` (one `*` in the file name), as
+/// (file stem, path), sorted.
+pub fn glob_sockets(pattern: &str) -> Vec<(String, PathBuf)> {
+    if pattern.is_empty() {
+        return Vec::new();
+    }
+    let p = Path::new(pattern);
+    let (Some(dir), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let (prefix, suffix) = name.split_once('*').unwrap_or((name, ""));
+    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            file.strip_prefix(prefix)?.strip_suffix(suffix)?;
+            let stem = Path::new(&file).file_stem()?.to_string_lossy().into_owned();
+            Some((stem, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn discovery_names(cfg: &Config) -> Vec<String> {
+    let mut d = vec!["config".to_owned()];
+    if !cfg.discovery.qmp_glob.is_empty() {
+        d.push(format!("qmp-glob:{}", cfg.discovery.qmp_glob));
+    }
+    if cfg.discovery.kubevirt {
+        d.push("kubevirt".into());
+    }
+    d
+}
+
+fn hostname() -> String {
+    std::env::var("NODE_NAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+fn spawn_kubevirt(shared: &Arc<Shared>, first_slot: u32) -> tokio::task::JoinHandle<()> {
+    let node = hostname();
+    let dp = shared.datapath.clone();
+    tokio::spawn(async move {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                error!(error = %e, "KubeVirt discovery: no Kubernetes client (in-cluster config or kubeconfig)");
+                return;
+            }
+        };
+        let discovery = Arc::new(Mutex::new(crate::kubevirt::watch::Discovery::new(
+            node,
+            first_slot..=crate::shaping::handles::MAX_VM_SLOT as u32,
+        )));
+        if let Err(e) = crate::kubevirt::watch::run(client, discovery, dp).await {
+            error!(error = %e, "KubeVirt discovery stopped");
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_sockets_by_stem() {
+        let dir = std::env::temp_dir().join(format!("vmbw-glob-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for f in ["a.qmp", "b.qmp", "c.txt"] {
+            std::fs::write(dir.join(f), "").expect("file");
+        }
+        let found = glob_sockets(&format!("{}/*.qmp", dir.display()));
+        let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["a", "b"]);
+        assert!(glob_sockets("").is_empty());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

@@ -1,0 +1,348 @@
+//! What the agent knows, shared by its tasks, and the read-only status API
+//! that shows it. Locks are short: nothing is awaited while one is held.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Instant,
+};
+
+use crate::{
+    api::{
+        self, Allocation, ClassTraffic, Explain, ExplainedDecision, MigrationPhase, MigrationRole,
+    },
+    config::VmEntry,
+    control::{QemuParams, VmDecision},
+    datapath::{Datapath, VmCounters},
+    metrics::Metrics,
+    predict::Row,
+};
+
+use super::{http::Response, procnet::TcpConn};
+
+/// Decisions kept per VM for `explain`.
+pub const EXPLAIN_DEPTH: usize = 32;
+/// Application throughput samples kept per VM (NRAC's Net_vm history).
+pub const APP_HISTORY: usize = 32;
+
+/// Everything the tasks share.
+pub struct Shared {
+    pub state: Mutex<State>,
+    /// Shared with KubeVirt discovery, which registers flows itself.
+    pub datapath: Arc<Mutex<Datapath>>,
+    pub metrics: Metrics,
+    /// A VM task has news (a migration started, an iteration finished):
+    /// the control loop runs now instead of at its next tick.
+    pub wake: tokio::sync::Notify,
+}
+
+impl Shared {
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn datapath(&self) -> MutexGuard<'_, Datapath> {
+        self.datapath.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The agent's view of the host.
+pub struct State {
+    pub started: Instant,
+    /// Datapath loaded and attached, shaping installed.
+    pub ready: bool,
+    pub node: String,
+    pub mode: String,
+    pub policy: String,
+    pub uplinks: Vec<String>,
+    /// N_t, bytes/s.
+    pub link: f64,
+    /// N_u, bytes/s (everything but migration streams).
+    pub link_usage: f64,
+    pub discovery: Vec<String>,
+    pub vms: BTreeMap<String, VmState>,
+}
+
+/// One VM.
+#[derive(Debug, Clone)]
+pub struct VmState {
+    pub slot: u32,
+    pub entry: VmEntry,
+    pub phase: MigrationPhase,
+    pub iteration: u32,
+    pub remaining: u64,
+    pub page_size: f64,
+    /// X1..X6 of the finished iterations of the current migration.
+    pub rows: Vec<Row>,
+    /// Duration of each finished iteration, seconds.
+    pub iter_s: Vec<f64>,
+    /// Dirty rate of each finished iteration, bytes/s.
+    pub dirty_rates: Vec<f64>,
+    /// The prediction made for an iteration, by iteration number.
+    pub predicted: BTreeMap<u32, f64>,
+    /// Migration connections learned from QEMU's sockets.
+    pub flows: Vec<TcpConn>,
+    pub app_history: VecDeque<f64>,
+    pub counters: VmCounters,
+    /// Per class and direction, bytes/s over the last tick.
+    pub rates: BTreeMap<(u32, u8), f64>,
+    pub decision: Option<VmDecision>,
+    /// Bumped every time the control loop decides for this VM.
+    pub decided: u64,
+    pub explain: VecDeque<ExplainedDecision>,
+}
+
+impl VmState {
+    pub fn new(slot: u32, entry: VmEntry) -> Self {
+        VmState {
+            slot,
+            entry,
+            phase: MigrationPhase::None,
+            iteration: 0,
+            remaining: 0,
+            page_size: 4096.0,
+            rows: Vec::new(),
+            iter_s: Vec::new(),
+            dirty_rates: Vec::new(),
+            predicted: BTreeMap::new(),
+            flows: Vec::new(),
+            app_history: VecDeque::new(),
+            counters: VmCounters::default(),
+            rates: BTreeMap::new(),
+            decision: None,
+            decided: 0,
+            explain: VecDeque::new(),
+        }
+    }
+
+    pub fn migrating(&self) -> bool {
+        matches!(
+            self.phase,
+            MigrationPhase::PreCopy | MigrationPhase::PostCopy
+        )
+    }
+
+    /// Resets per-migration state at the start of a migration.
+    pub fn begin_migration(&mut self) {
+        self.phase = MigrationPhase::PreCopy;
+        self.iteration = 1;
+        self.rows.clear();
+        self.iter_s.clear();
+        self.dirty_rates.clear();
+        self.predicted.clear();
+    }
+
+    pub fn qemu_params(&self) -> QemuParams {
+        self.decision.as_ref().map(|d| d.qemu).unwrap_or_default()
+    }
+
+    fn allocation(&self) -> Allocation {
+        allocation(self.decision.as_ref())
+    }
+}
+
+pub fn allocation(d: Option<&VmDecision>) -> Allocation {
+    Allocation {
+        migration_rate_bytes_per_sec: d.and_then(|d| d.migration_rate),
+        migration_ceil_bytes_per_sec: d.and_then(|d| d.migration_ceil),
+        app_reservation_bytes_per_sec: d.map_or(0.0, |d| d.app_reserve),
+    }
+}
+
+/// The API: `path` to a response.
+pub fn handle(shared: &Arc<Shared>, path: &str) -> Response {
+    let path = path.split('?').next().unwrap_or(path);
+    let json = |v: Result<String, serde_json::Error>| match v {
+        Ok(body) => Response::json(body),
+        Err(e) => Response::text(500, format!("encoding: {e}\n")),
+    };
+    match path {
+        api::HEALTHZ_PATH => Response::text(200, "ok\n"),
+        api::READYZ_PATH => {
+            if shared.state().ready {
+                Response::text(200, "ready\n")
+            } else {
+                Response::text(503, "starting\n")
+            }
+        }
+        api::METRICS_PATH => match shared.metrics.encode() {
+            Ok(text) => Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                body: text,
+            },
+            Err(e) => Response::text(500, format!("{e}\n")),
+        },
+        api::STATUS_PATH => json(serde_json::to_string(&status(&shared.state()))),
+        api::VMS_PATH => json(serde_json::to_string(&vms(&shared.state()))),
+        api::FLOWS_PATH => json(serde_json::to_string(&flows(&shared.state()))),
+        api::CLASSES_PATH => json(serde_json::to_string(&classes(&shared.state()))),
+        p if p.starts_with(api::EXPLAIN_PATH_PREFIX) => {
+            let Some(vm) = api::explain_vm_from_path(p) else {
+                return Response::text(400, "bad VM name in path\n");
+            };
+            let state = shared.state();
+            match state.vms.get(&vm) {
+                Some(v) => json(serde_json::to_string(&Explain {
+                    vm: vm.clone(),
+                    decisions: v.explain.iter().cloned().collect(),
+                })),
+                None => Response {
+                    status: 404,
+                    content_type: "application/json",
+                    body: serde_json::to_string(&api::ApiError {
+                        error: format!("no VM named {vm}"),
+                    })
+                    .unwrap_or_default(),
+                },
+            }
+        }
+        _ => Response::text(404, "not found\n"),
+    }
+}
+
+pub fn status(s: &State) -> api::Status {
+    api::Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        node: s.node.clone(),
+        mode: s.mode.clone(),
+        policy: s.policy.clone(),
+        uplinks: s.uplinks.clone(),
+        link_capacity_bytes_per_sec: s.link,
+        link_usage_bytes_per_sec: s.link_usage,
+        vms: s.vms.len() as u32,
+        migrating: s.vms.values().filter(|v| v.migrating()).count() as u32,
+        uptime_sec: s.started.elapsed().as_secs_f64(),
+        discovery: s.discovery.clone(),
+    }
+}
+
+pub fn vms(s: &State) -> Vec<api::VmStatus> {
+    use vmbw_common::class;
+    s.vms
+        .iter()
+        .map(|(name, v)| api::VmStatus {
+            name: name.clone(),
+            slot: v.slot,
+            migration: (v.phase != MigrationPhase::None).then(|| api::MigrationStatus {
+                phase: v.phase,
+                role: MigrationRole::Source,
+                iteration: v.iteration,
+                remaining_bytes: v.remaining,
+                predicted_dirty_pages: v.predicted.get(&v.iteration).copied(),
+                actual_dirty_pages: v.rows.last().map(|r| r[0]),
+                peer: v.flows.first().map(|f| f.remote.to_string()),
+            }),
+            allocation: v.allocation(),
+            traffic: [
+                (class::MIGRATION, api::TrafficClass::Migration),
+                (class::APPLICATION, api::TrafficClass::Application),
+                (class::OTHER, api::TrafficClass::Other),
+            ]
+            .into_iter()
+            .map(|(c, name)| {
+                let cc = v.counters.class(c);
+                ClassTraffic {
+                    class: name,
+                    egress_bytes: cc.egress.bytes,
+                    ingress_bytes: cc.ingress.bytes,
+                    egress_bytes_per_sec: v.rates.get(&(c, 0)).copied().unwrap_or(0.0),
+                    ingress_bytes_per_sec: v.rates.get(&(c, 1)).copied().unwrap_or(0.0),
+                }
+            })
+            .collect(),
+        })
+        .collect()
+}
+
+pub fn flows(s: &State) -> Vec<api::FlowStatus> {
+    let mut out = Vec::new();
+    for (name, v) in &s.vms {
+        for f in &v.flows {
+            out.push(api::FlowStatus {
+                vm: name.clone(),
+                slot: v.slot,
+                class: api::TrafficClass::Migration,
+                matches: api::FlowMatch::Exact,
+                local: f.local.to_string(),
+                remote: f.remote.to_string(),
+                proto: "tcp".into(),
+                source: "qemu sockets".into(),
+            });
+        }
+        for addr in v.entry.ips.iter().chain(&v.entry.macs) {
+            out.push(api::FlowStatus {
+                vm: name.clone(),
+                slot: v.slot,
+                class: api::TrafficClass::Application,
+                matches: api::FlowMatch::VmAddress,
+                local: addr.clone(),
+                remote: "*".into(),
+                proto: "any".into(),
+                source: "config".into(),
+            });
+        }
+        for tap in &v.entry.taps {
+            out.push(api::FlowStatus {
+                vm: name.clone(),
+                slot: v.slot,
+                class: api::TrafficClass::Application,
+                matches: api::FlowMatch::VmAddress,
+                local: format!("tap {tap}"),
+                remote: "*".into(),
+                proto: "any".into(),
+                source: "config".into(),
+            });
+        }
+    }
+    out
+}
+
+pub fn classes(s: &State) -> Vec<api::ClassStatus> {
+    use crate::shaping::{TrafficClass, class_handle, handles::display_handle};
+    let mut out = Vec::new();
+    let iface = s.uplinks.first().cloned().unwrap_or_default();
+    for (name, v) in &s.vms {
+        let Some(d) = v.decision.as_ref().filter(|d| d.migration_rate.is_some()) else {
+            continue;
+        };
+        let slot = v.slot as u16;
+        for (class, role, rate, ceil) in [
+            (
+                TrafficClass::Migration,
+                "migration",
+                d.migration_rate.unwrap_or(0.0),
+                d.migration_ceil.unwrap_or(s.link),
+            ),
+            (
+                TrafficClass::Application,
+                "application",
+                d.app_reserve,
+                s.link,
+            ),
+        ] {
+            let Some(handle) = class_handle(slot, class) else {
+                continue;
+            };
+            out.push(api::ClassStatus {
+                iface: iface.clone(),
+                handle: display_handle(handle),
+                vm: Some(name.clone()),
+                slot: v.slot,
+                role: role.into(),
+                rate_bytes_per_sec: rate,
+                ceil_bytes_per_sec: ceil,
+                sent_bytes: v
+                    .counters
+                    .class(if role == "migration" {
+                        vmbw_common::class::MIGRATION
+                    } else {
+                        vmbw_common::class::APPLICATION
+                    })
+                    .egress
+                    .bytes,
+            });
+        }
+    }
+    out
+}
