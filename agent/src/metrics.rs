@@ -44,6 +44,9 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Time one control-loop tick takes.
     pub loop_seconds: Histogram,
+    /// From a QEMU iteration sample arriving to the resulting class rates
+    /// being in the kernel.
+    pub sample_to_enforce_seconds: Histogram,
 }
 
 impl Metrics {
@@ -171,6 +174,18 @@ impl Metrics {
                     ]),
                 ),
                 "vmbw_control_loop_duration_seconds"
+            ),
+            sample_to_enforce_seconds: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "vmbw_sample_to_enforce_seconds",
+                        "From a QEMU iteration sample to its class rates in the kernel."
+                    )
+                    .buckets(vec![
+                        0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0
+                    ]),
+                ),
+                "vmbw_sample_to_enforce_seconds"
             ),
             registry,
         })

@@ -11,6 +11,7 @@
 //! `vmbw-workload`), [`vm`] runs QEMU processes, [`testbed`] joins source
 //! and destination hosts through a rate-limited router for migrations.
 
+pub mod agent;
 pub mod bpffs;
 pub mod frames;
 pub mod guest;

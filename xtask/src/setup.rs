@@ -30,6 +30,10 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "the test guest's initramfs userland"),
     ("cpio", "packing the test guest's initramfs"),
     (
+        "prometheus",
+        "a real Prometheus scraping the agent in the agent tests",
+    ),
+    (
         "libc6-dev",
         "static libc for the test guest's workload (crt-static)",
     ),

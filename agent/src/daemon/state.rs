@@ -89,6 +89,8 @@ pub struct VmState {
     pub decision: Option<VmDecision>,
     /// Bumped every time the control loop decides for this VM.
     pub decided: u64,
+    /// When the last QEMU sample arrived, until it has been enforced.
+    pub sample_at: Option<Instant>,
     pub explain: VecDeque<ExplainedDecision>,
 }
 
@@ -111,6 +113,7 @@ impl VmState {
             rates: BTreeMap::new(),
             decision: None,
             decided: 0,
+            sample_at: None,
             explain: VecDeque::new(),
         }
     }

@@ -261,6 +261,13 @@ impl ControlLoop {
                     }
                     info!(vm = %name, iteration = v.iteration, guarantee_mbit = d.migration_rate.map(|r| r * 8.0 / 1e6), reserve_mbit = d.app_reserve * 8.0 / 1e6, "decision");
                 }
+                if let Some(at) = v.sample_at.take() {
+                    // Class rates were reconciled above, before this publish.
+                    shared
+                        .metrics
+                        .sample_to_enforce_seconds
+                        .observe(at.elapsed().as_secs_f64());
+                }
                 let m = &shared.metrics.allocation;
                 m.with_label_values(&[name, "guarantee"])
                     .set(d.migration_rate.unwrap_or(0.0));

@@ -89,11 +89,18 @@ async fn follow_once(
         }
     }
     let mut applied = QemuParams::default();
-    register_flows(shared, name, pid);
+    // QEMU opens its migration stream(s) just after the start and may open
+    // more (multifd): watch its sockets while the migration runs.
+    let flow_watch = FlowWatch(tokio::spawn(watch_flows(
+        shared.clone(),
+        name.to_owned(),
+        pid,
+    )));
     await_decision_and_apply(shared, name, &mut monitor, &mut applied).await;
     loop {
         let sample = tokio::select! {
             _ = shutdown.changed() => {
+                drop(flow_watch);
                 unregister_flows(shared, name);
                 return Ok(());
             }
@@ -125,6 +132,7 @@ async fn follow_once(
                                 .with_label_values(&[name, "predicted"])
                                 .set(p);
                         }
+                        v.sample_at = Some(std::time::Instant::now());
                         v.rows.push(s.to_trace_row().x());
                         v.iter_s.push(s.iter_s);
                         v.dirty_rates.push(if s.iter_s > 0.0 {
@@ -157,12 +165,12 @@ async fn follow_once(
                         }
                     }
                 }
-                register_flows(shared, name, pid);
                 await_decision_and_apply(shared, name, &mut monitor, &mut applied).await;
             }
             None => {
                 let status = monitor.outcome().map(|o| o.status.clone());
                 info!(status = ?status, "migration ended");
+                drop(flow_watch);
                 unregister_flows(shared, name);
                 let mut st = shared.state();
                 if let Some(v) = st.vms.get_mut(name) {
@@ -252,6 +260,23 @@ async fn apply(
         info!("switched to post-copy");
     }
     Ok(())
+}
+
+/// The flow-watching task of one migration, stopped when dropped.
+struct FlowWatch(tokio::task::JoinHandle<()>);
+
+impl Drop for FlowWatch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Registers QEMU's TCP streams every half second while the migration runs.
+async fn watch_flows(shared: Arc<Shared>, name: String, pid: u32) {
+    loop {
+        register_flows(&shared, &name, pid);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Registers QEMU's current TCP streams as the VM's exact migration flows.

@@ -1,0 +1,181 @@
+//! Running the real `vmbw agent` binary inside a test-made namespace: a
+//! config written for it, its log in a file, its API on a unix socket (so
+//! the test reaches it from any namespace), and a guard that kills it by pid
+//! if the test ends early.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use vmbw::daemon::http::{Listen, get};
+
+use crate::NetNs;
+
+/// The `vmbw` binary next to the test executable (`cargo build -p vmbw`
+/// puts it there; `cargo xtask test` builds it before the tests).
+pub fn binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // target/<profile>/deps/test-xxx -> target/<profile>/vmbw
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("vmbw"))
+        .ok_or("no target directory")?;
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "{} not built: run `cargo build -p vmbw` (cargo xtask test does)",
+            bin.display()
+        ))
+    }
+}
+
+/// A running agent.
+pub struct Agent {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub api: Listen,
+    pub config: PathBuf,
+    ns: String,
+}
+
+impl Agent {
+    /// Starts `vmbw agent -c config` in `ns`; waits until `/readyz` answers.
+    pub fn start(
+        ns: &NetNs,
+        config: &Path,
+        api_socket: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Agent> {
+        let bin = binary().map_err(anyhow::Error::msg)?;
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(&bin)
+            .args(["agent", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .context("starting the agent")?;
+        let mut agent = Agent {
+            child: Some(child),
+            log: log.to_owned(),
+            api: Listen::Unix(api_socket.to_owned()),
+            config: config.to_owned(),
+            ns: ns.name().to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = agent.get("/readyz") {
+                return Ok(agent);
+            }
+            if let Some(status) = agent
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "the agent exited with {status} during start-up:\n{}",
+                    agent.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent did not become ready in 20 s:\n{}",
+                    agent.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The pid of `ip netns exec`, which execs into the agent.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// GET on the agent's API.
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), get(&self.api, path)).await
+        })??)
+    }
+
+    /// The value of one metric line (`name{labels}`), if present.
+    pub fn metric(&self, series: &str) -> anyhow::Result<Option<f64>> {
+        let (_, body) = self.get("/metrics")?;
+        Ok(body.lines().find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        }))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` and waits for the exit (up to `wait`); the exit code.
+    pub fn signal(&mut self, signal: i32, wait: Duration) -> anyhow::Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else {
+            bail!("agent already stopped")
+        };
+        // SAFETY: kill(2) on the pid of a child we started and still own.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(st) = child.try_wait()? {
+                return Ok(st.code());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "the agent did not exit within {wait:?} after signal {signal} (in {})",
+                    self.ns
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// CPU seconds (user + system) and RSS bytes of the agent process.
+    pub fn usage(&self) -> Option<(f64, u64)> {
+        let pid = self.pid()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let cpu =
+            (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / hz;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let rss_kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some((cpu, rss_kb * 1024))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
