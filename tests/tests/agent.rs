@@ -90,7 +90,7 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
     std::fs::write(
         &config,
         format!(
-            "[agent]\npolicy = \"nrac+adamig\"\ntick_ms = 250\n\
+            "[agent]\npolicy = \"nrac+adamig\"\n\
              [[uplink]]\niface = \"{UPLINK}\"\nlink_mbit = {}\n\
              [datapath]\npin_dir = \"{}\"\n\
              [shaping]\nstate_dir = \"{}\"\n\
@@ -200,6 +200,7 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
     let agent2 =
         Agent::start(&tb.src, &config, &api, &run.join("agent2.log")).expect("agent restarts");
     let mut agent = agent2;
+    let cpu_adopted = agent.usage().map(|u| (u, Instant::now()));
     assert_eq!(tcx_programs(&tb), (1, 1), "adopted, not attached twice");
     let log = agent.log_text();
     assert!(log.contains("adopted vmbw's HTB tree"), "{log}");
@@ -230,6 +231,15 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
         std::thread::sleep(Duration::from_millis(500));
     };
     let total = migration_started.elapsed();
+    if let (Some(((c0, _), t0)), Some((c1, rss))) = (cpu_adopted, agent.usage()) {
+        let wall = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "agent after adoption, to the end of the migration: {:.2}% of a core ({:.3} CPU s over {wall:.1} s), RSS {:.1} MiB",
+            100.0 * (c1 - c0) / wall,
+            c1 - c0,
+            rss as f64 / 1048576.0
+        );
+    }
     assert_eq!(
         status.status,
         Some(MigrationStatus::Completed),

@@ -40,6 +40,9 @@ pub struct ControlLoop {
     last_dir: DirectionCounters,
     last_vm: BTreeMap<String, VmCounters>,
     escalations: BTreeMap<String, BTreeSet<String>>,
+    /// The plan last put in the kernel: an unchanged plan costs no netlink
+    /// dump and no map writes.
+    applied: Option<enforce::Plan>,
 }
 
 impl ControlLoop {
@@ -63,6 +66,7 @@ impl ControlLoop {
             last_dir: DirectionCounters::default(),
             last_vm: BTreeMap::new(),
             escalations: BTreeMap::new(),
+            applied: None,
         }
     }
 
@@ -173,6 +177,7 @@ impl ControlLoop {
             let slot_map: BTreeMap<String, u16> =
                 slots.iter().map(|(n, s)| (n.clone(), *s as u16)).collect();
             match enforce::plan(&decision, self.link, &slot_map, self.enforcement) {
+                Ok(plan) if self.applied.as_ref() == Some(&plan) => {}
                 Ok(plan) => match shaper.reconcile(&plan.tree).await {
                     Ok(_) => {
                         let mut dp = shared.datapath();
@@ -195,6 +200,8 @@ impl ControlLoop {
                                 "guarantees scaled down to fit the link"
                             );
                         }
+                        drop(dp);
+                        self.applied = Some(plan);
                     }
                     Err(e) => {
                         warn!(error = %e, "reconciling the HTB tree");
