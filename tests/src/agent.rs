@@ -18,20 +18,18 @@ use crate::NetNs;
 /// puts it there; `cargo xtask test` builds it before the tests).
 pub fn binary() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    // target/<profile>/deps/test-xxx -> target/<profile>/vmbw
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("vmbw"))
-        .ok_or("no target directory")?;
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "{} not built: run `cargo build -p vmbw` (cargo xtask test does)",
-            bin.display()
-        ))
-    }
+    // A test runs from target/<profile>/deps/, a binary from target/<profile>/.
+    let dir = exe.parent().ok_or("no target directory")?;
+    [Some(dir.join("vmbw")), dir.parent().map(|d| d.join("vmbw"))]
+        .into_iter()
+        .flatten()
+        .find(|b| b.is_file())
+        .ok_or_else(|| {
+            format!(
+                "vmbw is not built next to {}: run `cargo build -p vmbw` (cargo xtask test does)",
+                dir.display()
+            )
+        })
 }
 
 /// A running agent.

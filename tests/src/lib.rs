@@ -20,6 +20,8 @@ pub mod libvirtd;
 pub mod logs;
 pub mod measure;
 pub mod netns;
+pub mod runner;
+pub mod scenario;
 pub mod shaped;
 pub mod skip;
 pub mod tcp;

@@ -96,9 +96,14 @@ impl MigrationTestbed {
         tb.src
             .ip(&["addr", "add", &format!("{GUEST_GW}/24"), "dev", TAP])?;
         // tbf: a burst of 10 ms of traffic (at least 16 KiB), queueing at
-        // most 100 ms before dropping.
+        // most 100 ms before dropping. A rate of 0 means no bottleneck.
         let burst = ((link_mbit * 1e6 / 8.0 * 0.010) as u64).max(16 * 1024);
-        for dev in ["to-src", "to-dst"] {
+        let shaped: &[&str] = if link_mbit > 0.0 {
+            &["to-src", "to-dst"]
+        } else {
+            &[]
+        };
+        for &dev in shaped {
             tb.router.exec(
                 "tc",
                 &[

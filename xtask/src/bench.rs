@@ -33,6 +33,10 @@ const BENCHES: &[(&str, &str)] = &[
         "HTB goodput per rate, two-class contention with a live change, class-change latency; root",
     ),
     (
+        "migration",
+        "real QEMU migrations per scenario x policy x repetition (tests/scenarios); root, long",
+    ),
+    (
         "plan",
         "VMM-CFG and SICC papers' simulations, 10k-VM planning time (drives the release vmbw binary)",
     ),
@@ -41,6 +45,7 @@ const BENCHES: &[(&str, &str)] = &[
 pub fn run(args: &Args) -> anyhow::Result<()> {
     match args.name.as_str() {
         "plan" => crate::bench_plan::run(&args.rest),
+        "migration" => crate::migration::bench(&args.rest),
         name if BENCHES.iter().any(|(n, _)| *n == name) => util::run(
             Command::new(env!("CARGO"))
                 .current_dir(util::workspace_root())

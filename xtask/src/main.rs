@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_plan;
+mod migration;
 mod setup;
 mod test;
 mod util;
@@ -41,14 +42,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup(args) => setup::run(&args),
         Task::Test(args) => test::run(&args),
-        Task::Demo => {
-            util::step("demo");
-            println!(
-                "not yet available: the migration testbed and demo land with issue \
-                 \"Real migration testbed, the demo, and the end-to-end benchmark\"."
-            );
-            Ok(())
-        }
+        Task::Demo => migration::demo(),
         Task::Bench(args) => bench::run(&args),
     }
 }

@@ -1,0 +1,413 @@
+//! Runs scenarios on the migration testbed: one fresh testbed per run
+//! (scenario x policy x repetition), the real agent on the source host, a
+//! real QEMU migration, and the figures: total time and downtime (QEMU's),
+//! iterations, bytes, convergence within the timeout, the application's
+//! goodput during the migration (bytes the sink received) against what it
+//! asked for, and the agent's online prediction error.
+//!
+//! Reference policies run the agent in observe mode (it measures and, for
+//! `static:RATE`, sets QEMU's `max-bandwidth` like KubeVirt would, but the
+//! kernel enforces nothing); the others run it in HTB mode.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use vmbw::{
+    api::VmStatus,
+    control::policy::{Policy, Spec},
+    qemu::{Qmp, QmpOptions, commands::Capability, types::MigrationStatus},
+};
+
+use crate::{
+    BpffsMount,
+    agent::Agent,
+    guest::{Guest, READY_MARKER},
+    scenario::Scenario,
+    testbed::{GUEST_IP, MigrationTestbed, TAP, UPLINK},
+};
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Makes Ctrl-C end the current run cleanly (the testbed, QEMU and the agent
+/// are torn down by their guards) instead of killing the process.
+pub fn catch_interrupt() {
+    // SAFETY: installs an async-signal-safe handler (one atomic store).
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// One run's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub scenario: String,
+    pub policy: String,
+    pub repetition: u32,
+    pub converged: bool,
+    pub total_s: f64,
+    pub downtime_ms: Option<f64>,
+    pub iterations: Option<u64>,
+    pub transferred_bytes: u64,
+    /// Application goodput during the migration, Mbit/s.
+    pub app_mbit: f64,
+    /// What the application asked for, Mbit/s.
+    pub app_asked_mbit: f64,
+    /// The agent's one-step dirty-page prediction error over the run.
+    pub prediction_mape: Option<f64>,
+    pub prediction_n: usize,
+    pub steps: Vec<String>,
+}
+
+/// Progress lines go to stderr; results are returned.
+pub fn run_one(
+    guest: &Guest,
+    sc: &Scenario,
+    policy: &str,
+    repetition: u32,
+) -> anyhow::Result<RunResult> {
+    let spec = Spec::parse(policy)?;
+    let vm = &sc.vm[0];
+    let workload = vm.workload()?;
+    // 0 = unlimited: the router shapes nothing; the agent is told 10 Gbit/s.
+    let tb = MigrationTestbed::new(if sc.link_mbit > 0.0 {
+        sc.link_mbit
+    } else {
+        0.0
+    })?;
+    let sink = tb.start_sink()?;
+    let mut src = tb.start_source(guest, &workload, vm.memory_mb)?;
+    let _dst = tb.start_destination(guest, &workload, vm.memory_mb)?;
+    src.wait_for_console(READY_MARKER, Duration::from_secs(240))
+        .context("the guest did not start its workload")?;
+
+    let enforcing = matches!(spec.policy, Policy::Nrac(_) | Policy::Bda(_));
+    let bpffs = BpffsMount::new()?;
+    let run = tb.run.path();
+    let config = run.join("vmbw.toml");
+    let api = run.join("api.sock");
+    let link = if sc.link_mbit > 0.0 {
+        sc.link_mbit * 0.95
+    } else {
+        10_000.0
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nmode = \"{}\"\npolicy = \"{policy}\"\n\
+             [[uplink]]\niface = \"{UPLINK}\"\nlink_mbit = {link}\n\
+             [datapath]\npin_dir = \"{}\"\n[shaping]\nstate_dir = \"{}\"\n\
+             [api]\nlisten = \"unix:{}\"\n\
+             [[vm]]\nname = \"vm\"\nqmp = \"{}\"\nips = [\"{GUEST_IP}\"]\ntaps = [\"{TAP}\"]\n",
+            if enforcing { "htb" } else { "observe" },
+            bpffs.path().join("vmbw").display(),
+            run.join("state").display(),
+            api.display(),
+            src.qmp.display(),
+        ),
+    )?;
+    let mut agent = Agent::start(&tb.src, &config, &api, &run.join("agent.log"))?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut ctl = rt.block_on(Qmp::connect(&src.qmp_ctl, QmpOptions::default()))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if interrupted() {
+            bail!("interrupted");
+        }
+        let caps = rt.block_on(ctl.query_migrate_capabilities())?;
+        if caps
+            .iter()
+            .any(|c| c.capability == Capability::Events.qapi_name() && c.state)
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the agent never followed the VM:\n{}", agent.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let app_before = sink.bytes();
+    let started = Instant::now();
+    rt.block_on(ctl.migrate(&tb.migration_uri()))?;
+
+    let mut predicted: BTreeMap<u32, f64> = BTreeMap::new();
+    let mut actual: BTreeMap<u32, f64> = BTreeMap::new();
+    let mut last_report = Instant::now();
+    let (info, converged) = loop {
+        std::thread::sleep(Duration::from_millis(250));
+        if interrupted() {
+            let _ = rt.block_on(ctl.migrate_cancel());
+            bail!("interrupted");
+        }
+        if let Ok((200, body)) = agent.get("/api/v1/vms")
+            && let Ok(vms) = serde_json::from_str::<Vec<VmStatus>>(&body)
+            && let Some(m) = vms.first().and_then(|v| v.migration.clone())
+        {
+            if let Some(p) = m.predicted_dirty_pages {
+                predicted.entry(m.iteration).or_insert(p);
+            }
+            if let Some(a) = m.actual_dirty_pages
+                && m.iteration > 1
+            {
+                actual.insert(m.iteration - 1, a);
+            }
+        }
+        let info = rt.block_on(ctl.query_migrate())?;
+        let elapsed = started.elapsed().as_secs_f64();
+        if last_report.elapsed() > Duration::from_secs(10) {
+            last_report = Instant::now();
+            eprintln!(
+                "    {policy}: {elapsed:>5.0} s, {:?}, {} MB sent, iteration {}",
+                info.status.clone().unwrap_or(MigrationStatus::None),
+                info.ram.as_ref().map_or(0, |r| r.transferred) / 1_000_000,
+                info.ram
+                    .as_ref()
+                    .map(|r| r.dirty_sync_count)
+                    .unwrap_or(0)
+            );
+        }
+        match info.status {
+            Some(MigrationStatus::Completed) => break (info, true),
+            Some(MigrationStatus::Failed) | Some(MigrationStatus::Cancelled) => {
+                break (info, false);
+            }
+            _ if elapsed > sc.timeout_s => {
+                rt.block_on(ctl.migrate_cancel())?;
+                break (info, false);
+            }
+            _ => {}
+        }
+    };
+    let total = started.elapsed().as_secs_f64();
+    let app_bytes = sink.bytes().saturating_sub(app_before);
+    let steps = agent
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("adamig escalation"))
+        .filter_map(|l| {
+            l.split("step=").nth(1).map(|s| {
+                s.split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .trim_matches('"')
+                    .to_owned()
+            })
+        })
+        .collect();
+    let _ = agent.signal(libc::SIGTERM, Duration::from_secs(15));
+
+    let (mut ape, mut n) = (0.0, 0);
+    for (it, a) in &actual {
+        if let Some(p) = predicted.get(it).filter(|_| *a > 0.0 && *it > 1) {
+            ape += (p - a).abs() / a;
+            n += 1;
+        }
+    }
+    let ram = info.ram.as_ref();
+    Ok(RunResult {
+        scenario: sc.name.clone(),
+        policy: policy.to_owned(),
+        repetition,
+        converged,
+        total_s: if converged {
+            info.total_time.map_or(total, |t| t as f64 / 1000.0)
+        } else {
+            total
+        },
+        downtime_ms: converged
+            .then_some(info.downtime)
+            .flatten()
+            .map(|d| d as f64),
+        iterations: ram.map(|r| r.dirty_sync_count),
+        transferred_bytes: ram.map_or(0, |r| r.transferred),
+        app_mbit: app_bytes as f64 * 8.0 / 1e6 / total.max(0.001),
+        app_asked_mbit: vm.app_mbit,
+        prediction_mape: (n > 0).then(|| 100.0 * ape / n as f64),
+        prediction_n: n,
+        steps,
+    })
+}
+
+/// Median and (min, max) of some values.
+pub fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    };
+    Some((median, v[0], v[v.len() - 1]))
+}
+
+/// The markdown table: one row per scenario and policy, medians with
+/// (min–max) over the repetitions.
+pub fn markdown(results: &[RunResult]) -> String {
+    let mut out = String::from(
+        "| scenario | policy | runs | converged | total s | downtime ms | iterations | app Mbit/s (asked) | prediction MAPE % |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut keys: Vec<(String, String)> = results
+        .iter()
+        .map(|r| (r.scenario.clone(), r.policy.clone()))
+        .collect();
+    keys.dedup();
+    let fmt = |s: Option<(f64, f64, f64)>, digits: usize| match s {
+        Some((m, lo, hi)) if (hi - lo).abs() > 1e-9 => {
+            format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
+        }
+        Some((m, _, _)) => format!("{m:.digits$}"),
+        None => "–".into(),
+    };
+    for (sc, p) in keys {
+        let rs: Vec<&RunResult> = results
+            .iter()
+            .filter(|r| r.scenario == sc && r.policy == p)
+            .collect();
+        let conv = rs.iter().filter(|r| r.converged).count();
+        let col = |f: &dyn Fn(&RunResult) -> Option<f64>| {
+            spread(&rs.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
+        };
+        out.push_str(&format!(
+            "| {sc} | {p} | {} | {conv}/{} | {} | {} | {} | {} ({}) | {} |\n",
+            rs.len(),
+            rs.len(),
+            fmt(col(&|r| Some(r.total_s)), 1),
+            fmt(col(&|r| r.downtime_ms), 0),
+            fmt(col(&|r| r.iterations.map(|i| i as f64)), 0),
+            fmt(col(&|r| Some(r.app_mbit)), 2),
+            rs.first().map_or(0.0, |r| r.app_asked_mbit),
+            fmt(col(&|r| r.prediction_mape), 1),
+        ));
+    }
+    out
+}
+
+/// A bar chart (SVG) of median migration time and application goodput per
+/// scenario and policy.
+pub fn svg(results: &[RunResult]) -> String {
+    let mut groups: Vec<(String, f64, f64, bool)> = Vec::new();
+    let mut keys: Vec<(String, String)> = results
+        .iter()
+        .map(|r| (r.scenario.clone(), r.policy.clone()))
+        .collect();
+    keys.dedup();
+    for (sc, p) in &keys {
+        let rs: Vec<&RunResult> = results
+            .iter()
+            .filter(|r| &r.scenario == sc && &r.policy == p)
+            .collect();
+        let t = spread(&rs.iter().map(|r| r.total_s).collect::<Vec<_>>()).map_or(0.0, |s| s.0);
+        let a = spread(&rs.iter().map(|r| r.app_mbit).collect::<Vec<_>>()).map_or(0.0, |s| s.0);
+        groups.push((format!("{sc} / {p}"), t, a, rs.iter().all(|r| r.converged)));
+    }
+    let (w, row, left) = (900.0, 34.0, 320.0);
+    let h = 60.0 + row * groups.len() as f64;
+    let tmax = groups.iter().map(|g| g.1).fold(1.0, f64::max);
+    let amax = groups.iter().map(|g| g.2).fold(1.0, f64::max);
+    let half = (w - left - 40.0) / 2.0;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"20\" font-weight=\"bold\">migration time (s, hatched = did not converge)</text>\n\
+         <text x=\"{}\" y=\"20\" font-weight=\"bold\">application goodput (Mbit/s)</text>\n",
+        left + half + 20.0
+    );
+    for (i, (label, t, a, conv)) in groups.iter().enumerate() {
+        let y = 40.0 + row * i as f64;
+        let tw = half * t / tmax;
+        let aw = half * a / amax;
+        s.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n\
+             <rect x=\"{left}\" y=\"{y}\" width=\"{tw:.1}\" height=\"20\" fill=\"{}\"/>\n\
+             <text x=\"{:.1}\" y=\"{}\">{t:.0}</text>\n\
+             <rect x=\"{}\" y=\"{y}\" width=\"{aw:.1}\" height=\"20\" fill=\"#2a9d8f\"/>\n\
+             <text x=\"{:.1}\" y=\"{}\">{a:.1}</text>\n",
+            left - 8.0,
+            y + 15.0,
+            label.replace('&', "&amp;").replace('<', "&lt;"),
+            if *conv { "#264653" } else { "#e76f51" },
+            left + tw + 4.0,
+            y + 15.0,
+            left + half + 20.0,
+            left + half + 24.0 + aw,
+            y + 15.0,
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Writes the markdown, JSON and SVG reports into `dir`; returns their paths.
+pub fn write_reports(
+    dir: &Path,
+    stem: &str,
+    results: &[RunResult],
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let md = dir.join(format!("{stem}.md"));
+    let json = dir.join(format!("{stem}.json"));
+    let svg_path = dir.join(format!("{stem}.svg"));
+    std::fs::write(&md, markdown(results))?;
+    std::fs::write(&json, serde_json::to_string_pretty(results)?)?;
+    std::fs::write(&svg_path, svg(results))?;
+    Ok(vec![md, json, svg_path])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(policy: &str, t: f64, conv: bool) -> RunResult {
+        RunResult {
+            scenario: "s".into(),
+            policy: policy.into(),
+            repetition: 0,
+            converged: conv,
+            total_s: t,
+            downtime_ms: Some(100.0),
+            iterations: Some(5),
+            transferred_bytes: 1,
+            app_mbit: 9.5,
+            app_asked_mbit: 10.0,
+            prediction_mape: None,
+            prediction_n: 0,
+            steps: vec![],
+        }
+    }
+
+    #[test]
+    fn spread_and_table() {
+        assert_eq!(spread(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
+        assert_eq!(spread(&[4.0, 1.0]), Some((2.5, 1.0, 4.0)));
+        assert_eq!(spread(&[]), None);
+        let t = markdown(&[
+            r("default", 100.0, true),
+            r("default", 120.0, false),
+            r("nrac", 60.0, true),
+        ]);
+        assert!(
+            t.contains("| s | default | 2 | 1/2 | 110.0 (100.0–120.0) |"),
+            "{t}"
+        );
+        assert!(t.contains("| s | nrac | 1 | 1/1 | 60.0 |"), "{t}");
+        let s = svg(&[r("default", 100.0, true), r("nrac", 60.0, true)]);
+        assert!(s.starts_with("<svg") && s.contains("s / nrac"));
+    }
+}

@@ -1,0 +1,77 @@
+//! `cargo xtask demo` and `cargo xtask bench migration`: real QEMU
+//! migrations on the test-made testbed, run by the `vmbw-testbed` binary of
+//! `vmbw-tests` with the release `vmbw` agent next to it.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::{setup, util};
+
+/// Builds the release agent and testbed runner, then runs the runner.
+fn testbed(args: &[String]) -> anyhow::Result<()> {
+    if !util::is_root() {
+        bail!("the testbed needs root (network namespaces, BPF, tc, QEMU taps)");
+    }
+    let root = util::workspace_root();
+    util::step("building vmbw and vmbw-testbed (release)");
+    util::run(Command::new(env!("CARGO")).current_dir(&root).args([
+        "build",
+        "--release",
+        "--package",
+        "vmbw",
+        "--package",
+        "vmbw-tests",
+        "--bin",
+        "vmbw",
+        "--bin",
+        "vmbw-testbed",
+    ]))?;
+    util::step("running the testbed");
+    let bin = root.join("target").join("release").join("vmbw-testbed");
+    util::run(Command::new(&bin).current_dir(&root).args(args))
+        .with_context(|| format!("{} failed", bin.display()))
+}
+
+/// `cargo xtask demo`: set-up, then the demo scenario (stock QEMU vs NRAC).
+pub fn demo() -> anyhow::Result<()> {
+    setup::run(&setup::Args::default())?;
+    println!(
+        "The demo migrates a 128 MiB guest that dirties memory and streams 15 Mbit/s over a \
+         30 Mbit/s bottleneck, once with stock QEMU (default) and once with vmbw's NRAC. \
+         It takes about 5-10 minutes; progress follows."
+    );
+    testbed(&[
+        "run".into(),
+        "--scenario".into(),
+        "tests/scenarios/demo.toml".into(),
+        "--name".into(),
+        "demo".into(),
+    ])
+}
+
+/// `cargo xtask bench migration [--scenario FILE ...] [--policy P ...]
+/// [--repetitions N]`: without --scenario, every built-in scenario.
+pub fn bench(rest: &[String]) -> anyhow::Result<()> {
+    let mut args = vec!["run".to_owned()];
+    if !rest.iter().any(|a| a == "--scenario") {
+        let dir = util::workspace_root().join("tests").join("scenarios");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && !p.ends_with("demo.toml"))
+            .collect();
+        files.sort();
+        println!(
+            "no --scenario given: all {} built-in scenarios (this takes hours)",
+            files.len()
+        );
+        for f in files {
+            args.push("--scenario".into());
+            args.push(f.display().to_string());
+        }
+    }
+    args.extend(rest.iter().cloned());
+    testbed(&args)
+}
