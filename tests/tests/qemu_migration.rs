@@ -355,6 +355,11 @@ fn controls_take_effect_and_a_cancel_ends_the_monitor() {
             .expect("the monitor sees the cancel");
         let o = mon.outcome().expect("outcome");
         assert_eq!(o.status, MigrationStatus::Cancelled, "{o:?}");
+        let last = o.last_progress.as_ref().and_then(|i| i.ram.as_ref());
+        assert!(
+            last.is_some_and(|r| r.transferred > 0),
+            "counters from before the cancel: {o:?}"
+        );
         assert_eq!(o.stop_and_copy, None);
         assert_eq!(o.samples, samples);
         let st = ctl.query_status().await.expect("status");

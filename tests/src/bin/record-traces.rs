@@ -93,12 +93,26 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "net",
-            what: "network-heavy guest: a 12 Mbit/s UDP stream to a sink behind the same \
-                   bottleneck, plus 1 MiB/s of dirtying over 32 MiB",
+            what: "network-heavy guest: an 8 Mbit/s UDP stream to a sink behind the same \
+                   bottleneck, plus 0.5 MiB/s of dirtying over 32 MiB",
+            workload: Workload::new("net")
+                .with("proto", "udp")
+                .with("rate-mbit", 8)
+                .with("sink", &sink)
+                .with("wss-mb", 32)
+                .with("dirty-mbps", 0.5),
+            sink: true,
+        },
+        Scenario {
+            name: "net-contended",
+            what: "network contention that stops convergence: a 12 Mbit/s UDP stream to a \
+                   sink behind the same bottleneck plus 1 MiB/s of dirtying over 32 MiB; the \
+                   migration keeps ~17 Mbit/s while the guest dirties ~2 MiB/s, and is \
+                   cancelled at --max-secs",
             workload: Workload::new("net")
                 .with("proto", "udp")
                 .with("rate-mbit", 12)
-                .with("sink", sink)
+                .with("sink", &sink)
                 .with("wss-mb", 32)
                 .with("dirty-mbps", 1),
             sink: true,
@@ -202,8 +216,11 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
                 .to_owned(),
             format!(
                 "made with: cargo run -p vmbw-tests --release --bin record-traces -- --out DIR \
-                 --link-mbit {} --mem-mb {} {}",
-                opts.link_mbit, opts.mem_mb, sc.name
+                 --link-mbit {} --mem-mb {} --max-secs {} {}",
+                opts.link_mbit,
+                opts.mem_mb,
+                opts.max.as_secs(),
+                sc.name
             ),
         ],
     };
