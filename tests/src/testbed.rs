@@ -95,9 +95,8 @@ impl MigrationTestbed {
         }
         tb.src
             .ip(&["addr", "add", &format!("{GUEST_GW}/24"), "dev", TAP])?;
-        // tbf: a burst of 10 ms of traffic (at least 16 KiB), queueing at
-        // most 100 ms before dropping. A rate of 0 means no bottleneck.
-        let burst = ((link_mbit * 1e6 / 8.0 * 0.010) as u64).max(16 * 1024);
+        // A rate of 0 means no bottleneck.
+        let burst = tbf_burst(link_mbit);
         let shaped: &[&str] = if link_mbit > 0.0 {
             &["to-src", "to-dst"]
         } else {
@@ -128,6 +127,16 @@ impl MigrationTestbed {
     /// The URI the source migrates to.
     pub fn migration_uri(&self) -> String {
         format!("tcp:{DST_IP}:{MIGRATION_PORT}")
+    }
+
+    /// The link's shaping, for trace headers.
+    pub fn link_description(&self) -> String {
+        format!(
+            "router tbf rate {} Mbit/s burst {} bytes latency 100 ms, both directions; \
+             migration over TCP {SRC_IP} -> {DST_IP}:{MIGRATION_PORT}",
+            self.link_mbit,
+            tbf_burst(self.link_mbit)
+        )
     }
 
     fn spec(name: &str, mem_mb: u32, workload: &Workload) -> VmSpec {
@@ -184,6 +193,37 @@ impl MigrationTestbed {
     pub fn start_sink(&self) -> anyhow::Result<Sink> {
         Sink::start(&self.dst, DST_IP, SINK_PORT)
     }
+}
+
+/// tbf's burst: 10 ms of traffic, at least 16 KiB; tbf queues at most
+/// 100 ms before dropping.
+fn tbf_burst(link_mbit: f64) -> u64 {
+    ((link_mbit * 1e6 / 8.0 * 0.010) as u64).max(16 * 1024)
+}
+
+/// Starts the migration of `src` to `uri` over its control socket, once
+/// the `events` capability is on (a recorder following the migration
+/// switches it on first, so that it sees every iteration).
+pub async fn migrate_when_events_on(src: &Vm, uri: &str) -> anyhow::Result<()> {
+    use vmbw::qemu::{Capability, Qmp, QmpOptions};
+    let mut ctl = Qmp::connect(&src.qmp_ctl, QmpOptions::default()).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let caps = ctl.query_migrate_capabilities().await?;
+        if caps
+            .iter()
+            .any(|c| c.capability == Capability::Events.qapi_name() && c.state)
+        {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "nobody switched the `events` capability on within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ctl.migrate(uri).await?;
+    Ok(())
 }
 
 /// Receives and discards UDP datagrams and TCP streams, counting bytes.

@@ -10,8 +10,7 @@ use std::{
 };
 
 use vmbw::qemu::{
-    Qmp, QmpOptions,
-    commands::Capability,
+    Capability, MigrationMonitor, Qmp, QmpOptions,
     monitor::{IterationSample, MonitorConfig},
     record::{self, RecordOptions},
     trace,
@@ -20,7 +19,7 @@ use vmbw::qemu::{
 use vmbw_tests::{
     guest::{self, Guest, READY_MARKER, Workload},
     privileged, require,
-    testbed::{MigrationTestbed, TAP, UPLINK},
+    testbed::{MigrationTestbed, TAP, UPLINK, migrate_when_events_on},
 };
 
 /// Kept small so the test stays short on two shared cores: a 128 MiB
@@ -71,26 +70,9 @@ fn monitor_samples_agree_with_qemu_on_a_real_migration() {
         let seen = samples.clone();
         let recording = record::record(&opts, move |s| seen.lock().expect("lock").push(s.clone()));
         let start_migration = async {
-            let mut ctl = Qmp::connect(&src.qmp_ctl, QmpOptions::default())
+            migrate_when_events_on(&src, &uri)
                 .await
-                .expect("control QMP");
-            // Migrate only once the recorder has switched events on.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let caps = ctl.query_migrate_capabilities().await.expect("caps");
-                if caps
-                    .iter()
-                    .any(|c| c.capability == Capability::Events.qapi_name() && c.state)
-                {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the recorder never enabled events"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            ctl.migrate(&uri).await.expect("migrate");
+                .expect("starting the migration");
         };
         let (summary, ()) = tokio::time::timeout(Duration::from_secs(600), async {
             tokio::join!(recording, start_migration)
@@ -272,4 +254,116 @@ fn monitor_samples_agree_with_qemu_on_a_real_migration() {
             .any(|c| c.starts_with("outcome: completed"))
     );
     eprintln!("test took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// The controls the bandwidth controller uses, on a real migration:
+/// parameters and capabilities read back as set, a lower `max-bandwidth`
+/// slows the running migration down, and `migrate_cancel` ends it with the
+/// guest still running on the source and the monitor reporting the cancel.
+#[test]
+fn controls_take_effect_and_a_cancel_ends_the_monitor() {
+    require!(privileged());
+    require!(guest::available());
+    let guest = Guest::build().expect("building the test guest");
+    let tb = MigrationTestbed::new(LINK_MBIT).expect("testbed");
+    let workload = Workload::new("mem-seq")
+        .with("wss-mb", 24)
+        .with("dirty-mbps", 3);
+    let mut src = tb
+        .start_source(&guest, &workload, GUEST_MB)
+        .expect("source QEMU");
+    let _dst = tb
+        .start_destination(&guest, &workload, GUEST_MB)
+        .expect("destination QEMU");
+    src.wait_for_console(READY_MARKER, Duration::from_secs(180))
+        .expect("guest boots and starts its workload");
+    let uri = tb.migration_uri();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut ctl = Qmp::connect(&src.qmp_ctl, QmpOptions::default())
+            .await
+            .expect("control QMP");
+        ctl.set_capabilities(&[
+            (Capability::AutoConverge, true),
+            (Capability::PostcopyRam, false),
+        ])
+        .await
+        .expect("capabilities");
+        let caps = ctl.query_migrate_capabilities().await.expect("caps");
+        let state = |name: &str| caps.iter().find(|c| c.capability == name).map(|c| c.state);
+        assert_eq!(state("auto-converge"), Some(true));
+        assert_eq!(state("postcopy-ram"), Some(false));
+        ctl.set_capabilities(&[(Capability::AutoConverge, false)])
+            .await
+            .expect("capabilities");
+        ctl.set_downtime_limit(500).await.expect("downtime-limit");
+        ctl.set_max_bandwidth(64 << 20)
+            .await
+            .expect("max-bandwidth");
+        let p = ctl.query_migrate_parameters().await.expect("parameters");
+        assert_eq!(
+            (p.max_bandwidth, p.downtime_limit),
+            (Some(64 << 20), Some(500))
+        );
+
+        let qmp = Qmp::connect(&src.qmp, QmpOptions::default())
+            .await
+            .expect("monitor QMP");
+        let mut mon = MigrationMonitor::new(qmp, MonitorConfig::default())
+            .await
+            .expect("monitor");
+        assert!(mon.enable_events().await.expect("events"));
+        ctl.migrate(&uri).await.expect("migrate");
+        mon.wait_for_start(Duration::from_secs(10))
+            .await
+            .expect("migration starts");
+
+        // Transfer rate (bytes/s) over `secs`, from QEMU's counter.
+        async fn rate(ctl: &mut Qmp, secs: u64) -> f64 {
+            let at =
+                |i: &vmbw::qemu::types::MigrationInfo| i.ram.as_ref().map_or(0, |r| r.transferred);
+            let t0 = at(&ctl.query_migrate().await.expect("query"));
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let t1 = at(&ctl.query_migrate().await.expect("query"));
+            t1.saturating_sub(t0) as f64 / secs as f64
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let fast = rate(&mut ctl, 2).await;
+        ctl.set_max_bandwidth(1 << 20).await.expect("max-bandwidth");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let slow = rate(&mut ctl, 3).await;
+        eprintln!("transfer rate {fast:.0} B/s at link speed, {slow:.0} B/s capped at 1 MiB/s");
+        let link = LINK_MBIT * 1e6 / 8.0;
+        assert!(fast > 0.5 * link, "uncapped: {fast} B/s");
+        assert!(
+            slow > 0.5 * (1 << 20) as f64 && slow < 1.5 * (1 << 20) as f64,
+            "capped at 1 MiB/s: {slow} B/s"
+        );
+
+        ctl.migrate_cancel().await.expect("cancel");
+        let mut samples = 0;
+        let follow = async {
+            while mon.next_sample().await.expect("monitor").is_some() {
+                samples += 1;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), follow)
+            .await
+            .expect("the monitor sees the cancel");
+        let o = mon.outcome().expect("outcome");
+        assert_eq!(o.status, MigrationStatus::Cancelled, "{o:?}");
+        let last = o.last_progress.as_ref().and_then(|i| i.ram.as_ref());
+        assert!(
+            last.is_some_and(|r| r.transferred > 0),
+            "counters from before the cancel: {o:?}"
+        );
+        assert_eq!(o.stop_and_copy, None);
+        assert_eq!(o.samples, samples);
+        let st = ctl.query_status().await.expect("status");
+        assert!(st.running, "the guest runs on at the source: {st:?}");
+    });
+    src.check_running().expect("source QEMU still runs");
 }

@@ -8,7 +8,7 @@ use super::{
     qmp::{Qmp, QmpError},
     types::{
         BalloonGuestStats, CapabilityState, CpuInfoFast, MemorySizeSummary, MigrationInfo,
-        QomProperty, StatusInfo, VersionInfo,
+        MigrationParameters, QomProperty, StatusInfo, VersionInfo,
     },
 };
 
@@ -56,6 +56,10 @@ impl Qmp {
 
     pub async fn query_migrate_capabilities(&mut self) -> Result<Vec<CapabilityState>, QmpError> {
         self.execute_as("query-migrate-capabilities", None).await
+    }
+
+    pub async fn query_migrate_parameters(&mut self) -> Result<MigrationParameters, QmpError> {
+        self.execute_as("query-migrate-parameters", None).await
     }
 
     /// Sets migration capabilities. QEMU refuses while a migration runs.

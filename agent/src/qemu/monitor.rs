@@ -201,6 +201,9 @@ pub struct MigrationOutcome {
     pub status: MigrationStatus,
     /// `query-migrate` after the end.
     pub info: MigrationInfo,
+    /// The last `query-migrate` reply with RAM counters (QEMU leaves them
+    /// out once a migration is cancelled).
+    pub last_progress: Option<MigrationInfo>,
     /// Samples yielded.
     pub samples: u64,
     /// The interval from the last pre-copy sync to QEMU's final sync in
@@ -264,6 +267,7 @@ pub struct MigrationMonitor {
     prev_iter_s: f64,
     page_size: u64,
     last_rate: u64,
+    last_progress: Option<MigrationInfo>,
     ready: VecDeque<IterationSample>,
     held: Option<IterationSample>,
     samples: u64,
@@ -361,6 +365,7 @@ impl MigrationMonitor {
             prev_iter_s: 0.0,
             page_size: 4096,
             last_rate: 0,
+            last_progress: None,
             ready: VecDeque::new(),
             held: None,
             samples: 0,
@@ -529,6 +534,7 @@ impl MigrationMonitor {
     /// count this reply shows.
     fn observe(&mut self, info: &MigrationInfo) {
         let Some(ram) = &info.ram else { return };
+        self.last_progress = Some(info.clone());
         if let Some(p) = ram.page_size.filter(|p| *p > 0) {
             self.page_size = p;
         }
@@ -706,6 +712,7 @@ impl MigrationMonitor {
         self.outcome = Some(MigrationOutcome {
             status,
             info,
+            last_progress: self.last_progress.clone(),
             stop_and_copy,
             samples: self.samples,
             first_sync: self.first.map(|(s, _, _)| s),

@@ -130,12 +130,23 @@ pub async fn record(
 
 /// One line summarising how a migration ended.
 pub fn outcome_line(o: &MigrationOutcome) -> String {
-    let ram = o.info.ram.clone().unwrap_or_default();
+    // A cancelled migration's final reply has no counters: use the last
+    // reply that had them.
+    let progress = match (&o.info.ram, &o.last_progress) {
+        (None, Some(last)) => last,
+        _ => &o.info,
+    };
+    let ram = progress.ram.clone().unwrap_or_default();
     let mut s = format!(
-        "outcome: {} after {:.1} s; {} iterations recorded; dirty-sync-count {}; \
+        "outcome: {}{} after {:.1} s; {} iterations recorded; dirty-sync-count {}; \
          {} MiB transferred",
         o.status.as_str(),
-        o.info.total_time.unwrap_or(0) as f64 / 1000.0,
+        if std::ptr::eq(progress, &o.info) {
+            ""
+        } else {
+            " (counters as last seen before the end)"
+        },
+        progress.total_time.unwrap_or(0) as f64 / 1000.0,
         o.samples,
         ram.dirty_sync_count,
         ram.transferred >> 20

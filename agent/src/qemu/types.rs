@@ -200,6 +200,18 @@ impl std::fmt::Display for VersionInfo {
     }
 }
 
+/// `query-migrate-parameters`: the parameters vmbw sets.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct MigrationParameters {
+    /// Bytes per second.
+    #[serde(default)]
+    pub max_bandwidth: Option<u64>,
+    /// Milliseconds.
+    #[serde(default)]
+    pub downtime_limit: Option<u64>,
+}
+
 /// One entry of `query-migrate-capabilities`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct CapabilityState {
