@@ -75,6 +75,7 @@ pub fn run_one(
     sc: &Scenario,
     policy: &str,
     repetition: u32,
+    log_dir: &Path,
 ) -> anyhow::Result<RunResult> {
     let spec = Spec::parse(policy)?;
     let vm = &sc.vm[0];
@@ -139,6 +140,9 @@ pub fn run_one(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // An agent on a host has been watching long before a migration starts:
+    // give it a few control ticks of the application's traffic.
+    std::thread::sleep(Duration::from_secs(5));
     let app_before = sink.bytes();
     let started = Instant::now();
     rt.block_on(ctl.migrate(&tb.migration_uri()))?;
@@ -173,14 +177,23 @@ pub fn run_one(
                 "    {policy}: {elapsed:>5.0} s, {:?}, {} MB sent, iteration {}",
                 info.status.clone().unwrap_or(MigrationStatus::None),
                 info.ram.as_ref().map_or(0, |r| r.transferred) / 1_000_000,
-                info.ram
-                    .as_ref()
-                    .map(|r| r.dirty_sync_count)
-                    .unwrap_or(0)
+                info.ram.as_ref().map(|r| r.dirty_sync_count).unwrap_or(0)
             );
         }
         match info.status {
-            Some(MigrationStatus::Completed) => break (info, true),
+            Some(MigrationStatus::Completed) => {
+                // QEMU flips the status a moment before it fills in
+                // total-time and downtime: read them again until set.
+                let mut info = info;
+                for _ in 0..20 {
+                    if info.total_time.is_some_and(|t| t > 0) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    info = rt.block_on(ctl.query_migrate())?;
+                }
+                break (info, true);
+            }
             Some(MigrationStatus::Failed) | Some(MigrationStatus::Cancelled) => {
                 break (info, false);
             }
@@ -208,6 +221,23 @@ pub fn run_one(
         })
         .collect();
     let _ = agent.signal(libc::SIGTERM, Duration::from_secs(15));
+    // Keep the agent's log of every run beside the reports.
+    let _ = std::fs::create_dir_all(log_dir);
+    let slug: String = format!("{}-{policy}-{repetition}", sc.name)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let _ = std::fs::copy(&agent.log, log_dir.join(format!("{slug}.log")));
+    eprintln!(
+        "    QEMU: status {:?}, total-time {:?} ms, downtime {:?} ms, expected-downtime {:?}",
+        info.status, info.total_time, info.downtime, info.expected_downtime
+    );
 
     let (mut ape, mut n) = (0.0, 0);
     for (it, a) in &actual {

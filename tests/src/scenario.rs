@@ -83,7 +83,11 @@ impl Scenario {
         if !(self.link_mbit >= 0.0 && self.link_mbit.is_finite()) {
             bail!("link_mbit must be >= 0 (0 = unlimited)");
         }
-        if self.timeout_s.is_nan() || self.timeout_s <= 0.0 || self.repetitions == 0 || self.policies.is_empty() {
+        if self.timeout_s.is_nan()
+            || self.timeout_s <= 0.0
+            || self.repetitions == 0
+            || self.policies.is_empty()
+        {
             bail!("timeout_s > 0, repetitions >= 1 and at least one policy are required");
         }
         for p in &self.policies {

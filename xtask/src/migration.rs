@@ -1,6 +1,8 @@
 //! `cargo xtask demo` and `cargo xtask bench migration`: real QEMU
 //! migrations on the test-made testbed, run by the `vmbw-testbed` binary of
-//! `vmbw-tests` with the release `vmbw` agent next to it.
+//! `vmbw-tests` with the `vmbw` agent next to it (dev profile: a release
+//! build of the agent takes ~8 minutes on two cores, the dev build is shared
+//! with `cargo xtask test`, and the agent's cost is measured in it).
 
 use std::{path::PathBuf, process::Command};
 
@@ -8,16 +10,15 @@ use anyhow::{Context as _, bail};
 
 use crate::{setup, util};
 
-/// Builds the release agent and testbed runner, then runs the runner.
+/// Builds the agent and the testbed runner, then runs the runner.
 fn testbed(args: &[String]) -> anyhow::Result<()> {
     if !util::is_root() {
         bail!("the testbed needs root (network namespaces, BPF, tc, QEMU taps)");
     }
     let root = util::workspace_root();
-    util::step("building vmbw and vmbw-testbed (release)");
+    util::step("building vmbw and vmbw-testbed");
     util::run(Command::new(env!("CARGO")).current_dir(&root).args([
         "build",
-        "--release",
         "--package",
         "vmbw",
         "--package",
@@ -28,7 +29,7 @@ fn testbed(args: &[String]) -> anyhow::Result<()> {
         "vmbw-testbed",
     ]))?;
     util::step("running the testbed");
-    let bin = root.join("target").join("release").join("vmbw-testbed");
+    let bin = root.join("target").join("debug").join("vmbw-testbed");
     util::run(Command::new(&bin).current_dir(&root).args(args))
         .with_context(|| format!("{} failed", bin.display()))
 }

@@ -83,24 +83,25 @@ pub fn plan(
         .iter()
         .filter(|d| d.migration_rate.is_some())
         .collect();
-    let wanted: u64 = enforced
+    // Every class keeps MIN_RATE_BPS; only what lies above it is scaled, so
+    // the scaled guarantees add up to at most the room beside the default
+    // class, whatever the rounding.
+    let above: u64 = enforced
         .iter()
         .map(|d| {
-            bits(d.migration_rate.unwrap_or(0.0)).max(MIN_RATE_BPS)
-                + bits(d.app_reserve).max(MIN_RATE_BPS)
+            bits(d.migration_rate.unwrap_or(0.0)).saturating_sub(MIN_RATE_BPS)
+                + bits(d.app_reserve).saturating_sub(MIN_RATE_BPS)
         })
         .sum();
     let room = link.saturating_sub(default_rate);
-    let scaled = if wanted > room {
-        room as f64 / wanted as f64
+    let room_above = room.saturating_sub(2 * MIN_RATE_BPS * enforced.len() as u64);
+    let scaled = if above > room_above {
+        room_above as f64 / above as f64
     } else {
         1.0
     };
-    let scale = |b: u64| {
-        ((b as f64 * scaled).floor() as u64)
-            .max(MIN_RATE_BPS)
-            .min(link)
-    };
+    let scale =
+        |b: u64| MIN_RATE_BPS + (b.saturating_sub(MIN_RATE_BPS) as f64 * scaled).floor() as u64;
 
     let mut tree = DesiredTree::new(
         Rate::bits_per_sec(link),
@@ -251,9 +252,27 @@ mod tests {
             ],
         };
         let p = plan(&d, 100.0 * MBIT, &slots(), Enforcement::Htb).expect("plan");
-        // 140 Mbit wanted, 99 Mbit of room beside the 1 Mbit default class.
-        assert!((p.scaled - 99.0 / 140.0).abs() < 1e-9, "{}", p.scaled);
+        // 140 Mbit wanted, 99 Mbit of room beside the 1 Mbit default class
+        // (less the four classes' 8 kbit minimums on both sides).
+        let min = 8_000.0;
+        let want = (140e6 - 4.0 * min) / (99e6 - 4.0 * min);
+        assert!((p.scaled - 1.0 / want).abs() < 1e-9, "{}", p.scaled);
         p.tree.validate().expect("fits after scaling");
+    }
+
+    #[test]
+    fn a_guarantee_of_the_whole_link_still_fits() {
+        // Seen on the testbed: the final pass guarantees the migration the
+        // whole 28.5 Mbit/s link, beside a small reservation.
+        for reserve in [0.0, 0.001, 1.0, 5.0] {
+            let d = Decision {
+                vms: vec![decided("a", 28.5, 28.5, reserve)],
+            };
+            let p = plan(&d, 28.5 * MBIT, &slots(), Enforcement::Htb).expect("plan");
+            p.tree
+                .validate()
+                .unwrap_or_else(|e| panic!("reserve {reserve}: {e}"));
+        }
     }
 
     #[test]

@@ -125,6 +125,9 @@ pub struct Pass {
     pub dirty_pages: f64,
     pub predicted_dirty_pages: f64,
     pub throttle: f64,
+    /// The stop-and-copy pass: the guest is paused, its application sends
+    /// nothing and no reservation applies.
+    pub paused: bool,
     pub reasons: Vec<String>,
 }
 
@@ -173,7 +176,7 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
         });
         let ratio = passes
             .iter()
-            .filter(|p| p.app_reserve.min(sc.app_demand) > 0.0)
+            .filter(|p| !p.paused && p.app_reserve.min(sc.app_demand) > 0.0)
             .map(|p| p.app / p.app_reserve.min(sc.app_demand))
             .fold(1.0f64, f64::min);
         Outcome {
@@ -261,9 +264,11 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
         }
         let dur = remaining / rate;
         if iteration > 1 && dur <= downtime_limit {
-            passes.push(pass(
-                iteration, t, dur, remaining, rate, app, d, 0.0, predicted, throttle,
-            ));
+            let mut last = pass(
+                iteration, t, dur, remaining, rate, 0.0, d, 0.0, predicted, throttle,
+            );
+            last.paused = true;
+            passes.push(last);
             return outcome(true, dur, false, passes, t + dur, steps());
         }
         if t + dur > sc.timeout_s {
@@ -358,6 +363,7 @@ fn pass(
         dirty_pages,
         predicted_dirty_pages: predicted,
         throttle,
+        paused: false,
         reasons: d.reasons.iter().map(|r| r.0.clone()).collect(),
     }
 }

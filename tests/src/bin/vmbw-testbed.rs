@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
                 n += 1;
                 eprintln!("[{n}/{total}] {} | {policy} | repetition {rep}", sc.name);
                 let started = std::time::Instant::now();
-                match runner::run_one(&guest, sc, policy, rep) {
+                match runner::run_one(&guest, sc, policy, rep, &out.join("logs")) {
                     Ok(r) => {
                         eprintln!(
                             "    -> {} in {:.1} s (downtime {} ms, {} iterations), application {:.2} of {:.1} Mbit/s{} [{:.0} s wall]",
