@@ -56,18 +56,12 @@ pub struct SimulateArgs {
 /// The scenario a trace and the arguments describe.
 pub fn scenario(args: &SimulateArgs) -> anyhow::Result<Scenario> {
     let t = trace::read_path(&args.trace)?;
-    let pieces: Vec<(f64, f64)> = t
-        .rows
-        .iter()
-        .filter(|r| r.iter_s > 0.0)
-        .map(|r| (r.dirty_pages / r.iter_s, r.iter_s))
-        .collect();
-    if pieces.is_empty() {
+    let Some(dirty) = DirtyProcess::from_trace(&t) else {
         bail!(
             "{}: no iteration with a positive duration",
             args.trace.display()
         );
-    }
+    };
     let page_size = t.rows[0].page_size as f64;
     for (name, v) in [
         ("--memory-mb", args.memory_mb),
@@ -86,7 +80,7 @@ pub fn scenario(args: &SimulateArgs) -> anyhow::Result<Scenario> {
         memory_bytes: memory,
         page_size,
         wss_bytes: wss,
-        dirty: DirtyProcess { pieces },
+        dirty,
         link: args.link_mbit * MBIT,
         app_demand: args.app_mbit * MBIT,
         background: args.background_mbit * MBIT,

@@ -43,6 +43,18 @@ pub struct DirtyProcess {
 }
 
 impl DirtyProcess {
+    /// The dirtying a recorded trace shows: each iteration's dirty pages
+    /// over its duration. `None` if no iteration has a duration.
+    pub fn from_trace(t: &crate::qemu::trace::Trace) -> Option<DirtyProcess> {
+        let pieces: Vec<(f64, f64)> = t
+            .rows
+            .iter()
+            .filter(|r| r.iter_s > 0.0)
+            .map(|r| (r.dirty_pages / r.iter_s, r.iter_s))
+            .collect();
+        (!pieces.is_empty()).then_some(DirtyProcess { pieces })
+    }
+
     /// Pages dirtied (with repetition) between `t0` and `t1`, before the
     /// working-set saturation and throttling.
     pub fn integral(&self, t0: f64, t1: f64) -> f64 {
