@@ -20,7 +20,7 @@ use serde::Serialize;
 use vmbw::{
     api::VmStatus,
     control::policy::{Policy, Spec},
-    qemu::{Qmp, QmpOptions, commands::Capability, types::MigrationStatus},
+    qemu::{Qmp, QmpOptions, types::MigrationStatus},
 };
 
 use crate::{
@@ -123,22 +123,11 @@ pub fn run_one(
         .enable_all()
         .build()?;
     let mut ctl = rt.block_on(Qmp::connect(&src.qmp_ctl, QmpOptions::default()))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if interrupted() {
-            bail!("interrupted");
-        }
-        let caps = rt.block_on(ctl.query_migrate_capabilities())?;
-        if caps
-            .iter()
-            .any(|c| c.capability == Capability::Events.qapi_name() && c.state)
-        {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the agent never followed the VM:\n{}", agent.log_text());
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    if let Err(e) = rt.block_on(crate::testbed::wait_for_events(&mut ctl)) {
+        bail!(
+            "{e:#}: the agent did not follow the VM:\n{}",
+            agent.log_text()
+        );
     }
     // An agent on a host has been watching long before a migration starts:
     // give it a few control ticks of the application's traffic.

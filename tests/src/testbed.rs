@@ -205,8 +205,17 @@ fn tbf_burst(link_mbit: f64) -> u64 {
 /// the `events` capability is on (a recorder following the migration
 /// switches it on first, so that it sees every iteration).
 pub async fn migrate_when_events_on(src: &Vm, uri: &str) -> anyhow::Result<()> {
-    use vmbw::qemu::{Capability, Qmp, QmpOptions};
+    use vmbw::qemu::{Qmp, QmpOptions};
     let mut ctl = Qmp::connect(&src.qmp_ctl, QmpOptions::default()).await?;
+    wait_for_events(&mut ctl).await?;
+    ctl.migrate(uri).await?;
+    Ok(())
+}
+
+/// Waits (up to 30 s) until someone following the VM, a recorder or the
+/// agent, has switched QEMU's `events` capability on.
+pub async fn wait_for_events(ctl: &mut vmbw::qemu::Qmp) -> anyhow::Result<()> {
+    use vmbw::qemu::Capability;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let caps = ctl.query_migrate_capabilities().await?;
@@ -222,7 +231,6 @@ pub async fn migrate_when_events_on(src: &Vm, uri: &str) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    ctl.migrate(uri).await?;
     Ok(())
 }
 

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use aya::programs::{SchedClassifier, TcAttachType};
 use vmbw::{
     api::{Explain, MigrationPhase, VmStatus},
-    qemu::{Qmp, QmpOptions, commands::Capability, types::MigrationStatus},
+    qemu::{Qmp, QmpOptions, types::MigrationStatus},
 };
 use vmbw_tests::{
     BpffsMount,
     agent::{self, Agent},
     guest::{self, Guest, READY_MARKER, Workload},
     in_netns, privileged, require,
-    testbed::{DST_IP, GUEST_IP, MigrationTestbed, SINK_PORT, TAP, UPLINK},
+    testbed::{DST_IP, GUEST_IP, MigrationTestbed, SINK_PORT, TAP, UPLINK, wait_for_events},
 };
 
 /// A 128 MiB guest over a 50 Mbit/s bottleneck: the bulk pass takes ~20 s,
@@ -117,21 +117,11 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
         .block_on(Qmp::connect(&src.qmp_ctl, QmpOptions::default()))
         .expect("control QMP");
     // Migrate once the agent has switched QEMU's events on (it is following).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let caps = rt.block_on(ctl.query_migrate_capabilities()).expect("caps");
-        if caps
-            .iter()
-            .any(|c| c.capability == Capability::Events.qapi_name() && c.state)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent never enabled events:\n{}",
+    if let Err(e) = rt.block_on(wait_for_events(&mut ctl)) {
+        panic!(
+            "{e:#}: the agent did not follow the VM:\n{}",
             agent.log_text()
         );
-        std::thread::sleep(Duration::from_millis(200));
     }
     let cpu_before = agent.usage().map(|u| (u, Instant::now()));
     rt.block_on(ctl.migrate(&tb.migration_uri()))
