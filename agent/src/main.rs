@@ -314,10 +314,10 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
     let summary = runtime
         .block_on(record::record(&opts, |s| {
             eprintln!(
-                "iteration {:>3}: {:>9.0} dirty pages ({:?} counted) in {:>7.3} s; cpu {:>5.1}% mem {:>5.1}%",
+                "iteration {:>3}: {:>9.0} dirty pages ({} counted) in {:>7.3} s; cpu {:>5.1}% mem {:>5.1}%",
                 s.iteration,
                 s.dirty_pages,
-                s.dirty_pages_counted,
+                s.dirty_pages_counted.map_or("-".to_owned(), |n| n.to_string()),
                 s.iter_s,
                 s.cpu_usage_pct,
                 s.mem_usage_pct
