@@ -94,6 +94,18 @@ fn x1(history: &[Row]) -> Vec<f64> {
     history.iter().map(|r| r[0]).collect()
 }
 
+/// The rolling window a grey model fits on: the last `window` rows (at
+/// least [`MIN_GREY_SAMPLES`]), or the last-value fallback when the history
+/// is shorter than that. Rejects bad values first.
+fn grey_window(history: &[Row], window: usize) -> Result<Result<&[Row], Prediction>, PredictError> {
+    check_history(history)?;
+    let h = &history[history.len().saturating_sub(window.max(MIN_GREY_SAMPLES))..];
+    if h.len() < MIN_GREY_SAMPLES {
+        return Ok(Err(fallback_last(history, &format!("{} samples", h.len()))));
+    }
+    Ok(Ok(h))
+}
+
 fn fallback_last(history: &[Row], why: &str) -> Prediction {
     let last = history.last().map_or(0.0, |r| r[0]);
     Prediction {
@@ -221,13 +233,10 @@ impl Predictor for GreyGm11 {
         "gm11"
     }
     fn predict(&self, history: &[Row]) -> Result<Prediction, PredictError> {
-        check_history(history)?;
-        let h = &history[history
-            .len()
-            .saturating_sub(self.window.max(MIN_GREY_SAMPLES))..];
-        if h.len() < MIN_GREY_SAMPLES {
-            return Ok(fallback_last(history, &format!("{} samples", h.len())));
-        }
+        let h = match grey_window(history, self.window)? {
+            Ok(h) => h,
+            Err(fallback) => return Ok(fallback),
+        };
         let xs = x1(h);
         let m = match Gm11::fit(&xs) {
             Ok(m) => m,
@@ -405,13 +414,10 @@ impl Predictor for GreyGm1n {
     /// iterations compares GM(1,N) with GM(1,1); GM(1,N) is used only if
     /// its backtest error is not larger, and its prediction is plausible.
     fn predict(&self, history: &[Row]) -> Result<Prediction, PredictError> {
-        check_history(history)?;
-        let h = &history[history
-            .len()
-            .saturating_sub(self.window.max(MIN_GREY_SAMPLES))..];
-        if h.len() < MIN_GREY_SAMPLES {
-            return Ok(fallback_last(history, &format!("{} samples", h.len())));
-        }
+        let h = match grey_window(history, self.window)? {
+            Ok(h) => h,
+            Err(fallback) => return Ok(fallback),
+        };
         let gm11 = self.gm11();
         let drivers = self.select_drivers(h);
         let via_gm11 = |why: &str| -> Result<Prediction, PredictError> {
