@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use serde::Serialize;
 use vmbw::{
     api::VmStatus,
@@ -26,7 +26,7 @@ use vmbw::{
 use crate::{
     BpffsMount,
     agent::Agent,
-    guest::{Guest, READY_MARKER},
+    guest::Guest,
     scenario::Scenario,
     testbed::{GUEST_IP, MigrationTestbed, TAP, UPLINK},
 };
@@ -87,10 +87,7 @@ pub fn run_one(
         0.0
     })?;
     let sink = tb.start_sink()?;
-    let mut src = tb.start_source(guest, &workload, vm.memory_mb)?;
-    let _dst = tb.start_destination(guest, &workload, vm.memory_mb)?;
-    src.wait_for_console(READY_MARKER, Duration::from_secs(240))
-        .context("the guest did not start its workload")?;
+    let (src, _dst) = tb.boot(guest, &workload, vm.memory_mb, Duration::from_secs(240))?;
 
     let enforcing = matches!(spec.policy, Policy::Nrac(_) | Policy::Bda(_));
     let bpffs = BpffsMount::new()?;

@@ -178,6 +178,22 @@ impl MigrationTestbed {
         Vm::spawn(guest, &spec, Some(&self.dst), &self.run).context("starting the destination QEMU")
     }
 
+    /// Starts the source and destination QEMU and waits until the guest on
+    /// the source runs its workload (its console prints the ready marker).
+    pub fn boot(
+        &self,
+        guest: &Guest,
+        workload: &Workload,
+        mem_mb: u32,
+        ready_within: Duration,
+    ) -> anyhow::Result<(Vm, Vm)> {
+        let mut src = self.start_source(guest, workload, mem_mb)?;
+        let dst = self.start_destination(guest, workload, mem_mb)?;
+        src.wait_for_console(crate::guest::READY_MARKER, ready_within)
+            .context("the guest did not start its workload")?;
+        Ok((src, dst))
+    }
+
     /// After a migration: the guest's subnet now lives behind the
     /// destination's tap.
     pub fn move_guest(&self) -> anyhow::Result<()> {

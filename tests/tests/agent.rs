@@ -15,7 +15,7 @@ use vmbw::{
 use vmbw_tests::{
     BpffsMount,
     agent::{self, Agent},
-    guest::{self, Guest, READY_MARKER, Workload},
+    guest::{self, Guest, Workload},
     in_netns, privileged, require,
     testbed::{DST_IP, GUEST_IP, MigrationTestbed, SINK_PORT, TAP, UPLINK, wait_for_events},
 };
@@ -71,13 +71,8 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
         .with("dirty-mbps", 2)
         .with("wss-mb", 24)
         .with("report-secs", 1);
-    let mut src = tb
-        .start_source(&guest, &workload, GUEST_MB)
-        .expect("source QEMU");
-    let _dst = tb
-        .start_destination(&guest, &workload, GUEST_MB)
-        .expect("destination QEMU");
-    src.wait_for_console(READY_MARKER, Duration::from_secs(180))
+    let (src, _dst) = tb
+        .boot(&guest, &workload, GUEST_MB, Duration::from_secs(180))
         .expect("guest ready");
     let original_root = root_qdisc(&tb);
 

@@ -17,7 +17,7 @@ use vmbw::qemu::{
     types::MigrationStatus,
 };
 use vmbw_tests::{
-    guest::{self, Guest, READY_MARKER, Workload},
+    guest::{self, Guest, Workload},
     privileged, require,
     testbed::{MigrationTestbed, TAP, UPLINK, migrate_when_events_on},
 };
@@ -38,13 +38,8 @@ fn monitor_samples_agree_with_qemu_on_a_real_migration() {
         .with("wss-mb", 24)
         .with("dirty-mbps", 3)
         .with("report-secs", 1);
-    let mut src = tb
-        .start_source(&guest, &workload, GUEST_MB)
-        .expect("source QEMU");
-    let mut dst = tb
-        .start_destination(&guest, &workload, GUEST_MB)
-        .expect("destination QEMU");
-    src.wait_for_console(READY_MARKER, Duration::from_secs(180))
+    let (src, mut dst) = tb
+        .boot(&guest, &workload, GUEST_MB, Duration::from_secs(180))
         .expect("guest boots and starts its workload");
     let booted = started.elapsed();
 
@@ -269,13 +264,8 @@ fn controls_take_effect_and_a_cancel_ends_the_monitor() {
     let workload = Workload::new("mem-seq")
         .with("wss-mb", 24)
         .with("dirty-mbps", 3);
-    let mut src = tb
-        .start_source(&guest, &workload, GUEST_MB)
-        .expect("source QEMU");
-    let _dst = tb
-        .start_destination(&guest, &workload, GUEST_MB)
-        .expect("destination QEMU");
-    src.wait_for_console(READY_MARKER, Duration::from_secs(180))
+    let (mut src, _dst) = tb
+        .boot(&guest, &workload, GUEST_MB, Duration::from_secs(180))
         .expect("guest boots and starts its workload");
     let uri = tb.migration_uri();
     let rt = tokio::runtime::Builder::new_current_thread()

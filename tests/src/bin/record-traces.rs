@@ -22,7 +22,7 @@ use vmbw::qemu::{
     types::MigrationStatus,
 };
 use vmbw_tests::{
-    guest::{self, Guest, READY_MARKER, Workload},
+    guest::{self, Guest, Workload},
     testbed::{DST_IP, MigrationTestbed, SINK_PORT, TAP, UPLINK, migrate_when_events_on},
 };
 
@@ -185,9 +185,7 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
     } else {
         None
     };
-    let mut src = tb.start_source(guest, &sc.workload, opts.mem_mb)?;
-    let _dst = tb.start_destination(guest, &sc.workload, opts.mem_mb)?;
-    src.wait_for_console(READY_MARKER, Duration::from_secs(300))?;
+    let (src, _dst) = tb.boot(guest, &sc.workload, opts.mem_mb, Duration::from_secs(300))?;
     // Let the workload settle into its steady state before migrating.
     std::thread::sleep(Duration::from_secs(5));
 
