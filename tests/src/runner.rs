@@ -28,7 +28,7 @@ use crate::{
     agent::Agent,
     guest::Guest,
     scenario::Scenario,
-    testbed::{GUEST_IP, MigrationTestbed, TAP, UPLINK},
+    testbed::{MigrationTestbed, UPLINK},
 };
 
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -48,14 +48,21 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
-/// One run's figures.
+/// One VM's figures in one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunResult {
     pub scenario: String,
     pub policy: String,
     pub repetition: u32,
+    /// The VM (`vm0`, `vm1`, ... in the scenario's order).
+    pub vm: String,
+    /// How many VMs migrated concurrently in this run.
+    pub vms: usize,
     pub converged: bool,
     pub total_s: f64,
+    /// From the first migration's start until the last one ended (every
+    /// VM of the run has the same value).
+    pub makespan_s: f64,
     pub downtime_ms: Option<f64>,
     pub iterations: Option<u64>,
     pub transferred_bytes: u64,
@@ -69,25 +76,49 @@ pub struct RunResult {
     pub steps: Vec<String>,
 }
 
-/// Progress lines go to stderr; results are returned.
+impl RunResult {
+    /// The row label: the scenario, and the VM when several migrated.
+    pub fn label(&self) -> String {
+        if self.vms > 1 {
+            format!("{} · {}", self.scenario, self.vm)
+        } else {
+            self.scenario.clone()
+        }
+    }
+}
+
+/// One migrating VM as the runner follows it.
+struct Followed {
+    name: String,
+    ctl: Qmp,
+    uri: String,
+    app_before: u64,
+    predicted: BTreeMap<u32, f64>,
+    actual: BTreeMap<u32, f64>,
+    /// QEMU's final answer and whether it converged, once it ended.
+    end: Option<(vmbw::qemu::types::MigrationInfo, bool, f64)>,
+}
+
+/// Runs one scenario under one policy: boots every VM, starts the agent on
+/// the source host, starts all migrations at once and follows them to
+/// their end or the timeout. Progress lines go to stderr; one result per
+/// VM is returned.
 pub fn run_one(
     guest: &Guest,
     sc: &Scenario,
     policy: &str,
     repetition: u32,
     log_dir: &Path,
-) -> anyhow::Result<RunResult> {
+) -> anyhow::Result<Vec<RunResult>> {
     let spec = Spec::parse(policy)?;
-    let vm = &sc.vm[0];
-    let workload = vm.workload()?;
     // 0 = unlimited: the router shapes nothing; the agent is told 10 Gbit/s.
-    let tb = MigrationTestbed::new(if sc.link_mbit > 0.0 {
-        sc.link_mbit
-    } else {
-        0.0
-    })?;
-    let sink = tb.start_sink()?;
-    let (src, _dst) = tb.boot(guest, &workload, vm.memory_mb, Duration::from_secs(240))?;
+    let tb = MigrationTestbed::with_guests(sc.link_mbit.max(0.0), sc.vm.len())?;
+    let mut boots = Vec::new();
+    for (vm, slot) in sc.vm.iter().zip(&tb.guests) {
+        boots.push((vm.workload_for(slot)?, vm.memory_mb));
+    }
+    let sinks = tb.start_sinks()?;
+    let pairs = tb.boot_all(guest, &boots, Duration::from_secs(240 * sc.vm.len() as u64))?;
 
     let enforcing = matches!(spec.policy, Policy::Nrac(_) | Policy::Bda(_));
     let bpffs = BpffsMount::new()?;
@@ -99,113 +130,142 @@ pub fn run_one(
     } else {
         10_000.0
     };
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nmode = \"{}\"\npolicy = \"{policy}\"\n\
-             [[uplink]]\niface = \"{UPLINK}\"\nlink_mbit = {link}\n\
-             [datapath]\npin_dir = \"{}\"\n[shaping]\nstate_dir = \"{}\"\n\
-             [api]\nlisten = \"unix:{}\"\n\
-             [[vm]]\nname = \"vm\"\nqmp = \"{}\"\nips = [\"{GUEST_IP}\"]\ntaps = [\"{TAP}\"]\n",
-            if enforcing { "htb" } else { "observe" },
-            bpffs.path().join("vmbw").display(),
-            run.join("state").display(),
-            api.display(),
+    let mut toml = format!(
+        "[agent]\nmode = \"{}\"\npolicy = \"{policy}\"\n\
+         [[uplink]]\niface = \"{UPLINK}\"\nlink_mbit = {link}\n\
+         [datapath]\npin_dir = \"{}\"\n[shaping]\nstate_dir = \"{}\"\n\
+         [api]\nlisten = \"unix:{}\"\n",
+        if enforcing { "htb" } else { "observe" },
+        bpffs.path().join("vmbw").display(),
+        run.join("state").display(),
+        api.display(),
+    );
+    for (slot, (src, _)) in tb.guests.iter().zip(&pairs) {
+        toml.push_str(&format!(
+            "[[vm]]\nname = \"vm{}\"\nqmp = \"{}\"\nips = [\"{}\"]\ntaps = [\"{}\"]\n",
+            slot.index,
             src.qmp.display(),
-        ),
-    )?;
+            slot.ip,
+            slot.tap
+        ));
+    }
+    std::fs::write(&config, toml)?;
     let mut agent = Agent::start(&tb.src, &config, &api, &run.join("agent.log"))?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut ctl = rt.block_on(Qmp::connect(&src.qmp_ctl, QmpOptions::default()))?;
-    if let Err(e) = rt.block_on(crate::testbed::wait_for_events(&mut ctl)) {
-        bail!(
-            "{e:#}: the agent did not follow the VM:\n{}",
-            agent.log_text()
-        );
+    let mut vms = Vec::new();
+    for (slot, (src, _)) in tb.guests.iter().zip(&pairs) {
+        let mut ctl = rt.block_on(Qmp::connect(&src.qmp_ctl, QmpOptions::default()))?;
+        if let Err(e) = rt.block_on(crate::testbed::wait_for_events(&mut ctl)) {
+            bail!(
+                "{e:#}: the agent did not follow vm{}:\n{}",
+                slot.index,
+                agent.log_text()
+            );
+        }
+        vms.push(Followed {
+            name: format!("vm{}", slot.index),
+            ctl,
+            uri: slot.migration_uri(),
+            app_before: 0,
+            predicted: BTreeMap::new(),
+            actual: BTreeMap::new(),
+            end: None,
+        });
     }
     // An agent on a host has been watching long before a migration starts:
-    // give it a few control ticks of the application's traffic.
+    // give it a few control ticks of the applications' traffic.
     std::thread::sleep(Duration::from_secs(5));
-    let app_before = sink.bytes();
     let started = Instant::now();
-    rt.block_on(ctl.migrate(&tb.migration_uri()))?;
+    for (v, sink) in vms.iter_mut().zip(&sinks) {
+        v.app_before = sink.bytes();
+        rt.block_on(v.ctl.migrate(&v.uri))?;
+    }
 
-    let mut predicted: BTreeMap<u32, f64> = BTreeMap::new();
-    let mut actual: BTreeMap<u32, f64> = BTreeMap::new();
     let mut last_report = Instant::now();
-    let (info, converged) = loop {
+    while vms.iter().any(|v| v.end.is_none()) {
         std::thread::sleep(Duration::from_millis(250));
         if interrupted() {
-            let _ = rt.block_on(ctl.migrate_cancel());
+            for v in vms.iter_mut().filter(|v| v.end.is_none()) {
+                let _ = rt.block_on(v.ctl.migrate_cancel());
+            }
             bail!("interrupted");
         }
         if let Ok((200, body)) = agent.get("/api/v1/vms")
-            && let Ok(vms) = serde_json::from_str::<Vec<VmStatus>>(&body)
-            && let Some(m) = vms.first().and_then(|v| v.migration.clone())
+            && let Ok(status) = serde_json::from_str::<Vec<VmStatus>>(&body)
         {
-            if let Some(p) = m.predicted_dirty_pages {
-                predicted.entry(m.iteration).or_insert(p);
-            }
-            if let Some(a) = m.actual_dirty_pages
-                && m.iteration > 1
-            {
-                actual.insert(m.iteration - 1, a);
-            }
-        }
-        let info = rt.block_on(ctl.query_migrate())?;
-        let elapsed = started.elapsed().as_secs_f64();
-        if last_report.elapsed() > Duration::from_secs(10) {
-            last_report = Instant::now();
-            eprintln!(
-                "    {policy}: {elapsed:>5.0} s, {:?}, {} MB sent, iteration {}",
-                info.status.clone().unwrap_or(MigrationStatus::None),
-                info.ram.as_ref().map_or(0, |r| r.transferred) / 1_000_000,
-                info.ram.as_ref().map(|r| r.dirty_sync_count).unwrap_or(0)
-            );
-        }
-        match info.status {
-            Some(MigrationStatus::Completed) => {
-                // QEMU flips the status a moment before it fills in
-                // total-time and downtime: read them again until set.
-                let mut info = info;
-                for _ in 0..20 {
-                    if info.total_time.is_some_and(|t| t > 0) {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                    info = rt.block_on(ctl.query_migrate())?;
+            for v in &mut vms {
+                let Some(m) = status
+                    .iter()
+                    .find(|s| s.name == v.name)
+                    .and_then(|s| s.migration.clone())
+                else {
+                    continue;
+                };
+                if let Some(p) = m.predicted_dirty_pages {
+                    v.predicted.entry(m.iteration).or_insert(p);
                 }
-                break (info, true);
+                if let Some(a) = m.actual_dirty_pages
+                    && m.iteration > 1
+                {
+                    v.actual.insert(m.iteration - 1, a);
+                }
             }
-            Some(MigrationStatus::Failed) | Some(MigrationStatus::Cancelled) => {
-                break (info, false);
-            }
-            _ if elapsed > sc.timeout_s => {
-                rt.block_on(ctl.migrate_cancel())?;
-                break (info, false);
-            }
-            _ => {}
         }
-    };
-    let total = started.elapsed().as_secs_f64();
-    let app_bytes = sink.bytes().saturating_sub(app_before);
-    let steps = agent
-        .log_text()
-        .lines()
-        .filter(|l| l.contains("adamig escalation"))
-        .filter_map(|l| {
-            l.split("step=").nth(1).map(|s| {
-                s.split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .trim_matches('"')
-                    .to_owned()
-            })
-        })
+        let elapsed = started.elapsed().as_secs_f64();
+        let report = last_report.elapsed() > Duration::from_secs(10);
+        if report {
+            last_report = Instant::now();
+        }
+        for v in vms.iter_mut().filter(|v| v.end.is_none()) {
+            let info = rt.block_on(v.ctl.query_migrate())?;
+            if report {
+                eprintln!(
+                    "    {policy}{}: {elapsed:>5.0} s, {:?}, {} MB sent, iteration {}",
+                    if sinks.len() > 1 {
+                        format!(" {}", v.name)
+                    } else {
+                        String::new()
+                    },
+                    info.status.clone().unwrap_or(MigrationStatus::None),
+                    info.ram.as_ref().map_or(0, |r| r.transferred) / 1_000_000,
+                    info.ram.as_ref().map(|r| r.dirty_sync_count).unwrap_or(0)
+                );
+            }
+            match info.status {
+                Some(MigrationStatus::Completed) => {
+                    // QEMU flips the status a moment before it fills in
+                    // total-time and downtime: read them again until set.
+                    let mut info = info;
+                    for _ in 0..20 {
+                        if info.total_time.is_some_and(|t| t > 0) {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                        info = rt.block_on(v.ctl.query_migrate())?;
+                    }
+                    v.end = Some((info, true, started.elapsed().as_secs_f64()));
+                }
+                Some(MigrationStatus::Failed) | Some(MigrationStatus::Cancelled) => {
+                    v.end = Some((info, false, elapsed));
+                }
+                _ if elapsed > sc.timeout_s => {
+                    rt.block_on(v.ctl.migrate_cancel())?;
+                    v.end = Some((info, false, elapsed));
+                }
+                _ => {}
+            }
+        }
+    }
+    let makespan = started.elapsed().as_secs_f64();
+    let app_bytes: Vec<u64> = vms
+        .iter()
+        .zip(&sinks)
+        .map(|(v, sink)| sink.bytes().saturating_sub(v.app_before))
         .collect();
+    let log = agent.log_text();
     let _ = agent.signal(libc::SIGTERM, Duration::from_secs(15));
     // Keep the agent's log of every run beside the reports.
     let _ = std::fs::create_dir_all(log_dir);
@@ -220,41 +280,77 @@ pub fn run_one(
         })
         .collect();
     let _ = std::fs::copy(&agent.log, log_dir.join(format!("{slug}.log")));
-    eprintln!(
-        "    QEMU: status {:?}, total-time {:?} ms, downtime {:?} ms, expected-downtime {:?}",
-        info.status, info.total_time, info.downtime, info.expected_downtime
-    );
 
-    let (mut ape, mut n) = (0.0, 0);
-    for (it, a) in &actual {
-        if let Some(p) = predicted.get(it).filter(|_| *a > 0.0 && *it > 1) {
-            ape += (p - a).abs() / a;
-            n += 1;
+    let mut results = Vec::new();
+    for ((v, spec), app_bytes) in vms.iter().zip(&sc.vm).zip(app_bytes) {
+        let Some((info, converged, ended_s)) = &v.end else {
+            unreachable!("the loop above ends every migration");
+        };
+        eprintln!(
+            "    QEMU{}: status {:?}, total-time {:?} ms, downtime {:?} ms, expected-downtime {:?}",
+            if sinks.len() > 1 {
+                format!(" {}", v.name)
+            } else {
+                String::new()
+            },
+            info.status,
+            info.total_time,
+            info.downtime,
+            info.expected_downtime
+        );
+        let (mut ape, mut n) = (0.0, 0);
+        for (it, a) in &v.actual {
+            if let Some(p) = v.predicted.get(it).filter(|_| *a > 0.0 && *it > 1) {
+                ape += (p - a).abs() / a;
+                n += 1;
+            }
         }
+        let ram = info.ram.as_ref();
+        results.push(RunResult {
+            scenario: sc.name.clone(),
+            policy: policy.to_owned(),
+            repetition,
+            vm: v.name.clone(),
+            vms: sc.vm.len(),
+            converged: *converged,
+            total_s: if *converged {
+                info.total_time.map_or(*ended_s, |t| t as f64 / 1000.0)
+            } else {
+                *ended_s
+            },
+            makespan_s: makespan,
+            downtime_ms: converged
+                .then_some(info.downtime)
+                .flatten()
+                .map(|d| d as f64),
+            iterations: ram.map(|r| r.dirty_sync_count),
+            transferred_bytes: ram.map_or(0, |r| r.transferred),
+            // Goodput over this VM's own migration.
+            app_mbit: app_bytes as f64 * 8.0 / 1e6 / makespan.max(0.001),
+            app_asked_mbit: spec.app_mbit,
+            prediction_mape: (n > 0).then(|| 100.0 * ape / n as f64),
+            prediction_n: n,
+            steps: adamig_steps(&log, &v.name),
+        });
     }
-    let ram = info.ram.as_ref();
-    Ok(RunResult {
-        scenario: sc.name.clone(),
-        policy: policy.to_owned(),
-        repetition,
-        converged,
-        total_s: if converged {
-            info.total_time.map_or(total, |t| t as f64 / 1000.0)
-        } else {
-            total
-        },
-        downtime_ms: converged
-            .then_some(info.downtime)
-            .flatten()
-            .map(|d| d as f64),
-        iterations: ram.map(|r| r.dirty_sync_count),
-        transferred_bytes: ram.map_or(0, |r| r.transferred),
-        app_mbit: app_bytes as f64 * 8.0 / 1e6 / total.max(0.001),
-        app_asked_mbit: vm.app_mbit,
-        prediction_mape: (n > 0).then(|| 100.0 * ape / n as f64),
-        prediction_n: n,
-        steps,
-    })
+    Ok(results)
+}
+
+/// The AdaMig escalations the agent logged for `vm`, in order.
+fn adamig_steps(log: &str, vm: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("adamig escalation"))
+        .filter(|l| l.contains(&format!("vm={vm} ")))
+        .filter_map(|l| {
+            l.split("step=").nth(1).map(|s| {
+                s.split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .trim_matches('"')
+                    .to_owned()
+            })
+        })
+        .collect()
 }
 
 /// Median and (min, max) of some values.
@@ -277,13 +373,9 @@ pub fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
 /// (min–max) over the repetitions.
 pub fn markdown(results: &[RunResult]) -> String {
     let mut out = String::from(
-        "| scenario | policy | runs | converged | total s | downtime ms | iterations | app Mbit/s (asked) | prediction MAPE % |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | policy | runs | converged | total s | all VMs s | downtime ms | iterations | app Mbit/s (asked) | prediction MAPE % |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    let mut keys: Vec<(String, String)> = results
-        .iter()
-        .map(|r| (r.scenario.clone(), r.policy.clone()))
-        .collect();
-    keys.dedup();
+    let keys = row_keys(results);
     let fmt = |s: Option<(f64, f64, f64)>, digits: usize| match s {
         Some((m, lo, hi)) if (hi - lo).abs() > 1e-9 => {
             format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
@@ -294,17 +386,18 @@ pub fn markdown(results: &[RunResult]) -> String {
     for (sc, p) in keys {
         let rs: Vec<&RunResult> = results
             .iter()
-            .filter(|r| r.scenario == sc && r.policy == p)
+            .filter(|r| r.label() == sc && r.policy == p)
             .collect();
         let conv = rs.iter().filter(|r| r.converged).count();
         let col = |f: &dyn Fn(&RunResult) -> Option<f64>| {
             spread(&rs.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
         };
         out.push_str(&format!(
-            "| {sc} | {p} | {} | {conv}/{} | {} | {} | {} | {} ({}) | {} |\n",
+            "| {sc} | {p} | {} | {conv}/{} | {} | {} | {} | {} | {} ({}) | {} |\n",
             rs.len(),
             rs.len(),
             fmt(col(&|r| Some(r.total_s)), 1),
+            fmt(col(&|r| Some(r.makespan_s)), 1),
             fmt(col(&|r| r.downtime_ms), 0),
             fmt(col(&|r| r.iterations.map(|i| i as f64)), 0),
             fmt(col(&|r| Some(r.app_mbit)), 2),
@@ -315,19 +408,27 @@ pub fn markdown(results: &[RunResult]) -> String {
     out
 }
 
+/// The (row label, policy) pairs of a result list, each once, in order of
+/// first appearance.
+fn row_keys(results: &[RunResult]) -> Vec<(String, String)> {
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in results {
+        let k = (r.label(), r.policy.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys
+}
+
 /// A bar chart (SVG) of median migration time and application goodput per
 /// scenario and policy.
 pub fn svg(results: &[RunResult]) -> String {
     let mut groups: Vec<(String, f64, f64, bool)> = Vec::new();
-    let mut keys: Vec<(String, String)> = results
-        .iter()
-        .map(|r| (r.scenario.clone(), r.policy.clone()))
-        .collect();
-    keys.dedup();
-    for (sc, p) in &keys {
+    for (sc, p) in &row_keys(results) {
         let rs: Vec<&RunResult> = results
             .iter()
-            .filter(|r| &r.scenario == sc && &r.policy == p)
+            .filter(|r| &r.label() == sc && &r.policy == p)
             .collect();
         let t = spread(&rs.iter().map(|r| r.total_s).collect::<Vec<_>>()).map_or(0.0, |s| s.0);
         let a = spread(&rs.iter().map(|r| r.app_mbit).collect::<Vec<_>>()).map_or(0.0, |s| s.0);
@@ -395,8 +496,11 @@ mod tests {
             scenario: "s".into(),
             policy: policy.into(),
             repetition: 0,
+            vm: "vm0".into(),
+            vms: 1,
             converged: conv,
             total_s: t,
+            makespan_s: t,
             downtime_ms: Some(100.0),
             iterations: Some(5),
             transferred_bytes: 1,
@@ -419,10 +523,33 @@ mod tests {
             r("nrac", 60.0, true),
         ]);
         assert!(
-            t.contains("| s | default | 2 | 1/2 | 110.0 (100.0–120.0) |"),
+            t.contains("| s | default | 2 | 1/2 | 110.0 (100.0–120.0) | 110.0 (100.0–120.0) |"),
             "{t}"
         );
         assert!(t.contains("| s | nrac | 1 | 1/1 | 60.0 |"), "{t}");
+        // Repetitions interleave policies; each policy is still one row.
+        let t = markdown(&[
+            r("default", 100.0, true),
+            r("nrac", 60.0, true),
+            r("default", 120.0, true),
+            r("nrac", 70.0, true),
+        ]);
+        assert_eq!(t.matches("| s | default |").count(), 1, "{t}");
+        assert_eq!(t.matches("| s | nrac | 2 | 2/2 | 65.0").count(), 1, "{t}");
+        // Concurrent VMs get a row each.
+        let mut a = r("nrac", 60.0, true);
+        let mut b = r("nrac", 80.0, true);
+        (a.vms, b.vms, b.vm) = (2, 2, "vm1".into());
+        (a.makespan_s, b.makespan_s) = (80.0, 80.0);
+        let t = markdown(&[a, b]);
+        assert!(
+            t.contains("| s · vm0 | nrac | 1 | 1/1 | 60.0 | 80.0 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| s · vm1 | nrac | 1 | 1/1 | 80.0 | 80.0 |"),
+            "{t}"
+        );
         let s = svg(&[r("default", 100.0, true), r("nrac", 60.0, true)]);
         assert!(s.starts_with("<svg") && s.contains("s / nrac"));
     }

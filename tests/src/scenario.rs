@@ -17,13 +17,17 @@
 //!
 //! `hot` dirties a small hot set at random (wss_mb is the hot set);
 //! `burst` alternates dirtying (on_ms) and idling (off_ms).
+//!
+//! Several `[[vm]]` entries boot side by side on the source host and
+//! migrate concurrently over the same bottleneck, each with its own tap,
+//! subnet, migration port and sink ([`crate::testbed::GuestSlot`]).
 
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use crate::guest::Workload;
+use crate::{guest::Workload, testbed::GuestSlot};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,9 +97,9 @@ impl Scenario {
         for p in &self.policies {
             vmbw::control::policy::Spec::parse(p).with_context(|| format!("policy `{p}`"))?;
         }
-        if self.vm.len() != 1 {
+        if self.vm.is_empty() || self.vm.len() > MAX_VMS {
             bail!(
-                "this testbed migrates one VM per run ({} given): the source host has one tap and guest address",
+                "1 to {MAX_VMS} [[vm]] entries per scenario ({} given): every guest is a TCG QEMU on this host",
                 self.vm.len()
             );
         }
@@ -109,15 +113,19 @@ impl Scenario {
     }
 }
 
-/// The sink address the guest's application stream goes to.
-pub fn sink() -> String {
-    format!("{}:{}", crate::testbed::DST_IP, crate::testbed::SINK_PORT)
-}
+/// The most VMs one scenario may migrate at once: each is a TCG QEMU on
+/// the source and one on the destination, and this is a small machine.
+pub const MAX_VMS: usize = 8;
 
 impl VmSpec {
-    /// The guest workload for this VM: its dirtying, plus an application
-    /// stream to the sink when `app_mbit` > 0.
+    /// The guest workload for the first VM (slot 0).
     pub fn workload(&self) -> anyhow::Result<Workload> {
+        self.workload_for(&GuestSlot::new(0))
+    }
+
+    /// The guest workload for the VM in `slot`: its dirtying, plus an
+    /// application stream to the slot's sink when `app_mbit` > 0.
+    pub fn workload_for(&self, slot: &GuestSlot) -> anyhow::Result<Workload> {
         let (mode, pattern) = match self.workload.as_str() {
             "idle" => ("idle", None),
             "cpu" => ("cpu", None),
@@ -137,7 +145,7 @@ impl VmSpec {
                 bail!("burst with an application stream is not supported by the guest workload");
             }
             let mut w = Workload::new("net")
-                .with("sink", sink())
+                .with("sink", slot.sink())
                 .with("proto", "tcp")
                 .with("rate-mbit", self.app_mbit);
             if let Some(p) = pattern {
@@ -204,6 +212,30 @@ app_mbit = 10
             }
         }
         assert!(n >= 10, "only {n} scenarios");
+    }
+
+    #[test]
+    fn several_vms_get_their_own_sinks() {
+        let vm = "[[vm]]\nmemory_mb = 128\nworkload = \"idle\"\napp_mbit = 5\n";
+        let s = parse(&format!(
+            "name = \"x\"\nlink_mbit = 30\npolicies = [\"nrac\"]\n{vm}{vm}"
+        ))
+        .expect("two VMs");
+        let w: Vec<String> = (0..2)
+            .map(|i| {
+                s.vm[i]
+                    .workload_for(&GuestSlot::new(i))
+                    .expect("workload")
+                    .describe()
+            })
+            .collect();
+        assert!(w[0].contains(":9000") && w[1].contains(":9001"), "{w:?}");
+        let e = parse(&format!(
+            "name = \"x\"\nlink_mbit = 30\npolicies = [\"nrac\"]\n{}",
+            vm.repeat(MAX_VMS + 1)
+        ))
+        .expect_err("too many VMs");
+        assert!(format!("{e:#}").contains("[[vm]]"), "{e:#}");
     }
 
     #[test]

@@ -13,6 +13,12 @@
 //! guest subnet is routed to the source until [`MigrationTestbed::move_guest`]
 //! points it at the destination. The namespaces, and everything in them,
 //! go away when the testbed drops.
+//!
+//! [`MigrationTestbed::with_guests`] makes room for several guests that
+//! migrate concurrently over the same bottleneck: guest `i` has its own
+//! [`GuestSlot`] (tap `tap<i>` on both hosts, subnet `198.18.<10+i>.0/24`,
+//! migration port `4444+i`, sink port `9000+i`); slot 0 is the single
+//! guest's addresses above.
 
 use std::{
     io::Read as _,
@@ -38,18 +44,75 @@ pub const SRC_IP: &str = "198.18.1.2";
 pub const ROUTER_SRC_IP: &str = "198.18.1.1";
 pub const DST_IP: &str = "198.18.2.2";
 pub const ROUTER_DST_IP: &str = "198.18.2.1";
+/// Guest 0's address, gateway and subnet (see [`GuestSlot`] for the others).
 pub const GUEST_IP: &str = "198.18.10.2";
 pub const GUEST_GW: &str = "198.18.10.1";
 pub const GUEST_SUBNET: &str = "198.18.10.0/24";
 /// The hosts' uplink (in `src` and `dst`).
 pub const UPLINK: &str = "up0";
-/// The VM's tap (in `src` and `dst`).
+/// Guest 0's tap (in `src` and `dst`).
 pub const TAP: &str = "tap0";
-const TAP_MAC: &str = "02:00:c6:12:0a:01";
 pub const GUEST_MAC: &str = "52:54:00:c6:0a:02";
+/// Guest 0's migration port on the destination host.
 pub const MIGRATION_PORT: u16 = 4444;
-/// Where the `net` workload sends, on the destination host.
+/// Where guest 0's `net` workload sends, on the destination host.
 pub const SINK_PORT: u16 = 9000;
+/// Guests one testbed can hold (subnets 198.18.10-73.0/24).
+pub const MAX_GUESTS: usize = 64;
+
+/// The addresses of guest `index` on the testbed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestSlot {
+    pub index: usize,
+    /// The tap on both hosts.
+    pub tap: String,
+    tap_mac: String,
+    pub mac: String,
+    pub ip: String,
+    pub gateway: String,
+    pub subnet: String,
+    /// The destination QEMU's incoming port.
+    pub migration_port: u16,
+    /// The port of this guest's sink on the destination host.
+    pub sink_port: u16,
+}
+
+impl GuestSlot {
+    pub fn new(index: usize) -> GuestSlot {
+        assert!(index < MAX_GUESTS, "guest slot {index} >= {MAX_GUESTS}");
+        let net = 10 + index;
+        GuestSlot {
+            index,
+            tap: format!("tap{index}"),
+            tap_mac: format!("02:00:c6:12:{net:02x}:01"),
+            mac: format!("52:54:00:c6:{net:02x}:02"),
+            ip: format!("198.18.{net}.2"),
+            gateway: format!("198.18.{net}.1"),
+            subnet: format!("198.18.{net}.0/24"),
+            migration_port: MIGRATION_PORT + index as u16,
+            sink_port: SINK_PORT + index as u16,
+        }
+    }
+
+    /// `ADDR:PORT` of this guest's sink.
+    pub fn sink(&self) -> String {
+        format!("{DST_IP}:{}", self.sink_port)
+    }
+
+    /// The URI the source migrates this guest to.
+    pub fn migration_uri(&self) -> String {
+        format!("tcp:{DST_IP}:{}", self.migration_port)
+    }
+
+    fn net(&self) -> GuestNet {
+        GuestNet {
+            tap: self.tap.clone(),
+            mac: self.mac.clone(),
+            ip_cidr: format!("{}/24", self.ip),
+            gateway: self.gateway.clone(),
+        }
+    }
+}
 
 /// Router, source host and destination host, joined as drawn above.
 pub struct MigrationTestbed {
@@ -58,17 +121,29 @@ pub struct MigrationTestbed {
     pub dst: NetNs,
     pub link_mbit: f64,
     pub run: RunDir,
+    pub guests: Vec<GuestSlot>,
 }
 
 impl MigrationTestbed {
-    /// Builds the namespaces and the rate-limited link.
+    /// Builds the namespaces and the rate-limited link, for one guest.
     pub fn new(link_mbit: f64) -> anyhow::Result<Self> {
+        Self::with_guests(link_mbit, 1)
+    }
+
+    /// Builds the namespaces and the rate-limited link, with a tap and a
+    /// routed subnet for each of `guests` guests.
+    pub fn with_guests(link_mbit: f64, guests: usize) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            (1..=MAX_GUESTS).contains(&guests),
+            "a testbed holds 1 to {MAX_GUESTS} guests ({guests} asked)"
+        );
         let tb = MigrationTestbed {
             router: NetNs::new()?,
             src: NetNs::new()?,
             dst: NetNs::new()?,
             link_mbit,
             run: RunDir::new()?,
+            guests: (0..guests).map(GuestSlot::new).collect(),
         };
         tb.router.veth_to(
             ("to-src", &format!("{ROUTER_SRC_IP}/24")),
@@ -86,15 +161,16 @@ impl MigrationTestbed {
             .ip(&["route", "add", "default", "via", ROUTER_SRC_IP])?;
         tb.dst
             .ip(&["route", "add", "default", "via", ROUTER_DST_IP])?;
-        tb.router
-            .ip(&["route", "add", GUEST_SUBNET, "via", SRC_IP])?;
-        for ns in [&tb.src, &tb.dst] {
-            ns.ip(&["tuntap", "add", "dev", TAP, "mode", "tap"])?;
-            ns.ip(&["link", "set", TAP, "address", TAP_MAC])?;
-            ns.ip(&["link", "set", TAP, "up"])?;
+        for g in &tb.guests {
+            tb.router.ip(&["route", "add", &g.subnet, "via", SRC_IP])?;
+            for ns in [&tb.src, &tb.dst] {
+                ns.ip(&["tuntap", "add", "dev", &g.tap, "mode", "tap"])?;
+                ns.ip(&["link", "set", &g.tap, "address", &g.tap_mac])?;
+                ns.ip(&["link", "set", &g.tap, "up"])?;
+            }
+            tb.src
+                .ip(&["addr", "add", &format!("{}/24", g.gateway), "dev", &g.tap])?;
         }
-        tb.src
-            .ip(&["addr", "add", &format!("{GUEST_GW}/24"), "dev", TAP])?;
         // A rate of 0 means no bottleneck.
         let burst = tbf_burst(link_mbit);
         let shaped: &[&str] = if link_mbit > 0.0 {
@@ -124,9 +200,18 @@ impl MigrationTestbed {
         Ok(tb)
     }
 
-    /// The URI the source migrates to.
+    fn guest(&self, index: usize) -> anyhow::Result<&GuestSlot> {
+        self.guests.get(index).with_context(|| {
+            format!(
+                "guest {index}: this testbed has {} guest slot(s)",
+                self.guests.len()
+            )
+        })
+    }
+
+    /// The URI the source migrates guest 0 to.
     pub fn migration_uri(&self) -> String {
-        format!("tcp:{DST_IP}:{MIGRATION_PORT}")
+        self.guests[0].migration_uri()
     }
 
     /// The link's shaping, for trace headers.
@@ -139,47 +224,70 @@ impl MigrationTestbed {
         )
     }
 
-    fn spec(name: &str, mem_mb: u32, workload: &Workload) -> VmSpec {
+    fn spec(name: &str, slot: &GuestSlot, mem_mb: u32, workload: &Workload) -> VmSpec {
         let mut spec = VmSpec::new(name, mem_mb, workload.clone());
-        spec.net = Some(GuestNet {
-            tap: TAP.into(),
-            mac: GUEST_MAC.into(),
-            ip_cidr: format!("{GUEST_IP}/24"),
-            gateway: GUEST_GW.into(),
-        });
+        spec.net = Some(slot.net());
         spec
     }
 
-    /// Boots the guest on the source host (not waiting for it).
+    /// Boots guest 0 on the source host (not waiting for it).
     pub fn start_source(
         &self,
         guest: &Guest,
         workload: &Workload,
         mem_mb: u32,
     ) -> anyhow::Result<Vm> {
+        self.start_source_at(0, guest, workload, mem_mb)
+    }
+
+    /// Boots guest `index` on the source host (not waiting for it). Guest
+    /// 0's files are named `src.*`, the others' `src<index>.*`.
+    pub fn start_source_at(
+        &self,
+        index: usize,
+        guest: &Guest,
+        workload: &Workload,
+        mem_mb: u32,
+    ) -> anyhow::Result<Vm> {
+        let slot = self.guest(index)?;
         Vm::spawn(
             guest,
-            &Self::spec("src", mem_mb, workload),
+            &Self::spec(&side_name("src", index), slot, mem_mb, workload),
             Some(&self.src),
             &self.run,
         )
-        .context("starting the source QEMU")
+        .with_context(|| format!("starting the source QEMU of guest {index}"))
     }
 
-    /// Starts the destination QEMU, waiting for the incoming migration.
+    /// Starts guest 0's destination QEMU, waiting for the incoming migration.
     pub fn start_destination(
         &self,
         guest: &Guest,
         workload: &Workload,
         mem_mb: u32,
     ) -> anyhow::Result<Vm> {
-        let mut spec = Self::spec("dst", mem_mb, workload);
-        spec.incoming = Some(format!("tcp:{DST_IP}:{MIGRATION_PORT}"));
-        Vm::spawn(guest, &spec, Some(&self.dst), &self.run).context("starting the destination QEMU")
+        self.start_destination_at(0, guest, workload, mem_mb)
     }
 
-    /// Starts the source and destination QEMU and waits until the guest on
-    /// the source runs its workload (its console prints the ready marker).
+    /// Starts guest `index`'s destination QEMU, waiting for the incoming
+    /// migration on the guest's port.
+    pub fn start_destination_at(
+        &self,
+        index: usize,
+        guest: &Guest,
+        workload: &Workload,
+        mem_mb: u32,
+    ) -> anyhow::Result<Vm> {
+        let slot = self.guest(index)?;
+        let mut spec = Self::spec(&side_name("dst", index), slot, mem_mb, workload);
+        spec.incoming = Some(slot.migration_uri());
+        Vm::spawn(guest, &spec, Some(&self.dst), &self.run)
+            .with_context(|| format!("starting the destination QEMU of guest {index}"))
+    }
+
+    /// Starts guest 0's source and destination QEMU and waits until the
+    /// guest on the source runs its workload (its console prints the ready
+    /// marker).
     pub fn boot(
         &self,
         guest: &Guest,
@@ -187,27 +295,68 @@ impl MigrationTestbed {
         mem_mb: u32,
         ready_within: Duration,
     ) -> anyhow::Result<(Vm, Vm)> {
-        let mut src = self.start_source(guest, workload, mem_mb)?;
-        let dst = self.start_destination(guest, workload, mem_mb)?;
-        src.wait_for_console(crate::guest::READY_MARKER, ready_within)
-            .context("the guest did not start its workload")?;
-        Ok((src, dst))
+        let mut pairs = self.boot_all(guest, &[(workload.clone(), mem_mb)], ready_within)?;
+        Ok(pairs.remove(0))
     }
 
-    /// After a migration: the guest's subnet now lives behind the
+    /// Starts a source and a destination QEMU for each guest (`(workload,
+    /// memory)` per slot, in slot order), then waits until every source
+    /// guest runs its workload.
+    pub fn boot_all(
+        &self,
+        guest: &Guest,
+        guests: &[(Workload, u32)],
+        ready_within: Duration,
+    ) -> anyhow::Result<Vec<(Vm, Vm)>> {
+        let mut pairs = Vec::new();
+        for (i, (workload, mem_mb)) in guests.iter().enumerate() {
+            let src = self.start_source_at(i, guest, workload, *mem_mb)?;
+            let dst = self.start_destination_at(i, guest, workload, *mem_mb)?;
+            pairs.push((src, dst));
+        }
+        let deadline = std::time::Instant::now() + ready_within;
+        for (i, (src, _)) in pairs.iter_mut().enumerate() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            src.wait_for_console(crate::guest::READY_MARKER, left.max(Duration::from_secs(1)))
+                .with_context(|| format!("guest {i} did not start its workload"))?;
+        }
+        Ok(pairs)
+    }
+
+    /// After a migration: guest 0's subnet now lives behind the
     /// destination's tap.
     pub fn move_guest(&self) -> anyhow::Result<()> {
-        self.src.ip(&["addr", "flush", "dev", TAP])?;
+        let g = self.guest(0)?;
+        self.src.ip(&["addr", "flush", "dev", &g.tap])?;
         self.dst
-            .ip(&["addr", "add", &format!("{GUEST_GW}/24"), "dev", TAP])?;
+            .ip(&["addr", "add", &format!("{}/24", g.gateway), "dev", &g.tap])?;
         self.router
-            .ip(&["route", "replace", GUEST_SUBNET, "via", DST_IP])?;
+            .ip(&["route", "replace", &g.subnet, "via", DST_IP])?;
         Ok(())
     }
 
-    /// Starts a UDP and TCP sink on the destination host at `SINK_PORT`.
+    /// Starts a UDP and TCP sink on the destination host at `SINK_PORT`
+    /// (guest 0's).
     pub fn start_sink(&self) -> anyhow::Result<Sink> {
         Sink::start(&self.dst, DST_IP, SINK_PORT)
+    }
+
+    /// One sink per guest, at each guest's sink port, in slot order.
+    pub fn start_sinks(&self) -> anyhow::Result<Vec<Sink>> {
+        self.guests
+            .iter()
+            .map(|g| Sink::start(&self.dst, DST_IP, g.sink_port))
+            .collect()
+    }
+}
+
+/// `src`/`dst` for guest 0 (the names single-guest tests have always
+/// used), `src<i>`/`dst<i>` for the others.
+fn side_name(side: &str, index: usize) -> String {
+    if index == 0 {
+        side.to_owned()
+    } else {
+        format!("{side}{index}")
     }
 }
 
@@ -330,5 +479,34 @@ impl Drop for Sink {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_zero_is_the_single_guest_and_slots_do_not_collide() {
+        let g = GuestSlot::new(0);
+        assert_eq!(
+            (g.tap.as_str(), g.mac.as_str(), g.ip.as_str()),
+            (TAP, GUEST_MAC, GUEST_IP)
+        );
+        assert_eq!(
+            (g.gateway.as_str(), g.subnet.as_str()),
+            (GUEST_GW, GUEST_SUBNET)
+        );
+        assert_eq!((g.migration_port, g.sink_port), (MIGRATION_PORT, SINK_PORT));
+        let all: Vec<GuestSlot> = (0..MAX_GUESTS).map(GuestSlot::new).collect();
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert!(a.tap != b.tap && a.mac != b.mac && a.tap_mac != b.tap_mac);
+                assert!(a.subnet != b.subnet && a.migration_port != b.migration_port);
+                assert!(a.sink_port != b.sink_port);
+            }
+        }
+        // IFNAMSIZ: tap names stay short.
+        assert!(all.iter().all(|g| g.tap.len() < 16));
     }
 }

@@ -78,24 +78,32 @@ fn main() -> anyhow::Result<()> {
                 eprintln!("[{n}/{total}] {} | {policy} | repetition {rep}", sc.name);
                 let started = std::time::Instant::now();
                 match runner::run_one(&guest, sc, policy, rep, &out.join("logs")) {
-                    Ok(r) => {
-                        eprintln!(
-                            "    -> {} in {:.1} s (downtime {} ms, {} iterations), application {:.2} of {:.1} Mbit/s{} [{:.0} s wall]",
-                            if r.converged {
-                                "converged"
-                            } else {
-                                "NOT converged"
-                            },
-                            r.total_s,
-                            r.downtime_ms.map_or("-".into(), |d| format!("{d:.0}")),
-                            r.iterations.map_or("-".into(), |i| i.to_string()),
-                            r.app_mbit,
-                            r.app_asked_mbit,
-                            r.prediction_mape
-                                .map_or(String::new(), |m| format!(", prediction MAPE {m:.1}%")),
-                            started.elapsed().as_secs_f64()
-                        );
-                        results.push(r);
+                    Ok(rs) => {
+                        for r in rs {
+                            eprintln!(
+                                "    -> {}{} in {:.1} s (downtime {} ms, {} iterations), application {:.2} of {:.1} Mbit/s{} [{:.0} s wall]",
+                                if r.vms > 1 {
+                                    format!("{}: ", r.vm)
+                                } else {
+                                    String::new()
+                                },
+                                if r.converged {
+                                    "converged"
+                                } else {
+                                    "NOT converged"
+                                },
+                                r.total_s,
+                                r.downtime_ms.map_or("-".into(), |d| format!("{d:.0}")),
+                                r.iterations.map_or("-".into(), |i| i.to_string()),
+                                r.app_mbit,
+                                r.app_asked_mbit,
+                                r.prediction_mape.map_or(String::new(), |m| format!(
+                                    ", prediction MAPE {m:.1}%"
+                                )),
+                                started.elapsed().as_secs_f64()
+                            );
+                            results.push(r);
+                        }
                     }
                     Err(e) if runner::interrupted() => bail!("interrupted: {e:#}"),
                     Err(e) => eprintln!("    -> run failed: {e:#}"),
