@@ -19,8 +19,9 @@
 //!   application has R, at least the floor [14–15].
 //!
 //! Several migrations: non-network-intensive first, each in turn taking
-//! what it needs from what is left; network-intensive ones after, sharing
-//! what remains equally; none below the floor.
+//! what it needs from what is left (in its bulk pass: everything free);
+//! network-intensive ones after, sharing what remains equally; none below
+//! the floor.
 //!
 //! The allotments are HTB guarantees, not caps: every migration class may
 //! borrow up to the link what nobody else uses (work-conserving), while the
@@ -135,15 +136,25 @@ pub fn decide(cfg: &Config, inputs: &Inputs) -> Decision {
         let mut d = VmDecision::unenforced(&vm.name);
         d.priority = rank as u32;
         let d_e = vm.dirty_rate();
-        let need = cfg.gamma * d_e;
-        d.why(format!(
-            "D_e = {} ({} pages x {} B / {:.2} s); gamma*D_e = {}",
-            mbit(d_e),
-            vm.predicted_dirty_pages.round(),
-            vm.page_size,
-            vm.iteration_s,
-            mbit(need)
-        ));
+        // The bulk pass sends the whole memory: its need is not a dirty
+        // rate but everything free (the paper's N_C <- N_f). Without this a
+        // quiet VM's first pass got the floor while a network-intensive
+        // neighbour took the link, the opposite of the paper's order (seen
+        // on the testbed: the quiet VM's 128 MiB bulk pass at 1.4 Mbit/s).
+        let bulk = vm.iteration <= 1;
+        let need = if bulk { f64::INFINITY } else { cfg.gamma * d_e };
+        if bulk {
+            d.why("bulk pass: needs all the free bandwidth".to_owned());
+        } else {
+            d.why(format!(
+                "D_e = {} ({} pages x {} B / {:.2} s); gamma*D_e = {}",
+                mbit(d_e),
+                vm.predicted_dirty_pages.round(),
+                vm.page_size,
+                vm.iteration_s,
+                mbit(need)
+            ));
+        }
         let rate = if !intensive(vm) {
             d.app_reserve = reserves[i];
             d.why(format!(
@@ -301,6 +312,57 @@ mod tests {
         assert!((rate(&d, "busy") - 100.0 * cfg.floor).abs() < 1e-9);
         // Delayed means capped at the floor, not just guaranteed it.
         assert_eq!(busy.migration_ceil, busy.migration_rate);
+    }
+
+    #[test]
+    fn a_quiet_vm_in_its_bulk_pass_goes_first() {
+        // Both in the bulk pass (no dirty estimate yet): the quiet VM takes
+        // all that is free, the intensive one waits at the floor.
+        let cfg = Config::default();
+        let mut quiet = vm("quiet", 0.0, 0.0);
+        let mut busy = vm("busy", 0.0, 12.0);
+        (quiet.iteration, busy.iteration) = (1, 1);
+        let d = decide(
+            &cfg,
+            &Inputs {
+                link: link(30.0, 12.0),
+                vms: vec![busy.clone(), quiet.clone()],
+            },
+        );
+        let q = d.vms.iter().find(|v| v.name == "quiet").expect("quiet");
+        let b = d.vms.iter().find(|v| v.name == "busy").expect("busy");
+        assert_eq!((q.priority, b.priority), (0, 1));
+        assert!(b.delayed && !q.delayed);
+        // free 18 + the apps' current 12 - busy's reserve 12.6 = 17.4 Mbit,
+        // all to the quiet migration.
+        assert!(
+            (rate(&d, "quiet") - 17.4).abs() < 1e-6,
+            "{}",
+            rate(&d, "quiet")
+        );
+        assert!(
+            (rate(&d, "busy") - 1.5).abs() < 1e-6,
+            "{}",
+            rate(&d, "busy")
+        );
+        // Once the quiet VM is past its bulk pass with a small dirty rate,
+        // the intensive one is no longer held back.
+        quiet.iteration = 2;
+        quiet.predicted_dirty_pages = 2.0 * MBIT / 4096.0;
+        let d = decide(
+            &cfg,
+            &Inputs {
+                link: link(30.0, 12.0),
+                vms: vec![busy, quiet],
+            },
+        );
+        assert!(d.vms.iter().all(|v| !v.delayed));
+        assert!((rate(&d, "quiet") - 4.0).abs() < 1e-6);
+        assert!(
+            (rate(&d, "busy") - 13.4).abs() < 1e-6,
+            "{}",
+            rate(&d, "busy")
+        );
     }
 
     #[test]
