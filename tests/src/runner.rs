@@ -93,6 +93,8 @@ struct Followed {
     ctl: Qmp,
     uri: String,
     app_before: u64,
+    /// The sink's count when this VM's migration ended.
+    app_at_end: u64,
     predicted: BTreeMap<u32, f64>,
     actual: BTreeMap<u32, f64>,
     /// QEMU's final answer and whether it converged, once it ended.
@@ -157,7 +159,7 @@ pub fn run_one(
         .build()?;
     let mut vms = Vec::new();
     for (slot, (src, _)) in tb.guests.iter().zip(&pairs) {
-        let mut ctl = rt.block_on(Qmp::connect(&src.qmp_ctl, QmpOptions::default()))?;
+        let mut ctl = rt.block_on(Qmp::connect(&src.qmp_ctl, ctl_options()))?;
         if let Err(e) = rt.block_on(crate::testbed::wait_for_events(&mut ctl)) {
             bail!(
                 "{e:#}: the agent did not follow vm{}:\n{}",
@@ -170,6 +172,7 @@ pub fn run_one(
             ctl,
             uri: slot.migration_uri(),
             app_before: 0,
+            app_at_end: 0,
             predicted: BTreeMap::new(),
             actual: BTreeMap::new(),
             end: None,
@@ -219,8 +222,11 @@ pub fn run_one(
         if report {
             last_report = Instant::now();
         }
-        for v in vms.iter_mut().filter(|v| v.end.is_none()) {
-            let info = rt.block_on(v.ctl.query_migrate())?;
+        for (v, sink) in vms.iter_mut().zip(&sinks) {
+            if v.end.is_some() {
+                continue;
+            }
+            let info = rt.block_on(query_migrate(v))?;
             if report {
                 eprintln!(
                     "    {policy}{}: {elapsed:>5.0} s, {:?}, {} MB sent, iteration {}",
@@ -244,16 +250,19 @@ pub fn run_one(
                             break;
                         }
                         std::thread::sleep(Duration::from_millis(100));
-                        info = rt.block_on(v.ctl.query_migrate())?;
+                        info = rt.block_on(query_migrate(v))?;
                     }
                     v.end = Some((info, true, started.elapsed().as_secs_f64()));
+                    v.app_at_end = sink.bytes();
                 }
                 Some(MigrationStatus::Failed) | Some(MigrationStatus::Cancelled) => {
                     v.end = Some((info, false, elapsed));
+                    v.app_at_end = sink.bytes();
                 }
                 _ if elapsed > sc.timeout_s => {
                     rt.block_on(v.ctl.migrate_cancel())?;
                     v.end = Some((info, false, elapsed));
+                    v.app_at_end = sink.bytes();
                 }
                 _ => {}
             }
@@ -262,8 +271,7 @@ pub fn run_one(
     let makespan = started.elapsed().as_secs_f64();
     let app_bytes: Vec<u64> = vms
         .iter()
-        .zip(&sinks)
-        .map(|(v, sink)| sink.bytes().saturating_sub(v.app_before))
+        .map(|v| v.app_at_end.saturating_sub(v.app_before))
         .collect();
     let log = agent.log_text();
     let _ = agent.signal(libc::SIGTERM, Duration::from_secs(15));
@@ -326,7 +334,7 @@ pub fn run_one(
             iterations: ram.map(|r| r.dirty_sync_count),
             transferred_bytes: ram.map_or(0, |r| r.transferred),
             // Goodput over this VM's own migration.
-            app_mbit: app_bytes as f64 * 8.0 / 1e6 / makespan.max(0.001),
+            app_mbit: app_bytes as f64 * 8.0 / 1e6 / ended_s.max(0.001),
             app_asked_mbit: spec.app_mbit,
             prediction_mape: (n > 0).then(|| 100.0 * ape / n as f64),
             prediction_n: n,
@@ -334,6 +342,42 @@ pub fn run_one(
         });
     }
     Ok(results)
+}
+
+/// The control connection's options: QEMU answers no QMP command while it
+/// holds its big lock, i.e. through a migration's stop-and-copy, which on a
+/// loaded TCG host with a raised downtime limit can take seconds.
+fn ctl_options() -> QmpOptions {
+    QmpOptions {
+        command_timeout: Duration::from_secs(30),
+        ..QmpOptions::default()
+    }
+}
+
+/// `query-migrate` on `v`'s control socket; after an error (a timeout
+/// leaves the connection in an unknown state) reconnects and asks again,
+/// three times in all.
+async fn query_migrate(v: &mut Followed) -> anyhow::Result<vmbw::qemu::types::MigrationInfo> {
+    let mut last = None;
+    for attempt in 0..3 {
+        if let Some(e) = &last
+            && attempt > 0
+        {
+            eprintln!("    {}: query-migrate failed ({e:#}); reconnecting", v.name);
+            if let Err(e) = v.ctl.reconnect().await {
+                last = Some(anyhow::Error::from(e));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        match v.ctl.query_migrate().await {
+            Ok(info) => return Ok(info),
+            Err(e) => last = Some(e.into()),
+        }
+    }
+    Err(last
+        .expect("three attempts")
+        .context(format!("{}: query-migrate", v.name)))
 }
 
 /// The AdaMig escalations the agent logged for `vm`, in order.

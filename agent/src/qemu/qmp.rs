@@ -164,6 +164,10 @@ impl Qmp {
     /// Drops the current connection and opens a new one to the same
     /// socket. Events QEMU sent in between are lost.
     pub async fn reconnect(&mut self) -> Result<(), QmpError> {
+        // A QMP socket serves one client at a time: QEMU greets the new
+        // connection only once it has seen the old one close.
+        self.conn.reader.abort();
+        let _ = self.conn.writer.shutdown().await;
         let (conn, version) = open(&self.path, &self.opts).await?;
         self.conn = conn;
         self.version = version;

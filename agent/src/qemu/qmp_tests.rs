@@ -320,3 +320,37 @@ async fn blank_lines_are_skipped() {
     let mut q = connect(&path).await.expect("connects");
     q.query_status().await.expect("status");
 }
+
+#[tokio::test]
+async fn reconnect_closes_the_old_connection_first() {
+    // Like QEMU, the fake serves one client at a time: the first one gets
+    // no reply (QEMU holding its lock) and is served until it hangs up;
+    // only then is the second one greeted.
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = served.clone();
+    let (path, task) = serve(2, move |mut p| {
+        let first = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        async move {
+            p.handshake().await;
+            let (cmd, id) = p.recv().await;
+            assert_eq!(cmd, "query-status");
+            if first {
+                let mut rest = String::new();
+                while p.lines.read_line(&mut rest).await.is_ok_and(|n| n > 0) {}
+            } else {
+                p.sendln(&json!({"return": {"status": "running"}, "id": id}).to_string())
+                    .await;
+            }
+        }
+    });
+    let mut q = Qmp::connect(&*path, opts()).await.expect("connect");
+    let e = q.execute("query-status", None).await.expect_err("no reply");
+    assert!(matches!(e, QmpError::Timeout { .. }), "{e}");
+    q.reconnect()
+        .await
+        .expect("the second connection is greeted");
+    let v = q.execute("query-status", None).await.expect("reply");
+    assert_eq!(v["status"], "running");
+    task.await.expect("fake server");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
