@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vmbw::libvirt::{JobOperation, LibvirtDomain, MigrationBackend as _};
+use vmbw::libvirt::{JobOperation, LibvirtDomain};
 use vmbw_tests::{libvirtd, libvirtd::Libvirtd, require, skip};
 
 const MIB: u64 = 1 << 20;
@@ -86,7 +86,7 @@ fn job_statistics_and_speed_control_during_a_real_migration() {
     let dom = virt::domain::Domain::create_xml(&conn, &xml, 0).expect("start the guest");
 
     // Before a migration there is no job, and vmbw sees none.
-    let mut backend = LibvirtDomain::connect(&src.uri(), NAME).expect("vmbw connects");
+    let backend = LibvirtDomain::connect(&src.uri(), NAME).expect("vmbw connects");
     assert_eq!(backend.job().expect("job stats"), None);
     assert!(LibvirtDomain::connect(&src.uri(), "no-such-domain").is_err());
 
@@ -185,7 +185,7 @@ fn job_statistics_and_speed_control_during_a_real_migration() {
         .expect("migration thread")
         .expect("the migration succeeded");
     // The guest now runs on the target; the source has no such domain.
-    let mut on_target = LibvirtDomain::connect(&dst.uri(), NAME).expect("domain on target");
+    let on_target = LibvirtDomain::connect(&dst.uri(), NAME).expect("domain on target");
     assert_eq!(on_target.job().expect("stats"), None);
     drop(on_target);
     drop(backend);
