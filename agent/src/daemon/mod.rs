@@ -398,10 +398,18 @@ fn spawn_kubevirt(
                 return;
             }
         };
-        let discovery = Arc::new(Mutex::new(crate::kubevirt::watch::Discovery::new(
+        let mut discovery = crate::kubevirt::watch::Discovery::new(
             node,
             first_slot..=crate::shaping::handles::MAX_VM_SLOT as u32,
-        )));
+        );
+        // The routes of the agent's (the host's) network namespace.
+        match crate::kubevirt::HostRoutes::open() {
+            Ok(routes) => discovery = discovery.with_interfaces(Box::new(routes)),
+            Err(e) => {
+                warn!(error = %e, "no rtnetlink socket: launcher pods' host interfaces are not registered (their IPs are)")
+            }
+        }
+        let discovery = Arc::new(Mutex::new(discovery));
         if let Err(e) = crate::kubevirt::watch::run(client, discovery, dp).await {
             error!(error = %e, "KubeVirt discovery stopped");
         }
