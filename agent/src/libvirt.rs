@@ -22,7 +22,7 @@
 //! |---|---|
 //! | `iteration`, `dirty_sync_count`, `syncs` | `memory_iteration` |
 //! | `iter_s`, `end_s` | the job's `time_elapsed` at the first poll that saw each iteration (±`poll_interval`; QMP with events has QEMU's own timestamps) |
-//! | `dirty_rate_pps`, X1 `dirty_pages` | `memory_dirty_rate` (at the closing sync) × `iter_s` |
+//! | `dirty_rate_pps`, X1 `dirty_pages` | `memory_dirty_rate` (at the closing sync; the last value seen while the guest ran if the sync came after the stop) × `iter_s` |
 //! | `dirty_pages_counted` | `memory_normal` + `memory_constant` + `memory_remaining` / `memory_page_size`, as under QMP |
 //! | `transferred_bytes`, `remaining_bytes`, `mbps` | `memory_processed`, `memory_remaining`, `memory_bps` |
 //! | `expected_downtime_ms` | `downtime` (libvirt: the downtime expected at switch-over) |
@@ -36,6 +36,18 @@
 //! polled), QEMU's migration status strings (`pre-switchover`, `device`,
 //! ... are not visible; the domain state stands in), and X2 from the
 //! balloon when the guest's balloon driver does not report statistics.
+//! Boundaries closer than one poll make one sample spanning several
+//! iterations (`syncs` > 1, as under QMP without events); the last
+//! pre-copy iteration is lost when it, the switch-over and the end of the
+//! job all fall between two polls (the job and, for a transient domain,
+//! the domain are gone by the next poll). libvirt's own
+//! `VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION` event would give exact
+//! boundaries but needs a libvirt event loop in the agent; not done.
+//!
+//! libvirt lifts the migration speed to "unlimited" itself once it pauses
+//! the domain for the switch-over (observed with libvirt 9.0:
+//! `virDomainMigrateGetMaxSpeed` then reports 2^63 - 1 MiB/s); vmbw does
+//! not fight that.
 //!
 //! Controls: `max-bandwidth` → `virDomainMigrateSetMaxSpeed` (MiB/s, so
 //! rounded up to a whole MiB/s; never 0, which libvirt reads as
@@ -502,9 +514,12 @@ fn domain_stats(dom: &Domain) -> Result<DomainStats, virt::error::Error> {
     let kinds = sys::VIR_DOMAIN_STATS_VCPU
         | sys::VIR_DOMAIN_STATS_INTERFACE
         | sys::VIR_DOMAIN_STATS_BALLOON;
+    // NOWAIT: what needs QEMU's monitor while the migration job holds it
+    // (the switch-over) is left out instead of waited for.
+    let flags = sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT;
     // SAFETY: a null-terminated array holding one live domain handle;
     // libvirt allocates `records` (freed below).
-    let ret = unsafe { sys::virDomainListGetStats(doms.as_mut_ptr(), kinds, &mut records, 0) };
+    let ret = unsafe { sys::virDomainListGetStats(doms.as_mut_ptr(), kinds, &mut records, flags) };
     if ret == -1 {
         return Err(virt::error::Error::last_error());
     }
@@ -698,6 +713,9 @@ pub struct LibvirtMonitor {
     /// First ledger value seen per iteration.
     ledger: BTreeMap<u64, u64>,
     prev_iter_s: f64,
+    /// QEMU's dirty rate as last reported while the guest ran (it reads 0
+    /// once the guest is stopped for the switch-over).
+    last_rate: u64,
     held: Option<IterationSample>,
     ready: VecDeque<IterationSample>,
     samples: u64,
@@ -748,6 +766,7 @@ impl LibvirtMonitor {
             first_ms: None,
             ledger: BTreeMap::new(),
             prev_iter_s: 0.0,
+            last_rate: 0,
             held: None,
             ready: VecDeque::new(),
             samples: 0,
@@ -785,24 +804,32 @@ impl LibvirtMonitor {
         self.call(|d| Ok((d.job()?, d.state()?))).await
     }
 
+    /// Host-side readings at a boundary. What libvirt cannot report right
+    /// now (it leaves values out during the switch-over) is carried over
+    /// from the previous reading, so that interval shows no change rather
+    /// than a jump.
     async fn reading(&mut self) -> Result<Reading, LibvirtError> {
         let stats = self.call(|d| d.stats()).await?;
-        let mem_pct = match stats.balloon_used_pct() {
-            Some(p) => p,
-            None => self
-                .pid
-                .and_then(|pid| {
-                    hoststats::guest_ram_resident(pid, self.ram_bytes)
-                        .ok()
-                        .flatten()
-                })
-                .map_or(0.0, |r| 100.0 * r as f64 / self.ram_bytes.max(1) as f64),
-        };
+        let prev = self.open.as_ref().map(|o| o.reading.clone());
+        let mem_pct = stats
+            .balloon_used_pct()
+            .or_else(|| {
+                self.pid
+                    .and_then(|pid| {
+                        hoststats::guest_ram_resident(pid, self.ram_bytes)
+                            .ok()
+                            .flatten()
+                    })
+                    .map(|r| 100.0 * r as f64 / self.ram_bytes.max(1) as f64)
+            })
+            .or(prev.as_ref().map(|p| p.mem_pct))
+            .unwrap_or(0.0);
         let uplink_bytes = self.uplink.as_mut().and_then(|u| u.total_bytes().ok());
+        let per_vcpu = stats.vcpu_ns.map(|ns| ns / u64::from(stats.vcpus.max(1)));
         Ok(Reading {
             at: Instant::now(),
-            vcpu_ns: stats.vcpu_ns.map(|ns| ns / u64::from(stats.vcpus.max(1))),
-            vm_bytes: stats.net_bytes,
+            vcpu_ns: per_vcpu.or(prev.as_ref().and_then(|p| p.vcpu_ns)),
+            vm_bytes: stats.net_bytes.or(prev.as_ref().and_then(|p| p.vm_bytes)),
             uplink_bytes,
             mem_pct,
         })
@@ -868,14 +895,23 @@ impl LibvirtMonitor {
                     reading,
                     partial: false,
                 });
-                if let Some(sample) = sample {
+                if let Some(mut sample) = sample {
                     if let Some(held) = self.held.take() {
                         self.release(held);
                     }
-                    // Closed while the VM is stopped for switch-over: the
-                    // start of stop-and-copy, unless another sync follows.
                     if state == RunState::PausedForMigration {
-                        self.held = Some(sample);
+                        if sample.syncs >= 2 {
+                            // The sync that found little enough left and
+                            // the one after the stop fell into one poll:
+                            // the iteration(s) before are real, the last
+                            // interval (milliseconds) is the stop-and-copy.
+                            sample.syncs -= 1;
+                            self.release(sample);
+                        } else {
+                            // The start of stop-and-copy, unless another
+                            // sync follows.
+                            self.held = Some(sample);
+                        }
                     } else {
                         self.release(sample);
                     }
@@ -917,10 +953,13 @@ impl LibvirtMonitor {
         };
         let prev_iter_s = self.prev_iter_s;
         self.prev_iter_s = iter_s;
+        if matches!(state, RunState::Running | RunState::PostCopy) {
+            self.last_rate = job.dirty_pages_per_sec;
+        }
         if open.partial {
             return None;
         }
-        let rate = job.dirty_pages_per_sec;
+        let rate = self.last_rate;
         Some(IterationSample {
             iteration: open.iteration,
             syncs: job.iteration - open.iteration,

@@ -18,7 +18,7 @@ use std::{
 
 use vmbw::{
     api::{MigrationPhase, VmStatus},
-    libvirt::{JobOperation, LibvirtDomain},
+    libvirt::{JobOperation, LibvirtDomain, RunState},
 };
 use vmbw_tests::{
     BpffsMount, NetNs,
@@ -374,13 +374,23 @@ fn the_agent_follows_and_caps_a_libvirt_migration() {
             "the migration did not finish:\n{}",
             agent.log_text()
         );
-        if let Ok(Some(job)) = observer.job() {
+        if let Ok(Some(job)) = observer.job()
+            && observer.state().ok() == Some(RunState::Running)
+        {
             libvirt_iterations.insert(job.iteration);
         }
         let before = agent_vm(&agent);
-        let speed = observer.max_bandwidth();
+        let running = || observer.state().ok() == Some(RunState::Running);
+        // libvirt lifts the cap itself once it pauses the domain for the
+        // switch-over (seen here: 2^63 - 1 MiB, "unlimited"): compare only
+        // while the guest runs.
+        let speed = if running() {
+            observer.max_bandwidth().ok().filter(|_| running())
+        } else {
+            None
+        };
         let after = agent_vm(&agent);
-        if let (Some(b), Ok(speed), Some(a)) = (&before, speed, &after) {
+        if let (Some(b), Some(speed), Some(a)) = (&before, speed, &after) {
             let (mb, ma) = (b.migration.as_ref(), a.migration.as_ref());
             if let (Some(mb), Some(ma)) = (mb, ma)
                 && mb.phase == MigrationPhase::PreCopy
@@ -421,8 +431,9 @@ fn the_agent_follows_and_caps_a_libvirt_migration() {
     outcome.unwrap_or_else(|e| panic!("the migration failed: {e}\n{}", agent.log_text()));
 
     // One sample per finished iteration: after k samples the agent is in
-    // iteration k+1 (the bulk pass is 1), and it saw iterations libvirt
-    // reported.
+    // iteration k+1 (the bulk pass is 1; more if boundaries fell within
+    // one poll), and it got as far as libvirt was seen to get while the
+    // guest ran.
     let m = end.migration.as_ref().expect("a migration");
     eprintln!(
         "agent at the end: phase {:?}, {} samples, iteration {}, refused {:?}",
@@ -441,23 +452,15 @@ fn the_agent_follows_and_caps_a_libvirt_migration() {
         agent.log_text()
     );
     for (samples, iteration) in &agent_views {
-        assert_eq!(
-            *iteration,
-            samples + 1,
-            "one sample per iteration: {agent_views:?}"
+        assert!(
+            *iteration > *samples,
+            "no more samples than iterations: {agent_views:?}"
         );
     }
-    let max_libvirt = libvirt_iterations.last().copied().unwrap_or(0);
+    let max_running = libvirt_iterations.last().copied().unwrap_or(0);
     assert!(
-        u64::from(m.samples) < max_libvirt.max(1) + 1,
-        "no more samples ({}) than iterations libvirt reported (up to {max_libvirt})",
-        m.samples
-    );
-    assert!(
-        agent_views
-            .iter()
-            .all(|(_, it)| libvirt_iterations.contains(&u64::from(*it))),
-        "the agent's iterations are libvirt's: {agent_views:?} vs {libvirt_iterations:?}"
+        u64::from(m.iteration) >= max_running,
+        "the agent ({m:?}) got as far as libvirt's iteration {max_running}"
     );
 
     // The cap: what the agent set is what libvirt reports, it follows the
@@ -481,6 +484,45 @@ fn the_agent_follows_and_caps_a_libvirt_migration() {
     }
     let log = agent.log_text();
     assert!(log.contains("QEMU max-bandwidth set"), "{log}");
+    // The samples carry what libvirt measures: the dirty rate (X1), the
+    // guest's memory use from its balloon (X2), vCPU time (X3).
+    let field = |line: &str, key: &str| -> Option<f64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+    };
+    let iterations: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("iteration finished"))
+        .collect();
+    for l in &iterations {
+        eprintln!(
+            "agent: {}",
+            l.split_once("iteration=").map_or(*l, |(_, r)| r)
+        );
+    }
+    assert_eq!(iterations.len(), m.samples as usize, "{log}");
+    let numbers: Vec<f64> = iterations
+        .iter()
+        .filter_map(|l| field(l, "iteration"))
+        .collect();
+    assert_eq!(
+        numbers.first(),
+        Some(&1.0),
+        "from the bulk pass: {numbers:?}"
+    );
+    assert!(
+        numbers.windows(2).all(|w| w[1] > w[0]),
+        "one sample per iteration, in order: {numbers:?}"
+    );
+    for key in ["dirty_pages", "iter_s", "mem_pct", "cpu_pct"] {
+        assert!(
+            iterations
+                .iter()
+                .all(|l| field(l, key).is_some_and(|v| v > 0.0)),
+            "{key} > 0 in every sample: {iterations:#?}"
+        );
+    }
 
     assert_eq!(
         agent

@@ -182,6 +182,9 @@ async fn follow_once<S: MigrationSource>(
                     dirty_pages = s.dirty_pages,
                     iter_s = s.iter_s,
                     remaining = s.remaining_bytes,
+                    mem_pct = s.mem_usage_pct,
+                    cpu_pct = s.cpu_usage_pct,
+                    vm_net_bps = s.vm_net_bps,
                     "iteration finished"
                 );
                 {
