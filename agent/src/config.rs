@@ -78,16 +78,29 @@ listen = "127.0.0.1:9464"
 # QMP sockets to follow besides the [[vm]] entries, as a glob pattern
 # (e.g. "/run/vmbw/qmp/*.sock"); the VM is named after the file stem.
 qmp_glob = ""
-# Learn VMIs and migrations from KubeVirt (in-cluster).
+# Learn VMIs, migrations and virt-launcher pods from KubeVirt (in-cluster).
 kubevirt = false
+# This node's name, as Kubernetes knows it (KubeVirt discovery watches only
+# this node's VMIs and launcher pods). Empty: $NODE_NAME (the DaemonSet sets
+# it from the downward API), else the hostname.
+node_name = ""
 
-# VMs to follow, one table each:
+# VMs to follow, one table each, reached either through QEMU's QMP socket:
 # [[vm]]
 # name = "vm1"
 # qmp = "/run/vm1.qmp"           # QEMU's QMP socket
 # ips = ["198.18.0.10"]          # the VM's addresses (application traffic)
 # macs = ["52:54:00:12:34:56"]
 # taps = ["tap-vm1"]             # its tap devices
+#
+# or through libvirt, where libvirt owns the QMP socket (job statistics,
+# virDomainMigrateSetMaxSpeed/SetMaxDowntime/StartPostCopy):
+# [[vm]]
+# name = "vm2"
+# libvirt = { uri = "qemu:///system", domain = "vm2" }
+#   uri:      the libvirt connection (default "qemu:///system")
+#   domain:   the libvirt domain (default: the VM's name)
+#   pid_file: QEMU's pid file (default: libvirt's, <run dir>/qemu/<domain>.pid)
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -188,19 +201,103 @@ pub struct ApiSection {
 pub struct DiscoverySection {
     pub qmp_glob: String,
     pub kubevirt: bool,
+    pub node_name: String,
+}
+
+impl DiscoverySection {
+    /// This node's name: `node_name`, else `$NODE_NAME`, else the hostname.
+    pub fn node(&self) -> String {
+        if !self.node_name.is_empty() {
+            return self.node_name.clone();
+        }
+        std::env::var("NODE_NAME")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// `[[vm]] libvirt = { .. }`: a VM reached through libvirt.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibvirtEntry {
+    #[serde(default = "default_libvirt_uri")]
+    pub uri: String,
+    /// Empty: the VM's name.
+    #[serde(default)]
+    pub domain: String,
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
+}
+
+fn default_libvirt_uri() -> String {
+    "qemu:///system".into()
+}
+
+/// How the agent reaches a VM's QEMU.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Telemetry {
+    Qmp(PathBuf),
+    /// (uri, domain, pid file)
+    Libvirt {
+        uri: String,
+        domain: String,
+        pid_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmEntry {
     pub name: String,
-    pub qmp: PathBuf,
+    /// QEMU's QMP socket (or `libvirt`).
+    #[serde(default)]
+    pub qmp: Option<PathBuf>,
+    /// The VM's libvirt domain (or `qmp`).
+    #[serde(default)]
+    pub libvirt: Option<LibvirtEntry>,
     #[serde(default)]
     pub ips: Vec<String>,
     #[serde(default)]
     pub macs: Vec<String>,
     #[serde(default)]
     pub taps: Vec<String>,
+}
+
+impl VmEntry {
+    /// A VM followed over QMP.
+    pub fn qmp(name: impl Into<String>, qmp: impl Into<PathBuf>) -> VmEntry {
+        VmEntry {
+            name: name.into(),
+            qmp: Some(qmp.into()),
+            libvirt: None,
+            ips: Vec::new(),
+            macs: Vec::new(),
+            taps: Vec::new(),
+        }
+    }
+
+    /// How this VM is reached (a validated entry has exactly one way).
+    pub fn telemetry(&self) -> Option<Telemetry> {
+        match (&self.qmp, &self.libvirt) {
+            (Some(path), None) => Some(Telemetry::Qmp(path.clone())),
+            (None, Some(l)) => Some(Telemetry::Libvirt {
+                uri: l.uri.clone(),
+                domain: if l.domain.is_empty() {
+                    self.name.clone()
+                } else {
+                    l.domain.clone()
+                },
+                pid_file: l.pid_file.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 impl Default for Config {
@@ -415,6 +512,40 @@ impl Config {
                     format!("`{}` is empty or used twice", vm.name),
                 ));
             }
+            match (&vm.qmp, &vm.libvirt) {
+                (None, None) => {
+                    return Err(bad(
+                        &format!("vm[{i}]"),
+                        "needs `qmp` (QEMU's QMP socket) or `libvirt` (a libvirt domain)".into(),
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        &format!("vm[{i}].libvirt"),
+                        "`qmp` and `libvirt` exclude each other: libvirt owns its QEMU's \
+                         QMP socket"
+                            .into(),
+                    ));
+                }
+                (Some(path), None) if path.as_os_str().is_empty() => {
+                    return Err(bad(&format!("vm[{i}].qmp"), "is empty".into()));
+                }
+                (None, Some(l)) => {
+                    if !cfg!(feature = "libvirt") {
+                        return Err(bad(
+                            &format!("vm[{i}].libvirt"),
+                            "this vmbw was built without the `libvirt` feature".into(),
+                        ));
+                    }
+                    if l.uri.trim().is_empty() {
+                        return Err(bad(
+                            &format!("vm[{i}].libvirt.uri"),
+                            "is empty (e.g. \"qemu:///system\")".into(),
+                        ));
+                    }
+                }
+                _ => {}
+            }
             for ip in &vm.ips {
                 ip.parse::<std::net::IpAddr>()
                     .map_err(|e| bad(&format!("vm[{i}].ips"), format!("`{ip}`: {e}")))?;
@@ -525,6 +656,15 @@ mod tests {
         );
         assert!(err("[[vm]]\nname = \"a\"\nqmp = \"/x\"\nips = [\"1.2.3\"]").contains("vm[0].ips"));
         assert!(err("[[vm]]\nname = \"a\"\nqmp = \"/x\"\nmacs = [\"zz\"]").contains("vm[0].macs"));
+        assert!(err("[[vm]]\nname = \"a\"").contains("vm[0]`: needs `qmp`"));
+        assert!(
+            err("[[vm]]\nname = \"a\"\nqmp = \"/x\"\nlibvirt = { domain = \"a\" }")
+                .contains("vm[0].libvirt")
+        );
+        assert!(
+            err("[[vm]]\nname = \"a\"\nlibvirt = { uri = \"\" }").contains("vm[0].libvirt.uri")
+        );
+        assert!(err("[[vm]]\nname = \"a\"\nlibvirt = { url = \"x\" }").contains("url"));
         // A typo is an error naming the unknown key, not a silent default.
         assert!(err("[agent]\npolicyy = \"nrac\"").contains("policyy"));
         // Wrong type: the parser names the key.
@@ -545,6 +685,47 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_vm_is_reached_over_qmp_or_libvirt() {
+        let cfg = Config::parse(
+            "[[vm]]\nname = \"a\"\nqmp = \"/run/a.qmp\"\n\
+             [[vm]]\nname = \"b\"\nlibvirt = { uri = \"qemu:///session\" }\n\
+             [[vm]]\nname = \"c\"\nlibvirt = { domain = \"ns_c\", pid_file = \"/p\" }\n",
+            "t",
+        )
+        .expect("ok");
+        assert_eq!(
+            cfg.vm[0].telemetry(),
+            Some(Telemetry::Qmp("/run/a.qmp".into()))
+        );
+        assert_eq!(
+            cfg.vm[1].telemetry(),
+            Some(Telemetry::Libvirt {
+                uri: "qemu:///session".into(),
+                domain: "b".into(),
+                pid_file: None
+            })
+        );
+        assert_eq!(
+            cfg.vm[2].telemetry(),
+            Some(Telemetry::Libvirt {
+                uri: "qemu:///system".into(),
+                domain: "ns_c".into(),
+                pid_file: Some("/p".into())
+            })
+        );
+    }
+
+    #[test]
+    fn the_node_name_comes_from_the_config_first() {
+        let d = DiscoverySection {
+            node_name: "node01".into(),
+            ..DiscoverySection::default()
+        };
+        assert_eq!(d.node(), "node01");
+        assert!(!DiscoverySection::default().node().is_empty());
     }
 
     #[test]

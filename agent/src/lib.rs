@@ -17,7 +17,10 @@
 //!   datapath registrations.
 //! - [`kubectl`]: the `kubectl vmbw` plugin (reaches agents via the API
 //!   server's pod proxy).
-//! - [`libvirt`]: migration statistics and speed control through libvirt
+//! - [`migration`]: the one interface a VM's migrations are followed and
+//!   steered through ([`migration::MigrationSource`]), implemented over QMP
+//!   and over libvirt.
+//! - [`libvirt`]: migration statistics and control through libvirt
 //!   (feature `libvirt`).
 
 pub mod api;
@@ -30,6 +33,7 @@ pub mod kubevirt;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
 pub mod metrics;
+pub mod migration;
 pub mod plan;
 pub mod predict;
 pub mod qemu;

@@ -314,6 +314,10 @@ fn mounts_match_the_config() {
         .map(|f| f.field_path.as_str());
     assert_eq!(field, Some("spec.nodeName"));
     assert!(cfg.discovery.kubevirt, "KubeVirt discovery is on");
+    assert!(
+        cfg.discovery.node_name.is_empty(),
+        "one ConfigMap serves every node: the node name must come from NODE_NAME"
+    );
     // The shaping state (the uplink's original qdisc) is written to a
     // host directory, so a restarted agent can still restore it.
     let state = cfg.shaping.state_dir.as_path();

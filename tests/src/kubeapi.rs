@@ -3,7 +3,10 @@
 //! serves recorded object JSON (`tests/fixtures/kubevirt/`) the way the
 //! API server does: list responses with a resourceVersion, chunked watch
 //! streams of `ADDED`/`MODIFIED`/`DELETED` events, single-object GETs,
-//! label/field-selector filtering of lists, and fixed responses for other
+//! label/field-selector filtering of lists and of watches (as the API
+//! server's watch cache does it: an object that stops matching the
+//! selector is sent as `DELETED`, one that starts matching as `ADDED`),
+//! and fixed responses for other
 //! paths (the agents' API behind the pod proxy). Every request's path and
 //! query is recorded so tests can check what a client asked for.
 //!
@@ -43,6 +46,35 @@ struct WatchEvent {
     collection: String,
     kind: &'static str,
     object: Value,
+    /// The object before a MODIFIED.
+    previous: Option<Value>,
+}
+
+impl WatchEvent {
+    /// What a watch with these selectors receives for this event, if
+    /// anything.
+    fn seen_through(
+        &self,
+        labels: Option<&str>,
+        fields: Option<&str>,
+    ) -> Option<(&'static str, &Value)> {
+        let now = matches(&self.object, labels, fields);
+        match self.kind {
+            "MODIFIED" => {
+                let before = self
+                    .previous
+                    .as_ref()
+                    .is_some_and(|p| matches(p, labels, fields));
+                match (before, now) {
+                    (true, true) => Some(("MODIFIED", &self.object)),
+                    (false, true) => Some(("ADDED", &self.object)),
+                    (true, false) => Some(("DELETED", &self.object)),
+                    (false, false) => None,
+                }
+            }
+            kind => now.then_some((kind, &self.object)),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -141,7 +173,8 @@ impl FakeApi {
             let Some((_, objects)) = s.collections.get_mut(collection) else {
                 panic!("unknown collection {collection}");
             };
-            let kind = if objects.insert(key, object.clone()).is_some() {
+            let previous = objects.insert(key, object.clone());
+            let kind = if previous.is_some() {
                 "MODIFIED"
             } else {
                 "ADDED"
@@ -151,6 +184,7 @@ impl FakeApi {
                 collection: collection.to_owned(),
                 kind,
                 object,
+                previous,
             };
             s.events.push(ev.clone());
             ev
@@ -176,6 +210,7 @@ impl FakeApi {
                 collection: collection.to_owned(),
                 kind: "DELETED",
                 object,
+                previous: None,
             };
             s.events.push(ev.clone());
             ev
@@ -382,9 +417,10 @@ async fn serve(
             )
             .await?;
         let mut last = since;
+        let (labels, fields) = (label_selector.as_deref(), field_selector.as_deref());
         for ev in backlog {
             last = ev.rv;
-            write_event(stream, &ev).await?;
+            write_event(stream, &ev, labels, fields).await?;
         }
         let deadline = tokio::time::sleep(Duration::from_secs(60));
         tokio::pin!(deadline);
@@ -394,7 +430,7 @@ async fn serve(
                 ev = rx.recv() => match ev {
                     Ok(ev) if ev.collection == collection && ev.rv > last => {
                         last = ev.rv;
-                        write_event(stream, &ev).await?;
+                        write_event(stream, &ev, labels, fields).await?;
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => break,
@@ -407,8 +443,16 @@ async fn serve(
     }
 }
 
-async fn write_event(stream: &mut TcpStream, ev: &WatchEvent) -> anyhow::Result<()> {
-    let mut line = serde_json::to_vec(&json!({"type": ev.kind, "object": ev.object}))?;
+async fn write_event(
+    stream: &mut TcpStream,
+    ev: &WatchEvent,
+    labels: Option<&str>,
+    fields: Option<&str>,
+) -> anyhow::Result<()> {
+    let Some((kind, object)) = ev.seen_through(labels, fields) else {
+        return Ok(());
+    };
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object}))?;
     line.push(b'\n');
     stream
         .write_all(format!("{:x}\r\n", line.len()).as_bytes())

@@ -69,6 +69,9 @@ fn vms() -> Vec<VmStatus> {
                 predicted_dirty_pages: Some(5100.0),
                 actual_dirty_pages: Some(4800.0),
                 peer: Some("node01".into()),
+                samples: 0,
+                qemu_max_bandwidth_bytes_per_sec: None,
+                refused: vec![],
             }),
             allocation: Allocation {
                 migration_rate_bytes_per_sec: Some(6.25e7),
@@ -82,6 +85,7 @@ fn vms() -> Vec<VmStatus> {
                 egress_bytes_per_sec: 6.0e7,
                 ingress_bytes_per_sec: 1.0e4,
             }],
+            telemetry: None,
         },
         VmStatus {
             name: "other/idle".into(),
@@ -89,6 +93,7 @@ fn vms() -> Vec<VmStatus> {
             migration: None,
             allocation: Allocation::default(),
             traffic: vec![],
+            telemetry: None,
         },
     ]
 }

@@ -6,7 +6,13 @@
 //! Scenario (fixtures in tests/fixtures/kubevirt/, see SOURCES.md): VMI
 //! `default/testvmi` runs on node02 and migrates to node01 through
 //! virt-handler's proxy ports 39445 (libvirt), 43345 (memory) and 44222
-//! (block) on 10.128.0.46.
+//! (block) on 10.128.0.46. The stand-in API server filters lists and
+//! watches by the node-scoped selectors the watcher sends, so a VMI only
+//! reaches a node's agent through the labels KubeVirt puts on it.
+//!
+//! Launcher pods: the recorded virt-launcher pod of VMI `default/fedora02`
+//! on node `kubevirt-nn4bm-worker-srxr9` (10.131.0.169), with a host-side
+//! veth and a host route to the pod made in a test namespace.
 
 use std::{
     sync::{Arc, Mutex},
@@ -18,11 +24,13 @@ use serde_json::Value;
 use vmbw::{
     api::{FlowMatch, MigrationPhase, MigrationRole},
     datapath::{Datapath, PinDir, SkbIn, VmCounters},
-    kubevirt::{self, Discovery},
+    kubevirt::{self, Discovery, HostRoutes},
 };
 use vmbw_common::{Direction, NO_VM};
 use vmbw_tests::{
+    NetNs,
     frames::*,
+    in_netns,
     kubeapi::{FakeApi, fixture},
     logs::Captured,
     privileged, require,
@@ -30,6 +38,7 @@ use vmbw_tests::{
 
 const VMIS: &str = "/apis/kubevirt.io/v1/virtualmachineinstances";
 const VMIMS: &str = "/apis/kubevirt.io/v1/virtualmachineinstancemigrations";
+const PODS: &str = "/api/v1/pods";
 
 const SOURCE_HOST: [u8; 4] = [10, 128, 0, 45];
 const TARGET_HOST: [u8; 4] = [10, 128, 0, 46];
@@ -51,16 +60,22 @@ impl Drop for Setup {
 }
 
 async fn setup(node: &str, initial: &[&str]) -> anyhow::Result<Setup> {
+    setup_with(node, initial, Discovery::new(node, 1..=64)).await
+}
+
+async fn setup_with(node: &str, initial: &[&str], discovery: Discovery) -> anyhow::Result<Setup> {
+    assert_eq!(discovery.node(), node);
     let api = FakeApi::start().await?;
     api.collection(VMIS, "VirtualMachineInstanceList");
     api.collection(VMIMS, "VirtualMachineInstanceMigrationList");
+    api.collection(PODS, "PodList");
     for f in initial {
         api.apply(VMIS, fixture(f)?);
     }
     let dp = Arc::new(Mutex::new(
         Datapath::load(&PinDir::Ephemeral).context("load datapath")?,
     ));
-    let discovery = Arc::new(Mutex::new(Discovery::new(node, 1..=64)));
+    let discovery = Arc::new(Mutex::new(discovery));
     let task = {
         let client = api.client()?;
         let (d, dp) = (discovery.clone(), dp.clone());
@@ -176,12 +191,14 @@ fn obj(name: &str) -> anyhow::Result<Value> {
 async fn source_node_learns_the_migration_ports_and_drops_them_at_the_end() {
     require!(privileged());
     let (logs, _guard) = Captured::start();
-    let s = setup(
-        "node02",
-        &["vmi-running-node02.json", "vmi-apitesting-roundtrip.json"],
-    )
-    .await
-    .expect("setup");
+    let s = setup("node02", &["vmi-running-node02.json"])
+        .await
+        .expect("setup");
+    // KubeVirt's API round-trip VMI, labelled for this node so that the
+    // node-scoped watch delivers it (its own labels are placeholders).
+    let mut roundtrip = obj("vmi-apitesting-roundtrip.json").expect("fixture");
+    roundtrip["metadata"]["labels"]["kubevirt.io/nodeName"] = "node02".into();
+    s.api.apply(VMIS, roundtrip);
     let (e, i) = (Direction::Egress, Direction::Ingress);
 
     // The running VM: its addresses are registered, no migration ports.
@@ -326,16 +343,57 @@ async fn source_node_learns_the_migration_ports_and_drops_them_at_the_end() {
     );
     assert_eq!(warnings.len(), 1, "logged once per object version: {text}");
 
-    // The watcher listed and then watched both kinds, cluster-wide.
+    // The watcher listed and watched this node's VMIs (two label
+    // selectors), its launcher pods (label and field selector), and the
+    // migrations cluster-wide.
     let requests = s.api.requests();
-    for path in [VMIS, VMIMS] {
-        assert!(
-            requests
-                .iter()
-                .any(|r| r.starts_with(&format!("{path}?")) && r.contains("watch=true")),
-            "{path} watched: {requests:?}"
-        );
+    let watched = |path: &str, selector: &str| {
+        requests.iter().any(|r| {
+            r.starts_with(&format!("{path}?"))
+                && r.contains("watch=true")
+                && decode(r).contains(selector)
+        })
+    };
+    for (path, selector) in [
+        (VMIS, "labelSelector=kubevirt.io/nodeName=node02"),
+        (
+            VMIS,
+            "labelSelector=kubevirt.io/migrationTargetNodeName=node02",
+        ),
+        (PODS, "labelSelector=kubevirt.io=virt-launcher"),
+        (PODS, "fieldSelector=spec.nodeName=node02"),
+        (VMIMS, ""),
+    ] {
+        assert!(watched(path, selector), "{path} {selector}: {requests:?}");
     }
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.starts_with(VMIS))
+            .all(|r| decode(r).contains("labelSelector=")),
+        "no cluster-wide VMI request: {requests:?}"
+    );
+}
+
+/// Percent-decodes a request line for comparisons.
+fn decode(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test]
@@ -410,4 +468,164 @@ async fn target_node_learns_its_listening_ports_then_adopts_the_vm() {
     s.until("VM gone", |d| d.flows().is_empty())
         .await
         .expect("deleted");
+}
+
+const LAUNCHER_NODE: &str = "kubevirt-nn4bm-worker-srxr9";
+const POD_IP: [u8; 4] = [10, 131, 0, 169];
+
+/// A test namespace standing in for the node's root namespace: the pod's
+/// host-side veth `vmbwpod0` and the host route a per-pod-veth CNI
+/// installs (`10.131.0.169 dev vmbwpod0 scope link`), plus a bridge with a
+/// subnet route, which must not be taken for the pod's interface.
+fn pod_network() -> (NetNs, u32) {
+    let ns = NetNs::new().expect("netns");
+    ns.ip(&[
+        "link",
+        "add",
+        "vmbwpod0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vmbwpod0p",
+    ])
+    .expect("veth");
+    ns.ip(&["link", "set", "vmbwpod0", "up"]).expect("up");
+    ns.ip(&[
+        "route",
+        "add",
+        "10.131.0.169/32",
+        "dev",
+        "vmbwpod0",
+        "scope",
+        "link",
+    ])
+    .expect("host route");
+    ns.ip(&["link", "add", "vmbwbr0", "type", "bridge"])
+        .expect("bridge");
+    ns.ip(&["link", "set", "vmbwbr0", "up"]).expect("up");
+    ns.ip(&["route", "add", "10.131.1.0/24", "dev", "vmbwbr0"])
+        .expect("bridge route");
+    let index = in_netns(&ns, || {
+        // SAFETY: a valid C string.
+        unsafe { libc::if_nametoindex(c"vmbwpod0".as_ptr()) }
+    });
+    assert_ne!(index, 0);
+    (ns, index)
+}
+
+#[test]
+fn host_routes_find_a_pods_own_interface_only() {
+    require!(privileged());
+    let (ns, index) = pod_network();
+    let found = in_netns(&ns, || {
+        use vmbw::kubevirt::PodInterfaces as _;
+        let routes = HostRoutes::open().expect("rtnetlink");
+        (
+            routes.interface_of("10.131.0.169".parse().expect("ip")),
+            routes.interface_of("10.131.1.7".parse().expect("ip")),
+            routes.interface_of("192.0.2.1".parse().expect("ip")),
+        )
+    });
+    let iface = found.0.expect("lookup").expect("the pod's veth");
+    assert_eq!((iface.index, iface.name.as_str()), (index, "vmbwpod0"));
+    assert_eq!(found.1.expect("lookup"), None, "a bridge serves many pods");
+    assert_eq!(found.2.expect("lookup"), None, "no route at all");
+}
+
+#[tokio::test]
+async fn launcher_pods_register_their_addresses_and_interface_until_they_go() {
+    require!(privileged());
+    let (logs, _guard) = Captured::start();
+    let (ns, veth) = pod_network();
+    let routes = in_netns(&ns, HostRoutes::open).expect("rtnetlink in the test namespace");
+    let discovery = Discovery::new(LAUNCHER_NODE, 1..=64).with_interfaces(Box::new(routes));
+    let s = setup_with(LAUNCHER_NODE, &[], discovery)
+        .await
+        .expect("setup");
+    let e = Direction::Egress;
+    let from_pod = Frame::eth(MAC_HOST, MAC_PEER, ETH_IPV4)
+        .ipv4(POD_IP, PEER, TCP, 0, 0)
+        .tcp(40000, 443)
+        .payload(64);
+    // Masqueraded by the node: the source address is the node's, only the
+    // device it came from tells it is the pod's.
+    let natted = Frame::eth(MAC_HOST, MAC_PEER, ETH_IPV4)
+        .ipv4(SOURCE_HOST, PEER, TCP, 0, 0)
+        .tcp(40001, 443)
+        .payload(64);
+    let run = |slot: u32, frame: &Frame, ifindex: u32| -> u64 {
+        let mut dp = s.dp.lock().expect("lock");
+        let before = dp.vm_counters(slot).expect("counters");
+        let input = SkbIn {
+            ingress_ifindex: ifindex,
+            ..SkbIn::default()
+        };
+        dp.test_run(e, frame.bytes(), input, 1).expect("test run");
+        let after = dp.vm_counters(slot).expect("counters");
+        after.application.egress.packets - before.application.egress.packets
+    };
+
+    // A launcher pod elsewhere is not this node's (the field selector keeps
+    // it away); a malformed one here is skipped with a warning.
+    let pod = obj("pod-virt-launcher-fedora02.json").expect("fixture");
+    let mut elsewhere = pod.clone();
+    elsewhere["metadata"]["name"] = "virt-launcher-fedora02-other".into();
+    elsewhere["spec"]["nodeName"] = "another-node".into();
+    s.api.apply(PODS, elsewhere);
+    let mut malformed = pod.clone();
+    malformed["metadata"]["name"] = "virt-launcher-fedora02-broken".into();
+    malformed["metadata"]["uid"] = "8d1f3b3d-0000-4963-8f0d-fc7115fe5123".into();
+    malformed["status"]["podIP"] = "10.131.0.999".into();
+    malformed["status"]["podIPs"] = serde_json::json!([{"ip": "10.131.0.999"}]);
+    s.api.apply(PODS, malformed);
+
+    // The pod appears: its IP and its host-side veth are the VM's.
+    s.api.apply(PODS, pod);
+    s.until("the pod's address and interface", |d| {
+        let f = d.flows();
+        f.iter().any(|f| f.local == "10.131.0.169") && f.iter().any(|f| f.local == "tap vmbwpod0")
+    })
+    .await
+    .expect("registered");
+    let slot = {
+        let d = s.discovery.lock().expect("lock");
+        let vms = d.vms();
+        assert_eq!(vms.len(), 1, "only the pod of this node: {vms:?}");
+        assert_eq!(vms[0].name, "default/fedora02", "named after its VMI");
+        vms[0].slot.expect("slot")
+    };
+    assert_eq!(run(slot, &from_pod, 0), 1, "by its address");
+    assert_eq!(run(slot, &natted, veth), 1, "by the device it came from");
+    assert_eq!(
+        run(slot, &natted, 0),
+        0,
+        "the node's own traffic is not the VM's"
+    );
+    let text = logs.text();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("skipping a malformed KubeVirt object")
+                && l.contains("default/virt-launcher-fedora02-broken")
+                && l.contains("status.podIPs[].ip")),
+        "{text}"
+    );
+
+    // It goes away: nothing of it is left in the datapath.
+    s.api
+        .delete(PODS, "default", "virt-launcher-fedora02-jk74x");
+    s.until("the pod's registrations removed", |d| {
+        d.flows().is_empty() && d.vms().is_empty()
+    })
+    .await
+    .expect("removed");
+    assert_eq!(run(slot, &from_pod, 0), 0);
+    assert_eq!(run(slot, &natted, veth), 0);
+    let requests = s.api.requests();
+    assert!(
+        requests.iter().any(|r| r.starts_with(PODS)
+            && decode(r).contains(&format!("fieldSelector=spec.nodeName={LAUNCHER_NODE}"))),
+        "{requests:?}"
+    );
+    drop(ns);
 }

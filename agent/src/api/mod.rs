@@ -168,6 +168,16 @@ pub struct MigrationStatus {
     /// The peer: the other node (name or address).
     #[serde(default)]
     pub peer: Option<String>,
+    /// Finished iterations of this migration the agent has a sample of.
+    #[serde(default)]
+    pub samples: u32,
+    /// The migration cap QEMU has now, as vmbw set it (QMP
+    /// `max-bandwidth`, or libvirt's max speed, which is whole MiB/s).
+    #[serde(default)]
+    pub qemu_max_bandwidth_bytes_per_sec: Option<f64>,
+    /// QEMU parameters the migration source refused, `param: reason`.
+    #[serde(default)]
+    pub refused: Vec<String>,
 }
 
 /// What the controller gave a VM.
@@ -221,6 +231,10 @@ pub struct VmStatus {
     pub migration: Option<MigrationStatus>,
     pub allocation: Allocation,
     pub traffic: Vec<ClassTraffic>,
+    /// How the agent follows the VM's migrations: `qmp` or `libvirt`
+    /// (absent before the first connection, and for KubeVirt VMIs).
+    #[serde(default)]
+    pub telemetry: Option<String>,
 }
 
 /// How a flow is recognised by the classifier.

@@ -257,6 +257,9 @@ mod tests {
                     predicted_dirty_pages: Some(1200.4),
                     actual_dirty_pages: None,
                     peer: Some("node02".into()),
+                    samples: 0,
+                    qemu_max_bandwidth_bytes_per_sec: None,
+                    refused: vec![],
                 }),
                 allocation: Allocation {
                     migration_rate_bytes_per_sec: Some(2_500_000.0),
@@ -279,6 +282,7 @@ mod tests {
                         ingress_bytes_per_sec: 250_000.0,
                     },
                 ],
+                telemetry: Some("qmp".into()),
             },
             VmStatus {
                 name: "default/idle".into(),
@@ -286,6 +290,7 @@ mod tests {
                 migration: None,
                 allocation: Allocation::default(),
                 traffic: vec![],
+                telemetry: None,
             },
         ]
     }

@@ -118,13 +118,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             continue;
         }
         let slot = (cfg.vm.len() + i) as u32 + 1;
-        let entry = VmEntry {
-            name: name.clone(),
-            qmp,
-            ips: vec![],
-            macs: vec![],
-            taps: vec![],
-        };
+        let entry = VmEntry::qmp(name.clone(), qmp);
         vms.insert(name, VmState::new(slot, entry));
     }
 
@@ -168,7 +162,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         state: Mutex::new(State {
             started: Instant::now(),
             ready: true,
-            node: hostname(),
+            node: cfg.discovery.node(),
             mode: cfg.agent.mode.clone(),
             policy: cfg.agent.policy.clone(),
             uplinks: uplinks.clone(),
@@ -208,6 +202,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         .map(|v| v.entry.clone())
         .collect();
     for entry in entries {
+        let Some(telemetry) = entry.telemetry() else {
+            // Config validation makes this unreachable for [[vm]] entries.
+            warn!(vm = %entry.name, "neither `qmp` nor `libvirt`: not followed");
+            continue;
+        };
         let cfg = MonitorConfig {
             vm_ifaces: entry.taps.clone(),
             ..monitor_cfg.clone()
@@ -215,7 +214,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         tasks.push(tokio::spawn(vm::follow(
             shared.clone(),
             entry.name.clone(),
-            entry.qmp.clone(),
+            telemetry,
             cfg,
             stopped.clone(),
         )));
@@ -223,7 +222,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let kubevirt = cfg
         .discovery
         .kubevirt
-        .then(|| spawn_kubevirt(&shared, cfg.vm.len() as u32 + 1000));
+        .then(|| spawn_kubevirt(&shared, cfg.discovery.node(), cfg.vm.len() as u32 + 1000));
 
     let mut control = ControlLoop::new(
         shared.clone(),
@@ -385,19 +384,11 @@ fn discovery_names(cfg: &Config) -> Vec<String> {
     d
 }
 
-fn hostname() -> String {
-    std::env::var("NODE_NAME")
-        .ok()
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_default()
-}
-
-fn spawn_kubevirt(shared: &Arc<Shared>, first_slot: u32) -> tokio::task::JoinHandle<()> {
-    let node = hostname();
+fn spawn_kubevirt(
+    shared: &Arc<Shared>,
+    node: String,
+    first_slot: u32,
+) -> tokio::task::JoinHandle<()> {
     let dp = shared.datapath.clone();
     tokio::spawn(async move {
         let client = match kube::Client::try_default().await {
@@ -407,10 +398,18 @@ fn spawn_kubevirt(shared: &Arc<Shared>, first_slot: u32) -> tokio::task::JoinHan
                 return;
             }
         };
-        let discovery = Arc::new(Mutex::new(crate::kubevirt::watch::Discovery::new(
+        let mut discovery = crate::kubevirt::watch::Discovery::new(
             node,
             first_slot..=crate::shaping::handles::MAX_VM_SLOT as u32,
-        )));
+        );
+        // The routes of the agent's (the host's) network namespace.
+        match crate::kubevirt::HostRoutes::open() {
+            Ok(routes) => discovery = discovery.with_interfaces(Box::new(routes)),
+            Err(e) => {
+                warn!(error = %e, "no rtnetlink socket: launcher pods' host interfaces are not registered (their IPs are)")
+            }
+        }
+        let discovery = Arc::new(Mutex::new(discovery));
         if let Err(e) = crate::kubevirt::watch::run(client, discovery, dp).await {
             error!(error = %e, "KubeVirt discovery stopped");
         }

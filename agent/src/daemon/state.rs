@@ -92,6 +92,14 @@ pub struct VmState {
     /// When the last QEMU sample arrived, until it has been enforced.
     pub sample_at: Option<Instant>,
     pub explain: VecDeque<ExplainedDecision>,
+    /// How the VM is followed (`qmp`, `libvirt`), once connected.
+    pub telemetry: Option<&'static str>,
+    /// Samples (finished iterations) of the current migration.
+    pub samples: u32,
+    /// The cap QEMU has, as vmbw set it (bytes/s).
+    pub qemu_max_bandwidth: Option<f64>,
+    /// QEMU parameters the source refused in this migration, with reasons.
+    pub refused: Vec<String>,
 }
 
 impl VmState {
@@ -115,6 +123,10 @@ impl VmState {
             decided: 0,
             sample_at: None,
             explain: VecDeque::new(),
+            telemetry: None,
+            samples: 0,
+            qemu_max_bandwidth: None,
+            refused: Vec::new(),
         }
     }
 
@@ -133,6 +145,9 @@ impl VmState {
         self.iter_s.clear();
         self.dirty_rates.clear();
         self.predicted.clear();
+        self.samples = 0;
+        self.qemu_max_bandwidth = None;
+        self.refused.clear();
     }
 
     pub fn qemu_params(&self) -> QemuParams {
@@ -235,7 +250,11 @@ pub fn vms(s: &State) -> Vec<api::VmStatus> {
                 predicted_dirty_pages: v.predicted.get(&v.iteration).copied(),
                 actual_dirty_pages: v.rows.last().map(|r| r[0]),
                 peer: v.flows.first().map(|f| f.remote.to_string()),
+                samples: v.samples,
+                qemu_max_bandwidth_bytes_per_sec: v.qemu_max_bandwidth,
+                refused: v.refused.clone(),
             }),
+            telemetry: v.telemetry.map(str::to_owned),
             allocation: v.allocation(),
             traffic: [
                 (class::MIGRATION, api::TrafficClass::Migration),

@@ -1,10 +1,11 @@
-//! One task per VM: holds the VM's QMP connection, waits for a migration,
-//! follows its iterations (one sample each), learns its TCP streams from
+//! One task per VM: follows the VM's migrations through its
+//! [`MigrationSource`] (QEMU's QMP socket, or libvirt where libvirt owns
+//! it), one sample per finished iteration, learns its TCP streams from
 //! QEMU's sockets and registers them as migration flows, and applies the
 //! controller's QEMU parameters at each iteration boundary. Reconnects when
-//! QEMU is not there (yet, or any more).
+//! QEMU (or libvirt, or the domain) is not there (yet, or any more).
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 use tracing::{Instrument as _, debug, info, info_span, warn};
@@ -12,8 +13,9 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use super::{procnet, state::Shared};
 use crate::{
     api::MigrationPhase,
-    control::QemuParams,
-    qemu::{Capability, MigrationMonitor, MonitorConfig, Qmp, QmpOptions, types::MigrationStatus},
+    config::Telemetry,
+    migration::{Applied, MigrationSource},
+    qemu::{MigrationMonitor, MonitorConfig, Qmp, QmpOptions, types::MigrationStatus},
 };
 
 /// How long a VM task waits for the controller's decision after news.
@@ -21,32 +23,66 @@ const DECISION_WAIT: Duration = Duration::from_millis(1500);
 /// Between reconnect attempts.
 const RETRY: Duration = Duration::from_secs(2);
 
-/// Follows `name` through its QMP socket until `shutdown`.
+/// Follows VM `name`, reached as `telemetry` says, until `shutdown`.
+/// `cfg` is the QMP monitor's configuration; the libvirt source takes the
+/// uplink from it (X6) and measures the rest through libvirt.
 pub async fn follow(
     shared: Arc<Shared>,
     name: String,
-    qmp_path: PathBuf,
+    telemetry: Telemetry,
     cfg: MonitorConfig,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let span = info_span!("vm", vm = %name);
     async move {
-        let mut last_error = String::new();
-        while !*shutdown.borrow() {
-            match follow_once(&shared, &name, &qmp_path, &cfg, &mut shutdown).await {
-                Ok(()) => last_error.clear(),
-                Err(e) => {
-                    // Say each distinct problem once, not every retry.
-                    if e != last_error {
-                        warn!(qmp = %qmp_path.display(), error = %e, "QEMU not reachable or migration follow failed; retrying");
-                        shared.metrics.errors.with_label_values(&["qemu"]).inc();
-                        last_error = e;
+        match telemetry {
+            Telemetry::Qmp(path) => {
+                let what = format!("qmp {}", path.display());
+                let connect = || {
+                    let (path, cfg) = (path.clone(), cfg.clone());
+                    async move {
+                        let qmp = Qmp::connect(&path, QmpOptions::default())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let mut monitor = MigrationMonitor::new(qmp, cfg)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        monitor.enable_events().await.map_err(|e| e.to_string())?;
+                        Ok(monitor)
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(RETRY) => {}
-                        _ = shutdown.changed() => {}
+                };
+                follow_with(&shared, &name, &what, connect, shutdown).await;
+            }
+            #[cfg(feature = "libvirt")]
+            Telemetry::Libvirt {
+                uri,
+                domain,
+                pid_file,
+            } => {
+                use crate::libvirt::{LibvirtMonitor, LibvirtMonitorConfig, LibvirtTarget};
+                let what = format!("libvirt {uri} domain {domain}");
+                let target = LibvirtTarget {
+                    uri,
+                    domain,
+                    pid_file,
+                };
+                let lcfg = LibvirtMonitorConfig {
+                    uplink: cfg.uplink.clone(),
+                    ..LibvirtMonitorConfig::default()
+                };
+                let connect = || {
+                    let (target, lcfg) = (target.clone(), lcfg.clone());
+                    async move {
+                        LibvirtMonitor::connect(&target, lcfg)
+                            .await
+                            .map_err(|e| format!("{e}: {}", e.libvirt_message()))
                     }
-                }
+                };
+                follow_with(&shared, &name, &what, connect, shutdown).await;
+            }
+            #[cfg(not(feature = "libvirt"))]
+            Telemetry::Libvirt { .. } => {
+                warn!("built without the libvirt feature: this VM is not followed");
             }
         }
     }
@@ -54,49 +90,82 @@ pub async fn follow(
     .await
 }
 
-/// One connection: wait for a migration, follow it to its end.
-async fn follow_once(
+/// Connects with `connect` and follows migrations, retrying after errors.
+async fn follow_with<S, F, Fut>(
     shared: &Arc<Shared>,
     name: &str,
-    qmp_path: &PathBuf,
-    cfg: &MonitorConfig,
+    what: &str,
+    mut connect: F,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: MigrationSource,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<S, String>>,
+{
+    let mut last_error = String::new();
+    while !*shutdown.borrow() {
+        let result = match connect().await {
+            Ok(mut source) => follow_once(shared, name, &mut source, &mut shutdown).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => last_error.clear(),
+            Err(e) => {
+                // Say each distinct problem once, not every retry.
+                if e != last_error {
+                    warn!(source = what, error = %e, "QEMU not reachable or migration follow failed; retrying");
+                    shared.metrics.errors.with_label_values(&["qemu"]).inc();
+                    last_error = e;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+/// One connection: wait for a migration, follow it to its end.
+async fn follow_once<S: MigrationSource>(
+    shared: &Arc<Shared>,
+    name: &str,
+    source: &mut S,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let qmp = Qmp::connect(qmp_path, QmpOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut monitor = MigrationMonitor::new(qmp, cfg.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    monitor.enable_events().await.map_err(|e| e.to_string())?;
-    debug!("connected; waiting for a migration");
+    debug!(source = source.kind(), "connected; waiting for a migration");
+    if let Some(v) = shared.state().vms.get_mut(name) {
+        v.telemetry = Some(source.kind());
+    }
     loop {
         tokio::select! {
             _ = shutdown.changed() => return Ok(()),
-            r = monitor.wait_for_start(Duration::from_secs(5)) => match r {
-                Ok(()) => break,
-                Err(crate::qemu::monitor::MonitorError::NotStarted(_)) => continue,
+            r = source.wait_for_start(Duration::from_secs(5)) => match r {
+                Ok(true) => break,
+                Ok(false) => continue,
                 Err(e) => return Err(e.to_string()),
             },
         }
     }
-    let pid = monitor.qemu_pid();
-    info!(pid, "migration started");
+    let pid = source.qemu_pid();
+    info!(pid, source = source.kind(), "migration started");
     {
         let mut st = shared.state();
         if let Some(v) = st.vms.get_mut(name) {
             v.begin_migration();
         }
     }
-    let mut applied = QemuParams::default();
+    let mut applied = Applied::default();
     // QEMU opens its migration stream(s) just after the start and may open
     // more (multifd): watch its sockets while the migration runs.
-    let flow_watch = FlowWatch(tokio::spawn(watch_flows(
-        shared.clone(),
-        name.to_owned(),
-        pid,
-    )));
-    await_decision_and_apply(shared, name, &mut monitor, &mut applied).await;
+    let flow_watch = (pid != 0).then(|| {
+        FlowWatch(tokio::spawn(watch_flows(
+            shared.clone(),
+            name.to_owned(),
+            pid,
+        )))
+    });
+    await_decision_and_apply(shared, name, source, &mut applied).await;
     loop {
         let sample = tokio::select! {
             _ = shutdown.changed() => {
@@ -104,7 +173,7 @@ async fn follow_once(
                 unregister_flows(shared, name);
                 return Ok(());
             }
-            s = monitor.next_sample() => s.map_err(|e| e.to_string())?,
+            s = source.next_sample() => s.map_err(|e| e.to_string())?,
         };
         match sample {
             Some(s) => {
@@ -113,6 +182,9 @@ async fn follow_once(
                     dirty_pages = s.dirty_pages,
                     iter_s = s.iter_s,
                     remaining = s.remaining_bytes,
+                    mem_pct = s.mem_usage_pct,
+                    cpu_pct = s.cpu_usage_pct,
+                    vm_net_bps = s.vm_net_bps,
                     "iteration finished"
                 );
                 {
@@ -140,7 +212,8 @@ async fn follow_once(
                         } else {
                             0.0
                         });
-                        v.iteration = finished + 1;
+                        v.samples += 1;
+                        v.iteration = (s.iteration + s.syncs) as u32;
                         v.remaining = s.remaining_bytes;
                         v.page_size = s.page_size as f64;
                         shared
@@ -152,7 +225,7 @@ async fn follow_once(
                             .metrics
                             .iteration
                             .with_label_values(&[name])
-                            .set(f64::from(finished + 1));
+                            .set(f64::from(v.iteration));
                         if let Some(ms) = s.expected_downtime_ms {
                             shared
                                 .metrics
@@ -165,10 +238,10 @@ async fn follow_once(
                         }
                     }
                 }
-                await_decision_and_apply(shared, name, &mut monitor, &mut applied).await;
+                await_decision_and_apply(shared, name, source, &mut applied).await;
             }
             None => {
-                let status = monitor.outcome().map(|o| o.status.clone());
+                let status = source.end().map(|o| o.status);
                 info!(status = ?status, "migration ended");
                 drop(flow_watch);
                 unregister_flows(shared, name);
@@ -189,11 +262,11 @@ async fn follow_once(
 
 /// Wakes the control loop, waits (bounded) for its next decision about this
 /// VM, and applies the QEMU parameters that changed.
-async fn await_decision_and_apply(
+async fn await_decision_and_apply<S: MigrationSource>(
     shared: &Arc<Shared>,
     name: &str,
-    monitor: &mut MigrationMonitor,
-    applied: &mut QemuParams,
+    source: &mut S,
+    applied: &mut Applied,
 ) {
     let before = shared.state().vms.get(name).map_or(0, |v| v.decided);
     shared.wake.notify_one();
@@ -203,7 +276,7 @@ async fn await_decision_and_apply(
             .state()
             .vms
             .get(name)
-            .map_or((before, QemuParams::default()), |v| {
+            .map_or((before, Default::default()), |v| {
                 (v.decided, v.qemu_params())
             });
         if decided > before || tokio::time::Instant::now() >= deadline {
@@ -211,55 +284,54 @@ async fn await_decision_and_apply(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    if let Err(e) = apply(monitor, &params, applied).await {
-        warn!(error = %e, "applying QEMU parameters");
-        shared
-            .metrics
-            .errors
-            .with_label_values(&["qemu-control"])
-            .inc();
+    let was = applied.clone();
+    match source.apply(&params, applied).await {
+        Ok(refused) => {
+            for r in &refused {
+                warn!(param = r.param, reason = %r.reason, source = source.kind(), "QEMU parameter not applied (not retried in this migration)");
+                shared
+                    .metrics
+                    .errors
+                    .with_label_values(&["qemu-control-refused"])
+                    .inc();
+            }
+            if let Some(v) = shared.state().vms.get_mut(name) {
+                v.qemu_max_bandwidth = applied.max_bandwidth_set;
+                v.refused
+                    .extend(refused.iter().map(|r| format!("{}: {}", r.param, r.reason)));
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "applying QEMU parameters");
+            shared
+                .metrics
+                .errors
+                .with_label_values(&["qemu-control"])
+                .inc();
+        }
     }
-}
-
-async fn apply(
-    monitor: &mut MigrationMonitor,
-    want: &QemuParams,
-    applied: &mut QemuParams,
-) -> Result<(), crate::qemu::QmpError> {
-    let qmp = monitor.qmp();
-    if let Some(bw) = want.max_bandwidth
-        && applied
-            .max_bandwidth
-            .is_none_or(|old| (old - bw).abs() > 0.01 * old.max(1.0))
+    let (now, then) = (&applied.params, &was.params);
+    if now.max_bandwidth != then.max_bandwidth
+        && let Some(bw) = now.max_bandwidth
     {
-        qmp.set_max_bandwidth(bw.round().max(1.0) as u64).await?;
-        applied.max_bandwidth = Some(bw);
         info!(
             max_bandwidth_mbit = bw * 8.0 / 1e6,
+            set_mbit = applied.max_bandwidth_set.map(|b| b * 8.0 / 1e6),
+            source = source.kind(),
             "QEMU max-bandwidth set"
         );
     }
-    if let Some(dt) = want.downtime_limit_s
-        && applied.downtime_limit_s != Some(dt)
+    if now.downtime_limit_s != then.downtime_limit_s
+        && let Some(dt) = now.downtime_limit_s
     {
-        qmp.set_downtime_limit((dt * 1000.0).round() as u64).await?;
-        applied.downtime_limit_s = Some(dt);
         info!(downtime_limit_ms = dt * 1000.0, "QEMU downtime-limit set");
     }
-    if let Some(ac) = want.auto_converge
-        && applied.auto_converge != Some(ac)
-    {
-        qmp.set_capabilities(&[(Capability::AutoConverge, ac)])
-            .await?;
-        applied.auto_converge = Some(ac);
-        info!(auto_converge = ac, "QEMU auto-converge set");
+    if now.auto_converge != then.auto_converge {
+        info!(auto_converge = ?now.auto_converge, "QEMU auto-converge set");
     }
-    if want.start_postcopy && !applied.start_postcopy {
-        qmp.migrate_start_postcopy().await?;
-        applied.start_postcopy = true;
+    if now.start_postcopy && !then.start_postcopy {
         info!("switched to post-copy");
     }
-    Ok(())
 }
 
 /// The flow-watching task of one migration, stopped when dropped.

@@ -26,6 +26,8 @@ struct Applied {
     slot: u32,
     addresses: BTreeSet<IpAddr>,
     macs: BTreeSet<[u8; 6]>,
+    /// ifindex -> interface name.
+    taps: BTreeMap<u32, String>,
     claims: BTreeSet<PortClaim>,
 }
 
@@ -60,6 +62,17 @@ pub enum Change {
     RemoveMac {
         vm: String,
         mac: [u8; 6],
+    },
+    AddTap {
+        vm: String,
+        slot: u32,
+        ifindex: u32,
+        name: String,
+    },
+    RemoveTap {
+        vm: String,
+        ifindex: u32,
+        name: String,
     },
 }
 
@@ -132,6 +145,27 @@ impl Applier {
                 .unwrap_or_default();
             let want_addresses = want.map_or(&empty.addresses, |w| &w.addresses);
             let want_macs = want.map_or(&empty.macs, |w| &w.macs);
+            let want_taps = want.map_or(&empty.taps, |w| &w.taps);
+            for (ifindex, name) in have.taps.clone() {
+                if want_taps.get(&ifindex) == Some(&name) {
+                    continue;
+                }
+                match dp.remove_vm_tap(ifindex) {
+                    Ok(()) => {
+                        have.taps.remove(&ifindex);
+                        report.changes.push(Change::RemoveTap {
+                            vm: key.clone(),
+                            ifindex,
+                            name,
+                        });
+                    }
+                    Err(e) => {
+                        report
+                            .errors
+                            .push(KubevirtError::datapath(&key, "remove interface", e))
+                    }
+                }
+            }
             for claim in have.claims.clone().difference(&want_claims) {
                 match dp.clear_migration_ports(port_side(claim.side), claim.port, claim.port) {
                     Ok(()) => {
@@ -180,11 +214,12 @@ impl Applier {
         }
         for key in gone {
             // Release the slot only once everything of the VM is gone.
-            if self
-                .applied
-                .get(&key)
-                .is_some_and(|a| a.claims.is_empty() && a.addresses.is_empty() && a.macs.is_empty())
-            {
+            if self.applied.get(&key).is_some_and(|a| {
+                a.claims.is_empty()
+                    && a.addresses.is_empty()
+                    && a.macs.is_empty()
+                    && a.taps.is_empty()
+            }) {
                 self.applied.remove(&key);
             }
         }
@@ -240,6 +275,25 @@ impl Applier {
                         .push(KubevirtError::datapath(key, "add address", e)),
                 }
             }
+            for (ifindex, name) in &want.taps {
+                if have.taps.contains_key(ifindex) {
+                    continue;
+                }
+                match dp.add_vm_tap(slot, *ifindex) {
+                    Ok(()) => {
+                        have.taps.insert(*ifindex, name.clone());
+                        report.changes.push(Change::AddTap {
+                            vm: key.clone(),
+                            slot,
+                            ifindex: *ifindex,
+                            name: name.clone(),
+                        });
+                    }
+                    Err(e) => report
+                        .errors
+                        .push(KubevirtError::datapath(key, "add interface", e)),
+                }
+            }
             for mac in want.macs.difference(&have.macs.clone()) {
                 match dp.add_vm_mac(slot, *mac) {
                     Ok(()) => {
@@ -287,7 +341,8 @@ impl Applier {
                     .collect::<Vec<_>>()
                     .join(":")
             });
-            for addr in addresses.chain(macs) {
+            let taps = a.taps.values().map(|n| format!("tap {n}"));
+            for addr in addresses.chain(macs).chain(taps) {
                 out.push(FlowStatus {
                     vm: vm.clone(),
                     slot: a.slot,

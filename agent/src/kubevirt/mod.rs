@@ -6,7 +6,10 @@
 //! - [`reconcile`]: the pure part: objects in, [`reconcile::Desired`] out
 //!   (migration ports per VM and side, VM addresses).
 //! - [`apply`]: diffs desired against applied and calls the datapath.
-//! - [`watch`]: the kube-rs watchers that feed the two.
+//! - [`podnet`]: a launcher pod's host-side interface, from the host's
+//!   routes.
+//! - [`watch`]: the kube-rs watchers that feed the two, scoped to this
+//!   node (see there for the selectors and their sources).
 //!
 //! Migration wire ports under KubeVirt are virt-handler's proxy ports,
 //! random per migration and published in the VMI's
@@ -15,13 +18,17 @@
 
 pub mod apply;
 pub mod objects;
+pub mod podnet;
 pub mod reconcile;
 pub mod watch;
 
 use std::ops::RangeInclusive;
 
 pub use apply::{Applier, ApplyReport, Change};
-pub use objects::{ObjectError, RawObject, Vmi, Vmim, parse_vmi, parse_vmim};
+pub use objects::{
+    LauncherPod, ObjectError, RawObject, Vmi, Vmim, parse_launcher_pod, parse_vmi, parse_vmim,
+};
+pub use podnet::{HostIface, HostRoutes, PodInterfaces};
 pub use reconcile::{Desired, DesiredMigration, DesiredVm, PortClaim, Side, reconcile};
 pub use watch::{DiscoveredVm, Discovery, run};
 
@@ -46,6 +53,11 @@ pub enum KubevirtError {
     WatchEnded { kind: &'static str },
     #[error("the datapath lock is poisoned (a thread panicked while holding it)")]
     Poisoned,
+    #[error(
+        "this node's name is unknown: set [discovery] node_name or NODE_NAME (the DaemonSet \
+         passes spec.nodeName through the downward API)"
+    )]
+    NoNodeName,
 }
 
 impl KubevirtError {
@@ -64,6 +76,7 @@ impl KubevirtError {
             KubevirtError::NoFreeSlot { .. } => "no_free_slot",
             KubevirtError::WatchEnded { .. } => "watch_ended",
             KubevirtError::Poisoned => "poisoned",
+            KubevirtError::NoNodeName => "no_node_name",
         }
     }
 }

@@ -29,6 +29,37 @@ pub fn vmim_resource() -> ApiResource {
     )
 }
 
+/// `v1` Pod (KubeVirt's virt-launcher pods).
+pub fn pod_resource() -> ApiResource {
+    ApiResource {
+        group: String::new(),
+        version: "v1".into(),
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        plural: "pods".into(),
+    }
+}
+
+/// KubeVirt's labels (kubevirt/kubevirt `staging/src/kubevirt.io/api/core/v1/types.go`).
+pub mod labels {
+    /// On VMIs: the node the VMI runs on (virt-controller keeps it equal
+    /// to `status.nodeName`; it moves to the target when a migration
+    /// completes).
+    pub const NODE_NAME: &str = "kubevirt.io/nodeName";
+    /// On VMIs: the target node of the running migration (set by
+    /// virt-controller when the target pod is scheduled, for the target's
+    /// virt-handler).
+    pub const MIGRATION_TARGET_NODE_NAME: &str = "kubevirt.io/migrationTargetNodeName";
+    /// On KubeVirt's pods: `kubevirt.io=virt-launcher` marks launcher pods.
+    pub const APP: &str = "kubevirt.io";
+    pub const VIRT_LAUNCHER: &str = "virt-launcher";
+    /// On launcher pods: the UID of the VMI the pod runs.
+    pub const CREATED_BY: &str = "kubevirt.io/created-by";
+    /// On launcher pods of a VirtualMachine's VMI: the VM's (= the VMI's)
+    /// name.
+    pub const VM_NAME: &str = "vm.kubevirt.io/name";
+}
+
 fn kubevirt_resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource {
         group: "kubevirt.io".into(),
@@ -241,6 +272,36 @@ impl Vmim {
     }
 }
 
+/// A virt-launcher pod: the pod a VMI's QEMU runs in, the fields vmbw
+/// uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LauncherPod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+    /// The VMI it runs: the controller owner reference of kind
+    /// `VirtualMachineInstance`, else the `vm.kubevirt.io/name` label.
+    pub vmi_name: Option<String>,
+    /// The owner reference's UID, else the `kubevirt.io/created-by` label.
+    pub vmi_uid: Option<String>,
+    /// `spec.nodeName`.
+    pub node: Option<String>,
+    /// `status.phase` (`Pending`, `Running`, `Succeeded`, `Failed`).
+    pub phase: Option<String>,
+    pub host_network: bool,
+    /// `status.podIPs` (or `status.podIP`).
+    pub ips: Vec<IpAddr>,
+    /// The pod's host-side interface(s), filled in by discovery from the
+    /// host's routes ([`super::podnet`]), not from the object.
+    pub host_ifaces: Vec<super::podnet::HostIface>,
+}
+
+impl LauncherPod {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
 // ---- serde shapes of the JSON (camelCase, everything optional) ----
 
 #[derive(Deserialize, Default)]
@@ -316,6 +377,36 @@ struct VmimSpecJson {
 #[serde(rename_all = "camelCase", default)]
 struct VmimStatusJson {
     phase: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct PodJson {
+    spec: PodSpecJson,
+    status: PodStatusJson,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct PodSpecJson {
+    node_name: Option<String>,
+    host_network: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct PodStatusJson {
+    phase: Option<String>,
+    #[serde(rename = "podIP")]
+    pod_ip: Option<String>,
+    #[serde(rename = "podIPs")]
+    pod_ips: Vec<PodIpJson>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PodIpJson {
+    ip: Option<String>,
 }
 
 struct Ctx {
@@ -413,6 +504,71 @@ pub fn parse_vmim(raw: &RawObject) -> Result<Vmim, ObjectError> {
         uid: raw.metadata.uid.clone(),
         vmi_name,
         phase: json.status.phase,
+    })
+}
+
+/// Parses a virt-launcher pod. A pod that cannot be tied to a VMI, or
+/// whose addresses are not addresses, is an error naming the field.
+pub fn parse_launcher_pod(raw: &RawObject) -> Result<LauncherPod, ObjectError> {
+    let (ctx, namespace, name) = identity(raw, "Pod")?;
+    let json: PodJson =
+        serde_json::from_value(raw.value.clone()).map_err(|source| ObjectError::Json {
+            kind: ctx.kind,
+            object: ctx.object.clone(),
+            source,
+        })?;
+    let meta = &raw.metadata;
+    let owner =
+        meta.owner_references.iter().flatten().find(|o| {
+            o.kind == "VirtualMachineInstance" && o.api_version.starts_with("kubevirt.io/")
+        });
+    let label = |k: &str| {
+        meta.labels
+            .as_ref()
+            .and_then(|l| l.get(k))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    let vmi_name = owner
+        .map(|o| o.name.clone())
+        .filter(|n| !n.is_empty())
+        .or_else(|| label(labels::VM_NAME));
+    let vmi_uid = owner
+        .map(|o| o.uid.clone())
+        .filter(|u| !u.is_empty())
+        .or_else(|| label(labels::CREATED_BY));
+    if vmi_name.is_none() && vmi_uid.is_none() {
+        return Err(ctx.field(
+            "metadata.ownerReferences",
+            "none of kind VirtualMachineInstance",
+            "a VirtualMachineInstance owner (or a kubevirt.io/created-by label)",
+        ));
+    }
+    let status = json.status;
+    let mut ips = Vec::new();
+    let listed = status.pod_ips.iter().filter_map(|p| p.ip.as_ref());
+    for a in listed.chain(status.pod_ip.iter()) {
+        if a.is_empty() {
+            continue;
+        }
+        let ip: IpAddr = a
+            .parse()
+            .map_err(|_| ctx.field("status.podIPs[].ip", a, "an IP address"))?;
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    Ok(LauncherPod {
+        namespace,
+        name,
+        uid: meta.uid.clone(),
+        vmi_name,
+        vmi_uid,
+        node: json.spec.node_name.filter(|n| !n.is_empty()),
+        phase: status.phase,
+        host_network: json.spec.host_network,
+        ips,
+        host_ifaces: Vec::new(),
     })
 }
 
@@ -594,6 +750,55 @@ mod tests {
                 },
             ]
         );
+    }
+
+    fn pod(v: Value) -> RawObject {
+        raw(v)
+    }
+
+    #[test]
+    fn launcher_pods_name_their_vmi_and_addresses() {
+        let p = parse_launcher_pod(&pod(json!({
+            "metadata": {"name": "virt-launcher-a-x1", "namespace": "ns", "uid": "p1",
+                "labels": {"kubevirt.io": "virt-launcher", "kubevirt.io/created-by": "u1"},
+                "ownerReferences": [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+                                     "name": "a", "uid": "u1", "controller": true}]},
+            "spec": {"nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "10.0.0.5",
+                       "podIPs": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}]}
+        })))
+        .expect("parse");
+        assert_eq!(p.vmi_name.as_deref(), Some("a"));
+        assert_eq!(p.vmi_uid.as_deref(), Some("u1"));
+        assert_eq!(p.node.as_deref(), Some("n1"));
+        assert_eq!(p.ips.len(), 2);
+        // Without an owner, the labels tie it to its VMI.
+        let p = parse_launcher_pod(&pod(json!({
+            "metadata": {"name": "l", "namespace": "ns",
+                "labels": {"kubevirt.io/created-by": "u2", "vm.kubevirt.io/name": "b"}},
+            "status": {}
+        })))
+        .expect("parse");
+        assert_eq!(
+            (p.vmi_name.as_deref(), p.vmi_uid.as_deref()),
+            (Some("b"), Some("u2"))
+        );
+        assert!(p.ips.is_empty());
+    }
+
+    #[test]
+    fn malformed_launcher_pods_name_the_field() {
+        let e = parse_launcher_pod(&pod(json!({
+            "metadata": {"name": "l", "namespace": "ns", "labels": {"kubevirt.io/created-by": "u"}},
+            "status": {"podIPs": [{"ip": "10.0.0.300"}]}
+        })))
+        .expect_err("bad IP");
+        assert!(e.to_string().contains("status.podIPs[].ip"), "{e}");
+        let e = parse_launcher_pod(&pod(json!({
+            "metadata": {"name": "l", "namespace": "ns", "labels": {"kubevirt.io": "virt-launcher"}}
+        })))
+        .expect_err("no VMI");
+        assert!(e.to_string().contains("metadata.ownerReferences"), "{e}");
     }
 
     #[test]

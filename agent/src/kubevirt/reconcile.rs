@@ -14,14 +14,17 @@
 //! The source's ephemeral port is not published, so exact 5-tuples cannot
 //! be learned from the API; the port tables catch the connections instead.
 //! Application traffic is recognised by the VM's addresses from
-//! `status.interfaces` (on the node the VMI runs on).
+//! `status.interfaces` (on the node the VMI runs on), by the addresses of
+//! its running virt-launcher pod on this node (`status.podIPs`: with pod
+//! networking the VM's traffic leaves the pod with them), and by the pod's
+//! host-side interface where the host has one (see [`super::podnet`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
-use super::objects::{MigrationPort, Vmi, Vmim};
+use super::objects::{LauncherPod, MigrationPort, Vmi, Vmim};
 use crate::api::{MigrationPhase, MigrationRole};
 
 /// Which end of a connection a migration port is (datapath `PortSide`).
@@ -71,6 +74,10 @@ pub struct DesiredVm {
     /// Application addresses (only where the VM runs).
     pub addresses: BTreeSet<IpAddr>,
     pub macs: BTreeSet<[u8; 6]>,
+    /// Host-side interfaces of its launcher pod(s): ifindex -> name.
+    pub taps: BTreeMap<u32, String>,
+    /// Its running launcher pods on this node, `namespace/name`.
+    pub pods: BTreeSet<String>,
     pub migration: Option<DesiredMigration>,
 }
 
@@ -88,7 +95,7 @@ fn runs(vmi: &Vmi) -> bool {
 }
 
 /// Computes this node's desired registrations.
-pub fn reconcile(node: &str, vmis: &[Vmi], vmims: &[Vmim]) -> Desired {
+pub fn reconcile(node: &str, vmis: &[Vmi], vmims: &[Vmim], pods: &[LauncherPod]) -> Desired {
     let mut desired = Desired::default();
     for vmi in vmis {
         let here = vmi.node.as_deref() == Some(node) && runs(vmi);
@@ -108,6 +115,41 @@ pub fn reconcile(node: &str, vmis: &[Vmi], vmims: &[Vmim]) -> Desired {
         }
         vm.migration = migration;
         desired.vms.insert(vmi.key(), vm);
+    }
+    for pod in pods {
+        if pod.node.as_deref() != Some(node)
+            || pod.phase.as_deref() != Some("Running")
+            || pod.host_network
+        {
+            continue;
+        }
+        let key = match &pod.vmi_name {
+            Some(vmi) => format!("{}/{vmi}", pod.namespace),
+            None => match vmis
+                .iter()
+                .find(|v| v.uid.is_some() && v.uid == pod.vmi_uid)
+            {
+                Some(v) => v.key(),
+                None => {
+                    desired.warnings.push(format!(
+                        "launcher pod {}: its VMI (uid {}) is not known on this node; \
+                         its addresses are not registered",
+                        pod.key(),
+                        pod.vmi_uid.as_deref().unwrap_or("?")
+                    ));
+                    continue;
+                }
+            },
+        };
+        let vm = desired.vms.entry(key).or_insert_with(|| DesiredVm {
+            uid: pod.vmi_uid.clone(),
+            ..DesiredVm::default()
+        });
+        vm.addresses.extend(pod.ips.iter().copied());
+        for i in &pod.host_ifaces {
+            vm.taps.insert(i.index, i.name.clone());
+        }
+        vm.pods.insert(pod.key());
     }
     resolve_port_clashes(&mut desired, vmis);
     desired
@@ -323,7 +365,7 @@ mod tests {
             "node02",
             Some(state("node02", "node01", PORTS)),
         )];
-        let d = reconcile("node02", &vmis, &[vmim("Running")]);
+        let d = reconcile("node02", &vmis, &[vmim("Running")], &[]);
         let vm = &d.vms["default/vm-a"];
         let m = vm.migration.as_ref().expect("migration");
         assert_eq!(
@@ -350,7 +392,7 @@ mod tests {
             "node02",
             Some(state("node02", "node01", PORTS)),
         )];
-        let d = reconcile("node01", &vmis, &[vmim("Running")]);
+        let d = reconcile("node01", &vmis, &[vmim("Running")], &[]);
         let vm = &d.vms["default/vm-a"];
         assert_eq!(
             vm.migration.as_ref().map(|m| m.role),
@@ -367,7 +409,7 @@ mod tests {
             "node02",
             Some(state("node02", "node01", PORTS)),
         )];
-        assert!(reconcile("node03", &vmis, &[]).vms.is_empty());
+        assert!(reconcile("node03", &vmis, &[], &[]).vms.is_empty());
     }
 
     #[test]
@@ -377,7 +419,7 @@ mod tests {
         s.end_timestamp = Some("2019-03-29T04:02:49Z".into());
         // After completion the VMI runs on the target.
         let vmis = [vmi("vm-a", "node01", Some(s))];
-        let on_target = reconcile("node01", &vmis, &[vmim("Succeeded")]);
+        let on_target = reconcile("node01", &vmis, &[vmim("Succeeded")], &[]);
         let m = on_target.vms["default/vm-a"]
             .migration
             .as_ref()
@@ -386,7 +428,7 @@ mod tests {
         assert!(m.claims.is_empty());
         assert_eq!(on_target.vms["default/vm-a"].addresses.len(), 1);
         // The source no longer holds the VM at all.
-        assert!(reconcile("node02", &vmis, &[]).vms.is_empty());
+        assert!(reconcile("node02", &vmis, &[], &[]).vms.is_empty());
     }
 
     #[test]
@@ -398,7 +440,7 @@ mod tests {
             "node02",
             Some(state("node02", "node01", PORTS)),
         )];
-        let d = reconcile("node02", &vmis, &[vmim("Failed")]);
+        let d = reconcile("node02", &vmis, &[vmim("Failed")], &[]);
         let m = d.vms["default/vm-a"].migration.as_ref().expect("shown");
         assert_eq!(m.phase, MigrationPhase::Failed);
         assert!(m.claims.is_empty());
@@ -407,14 +449,14 @@ mod tests {
     #[test]
     fn pending_before_ports_are_published() {
         let vmis = [vmi("vm-a", "node02", None)];
-        let d = reconcile("node02", &vmis, &[vmim("Scheduling")]);
+        let d = reconcile("node02", &vmis, &[vmim("Scheduling")], &[]);
         let m = d.vms["default/vm-a"].migration.as_ref().expect("pending");
         assert_eq!(m.phase, MigrationPhase::Pending);
         assert!(m.claims.is_empty());
         let mut s = state("node02", "node01", &[]);
         s.target_address = None;
         let vmis = [vmi("vm-a", "node02", Some(s))];
-        let d = reconcile("node02", &vmis, &[vmim("TargetReady")]);
+        let d = reconcile("node02", &vmis, &[vmim("TargetReady")], &[]);
         assert_eq!(
             d.vms["default/vm-a"].migration.as_ref().map(|m| m.phase),
             Some(MigrationPhase::Pending)
@@ -426,7 +468,7 @@ mod tests {
         let mut s = state("node02", "node01", PORTS);
         s.mode = Some("PostCopy".into());
         let vmis = [vmi("vm-a", "node02", Some(s))];
-        let d = reconcile("node02", &vmis, &[]);
+        let d = reconcile("node02", &vmis, &[], &[]);
         assert_eq!(
             d.vms["default/vm-a"].migration.as_ref().map(|m| m.phase),
             Some(MigrationPhase::PostCopy)
@@ -443,7 +485,7 @@ mod tests {
             vmi("vm-b", "node02", Some(b)),
             vmi("vm-a", "node02", Some(a)),
         ];
-        let d = reconcile("node02", &vmis, &[]);
+        let d = reconcile("node02", &vmis, &[], &[]);
         assert_eq!(claims(&d, "default/vm-a"), [(Side::Remote, 40000)]);
         assert_eq!(claims(&d, "default/vm-b"), [(Side::Remote, 40001)]);
         assert_eq!(d.warnings.len(), 1);
@@ -454,10 +496,87 @@ mod tests {
         );
     }
 
+    fn launcher(name: &str, vmi: Option<&str>, uid: &str, node: &str, phase: &str) -> LauncherPod {
+        LauncherPod {
+            namespace: "default".into(),
+            name: name.into(),
+            uid: Some(format!("pod-{name}")),
+            vmi_name: vmi.map(str::to_owned),
+            vmi_uid: Some(uid.into()),
+            node: Some(node.into()),
+            phase: Some(phase.into()),
+            host_network: false,
+            ips: vec!["10.244.1.9".parse().expect("ip")],
+            host_ifaces: vec![crate::kubevirt::podnet::HostIface {
+                index: 42,
+                name: "cali0123".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn running_launcher_pods_on_this_node_add_addresses_and_taps() {
+        let vmis = [vmi("vm-a", "node02", None)];
+        let pods = [
+            launcher(
+                "virt-launcher-vm-a-x",
+                Some("vm-a"),
+                "uid-vm-a",
+                "node02",
+                "Running",
+            ),
+            // Found by the VMI's uid alone.
+            launcher(
+                "virt-launcher-vm-a-y",
+                None,
+                "uid-vm-a",
+                "node02",
+                "Running",
+            ),
+        ];
+        let d = reconcile("node02", &vmis, &[], &pods);
+        let vm = &d.vms["default/vm-a"];
+        assert!(vm.addresses.contains(&"10.244.1.9".parse().expect("ip")));
+        assert!(vm.addresses.contains(&"10.244.1.7".parse().expect("ip")));
+        assert_eq!(vm.taps.get(&42).map(String::as_str), Some("cali0123"));
+        assert_eq!(vm.pods.len(), 2);
+        // A pod of a VMI this node does not watch still makes a VM here.
+        let d = reconcile(
+            "node02",
+            &[],
+            &[],
+            &[launcher(
+                "virt-launcher-b",
+                Some("vm-b"),
+                "u-b",
+                "node02",
+                "Running",
+            )],
+        );
+        assert!(d.vms.contains_key("default/vm-b"));
+    }
+
+    #[test]
+    fn finished_foreign_and_unmappable_pods_register_nothing() {
+        let pods = [
+            launcher("done", Some("vm-a"), "u", "node02", "Succeeded"),
+            launcher("elsewhere", Some("vm-a"), "u", "node01", "Running"),
+        ];
+        assert!(reconcile("node02", &[], &[], &pods).vms.is_empty());
+        let d = reconcile(
+            "node02",
+            &[],
+            &[],
+            &[launcher("orphan", None, "nobody", "node02", "Running")],
+        );
+        assert!(d.vms.is_empty());
+        assert!(d.warnings[0].contains("default/orphan"), "{:?}", d.warnings);
+    }
+
     #[test]
     fn stopped_vmis_are_dropped() {
         let mut v = vmi("vm-a", "node02", None);
         v.phase = Some("Succeeded".into());
-        assert!(reconcile("node02", &[v], &[]).vms.is_empty());
+        assert!(reconcile("node02", &[v], &[], &[]).vms.is_empty());
     }
 }

@@ -1,18 +1,33 @@
-//! The kube-rs watchers: VMIs and migration objects, kept as raw JSON,
-//! re-reconciled and applied after every change.
+//! The kube-rs watchers: VMIs, migration objects and virt-launcher pods,
+//! kept as raw JSON, re-reconciled and applied after every change.
 //!
-//! Both are watched cluster-wide (this node is the source of some
-//! migrations and the target of others, and a VMI's node label names the
-//! source until the end); [`reconcile`](super::reconcile) keeps what
-//! concerns this node.
+//! The watches are as narrow as KubeVirt's API allows, the way
+//! virt-handler watches (kubevirt/kubevirt `pkg/controller/virtinformers.go`,
+//! `VMISourceHost` and `VMITargetHost`):
+//!
+//! - VMIs labelled `kubevirt.io/nodeName=<node>`: the VMIs running here
+//!   (virt-controller keeps the label equal to `status.nodeName`; it moves
+//!   to the target when a migration completes, so the source's watch then
+//!   drops the VMI);
+//! - VMIs labelled `kubevirt.io/migrationTargetNodeName=<node>`: incoming
+//!   migrations (virt-controller sets the label when it has scheduled the
+//!   target pod, `pkg/virt-controller/watch/migration.go`, before the
+//!   target's virt-handler publishes its proxy ports);
+//! - virt-launcher pods on this node: field selector `spec.nodeName=<node>`
+//!   and label `kubevirt.io=virt-launcher`;
+//! - VirtualMachineInstanceMigrations cluster-wide: they carry no node
+//!   label or field a selector could use (custom resources support field
+//!   selectors only on `metadata.name`/`namespace`), and are few. Only
+//!   those of VMIs seen here matter to [`reconcile`](super::reconcile).
 
 use std::{
     collections::{BTreeMap, HashSet},
+    net::IpAddr,
     ops::RangeInclusive,
     sync::{Arc, Mutex},
 };
 
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use kube::{
     Api, Client,
     runtime::{WatchStreamExt as _, watcher},
@@ -22,6 +37,7 @@ use tracing::{debug, info, warn};
 use super::{
     Applier, ApplyReport, KubevirtError,
     objects::{self, ObjectError, RawObject},
+    podnet::{HostIface, NoInterfaces, PodInterfaces},
     reconcile::{Desired, reconcile},
 };
 use crate::{
@@ -32,21 +48,51 @@ use crate::{
 /// Which watch an event came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Watched {
+    /// VMIs running on this node.
     Vmi,
+    /// VMIs migrating to this node.
+    VmiIncoming,
     Vmim,
+    /// virt-launcher pods on this node.
+    Pod,
 }
 
 impl Watched {
     fn as_str(self) -> &'static str {
         match self {
-            Watched::Vmi => "VirtualMachineInstance",
+            Watched::Vmi | Watched::VmiIncoming => "VirtualMachineInstance",
             Watched::Vmim => "VirtualMachineInstanceMigration",
+            Watched::Pod => "Pod",
         }
     }
 }
 
+/// The label selector of the VMIs running on `node`.
+pub fn vmi_here_selector(node: &str) -> String {
+    format!("{}={node}", objects::labels::NODE_NAME)
+}
+
+/// The label selector of the VMIs migrating to `node`.
+pub fn vmi_incoming_selector(node: &str) -> String {
+    format!("{}={node}", objects::labels::MIGRATION_TARGET_NODE_NAME)
+}
+
+/// The label selector of launcher pods.
+pub fn launcher_pod_labels() -> String {
+    format!(
+        "{}={}",
+        objects::labels::APP,
+        objects::labels::VIRT_LAUNCHER
+    )
+}
+
+/// The field selector of pods on `node`.
+pub fn pods_on_node_fields(node: &str) -> String {
+    format!("spec.nodeName={node}")
+}
+
 /// Raw objects of one kind, with a buffer for a re-list in progress.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Store {
     objects: BTreeMap<String, RawObject>,
     relist: Option<BTreeMap<String, RawObject>>,
@@ -91,28 +137,54 @@ pub struct DiscoveredVm {
 }
 
 /// This node's view of KubeVirt and the registrations made from it.
-#[derive(Debug)]
 pub struct Discovery {
     node: String,
     vmis: Store,
+    incoming: Store,
     vmims: Store,
+    pods: Store,
     applier: Applier,
     desired: Desired,
     /// `kind key@resourceVersion` of bad objects already logged.
     reported: HashSet<String>,
+    interfaces: Box<dyn PodInterfaces>,
+    /// Host-side interface per (pod uid or key, address): `None` = looked
+    /// up, not there (yet).
+    iface_cache: BTreeMap<(String, IpAddr), Option<HostIface>>,
+}
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery")
+            .field("node", &self.node)
+            .field("desired", &self.desired)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Discovery {
-    /// Discovery for node `node`, with VM slots from `slots`.
+    /// Discovery for node `node`, with VM slots from `slots`. Pods'
+    /// host-side interfaces are not looked up until
+    /// [`with_interfaces`](Self::with_interfaces).
     pub fn new(node: impl Into<String>, slots: RangeInclusive<u32>) -> Self {
         Discovery {
             node: node.into(),
             vmis: Store::default(),
+            incoming: Store::default(),
             vmims: Store::default(),
+            pods: Store::default(),
             applier: Applier::new(slots),
             desired: Desired::default(),
             reported: HashSet::new(),
+            interfaces: Box::new(NoInterfaces),
+            iface_cache: BTreeMap::new(),
         }
+    }
+
+    /// Looks launcher pods' host-side interfaces up with `interfaces`.
+    pub fn with_interfaces(mut self, interfaces: Box<dyn PodInterfaces>) -> Self {
+        self.interfaces = interfaces;
+        self
     }
 
     pub fn node(&self) -> &str {
@@ -123,17 +195,64 @@ impl Discovery {
     pub fn on_event(&mut self, kind: Watched, ev: watcher::Event<RawObject>) -> bool {
         match kind {
             Watched::Vmi => self.vmis.on_event(ev),
+            Watched::VmiIncoming => self.incoming.on_event(ev),
             Watched::Vmim => self.vmims.on_event(ev),
+            Watched::Pod => self.pods.on_event(ev),
         }
+    }
+
+    /// Whether a running launcher pod's address still has no host-side
+    /// interface (routes may come after the pod's status): worth another
+    /// reconcile later.
+    pub fn interfaces_pending(&self) -> bool {
+        self.iface_cache.values().any(Option::is_none)
+    }
+
+    /// The interfaces of `pod`'s addresses, from the cache or the host.
+    fn host_ifaces(&mut self, pod: &objects::LauncherPod) -> Vec<HostIface> {
+        let id = pod.uid.clone().unwrap_or_else(|| pod.key());
+        let mut out = Vec::new();
+        for ip in &pod.ips {
+            let cached = self.iface_cache.get(&(id.clone(), *ip)).cloned().flatten();
+            let found = match cached {
+                Some(i) => Some(i),
+                None => match self.interfaces.interface_of(*ip) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        warn!(pod = %pod.key(), %ip, error = %e, "looking up the pod's host interface");
+                        None
+                    }
+                },
+            };
+            self.iface_cache.insert((id.clone(), *ip), found.clone());
+            out.extend(found);
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Parses every object (skipping, and logging once, the malformed
     /// ones), reconciles, and returns the objects skipped.
     pub fn reconcile(&mut self) -> Vec<ObjectError> {
         let mut skipped = Vec::new();
-        let vmis: Vec<_> = self
-            .vmis
+        // A VMI may be in both VMI watches (labelled for this node and, an
+        // instant later, not): the newer version counts.
+        let mut merged: BTreeMap<String, &RawObject> = BTreeMap::new();
+        for o in self
+            .incoming
             .objects
+            .values()
+            .chain(self.vmis.objects.values())
+        {
+            let newer = merged
+                .get(&o.key())
+                .is_none_or(|m| resource_version(o) >= resource_version(m));
+            if newer {
+                merged.insert(o.key(), o);
+            }
+        }
+        let vmis: Vec<_> = merged
             .values()
             .filter_map(|o| parsed(objects::parse_vmi(o), o, Watched::Vmi, &mut skipped))
             .collect();
@@ -143,12 +262,37 @@ impl Discovery {
             .values()
             .filter_map(|o| parsed(objects::parse_vmim(o), o, Watched::Vmim, &mut skipped))
             .collect();
+        let mut pods: Vec<_> = self
+            .pods
+            .objects
+            .values()
+            .filter_map(|o| {
+                parsed(
+                    objects::parse_launcher_pod(o),
+                    o,
+                    Watched::Pod,
+                    &mut skipped,
+                )
+            })
+            .collect();
+        let mut live = HashSet::new();
+        for pod in &mut pods {
+            let id = pod.uid.clone().unwrap_or_else(|| pod.key());
+            if pod.phase.as_deref() == Some("Running")
+                && pod.node.as_deref() == Some(self.node.as_str())
+                && !pod.host_network
+            {
+                pod.host_ifaces = self.host_ifaces(pod);
+                live.insert(id);
+            }
+        }
+        self.iface_cache.retain(|(id, _), _| live.contains(id));
         for (e, tag) in &skipped {
             if self.reported.insert(tag.clone()) {
                 warn!(error = %e, "skipping a malformed KubeVirt object");
             }
         }
-        self.desired = reconcile(&self.node, &vmis, &vmims);
+        self.desired = reconcile(&self.node, &vmis, &vmims, &pods);
         for w in &self.desired.warnings {
             warn!("{w}");
         }
@@ -196,6 +340,16 @@ impl Discovery {
     }
 }
 
+/// An object's resourceVersion as a number (the API server's are; others
+/// count as 0, so the first seen wins).
+fn resource_version(o: &RawObject) -> u64 {
+    o.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn parsed<T>(
     r: Result<T, ObjectError>,
     raw: &RawObject,
@@ -212,40 +366,91 @@ fn parsed<T>(
     }
 }
 
-/// Watches VMIs and migrations with `client` and keeps `dp` in step until
-/// the watches end (they retry with back-off on errors, so in practice
-/// until the task is dropped).
+/// Watches this node's VMIs, launcher pods and the migrations with
+/// `client` (see the module docs for the selectors) and keeps `dp` in step
+/// until the watches end (they retry with back-off on errors, so in
+/// practice until the task is dropped).
 pub async fn run(
     client: Client,
     discovery: Arc<Mutex<Discovery>>,
     dp: Arc<Mutex<Datapath>>,
 ) -> Result<(), KubevirtError> {
-    let stream = |kind: Watched, ar| {
+    let node = {
+        let d = discovery.lock().map_err(|_| KubevirtError::Poisoned)?;
+        d.node().to_owned()
+    };
+    if node.is_empty() {
+        return Err(KubevirtError::NoNodeName);
+    }
+    let stream = |kind: Watched, ar, config: watcher::Config| {
         let api: Api<RawObject> = Api::all_with(client.clone(), &ar);
-        watcher(api, watcher::Config::default())
+        watcher(api, config)
             .default_backoff()
             .map(move |ev| (kind, ev))
             .boxed()
     };
-    let vmis = stream(Watched::Vmi, objects::vmi_resource());
-    let vmims = stream(Watched::Vmim, objects::vmim_resource());
-    let mut events = futures_util::stream::select(vmis, vmims);
-    {
-        let d = discovery.lock().map_err(|_| KubevirtError::Poisoned)?;
-        info!(node = d.node(), "watching KubeVirt VMIs and migrations");
-    }
-    while let Some((kind, ev)) = events.next().await {
-        let ev = match ev {
-            Ok(ev) => ev,
-            Err(e) => {
-                warn!(kind = kind.as_str(), error = %e, "watch error; retrying");
-                continue;
+    let here = stream(
+        Watched::Vmi,
+        objects::vmi_resource(),
+        watcher::Config::default().labels(&vmi_here_selector(&node)),
+    );
+    let incoming = stream(
+        Watched::VmiIncoming,
+        objects::vmi_resource(),
+        watcher::Config::default().labels(&vmi_incoming_selector(&node)),
+    );
+    let vmims = stream(
+        Watched::Vmim,
+        objects::vmim_resource(),
+        watcher::Config::default(),
+    );
+    let pods = stream(
+        Watched::Pod,
+        objects::pod_resource(),
+        watcher::Config::default()
+            .labels(&launcher_pod_labels())
+            .fields(&pods_on_node_fields(&node)),
+    );
+    let mut events = futures_util::stream::select_all([here, incoming, vmims, pods]);
+    info!(node = %node, "watching this node's KubeVirt VMIs and launcher pods, and migrations");
+    // Routes to a new pod may come after its last status change: look
+    // again now and then while some pod has no interface yet.
+    let mut retry = tokio::time::interval(std::time::Duration::from_secs(10));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let due = tokio::select! {
+            ev = events.next() => {
+                let Some((kind, ev)) = ev else { break };
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        warn!(kind = kind.as_str(), error = %e, "watch error; retrying");
+                        continue;
+                    }
+                };
+                let mut d = discovery.lock().map_err(|_| KubevirtError::Poisoned)?;
+                let mut due = d.on_event(kind, ev);
+                // Take what else has arrived before reconciling: a VMI
+                // moving from one of this node's watches to the other
+                // (DELETED there, ADDED here) must not unregister and
+                // re-register it in between.
+                while let Some(Some((kind, ev))) = events.next().now_or_never() {
+                    match ev {
+                        Ok(ev) => due |= d.on_event(kind, ev),
+                        Err(e) => warn!(kind = kind.as_str(), error = %e, "watch error; retrying"),
+                    }
+                }
+                due
+            }
+            _ = retry.tick() => {
+                let d = discovery.lock().map_err(|_| KubevirtError::Poisoned)?;
+                d.interfaces_pending()
             }
         };
-        let mut d = discovery.lock().map_err(|_| KubevirtError::Poisoned)?;
-        if !d.on_event(kind, ev) {
+        if !due {
             continue;
         }
+        let mut d = discovery.lock().map_err(|_| KubevirtError::Poisoned)?;
         d.reconcile();
         let mut dp = dp.lock().map_err(|_| KubevirtError::Poisoned)?;
         let report = d.apply(&mut dp);

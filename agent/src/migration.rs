@@ -1,0 +1,221 @@
+//! A migration, whichever way it is reached: the one interface the agent's
+//! per-VM task ([`crate::daemon::vm`]) follows migrations through and
+//! mirrors the controller's [`QemuParams`] to.
+//!
+//! Two implementations:
+//!
+//! - [`MigrationMonitor`] (QMP): QEMU's own socket, events and
+//!   `query-migrate`; `migrate-set-parameters` / capabilities /
+//!   `migrate-start-postcopy` to control.
+//! - `LibvirtMonitor` (`crate::libvirt`, feature `libvirt`): where libvirt
+//!   owns the QMP socket (one client only): job statistics polled, one
+//!   sample per change of `memory_iteration`, and `virDomainMigrateSet*`
+//!   to control.
+//!
+//! Both yield the same [`IterationSample`] (one per finished pre-copy
+//! iteration, iteration k = the dirty-sync count that started it), so the
+//! controller cannot tell them apart. What a source cannot do is returned
+//! as a [`Refused`] (with the reason), never silently dropped.
+
+use std::{future::Future, time::Duration};
+
+use crate::{
+    control::QemuParams,
+    qemu::{
+        Capability, IterationSample, MigrationMonitor, QmpError, monitor::MonitorError,
+        types::MigrationStatus,
+    },
+};
+
+/// Why a migration source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Qmp(#[from] MonitorError),
+    #[cfg(feature = "libvirt")]
+    #[error(transparent)]
+    Libvirt(#[from] crate::libvirt::LibvirtError),
+}
+
+/// A control the source could not apply, and why. Reported once per
+/// migration and not retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// `max-bandwidth`, `downtime-limit`, `auto-converge`, `post-copy`.
+    pub param: &'static str,
+    pub reason: String,
+}
+
+/// What has been applied to the running migration.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// The decisions as last applied (compared with the next decision).
+    pub params: QemuParams,
+    /// The cap QEMU now has, bytes/s, as the source set it (libvirt
+    /// rounds up to whole MiB/s).
+    pub max_bandwidth_set: Option<f64>,
+    /// Parameters refused in this migration (not tried again).
+    pub refused: Vec<Refused>,
+}
+
+impl Applied {
+    pub fn is_refused(&self, param: &str) -> bool {
+        self.refused.iter().any(|r| r.param == param)
+    }
+}
+
+/// How the followed migration ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationEnd {
+    pub status: MigrationStatus,
+    /// Samples yielded.
+    pub samples: u64,
+}
+
+/// Whether a bandwidth decision differs enough from the applied one to be
+/// worth a control command (1 %).
+pub fn bandwidth_changed(applied: Option<f64>, want: f64) -> bool {
+    applied.is_none_or(|old| (old - want).abs() > 0.01 * old.max(1.0))
+}
+
+/// One VM's migrations, as the agent follows and steers them.
+pub trait MigrationSource: Send {
+    /// `qmp` or `libvirt`, for the status API and logs.
+    fn kind(&self) -> &'static str;
+
+    /// Waits up to `timeout` for a migration; `Ok(true)` once one runs,
+    /// `Ok(false)` if none started in time.
+    fn wait_for_start(
+        &mut self,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<bool, SourceError>> + Send;
+
+    /// The next finished iteration; `Ok(None)` once the migration ended
+    /// (then [`end`](Self::end) says how).
+    fn next_sample(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<IterationSample>, SourceError>> + Send;
+
+    /// Applies what changed between `want` and `applied` to the running
+    /// migration and records it in `applied`. Returns what the source
+    /// refused in this call (also recorded in `applied.refused`).
+    fn apply(
+        &mut self,
+        want: &QemuParams,
+        applied: &mut Applied,
+    ) -> impl Future<Output = Result<Vec<Refused>, SourceError>> + Send;
+
+    /// QEMU's process id (for learning its migration sockets from /proc).
+    fn qemu_pid(&self) -> u32;
+
+    /// How the migration ended, once [`next_sample`](Self::next_sample)
+    /// returned `None`.
+    fn end(&self) -> Option<MigrationEnd>;
+}
+
+impl MigrationSource for MigrationMonitor {
+    fn kind(&self) -> &'static str {
+        "qmp"
+    }
+
+    async fn wait_for_start(&mut self, timeout: Duration) -> Result<bool, SourceError> {
+        match MigrationMonitor::wait_for_start(self, timeout).await {
+            Ok(()) => Ok(true),
+            Err(MonitorError::NotStarted(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn next_sample(&mut self) -> Result<Option<IterationSample>, SourceError> {
+        Ok(MigrationMonitor::next_sample(self).await?)
+    }
+
+    async fn apply(
+        &mut self,
+        want: &QemuParams,
+        applied: &mut Applied,
+    ) -> Result<Vec<Refused>, SourceError> {
+        let qmp = self.qmp();
+        let mut refused = Vec::new();
+        // QEMU answering with an error is a refusal; a lost connection is
+        // an error of the source.
+        let refusal = |param: &'static str, e: QmpError| -> Result<Refused, SourceError> {
+            if e.is_connection_lost() {
+                Err(MonitorError::Qmp(e).into())
+            } else {
+                Ok(Refused {
+                    param,
+                    reason: format!("QEMU refused it: {e}"),
+                })
+            }
+        };
+        if let Some(bw) = want.max_bandwidth
+            && !applied.is_refused("max-bandwidth")
+            && bandwidth_changed(applied.params.max_bandwidth, bw)
+        {
+            let bytes = bw.round().max(1.0) as u64;
+            match qmp.set_max_bandwidth(bytes).await {
+                Ok(()) => {
+                    applied.params.max_bandwidth = Some(bw);
+                    applied.max_bandwidth_set = Some(bytes as f64);
+                }
+                Err(e) => refused.push(refusal("max-bandwidth", e)?),
+            }
+        }
+        if let Some(dt) = want.downtime_limit_s
+            && !applied.is_refused("downtime-limit")
+            && applied.params.downtime_limit_s != Some(dt)
+        {
+            match qmp.set_downtime_limit((dt * 1000.0).round() as u64).await {
+                Ok(()) => applied.params.downtime_limit_s = Some(dt),
+                Err(e) => refused.push(refusal("downtime-limit", e)?),
+            }
+        }
+        if let Some(ac) = want.auto_converge
+            && !applied.is_refused("auto-converge")
+            && applied.params.auto_converge != Some(ac)
+        {
+            // QEMU changes capabilities only between migrations: during
+            // one it answers with an error, reported as refused.
+            match qmp
+                .set_capabilities(&[(Capability::AutoConverge, ac)])
+                .await
+            {
+                Ok(()) => applied.params.auto_converge = Some(ac),
+                Err(e) => refused.push(refusal("auto-converge", e)?),
+            }
+        }
+        if want.start_postcopy && !applied.params.start_postcopy && !applied.is_refused("post-copy")
+        {
+            match qmp.migrate_start_postcopy().await {
+                Ok(()) => applied.params.start_postcopy = true,
+                Err(e) => refused.push(refusal("post-copy", e)?),
+            }
+        }
+        applied.refused.extend(refused.iter().cloned());
+        Ok(refused)
+    }
+
+    fn qemu_pid(&self) -> u32 {
+        MigrationMonitor::qemu_pid(self)
+    }
+
+    fn end(&self) -> Option<MigrationEnd> {
+        self.outcome().map(|o| MigrationEnd {
+            status: o.status.clone(),
+            samples: o.samples,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bandwidth_changes_of_one_percent_count() {
+        assert!(bandwidth_changed(None, 5.0));
+        assert!(!bandwidth_changed(Some(1000.0), 1005.0));
+        assert!(bandwidth_changed(Some(1000.0), 1011.0));
+    }
+}
