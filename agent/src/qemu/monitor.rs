@@ -145,6 +145,9 @@ pub struct IterationSample {
     pub dirty_sync_count: u64,
     pub status: MigrationStatus,
     pub transferred_bytes: u64,
+    /// Bytes sent during the iteration (`ram.transferred` between its
+    /// boundaries).
+    pub sent_bytes: u64,
     pub remaining_bytes: u64,
     pub mbps: f64,
     pub expected_downtime_ms: Option<u64>,
@@ -236,6 +239,8 @@ struct Boundary {
     /// QEMU's event timestamp, seconds (None when seen by polling).
     qemu_ts: Option<f64>,
     host: HostSnapshot,
+    /// QEMU's `ram.transferred` when the boundary was seen.
+    transferred: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -606,11 +611,13 @@ impl MigrationMonitor {
         if self.first.is_none() {
             self.first = Some((sync, qemu_ts, host.at));
         }
+        let transferred = info.ram.as_ref().map_or(0, |r| r.transferred);
         let Some(b) = self.boundary.take() else {
             self.boundary = Some(Boundary {
                 sync,
                 qemu_ts,
                 host,
+                transferred,
             });
             return None;
         };
@@ -658,6 +665,7 @@ impl MigrationMonitor {
             dirty_sync_count: ram.dirty_sync_count,
             status: info.status.clone().unwrap_or(MigrationStatus::Other),
             transferred_bytes: ram.transferred,
+            sent_bytes: ram.transferred.saturating_sub(b.transferred),
             remaining_bytes: ram.remaining,
             mbps: ram.mbps,
             expected_downtime_ms: info.expected_downtime,
@@ -681,6 +689,7 @@ impl MigrationMonitor {
             sync,
             qemu_ts,
             host,
+            transferred,
         });
         Some(sample)
     }
