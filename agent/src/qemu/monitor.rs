@@ -27,6 +27,8 @@ use std::{
 
 use tokio::time::Instant;
 
+use crate::predict::Iteration;
+
 use super::{
     commands::Capability,
     hoststats::{self, ByteCounter, HostStatsError, ProcNetDev, SumCounter},
@@ -168,6 +170,17 @@ pub const EXTRA_COLUMNS: [&str; 9] = [
 ];
 
 impl IterationSample {
+    /// The iteration as the predictors see it (X1..X6, duration, bytes
+    /// sent, bytes left for the next iteration).
+    pub fn to_iteration(&self) -> Iteration {
+        Iteration {
+            x: self.to_trace_row().x(),
+            duration_s: self.iter_s,
+            sent_bytes: Some(self.sent_bytes as f64),
+            remaining_bytes: Some(self.remaining_bytes as f64),
+        }
+    }
+
     pub fn to_trace_row(&self) -> TraceRow {
         TraceRow {
             iteration: self.iteration,

@@ -259,6 +259,12 @@ async fn events_give_exact_iterations_and_hold_back_stop_and_copy() {
         .map(|s| (s.sent_bytes / PAGE, s.remaining_bytes / PAGE))
         .collect();
     assert_eq!(bytes, vec![(1000, 300), (250, 150), (140, 30)]);
+    let it = r.samples[1].to_iteration();
+    assert_eq!(it.sent_bytes, Some((250 * PAGE) as f64));
+    assert!(close(
+        it.next_duration_s().expect("telemetry"),
+        1.0 * 150.0 / 250.0
+    ));
     assert!(close(r.samples[0].mem_usage_pct, 40.0));
     let stop = r.outcome.stop_and_copy.as_ref().expect("held back");
     assert_eq!(stop.iteration, 4);
