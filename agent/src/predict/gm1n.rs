@@ -30,8 +30,8 @@
 
 use super::{
     DriverForecast, GreyGm11, Iteration, MIN_GREY_SAMPLES, PredictError, Prediction, Predictor,
-    Response, SERIES, check_history, fallback_last, finish,
-    grey::{Gm1n, Gm11, ago, relational_grade},
+    Response, SERIES, check_history, fallback_last,
+    grey::{Gm1n, Gm11, ago, relational_grade, residual_correction},
 };
 
 /// A candidate driver of GM(1,N).
@@ -276,10 +276,10 @@ impl GreyGm1n {
     }
 
     /// GM(1,N) on the first `len` samples of `w` with the chosen columns:
-    /// the prediction for the step after (residual correction included),
-    /// or `None` when the system cannot be fitted or the result is not
-    /// finite or not plausible.
-    fn fit_predict(&self, w: &Window, chosen: &[usize], len: usize) -> Option<(f64, String)> {
+    /// the prediction for the step after (residual correction included)
+    /// and whether the correction applied, or `None` when the system cannot
+    /// be fitted or the result is not finite or not plausible.
+    fn fit_predict(&self, w: &Window, chosen: &[usize], len: usize) -> Option<(f64, bool)> {
         let xs = &w.x1[..len];
         let cols: Vec<&[f64]> = chosen
             .iter()
@@ -319,18 +319,23 @@ impl GreyGm1n {
             }
         };
         let residuals: Vec<f64> = xs[1..].iter().zip(&fitted).map(|(x, f)| x - f).collect();
-        let names: Vec<String> = chosen.iter().map(|&i| w.columns[i].driver.name()).collect();
-        let p = finish(
-            next,
-            residuals,
-            self.correction,
-            format!("gm1n[{}]", names.join(",")),
-        )
-        .ok()?;
+        let correction = self
+            .correction
+            .then(|| residual_correction(&residuals))
+            .flatten();
+        let value = next + correction.unwrap_or(0.0);
         // A grey extrapolation that leaves the scale of the data (the
         // equation form divides by 1 + a/2) is a failed fit, not a forecast.
         let max = xs.iter().copied().fold(0.0, f64::max);
-        (p.value <= PLAUSIBLE_FACTOR * max + 1.0).then_some((p.value, p.how))
+        (value.is_finite() && value <= PLAUSIBLE_FACTOR * max + 1.0)
+            .then_some((value.max(0.0), correction.is_some()))
+    }
+
+    /// How a prediction with these columns was made, e.g. `gm1n[T^,X5]+corr`.
+    fn describe(w: &Window, chosen: &[usize], corrected: bool) -> String {
+        let names: Vec<String> = chosen.iter().map(|&i| w.columns[i].driver.name()).collect();
+        let corr = if corrected { "+corr" } else { "" };
+        format!("gm1n[{}]{corr}", names.join(","))
     }
 
     fn gm11(&self) -> GreyGm11 {
@@ -418,7 +423,10 @@ impl Predictor for GreyGm1n {
             ));
         }
         match self.fit_predict(&w, &chosen, n) {
-            Some((value, how)) => Ok(Prediction { value, how }),
+            Some((value, corrected)) => Ok(Prediction {
+                value,
+                how: Self::describe(&w, &chosen, corrected),
+            }),
             None => via_gm11("gm1n fit failed or implausible"),
         }
     }
