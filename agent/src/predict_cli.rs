@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use vmbw::{
-    predict::{MODELS, Row, eval, model},
+    predict::{MODELS, eval, model},
     qemu::trace,
 };
 
@@ -15,7 +15,7 @@ pub struct PredictArgs {
     /// Trace CSV (MISSION §6 format), e.g. one recorded by `vmbw record`.
     #[arg(long)]
     trace: PathBuf,
-    /// Model: gm1n, gm11, last, mean, ewma, bda, or all.
+    /// Model: gm1n, gm11, last, mean, ewma, bda, phys, or all.
     #[arg(long, default_value = "all")]
     model: String,
     /// Rolling window of the grey models (iterations).
@@ -58,7 +58,7 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
                 })?,
         ]
     };
-    let rows: Vec<Row> = t.rows.iter().map(trace::TraceRow::x).collect();
+    let rows = t.iterations();
     let first = args.from.max(2) - 1;
     let mut runs = Vec::new();
     for name in &names {
@@ -105,12 +105,16 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(gm) = runs.iter().find(|r| r.model == "gm1n") {
-        let hows: std::collections::BTreeSet<&str> =
-            gm.how.iter().flatten().map(String::as_str).collect();
-        println!(
-            "gm1n predictions were made as: {}",
-            hows.into_iter().collect::<Vec<_>>().join("; ")
-        );
+        let mut paths: std::collections::BTreeMap<String, usize> = Default::default();
+        for how in gm.how.iter().flatten() {
+            *paths.entry(path_of(how)).or_default() += 1;
+        }
+        let mut paths: Vec<(String, usize)> = paths.into_iter().collect();
+        paths.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        println!("gm1n predictions were made as (count, numbers masked as #):");
+        for (path, n) in paths {
+            println!("{n:>6}  {path}");
+        }
     }
     if args.json {
         let json_num = |v: f64| {
@@ -141,4 +145,44 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A prediction's `how` with its numbers (sample counts, errors) masked, so
+/// that predictions made the same way count together; numbers inside names
+/// (`gm1n`, `X5`) stay.
+fn path_of(how: &str) -> String {
+    let mut out = String::with_capacity(how.len());
+    let mut in_number = false;
+    let mut prev = ' ';
+    for c in how.chars() {
+        let starts = c.is_ascii_digit() && !prev.is_ascii_alphanumeric();
+        let continues = in_number && (c.is_ascii_digit() || c == '.');
+        if starts || continues {
+            if !in_number {
+                out.push('#');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            out.push(c);
+        }
+        prev = c;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn paths_mask_numbers_but_not_driver_names() {
+        assert_eq!(
+            super::path_of("gm1n->gm11 (backtest over 3: gm1n err 12.5 > gm11 err 7)"),
+            "gm1n->gm11 (backtest over #: gm1n err # > gm11 err #)"
+        );
+        assert_eq!(super::path_of("gm1n[X5,P^]+corr"), "gm1n[X5,P^]+corr");
+        assert_eq!(
+            super::path_of("P^ (fallback: 1 samples, dirty rate changed 33.3x)"),
+            "P^ (fallback: # samples, dirty rate changed #x)"
+        );
+    }
 }

@@ -30,7 +30,7 @@ use super::{
     Inputs, Link, VmInputs,
     policy::{Controller, Policy, Spec},
 };
-use crate::predict::{GreyGm1n, Predictor, Row};
+use crate::predict::{GreyGm1n, Iteration, Predictor};
 
 /// QEMU's default `max-bandwidth` (MAX_THROTTLE, 128 MiB/s).
 pub const QEMU_DEFAULT_MAX_BANDWIDTH: f64 = 128.0 * 1024.0 * 1024.0;
@@ -169,7 +169,7 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
     let w_pages = (sc.wss_bytes / sc.page_size).max(1.0);
     let app_before = sc.app_demand.min((sc.link - sc.background).max(0.0));
     let mut app_history = vec![app_before; 5];
-    let mut rows: Vec<Row> = Vec::new();
+    let mut rows: Vec<Iteration> = Vec::new();
     let mut dirty_rate_history = Vec::new();
     let mut remaining = sc.memory_bytes;
     let mut t = 0.0;
@@ -304,14 +304,19 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
         passes.push(pass(
             iteration, t, dur, remaining, rate, app, d, dirtied, predicted, throttle,
         ));
-        rows.push([
-            dirtied,
-            50.0,
-            100.0 * (1.0 - throttle),
-            app,
-            last_duration,
-            sc.background + app + rate,
-        ]);
+        rows.push(Iteration {
+            x: [
+                dirtied,
+                50.0,
+                100.0 * (1.0 - throttle),
+                app,
+                last_duration,
+                sc.background + app + rate,
+            ],
+            duration_s: dur,
+            sent_bytes: Some(remaining),
+            remaining_bytes: Some(dirtied * sc.page_size),
+        });
         dirty_rate_history.push(dirtied * sc.page_size / dur);
         app_history.push(app);
         last_duration = dur;

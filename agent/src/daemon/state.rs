@@ -15,7 +15,7 @@ use crate::{
     control::{QemuParams, VmDecision},
     datapath::{Datapath, VmCounters},
     metrics::Metrics,
-    predict::Row,
+    predict::Iteration,
 };
 
 use super::{http::Response, procnet::TcpConn};
@@ -72,8 +72,9 @@ pub struct VmState {
     pub iteration: u32,
     pub remaining: u64,
     pub page_size: f64,
-    /// X1..X6 of the finished iterations of the current migration.
-    pub rows: Vec<Row>,
+    /// The finished iterations of the current migration (X1..X6 and the
+    /// figures the physics drivers need).
+    pub rows: Vec<Iteration>,
     /// Duration of each finished iteration, seconds.
     pub iter_s: Vec<f64>,
     /// Dirty rate of each finished iteration, bytes/s.
@@ -248,7 +249,7 @@ pub fn vms(s: &State) -> Vec<api::VmStatus> {
                 iteration: v.iteration,
                 remaining_bytes: v.remaining,
                 predicted_dirty_pages: v.predicted.get(&v.iteration).copied(),
-                actual_dirty_pages: v.rows.last().map(|r| r[0]),
+                actual_dirty_pages: v.rows.last().map(|r| r.x[0]),
                 peer: v.flows.first().map(|f| f.remote.to_string()),
                 samples: v.samples,
                 qemu_max_bandwidth_bytes_per_sec: v.qemu_max_bandwidth,

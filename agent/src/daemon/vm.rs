@@ -205,7 +205,7 @@ async fn follow_once<S: MigrationSource>(
                                 .set(p);
                         }
                         v.sample_at = Some(std::time::Instant::now());
-                        v.rows.push(s.to_trace_row().x());
+                        v.rows.push(s.to_iteration());
                         v.iter_s.push(s.iter_s);
                         v.dirty_rates.push(if s.iter_s > 0.0 {
                             s.dirty_pages * s.page_size as f64 / s.iter_s

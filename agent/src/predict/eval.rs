@@ -2,7 +2,7 @@
 //! measures: MAPE, RMSE, and WAPE (Σ|error| / Σ actual), which does not
 //! explode near convergence when an iteration dirties only a few pages.
 
-use super::{PredictError, Predictor, Row};
+use super::{Iteration, PredictError, Predictor};
 
 /// Predictions of one model over a trace: `predicted[k]` is the prediction
 /// for row k made from rows 0..k (None where the model made none).
@@ -28,7 +28,7 @@ pub struct Scores {
 
 /// Runs `model` one step ahead: for each k ≥ `first`, predicts row k from
 /// rows 0..k.
-pub fn run(model: &dyn Predictor, rows: &[Row], first: usize) -> Result<Run, PredictError> {
+pub fn run(model: &dyn Predictor, rows: &[Iteration], first: usize) -> Result<Run, PredictError> {
     let mut predicted = vec![None; rows.len()];
     let mut how = vec![None; rows.len()];
     for k in first.max(1)..rows.len() {
@@ -44,13 +44,13 @@ pub fn run(model: &dyn Predictor, rows: &[Row], first: usize) -> Result<Run, Pre
 }
 
 /// Scores `run` on the iterations in `at`.
-pub fn score(run: &Run, rows: &[Row], at: &[usize]) -> Scores {
+pub fn score(run: &Run, rows: &[Iteration], at: &[usize]) -> Scores {
     let (mut ape, mut n_ape, mut sq, mut abs, mut actual_sum, mut n) = (0.0, 0, 0.0, 0.0, 0.0, 0);
     for &k in at {
         let (Some(p), Some(row)) = (run.predicted.get(k).copied().flatten(), rows.get(k)) else {
             continue;
         };
-        let actual = row[0];
+        let actual = row.x[0];
         let err = p - actual;
         if actual > 0.0 {
             ape += err.abs() / actual;
@@ -83,8 +83,10 @@ mod tests {
     use super::*;
     use crate::predict::{Last, Mean};
 
-    fn rows(x1: &[f64]) -> Vec<Row> {
-        x1.iter().map(|x| [*x, 1.0, 1.0, 1.0, 1.0, 1.0]).collect()
+    fn rows(x1: &[f64]) -> Vec<Iteration> {
+        x1.iter()
+            .map(|x| [*x, 1.0, 1.0, 1.0, 1.0, 1.0].into())
+            .collect()
     }
 
     #[test]

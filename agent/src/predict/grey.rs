@@ -79,7 +79,23 @@ pub fn solve_scaled(
             bs.column_mut(j).scale_mut(1.0 / s);
         }
     }
-    let svd = bs.svd(true, true);
+    if n == 2
+        && let Some(x) = solve_two(&bs, y, ridge)
+    {
+        return unscale(x, &scales);
+    }
+    // A tall system is first reduced to its n×n triangle (B = QR; R has
+    // B's singular values and right singular vectors), so the SVD works on
+    // n×n instead of m×n: most of the cost of a prediction otherwise.
+    let (small, rhs) = if bs.nrows() > n {
+        let qr = bs.qr();
+        let mut qty = y.clone();
+        qr.q_tr_mul(&mut qty);
+        (qr.r(), qty.rows(0, n).into_owned())
+    } else {
+        (bs, y.clone())
+    };
+    let svd = small.svd(true, true);
     let (Some(u), Some(v_t)) = (svd.u.as_ref(), svd.v_t.as_ref()) else {
         return Err(GreyError::Degenerate);
     };
@@ -88,14 +104,18 @@ pub fn solve_scaled(
         return Err(GreyError::Degenerate);
     }
     let lambda = ridge * sigma_max;
-    let uty = u.transpose() * y;
+    let uty = u.transpose() * rhs;
     let mut coef = DVector::zeros(svd.singular_values.len());
     for (i, s) in svd.singular_values.iter().enumerate() {
         // Tikhonov filter factor s / (s² + λ²); tiny singular values are
         // damped instead of blowing up.
         coef[i] = s / (s * s + lambda * lambda) * uty[i];
     }
-    let mut x = v_t.transpose() * coef;
+    unscale(v_t.transpose() * coef, &scales)
+}
+
+/// The solution of the scaled system back in the original units.
+fn unscale(mut x: DVector<f64>, scales: &[f64]) -> Result<DVector<f64>, GreyError> {
     for (j, s) in scales.iter().enumerate() {
         x[j] = if *s > 0.0 { x[j] / s } else { 0.0 };
     }
@@ -103,6 +123,31 @@ pub fn solve_scaled(
         return Err(GreyError::Degenerate);
     }
     Ok(x)
+}
+
+/// The same Tikhonov solution for two (scaled) columns in closed form,
+/// `(BᵀB + λ²I)⁻¹Bᵀy` with `λ = ridge·σ_max` (GM(1,1) and its uses are
+/// most of the fits a prediction makes). `None` when the 2×2 system is too
+/// ill-conditioned for the normal equations; the SVD then decides.
+fn solve_two(b: &DMatrix<f64>, y: &DVector<f64>, ridge: f64) -> Option<DVector<f64>> {
+    let (c0, c1) = (b.column(0), b.column(1));
+    let (g00, g01, g11) = (c0.dot(&c0), c0.dot(&c1), c1.dot(&c1));
+    let (r0, r1) = (c0.dot(y), c1.dot(y));
+    let half_tr = 0.5 * (g00 + g11);
+    let det = g00 * g11 - g01 * g01;
+    let sigma_max_sq = half_tr + (half_tr * half_tr - det).max(0.0).sqrt();
+    let l = ridge * ridge * sigma_max_sq;
+    let (a00, a11) = (g00 + l, g11 + l);
+    let det = a00 * a11 - g01 * g01;
+    // cond(BᵀB) = cond(B)²: beyond 1e8 (cond(B) beyond 1e4) leave it to
+    // the SVD.
+    if det.is_nan() || det <= 1e-8 * (a00 + a11) * (a00 + a11) {
+        return None;
+    }
+    Some(DVector::from_vec(vec![
+        (a11 * r0 - g01 * r1) / det,
+        (a00 * r1 - g01 * r0) / det,
+    ]))
 }
 
 /// A fitted GM(1,1): `x⁽⁰⁾(k) + a·z⁽¹⁾(k) = b`.
@@ -256,11 +301,14 @@ impl Gm1n {
     /// columns (`drivers_ago[i][k-1]`).
     pub fn simulate(&self, drivers_ago: &[Vec<f64>]) -> Vec<f64> {
         let len = drivers_ago.first().map_or(self.n, Vec::len);
-        let at = |k: usize| -> Vec<f64> { drivers_ago.iter().map(|d| d[k - 1]).collect() };
+        let mut at = vec![0.0; drivers_ago.len()];
         let mut out = Vec::with_capacity(len);
         let mut prev = 0.0;
         for k in 1..=len {
-            let cur = self.x1_hat(k, &at(k));
+            for (a, d) in at.iter_mut().zip(drivers_ago) {
+                *a = d[k - 1];
+            }
+            let cur = self.x1_hat(k, &at);
             out.push(if k == 1 { self.x0_1 } else { cur - prev });
             prev = cur;
         }
@@ -301,31 +349,31 @@ pub fn residual_correction(residuals: &[f64]) -> Option<f64> {
 }
 
 /// Grey relational grade of `other` to `target` (Deng's, ρ = 0.5), on
-/// series normalised by their first non-zero value... here by their mean,
-/// which tolerates zeros at the start. In [0, 1]; higher = closer trend.
+/// series normalised by their mean (Deng's uses the first value; the mean
+/// tolerates zeros at the start). In [0, 1]; higher = closer trend.
 pub fn relational_grade(target: &[f64], other: &[f64]) -> f64 {
-    let norm = |xs: &[f64]| -> Vec<f64> {
-        let mean = xs.iter().sum::<f64>() / xs.len().max(1) as f64;
-        if mean > 0.0 {
-            xs.iter().map(|x| x / mean).collect()
-        } else {
-            vec![0.0; xs.len()]
-        }
+    // Each series over its mean (zero where the mean is not positive);
+    // computed on the fly: this runs for every candidate driver of every
+    // prediction.
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+    let norm = |x: f64, mean: f64| if mean > 0.0 { x / mean } else { 0.0 };
+    let (mt, mo) = (mean(target), mean(other));
+    let deltas = || {
+        target
+            .iter()
+            .zip(other)
+            .map(move |(a, b)| (norm(*a, mt) - norm(*b, mo)).abs())
     };
-    let (t, o) = (norm(target), norm(other));
-    let deltas: Vec<f64> = t.iter().zip(&o).map(|(a, b)| (a - b).abs()).collect();
-    let (min, max) = deltas
-        .iter()
-        .fold((f64::MAX, 0.0f64), |(lo, hi), d| (lo.min(*d), hi.max(*d)));
-    if deltas.is_empty() || max == 0.0 {
+    let (min, max) = deltas().fold((f64::MAX, 0.0f64), |(lo, hi), d| (lo.min(d), hi.max(d)));
+    let n = deltas().count();
+    if n == 0 || max == 0.0 {
         return 1.0;
     }
     let rho = 0.5;
-    deltas
-        .iter()
+    deltas()
         .map(|d| (min + rho * max) / (d + rho * max))
         .sum::<f64>()
-        / deltas.len() as f64
+        / n as f64
 }
 
 #[cfg(test)]

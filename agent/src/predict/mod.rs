@@ -1,22 +1,26 @@
 //! Dirty-page prediction for the next pre-copy iteration.
 //!
-//! Input: one row per finished iteration with the six GM(1,N) sequences of
-//! MISSION §3.1, `[X1 dirty pages, X2 mem %, X3 cpu %, X4 vm net, X5
-//! previous iteration s, X6 host net]`. Output: X1 of the next iteration.
-//! Every model is pure and deterministic; [`eval`] runs them one step ahead
-//! over a trace and scores them.
+//! Input: one [`Iteration`] per finished pre-copy iteration: the six GM(1,N)
+//! sequences of MISSION §3.1, `[X1 dirty pages, X2 mem %, X3 cpu %, X4 vm
+//! net, X5 previous iteration s, X6 host net]`, and, when the telemetry has
+//! them, the iteration's duration, the bytes it sent and the bytes left to
+//! send when it ended. Output: X1 of the next iteration. Every model is pure
+//! and deterministic; [`eval`] runs them one step ahead over a trace and
+//! scores them.
 //!
-//! The GM(1,N) here is the paper's model made usable on the 4–10 iterations
-//! a real migration has: a rolling window; drivers chosen by grey relational
-//! grade and limited so there are at least two equations per parameter;
-//! scaled, ridge-regularised least squares; residual correction when the
-//! paper's tail condition holds; and the drivers' next values held at their
-//! latest measurement or forecast by GM(1,1).
+//! Why the extra figures: X1 of an iteration is its dirty rate times its
+//! duration, and the duration of the *next* iteration is known when the
+//! current one ends: the pages left to send over the bandwidth just
+//! measured. None of X2..X6 carries that (X5 is the duration of the
+//! iteration before). [`gm1n`] turns it into GM(1,N) drivers whose value at
+//! the predicted iteration is measured, not forecast.
 
 pub mod eval;
+pub mod gm1n;
 pub mod grey;
 
-use grey::{Gm1n, Gm11, GreyError, ago, relational_grade, residual_correction};
+pub use gm1n::{Driver, GreyGm1n};
+use grey::{Gm11, GreyError, ago, residual_correction};
 
 /// The number of sequences per iteration (X1..X6).
 pub const SERIES: usize = 6;
@@ -26,6 +30,63 @@ pub const MIN_GREY_SAMPLES: usize = 4;
 /// One iteration's X1..X6.
 pub type Row = [f64; SERIES];
 
+/// One finished pre-copy iteration as the predictors see it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Iteration {
+    /// X1..X6.
+    pub x: Row,
+    /// The iteration's duration, seconds (0 when unknown).
+    pub duration_s: f64,
+    /// Bytes the migration sent during the iteration.
+    pub sent_bytes: Option<f64>,
+    /// Bytes left to send right after the sync that closed the iteration:
+    /// what the next iteration sends.
+    pub remaining_bytes: Option<f64>,
+}
+
+impl From<Row> for Iteration {
+    /// An iteration known only by X1..X6 (an old trace, a test).
+    fn from(x: Row) -> Self {
+        Iteration {
+            x,
+            duration_s: 0.0,
+            sent_bytes: None,
+            remaining_bytes: None,
+        }
+    }
+}
+
+/// X1..X6 rows as iterations without telemetry (old traces, tests).
+pub fn iterations(rows: &[Row]) -> Vec<Iteration> {
+    rows.iter().copied().map(Iteration::from).collect()
+}
+
+impl Iteration {
+    /// The migration's throughput during the iteration, bytes/s.
+    pub fn bandwidth(&self) -> Option<f64> {
+        let sent = self.sent_bytes?;
+        (sent > 0.0 && self.duration_s > 0.0).then(|| sent / self.duration_s)
+    }
+
+    /// T̂: the next iteration's expected duration, seconds: the bytes left
+    /// to send over the throughput this iteration measured.
+    pub fn next_duration_s(&self) -> Option<f64> {
+        Some(self.remaining_bytes? / self.bandwidth()?)
+    }
+
+    /// The iteration's dirty rate, pages/s: X1 over its duration.
+    pub fn dirty_rate(&self) -> Option<f64> {
+        (self.duration_s > 0.0).then(|| self.x[0] / self.duration_s)
+    }
+
+    /// P̂: pages the next iteration dirties if this iteration's dirty rate
+    /// (X1 / duration) holds for T̂: `X1 · remaining / sent`.
+    pub fn next_pages_at_rate(&self) -> Option<f64> {
+        let sent = self.sent_bytes.filter(|s| *s > 0.0)?;
+        Some(self.x[0] * self.remaining_bytes? / sent)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PredictError {
     #[error("no history to predict from")]
@@ -34,6 +95,12 @@ pub enum PredictError {
     BadValue {
         iteration: usize,
         series: usize,
+        value: f64,
+    },
+    #[error("iteration {iteration}: {field} is {value}; it must be finite and >= 0")]
+    BadTelemetry {
+        iteration: usize,
+        field: &'static str,
         value: f64,
     },
 }
@@ -70,34 +137,51 @@ pub trait Predictor {
     /// A short stable name (`gm1n`, `ewma`, ...).
     fn name(&self) -> &str;
     /// Predicts X1 of the iteration after `history` (oldest first).
-    fn predict(&self, history: &[Row]) -> Result<Prediction, PredictError>;
+    fn predict(&self, history: &[Iteration]) -> Result<Prediction, PredictError>;
 }
 
 /// Rejects NaN, infinities and negative values, naming the first.
-pub fn check_history(history: &[Row]) -> Result<(), PredictError> {
+pub fn check_history(history: &[Iteration]) -> Result<(), PredictError> {
     if history.is_empty() {
         return Err(PredictError::Empty);
     }
-    for (i, row) in history.iter().enumerate() {
-        if let Some(s) = row.iter().position(|v| !v.is_finite() || *v < 0.0) {
+    for (i, it) in history.iter().enumerate() {
+        let bad = |v: f64| !v.is_finite() || v < 0.0;
+        if let Some(s) = it.x.iter().position(|v| bad(*v)) {
             return Err(PredictError::BadValue {
                 iteration: i + 1,
                 series: s + 1,
-                value: row[s],
+                value: it.x[s],
             });
+        }
+        for (field, value) in [
+            ("duration_s", Some(it.duration_s)),
+            ("sent_bytes", it.sent_bytes),
+            ("remaining_bytes", it.remaining_bytes),
+        ] {
+            if let Some(value) = value.filter(|v| bad(*v)) {
+                return Err(PredictError::BadTelemetry {
+                    iteration: i + 1,
+                    field,
+                    value,
+                });
+            }
         }
     }
     Ok(())
 }
 
-fn x1(history: &[Row]) -> Vec<f64> {
-    history.iter().map(|r| r[0]).collect()
+fn x1(history: &[Iteration]) -> Vec<f64> {
+    history.iter().map(|r| r.x[0]).collect()
 }
 
 /// The rolling window a grey model fits on: the last `window` rows (at
 /// least [`MIN_GREY_SAMPLES`]), or the last-value fallback when the history
 /// is shorter than that. Rejects bad values first.
-fn grey_window(history: &[Row], window: usize) -> Result<Result<&[Row], Prediction>, PredictError> {
+fn grey_window(
+    history: &[Iteration],
+    window: usize,
+) -> Result<Result<&[Iteration], Prediction>, PredictError> {
     check_history(history)?;
     let h = &history[history.len().saturating_sub(window.max(MIN_GREY_SAMPLES))..];
     if h.len() < MIN_GREY_SAMPLES {
@@ -106,8 +190,8 @@ fn grey_window(history: &[Row], window: usize) -> Result<Result<&[Row], Predicti
     Ok(Ok(h))
 }
 
-fn fallback_last(history: &[Row], why: &str) -> Prediction {
-    let last = history.last().map_or(0.0, |r| r[0]);
+fn fallback_last(history: &[Iteration], why: &str) -> Prediction {
+    let last = history.last().map_or(0.0, |r| r.x[0]);
     Prediction {
         value: last,
         how: format!("last (fallback: {why})"),
@@ -122,10 +206,10 @@ impl Predictor for Last {
     fn name(&self) -> &str {
         "last"
     }
-    fn predict(&self, history: &[Row]) -> Result<Prediction, PredictError> {
+    fn predict(&self, history: &[Iteration]) -> Result<Prediction, PredictError> {
         check_history(history)?;
         Ok(Prediction {
-            value: history[history.len() - 1][0],
+            value: history[history.len() - 1].x[0],
             how: "last".into(),
         })
     }
@@ -139,9 +223,9 @@ impl Predictor for Mean {
     fn name(&self) -> &str {
         "mean"
     }
-    fn predict(&self, history: &[Row]) -> Result<Prediction, PredictError> {
+    fn predict(&self, history: &[Iteration]) -> Result<Prediction, PredictError> {
         check_history(history)?;
-        let v = history.iter().map(|r| r[0]).sum::<f64>() / history.len() as f64;
+        let v = history.iter().map(|r| r.x[0]).sum::<f64>() / history.len() as f64;
         Ok(Prediction {
             value: v,
             how: "mean".into(),
@@ -165,11 +249,11 @@ impl Predictor for Ewma {
     fn name(&self) -> &str {
         "ewma"
     }
-    fn predict(&self, history: &[Row]) -> Result<Prediction, PredictError> {
+    fn predict(&self, history: &[Iteration]) -> Result<Prediction, PredictError> {
         check_history(history)?;
-        let mut s = history[0][0];
+        let mut s = history[0].x[0];
         for r in &history[1..] {
-            s = self.alpha * r[0] + (1.0 - self.alpha) * s;
+            s = self.alpha * r.x[0] + (1.0 - self.alpha) * s;
         }
         Ok(Prediction {
             value: s,
@@ -188,7 +272,7 @@ impl Predictor for Bda {
     fn name(&self) -> &str {
         "bda"
     }
-    fn predict(&self, history: &[Row]) -> Result<Prediction, PredictError> {
+    fn predict(&self, history: &[Iteration]) -> Result<Prediction, PredictError> {
         check_history(history)?;
         let xs = x1(history);
         let u = xs[xs.len() - 1];
@@ -210,6 +294,31 @@ impl Predictor for Bda {
     }
 }
 
+/// The physics alone: the latest dirty rate over the next iteration's
+/// expected duration (P̂, [`Iteration::next_pages_at_rate`]); the last value
+/// when the telemetry lacks bytes sent or left.
+#[derive(Debug, Clone, Default)]
+pub struct Phys;
+
+impl Predictor for Phys {
+    fn name(&self) -> &str {
+        "phys"
+    }
+    fn predict(&self, history: &[Iteration]) -> Result<Prediction, PredictError> {
+        check_history(history)?;
+        let latest = &history[history.len() - 1];
+        Ok(
+            match latest.next_pages_at_rate().filter(|v| v.is_finite()) {
+                Some(value) => Prediction {
+                    value,
+                    how: "P^".into(),
+                },
+                None => fallback_last(history, "no bytes sent/left"),
+            },
+        )
+    }
+}
+
 /// GM(1,1) on X1 alone.
 #[derive(Debug, Clone)]
 pub struct GreyGm11 {
@@ -228,21 +337,21 @@ impl Default for GreyGm11 {
     }
 }
 
-impl Predictor for GreyGm11 {
-    fn name(&self) -> &str {
-        "gm11"
-    }
-    fn predict(&self, history: &[Row]) -> Result<Prediction, PredictError> {
-        let h = match grey_window(history, self.window)? {
-            Ok(h) => h,
-            Err(fallback) => return Ok(fallback),
-        };
-        let xs = x1(h);
-        let m = match Gm11::fit(&xs) {
+impl GreyGm11 {
+    /// GM(1,1) one step ahead on `xs` (at least 4 samples), with the
+    /// residual correction; falls back to the last value when the fit fails.
+    fn predict_series(&self, xs: &[f64]) -> Result<Prediction, PredictError> {
+        let last = xs.last().copied().unwrap_or(0.0);
+        let m = match Gm11::fit(xs) {
             Ok(m) => m,
-            Err(e) => return Ok(fallback_last(history, &e.to_string())),
+            Err(e) => {
+                return Ok(Prediction {
+                    value: last,
+                    how: format!("last (fallback: {e})"),
+                });
+            }
         };
-        let x1_ago = ago(&xs);
+        let x1_ago = ago(xs);
         let fitted: Vec<f64> = (1..xs.len())
             .map(|k| match self.response {
                 Response::TimeResponse => m.x0_hat(k + 1),
@@ -258,198 +367,16 @@ impl Predictor for GreyGm11 {
     }
 }
 
-/// GM(1,N): X1 driven by a selection of X2..X6.
-#[derive(Debug, Clone)]
-pub struct GreyGm1n {
-    pub window: usize,
-    /// Relative ridge term of the least-squares solve.
-    pub ridge: f64,
-    pub drivers: DriverForecast,
-    pub response: Response,
-    pub correction: bool,
-    /// Drivers to consider (indices 1..=5 = X2..X6); the fit keeps the ones
-    /// with the highest grey relational grade, as many as the samples
-    /// support (two equations per parameter).
-    pub candidates: Vec<usize>,
-    /// At most this many drivers even with plenty of samples.
-    pub max_drivers: usize,
-}
-
-impl Default for GreyGm1n {
-    fn default() -> Self {
-        GreyGm1n {
-            window: 8,
-            ridge: 1e-3,
-            drivers: DriverForecast::Hold,
-            response: Response::Equation,
-            correction: true,
-            candidates: vec![1, 2, 3, 4, 5],
-            max_drivers: 5,
-        }
-    }
-}
-
-impl GreyGm1n {
-    /// The drivers used for `h`: non-constant candidates ranked by grey
-    /// relational grade to X1, as many as `(rows/2) − 1` allows.
-    pub fn select_drivers(&self, h: &[Row]) -> Vec<usize> {
-        let rows = h.len().saturating_sub(1);
-        let allowed = (rows / 2).saturating_sub(1).min(self.max_drivers);
-        let target = x1(h);
-        let mut ranked: Vec<(usize, f64)> = self
-            .candidates
-            .iter()
-            .copied()
-            .filter(|&i| (1..SERIES).contains(&i))
-            .filter_map(|i| {
-                let col: Vec<f64> = h.iter().map(|r| r[i]).collect();
-                informative(&col).then(|| (i, relational_grade(&target, &col)))
-            })
-            .collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        ranked.into_iter().take(allowed).map(|(i, _)| i).collect()
-    }
-}
-
-impl GreyGm1n {
-    /// GM(1,N) on exactly these rows and drivers: the prediction for the
-    /// step after `h` (residual correction included), or `None` when the
-    /// system cannot be fitted or the result is not finite.
-    fn fit_predict(&self, h: &[Row], drivers: &[usize]) -> Option<(f64, String)> {
-        let xs = x1(h);
-        let cols: Vec<Vec<f64>> = drivers
-            .iter()
-            .map(|&i| h.iter().map(|r| r[i]).collect())
-            .collect();
-        let col_refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
-        let m = Gm1n::fit(&xs, &col_refs, self.ridge).ok()?;
-        // Drivers' next raw values, then their AGO at S+1.
-        let next_raw: Vec<f64> = cols
-            .iter()
-            .map(|c| match self.drivers {
-                DriverForecast::Hold => c[c.len() - 1],
-                DriverForecast::Gm11 => Gm11::fit(c)
-                    .map(|g| g.forecast_next_equation(c.iter().sum()))
-                    .ok()
-                    .filter(|v| v.is_finite() && *v >= 0.0)
-                    .unwrap_or(c[c.len() - 1]),
-            })
-            .collect();
-        let d_ago: Vec<Vec<f64>> = cols.iter().map(|c| ago(c)).collect();
-        let x1_ago = ago(&xs);
-        let s = xs.len();
-        let ago_at = |k: usize| -> Vec<f64> { d_ago.iter().map(|d| d[k - 1]).collect() };
-        let next_ago: Vec<f64> = d_ago
-            .iter()
-            .zip(&next_raw)
-            .map(|(d, n)| d[s - 1] + n)
-            .collect();
-        let (fitted, next): (Vec<f64>, f64) = match self.response {
-            Response::Equation => (
-                (2..=s)
-                    .map(|k| m.next_equation(x1_ago[k - 2], &ago_at(k)))
-                    .collect(),
-                m.next_equation(x1_ago[s - 1], &next_ago),
-            ),
-            Response::TimeResponse => {
-                let sim = m.simulate(&d_ago);
-                (
-                    sim[1..].to_vec(),
-                    m.x1_hat(s + 1, &next_ago) - m.x1_hat(s, &ago_at(s)),
-                )
-            }
-        };
-        let residuals: Vec<f64> = xs[1..].iter().zip(&fitted).map(|(x, f)| x - f).collect();
-        let names: Vec<String> = drivers.iter().map(|i| format!("X{}", i + 1)).collect();
-        let p = finish(
-            next,
-            residuals,
-            self.correction,
-            format!("gm1n[{}]", names.join(",")),
-        )
-        .ok()?;
-        // A grey extrapolation that leaves the scale of the data (the
-        // equation form divides by 1 + a/2) is a failed fit, not a forecast.
-        let max = xs.iter().copied().fold(0.0, f64::max);
-        (p.value <= PLAUSIBLE_FACTOR * max + 1.0).then_some((p.value, p.how))
-    }
-
-    fn gm11(&self) -> GreyGm11 {
-        GreyGm11 {
-            window: self.window,
-            response: self.response,
-            correction: self.correction,
-        }
-    }
-}
-
-/// GM(1,N) predictions above this multiple of the window's largest X1 are
-/// rejected as blown-up fits.
-const PLAUSIBLE_FACTOR: f64 = 3.0;
-/// Rolling origins of the in-window backtest that chooses GM(1,N) over
-/// GM(1,1).
-const BACKTEST_ORIGINS: usize = 3;
-
-/// Whether a driver column carries signal: a coefficient of variation of at
-/// least 2% and no more than half of it zeros (a sparse, mostly-zero column
-/// like an idle NIC's byte rate only adds noise to the fit).
-fn informative(col: &[f64]) -> bool {
-    let n = col.len() as f64;
-    let mean = col.iter().sum::<f64>() / n;
-    if mean <= 0.0 {
-        return false;
-    }
-    let var = col.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-    let zeros = col.iter().filter(|v| **v == 0.0).count() as f64;
-    var.sqrt() / mean >= 0.02 && zeros <= n / 2.0
-}
-
-impl Predictor for GreyGm1n {
+impl Predictor for GreyGm11 {
     fn name(&self) -> &str {
-        "gm1n"
+        "gm11"
     }
-
-    /// GM(1,N) when it earns its parameters: the drivers are chosen on the
-    /// window, then a rolling-origin backtest over the window's last
-    /// iterations compares GM(1,N) with GM(1,1); GM(1,N) is used only if
-    /// its backtest error is not larger, and its prediction is plausible.
-    fn predict(&self, history: &[Row]) -> Result<Prediction, PredictError> {
+    fn predict(&self, history: &[Iteration]) -> Result<Prediction, PredictError> {
         let h = match grey_window(history, self.window)? {
             Ok(h) => h,
             Err(fallback) => return Ok(fallback),
         };
-        let gm11 = self.gm11();
-        let drivers = self.select_drivers(h);
-        let via_gm11 = |why: &str| -> Result<Prediction, PredictError> {
-            let mut p = gm11.predict(h)?;
-            p.how = format!("gm1n->{} ({why})", p.how);
-            Ok(p)
-        };
-        if drivers.is_empty() {
-            return via_gm11("no usable driver");
-        }
-        let need = (drivers.len() + 3).max(MIN_GREY_SAMPLES);
-        let (mut err_n, mut err_1, mut tested) = (0.0, 0.0, 0);
-        for origin in h.len().saturating_sub(BACKTEST_ORIGINS).max(need)..h.len() {
-            let actual = h[origin][0];
-            let Some((pn, _)) = self.fit_predict(&h[..origin], &drivers) else {
-                err_n = f64::INFINITY;
-                break;
-            };
-            let p1 = gm11.predict(&h[..origin])?.value;
-            err_n += (pn - actual).abs();
-            err_1 += (p1 - actual).abs();
-            tested += 1;
-        }
-        if err_n > err_1 {
-            return via_gm11(&format!(
-                "backtest over {tested}: gm1n err {err_n:.0} > gm11 err {err_1:.0}"
-            ));
-        }
-        match self.fit_predict(h, &drivers) {
-            Some((value, how)) => Ok(Prediction { value, how }),
-            None => via_gm11("gm1n fit failed or implausible"),
-        }
+        self.predict_series(&x1(h))
     }
 }
 
@@ -496,12 +423,13 @@ pub fn model(name: &str, window: usize) -> Option<Box<dyn Predictor>> {
         "mean" => Box::new(Mean),
         "ewma" => Box::new(Ewma::default()),
         "bda" => Box::new(Bda),
+        "phys" => Box::new(Phys),
         _ => return None,
     })
 }
 
 /// Every model name, in report order.
-pub const MODELS: &[&str] = &["gm1n", "gm11", "last", "mean", "ewma", "bda"];
+pub const MODELS: &[&str] = &["gm1n", "gm11", "last", "mean", "ewma", "bda", "phys"];
 
 impl From<GreyError> for PredictError {
     fn from(e: GreyError) -> Self {
@@ -524,10 +452,10 @@ impl From<GreyError> for PredictError {
 mod tests {
     use super::*;
 
-    fn rows(x1: &[f64]) -> Vec<Row> {
+    fn rows(x1: &[f64]) -> Vec<Iteration> {
         x1.iter()
             .enumerate()
-            .map(|(i, x)| [*x, 50.0, 80.0 + i as f64, 1e6, 1.0 + i as f64 * 0.1, 2e7])
+            .map(|(i, x)| [*x, 50.0, 80.0 + i as f64, 1e6, 1.0 + i as f64 * 0.1, 2e7].into())
             .collect()
     }
 
@@ -541,6 +469,37 @@ mod tests {
         // BDA: U = 40, D = 20, a = 2/3, b = 1/3 -> 40·2/3 + 20/3 = 33.33…
         let b = Bda.predict(&h).expect("bda").value;
         assert!((b - 100.0 / 3.0).abs() < 1e-9, "{b}");
+    }
+
+    /// 100 pages dirtied in 2 s while sending 8 MB (4 MB/s); 4 MB left:
+    /// the next iteration should take 4e6 / 4e6 = 1 s and dirty
+    /// 100 / 2 · 1 = 50 pages at the same rate.
+    #[test]
+    fn physics_figures_by_hand() {
+        let it = Iteration {
+            x: [100.0, 50.0, 80.0, 0.0, 3.0, 2e7],
+            duration_s: 2.0,
+            sent_bytes: Some(8e6),
+            remaining_bytes: Some(4e6),
+        };
+        assert_eq!(it.bandwidth(), Some(4e6));
+        assert_eq!(it.next_duration_s(), Some(1.0));
+        assert_eq!(it.dirty_rate(), Some(50.0));
+        assert_eq!(it.next_pages_at_rate(), Some(50.0));
+        assert_eq!(Phys.predict(&[it]).map(|p| p.value), Ok(50.0));
+        // Nothing sent, or figures missing: no estimate, the last value.
+        let stalled = Iteration {
+            sent_bytes: Some(0.0),
+            ..it
+        };
+        assert_eq!(stalled.next_duration_s(), None);
+        assert_eq!(stalled.next_pages_at_rate(), None);
+        let old: Iteration = it.x.into();
+        assert_eq!(old.next_duration_s(), None);
+        assert_eq!(old.dirty_rate(), None);
+        let p = Phys.predict(&[old]).expect("predicts");
+        assert_eq!(p.value, 100.0);
+        assert!(p.how.contains("fallback"), "{}", p.how);
     }
 
     #[test]
@@ -562,21 +521,25 @@ mod tests {
         let h = rows(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
         assert!(g.select_drivers(&h).len() <= 2);
         // Constant drivers (X2, X4, X6 here) are never chosen.
-        assert!(g.select_drivers(&h).iter().all(|i| [2usize, 4].contains(i)));
+        assert!(
+            g.select_drivers(&h)
+                .iter()
+                .all(|d| [Driver::Series(2), Driver::Series(4)].contains(d))
+        );
     }
 
     #[test]
     fn gm1n_tracks_a_driven_series() {
         // X1 = 1000·X3 exactly, X3 growing: a driven series GM(1,N) must
         // follow within a few percent one step ahead.
-        let h: Vec<Row> = (0..10)
+        let h: Vec<Iteration> = (0..10)
             .map(|k| {
                 let cpu = 10.0 + 3.0 * k as f64;
-                [1000.0 * cpu, 40.0, cpu, 5e5, 2.0, 1e7]
+                [1000.0 * cpu, 40.0, cpu, 5e5, 2.0, 1e7].into()
             })
             .collect();
         let p = GreyGm1n::default().predict(&h[..9]).expect("predicts");
-        let actual = h[9][0];
+        let actual = h[9].x[0];
         assert!(
             (p.value - actual).abs() / actual < 0.1,
             "{} vs {actual} ({})",
@@ -588,7 +551,7 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let mut h = rows(&[1.0, 2.0, 3.0, 4.0]);
-        h[2][3] = f64::NAN;
+        h[2].x[3] = f64::NAN;
         assert!(matches!(
             GreyGm1n::default().predict(&h),
             Err(PredictError::BadValue {
@@ -597,7 +560,7 @@ mod tests {
                 ..
             })
         ));
-        h[2][3] = -1.0;
+        h[2].x[3] = -1.0;
         assert!(matches!(
             Last.predict(&h),
             Err(PredictError::BadValue {
@@ -607,6 +570,26 @@ mod tests {
             })
         ));
         assert_eq!(Mean.predict(&[]), Err(PredictError::Empty));
+        h[2].x[3] = 1.0;
+        h[1].sent_bytes = Some(f64::INFINITY);
+        assert_eq!(
+            GreyGm1n::default().predict(&h),
+            Err(PredictError::BadTelemetry {
+                iteration: 2,
+                field: "sent_bytes",
+                value: f64::INFINITY,
+            })
+        );
+        h[1].sent_bytes = None;
+        h[3].duration_s = f64::NAN;
+        assert!(matches!(
+            Phys.predict(&h),
+            Err(PredictError::BadTelemetry {
+                iteration: 4,
+                field: "duration_s",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -618,7 +601,7 @@ mod tests {
             // Everything constant: every model must return the constant
             // (GM(1,N) drops constant drivers and becomes GM(1,1)).
             let flat = p
-                .predict(&[[500.0, 40.0, 80.0, 1e6, 2.0, 2e7]; 6])
+                .predict(&[[500.0, 40.0, 80.0, 1e6, 2.0, 2e7].into(); 6])
                 .expect("flat");
             assert!(
                 (flat.value - 500.0).abs() < 1e-6,

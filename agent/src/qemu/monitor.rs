@@ -27,6 +27,8 @@ use std::{
 
 use tokio::time::Instant;
 
+use crate::predict::Iteration;
+
 use super::{
     commands::Capability,
     hoststats::{self, ByteCounter, HostStatsError, ProcNetDev, SumCounter},
@@ -145,6 +147,9 @@ pub struct IterationSample {
     pub dirty_sync_count: u64,
     pub status: MigrationStatus,
     pub transferred_bytes: u64,
+    /// Bytes sent during the iteration (`ram.transferred` between its
+    /// boundaries).
+    pub sent_bytes: u64,
     pub remaining_bytes: u64,
     pub mbps: f64,
     pub expected_downtime_ms: Option<u64>,
@@ -165,6 +170,17 @@ pub const EXTRA_COLUMNS: [&str; 9] = [
 ];
 
 impl IterationSample {
+    /// The iteration as the predictors see it (X1..X6, duration, bytes
+    /// sent, bytes left for the next iteration).
+    pub fn to_iteration(&self) -> Iteration {
+        Iteration {
+            x: self.to_trace_row().x(),
+            duration_s: self.iter_s,
+            sent_bytes: Some(self.sent_bytes as f64),
+            remaining_bytes: Some(self.remaining_bytes as f64),
+        }
+    }
+
     pub fn to_trace_row(&self) -> TraceRow {
         TraceRow {
             iteration: self.iteration,
@@ -236,6 +252,8 @@ struct Boundary {
     /// QEMU's event timestamp, seconds (None when seen by polling).
     qemu_ts: Option<f64>,
     host: HostSnapshot,
+    /// QEMU's `ram.transferred` when the boundary was seen.
+    transferred: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -606,11 +624,13 @@ impl MigrationMonitor {
         if self.first.is_none() {
             self.first = Some((sync, qemu_ts, host.at));
         }
+        let transferred = info.ram.as_ref().map_or(0, |r| r.transferred);
         let Some(b) = self.boundary.take() else {
             self.boundary = Some(Boundary {
                 sync,
                 qemu_ts,
                 host,
+                transferred,
             });
             return None;
         };
@@ -658,6 +678,7 @@ impl MigrationMonitor {
             dirty_sync_count: ram.dirty_sync_count,
             status: info.status.clone().unwrap_or(MigrationStatus::Other),
             transferred_bytes: ram.transferred,
+            sent_bytes: ram.transferred.saturating_sub(b.transferred),
             remaining_bytes: ram.remaining,
             mbps: ram.mbps,
             expected_downtime_ms: info.expected_downtime,
@@ -681,6 +702,7 @@ impl MigrationMonitor {
             sync,
             qemu_ts,
             host,
+            transferred,
         });
         Some(sample)
     }

@@ -251,6 +251,20 @@ async fn events_give_exact_iterations_and_hold_back_stop_and_copy() {
     assert!(close(r.samples[1].dirty_pages, 50.0 * 1.0));
     assert!(close(r.samples[2].dirty_pages, 40.0 * 0.5));
     assert!(close(r.samples[1].prev_iter_s, 2.0));
+    // Bytes sent between the boundaries and left at the closing one: what
+    // the predictors' expected duration of the next iteration is made of.
+    let bytes: Vec<(u64, u64)> = r
+        .samples
+        .iter()
+        .map(|s| (s.sent_bytes / PAGE, s.remaining_bytes / PAGE))
+        .collect();
+    assert_eq!(bytes, vec![(1000, 300), (250, 150), (140, 30)]);
+    let it = r.samples[1].to_iteration();
+    assert_eq!(it.sent_bytes, Some((250 * PAGE) as f64));
+    assert!(close(
+        it.next_duration_s().expect("telemetry"),
+        1.0 * 150.0 / 250.0
+    ));
     assert!(close(r.samples[0].mem_usage_pct, 40.0));
     let stop = r.outcome.stop_and_copy.as_ref().expect("held back");
     assert_eq!(stop.iteration, 4);

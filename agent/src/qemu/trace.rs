@@ -10,6 +10,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::predict::Iteration;
+
 /// The columns every trace starts with, in order.
 pub const COLUMNS: [&str; 9] = [
     "iteration",
@@ -78,6 +80,36 @@ impl Trace {
     pub fn extra_f64(&self, row: &TraceRow, column: &str) -> Option<f64> {
         let i = self.extra_columns.iter().position(|c| c == column)?;
         row.extra.get(i)?.trim().parse().ok()
+    }
+
+    /// The rows as the predictors see them. Bytes sent in an iteration are
+    /// the growth of `transferred_bytes` since the row before (since 0 for
+    /// the first: QEMU counts per migration); with `remaining_bytes` they
+    /// give the physics drivers. Traces without those columns (or with an
+    /// empty or decreasing value) leave them out.
+    pub fn iterations(&self) -> Vec<Iteration> {
+        let mut prev_transferred = Some(0.0);
+        self.rows
+            .iter()
+            .map(|row| {
+                let transferred = self
+                    .extra_f64(row, "transferred_bytes")
+                    .filter(|v| v.is_finite());
+                let sent = match (transferred, prev_transferred) {
+                    (Some(now), Some(then)) if now >= then => Some(now - then),
+                    _ => None,
+                };
+                prev_transferred = transferred;
+                Iteration {
+                    x: row.x(),
+                    duration_s: row.iter_s,
+                    sent_bytes: sent,
+                    remaining_bytes: self
+                        .extra_f64(row, "remaining_bytes")
+                        .filter(|v| v.is_finite() && *v >= 0.0),
+                }
+            })
+            .collect()
     }
 }
 
@@ -403,6 +435,42 @@ mod tests {
         let t = parse(&format!("{HEADER}\n1,10,5,5,0,0,0,0.5,4096\n"), "t").expect("parses");
         assert_eq!(t.rows.len(), 1);
         assert!(t.extra_columns.is_empty());
+        // The predictors get X1..X6 and the duration, no bytes.
+        let it = t.iterations();
+        assert_eq!(it.len(), 1);
+        assert_eq!(it[0].x[0], 10.0);
+        assert_eq!(it[0].duration_s, 0.5);
+        assert_eq!((it[0].sent_bytes, it[0].remaining_bytes), (None, None));
+    }
+
+    #[test]
+    fn iterations_take_bytes_sent_and_left_from_the_extra_columns() {
+        let t = parse(
+            &format!(
+                "{HEADER},transferred_bytes,remaining_bytes\n\
+                 1,10,5,5,0,0,0,2,4096,8000000,4000000\n\
+                 2,10,5,5,0,2,0,1,4096,12000000,\n\
+                 3,10,5,5,0,1,0,1,4096,11000000,1000\n"
+            ),
+            "t",
+        )
+        .expect("parses");
+        let got: Vec<(Option<f64>, Option<f64>)> = t
+            .iterations()
+            .iter()
+            .map(|i| (i.sent_bytes, i.remaining_bytes))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                // QEMU counts per migration: the first row sent all of it.
+                (Some(8e6), Some(4e6)),
+                (Some(4e6), None),
+                // A counter going backwards is no measurement.
+                (None, Some(1000.0)),
+            ]
+        );
+        assert_eq!(t.iterations()[0].next_duration_s(), Some(1.0));
     }
 
     fn err(text: &str) -> String {

@@ -1,27 +1,28 @@
 //! `cargo xtask bench predict`: microseconds per one-step GM(1,N)
 //! prediction (with residual correction and GM(1,1) driver forecasts, the
-//! most expensive configuration) for windows 8, 16 and 32. Target < 50 µs.
+//! most expensive configuration, all seven candidate drivers including the
+//! physics ones) for windows 8, 16 and 32. Target < 50 µs.
 //! Timing only: the rows are generated (a noisy driven series), accuracy is
 //! measured on real traces by `vmbw predict`.
 
 use std::time::Instant;
 
-use vmbw::predict::{DriverForecast, GreyGm1n, Predictor, Row};
+use vmbw::predict::{DriverForecast, GreyGm1n, Iteration, Predictor};
 
 fn main() {
-    let rows: Vec<Row> = (0..64u32)
+    let rows: Vec<Iteration> = (0..64u32)
         .map(|k| {
             let k = f64::from(k);
             let noise = ((k * 12.9898).sin() * 43_758.545).fract().abs();
             let cpu = 40.0 + 20.0 * (k / 5.0).sin().abs() + 5.0 * noise;
-            [
-                2000.0 + 150.0 * cpu + 300.0 * noise,
-                60.0 + k * 0.1,
-                cpu,
-                2e6 * (1.0 + noise),
-                1.0 + 0.3 * noise,
-                3e7,
-            ]
+            let dirty = 2000.0 + 150.0 * cpu + 300.0 * noise;
+            let duration_s = 1.0 + 0.3 * noise;
+            Iteration {
+                x: [dirty, 60.0 + k * 0.1, cpu, 2e6 * (1.0 + noise), 1.2, 3e7],
+                duration_s,
+                sent_bytes: Some(3.6e6 * duration_s),
+                remaining_bytes: Some(dirty * 4096.0),
+            }
         })
         .collect();
     let iters = 2000;
