@@ -693,6 +693,8 @@ struct Open {
     iteration: u64,
     /// `time_elapsed` of the job when the iteration was first seen, ms.
     job_ms: u64,
+    /// `memory_processed` when the iteration was first seen.
+    processed: u64,
     reading: Reading,
     /// Joined in the middle of it: its start is unknown, no sample.
     partial: bool,
@@ -882,6 +884,7 @@ impl LibvirtMonitor {
                 self.open = Some(Open {
                     iteration: job.iteration,
                     job_ms,
+                    processed: job.processed_bytes,
                     reading,
                     partial: !from_start,
                 });
@@ -892,6 +895,7 @@ impl LibvirtMonitor {
                 self.open = Some(Open {
                     iteration: job.iteration,
                     job_ms: job.elapsed_ms,
+                    processed: job.processed_bytes,
                     reading,
                     partial: false,
                 });
@@ -980,6 +984,7 @@ impl LibvirtMonitor {
                 _ => MigrationStatus::Active,
             },
             transferred_bytes: job.processed_bytes,
+            sent_bytes: job.processed_bytes.saturating_sub(open.processed),
             remaining_bytes: job.remaining_bytes,
             mbps: job.bytes_per_sec as f64 * 8.0 / 1e6,
             expected_downtime_ms: job.expected_downtime_ms,
