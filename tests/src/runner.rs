@@ -359,10 +359,8 @@ fn ctl_options() -> QmpOptions {
 /// three times in all.
 async fn query_migrate(v: &mut Followed) -> anyhow::Result<vmbw::qemu::types::MigrationInfo> {
     let mut last = None;
-    for attempt in 0..3 {
-        if let Some(e) = &last
-            && attempt > 0
-        {
+    for _ in 0..3 {
+        if let Some(e) = &last {
             eprintln!("    {}: query-migrate failed ({e:#}); reconnecting", v.name);
             if let Err(e) = v.ctl.reconnect().await {
                 last = Some(anyhow::Error::from(e));

@@ -230,16 +230,6 @@ impl MigrationTestbed {
         spec
     }
 
-    /// Boots guest 0 on the source host (not waiting for it).
-    pub fn start_source(
-        &self,
-        guest: &Guest,
-        workload: &Workload,
-        mem_mb: u32,
-    ) -> anyhow::Result<Vm> {
-        self.start_source_at(0, guest, workload, mem_mb)
-    }
-
     /// Boots guest `index` on the source host (not waiting for it). Guest
     /// 0's files are named `src.*`, the others' `src<index>.*`.
     pub fn start_source_at(
@@ -257,16 +247,6 @@ impl MigrationTestbed {
             &self.run,
         )
         .with_context(|| format!("starting the source QEMU of guest {index}"))
-    }
-
-    /// Starts guest 0's destination QEMU, waiting for the incoming migration.
-    pub fn start_destination(
-        &self,
-        guest: &Guest,
-        workload: &Workload,
-        mem_mb: u32,
-    ) -> anyhow::Result<Vm> {
-        self.start_destination_at(0, guest, workload, mem_mb)
     }
 
     /// Starts guest `index`'s destination QEMU, waiting for the incoming

@@ -35,6 +35,8 @@ use netlink_packet_route::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
+use crate::shaping::decode_replies;
+
 /// A pod's host-side interface.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HostIface {
@@ -85,23 +87,7 @@ impl HostRoutes {
         let mut out = Vec::new();
         loop {
             let (data, _) = socket.recv_from_full()?;
-            let mut offset = 0;
-            while offset + 16 <= data.len() {
-                let len = u32::from_ne_bytes([
-                    data[offset],
-                    data[offset + 1],
-                    data[offset + 2],
-                    data[offset + 3],
-                ]) as usize;
-                if len < 16 || offset + len > data.len() {
-                    return Err(io::Error::other(format!(
-                        "malformed netlink reply ({len} bytes at {offset})"
-                    )));
-                }
-                let reply =
-                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..offset + len])
-                        .map_err(|e| io::Error::other(format!("decoding a netlink reply: {e}")))?;
-                offset += (len + 3) & !3;
+            for reply in decode_replies(&data).map_err(io::Error::other)? {
                 if reply.header.sequence_number != seq {
                     continue;
                 }

@@ -21,6 +21,7 @@ mod error;
 pub mod handles;
 pub mod messages;
 mod netlink;
+pub(crate) use netlink::decode_replies;
 pub mod plan;
 pub mod restore;
 pub mod tca;

@@ -288,6 +288,32 @@ pub(crate) struct SyncSocket {
     seq: AtomicU32,
 }
 
+/// Splits one datagram from an rtnetlink socket into its messages
+/// (each 4-byte aligned, its length in its first 4 bytes).
+pub(crate) fn decode_replies(
+    data: &[u8],
+) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>, String> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset + 16 <= data.len() {
+        let len = u32::from_ne_bytes([
+            data[offset],
+            data[offset + 1],
+            data[offset + 2],
+            data[offset + 3],
+        ]) as usize;
+        if len < 16 || offset + len > data.len() {
+            return Err(format!("malformed netlink reply ({len} bytes at {offset})"));
+        }
+        out.push(
+            NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..offset + len])
+                .map_err(|e| format!("decoding a netlink reply: {e}"))?,
+        );
+        offset += (len + 3) & !3;
+    }
+    Ok(out)
+}
+
 impl SyncSocket {
     fn open() -> io::Result<Self> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
@@ -320,23 +346,7 @@ impl SyncSocket {
             let (data, _) = socket
                 .recv_from_full()
                 .map_err(|e| Failure::Transport(format!("receive: {e}")))?;
-            let mut offset = 0;
-            while offset + 16 <= data.len() {
-                let len = u32::from_ne_bytes([
-                    data[offset],
-                    data[offset + 1],
-                    data[offset + 2],
-                    data[offset + 3],
-                ]) as usize;
-                if len < 16 || offset + len > data.len() {
-                    return Err(Failure::Transport(format!(
-                        "malformed netlink reply ({len} bytes at {offset})"
-                    )));
-                }
-                let reply =
-                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..offset + len])
-                        .map_err(|e| Failure::Transport(format!("decoding the reply: {e}")))?;
-                offset += (len + 3) & !3;
+            for reply in decode_replies(&data).map_err(Failure::Transport)? {
                 if reply.header.sequence_number != seq {
                     continue;
                 }
