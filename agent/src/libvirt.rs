@@ -661,6 +661,19 @@ pub struct LibvirtTarget {
     pub pid_file: Option<PathBuf>,
 }
 
+/// Re-polls allowed while QEMU finishes the sync that ended an iteration.
+const SETTLE_POLLS: u32 = 5;
+const SETTLE_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Whether a boundary's dirty rate may be the previous period's: the
+/// guest runs, QEMU's once-a-second recomputation is due, and the value
+/// has not moved since it was last seen.
+fn rate_may_be_stale(job: &JobSnapshot, state: RunState, last_rate: u64, seen_ms: u64) -> bool {
+    matches!(state, RunState::Running | RunState::PostCopy)
+        && job.dirty_pages_per_sec == last_rate
+        && job.elapsed_ms.saturating_sub(seen_ms) > 1000
+}
+
 /// How the libvirt source polls and what it measures.
 #[derive(Debug, Clone)]
 pub struct LibvirtMonitorConfig {
@@ -718,6 +731,8 @@ pub struct LibvirtMonitor {
     /// QEMU's dirty rate as last reported while the guest ran (it reads 0
     /// once the guest is stopped for the switch-over).
     last_rate: u64,
+    /// Job time at which `last_rate` was first seen, ms.
+    rate_seen_ms: u64,
     held: Option<IterationSample>,
     ready: VecDeque<IterationSample>,
     samples: u64,
@@ -769,6 +784,7 @@ impl LibvirtMonitor {
             ledger: BTreeMap::new(),
             prev_iter_s: 0.0,
             last_rate: 0,
+            rate_seen_ms: 0,
             held: None,
             ready: VecDeque::new(),
             samples: 0,
@@ -844,7 +860,7 @@ impl LibvirtMonitor {
             tokio::time::sleep_until(self.next_poll).await;
         }
         self.next_poll = Instant::now() + self.cfg.poll_interval;
-        let (job, state) = match self.poll().await {
+        let (job, mut state) = match self.poll().await {
             Ok(v) => v,
             // The transient domain left with its migration.
             Err(LibvirtError::Call { source, .. })
@@ -855,7 +871,7 @@ impl LibvirtMonitor {
             Err(e) => return Err(e),
         };
         let job = job.filter(|j| j.operation != Some(JobOperation::IncomingMigration));
-        let Some(job) = job else {
+        let Some(mut job) = job else {
             if self.started {
                 let end = self.call(|d| d.completed_job()).await.ok().flatten();
                 let end = end.or(match state {
@@ -890,6 +906,7 @@ impl LibvirtMonitor {
                 });
             }
             Some(open) if job.iteration > open.iteration => {
+                self.settle_rate(&mut job, &mut state).await;
                 let reading = self.reading().await?;
                 let sample = self.close(&open, &job, state, &reading);
                 self.open = Some(Open {
@@ -927,6 +944,39 @@ impl LibvirtMonitor {
         Ok(())
     }
 
+    /// QEMU counts a sync (`memory_iteration`) before it recomputes the
+    /// dirty rate at the end of that same sync, so a poll can land in
+    /// between and read the previous period's rate (0 after the bulk pass
+    /// on a busy host). When the rate is due for an update (QEMU
+    /// recomputes it at most once a second) but still reads the old value,
+    /// poll again briefly until it moves: at most [`SETTLE_POLLS`] ×
+    /// [`SETTLE_INTERVAL`].
+    async fn settle_rate(&self, job: &mut JobSnapshot, state: &mut RunState) {
+        for polls in 0..=SETTLE_POLLS {
+            if !rate_may_be_stale(job, *state, self.last_rate, self.rate_seen_ms) {
+                if polls > 0 {
+                    tracing::debug!(
+                        iteration = job.iteration,
+                        polls,
+                        rate = job.dirty_pages_per_sec,
+                        "dirty rate settled after the sync"
+                    );
+                }
+                break;
+            }
+            if polls == SETTLE_POLLS {
+                break;
+            }
+            tokio::time::sleep(SETTLE_INTERVAL).await;
+            match self.poll().await {
+                Ok((Some(j), s)) if j.iteration == job.iteration => (*job, *state) = (j, s),
+                // Ended, moved on or failed: keep what was seen; the next
+                // poll deals with the rest.
+                _ => break,
+            }
+        }
+    }
+
     fn close(
         &mut self,
         open: &Open,
@@ -958,6 +1008,9 @@ impl LibvirtMonitor {
         let prev_iter_s = self.prev_iter_s;
         self.prev_iter_s = iter_s;
         if matches!(state, RunState::Running | RunState::PostCopy) {
+            if job.dirty_pages_per_sec != self.last_rate {
+                self.rate_seen_ms = job.elapsed_ms;
+            }
             self.last_rate = job.dirty_pages_per_sec;
         }
         if open.partial {
@@ -1138,6 +1191,38 @@ mod tests {
         };
         assert_eq!(s.dirty_bytes_per_sec(), 4_096_000);
         assert_eq!(s.ledger(), 17);
+    }
+
+    #[test]
+    fn a_boundary_rate_is_settled_only_when_an_update_is_due() {
+        let job = |elapsed_ms, rate| JobSnapshot {
+            elapsed_ms,
+            dirty_pages_per_sec: rate,
+            ..JobSnapshot::default()
+        };
+        // After the bulk pass: still the initial 0, 11 s after the start.
+        assert!(rate_may_be_stale(&job(11_000, 0), RunState::Running, 0, 0));
+        // Moved: settled.
+        assert!(!rate_may_be_stale(
+            &job(11_000, 900),
+            RunState::Running,
+            0,
+            0
+        ));
+        // Unchanged but QEMU is not due yet (< 1 s since it last moved).
+        assert!(!rate_may_be_stale(
+            &job(11_600, 900),
+            RunState::Running,
+            900,
+            11_000
+        ));
+        // Stopped for the switch-over: the rate is not recomputed.
+        assert!(!rate_may_be_stale(
+            &job(20_000, 900),
+            RunState::PausedForMigration,
+            900,
+            11_000
+        ));
     }
 
     #[test]
