@@ -5,7 +5,9 @@
 //! ill-conditioned on the short, strongly trending series a pre-copy
 //! migration yields:
 //! - columns are scaled to unit RMS before solving, and the system is solved
-//!   by SVD with a ridge term relative to the largest singular value;
+//!   with a ridge term relative to the largest singular value, from the
+//!   regularised normal equations (Cholesky) when the ridge bounds their
+//!   condition number, by SVD otherwise;
 //! - the response `(x₀(1) − D/a)e^{−a(k−1)} + D/a` is evaluated as
 //!   `x₀(1)e^{−a t} + D·(1 − e^{−a t})/a` with `expm1`, so `a → 0` takes its
 //!   limit `x₀(1) + D·t` without cancellation;
@@ -79,14 +81,20 @@ pub fn solve_scaled(
             bs.column_mut(j).scale_mut(1.0 / s);
         }
     }
-    if n == 2
-        && let Some(x) = solve_two(&bs, y, ridge)
-    {
-        return unscale(x, &scales);
-    }
+    let x = match solve_normal(&bs, y, ridge) {
+        Some(x) => x,
+        None => solve_svd(bs, y, ridge)?,
+    };
+    unscale(x, &scales)
+}
+
+/// The Tikhonov solution by SVD, for any conditioning: `Σ sᵢ/(sᵢ²+λ²)·
+/// (uᵢᵀy)·vᵢ` with `λ = ridge·σ_max`.
+fn solve_svd(bs: DMatrix<f64>, y: &DVector<f64>, ridge: f64) -> Result<DVector<f64>, GreyError> {
+    let n = bs.ncols();
     // A tall system is first reduced to its n×n triangle (B = QR; R has
     // B's singular values and right singular vectors), so the SVD works on
-    // n×n instead of m×n: most of the cost of a prediction otherwise.
+    // n×n instead of m×n.
     let (small, rhs) = if bs.nrows() > n {
         let qr = bs.qr();
         let mut qty = y.clone();
@@ -111,7 +119,88 @@ pub fn solve_scaled(
         // damped instead of blowing up.
         coef[i] = s / (s * s + lambda * lambda) * uty[i];
     }
-    unscale(v_t.transpose() * coef, &scales)
+    Ok(v_t.transpose() * coef)
+}
+
+/// Below this relative ridge the regularised normal equations may be too
+/// ill-conditioned (their condition number is at most `1 + 1/ridge²`);
+/// the SVD decides instead.
+const NORMAL_EQUATIONS_MIN_RIDGE: f64 = 1e-4;
+
+/// The same Tikhonov solution from the normal equations,
+/// `(BᵀB + λ²I)⁻¹Bᵀy` by Cholesky, `σ_max²` being `BᵀB`'s largest
+/// eigenvalue (closed form for two columns, power iteration above). With
+/// the ridge the matrix is positive definite with a condition number of at
+/// most `1 + 1/ridge²`: for the default ridge (1e-3) ≤ 1e6, harmless in
+/// f64, and several times cheaper than QR + SVD (most of a prediction's
+/// cost otherwise). Two columns (GM(1,1)) need no ridge: their condition
+/// number is computed. `None` when it is not bounded or too large, or the
+/// factorisation fails; the SVD then decides.
+fn solve_normal(b: &DMatrix<f64>, y: &DVector<f64>, ridge: f64) -> Option<DVector<f64>> {
+    let n = b.ncols();
+    let bounded = ridge >= NORMAL_EQUATIONS_MIN_RIDGE;
+    if !bounded && n != 2 {
+        return None;
+    }
+    let g = b.tr_mul(b);
+    let rhs = b.tr_mul(y);
+    let sigma_max_sq = if n == 2 {
+        let half_tr = 0.5 * (g[(0, 0)] + g[(1, 1)]);
+        let det = g[(0, 0)] * g[(1, 1)] - g[(0, 1)] * g[(1, 0)];
+        half_tr + (half_tr * half_tr - det).max(0.0).sqrt()
+    } else {
+        largest_eigenvalue(&g)
+    };
+    if !sigma_max_sq.is_finite() || sigma_max_sq <= 0.0 {
+        return None;
+    }
+    let mut a = g;
+    let l2 = ridge * ridge * sigma_max_sq;
+    for i in 0..n {
+        a[(i, i)] += l2;
+    }
+    if !bounded {
+        // Two columns without (enough) ridge, GM(1,1)'s plain least
+        // squares: the eigenvalues are known, so is the condition number.
+        // Beyond 1e8 (cond(B) beyond 1e4) leave it to the SVD.
+        let det = a[(0, 0)] * a[(1, 1)] - a[(0, 1)] * a[(1, 0)];
+        let tr = a[(0, 0)] + a[(1, 1)];
+        if det.is_nan() || det <= 1e-8 * tr * tr {
+            return None;
+        }
+    }
+    let x = a.cholesky()?.solve(&rhs);
+    x.iter().all(|v| v.is_finite()).then_some(x)
+}
+
+/// The largest eigenvalue of a symmetric positive semi-definite matrix by
+/// power iteration (its Rayleigh quotient converges from below; a ridge
+/// parameter needs it to a fraction of a percent, not more).
+fn largest_eigenvalue(g: &DMatrix<f64>) -> f64 {
+    let n = g.ncols();
+    // Start from the column of the largest diagonal entry (G·e_j): never
+    // orthogonal to the top eigenvector unless that has no j-th component.
+    let j = (0..n)
+        .max_by(|&p, &q| g[(p, p)].total_cmp(&g[(q, q)]))
+        .unwrap_or(0);
+    let mut v = g.column(j).into_owned();
+    let mut lambda = 0.0;
+    for _ in 0..64 {
+        let norm = v.norm();
+        if !norm.is_finite() || norm <= 0.0 {
+            return g[(j, j)];
+        }
+        v /= norm;
+        let w = g * &v;
+        let next = v.dot(&w);
+        let done = (next - lambda).abs() <= 1e-9 * next.abs();
+        lambda = next;
+        v = w;
+        if done {
+            break;
+        }
+    }
+    lambda
 }
 
 /// The solution of the scaled system back in the original units.
@@ -123,31 +212,6 @@ fn unscale(mut x: DVector<f64>, scales: &[f64]) -> Result<DVector<f64>, GreyErro
         return Err(GreyError::Degenerate);
     }
     Ok(x)
-}
-
-/// The same Tikhonov solution for two (scaled) columns in closed form,
-/// `(BᵀB + λ²I)⁻¹Bᵀy` with `λ = ridge·σ_max` (GM(1,1) and its uses are
-/// most of the fits a prediction makes). `None` when the 2×2 system is too
-/// ill-conditioned for the normal equations; the SVD then decides.
-fn solve_two(b: &DMatrix<f64>, y: &DVector<f64>, ridge: f64) -> Option<DVector<f64>> {
-    let (c0, c1) = (b.column(0), b.column(1));
-    let (g00, g01, g11) = (c0.dot(&c0), c0.dot(&c1), c1.dot(&c1));
-    let (r0, r1) = (c0.dot(y), c1.dot(y));
-    let half_tr = 0.5 * (g00 + g11);
-    let det = g00 * g11 - g01 * g01;
-    let sigma_max_sq = half_tr + (half_tr * half_tr - det).max(0.0).sqrt();
-    let l = ridge * ridge * sigma_max_sq;
-    let (a00, a11) = (g00 + l, g11 + l);
-    let det = a00 * a11 - g01 * g01;
-    // cond(BᵀB) = cond(B)²: beyond 1e8 (cond(B) beyond 1e4) leave it to
-    // the SVD.
-    if det.is_nan() || det <= 1e-8 * (a00 + a11) * (a00 + a11) {
-        return None;
-    }
-    Some(DVector::from_vec(vec![
-        (a11 * r0 - g01 * r1) / det,
-        (a00 * r1 - g01 * r0) / det,
-    ]))
 }
 
 /// A fitted GM(1,1): `x⁽⁰⁾(k) + a·z⁽¹⁾(k) = b`.
@@ -534,6 +598,73 @@ mod tests {
             "split evenly: {:?}",
             m.b
         );
+    }
+
+    /// A deterministic pseudo-random m×n system; `collinear` makes the last
+    /// column nearly a copy of the first.
+    fn system(m: usize, n: usize, seed: u64, collinear: bool) -> (DMatrix<f64>, DVector<f64>) {
+        let mut state = seed;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let mut b = DMatrix::from_fn(m, n, |_, _| next());
+        if collinear {
+            for r in 0..m {
+                b[(r, n - 1)] = b[(r, 0)] * (1.0 + 1e-7 * next());
+            }
+        }
+        let y = DVector::from_fn(m, |_, _| next());
+        (b, y)
+    }
+
+    #[test]
+    fn normal_equations_agree_with_the_svd() {
+        for (m, n) in [(5, 2), (7, 3), (15, 6), (31, 6)] {
+            for seed in 0..20 {
+                for collinear in [false, true] {
+                    let (b, y) = system(m, n, seed, collinear);
+                    let svd = solve_svd(b.clone(), &y, 1e-3).expect("svd");
+                    let normal = solve_normal(&b, &y, 1e-3).expect("ridge bounds it");
+                    let err = (&svd - &normal).norm() / svd.norm().max(1e-300);
+                    assert!(
+                        err < 1e-6,
+                        "{m}x{n} seed {seed} collinear {collinear}: {err:e}\n{svd}\n{normal}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn without_a_ridge_only_well_conditioned_pairs_use_normal_equations() {
+        let (b, y) = system(6, 2, 1, false);
+        let normal = solve_normal(&b, &y, 0.0).expect("a well-conditioned pair");
+        let svd = solve_svd(b.clone(), &y, 0.0).expect("svd");
+        assert!((&svd - &normal).norm() <= 1e-9 * svd.norm());
+        let (b, y) = system(6, 2, 1, true);
+        assert!(solve_normal(&b, &y, 0.0).is_none(), "cond ~1e7 squared");
+        let (b, y) = system(6, 3, 1, false);
+        assert!(
+            solve_normal(&b, &y, 0.0).is_none(),
+            "three columns need the ridge"
+        );
+    }
+
+    #[test]
+    fn power_iteration_finds_the_largest_eigenvalue() {
+        for seed in 0..20 {
+            let (b, _) = system(12, 5, seed, seed % 2 == 0);
+            let g = b.tr_mul(&b);
+            let exact = g.clone().symmetric_eigenvalues().max();
+            let got = largest_eigenvalue(&g);
+            assert!(
+                (got - exact).abs() <= 1e-3 * exact,
+                "seed {seed}: {got} vs {exact}"
+            );
+        }
     }
 
     #[test]
