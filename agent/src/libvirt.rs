@@ -662,8 +662,8 @@ pub struct LibvirtTarget {
 }
 
 /// Re-polls allowed while QEMU finishes the sync that ended an iteration.
-const SETTLE_POLLS: u32 = 5;
-const SETTLE_INTERVAL: Duration = Duration::from_millis(20);
+const SETTLE_POLLS: u32 = 10;
+const SETTLE_INTERVAL: Duration = Duration::from_millis(25);
 
 /// Whether a boundary's dirty rate may be the previous period's: the
 /// guest runs, QEMU's once-a-second recomputation is due, and the value
