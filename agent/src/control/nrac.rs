@@ -74,19 +74,24 @@ pub fn predict_app(history: &[f64], alpha: f64) -> f64 {
     it.fold(*first, |s, x| alpha * x + (1.0 - alpha) * s)
 }
 
-/// What a VM below Th_r keeps guaranteed: the most it used over the
-/// recorded history (the daemon keeps 16 s), with headroom, never more than
+/// What a VM below Th_r keeps guaranteed: its current use (the larger of
+/// its latest sample and its recent mean, with headroom), never more than
 /// Th_r. The paper reserves nothing for such VMs; but a guarantee of zero
 /// lets the migration's class take the application's bandwidth under
 /// contention, the measured use then falls, and the VM never looks
-/// network-intensive again (seen on the testbed: a 15 Mbit/s application
-/// squeezed to 2.4 Mbit/s). The recent use alone ratchets the same way: a
-/// 10 Mbit/s application squeezed once by its own VM's bulk pass kept only
-/// what it had left (1.8 Mbit/s); the peak holds the guarantee while the
-/// application recovers.
+/// network-intensive again. Seen on the testbed: a 15 Mbit/s application
+/// squeezed to 2.4 Mbit/s. (Its peak over the history instead held a
+/// squeezed application's guarantee better on the concurrent scenario,
+/// but with AdaMig's halving on the demo VM, whose application then falls
+/// below Th_r, it doubled the downtime: 860-970 ms vs 400 ms.)
 pub fn quiet_floor(cfg: &Config, vm: &VmInputs) -> f64 {
-    let peak = vm.app_history.iter().copied().fold(0.0, f64::max);
-    (peak * (1.0 + cfg.reserve_headroom)).min(cfg.network_intensive)
+    let current = vm
+        .app_history
+        .last()
+        .copied()
+        .unwrap_or(0.0)
+        .max(vm.app_mean(cfg.samples));
+    (current * (1.0 + cfg.reserve_headroom)).min(cfg.network_intensive)
 }
 
 /// What a migration needs to converge: γ·D_e, or everything free in its
@@ -499,10 +504,6 @@ mod tests {
         let mut v = vm("a", 5.0, 2.0);
         v.app_history.push(9.0 * MBIT);
         assert!((quiet_floor(&cfg, &v) / MBIT - 9.45).abs() < 1e-9);
-        // A squeezed application keeps what it used before the squeeze.
-        let mut v = vm("a", 5.0, 8.0);
-        v.app_history.extend([2.0 * MBIT; 4]);
-        assert!((quiet_floor(&cfg, &v) / MBIT - 8.4).abs() < 1e-9);
     }
 
     #[test]
