@@ -79,7 +79,7 @@ use virt::{connect::Connect, domain::Domain, error::ErrorNumber, sys};
 
 use crate::{
     control::QemuParams,
-    migration::{Applied, MigrationEnd, MigrationSource, Refused, SourceError, bandwidth_changed},
+    migration::{Applied, MigrationEnd, MigrationSource, Refused, SourceError},
     qemu::{
         IterationSample,
         hoststats::{self, ByteCounter as _, ProcNetDev},
@@ -1119,10 +1119,8 @@ impl MigrationSource for LibvirtMonitor {
                 })
             }
         };
-        if let Some(bw) = want.max_bandwidth
-            && !applied.is_refused("max-bandwidth")
-            && bandwidth_changed(applied.params.max_bandwidth, bw)
-        {
+        let todo = applied.pending(want);
+        if let Some(bw) = todo.max_bandwidth {
             let bytes = bw.round().max(1.0) as u64;
             match self.call(move |d| d.set_max_bandwidth(bytes)).await {
                 Ok(set) => {
@@ -1132,20 +1130,14 @@ impl MigrationSource for LibvirtMonitor {
                 Err(e) => refused.push(refusal("max-bandwidth", e)?),
             }
         }
-        if let Some(dt) = want.downtime_limit_s
-            && !applied.is_refused("downtime-limit")
-            && applied.params.downtime_limit_s != Some(dt)
-        {
+        if let Some(dt) = todo.downtime_limit_s {
             let ms = (dt * 1000.0).round().max(1.0) as u64;
             match self.call(move |d| d.set_max_downtime(ms)).await {
                 Ok(()) => applied.params.downtime_limit_s = Some(dt),
                 Err(e) => refused.push(refusal("downtime-limit", e)?),
             }
         }
-        if let Some(ac) = want.auto_converge
-            && !applied.is_refused("auto-converge")
-            && applied.params.auto_converge != Some(ac)
-        {
+        if todo.auto_converge.is_some() {
             refused.push(Refused {
                 param: "auto-converge",
                 reason: "libvirt sets auto-converge only when a migration starts \
@@ -1153,8 +1145,7 @@ impl MigrationSource for LibvirtMonitor {
                     .into(),
             });
         }
-        if want.start_postcopy && !applied.params.start_postcopy && !applied.is_refused("post-copy")
-        {
+        if todo.start_postcopy {
             match self.call(|d| d.start_post_copy()).await {
                 Ok(()) => applied.params.start_postcopy = true,
                 Err(e) => refused.push(refusal("post-copy", e)?),

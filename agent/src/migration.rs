@@ -62,6 +62,27 @@ impl Applied {
     pub fn is_refused(&self, param: &str) -> bool {
         self.refused.iter().any(|r| r.param == param)
     }
+
+    /// What of `want` is still to be sent: what differs from what was
+    /// applied (bandwidth by more than 1%) and was not refused in this
+    /// migration. Both sources apply exactly this.
+    pub fn pending(&self, want: &QemuParams) -> QemuParams {
+        QemuParams {
+            max_bandwidth: want.max_bandwidth.filter(|bw| {
+                !self.is_refused("max-bandwidth")
+                    && bandwidth_changed(self.params.max_bandwidth, *bw)
+            }),
+            downtime_limit_s: want.downtime_limit_s.filter(|dt| {
+                !self.is_refused("downtime-limit") && self.params.downtime_limit_s != Some(*dt)
+            }),
+            auto_converge: want.auto_converge.filter(|ac| {
+                !self.is_refused("auto-converge") && self.params.auto_converge != Some(*ac)
+            }),
+            start_postcopy: want.start_postcopy
+                && !self.params.start_postcopy
+                && !self.is_refused("post-copy"),
+        }
+    }
 }
 
 /// How the followed migration ended.
@@ -149,10 +170,8 @@ impl MigrationSource for MigrationMonitor {
                 })
             }
         };
-        if let Some(bw) = want.max_bandwidth
-            && !applied.is_refused("max-bandwidth")
-            && bandwidth_changed(applied.params.max_bandwidth, bw)
-        {
+        let todo = applied.pending(want);
+        if let Some(bw) = todo.max_bandwidth {
             let bytes = bw.round().max(1.0) as u64;
             match qmp.set_max_bandwidth(bytes).await {
                 Ok(()) => {
@@ -162,19 +181,13 @@ impl MigrationSource for MigrationMonitor {
                 Err(e) => refused.push(refusal("max-bandwidth", e)?),
             }
         }
-        if let Some(dt) = want.downtime_limit_s
-            && !applied.is_refused("downtime-limit")
-            && applied.params.downtime_limit_s != Some(dt)
-        {
+        if let Some(dt) = todo.downtime_limit_s {
             match qmp.set_downtime_limit((dt * 1000.0).round() as u64).await {
                 Ok(()) => applied.params.downtime_limit_s = Some(dt),
                 Err(e) => refused.push(refusal("downtime-limit", e)?),
             }
         }
-        if let Some(ac) = want.auto_converge
-            && !applied.is_refused("auto-converge")
-            && applied.params.auto_converge != Some(ac)
-        {
+        if let Some(ac) = todo.auto_converge {
             // QEMU changes capabilities only between migrations: during
             // one it answers with an error, reported as refused.
             match qmp
@@ -185,8 +198,7 @@ impl MigrationSource for MigrationMonitor {
                 Err(e) => refused.push(refusal("auto-converge", e)?),
             }
         }
-        if want.start_postcopy && !applied.params.start_postcopy && !applied.is_refused("post-copy")
-        {
+        if todo.start_postcopy {
             match qmp.migrate_start_postcopy().await {
                 Ok(()) => applied.params.start_postcopy = true,
                 Err(e) => refused.push(refusal("post-copy", e)?),
@@ -211,6 +223,40 @@ impl MigrationSource for MigrationMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_changed_unrefused_parameters_are_pending() {
+        let want = QemuParams {
+            max_bandwidth: Some(1005.0),
+            downtime_limit_s: Some(0.6),
+            auto_converge: Some(true),
+            start_postcopy: true,
+        };
+        // Nothing applied yet: all of it.
+        assert_eq!(Applied::default().pending(&want), want);
+        let mut applied = Applied {
+            params: QemuParams {
+                max_bandwidth: Some(1000.0),
+                downtime_limit_s: Some(0.3),
+                auto_converge: Some(true),
+                start_postcopy: false,
+            },
+            ..Applied::default()
+        };
+        applied.refused.push(Refused {
+            param: "post-copy",
+            reason: "no".into(),
+        });
+        // Bandwidth within 1%, auto-converge already on, post-copy refused:
+        // only the new downtime limit.
+        assert_eq!(
+            applied.pending(&want),
+            QemuParams {
+                downtime_limit_s: Some(0.6),
+                ..QemuParams::default()
+            }
+        );
+    }
 
     #[test]
     fn bandwidth_changes_of_one_percent_count() {
