@@ -89,6 +89,39 @@ fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Live-migrates `name` from `src` to `dst` at 1 MiB/s (virDomainMigrate's
+/// bandwidth, MiB/s) on a thread of its own, as virDomainMigrate blocks.
+/// The migration stream's port is `port_base` plus a per-process offset.
+fn migrate_in_background(
+    src: &Libvirtd,
+    dst: &Libvirtd,
+    name: &'static str,
+    port_base: u16,
+) -> std::thread::JoinHandle<Result<(), String>> {
+    let (src_uri, dst_uri) = (src.uri(), dst.uri());
+    std::thread::spawn(move || -> Result<(), String> {
+        let sconn = virt::connect::Connect::open(Some(&src_uri)).map_err(|e| e.to_string())?;
+        let mut dconn = virt::connect::Connect::open(Some(&dst_uri)).map_err(|e| e.to_string())?;
+        let d = virt::domain::Domain::lookup_by_name(&sconn, name).map_err(|e| e.to_string())?;
+        let port = port_base + (std::process::id() % 1000) as u16;
+        let r = d
+            .migrate(
+                &dconn,
+                virt::sys::VIR_MIGRATE_LIVE,
+                None,
+                Some(&format!("tcp://127.0.0.1:{port}")),
+                1,
+            )
+            .map(drop)
+            .map_err(|e| e.to_string());
+        drop(d);
+        let mut sconn = sconn;
+        let _ = sconn.close();
+        let _ = dconn.close();
+        r
+    })
+}
+
 #[test]
 fn job_statistics_and_speed_control_during_a_real_migration() {
     require!(libvirtd::available());
@@ -113,29 +146,8 @@ fn job_statistics_and_speed_control_during_a_real_migration() {
     assert_eq!(backend.job().expect("job stats"), None);
     assert!(LibvirtDomain::connect(&src.uri(), "no-such-domain").is_err());
 
-    // Migrate in the background (virDomainMigrate blocks), at 1 MiB/s.
-    let (src_uri, dst_uri) = (src.uri(), dst.uri());
-    let migration = std::thread::spawn(move || -> Result<(), String> {
-        let sconn = virt::connect::Connect::open(Some(&src_uri)).map_err(|e| e.to_string())?;
-        let mut dconn = virt::connect::Connect::open(Some(&dst_uri)).map_err(|e| e.to_string())?;
-        let d = virt::domain::Domain::lookup_by_name(&sconn, NAME).map_err(|e| e.to_string())?;
-        let port = 49152 + (std::process::id() % 1000) as u16;
-        let r = d
-            .migrate(
-                &dconn,
-                virt::sys::VIR_MIGRATE_LIVE,
-                None,
-                Some(&format!("tcp://127.0.0.1:{port}")),
-                1,
-            )
-            .map(drop)
-            .map_err(|e| e.to_string());
-        drop(d);
-        let mut sconn = sconn;
-        let _ = sconn.close();
-        let _ = dconn.close();
-        r
-    });
+    // Migrate in the background, at 1 MiB/s.
+    let migration = migrate_in_background(&src, &dst, NAME, 49152);
 
     // The job appears; sample it twice, a few seconds apart.
     let first = wait("the migration job", || {
@@ -335,30 +347,8 @@ fn the_agent_follows_and_caps_a_libvirt_migration() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // Migrate at 1 MiB/s (virDomainMigrate's bandwidth, MiB/s).
-    let (src_uri, dst_uri) = (src.uri(), dst.uri());
-    let migration = std::thread::spawn(move || -> Result<(), String> {
-        let sconn = virt::connect::Connect::open(Some(&src_uri)).map_err(|e| e.to_string())?;
-        let mut dconn = virt::connect::Connect::open(Some(&dst_uri)).map_err(|e| e.to_string())?;
-        let d =
-            virt::domain::Domain::lookup_by_name(&sconn, AGENT_NAME).map_err(|e| e.to_string())?;
-        let port = 50200 + (std::process::id() % 1000) as u16;
-        let r = d
-            .migrate(
-                &dconn,
-                virt::sys::VIR_MIGRATE_LIVE,
-                None,
-                Some(&format!("tcp://127.0.0.1:{port}")),
-                1,
-            )
-            .map(drop)
-            .map_err(|e| e.to_string());
-        drop(d);
-        let mut sconn = sconn;
-        let _ = sconn.close();
-        let _ = dconn.close();
-        r
-    });
+    // Migrate at 1 MiB/s.
+    let migration = migrate_in_background(&src, &dst, AGENT_NAME, 50200);
 
     // Watch both sides while it runs: libvirt's own job statistics and
     // max speed, and the agent's status API.
