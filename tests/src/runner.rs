@@ -90,6 +90,8 @@ impl RunResult {
 /// One migrating VM as the runner follows it.
 struct Followed {
     name: String,
+    /// How progress lines name it: ` vmN`, or nothing when it migrates alone.
+    label: String,
     ctl: Qmp,
     uri: String,
     app_before: u64,
@@ -167,8 +169,14 @@ pub fn run_one(
                 agent.log_text()
             );
         }
+        let name = format!("vm{}", slot.index);
         vms.push(Followed {
-            name: format!("vm{}", slot.index),
+            label: if sc.vm.len() > 1 {
+                format!(" {name}")
+            } else {
+                String::new()
+            },
+            name,
             ctl,
             uri: slot.migration_uri(),
             app_before: 0,
@@ -230,11 +238,7 @@ pub fn run_one(
             if report {
                 eprintln!(
                     "    {policy}{}: {elapsed:>5.0} s, {:?}, {} MB sent, iteration {}",
-                    if sinks.len() > 1 {
-                        format!(" {}", v.name)
-                    } else {
-                        String::new()
-                    },
+                    v.label,
                     info.status.clone().unwrap_or(MigrationStatus::None),
                     info.ram.as_ref().map_or(0, |r| r.transferred) / 1_000_000,
                     info.ram.as_ref().map(|r| r.dirty_sync_count).unwrap_or(0)
@@ -296,15 +300,7 @@ pub fn run_one(
         };
         eprintln!(
             "    QEMU{}: status {:?}, total-time {:?} ms, downtime {:?} ms, expected-downtime {:?}",
-            if sinks.len() > 1 {
-                format!(" {}", v.name)
-            } else {
-                String::new()
-            },
-            info.status,
-            info.total_time,
-            info.downtime,
-            info.expected_downtime
+            v.label, info.status, info.total_time, info.downtime, info.expected_downtime
         );
         let (mut ape, mut n) = (0.0, 0);
         for (it, a) in &v.actual {
