@@ -304,13 +304,12 @@ mod tests {
         }
     }
 
+    fn vm_decision<'a>(d: &'a Decision, name: &str) -> &'a VmDecision {
+        d.vms.iter().find(|v| v.name == name).expect(name)
+    }
+
     fn rate(d: &Decision, name: &str) -> f64 {
-        d.vms
-            .iter()
-            .find(|v| v.name == name)
-            .and_then(|v| v.migration_rate)
-            .expect("rate")
-            / MBIT
+        vm_decision(d, name).migration_rate.expect("rate") / MBIT
     }
 
     #[test]
@@ -343,8 +342,8 @@ mod tests {
                 vms: vec![vm("busy", 5.0, 40.0), vm("quiet", 20.0, 1.0)],
             },
         );
-        let quiet = d.vms.iter().find(|v| v.name == "quiet").expect("quiet");
-        let busy = d.vms.iter().find(|v| v.name == "busy").expect("busy");
+        let quiet = vm_decision(&d, "quiet");
+        let busy = vm_decision(&d, "busy");
         assert_eq!(quiet.priority, 0);
         assert!(busy.delayed && busy.priority == 1);
         // free = 30 + the apps' current 40 + 1 - busy's reserve 42 - quiet's
@@ -374,8 +373,8 @@ mod tests {
                 vms: vec![busy.clone(), quiet.clone()],
             },
         );
-        let q = d.vms.iter().find(|v| v.name == "quiet").expect("quiet");
-        let b = d.vms.iter().find(|v| v.name == "busy").expect("busy");
+        let q = vm_decision(&d, "quiet");
+        let b = vm_decision(&d, "busy");
         assert_eq!((q.priority, b.priority), (0, 1));
         assert!(b.delayed && !q.delayed);
         // free 18 + the apps' current 12 - busy's reserve 12.6 = 17.4 Mbit,
@@ -429,7 +428,7 @@ mod tests {
                 vms: vec![busy, quiet],
             },
         );
-        let b = d.vms.iter().find(|v| v.name == "busy").expect("busy");
+        let b = vm_decision(&d, "busy");
         assert!(b.delayed);
         assert!((rate(&d, "quiet") - 17.4).abs() < 1e-6);
     }
@@ -452,8 +451,8 @@ mod tests {
                 vms: vec![bulk.clone(), near.clone()],
             },
         );
-        let n = d.vms.iter().find(|v| v.name == "near").expect("near");
-        let b = d.vms.iter().find(|v| v.name == "bulk").expect("bulk");
+        let n = vm_decision(&d, "near");
+        let b = vm_decision(&d, "bulk");
         assert_eq!((n.priority, b.priority), (0, 1));
         assert!(
             (rate(&d, "near") - 30.0).abs() < 1e-9,
