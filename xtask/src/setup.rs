@@ -26,7 +26,6 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
     ("zlib1g-dev", "bpf-linker's LLVM 22 link"),
     ("iproute2", "ip/tc for test namespaces and tc checks"),
     ("iperf3", "TCP goodput measurements in shaping tests"),
-    ("qemu-system-x86", "test guests and live migrations (TCG)"),
     ("busybox-static", "the test guest's initramfs userland"),
     ("cpio", "packing the test guest's initramfs"),
     (
@@ -37,11 +36,25 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
         "libc6-dev",
         "static libc for the test guest's workload (crt-static)",
     ),
-    ("libvirt-dev", "vmbw::libvirt links libvirt (virt-sys)"),
     ("pkg-config", "virt-sys finds libvirt with it"),
+];
+
+/// Packages taken from bookworm-backports: QEMU 10 (the QEMU users run
+/// today; 7.2 in bookworm has a TCG dirty-tracking bug fixed in 9.0) and the
+/// libvirt built against it. libvirt-dev must match the libvirt0 the daemon
+/// pulls in, so it comes from the same suite.
+const BACKPORTS_PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86", "test guests and live migrations (TCG)"),
     ("libvirt-daemon", "private libvirtd for libvirt tests"),
     ("libvirt-daemon-driver-qemu", "libvirtd's QEMU driver"),
+    ("libvirt-dev", "vmbw::libvirt links libvirt (virt-sys)"),
 ];
+
+/// The oldest QEMU the testbed is measured on.
+const QEMU_MIN_MAJOR: u32 = 10;
+const BACKPORTS: &str = "bookworm-backports";
+/// Where setup writes the backports source when apt has none.
+const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/vmbw-bookworm-backports.sources";
 
 /// bpf-linker version built against LLVM 22 (MISSION §5).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -65,6 +78,7 @@ pub const GUEST_MODULES: &[&str] = &[
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     debian_packages()?;
+    backports_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
     if args.no_guest {
@@ -113,6 +127,107 @@ fn debian_packages() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// QEMU and libvirt from bookworm-backports. Adds the suite to apt's sources
+/// if no source names it yet (same mirror and keyring as bookworm), and says
+/// so; installs or upgrades the packages whose installed version is not the
+/// suite's.
+fn backports_packages() -> anyhow::Result<()> {
+    step(&format!(
+        "QEMU >= {QEMU_MIN_MAJOR} and libvirt from {BACKPORTS}"
+    ));
+    let stale: Vec<&str> = BACKPORTS_PACKAGES
+        .iter()
+        .filter(|(pkg, _)| !deb_version(pkg).is_some_and(|v| v.contains("bpo12")))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if stale.is_empty() && qemu_major().is_some_and(|m| m >= QEMU_MIN_MAJOR) {
+        println!(
+            "    present: qemu-system-x86 {}",
+            deb_version("qemu-system-x86").unwrap_or_default()
+        );
+        return Ok(());
+    }
+    for (pkg, why) in BACKPORTS_PACKAGES.iter().filter(|(p, _)| stale.contains(p)) {
+        match deb_version(pkg) {
+            Some(v) => println!("    {pkg} {v} is not the {BACKPORTS} build ({why})"),
+            None => println!("    missing {pkg} ({why})"),
+        }
+    }
+    if !util::is_root() {
+        bail!(
+            "add {BACKPORTS} to apt's sources and install as root: apt-get install -y -t {BACKPORTS} {}",
+            stale.join(" ")
+        );
+    }
+    if apt_has_backports() {
+        println!("    apt sources already name {BACKPORTS}");
+    } else {
+        fs::write(
+            BACKPORTS_SOURCES,
+            "# Added by `cargo xtask setup` (vmbw): QEMU 10 and libvirt 11 for the testbed.\n\
+             Types: deb\n\
+             URIs: http://deb.debian.org/debian\n\
+             Suites: bookworm-backports\n\
+             Components: main\n\
+             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+        )
+        .with_context(|| format!("writing {BACKPORTS_SOURCES}"))?;
+        println!("    changed apt sources: wrote {BACKPORTS_SOURCES} ({BACKPORTS}, main)");
+    }
+    util::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    util::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(["-t", BACKPORTS])
+            .args(&stale),
+    )
+    .with_context(|| format!("installing {} from {BACKPORTS}", stale.join(" ")))?;
+    match qemu_major() {
+        Some(m) if m >= QEMU_MIN_MAJOR => {
+            println!(
+                "    qemu-system-x86 {}",
+                deb_version("qemu-system-x86").unwrap_or_default()
+            );
+            Ok(())
+        }
+        other => bail!(
+            "after installing from {BACKPORTS}, qemu-system-x86_64 reports major version {other:?}, want >= {QEMU_MIN_MAJOR}"
+        ),
+    }
+}
+
+/// Whether any apt source (one-line or deb822) already names the suite.
+fn apt_has_backports() -> bool {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        files.extend(dir.filter_map(Result::ok).map(|e| e.path()));
+    }
+    files.iter().any(|f| {
+        fs::read_to_string(f).is_ok_and(|text| {
+            text.lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .any(|l| l.split_whitespace().any(|w| w == BACKPORTS))
+        })
+    })
+}
+
+fn deb_version(pkg: &str) -> Option<String> {
+    let out = output(Command::new("dpkg-query").args(["-W", "-f=${Status} ${Version}", pkg]))?;
+    let version = out.strip_prefix("install ok installed ")?;
+    Some(version.trim().to_owned())
+}
+
+/// The major version `qemu-system-x86_64 --version` reports.
+fn qemu_major() -> Option<u32> {
+    let out = output(Command::new("qemu-system-x86_64").arg("--version"))?;
+    let version = out
+        .split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)?;
+    version.split('.').next()?.parse().ok()
 }
 
 fn deb_installed(pkg: &str) -> bool {
