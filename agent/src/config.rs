@@ -92,6 +92,7 @@ node_name = ""
 # ips = ["198.18.0.10"]          # the VM's addresses (application traffic)
 # macs = ["52:54:00:12:34:56"]
 # taps = ["tap-vm1"]             # its tap devices
+# reserve_mbit = 10              # bandwidth promised to its application (SLA), Mbit/s
 #
 # or through libvirt, where libvirt owns the QMP socket (job statistics,
 # virDomainMigrateSetMaxSpeed/SetMaxDowntime/StartPostCopy):
@@ -267,6 +268,9 @@ pub struct VmEntry {
     pub macs: Vec<String>,
     #[serde(default)]
     pub taps: Vec<String>,
+    /// The bandwidth promised to the VM's application (its SLA), Mbit/s.
+    #[serde(default)]
+    pub reserve_mbit: Option<f64>,
 }
 
 impl VmEntry {
@@ -279,6 +283,7 @@ impl VmEntry {
             ips: Vec::new(),
             macs: Vec::new(),
             taps: Vec::new(),
+            reserve_mbit: None,
         }
     }
 
@@ -545,6 +550,14 @@ impl Config {
                     }
                 }
                 _ => {}
+            }
+            if let Some(r) = vm.reserve_mbit
+                && !(r >= 0.0 && r.is_finite())
+            {
+                return Err(bad(
+                    &format!("vm[{i}].reserve_mbit"),
+                    format!("{r} is not a rate >= 0 (Mbit/s)"),
+                ));
             }
             for ip in &vm.ips {
                 ip.parse::<std::net::IpAddr>()

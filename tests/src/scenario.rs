@@ -12,11 +12,21 @@
 //! workload = "mem-rand"   # idle | cpu | mem-seq | mem-rand | burst | hot
 //! wss_mb = 64
 //! dirty_mb_s = 3
-//! app_mbit = 10           # the guest's application stream; 0 = none
+//! app = "rate"            # rate | greedy | onoff (default: rate if app_mbit > 0)
+//! app_mbit = 10           # rate: its rate; onoff: its rate while on
+//! reserve_mbit = 10       # the application's SLA, given to the agent's [[vm]]
 //! ```
 //!
 //! `hot` dirties a small hot set at random (wss_mb is the hot set);
 //! `burst` alternates dirtying (on_ms) and idling (off_ms).
+//!
+//! Applications: `rate` streams `app_mbit` over TCP; `greedy` is a bulk TCP
+//! sender that takes all it can (its demand is unbounded: only the
+//! reservation says what it is owed); `onoff` streams `app_mbit` for
+//! `on_ms`, then pauses `off_ms`. `reserve_mbit` is the bandwidth promised
+//! to the application: the benchmark scores every policy against
+//! min(demand, reservation), and vmbw's agent reads it from its own per-VM
+//! configuration, as an operator would set it.
 //!
 //! Several `[[vm]]` entries boot side by side on the source host and
 //! migrate concurrently over the same bottleneck, each with its own tap,
@@ -53,8 +63,14 @@ pub struct VmSpec {
     pub wss_mb: u32,
     #[serde(default)]
     pub dirty_mb_s: f64,
+    /// `rate`, `greedy` or `onoff`; absent: `rate` when `app_mbit` > 0.
+    #[serde(default)]
+    pub app: Option<String>,
     #[serde(default)]
     pub app_mbit: f64,
+    /// The application's reservation (SLA), Mbit/s; 0 = none.
+    #[serde(default)]
+    pub reserve_mbit: f64,
     #[serde(default = "default_on")]
     pub on_ms: u64,
     #[serde(default = "default_off")]
@@ -95,7 +111,7 @@ impl Scenario {
             bail!("timeout_s > 0, repetitions >= 1 and at least one policy are required");
         }
         for p in &self.policies {
-            vmbw::control::policy::Spec::parse(p).with_context(|| format!("policy `{p}`"))?;
+            crate::policy::BenchPolicy::parse(p).with_context(|| format!("policy `{p}`"))?;
         }
         if self.vm.is_empty() || self.vm.len() > MAX_VMS {
             bail!(
@@ -105,6 +121,16 @@ impl Scenario {
         }
         for (i, v) in self.vm.iter().enumerate() {
             v.workload().with_context(|| format!("vm[{i}]"))?;
+            if !(v.reserve_mbit >= 0.0 && v.reserve_mbit.is_finite()) {
+                bail!("vm[{i}].reserve_mbit must be >= 0");
+            }
+            if self.link_mbit > 0.0 && v.reserve_mbit >= self.link_mbit {
+                bail!(
+                    "vm[{i}].reserve_mbit {} leaves nothing of the {} Mbit/s link for the migration",
+                    v.reserve_mbit,
+                    self.link_mbit
+                );
+            }
             if v.memory_mb < 64 {
                 bail!("vm[{i}].memory_mb: at least 64 (the guest kernel needs it)");
             }
@@ -117,7 +143,100 @@ impl Scenario {
 /// the source and one on the destination, and this is a small machine.
 pub const MAX_VMS: usize = 8;
 
+/// What the guest's application does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum App {
+    None,
+    /// A steady stream at this rate, Mbit/s.
+    Rate(f64),
+    /// A bulk sender: as much as it can get.
+    Greedy,
+    /// `mbit` while on, nothing while off.
+    OnOff {
+        mbit: f64,
+        on_ms: u64,
+        off_ms: u64,
+    },
+}
+
+impl App {
+    /// What the application asks for at `t_s` seconds after its first
+    /// byte, Mbit/s (`f64::INFINITY` for a greedy one), or None around an
+    /// on/off edge (within `margin_s`), where a one-second sample mixes the
+    /// two phases.
+    pub fn demand_at(&self, t_s: f64, margin_s: f64) -> Option<f64> {
+        match *self {
+            App::None => Some(0.0),
+            App::Rate(m) => Some(m),
+            App::Greedy => Some(f64::INFINITY),
+            App::OnOff {
+                mbit,
+                on_ms,
+                off_ms,
+            } => {
+                let (on, period) = (on_ms as f64 / 1000.0, (on_ms + off_ms) as f64 / 1000.0);
+                let phase = t_s.rem_euclid(period);
+                let near = |edge: f64| (phase - edge).abs() < margin_s;
+                if near(0.0) || near(on) || near(period) {
+                    None
+                } else if phase < on {
+                    Some(mbit)
+                } else {
+                    Some(0.0)
+                }
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match *self {
+            App::None => "none".into(),
+            App::Rate(m) => format!("rate {m} Mbit/s"),
+            App::Greedy => "greedy".into(),
+            App::OnOff {
+                mbit,
+                on_ms,
+                off_ms,
+            } => {
+                format!("on/off {mbit} Mbit/s, {on_ms}/{off_ms} ms")
+            }
+        }
+    }
+}
+
 impl VmSpec {
+    /// The application this VM runs.
+    pub fn app(&self) -> anyhow::Result<App> {
+        let kind = match &self.app {
+            Some(k) => k.as_str(),
+            None if self.app_mbit > 0.0 => "rate",
+            None => "none",
+        };
+        let needs_rate = |what: &str| -> anyhow::Result<f64> {
+            if self.app_mbit > 0.0 && self.app_mbit.is_finite() {
+                Ok(self.app_mbit)
+            } else {
+                bail!("app = \"{what}\" needs app_mbit > 0")
+            }
+        };
+        Ok(match kind {
+            "none" => App::None,
+            "rate" => App::Rate(needs_rate("rate")?),
+            "greedy" => App::Greedy,
+            "onoff" => {
+                if self.on_ms == 0 || self.off_ms == 0 {
+                    bail!("app = \"onoff\" needs on_ms and off_ms > 0");
+                }
+                App::OnOff {
+                    mbit: needs_rate("onoff")?,
+                    on_ms: self.on_ms,
+                    off_ms: self.off_ms,
+                }
+            }
+            other => bail!("app `{other}`: expected rate, greedy or onoff"),
+        })
+    }
+
     /// The guest workload for the first VM (slot 0).
     pub fn workload(&self) -> anyhow::Result<Workload> {
         self.workload_for(&GuestSlot::new(0))
@@ -140,14 +259,28 @@ impl VmSpec {
         if dirties && (self.wss_mb == 0 || self.dirty_mb_s <= 0.0) {
             bail!("workload `{}` needs wss_mb and dirty_mb_s", self.workload);
         }
-        let mut w = if self.app_mbit > 0.0 {
+        let app = self.app()?;
+        let mut w = if app != App::None {
             if mode == "burst" {
                 bail!("burst with an application stream is not supported by the guest workload");
             }
             let mut w = Workload::new("net")
                 .with("sink", slot.sink())
-                .with("proto", "tcp")
-                .with("rate-mbit", self.app_mbit);
+                .with("proto", "tcp");
+            w = match app {
+                App::Rate(m) => w.with("rate-mbit", m),
+                // Bulk writes, as a file transfer makes them.
+                App::Greedy => w.with("rate-mbit", 0).with("packet", 16384),
+                App::OnOff {
+                    mbit,
+                    on_ms,
+                    off_ms,
+                } => w
+                    .with("rate-mbit", mbit)
+                    .with("app-on-ms", on_ms)
+                    .with("app-off-ms", off_ms),
+                App::None => unreachable!("checked above"),
+            };
             if let Some(p) = pattern {
                 w = w.with("pattern", p);
             }
@@ -236,6 +369,34 @@ app_mbit = 10
         ))
         .expect_err("too many VMs");
         assert!(format!("{e:#}").contains("[[vm]]"), "{e:#}");
+    }
+
+    #[test]
+    fn applications_and_their_demand() {
+        let base = "name = \"x\"\nlink_mbit = 30\npolicies = [\"default\"]\n[[vm]]\nmemory_mb = 128\nworkload = \"idle\"\n";
+        let s = parse(&format!("{base}app = \"greedy\"\nreserve_mbit = 10\n")).expect("greedy");
+        assert_eq!(s.vm[0].app().expect("app"), App::Greedy);
+        assert!(
+            s.vm[0]
+                .workload()
+                .expect("w")
+                .describe()
+                .contains("rate-mbit=0")
+        );
+        let s = parse(&format!(
+            "{base}app = \"onoff\"\napp_mbit = 20\non_ms = 4000\noff_ms = 6000\n"
+        ))
+        .expect("onoff");
+        let app = s.vm[0].app().expect("app");
+        assert_eq!(app.demand_at(1.0, 0.5), Some(20.0));
+        assert_eq!(app.demand_at(5.0, 0.5), Some(0.0));
+        assert_eq!(app.demand_at(11.0, 0.5), Some(20.0));
+        assert_eq!(app.demand_at(4.2, 0.5), None, "an edge");
+        assert_eq!(app.demand_at(9.8, 0.5), None, "an edge");
+        let e = parse(&format!("{base}app = \"onoff\"\n")).expect_err("no rate");
+        assert!(format!("{e:#}").contains("app_mbit"), "{e:#}");
+        let e = parse(&format!("{base}reserve_mbit = 30\n")).expect_err("whole link");
+        assert!(format!("{e:#}").contains("reserve_mbit"), "{e:#}");
     }
 
     #[test]

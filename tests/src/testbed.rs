@@ -28,7 +28,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -250,17 +250,24 @@ impl MigrationTestbed {
     }
 
     /// Starts guest `index`'s destination QEMU, waiting for the incoming
-    /// migration on the guest's port.
+    /// migration on the guest's port, or (`defer`) for `migrate-incoming`
+    /// on its control socket, so that capabilities such as `postcopy-ram`
+    /// can be set first.
     pub fn start_destination_at(
         &self,
         index: usize,
         guest: &Guest,
         workload: &Workload,
         mem_mb: u32,
+        defer: bool,
     ) -> anyhow::Result<Vm> {
         let slot = self.guest(index)?;
         let mut spec = Self::spec(&side_name("dst", index), slot, mem_mb, workload);
-        spec.incoming = Some(slot.migration_uri());
+        spec.incoming = Some(if defer {
+            "defer".into()
+        } else {
+            slot.migration_uri()
+        });
         Vm::spawn(guest, &spec, Some(&self.dst), &self.run)
             .with_context(|| format!("starting the destination QEMU of guest {index}"))
     }
@@ -288,10 +295,31 @@ impl MigrationTestbed {
         guests: &[(Workload, u32)],
         ready_within: Duration,
     ) -> anyhow::Result<Vec<(Vm, Vm)>> {
+        self.boot_pairs(guest, guests, ready_within, false)
+    }
+
+    /// Like [`boot_all`](Self::boot_all), but each destination waits for
+    /// `migrate-incoming` (`-incoming defer`).
+    pub fn boot_all_deferred(
+        &self,
+        guest: &Guest,
+        guests: &[(Workload, u32)],
+        ready_within: Duration,
+    ) -> anyhow::Result<Vec<(Vm, Vm)>> {
+        self.boot_pairs(guest, guests, ready_within, true)
+    }
+
+    fn boot_pairs(
+        &self,
+        guest: &Guest,
+        guests: &[(Workload, u32)],
+        ready_within: Duration,
+        defer: bool,
+    ) -> anyhow::Result<Vec<(Vm, Vm)>> {
         let mut pairs = Vec::new();
         for (i, (workload, mem_mb)) in guests.iter().enumerate() {
             let src = self.start_source_at(i, guest, workload, *mem_mb)?;
-            let dst = self.start_destination_at(i, guest, workload, *mem_mb)?;
+            let dst = self.start_destination_at(i, guest, workload, *mem_mb, defer)?;
             pairs.push((src, dst));
         }
         let deadline = std::time::Instant::now() + ready_within;
@@ -306,7 +334,14 @@ impl MigrationTestbed {
     /// After a migration: guest 0's subnet now lives behind the
     /// destination's tap.
     pub fn move_guest(&self) -> anyhow::Result<()> {
-        let g = self.guest(0)?;
+        self.move_guest_at(0)
+    }
+
+    /// Guest `index`'s subnet now lives behind the destination's tap, as a
+    /// network learns once the destination QEMU announces the guest (at
+    /// switch-over, or when post-copy starts and the guest runs there).
+    pub fn move_guest_at(&self, index: usize) -> anyhow::Result<()> {
+        let g = self.guest(index)?;
         self.src.ip(&["addr", "flush", "dev", &g.tap])?;
         self.dst
             .ip(&["addr", "add", &format!("{}/24", g.gateway), "dev", &g.tap])?;
@@ -379,11 +414,40 @@ pub async fn wait_for_events(ctl: &mut vmbw::qemu::Qmp) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Receives and discards UDP datagrams and TCP streams, counting bytes.
+/// Receives and discards UDP datagrams and TCP streams, counting bytes in
+/// all and per second since it started.
 pub struct Sink {
     stop: Arc<AtomicBool>,
-    bytes: Arc<AtomicU64>,
+    counts: Arc<Counts>,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// The most seconds a sink keeps per-second counts for; later bytes are
+/// counted in the total only.
+const SINK_SECONDS: usize = 3 * 3600;
+
+struct Counts {
+    started: Instant,
+    total: AtomicU64,
+    per_second: Vec<AtomicU64>,
+    /// Nanoseconds after `started` of the first byte + 1 (0 = none yet).
+    first_byte_ns: AtomicU64,
+}
+
+impl Counts {
+    fn add(&self, n: usize) {
+        let at = self.started.elapsed();
+        self.total.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(bin) = self.per_second.get(at.as_secs() as usize) {
+            bin.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        let _ = self.first_byte_ns.compare_exchange(
+            0,
+            at.as_nanos() as u64 + 1,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
 }
 
 impl Sink {
@@ -397,23 +461,28 @@ impl Sink {
             ))
         })?;
         let stop = Arc::new(AtomicBool::new(false));
-        let bytes = Arc::new(AtomicU64::new(0));
+        let counts = Arc::new(Counts {
+            started: Instant::now(),
+            total: AtomicU64::new(0),
+            per_second: (0..SINK_SECONDS).map(|_| AtomicU64::new(0)).collect(),
+            first_byte_ns: AtomicU64::new(0),
+        });
         udp.set_read_timeout(Some(Duration::from_millis(200)))?;
         tcp.set_nonblocking(true)?;
         let mut threads = Vec::new();
         {
-            let (stop, bytes) = (stop.clone(), bytes.clone());
+            let (stop, counts) = (stop.clone(), counts.clone());
             threads.push(std::thread::spawn(move || {
                 let mut buf = vec![0u8; 65536];
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok(n) = udp.recv(&mut buf) {
-                        bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        counts.add(n);
                     }
                 }
             }));
         }
         {
-            let (stop, bytes) = (stop.clone(), bytes.clone());
+            let (stop, counts) = (stop.clone(), counts.clone());
             threads.push(std::thread::spawn(move || {
                 let mut conns = Vec::new();
                 let mut buf = vec![0u8; 65536];
@@ -426,7 +495,7 @@ impl Sink {
                     conns.retain_mut(|c| match c.read(&mut buf) {
                         Ok(0) => false,
                         Ok(n) => {
-                            bytes.fetch_add(n as u64, Ordering::Relaxed);
+                            counts.add(n);
                             true
                         }
                         Err(e) => matches!(
@@ -442,14 +511,45 @@ impl Sink {
         }
         Ok(Sink {
             stop,
-            bytes,
+            counts,
             threads,
         })
     }
 
     /// Bytes received so far.
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        self.counts.total.load(Ordering::Relaxed)
+    }
+
+    /// When the sink started counting: second `i` of
+    /// [`per_second`](Self::per_second) begins `i` seconds after it.
+    pub fn started(&self) -> Instant {
+        self.counts.started
+    }
+
+    /// When the first byte arrived, if one has.
+    pub fn first_byte(&self) -> Option<Instant> {
+        match self.counts.first_byte_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(self.counts.started + Duration::from_nanos(ns - 1)),
+        }
+    }
+
+    /// Bytes received in each whole second from `from` (rounded up to the
+    /// next second boundary of the sink's clock) until `to` (rounded down),
+    /// with the instant each second began.
+    pub fn per_second(&self, from: Instant, to: Instant) -> Vec<(Instant, u64)> {
+        let since = |t: Instant| t.saturating_duration_since(self.counts.started);
+        let first = since(from).as_secs_f64().ceil() as usize;
+        let last = (since(to).as_secs() as usize).min(SINK_SECONDS);
+        (first..last)
+            .map(|i| {
+                (
+                    self.counts.started + Duration::from_secs(i as u64),
+                    self.counts.per_second[i].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 }
 

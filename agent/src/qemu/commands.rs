@@ -104,6 +104,13 @@ impl Qmp {
             .map(drop)
     }
 
+    /// Lets a destination started with `-incoming defer` listen on `uri`.
+    pub async fn migrate_incoming(&mut self, uri: &str) -> Result<(), QmpError> {
+        self.execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .await
+            .map(drop)
+    }
+
     /// Switches a running migration to post-copy (needs `postcopy-ram` on
     /// both sides before the migration started).
     pub async fn migrate_start_postcopy(&mut self) -> Result<(), QmpError> {

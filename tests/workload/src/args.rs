@@ -15,7 +15,10 @@ usage: vmbw-workload --mode MODE [options]
   --off-ms N        burst: idle period (default 2000)
   --sink IP:PORT    net: where to send
   --proto udp|tcp   net: transport (default udp)
-  --rate-mbit X     net: payload rate, Mbit/s (default 10)
+  --rate-mbit X     net: payload rate, Mbit/s (default 10); 0 = greedy: as
+                    fast as TCP (or the UDP socket) takes it
+  --app-on-ms N     net: send for N ms, then pause --app-off-ms (default 0:
+  --app-off-ms N    always on); the first period is on
   --packet N        net: bytes per datagram or write (default 1200)
   --report-secs X   seconds between progress lines (default 5)
   --seed N          random page order seed (default 1)";
@@ -53,6 +56,9 @@ pub struct Args {
     pub sink: Option<SocketAddr>,
     pub proto: Proto,
     pub rate_mbit: f64,
+    /// The application's duty cycle; `app_off` zero = always on.
+    pub app_on: Duration,
+    pub app_off: Duration,
     pub packet: usize,
     pub report: Duration,
     pub seed: u64,
@@ -72,6 +78,8 @@ impl Args {
             sink: None,
             proto: Proto::Udp,
             rate_mbit: 10.0,
+            app_on: Duration::ZERO,
+            app_off: Duration::ZERO,
             packet: 1200,
             report: Duration::from_secs(5),
             seed: 1,
@@ -119,6 +127,10 @@ impl Args {
                     }
                 }
                 "rate-mbit" => a.rate_mbit = rate(&value).ok_or_else(|| bad("not a rate"))?,
+                "app-on-ms" => a.app_on = millis(&value).ok_or_else(|| bad("not milliseconds"))?,
+                "app-off-ms" => {
+                    a.app_off = millis(&value).ok_or_else(|| bad("not milliseconds"))?
+                }
                 "packet" => {
                     a.packet = positive(&value)
                         .filter(|n| *n <= 65_000)
@@ -137,6 +149,9 @@ impl Args {
         a.mode = mode.ok_or("--mode is required")?;
         if a.mode == Mode::Net && a.sink.is_none() {
             return Err("--mode net needs --sink IP:PORT".into());
+        }
+        if !a.app_off.is_zero() && a.app_on.is_zero() {
+            return Err("--app-off-ms needs --app-on-ms > 0".into());
         }
         if matches!(a.mode, Mode::Net | Mode::Cpu) && !dirty_given {
             a.dirty_mbps = 0.0;
@@ -187,13 +202,22 @@ impl Args {
                 self.off.as_millis()
             ),
             Mode::Net => format!(
-                "mode=net proto={} rate_mbit={} packet={} sink={} wss_mb={} dirty_mbps={}",
+                "mode=net proto={} rate_mbit={}{} packet={} sink={} wss_mb={} dirty_mbps={}",
                 if self.proto == Proto::Udp {
                     "udp"
                 } else {
                     "tcp"
                 },
                 self.rate_mbit,
+                if self.app_off.is_zero() {
+                    String::new()
+                } else {
+                    format!(
+                        " app_on_ms={} app_off_ms={}",
+                        self.app_on.as_millis(),
+                        self.app_off.as_millis()
+                    )
+                },
                 self.packet,
                 self.sink.map(|s| s.to_string()).unwrap_or_default(),
                 self.wss_mb,
@@ -242,6 +266,24 @@ mod tests {
         assert_eq!(a.dirty_mbps, 0.0);
         let a = parse("--mode net --sink 198.18.2.2:9000 --dirty-mbps 1").expect("valid");
         assert_eq!(a.dirty_mbps, 1.0);
+    }
+
+    #[test]
+    fn net_mode_takes_a_duty_cycle() {
+        let a = parse(
+            "--mode net --sink 198.18.2.2:9000 --rate-mbit 0 --app-on-ms 3000 --app-off-ms 2000",
+        )
+        .expect("valid");
+        assert_eq!(
+            (a.rate_mbit, a.app_on, a.app_off),
+            (0.0, Duration::from_secs(3), Duration::from_secs(2))
+        );
+        assert!(
+            a.describe().contains("app_on_ms=3000 app_off_ms=2000"),
+            "{}",
+            a.describe()
+        );
+        assert!(err("--mode net --sink 198.18.2.2:9000 --app-off-ms 10").contains("--app-on-ms"));
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! The network mode: a paced UDP or TCP stream to a sink. Errors (no route
+//! The network mode: a UDP or TCP stream to a sink, paced at `--rate-mbit`
+//! or greedy (rate 0: as fast as the socket takes it, the way a bulk
+//! transfer behaves), optionally in an on/off duty cycle. Errors (no route
 //! yet, a TCP connection broken by the migration) are counted and retried,
 //! never fatal: the guest must keep its behaviour through a migration.
 
@@ -32,14 +34,25 @@ pub fn run(args: &Args) -> Result<(), String> {
     }
     crate::ready(args);
     let payload = vec![0x5au8; args.packet];
-    let bytes_per_sec = args.rate_mbit * 1e6 / 8.0;
-    let mut pacer = Pacer::new(bytes_per_sec, Duration::ZERO, Duration::ZERO);
+    let greedy = args.rate_mbit == 0.0;
+    // Greedy: the pacer only keeps the duty cycle; a blocking TCP write (or
+    // a full UDP socket buffer) sets the pace.
+    let bytes_per_sec = if greedy {
+        1e12
+    } else {
+        args.rate_mbit * 1e6 / 8.0
+    };
+    let mut pacer = Pacer::new(bytes_per_sec, args.app_on, args.app_off);
     let start = Instant::now();
     let mut report_at = start + args.report;
     let (mut sent, mut errors, mut credit) = (0u64, 0u64, 0u64);
     let mut last_error = String::new();
     loop {
         credit += pacer.take();
+        if greedy {
+            // At most 64 writes between reports and duty-cycle checks.
+            credit = credit.min(64 * args.packet as u64);
+        }
         while credit >= args.packet as u64 {
             match send(&mut conn, sink, &payload) {
                 Ok(()) => {
@@ -74,7 +87,9 @@ pub fn run(args: &Args) -> Result<(), String> {
             errors = 0;
             report_at += args.report;
         }
-        std::thread::sleep(TICK);
+        if !greedy || !pacer.is_on() {
+            std::thread::sleep(TICK);
+        }
     }
 }
 
