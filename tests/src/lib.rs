@@ -20,6 +20,8 @@ pub mod libvirtd;
 pub mod logs;
 pub mod measure;
 pub mod netns;
+pub mod policy;
+pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod shaped;

@@ -5,9 +5,12 @@
 //! goodput during the migration (bytes the sink received) against what it
 //! asked for, and the agent's online prediction error.
 //!
-//! Reference policies run the agent in observe mode (it measures and, for
-//! `static:RATE`, sets QEMU's `max-bandwidth` like KubeVirt would, but the
-//! kernel enforces nothing); the others run it in HTB mode.
+//! Peer policies (what operators run today, [`crate::policy`]) run the
+//! agent in observe mode: it measures, and for `static:RATE` sets QEMU's
+//! `max-bandwidth` like KubeVirt would, but the kernel enforces nothing.
+//! vmbw's policies run it in HTB mode. Every destination starts with
+//! `-incoming defer`, so that post-copy can be armed on both sides before
+//! the migration.
 
 use std::{
     collections::BTreeMap,
@@ -15,19 +18,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::bail;
-use serde::Serialize;
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
 use vmbw::{
     api::VmStatus,
-    control::policy::{Policy, Spec},
-    qemu::{Qmp, QmpOptions, types::MigrationStatus},
+    qemu::{Capability, Qmp, QmpOptions, types::MigrationStatus},
 };
 
 use crate::{
     BpffsMount,
     agent::Agent,
     guest::Guest,
-    scenario::Scenario,
+    policy::{BenchPolicy, Family},
+    scenario::{App, Scenario},
     testbed::{MigrationTestbed, UPLINK},
 };
 
@@ -49,10 +52,11 @@ pub fn interrupted() -> bool {
 }
 
 /// One VM's figures in one run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResult {
     pub scenario: String,
     pub policy: String,
+    pub family: Family,
     pub repetition: u32,
     /// The VM (`vm0`, `vm1`, ... in the scenario's order).
     pub vm: String,
@@ -66,14 +70,54 @@ pub struct RunResult {
     pub downtime_ms: Option<f64>,
     pub iterations: Option<u64>,
     pub transferred_bytes: u64,
-    /// Application goodput during the migration, Mbit/s.
+    /// The guest's RAM, bytes (QEMU's `ram.total`).
+    pub ram_bytes: u64,
+    /// What the application is (`rate 15 Mbit/s`, `greedy`, ...).
+    pub app: String,
+    /// Application goodput during the migration, mean, Mbit/s.
     pub app_mbit: f64,
-    /// What the application asked for, Mbit/s.
-    pub app_asked_mbit: f64,
+    /// What a rate or on/off application asks for while on, Mbit/s (None
+    /// for a greedy one, 0 without an application).
+    pub app_asked_mbit: Option<f64>,
+    /// The application's reservation (SLA), Mbit/s; 0 = none.
+    pub reserve_mbit: f64,
+    /// 5th percentile over the migration's seconds of goodput / min(demand,
+    /// reservation) (demand alone without a reservation); None when no
+    /// second had a target (no application, or greedy without a reservation).
+    pub sla_p5: Option<f64>,
+    /// Seconds scored for the SLA.
+    pub sla_seconds: usize,
+    /// Scored seconds in which goodput was below 95% of the target.
+    pub below_95_s: usize,
+    /// Seconds QEMU throttled the guest's vCPUs (`cpu-throttle-percentage` > 0).
+    pub throttled_s: f64,
+    /// Seconds in post-copy.
+    pub postcopy_s: f64,
+    /// Seconds the guest was stopped (QEMU's downtime).
+    pub stopped_s: f64,
     /// The agent's one-step dirty-page prediction error over the run.
     pub prediction_mape: Option<f64>,
     pub prediction_n: usize,
+    /// Escalation steps that took effect (QEMU accepted what they needed).
     pub steps: Vec<String>,
+    /// Steps or settings QEMU refused, with its reason.
+    pub refused: Vec<String>,
+    /// Per-second timeline from the migration's start.
+    pub timeline: Vec<Second>,
+    /// What happened when: `(seconds from the start, what)`.
+    pub events: Vec<(f64, String)>,
+}
+
+/// One second of a run, from the migration's start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Second {
+    pub t_s: f64,
+    pub app_mbit: f64,
+    pub migration_mbit: f64,
+    /// What the application was owed in this second (None: not scored).
+    pub target_mbit: Option<f64>,
+    pub throttle_pct: u64,
+    pub postcopy: bool,
 }
 
 impl RunResult {
@@ -87,26 +131,41 @@ impl RunResult {
     }
 }
 
+/// One QEMU poll: seconds from the start, bytes sent, throttle, post-copy.
+#[derive(Debug, Clone, Copy)]
+struct Poll {
+    t_s: f64,
+    transferred: u64,
+    throttle_pct: u64,
+    postcopy: bool,
+}
+
 /// One migrating VM as the runner follows it.
 struct Followed {
+    /// The testbed slot.
+    index: usize,
     name: String,
     /// How progress lines name it: ` vmN`, or nothing when it migrates alone.
     label: String,
     ctl: Qmp,
     uri: String,
-    app_before: u64,
-    /// The sink's count when this VM's migration ended.
-    app_at_end: u64,
     predicted: BTreeMap<u32, f64>,
     actual: BTreeMap<u32, f64>,
-    /// QEMU's final answer and whether it converged, once it ended.
+    polls: Vec<Poll>,
+    events: Vec<(f64, String)>,
+    throttled_s: f64,
+    postcopy_s: f64,
+    postcopy_asked: bool,
+    /// Whether the guest's subnet was moved to the destination.
+    moved: bool,
+    /// QEMU's final answer, whether it converged, and when it ended (s).
     end: Option<(vmbw::qemu::types::MigrationInfo, bool, f64)>,
 }
 
 /// Runs one scenario under one policy: boots every VM, starts the agent on
-/// the source host, starts all migrations at once and follows them to
-/// their end or the timeout. Progress lines go to stderr; one result per
-/// VM is returned.
+/// the source host, arms what the policy arms, starts all migrations at
+/// once and follows them to their end or the timeout. Progress lines go to
+/// stderr; one result per VM is returned.
 pub fn run_one(
     guest: &Guest,
     sc: &Scenario,
@@ -114,7 +173,7 @@ pub fn run_one(
     repetition: u32,
     log_dir: &Path,
 ) -> anyhow::Result<Vec<RunResult>> {
-    let spec = Spec::parse(policy)?;
+    let bench = BenchPolicy::parse(policy)?;
     // 0 = unlimited: the router shapes nothing; the agent is told 10 Gbit/s.
     let tb = MigrationTestbed::with_guests(sc.link_mbit.max(0.0), sc.vm.len())?;
     let mut boots = Vec::new();
@@ -122,9 +181,10 @@ pub fn run_one(
         boots.push((vm.workload_for(slot)?, vm.memory_mb));
     }
     let sinks = tb.start_sinks()?;
-    let pairs = tb.boot_all(guest, &boots, Duration::from_secs(240 * sc.vm.len() as u64))?;
+    // Destinations wait (`-incoming defer`) until the runner has armed them.
+    let pairs =
+        tb.boot_all_deferred(guest, &boots, Duration::from_secs(240 * sc.vm.len() as u64))?;
 
-    let enforcing = matches!(spec.policy, Policy::Nrac(_) | Policy::Bda(_));
     let bpffs = BpffsMount::new()?;
     let run = tb.run.path();
     let config = run.join("vmbw.toml");
@@ -135,16 +195,17 @@ pub fn run_one(
         10_000.0
     };
     let mut toml = format!(
-        "[agent]\nmode = \"{}\"\npolicy = \"{policy}\"\n\
+        "[agent]\nmode = \"{}\"\npolicy = \"{}\"\n\
          [[uplink]]\niface = \"{UPLINK}\"\nlink_mbit = {link}\n\
          [datapath]\npin_dir = \"{}\"\n[shaping]\nstate_dir = \"{}\"\n\
          [api]\nlisten = \"unix:{}\"\n",
-        if enforcing { "htb" } else { "observe" },
+        if bench.enforcing() { "htb" } else { "observe" },
+        bench.agent_policy(),
         bpffs.path().join("vmbw").display(),
         run.join("state").display(),
         api.display(),
     );
-    for (slot, (src, _)) in tb.guests.iter().zip(&pairs) {
+    for ((slot, (src, _)), spec) in tb.guests.iter().zip(&pairs).zip(&sc.vm) {
         toml.push_str(&format!(
             "[[vm]]\nname = \"vm{}\"\nqmp = \"{}\"\nips = [\"{}\"]\ntaps = [\"{}\"]\n",
             slot.index,
@@ -152,6 +213,9 @@ pub fn run_one(
             slot.ip,
             slot.tap
         ));
+        if spec.reserve_mbit > 0.0 {
+            toml.push_str(&format!("reserve_mbit = {}\n", spec.reserve_mbit));
+        }
     }
     std::fs::write(&config, toml)?;
     let mut agent = Agent::start(&tb.src, &config, &api, &run.join("agent.log"))?;
@@ -160,7 +224,7 @@ pub fn run_one(
         .enable_all()
         .build()?;
     let mut vms = Vec::new();
-    for (slot, (src, _)) in tb.guests.iter().zip(&pairs) {
+    for (slot, (src, dst)) in tb.guests.iter().zip(&pairs) {
         let mut ctl = rt.block_on(Qmp::connect(&src.qmp_ctl, ctl_options()))?;
         if let Err(e) = rt.block_on(crate::testbed::wait_for_events(&mut ctl)) {
             bail!(
@@ -169,8 +233,11 @@ pub fn run_one(
                 agent.log_text()
             );
         }
+        rt.block_on(arm(&bench, &mut ctl, dst, &slot.migration_uri()))
+            .with_context(|| format!("arming vm{} for {policy}", slot.index))?;
         let name = format!("vm{}", slot.index);
         vms.push(Followed {
+            index: slot.index,
             label: if sc.vm.len() > 1 {
                 format!(" {name}")
             } else {
@@ -179,10 +246,14 @@ pub fn run_one(
             name,
             ctl,
             uri: slot.migration_uri(),
-            app_before: 0,
-            app_at_end: 0,
             predicted: BTreeMap::new(),
             actual: BTreeMap::new(),
+            polls: Vec::new(),
+            events: Vec::new(),
+            throttled_s: 0.0,
+            postcopy_s: 0.0,
+            postcopy_asked: false,
+            moved: false,
             end: None,
         });
     }
@@ -190,8 +261,7 @@ pub fn run_one(
     // give it a few control ticks of the applications' traffic.
     std::thread::sleep(Duration::from_secs(5));
     let started = Instant::now();
-    for (v, sink) in vms.iter_mut().zip(&sinks) {
-        v.app_before = sink.bytes();
+    for v in vms.iter_mut() {
         rt.block_on(v.ctl.migrate(&v.uri))?;
     }
 
@@ -225,23 +295,34 @@ pub fn run_one(
                 }
             }
         }
-        let elapsed = started.elapsed().as_secs_f64();
         let report = last_report.elapsed() > Duration::from_secs(10);
         if report {
             last_report = Instant::now();
         }
-        for (v, sink) in vms.iter_mut().zip(&sinks) {
+        for v in vms.iter_mut() {
             if v.end.is_some() {
                 continue;
             }
             let info = rt.block_on(query_migrate(v))?;
+            let elapsed = started.elapsed().as_secs_f64();
+            v.record(elapsed, &info);
+            // The guest runs on the destination from post-copy's start:
+            // its traffic leaves there from then on.
+            if info.status == Some(MigrationStatus::PostcopyActive) && !v.moved {
+                tb.move_guest_at(v.index)?;
+                v.moved = true;
+            }
             if report {
                 eprintln!(
-                    "    {policy}{}: {elapsed:>5.0} s, {:?}, {} MB sent, iteration {}",
+                    "    {policy}{}: {elapsed:>5.0} s, {:?}, {} MB sent, iteration {}{}",
                     v.label,
                     info.status.clone().unwrap_or(MigrationStatus::None),
                     info.ram.as_ref().map_or(0, |r| r.transferred) / 1_000_000,
-                    info.ram.as_ref().map(|r| r.dirty_sync_count).unwrap_or(0)
+                    info.ram.as_ref().map(|r| r.dirty_sync_count).unwrap_or(0),
+                    match info.cpu_throttle_percentage {
+                        Some(p) if p > 0 => format!(", vCPUs throttled {p}%"),
+                        _ => String::new(),
+                    }
                 );
             }
             match info.status {
@@ -257,44 +338,48 @@ pub fn run_one(
                         info = rt.block_on(query_migrate(v))?;
                     }
                     v.end = Some((info, true, started.elapsed().as_secs_f64()));
-                    v.app_at_end = sink.bytes();
                 }
                 Some(MigrationStatus::Failed) | Some(MigrationStatus::Cancelled) => {
+                    v.events.push((
+                        elapsed,
+                        format!("failed: {}", info.error_desc.clone().unwrap_or_default()),
+                    ));
                     v.end = Some((info, false, elapsed));
-                    v.app_at_end = sink.bytes();
                 }
+                // Post-copy cannot be cancelled: the guest already runs on
+                // the destination. It is followed to its end.
+                Some(MigrationStatus::PostcopyActive) => {}
                 _ if elapsed > sc.timeout_s => {
                     rt.block_on(v.ctl.migrate_cancel())?;
+                    v.events.push((elapsed, "timeout: cancelled".into()));
                     v.end = Some((info, false, elapsed));
-                    v.app_at_end = sink.bytes();
+                }
+                Some(MigrationStatus::Active) => {
+                    if let Some(after) = bench.postcopy_after()
+                        && elapsed >= after
+                        && !v.postcopy_asked
+                    {
+                        v.postcopy_asked = true;
+                        match rt.block_on(v.ctl.migrate_start_postcopy()) {
+                            Ok(()) => v.events.push((elapsed, "post-copy".into())),
+                            Err(e) => v.events.push((elapsed, format!("post-copy refused: {e}"))),
+                        }
+                    }
                 }
                 _ => {}
             }
         }
     }
     let makespan = started.elapsed().as_secs_f64();
-    let app_bytes: Vec<u64> = vms
-        .iter()
-        .map(|v| v.app_at_end.saturating_sub(v.app_before))
-        .collect();
     let log = agent.log_text();
     let _ = agent.signal(libc::SIGTERM, Duration::from_secs(15));
     // Keep the agent's log of every run beside the reports.
     let _ = std::fs::create_dir_all(log_dir);
-    let slug: String = format!("{}-{policy}-{repetition}", sc.name)
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let slug = slug(&format!("{}-{policy}-{repetition}", sc.name));
     let _ = std::fs::copy(&agent.log, log_dir.join(format!("{slug}.log")));
 
     let mut results = Vec::new();
-    for ((v, spec), app_bytes) in vms.iter().zip(&sc.vm).zip(app_bytes) {
+    for ((v, spec), sink) in vms.iter().zip(&sc.vm).zip(&sinks) {
         let Some((info, converged, ended_s)) = &v.end else {
             unreachable!("the loop above ends every migration");
         };
@@ -310,9 +395,21 @@ pub fn run_one(
             }
         }
         let ram = info.ram.as_ref();
+        let app = spec.app()?;
+        let end = started + Duration::from_secs_f64(*ended_s);
+        let timeline = timeline(&v.polls, sink, &app, spec.reserve_mbit, started, end);
+        let sla = sla(&timeline);
+        let app_bytes: u64 = sink.per_second(started, end).iter().map(|(_, b)| b).sum();
+        let scored_s = sink.per_second(started, end).len().max(1) as f64;
+        let (steps, refused) = steps_taken(&log, &v.name, &v.events);
+        let downtime_ms = converged
+            .then_some(info.downtime)
+            .flatten()
+            .map(|d| d as f64);
         results.push(RunResult {
             scenario: sc.name.clone(),
             policy: policy.to_owned(),
+            family: bench.family(),
             repetition,
             vm: v.name.clone(),
             vms: sc.vm.len(),
@@ -323,21 +420,183 @@ pub fn run_one(
                 *ended_s
             },
             makespan_s: makespan,
-            downtime_ms: converged
-                .then_some(info.downtime)
-                .flatten()
-                .map(|d| d as f64),
+            downtime_ms,
             iterations: ram.map(|r| r.dirty_sync_count),
             transferred_bytes: ram.map_or(0, |r| r.transferred),
-            // Goodput over this VM's own migration.
-            app_mbit: app_bytes as f64 * 8.0 / 1e6 / ended_s.max(0.001),
-            app_asked_mbit: spec.app_mbit,
+            ram_bytes: ram.map_or(0, |r| r.total),
+            app: app.describe(),
+            // Goodput over this VM's own migration, whole seconds.
+            app_mbit: app_bytes as f64 * 8.0 / 1e6 / scored_s,
+            app_asked_mbit: match app {
+                App::None => Some(0.0),
+                App::Rate(m) | App::OnOff { mbit: m, .. } => Some(m),
+                App::Greedy => None,
+            },
+            reserve_mbit: spec.reserve_mbit,
+            sla_p5: sla.p5,
+            sla_seconds: sla.seconds,
+            below_95_s: sla.below_95,
+            throttled_s: v.throttled_s,
+            postcopy_s: v.postcopy_s,
+            stopped_s: downtime_ms.unwrap_or(0.0) / 1000.0,
             prediction_mape: (n > 0).then(|| 100.0 * ape / n as f64),
             prediction_n: n,
-            steps: adamig_steps(&log, &v.name),
+            steps,
+            refused,
+            timeline,
+            events: v.events.clone(),
         });
     }
     Ok(results)
+}
+
+impl Followed {
+    /// Keeps one poll of QEMU and adds its interval to the throttled and
+    /// post-copy times.
+    fn record(&mut self, t_s: f64, info: &vmbw::qemu::types::MigrationInfo) {
+        let poll = Poll {
+            t_s,
+            transferred: info.ram.as_ref().map_or(0, |r| r.transferred),
+            throttle_pct: info.cpu_throttle_percentage.unwrap_or(0),
+            postcopy: info.status == Some(MigrationStatus::PostcopyActive),
+        };
+        if let Some(prev) = self.polls.last() {
+            let dt = t_s - prev.t_s;
+            if prev.throttle_pct > 0 {
+                self.throttled_s += dt;
+            }
+            if prev.postcopy {
+                self.postcopy_s += dt;
+            }
+            if poll.throttle_pct != prev.throttle_pct {
+                self.events
+                    .push((t_s, format!("vCPU throttle {}%", poll.throttle_pct)));
+            }
+        }
+        self.polls.push(poll);
+    }
+}
+
+/// Arms what `policy` arms before the migration starts, then lets the
+/// destination listen: capabilities can only be set while no migration
+/// runs (QEMU answers "There's a migration process in progress").
+async fn arm(
+    policy: &BenchPolicy,
+    src: &mut Qmp,
+    dst: &crate::vm::Vm,
+    uri: &str,
+) -> anyhow::Result<()> {
+    let mut dst_ctl = Qmp::connect(&dst.qmp_ctl, ctl_options()).await?;
+    if policy.postcopy_after().is_some() {
+        src.set_capabilities(&[(Capability::PostcopyRam, true)])
+            .await?;
+        dst_ctl
+            .set_capabilities(&[(Capability::PostcopyRam, true)])
+            .await?;
+    }
+    if policy.arms_autoconverge() {
+        src.set_capabilities(&[(Capability::AutoConverge, true)])
+            .await?;
+    }
+    dst_ctl.migrate_incoming(uri).await?;
+    Ok(())
+}
+
+/// The per-second timeline of one VM's migration: the sink's bytes, the
+/// migration's bytes (QEMU's `transferred`, interpolated at each second's
+/// edges), and what the application was owed in that second.
+fn timeline(
+    polls: &[Poll],
+    sink: &crate::testbed::Sink,
+    app: &App,
+    reserve_mbit: f64,
+    started: Instant,
+    end: Instant,
+) -> Vec<Second> {
+    let sent_at = |t: f64| -> f64 {
+        let (Some(first), Some(last)) = (polls.first(), polls.last()) else {
+            return 0.0;
+        };
+        match polls.iter().position(|p| p.t_s >= t) {
+            Some(0) => first.transferred as f64 * (t / first.t_s.max(1e-9)).clamp(0.0, 1.0),
+            Some(i) => {
+                let (a, b) = (polls[i - 1], polls[i]);
+                let f = (t - a.t_s) / (b.t_s - a.t_s).max(1e-9);
+                a.transferred as f64 + f * (b.transferred as f64 - a.transferred as f64)
+            }
+            None => last.transferred as f64,
+        }
+    };
+    let anchor = sink.first_byte();
+    sink.per_second(started, end)
+        .into_iter()
+        .map(|(at, bytes)| {
+            let t_s = at.duration_since(started).as_secs_f64();
+            let poll = polls.iter().rev().find(|p| p.t_s <= t_s + 1.0);
+            // The application's phase is counted from its first byte.
+            let demand = anchor.and_then(|first| {
+                let mid = at.saturating_duration_since(first).as_secs_f64() + 0.5;
+                app.demand_at(mid, 0.6)
+            });
+            let target = demand
+                .map(|d| {
+                    if reserve_mbit > 0.0 {
+                        d.min(reserve_mbit)
+                    } else {
+                        d
+                    }
+                })
+                .filter(|t| t.is_finite() && *t > 0.0);
+            Second {
+                t_s,
+                app_mbit: bytes as f64 * 8.0 / 1e6,
+                migration_mbit: (sent_at(t_s + 1.0) - sent_at(t_s)).max(0.0) * 8.0 / 1e6,
+                target_mbit: target,
+                throttle_pct: poll.map_or(0, |p| p.throttle_pct),
+                postcopy: poll.is_some_and(|p| p.postcopy),
+            }
+        })
+        .collect()
+}
+
+/// The SLA figures of a timeline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sla {
+    pub p5: Option<f64>,
+    pub seconds: usize,
+    pub below_95: usize,
+}
+
+/// The 5th percentile (nearest rank) of goodput / target over the seconds
+/// that have a target, and how many of them fell below 95%.
+pub fn sla(timeline: &[Second]) -> Sla {
+    let mut ratios: Vec<f64> = timeline
+        .iter()
+        .filter_map(|s| s.target_mbit.map(|t| s.app_mbit / t))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let p5 = (!ratios.is_empty()).then(|| {
+        let rank = ((0.05 * ratios.len() as f64).ceil() as usize).max(1);
+        ratios[rank - 1]
+    });
+    Sla {
+        p5,
+        seconds: ratios.len(),
+        below_95: ratios.iter().filter(|r| **r < 0.95).count(),
+    }
+}
+
+/// A file-name-safe form of a label.
+pub fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// The control connection's options: QEMU answers no QMP command while it
@@ -374,21 +633,57 @@ async fn query_migrate(v: &mut Followed) -> anyhow::Result<vmbw::qemu::types::Mi
         .context(format!("{}: query-migrate", v.name)))
 }
 
-/// The AdaMig escalations the agent logged for `vm`, in order.
-fn adamig_steps(log: &str, vm: &str) -> Vec<String> {
-    log.lines()
-        .filter(|l| l.contains("adamig escalation"))
-        .filter(|l| l.contains(&format!("vm={vm} ")))
-        .filter_map(|l| {
-            l.split("step=").nth(1).map(|s| {
-                s.split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .trim_matches('"')
-                    .to_owned()
-            })
+/// The escalation steps the agent logged for `vm`, split into those that
+/// took effect and those QEMU refused (the agent logs each refusal with the
+/// parameter it concerned, named like the step), plus the runner's own
+/// refused actions.
+fn steps_taken(log: &str, vm: &str, events: &[(f64, String)]) -> (Vec<String>, Vec<String>) {
+    let of_vm = |l: &str| {
+        l.match_indices(&format!("vm={vm}")).any(|(i, m)| {
+            !l[i + m.len()..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
         })
-        .collect()
+    };
+    let field = |l: &str, key: &str| -> Option<String> {
+        let rest = l.split(&format!("{key}=")).nth(1)?;
+        let value = if let Some(quoted) = rest.strip_prefix('"') {
+            quoted.split('"').next().unwrap_or("")
+        } else {
+            rest.split_whitespace().next().unwrap_or("")
+        };
+        Some(value.to_owned())
+    };
+    let refusals: Vec<(String, String)> = log
+        .lines()
+        .filter(|l| l.contains("QEMU parameter not applied") && of_vm(l))
+        .filter_map(|l| Some((field(l, "param")?, field(l, "reason").unwrap_or_default())))
+        .collect();
+    let (mut taken, mut refused) = (Vec::new(), Vec::new());
+    for step in log
+        .lines()
+        .filter(|l| l.contains("adamig escalation") && of_vm(l))
+        .filter_map(|l| field(l, "step"))
+    {
+        match refusals.iter().find(|(p, _)| *p == step) {
+            Some((_, why)) => refused.push(format!("{step}: {why}")),
+            None => taken.push(step),
+        }
+    }
+    for (param, why) in &refusals {
+        if !refused.iter().any(|r| r.starts_with(&format!("{param}:"))) {
+            refused.push(format!("{param}: {why}"));
+        }
+    }
+    for (_, e) in events {
+        if let Some(why) = e.strip_prefix("post-copy refused: ") {
+            refused.push(format!("post-copy: {why}"));
+        } else if e == "post-copy" {
+            taken.push("post-copy".into());
+        }
+    }
+    (taken, refused)
 }
 
 /// Median and (min, max) of some values.
@@ -407,188 +702,60 @@ pub fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
     Some((median, v[0], v[v.len() - 1]))
 }
 
-/// The markdown table: one row per scenario and policy, medians with
-/// (min–max) over the repetitions.
-pub fn markdown(results: &[RunResult]) -> String {
-    let mut out = String::from(
-        "| scenario | policy | runs | converged | total s | all VMs s | downtime ms | iterations | app Mbit/s (asked) | prediction MAPE % |\n|---|---|---|---|---|---|---|---|---|---|\n",
-    );
-    let keys = row_keys(results);
-    let fmt = |s: Option<(f64, f64, f64)>, digits: usize| match s {
-        Some((m, lo, hi)) if (hi - lo).abs() > 1e-9 => {
-            format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
-        }
-        Some((m, _, _)) => format!("{m:.digits$}"),
-        None => "–".into(),
-    };
-    for (sc, p) in keys {
-        let rs: Vec<&RunResult> = results
-            .iter()
-            .filter(|r| r.label() == sc && r.policy == p)
-            .collect();
-        let conv = rs.iter().filter(|r| r.converged).count();
-        let col = |f: &dyn Fn(&RunResult) -> Option<f64>| {
-            spread(&rs.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
-        };
-        out.push_str(&format!(
-            "| {sc} | {p} | {} | {conv}/{} | {} | {} | {} | {} | {} ({}) | {} |\n",
-            rs.len(),
-            rs.len(),
-            fmt(col(&|r| Some(r.total_s)), 1),
-            fmt(col(&|r| Some(r.makespan_s)), 1),
-            fmt(col(&|r| r.downtime_ms), 0),
-            fmt(col(&|r| r.iterations.map(|i| i as f64)), 0),
-            fmt(col(&|r| Some(r.app_mbit)), 2),
-            rs.first().map_or(0.0, |r| r.app_asked_mbit),
-            fmt(col(&|r| r.prediction_mape), 1),
-        ));
-    }
-    out
-}
-
-/// The (row label, policy) pairs of a result list, each once, in order of
-/// first appearance.
-fn row_keys(results: &[RunResult]) -> Vec<(String, String)> {
-    let mut keys: Vec<(String, String)> = Vec::new();
-    for r in results {
-        let k = (r.label(), r.policy.clone());
-        if !keys.contains(&k) {
-            keys.push(k);
-        }
-    }
-    keys
-}
-
-/// A bar chart (SVG) of median migration time and application goodput per
-/// scenario and policy.
-pub fn svg(results: &[RunResult]) -> String {
-    let mut groups: Vec<(String, f64, f64, bool)> = Vec::new();
-    for (sc, p) in &row_keys(results) {
-        let rs: Vec<&RunResult> = results
-            .iter()
-            .filter(|r| &r.label() == sc && &r.policy == p)
-            .collect();
-        let t = spread(&rs.iter().map(|r| r.total_s).collect::<Vec<_>>()).map_or(0.0, |s| s.0);
-        let a = spread(&rs.iter().map(|r| r.app_mbit).collect::<Vec<_>>()).map_or(0.0, |s| s.0);
-        groups.push((format!("{sc} / {p}"), t, a, rs.iter().all(|r| r.converged)));
-    }
-    let (w, row, left) = (900.0, 34.0, 320.0);
-    let h = 60.0 + row * groups.len() as f64;
-    let tmax = groups.iter().map(|g| g.1).fold(1.0, f64::max);
-    let amax = groups.iter().map(|g| g.2).fold(1.0, f64::max);
-    let half = (w - left - 40.0) / 2.0;
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{left}\" y=\"20\" font-weight=\"bold\">migration time (s, hatched = did not converge)</text>\n\
-         <text x=\"{}\" y=\"20\" font-weight=\"bold\">application goodput (Mbit/s)</text>\n",
-        left + half + 20.0
-    );
-    for (i, (label, t, a, conv)) in groups.iter().enumerate() {
-        let y = 40.0 + row * i as f64;
-        let tw = half * t / tmax;
-        let aw = half * a / amax;
-        s.push_str(&format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n\
-             <rect x=\"{left}\" y=\"{y}\" width=\"{tw:.1}\" height=\"20\" fill=\"{}\"/>\n\
-             <text x=\"{:.1}\" y=\"{}\">{t:.0}</text>\n\
-             <rect x=\"{}\" y=\"{y}\" width=\"{aw:.1}\" height=\"20\" fill=\"#2a9d8f\"/>\n\
-             <text x=\"{:.1}\" y=\"{}\">{a:.1}</text>\n",
-            left - 8.0,
-            y + 15.0,
-            label.replace('&', "&amp;").replace('<', "&lt;"),
-            if *conv { "#264653" } else { "#e76f51" },
-            left + tw + 4.0,
-            y + 15.0,
-            left + half + 20.0,
-            left + half + 24.0 + aw,
-            y + 15.0,
-        ));
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
-/// Writes the markdown, JSON and SVG reports into `dir`; returns their paths.
-pub fn write_reports(
-    dir: &Path,
-    stem: &str,
-    results: &[RunResult],
-) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    std::fs::create_dir_all(dir)?;
-    let md = dir.join(format!("{stem}.md"));
-    let json = dir.join(format!("{stem}.json"));
-    let svg_path = dir.join(format!("{stem}.svg"));
-    std::fs::write(&md, markdown(results))?;
-    std::fs::write(&json, serde_json::to_string_pretty(results)?)?;
-    std::fs::write(&svg_path, svg(results))?;
-    Ok(vec![md, json, svg_path])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn r(policy: &str, t: f64, conv: bool) -> RunResult {
-        RunResult {
-            scenario: "s".into(),
-            policy: policy.into(),
-            repetition: 0,
-            vm: "vm0".into(),
-            vms: 1,
-            converged: conv,
-            total_s: t,
-            makespan_s: t,
-            downtime_ms: Some(100.0),
-            iterations: Some(5),
-            transferred_bytes: 1,
-            app_mbit: 9.5,
-            app_asked_mbit: 10.0,
-            prediction_mape: None,
-            prediction_n: 0,
-            steps: vec![],
+    fn second(app: f64, target: Option<f64>) -> Second {
+        Second {
+            t_s: 0.0,
+            app_mbit: app,
+            migration_mbit: 0.0,
+            target_mbit: target,
+            throttle_pct: 0,
+            postcopy: false,
         }
     }
 
     #[test]
-    fn spread_and_table() {
+    fn spread_of_values() {
         assert_eq!(spread(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
         assert_eq!(spread(&[4.0, 1.0]), Some((2.5, 1.0, 4.0)));
         assert_eq!(spread(&[]), None);
-        let t = markdown(&[
-            r("default", 100.0, true),
-            r("default", 120.0, false),
-            r("nrac", 60.0, true),
-        ]);
+    }
+
+    #[test]
+    fn sla_is_the_fifth_percentile_of_scored_seconds() {
+        // 20 scored seconds at 10 of 10, one at 5 of 10, and unscored ones.
+        let mut t: Vec<Second> = (0..19).map(|_| second(10.0, Some(10.0))).collect();
+        t.push(second(5.0, Some(10.0)));
+        t.push(second(0.0, None));
+        let s = sla(&t);
+        assert_eq!((s.p5, s.seconds, s.below_95), (Some(0.5), 20, 1));
+        // 40 seconds: the 5th percentile is the 2nd lowest.
+        let mut t: Vec<Second> = (0..38).map(|_| second(10.0, Some(10.0))).collect();
+        t.push(second(2.0, Some(10.0)));
+        t.push(second(9.0, Some(10.0)));
+        assert_eq!(sla(&t).p5, Some(0.9));
+        assert_eq!(sla(&[second(3.0, None)]).p5, None);
+    }
+
+    #[test]
+    fn refused_steps_are_not_counted_as_taken() {
+        let log = "\
+2026-11-30T07:00:01Z  INFO vmbw::daemon::tick: adamig escalation vm=vm0 step=\"more-share\"
+2026-11-30T07:00:02Z  INFO vmbw::daemon::tick: adamig escalation vm=vm0 step=\"auto-converge\"
+2026-11-30T07:00:02Z  WARN vm{vm=vm0}: vmbw::daemon::vm: QEMU parameter not applied param=\"auto-converge\" reason=There's a migration process in progress source=\"qmp\"
+2026-11-30T07:00:03Z  INFO vmbw::daemon::tick: adamig escalation vm=vm10 step=\"downtime-limit\"
+";
+        let (taken, refused) = steps_taken(log, "vm0", &[(30.0, "post-copy".into())]);
+        assert_eq!(taken, ["more-share", "post-copy"]);
+        assert_eq!(refused.len(), 1, "{refused:?}");
         assert!(
-            t.contains("| s | default | 2 | 1/2 | 110.0 (100.0–120.0) | 110.0 (100.0–120.0) |"),
-            "{t}"
+            refused[0].starts_with("auto-converge: There"),
+            "{refused:?}"
         );
-        assert!(t.contains("| s | nrac | 1 | 1/1 | 60.0 |"), "{t}");
-        // Repetitions interleave policies; each policy is still one row.
-        let t = markdown(&[
-            r("default", 100.0, true),
-            r("nrac", 60.0, true),
-            r("default", 120.0, true),
-            r("nrac", 70.0, true),
-        ]);
-        assert_eq!(t.matches("| s | default |").count(), 1, "{t}");
-        assert_eq!(t.matches("| s | nrac | 2 | 2/2 | 65.0").count(), 1, "{t}");
-        // Concurrent VMs get a row each.
-        let mut a = r("nrac", 60.0, true);
-        let mut b = r("nrac", 80.0, true);
-        (a.vms, b.vms, b.vm) = (2, 2, "vm1".into());
-        (a.makespan_s, b.makespan_s) = (80.0, 80.0);
-        let t = markdown(&[a, b]);
-        assert!(
-            t.contains("| s · vm0 | nrac | 1 | 1/1 | 60.0 | 80.0 |"),
-            "{t}"
-        );
-        assert!(
-            t.contains("| s · vm1 | nrac | 1 | 1/1 | 80.0 | 80.0 |"),
-            "{t}"
-        );
-        let s = svg(&[r("default", 100.0, true), r("nrac", 60.0, true)]);
-        assert!(s.starts_with("<svg") && s.contains("s / nrac"));
+        let (taken, _) = steps_taken(log, "vm1", &[]);
+        assert!(taken.is_empty(), "vm10's step is not vm1's: {taken:?}");
     }
 }

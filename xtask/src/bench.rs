@@ -34,7 +34,11 @@ const BENCHES: &[(&str, &str)] = &[
     ),
     (
         "migration",
-        "real QEMU migrations per scenario x policy x repetition (tests/scenarios); root, long",
+        "real QEMU migrations per scenario x policy x repetition (tests/scenarios); one report per scenario in docs/bench; root, long",
+    ),
+    (
+        "report",
+        "rebuilds docs/bench/README.md, the index of the per-scenario migration reports",
     ),
     (
         "plan",
@@ -46,6 +50,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     match args.name.as_str() {
         "plan" => crate::bench_plan::run(&args.rest),
         "migration" => crate::migration::bench(&args.rest),
+        "report" => crate::migration::report(&args.rest),
         name if BENCHES.iter().any(|(n, _)| *n == name) => util::run(
             Command::new(env!("CARGO"))
                 .current_dir(util::workspace_root())

@@ -1,17 +1,26 @@
 //! `vmbw-testbed`: real QEMU migrations on the test-made testbed, per
-//! scenario x policy x repetition, with the agent on the source host.
-//! `cargo xtask demo` and `cargo xtask bench migration` run it. Needs root.
+//! scenario x policy x repetition, with the agent on the source host, and
+//! the per-scenario reports built from them. `cargo xtask demo` and
+//! `cargo xtask bench migration|report` run it. `run` needs root.
 
-use std::path::PathBuf;
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use vmbw_tests::{guest::Guest, runner, scenario::Scenario};
+use vmbw_tests::{
+    guest::Guest,
+    report::{self, ScenarioReport, fmt_spread},
+    runner,
+    scenario::Scenario,
+};
 
 #[derive(Parser)]
 #[command(
     name = "vmbw-testbed",
-    about = "Real QEMU migrations on a test-made testbed, agent on and off"
+    about = "Real QEMU migrations on a test-made testbed: vmbw against stock QEMU and the policies operators run today"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -20,12 +29,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run scenarios; reports (markdown, JSON, SVG) go to --out.
+    /// Run scenarios (every policy x repetition of each); one report per
+    /// scenario (markdown, JSON, SVG scatter, SVG timeline) goes to --out.
     Run {
         /// Scenario files (TOML); repeatable.
         #[arg(long = "scenario", required = true)]
         scenarios: Vec<PathBuf>,
-        /// Override the scenarios' policies; repeatable.
+        /// Run only these policies instead of the scenarios' own; repeatable.
         #[arg(long = "policy")]
         policies: Vec<String>,
         /// Override the scenarios' repetitions.
@@ -34,54 +44,95 @@ enum Cmd {
         /// Report directory.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
-        /// Report file stem.
-        #[arg(long, default_value = "migration")]
-        name: String,
+    },
+    /// Rebuild the index page (README.md) of a report directory from its
+    /// JSON files, listing the scenarios not run yet.
+    Report {
+        #[arg(long, default_value = "docs/bench")]
+        dir: PathBuf,
+        /// Where the scenario files are.
+        #[arg(long, default_value = "tests/scenarios")]
+        scenarios: PathBuf,
     },
 }
 
 fn main() -> anyhow::Result<()> {
-    let Cmd::Run {
-        scenarios,
-        policies,
-        repetitions,
-        out,
-        name,
-    } = Cli::parse().cmd;
+    match Cli::parse().cmd {
+        Cmd::Run {
+            scenarios,
+            policies,
+            repetitions,
+            out,
+        } => run(&scenarios, &policies, repetitions, &out),
+        Cmd::Report { dir, scenarios } => index(&dir, &scenarios),
+    }
+}
+
+/// Seconds a run takes at most: booting its guests (TCG, about 30 s each
+/// here), the migration up to the timeout, the agent's start and the
+/// teardown.
+fn worst_case_s(sc: &Scenario) -> f64 {
+    sc.timeout_s + 30.0 * sc.vm.len() as f64 + 20.0
+}
+
+fn run(
+    paths: &[PathBuf],
+    policies: &[String],
+    repetitions: Option<u32>,
+    out: &Path,
+) -> anyhow::Result<()> {
     vmbw_tests::privileged().map_err(|why| anyhow::anyhow!("vmbw-testbed {why}"))?;
     vmbw_tests::guest::available().map_err(|why| anyhow::anyhow!("no test guest: {why}"))?;
     runner::catch_interrupt();
     let mut loaded = Vec::new();
-    for path in &scenarios {
+    for path in paths {
         let mut s = Scenario::load(path)?;
         if !policies.is_empty() {
-            s.policies = policies.clone();
+            s.policies = policies.to_vec();
         }
         if let Some(r) = repetitions {
             s.repetitions = r;
         }
         s.check().with_context(|| format!("{}", path.display()))?;
-        loaded.push(s);
+        loaded.push((path.clone(), s));
     }
-    eprintln!("building the test guest (cached) ...");
-    let guest = Guest::build()?;
     let total: u32 = loaded
         .iter()
-        .map(|s| s.policies.len() as u32 * s.repetitions)
+        .map(|(_, s)| s.policies.len() as u32 * s.repetitions)
         .sum();
-    let mut results = Vec::new();
+    let worst: f64 = loaded
+        .iter()
+        .map(|(_, s)| (s.policies.len() as u32 * s.repetitions) as f64 * worst_case_s(s))
+        .sum();
+    eprintln!(
+        "{total} runs in {} scenario(s); at most {:.0} min (each run: guest boot, the migration up to its timeout, teardown)",
+        loaded.len(),
+        worst / 60.0
+    );
+    eprintln!("building the test guest (cached) ...");
+    let guest = Guest::build()?;
+    let began = Instant::now();
     let mut n = 0;
-    for sc in &loaded {
+    let mut summary = Vec::new();
+    for (path, sc) in &loaded {
+        let mut results = Vec::new();
+        // Repetitions outermost: each policy's runs are spread over the
+        // whole scenario's time, so a slow spell of the machine does not
+        // fall on one policy only.
         for rep in 1..=sc.repetitions {
             for policy in &sc.policies {
                 n += 1;
-                eprintln!("[{n}/{total}] {} | {policy} | repetition {rep}", sc.name);
-                let started = std::time::Instant::now();
+                eprintln!(
+                    "[{n}/{total}, {:.0} min elapsed] {} | {policy} | repetition {rep}",
+                    began.elapsed().as_secs_f64() / 60.0,
+                    sc.name
+                );
+                let started = Instant::now();
                 match runner::run_one(&guest, sc, policy, rep, &out.join("logs")) {
                     Ok(rs) => {
                         for r in rs {
                             eprintln!(
-                                "    -> {}{} in {:.1} s (downtime {} ms, {} iterations), application {:.2} of {:.1} Mbit/s{} [{:.0} s wall]",
+                                "    -> {}{} in {:.1} s (downtime {} ms, {} iterations), application {:.2} Mbit/s ({}), SLA p5 {}{}{} [{:.0} s wall]",
                                 if r.vms > 1 {
                                     format!("{}: ", r.vm)
                                 } else {
@@ -96,10 +147,18 @@ fn main() -> anyhow::Result<()> {
                                 r.downtime_ms.map_or("-".into(), |d| format!("{d:.0}")),
                                 r.iterations.map_or("-".into(), |i| i.to_string()),
                                 r.app_mbit,
-                                r.app_asked_mbit,
-                                r.prediction_mape.map_or(String::new(), |m| format!(
-                                    ", prediction MAPE {m:.1}%"
-                                )),
+                                r.app,
+                                r.sla_p5.map_or("-".into(), |p| format!("{p:.2}")),
+                                if r.steps.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(", steps {}", r.steps.join(","))
+                                },
+                                if r.refused.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(", refused {}", r.refused.join("; "))
+                                },
                                 started.elapsed().as_secs_f64()
                             );
                             results.push(r);
@@ -110,18 +169,75 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        if results.is_empty() {
+            eprintln!("no run of {} succeeded: no report", sc.name);
+            continue;
+        }
+        let rep = ScenarioReport::new(sc, path, results);
+        for f in report::write(out, &rep)? {
+            println!("wrote {}", f.display());
+        }
+        println!("{}", report::markdown(&rep));
+        for s in rep.summary() {
+            summary.push(serde_json::json!({
+                "scenario": rep.scenario,
+                "policy": s.policy,
+                "family": s.family,
+                "runs": s.runs,
+                "converged": s.converged,
+                "time_s": s.time_s.map(|t| t.0),
+                "sla_p5": s.sla_p5.map(|t| t.0),
+                "downtime_ms": s.downtime_ms.map(|t| t.0),
+            }));
+            eprintln!(
+                "  {} | {}: {}/{} converged, {} s, SLA p5 {}",
+                rep.scenario,
+                s.policy,
+                s.converged,
+                s.runs,
+                fmt_spread(s.time_s, 1),
+                fmt_spread(s.sla_p5, 2)
+            );
+        }
     }
-    if results.is_empty() {
+    if summary.is_empty() {
         bail!("no run succeeded");
-    }
-    let files = runner::write_reports(&out, &name, &results)?;
-    println!("{}", runner::markdown(&results));
-    for f in &files {
-        println!("wrote {}", f.display());
     }
     println!(
         "{}",
-        serde_json::json!({"bench": "migration", "runs": results.len(), "planned": total, "results": results})
+        serde_json::json!({"bench": "migration", "planned": total, "summary": summary})
+    );
+    Ok(())
+}
+
+fn index(dir: &Path, scenario_dir: &Path) -> anyhow::Result<()> {
+    let reports = report::load_all(dir)?;
+    let mut scenarios = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(scenario_dir)
+        .with_context(|| format!("reading {}", scenario_dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    for f in files {
+        scenarios.push((f.clone(), Scenario::load(&f)?));
+    }
+    let page = dir.join("README.md");
+    std::fs::write(&page, report::index(&reports, &scenarios))
+        .with_context(|| format!("writing {}", page.display()))?;
+    println!(
+        "wrote {} ({} scenario reports, {} scenarios not run yet)",
+        page.display(),
+        reports.len(),
+        scenarios
+            .iter()
+            .filter(|(_, s)| !reports.iter().any(|r| r.scenario == s.name))
+            .count()
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "report", "reports": reports.len(), "scenarios": scenarios.len()})
     );
     Ok(())
 }

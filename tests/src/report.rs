@@ -1,0 +1,679 @@
+//! The migration benchmark's reports: one per scenario
+//! (`docs/bench/<scenario>.{md,json,svg}` and a per-second timeline
+//! `<scenario>-timeline.svg`), each stamped with the commit, date and QEMU
+//! it ran on, and an index (`docs/bench/README.md`) rebuilt from the JSON
+//! files alone, so the set can be filled scenario by scenario.
+//!
+//! Every figure is a median with min–max over the repetitions. A run of
+//! several VMs counts as converged when all converged; its time is the
+//! makespan and its SLA figure the worst VM's.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    policy::Family,
+    runner::{RunResult, slug, spread},
+    scenario::Scenario,
+};
+
+/// Where and on what a report was made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stamp {
+    pub commit: String,
+    pub date: String,
+    pub qemu: String,
+    pub kernel: String,
+}
+
+impl Stamp {
+    /// The checkout's commit (`+dirty` when it has uncommitted changes), the
+    /// UTC date, and the QEMU and kernel versions.
+    pub fn now() -> Stamp {
+        let out = |cmd: &str, args: &[&str]| {
+            std::process::Command::new(cmd)
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_else(|| "unknown".into())
+        };
+        let dirty = !out("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+        Stamp {
+            commit: format!(
+                "{}{}",
+                out("git", &["rev-parse", "--short=12", "HEAD"]),
+                if dirty { "+dirty" } else { "" }
+            ),
+            date: out("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+            qemu: out("qemu-system-x86_64", &["--version"])
+                .lines()
+                .next()
+                .unwrap_or("unknown")
+                .to_owned(),
+            kernel: out("uname", &["-r"]),
+        }
+    }
+}
+
+/// One scenario's report, as committed in JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioReport {
+    pub scenario: String,
+    pub file: String,
+    pub description: String,
+    pub link_mbit: f64,
+    pub repetitions: u32,
+    pub policies: Vec<String>,
+    /// RAM / (link − reservations): one pass over guest memory at what the
+    /// reservations leave; None on an unlimited link.
+    pub physical_floor_s: Option<f64>,
+    pub stamp: Stamp,
+    pub results: Vec<RunResult>,
+}
+
+impl ScenarioReport {
+    pub fn new(sc: &Scenario, file: &Path, results: Vec<RunResult>) -> ScenarioReport {
+        ScenarioReport {
+            scenario: sc.name.clone(),
+            file: file.display().to_string(),
+            description: sc.description.clone(),
+            link_mbit: sc.link_mbit,
+            repetitions: sc.repetitions,
+            policies: sc.policies.clone(),
+            physical_floor_s: physical_floor_s(sc),
+            stamp: Stamp::now(),
+            results,
+        }
+    }
+
+    /// The per-run rows of a policy: (converged, time, worst SLA p5, worst
+    /// downtime ms) for each repetition.
+    fn runs(&self, policy: &str) -> Vec<Run> {
+        let mut by_rep: BTreeMap<u32, Vec<&RunResult>> = BTreeMap::new();
+        for r in self.results.iter().filter(|r| r.policy == policy) {
+            by_rep.entry(r.repetition).or_default().push(r);
+        }
+        by_rep
+            .into_values()
+            .map(|vms| Run {
+                converged: vms.iter().all(|r| r.converged),
+                time_s: if vms.len() > 1 {
+                    vms[0].makespan_s
+                } else {
+                    vms[0].total_s
+                },
+                sla_p5: vms.iter().filter_map(|r| r.sla_p5).min_by(f64::total_cmp),
+                downtime_ms: vms
+                    .iter()
+                    .filter_map(|r| r.downtime_ms)
+                    .max_by(f64::total_cmp),
+            })
+            .collect()
+    }
+
+    /// Policies in the order they ran.
+    fn policies_run(&self) -> Vec<(String, Family)> {
+        let mut seen: Vec<(String, Family)> = Vec::new();
+        for r in &self.results {
+            if !seen.iter().any(|(p, _)| *p == r.policy) {
+                seen.push((r.policy.clone(), r.family));
+            }
+        }
+        seen
+    }
+
+    /// One line per policy for the index: converged runs, time, SLA p5.
+    pub fn summary(&self) -> Vec<PolicySummary> {
+        self.policies_run()
+            .into_iter()
+            .map(|(policy, family)| {
+                let runs = self.runs(&policy);
+                PolicySummary {
+                    converged: runs.iter().filter(|r| r.converged).count(),
+                    runs: runs.len(),
+                    time_s: spread(&runs.iter().map(|r| r.time_s).collect::<Vec<_>>()),
+                    sla_p5: spread(&runs.iter().filter_map(|r| r.sla_p5).collect::<Vec<_>>()),
+                    downtime_ms: spread(
+                        &runs
+                            .iter()
+                            .filter_map(|r| r.downtime_ms)
+                            .collect::<Vec<_>>(),
+                    ),
+                    policy,
+                    family,
+                }
+            })
+            .collect()
+    }
+}
+
+struct Run {
+    converged: bool,
+    time_s: f64,
+    sla_p5: Option<f64>,
+    downtime_ms: Option<f64>,
+}
+
+/// One policy's figures over its repetitions.
+#[derive(Debug, Clone)]
+pub struct PolicySummary {
+    pub policy: String,
+    pub family: Family,
+    pub runs: usize,
+    pub converged: usize,
+    pub time_s: Option<(f64, f64, f64)>,
+    pub sla_p5: Option<(f64, f64, f64)>,
+    pub downtime_ms: Option<(f64, f64, f64)>,
+}
+
+/// RAM / (link − reservations), seconds.
+pub fn physical_floor_s(sc: &Scenario) -> Option<f64> {
+    let reserved: f64 = sc.vm.iter().map(|v| v.reserve_mbit).sum();
+    let free = sc.link_mbit - reserved;
+    let ram_bits: f64 = sc
+        .vm
+        .iter()
+        .map(|v| v.memory_mb as f64 * 1024.0 * 1024.0 * 8.0)
+        .sum();
+    (sc.link_mbit > 0.0 && free > 0.0).then(|| ram_bits / (free * 1e6))
+}
+
+/// `median (min–max)`, or the median alone when they agree.
+pub fn fmt_spread(s: Option<(f64, f64, f64)>, digits: usize) -> String {
+    match s {
+        Some((m, lo, hi)) if (hi - lo).abs() > 1e-9 => {
+            format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
+        }
+        Some((m, _, _)) => format!("{m:.digits$}"),
+        None => "–".into(),
+    }
+}
+
+/// The scenario's markdown page.
+pub fn markdown(rep: &ScenarioReport) -> String {
+    let stem = slug(&rep.scenario);
+    let mut out = format!(
+        "# {}\n\n{}\n\n- scenario file: `{}`; link {} Mbit/s; {} repetitions per policy\n\
+         - ran at commit `{}` on {}; {}; kernel {}\n",
+        rep.scenario,
+        rep.description,
+        rep.file,
+        rep.link_mbit,
+        rep.repetitions,
+        rep.stamp.commit,
+        rep.stamp.date,
+        rep.stamp.qemu,
+        rep.stamp.kernel,
+    );
+    if let Some(f) = rep.physical_floor_s {
+        out.push_str(&format!(
+            "- physical floor RAM / (link − reservation): {f:.1} s\n"
+        ));
+    }
+    out.push_str(&format!(
+        "\n![migration time against SLA p5]({stem}.svg)\n\n\
+         Medians, (min–max) over the repetitions. SLA p5: the 5th percentile, over the \
+         migration's seconds, of the application's goodput divided by min(demand, reservation). \
+         A run of several VMs counts as converged when all did; its time is the makespan.\n\n\
+         | policy | family | converged | time s | SLA p5 | downtime ms |\n|---|---|---|---|---|---|\n"
+    ));
+    for s in rep.summary() {
+        out.push_str(&format!(
+            "| {} | {} | {}/{} | {} | {} | {} |\n",
+            s.policy,
+            family_name(s.family),
+            s.converged,
+            s.runs,
+            fmt_spread(s.time_s, 1),
+            fmt_spread(s.sla_p5, 2),
+            fmt_spread(s.downtime_ms, 0),
+        ));
+    }
+    out.push_str(
+        "\n## Per VM\n\n\
+         | VM | policy | converged | total s | downtime ms | iterations | MB sent | app Mbit/s (asked, reserved) | SLA p5 | s below 95% | throttled s | post-copy s | prediction MAPE % |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in &rep.results {
+        let k = (r.vm.clone(), r.policy.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    for (vm, policy) in keys {
+        let rs: Vec<&RunResult> = rep
+            .results
+            .iter()
+            .filter(|r| r.vm == vm && r.policy == policy)
+            .collect();
+        let col = |f: &dyn Fn(&RunResult) -> Option<f64>| {
+            spread(&rs.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
+        };
+        let first = rs[0];
+        out.push_str(&format!(
+            "| {vm} | {policy} | {}/{} | {} | {} | {} | {} | {} ({}, {}) | {} | {} | {} | {} | {} |\n",
+            rs.iter().filter(|r| r.converged).count(),
+            rs.len(),
+            fmt_spread(col(&|r| Some(r.total_s)), 1),
+            fmt_spread(col(&|r| r.downtime_ms), 0),
+            fmt_spread(col(&|r| r.iterations.map(|i| i as f64)), 0),
+            fmt_spread(col(&|r| Some(r.transferred_bytes as f64 / 1e6)), 0),
+            fmt_spread(col(&|r| Some(r.app_mbit)), 2),
+            first.app,
+            if first.reserve_mbit > 0.0 {
+                format!("{}", first.reserve_mbit)
+            } else {
+                "none".into()
+            },
+            fmt_spread(col(&|r| r.sla_p5), 2),
+            fmt_spread(col(&|r| Some(r.below_95_s as f64)), 0),
+            fmt_spread(col(&|r| Some(r.throttled_s)), 1),
+            fmt_spread(col(&|r| Some(r.postcopy_s)), 1),
+            fmt_spread(col(&|r| r.prediction_mape), 1),
+        ));
+    }
+    out.push_str(&format!(
+        "\n## Escalations\n\nWhat each run's escalations did: steps QEMU accepted, and refusals as refusals.\n\n\
+         ![per-second timeline]({stem}-timeline.svg)\n\n"
+    ));
+    for r in &rep.results {
+        if r.steps.is_empty() && r.refused.is_empty() {
+            continue;
+        }
+        out.push_str(&format!(
+            "- {} {} #{}: taken [{}]{}\n",
+            r.vm,
+            r.policy,
+            r.repetition,
+            r.steps.join(", "),
+            if r.refused.is_empty() {
+                String::new()
+            } else {
+                format!("; refused [{}]", r.refused.join("; "))
+            }
+        ));
+    }
+    out
+}
+
+fn family_name(f: Family) -> &'static str {
+    match f {
+        Family::Stock => "stock QEMU",
+        Family::Peer => "peer",
+        Family::Vmbw => "vmbw",
+    }
+}
+
+fn family_colour(f: Family, i: usize) -> RGBColor {
+    const PEERS: [RGBColor; 4] = [
+        RGBColor(31, 119, 180),
+        RGBColor(23, 190, 207),
+        RGBColor(148, 103, 189),
+        RGBColor(44, 160, 44),
+    ];
+    const VMBW: [RGBColor; 3] = [
+        RGBColor(214, 39, 40),
+        RGBColor(255, 127, 14),
+        RGBColor(140, 86, 75),
+    ];
+    match f {
+        Family::Stock => RGBColor(90, 90, 90),
+        Family::Peer => PEERS[i % PEERS.len()],
+        Family::Vmbw => VMBW[i % VMBW.len()],
+    }
+}
+
+/// Scatter of migration time (x) against SLA p5 (y), one point per policy
+/// (median, with min–max whiskers); hollow when not every run converged.
+/// Better is up and to the left.
+pub fn scatter_svg(rep: &ScenarioReport) -> anyhow::Result<String> {
+    let sums = rep.summary();
+    let x_max = sums
+        .iter()
+        .filter_map(|s| s.time_s.map(|t| t.2))
+        .chain(rep.physical_floor_s)
+        .fold(10.0_f64, f64::max)
+        * 1.15;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (960, 560)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!(
+                    "{}: migration time against the application's SLA",
+                    rep.scenario
+                ),
+                ("sans-serif", 20),
+            )
+            .margin(20)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..x_max, 0.0..1.15)?;
+        chart
+            .configure_mesh()
+            .x_desc("migration time, s (runs of several VMs: makespan)")
+            .y_desc("SLA p5: goodput / min(demand, reservation)")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.2}"))
+            .draw()?;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(0.0, 0.95), (x_max, 0.95)],
+            RGBColor(160, 160, 160).stroke_width(1),
+        )))?;
+        chart.draw_series(std::iter::once(Text::new(
+            "SLA p5 0.95",
+            (x_max * 0.82, 0.965),
+            ("sans-serif", 13)
+                .into_font()
+                .color(&RGBColor(110, 110, 110)),
+        )))?;
+        if let Some(f) = rep.physical_floor_s {
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(f, 0.0), (f, 1.15)],
+                RGBColor(160, 160, 160).stroke_width(1),
+            )))?;
+            chart.draw_series(std::iter::once(Text::new(
+                format!("floor {f:.0} s"),
+                (f + x_max * 0.005, 0.04),
+                ("sans-serif", 13)
+                    .into_font()
+                    .color(&RGBColor(110, 110, 110)),
+            )))?;
+        }
+        let (mut peer_i, mut vmbw_i) = (0, 0);
+        for (i, s) in sums.iter().enumerate() {
+            let colour = match s.family {
+                Family::Peer => {
+                    peer_i += 1;
+                    family_colour(s.family, peer_i - 1)
+                }
+                Family::Vmbw => {
+                    vmbw_i += 1;
+                    family_colour(s.family, vmbw_i - 1)
+                }
+                Family::Stock => family_colour(s.family, 0),
+            };
+            let Some((t, t_lo, t_hi)) = s.time_s else {
+                continue;
+            };
+            // No SLA (no application): plot on the top edge, say so.
+            let (y, y_lo, y_hi) = s.sla_p5.unwrap_or((1.1, 1.1, 1.1));
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(t_lo, y), (t_hi, y)],
+                colour.stroke_width(2),
+            )))?;
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(t, y_lo), (t, y_hi)],
+                colour.stroke_width(2),
+            )))?;
+            let all = s.converged == s.runs;
+            let style = if all {
+                colour.filled()
+            } else {
+                colour.stroke_width(2)
+            };
+            chart.draw_series(std::iter::once(Circle::new((t, y), 7, style)))?;
+            let label = format!(
+                "{} ({}/{}{})",
+                s.policy,
+                s.converged,
+                s.runs,
+                if s.sla_p5.is_none() { ", no app" } else { "" }
+            );
+            // Stagger labels so that neighbours do not overwrite each other.
+            let dy = [0.035, -0.045, 0.075, -0.085][i % 4];
+            chart.draw_series(std::iter::once(Text::new(
+                label,
+                (t + x_max * 0.012, y + dy),
+                ("sans-serif", 14).into_font().color(&colour),
+            )))?;
+        }
+        root.draw(&Text::new(
+            "filled: converged in every run; hollow: not; better is up and to the left",
+            (90, 538),
+            ("sans-serif", 13).into_font().color(&RGBColor(90, 90, 90)),
+        ))?;
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+/// Per-second timeline of the first repetition of each policy (the first
+/// VM with an application, else vm0): application goodput, migration
+/// throughput, the reservation, shaded post-copy (violet) and throttled
+/// (yellow) seconds, and the runner's events.
+pub fn timeline_svg(rep: &ScenarioReport) -> anyhow::Result<String> {
+    let policies = rep.policies_run();
+    let runs: Vec<&RunResult> = policies
+        .iter()
+        .filter_map(|(p, _)| {
+            let first_rep = rep
+                .results
+                .iter()
+                .filter(|r| &r.policy == p)
+                .map(|r| r.repetition)
+                .min()?;
+            let of_rep = || {
+                rep.results
+                    .iter()
+                    .filter(move |r| &r.policy == p && r.repetition == first_rep)
+            };
+            of_rep()
+                .find(|r| r.app_asked_mbit != Some(0.0))
+                .or_else(|| of_rep().next())
+        })
+        .collect();
+    let panel_h = 190;
+    let height = (panel_h * runs.len().max(1) + 50) as u32;
+    let t_max = runs
+        .iter()
+        .filter_map(|r| r.timeline.last().map(|s| s.t_s + 1.0))
+        .fold(10.0, f64::max);
+    let y_max = runs
+        .iter()
+        .flat_map(|r| r.timeline.iter())
+        .map(|s| s.app_mbit.max(s.migration_mbit))
+        .chain(std::iter::once(rep.link_mbit))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (960, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (title, body) = root.split_vertically(40);
+        title.draw(&Text::new(
+            format!(
+                "{}: per second, first repetition — application (blue), migration (orange), reservation (dashed)",
+                rep.scenario
+            ),
+            (10, 12),
+            ("sans-serif", 15).into_font(),
+        ))?;
+        let panels = body.split_evenly((runs.len().max(1), 1));
+        for (panel, r) in panels.iter().zip(&runs) {
+            let mut chart = ChartBuilder::on(panel)
+                .caption(
+                    format!(
+                        "{} ({}{})",
+                        r.policy,
+                        r.vm,
+                        if r.converged {
+                            ""
+                        } else {
+                            ", did not converge"
+                        }
+                    ),
+                    ("sans-serif", 14),
+                )
+                .margin(8)
+                .x_label_area_size(28)
+                .y_label_area_size(55)
+                .build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .y_desc("Mbit/s")
+                .x_label_formatter(&|x| format!("{x:.0} s"))
+                .draw()?;
+            let shade = |pred: &dyn Fn(&crate::runner::Second) -> bool, c: RGBColor| {
+                r.timeline
+                    .iter()
+                    .filter(|s| pred(s))
+                    .map(move |s| Rectangle::new([(s.t_s, 0.0), (s.t_s + 1.0, y_max)], c.filled()))
+                    .collect::<Vec<_>>()
+            };
+            chart.draw_series(shade(&|s| s.postcopy, RGBColor(225, 210, 245)))?;
+            chart.draw_series(shade(&|s| s.throttle_pct > 0, RGBColor(255, 243, 190)))?;
+            chart.draw_series(LineSeries::new(
+                r.timeline.iter().map(|s| (s.t_s + 0.5, s.migration_mbit)),
+                RGBColor(255, 127, 14).stroke_width(2),
+            ))?;
+            chart.draw_series(LineSeries::new(
+                r.timeline.iter().map(|s| (s.t_s + 0.5, s.app_mbit)),
+                RGBColor(31, 119, 180).stroke_width(2),
+            ))?;
+            if r.reserve_mbit > 0.0 {
+                chart.draw_series(DashedLineSeries::new(
+                    vec![(0.0, r.reserve_mbit), (t_max, r.reserve_mbit)],
+                    6,
+                    4,
+                    RGBColor(40, 40, 40).stroke_width(1),
+                ))?;
+            }
+            for (k, (t, what)) in r.events.iter().enumerate().take(8) {
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![(*t, 0.0), (*t, y_max)],
+                    RGBColor(120, 120, 120).stroke_width(1),
+                )))?;
+                let text: String = what.chars().take(40).collect();
+                // Labels near the right edge go left of their line.
+                let x = if *t > t_max * 0.8 {
+                    *t - t_max * (0.006 * text.len() as f64 + 0.005)
+                } else {
+                    *t + t_max * 0.005
+                };
+                chart.draw_series(std::iter::once(Text::new(
+                    text,
+                    (x, y_max * (0.95 - 0.1 * (k % 4) as f64)),
+                    ("sans-serif", 11).into_font().color(&RGBColor(80, 80, 80)),
+                )))?;
+            }
+        }
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+/// Writes `<dir>/<scenario>.{md,json,svg}` and `<scenario>-timeline.svg`.
+pub fn write(dir: &Path, rep: &ScenarioReport) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let stem = slug(&rep.scenario);
+    let files = [
+        (
+            dir.join(format!("{stem}.json")),
+            serde_json::to_string_pretty(rep)? + "\n",
+        ),
+        (dir.join(format!("{stem}.md")), markdown(rep)),
+        (dir.join(format!("{stem}.svg")), scatter_svg(rep)?),
+        (dir.join(format!("{stem}-timeline.svg")), timeline_svg(rep)?),
+    ];
+    let mut written = Vec::new();
+    for (path, text) in files {
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Reads every scenario report (`*.json`) in `dir`.
+pub fn load_all(dir: &Path) -> anyhow::Result<Vec<ScenarioReport>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a scenario report", f.display()))
+        })
+        .collect()
+}
+
+/// The index page: one row per scenario and policy, from the reports alone,
+/// plus the scenarios not yet run.
+pub fn index(reports: &[ScenarioReport], scenarios: &[(PathBuf, Scenario)]) -> String {
+    let mut out = String::from(
+        "# Migration benchmark: per-scenario reports\n\n\
+         Generated by `cargo xtask bench report` from the JSON files beside it; each scenario \
+         is run by `cargo xtask bench migration --scenario tests/scenarios/FILE` and stamped with \
+         the commit and date it ran at. Medians, (min–max) over the repetitions. SLA p5: 5th \
+         percentile over the migration's seconds of application goodput / min(demand, \
+         reservation). Floor: RAM / (link − reservation).\n\n\
+         | scenario | ran at | floor s | policy | converged | time s | SLA p5 | downtime ms |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for rep in reports {
+        let stem = slug(&rep.scenario);
+        for (i, s) in rep.summary().iter().enumerate() {
+            let (name, at, floor) = if i == 0 {
+                (
+                    format!("[{}]({stem}.md)", rep.scenario),
+                    format!(
+                        "`{}` {}",
+                        rep.stamp.commit,
+                        rep.stamp.date.get(..10).unwrap_or("")
+                    ),
+                    rep.physical_floor_s
+                        .map_or("–".into(), |f| format!("{f:.0}")),
+                )
+            } else {
+                Default::default()
+            };
+            out.push_str(&format!(
+                "| {name} | {at} | {floor} | {} | {}/{} | {} | {} | {} |\n",
+                s.policy,
+                s.converged,
+                s.runs,
+                fmt_spread(s.time_s, 1),
+                fmt_spread(s.sla_p5, 2),
+                fmt_spread(s.downtime_ms, 0),
+            ));
+        }
+    }
+    let missing: Vec<String> = scenarios
+        .iter()
+        .filter(|(_, sc)| !reports.iter().any(|r| r.scenario == sc.name))
+        .map(|(p, sc)| {
+            format!(
+                "- `{}` ({}): {} policies × {} repetitions",
+                p.display(),
+                sc.name,
+                sc.policies.len(),
+                sc.repetitions
+            )
+        })
+        .collect();
+    if !missing.is_empty() {
+        out.push_str("\n## Not run yet\n\n");
+        out.push_str(&missing.join("\n"));
+        out.push('\n');
+    }
+    out
+}
