@@ -42,6 +42,10 @@ pub const BUSYBOX: &str = "/bin/busybox";
 /// socket open): the moment a test may start migrating.
 pub const READY_MARKER: &str = "VMBW-WORKLOAD-READY";
 
+/// The start of the progress line the workload prints every
+/// `--report-secs`, in every mode: a guest that prints it runs.
+pub const PROGRESS_MARKER: &str = "vmbw-workload: t=";
+
 /// A bootable guest: kernel and initramfs.
 #[derive(Clone, Debug)]
 pub struct Guest {

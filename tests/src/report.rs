@@ -286,6 +286,20 @@ pub fn markdown(rep: &ScenarioReport) -> String {
         "\n## Escalations\n\nWhat each run's escalations did: steps QEMU accepted, and refusals as refusals.\n\n\
          ![per-second timeline]({stem}-timeline.svg)\n\n"
     ));
+    let dead: Vec<String> = rep
+        .results
+        .iter()
+        .filter(|r| r.guest_alive == Some(false))
+        .map(|r| format!("{} {} #{}", r.vm, r.policy, r.repetition))
+        .collect();
+    out.push_str(&if dead.is_empty() {
+        "Every completed migration left a guest that kept running its workload on the destination.\n\n".to_owned()
+    } else {
+        format!(
+            "**Completed migrations whose guest did not run its workload on the destination: {}.**\n\n",
+            dead.join(", ")
+        )
+    });
     for r in &rep.results {
         if r.steps.is_empty() && r.refused.is_empty() {
             continue;

@@ -63,6 +63,10 @@ pub struct RunResult {
     /// How many VMs migrated concurrently in this run.
     pub vms: usize,
     pub converged: bool,
+    /// After a completed migration: whether the guest still ran its
+    /// workload on the destination (None when it did not complete).
+    #[serde(default)]
+    pub guest_alive: Option<bool>,
     pub total_s: f64,
     /// From the first migration's start until the last one ended (every
     /// VM of the run has the same value).
@@ -182,7 +186,7 @@ pub fn run_one(
     }
     let sinks = tb.start_sinks()?;
     // Destinations wait (`-incoming defer`) until the runner has armed them.
-    let pairs =
+    let mut pairs =
         tb.boot_all_deferred(guest, &boots, Duration::from_secs(240 * sc.vm.len() as u64))?;
 
     let bpffs = BpffsMount::new()?;
@@ -371,6 +375,21 @@ pub fn run_one(
         }
     }
     let makespan = started.elapsed().as_secs_f64();
+    // A migration that completed must leave a guest that still runs its
+    // workload on the destination (it prints a line every second); a
+    // corrupted or crashed guest does not.
+    let mut alive = Vec::new();
+    for v in &vms {
+        alive.push(match &v.end {
+            Some((_, true, _)) => Some(
+                pairs[v.index]
+                    .1
+                    .wait_for_console(crate::guest::PROGRESS_MARKER, Duration::from_secs(10))
+                    .is_ok(),
+            ),
+            _ => None,
+        });
+    }
     let log = agent.log_text();
     let _ = agent.signal(libc::SIGTERM, Duration::from_secs(15));
     // Keep the agent's log of every run beside the reports.
@@ -379,7 +398,7 @@ pub fn run_one(
     let _ = std::fs::copy(&agent.log, log_dir.join(format!("{slug}.log")));
 
     let mut results = Vec::new();
-    for ((v, spec), sink) in vms.iter().zip(&sc.vm).zip(&sinks) {
+    for (((v, spec), sink), alive) in vms.iter().zip(&sc.vm).zip(&sinks).zip(alive) {
         let Some((info, converged, ended_s)) = &v.end else {
             unreachable!("the loop above ends every migration");
         };
@@ -414,6 +433,7 @@ pub fn run_one(
             vm: v.name.clone(),
             vms: sc.vm.len(),
             converged: *converged,
+            guest_alive: alive,
             total_s: if *converged {
                 info.total_time.map_or(*ended_s, |t| t as f64 / 1000.0)
             } else {
