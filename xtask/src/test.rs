@@ -4,8 +4,13 @@
 //!
 //! libtest's summaries are parsed and added up; tests that skipped
 //! themselves (missing root, BPF or a kernel feature) leave a marker in
-//! `$VMBW_SKIP_DIR` and are reported as skipped with their reason. The last
-//! line is `N passed, N failed, N skipped`.
+//! `$VMBW_SKIP_DIR` and are reported as skipped with their reason. Every
+//! test run is first listed (`-- --list`): a listed test that no summary
+//! accounts for (its binary crashed, or never ran) counts as failed, and
+//! the privileged tests `--unprivileged` leaves out count as skipped, so
+//! the tally always adds up to the list. Checks (fmt, clippy, the eBPF
+//! build) are reported on a line of their own. The last line is
+//! `N passed, N failed, N skipped`, tests only.
 
 use std::{
     fs,
@@ -23,9 +28,14 @@ pub struct Args {
     /// Do not run `cargo xtask setup` first.
     #[arg(long)]
     no_setup: bool,
-    /// Only the unprivileged part: checks and unit tests.
+    /// Only the unprivileged part: checks and unit tests (the privileged
+    /// tests are listed and counted as skipped).
     #[arg(long)]
     unprivileged: bool,
+    /// Fail when any test was skipped (CI runs as root with everything
+    /// installed, so a skip there means a missing install step).
+    #[arg(long)]
+    strict: bool,
 }
 
 #[derive(Default)]
@@ -33,6 +43,11 @@ struct Tally {
     passed: u64,
     failed: u64,
     ignored: u64,
+    /// Tests listed but accounted for by no summary.
+    not_run: u64,
+    /// Privileged tests left out by --unprivileged.
+    left_out: u64,
+    checks_passed: u64,
     failed_steps: Vec<String>,
 }
 
@@ -74,22 +89,30 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
 
     util::step("unit tests");
-    libtest(
-        &mut tally,
-        "unit tests",
-        cargo().args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "vmbw-tests",
-            "--exclude",
-            "vmbw-ebpf",
-        ]),
-    )?;
+    const UNIT: &[&str] = &[
+        "test",
+        "--no-fail-fast",
+        "--workspace",
+        "--exclude",
+        "vmbw-tests",
+        "--exclude",
+        "vmbw-ebpf",
+    ];
+    libtest(&mut tally, "unit tests", &mut cargo(), UNIT)?;
 
     let skip_dir = tempdir("vmbw-skips")?;
+    const PRIVILEGED: &[&str] = &["test", "--no-fail-fast", "--package", "vmbw-tests"];
     if args.unprivileged {
-        util::step("privileged integration tests: skipped (--unprivileged)");
+        util::step("privileged integration tests: left out (--unprivileged)");
+        match listed(&mut cargo(), PRIVILEGED) {
+            Some(n) => {
+                println!("    {n} privileged tests counted as skipped");
+                tally.left_out = n;
+            }
+            None => tally
+                .failed_steps
+                .push("privileged integration tests: could not list them".into()),
+        }
     } else {
         util::step("privileged integration tests (real kernel, test-made namespaces)");
         if !util::is_root() {
@@ -98,9 +121,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         libtest(
             &mut tally,
             "privileged integration tests",
-            cargo()
-                .args(["test", "--package", "vmbw-tests"])
-                .env("VMBW_SKIP_DIR", &skip_dir),
+            cargo().env("VMBW_SKIP_DIR", &skip_dir),
+            PRIVILEGED,
         )?;
     }
     let skipped = report_skips(&skip_dir)?;
@@ -108,36 +130,79 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     // A skipped test returned early, so libtest counted it as passed.
     let passed = tally.passed.saturating_sub(skipped);
-    let skipped = skipped + tally.ignored;
+    let skipped = skipped + tally.ignored + tally.left_out;
+    let failed = tally.failed + tally.not_run;
     for step in &tally.failed_steps {
         println!("FAILED: {step}");
     }
     println!(
-        "{passed} passed, {} failed, {skipped} skipped",
-        tally.failed
+        "checks: {} passed, {} failed (fmt, clippy, eBPF build)",
+        tally.checks_passed,
+        CHECKS - tally.checks_passed
     );
-    if tally.failed > 0 || !tally.failed_steps.is_empty() {
+    if tally.not_run > 0 {
+        println!(
+            "{} listed tests did not run (counted as failed)",
+            tally.not_run
+        );
+    }
+    println!("{passed} passed, {failed} failed, {skipped} skipped");
+    if failed > 0 || !tally.failed_steps.is_empty() {
         bail!("the test suite failed");
+    }
+    if args.strict && skipped > 0 {
+        bail!("--strict: {skipped} tests were skipped");
     }
     Ok(())
 }
 
-/// A check that is not a libtest run: passes or fails as one test.
+/// The checks run before the tests.
+const CHECKS: u64 = 3;
+
+/// A check that is not a libtest run; counted apart from the tests.
 fn check(tally: &mut Tally, name: &str, cmd: &mut Command) {
     util::step(name);
     match util::status(cmd) {
-        Ok(s) if s.success() => tally.passed += 1,
-        Ok(_) | Err(_) => {
-            tally.failed += 1;
-            tally.failed_steps.push(name.to_owned());
-        }
+        Ok(s) if s.success() => tally.checks_passed += 1,
+        Ok(_) | Err(_) => tally.failed_steps.push(name.to_owned()),
     }
 }
 
-/// Runs `cargo test ...`, echoing its output, and adds libtest's summaries
-/// to the tally. A run that fails without a failing test (e.g. it did not
-/// compile) is a failed step.
-fn libtest(tally: &mut Tally, name: &str, cmd: &mut Command) -> anyhow::Result<()> {
+/// How many tests `cargo <args> -- --list` lists, or None if listing
+/// failed (e.g. a test binary did not build).
+fn listed(cmd: &mut Command, args: &[&str]) -> Option<u64> {
+    let out = cmd
+        .args(args)
+        .args(["--", "--list", "--format", "terse"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| count_listed(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Lines `name: test` of libtest's terse list.
+fn count_listed(list: &str) -> u64 {
+    list.lines().filter(|l| l.ends_with(": test")).count() as u64
+}
+
+/// Lists the tests of `cargo <args>`, runs them echoing the output, and
+/// adds libtest's summaries to the tally. Listed tests that no summary
+/// accounts for count as not run; a run that fails without a failing test
+/// (e.g. it did not compile) is a failed step.
+fn libtest(tally: &mut Tally, name: &str, base: &mut Command, args: &[&str]) -> anyhow::Result<()> {
+    let mut list_cmd = Command::new(base.get_program());
+    if let Some(dir) = base.get_current_dir() {
+        list_cmd.current_dir(dir);
+    }
+    for (k, v) in base.get_envs() {
+        if let Some(v) = v {
+            list_cmd.env(k, v);
+        }
+    }
+    let expected = listed(&mut list_cmd, args);
+    let cmd = base.args(args);
     println!("    $ {}", util::display(cmd));
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -145,6 +210,7 @@ fn libtest(tally: &mut Tally, name: &str, cmd: &mut Command) -> anyhow::Result<(
         .with_context(|| format!("cannot start {}", util::display(cmd)))?;
     let stdout = child.stdout.take().context("no stdout pipe")?;
     let failed_before = tally.failed;
+    let counted_before = tally.passed + tally.failed + tally.ignored;
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
@@ -153,7 +219,18 @@ fn libtest(tally: &mut Tally, name: &str, cmd: &mut Command) -> anyhow::Result<(
         }
     }
     let status = child.wait()?;
-    if !status.success() && tally.failed == failed_before {
+    let counted = tally.passed + tally.failed + tally.ignored - counted_before;
+    match expected {
+        Some(n) if n > counted => {
+            println!("    {name}: {n} tests listed, {counted} accounted for");
+            tally.not_run += n - counted;
+        }
+        Some(_) => {}
+        None => tally
+            .failed_steps
+            .push(format!("{name}: the tests could not be listed")),
+    }
+    if !status.success() && tally.failed == failed_before && tally.not_run == 0 {
         tally
             .failed_steps
             .push(format!("{name}: cargo test exited with {status}"));
@@ -238,5 +315,13 @@ mod tests {
             "ok. 12 passed; 1 failed; 3 ignored; 0 measured; 2 filtered out; finished in 0.27s",
         );
         assert_eq!((t.passed, t.failed, t.ignored), (12, 1, 3));
+    }
+
+    #[test]
+    fn counts_only_tests_in_a_terse_list() {
+        let list =
+            "tests::a: test\ntests::b: test\nbench_x: benchmark\nsrc/lib.rs - f (line 3): test\n";
+        assert_eq!(count_listed(list), 3);
+        assert_eq!(count_listed(""), 0);
     }
 }
