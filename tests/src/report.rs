@@ -80,7 +80,14 @@ pub struct ScenarioReport {
 }
 
 impl ScenarioReport {
-    pub fn new(sc: &Scenario, file: &Path, results: Vec<RunResult>) -> ScenarioReport {
+    /// `stamp` is taken when the runs began: the checkout may move on
+    /// while they run.
+    pub fn new(
+        sc: &Scenario,
+        file: &Path,
+        stamp: Stamp,
+        results: Vec<RunResult>,
+    ) -> ScenarioReport {
         ScenarioReport {
             scenario: sc.name.clone(),
             file: file.display().to_string(),
@@ -89,7 +96,7 @@ impl ScenarioReport {
             repetitions: sc.repetitions,
             policies: sc.policies.clone(),
             physical_floor_s: physical_floor_s(sc),
-            stamp: Stamp::now(),
+            stamp,
             results,
         }
     }
@@ -592,12 +599,19 @@ pub fn timeline_svg(rep: &ScenarioReport) -> anyhow::Result<String> {
 /// Writes `<dir>/<scenario>.{md,json,svg}` and `<scenario>-timeline.svg`.
 pub fn write(dir: &Path, rep: &ScenarioReport) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json = dir.join(format!("{}.json", slug(&rep.scenario)));
+    std::fs::write(&json, serde_json::to_string_pretty(rep)? + "\n")
+        .with_context(|| format!("writing {}", json.display()))?;
+    let mut written = vec![json];
+    written.extend(render(dir, rep)?);
+    Ok(written)
+}
+
+/// Writes the pages made from a report (markdown, scatter, timeline), so
+/// that they can be made again from the committed JSON alone.
+pub fn render(dir: &Path, rep: &ScenarioReport) -> anyhow::Result<Vec<PathBuf>> {
     let stem = slug(&rep.scenario);
     let files = [
-        (
-            dir.join(format!("{stem}.json")),
-            serde_json::to_string_pretty(rep)? + "\n",
-        ),
         (dir.join(format!("{stem}.md")), markdown(rep)),
         (dir.join(format!("{stem}.svg")), scatter_svg(rep)?),
         (dir.join(format!("{stem}-timeline.svg")), timeline_svg(rep)?),

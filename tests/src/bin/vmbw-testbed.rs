@@ -45,8 +45,9 @@ enum Cmd {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
-    /// Rebuild the index page (README.md) of a report directory from its
-    /// JSON files, listing the scenarios not run yet.
+    /// Rebuild every scenario's pages (markdown, SVGs) and the index page
+    /// (README.md) of a report directory from its JSON files, listing the
+    /// scenarios not run yet.
     Report {
         #[arg(long, default_value = "docs/bench")]
         dir: PathBuf,
@@ -111,6 +112,13 @@ fn run(
     );
     eprintln!("building the test guest (cached) ...");
     let guest = Guest::build()?;
+    let stamp = report::Stamp::now();
+    if stamp.commit.ends_with("+dirty") {
+        eprintln!(
+            "note: the checkout has uncommitted changes; the reports will say {}",
+            stamp.commit
+        );
+    }
     let began = Instant::now();
     let mut n = 0;
     let mut summary = Vec::new();
@@ -173,7 +181,7 @@ fn run(
             eprintln!("no run of {} succeeded: no report", sc.name);
             continue;
         }
-        let rep = ScenarioReport::new(sc, path, results);
+        let rep = ScenarioReport::new(sc, path, stamp.clone(), results);
         for f in report::write(out, &rep)? {
             println!("wrote {}", f.display());
         }
@@ -212,6 +220,9 @@ fn run(
 
 fn index(dir: &Path, scenario_dir: &Path) -> anyhow::Result<()> {
     let reports = report::load_all(dir)?;
+    for rep in &reports {
+        report::render(dir, rep)?;
+    }
     let mut scenarios = Vec::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(scenario_dir)
         .with_context(|| format!("reading {}", scenario_dir.display()))?
