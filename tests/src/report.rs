@@ -624,15 +624,21 @@ pub fn render(dir: &Path, rep: &ScenarioReport) -> anyhow::Result<Vec<PathBuf>> 
     Ok(written)
 }
 
-/// Reads every scenario report (`*.json`) in `dir`.
-pub fn load_all(dir: &Path) -> anyhow::Result<Vec<ScenarioReport>> {
+/// The files in `dir` whose extension is `ext`, sorted by name.
+pub fn files_with_extension(dir: &Path, ext: &str) -> anyhow::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
         .collect();
     files.sort();
+    Ok(files)
+}
+
+/// Reads every scenario report (`*.json`) in `dir`.
+pub fn load_all(dir: &Path) -> anyhow::Result<Vec<ScenarioReport>> {
+    let files = files_with_extension(dir, "json")?;
     files
         .iter()
         .map(|f| {

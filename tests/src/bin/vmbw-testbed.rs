@@ -224,15 +224,9 @@ fn index(dir: &Path, scenario_dir: &Path) -> anyhow::Result<()> {
         report::render(dir, rep)?;
     }
     let mut scenarios = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(scenario_dir)
-        .with_context(|| format!("reading {}", scenario_dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
-    for f in files {
-        scenarios.push((f.clone(), Scenario::load(&f)?));
+    for f in report::files_with_extension(scenario_dir, "toml")? {
+        let sc = Scenario::load(&f)?;
+        scenarios.push((f, sc));
     }
     let page = dir.join("README.md");
     std::fs::write(&page, report::index(&reports, &scenarios))
