@@ -416,10 +416,18 @@ pub fn run_one(
         let ram = info.ram.as_ref();
         let app = spec.app()?;
         let end = started + Duration::from_secs_f64(*ended_s);
-        let timeline = timeline(&v.polls, sink, &app, spec.reserve_mbit, started, end);
+        let seconds = sink.per_second(started, end);
+        let timeline = timeline(
+            &v.polls,
+            &seconds,
+            sink.first_byte(),
+            &app,
+            spec.reserve_mbit,
+            started,
+        );
         let sla = sla(&timeline);
-        let app_bytes: u64 = sink.per_second(started, end).iter().map(|(_, b)| b).sum();
-        let scored_s = sink.per_second(started, end).len().max(1) as f64;
+        let app_bytes: u64 = seconds.iter().map(|(_, b)| b).sum();
+        let scored_s = seconds.len().max(1) as f64;
         let (steps, refused) = steps_taken(&log, &v.name, &v.events);
         let downtime_ms = converged
             .then_some(info.downtime)
@@ -527,11 +535,11 @@ async fn arm(
 /// edges), and what the application was owed in that second.
 fn timeline(
     polls: &[Poll],
-    sink: &crate::testbed::Sink,
+    seconds: &[(Instant, u64)],
+    first_byte: Option<Instant>,
     app: &App,
     reserve_mbit: f64,
     started: Instant,
-    end: Instant,
 ) -> Vec<Second> {
     let sent_at = |t: f64| -> f64 {
         let (Some(first), Some(last)) = (polls.first(), polls.last()) else {
@@ -547,14 +555,13 @@ fn timeline(
             None => last.transferred as f64,
         }
     };
-    let anchor = sink.first_byte();
-    sink.per_second(started, end)
-        .into_iter()
-        .map(|(at, bytes)| {
+    seconds
+        .iter()
+        .map(|&(at, bytes)| {
             let t_s = at.duration_since(started).as_secs_f64();
             let poll = polls.iter().rev().find(|p| p.t_s <= t_s + 1.0);
             // The application's phase is counted from its first byte.
-            let demand = anchor.and_then(|first| {
+            let demand = first_byte.and_then(|first| {
                 let mid = at.saturating_duration_since(first).as_secs_f64() + 0.5;
                 app.demand_at(mid, 0.6)
             });
@@ -758,6 +765,66 @@ mod tests {
         t.push(second(9.0, Some(10.0)));
         assert_eq!(sla(&t).p5, Some(0.9));
         assert_eq!(sla(&[second(3.0, None)]).p5, None);
+    }
+
+    #[test]
+    fn timeline_interpolates_the_migration_and_scores_on_phases() {
+        let t0 = Instant::now();
+        // QEMU polled every 0.5 s, sending 1 MB/s (8 Mbit/s) throughout.
+        let polls: Vec<Poll> = (1..=20)
+            .map(|i| Poll {
+                t_s: i as f64 * 0.5,
+                transferred: i * 500_000,
+                throttle_pct: if i > 10 { 20 } else { 0 },
+                postcopy: false,
+            })
+            .collect();
+        // The application sends 2.5 MB/s (20 Mbit/s) 2 s on, 2 s off, its
+        // first byte at the start.
+        let seconds: Vec<(Instant, u64)> = (0..8)
+            .map(|i| {
+                (
+                    t0 + Duration::from_secs(i),
+                    if i % 4 < 2 { 2_500_000 } else { 0 },
+                )
+            })
+            .collect();
+        let app = App::OnOff {
+            mbit: 20.0,
+            on_ms: 2000,
+            off_ms: 2000,
+        };
+        let t = timeline(&polls, &seconds, Some(t0), &app, 10.0, t0);
+        assert_eq!(t.len(), 8);
+        for s in &t {
+            assert!((s.migration_mbit - 8.0).abs() < 1e-6, "{s:?}");
+        }
+        // With 2 s phases the middle of every second lies within the 0.6 s
+        // margin of an edge: nothing is scored.
+        assert!(t.iter().all(|s| s.target_mbit.is_none()), "{t:?}");
+        // With 4 s phases, the middle seconds of each phase are scored:
+        // on seconds owe min(20, 10) = 10, off seconds owe nothing.
+        let app = App::OnOff {
+            mbit: 20.0,
+            on_ms: 4000,
+            off_ms: 4000,
+        };
+        let seconds: Vec<(Instant, u64)> = (0..8)
+            .map(|i| {
+                (
+                    t0 + Duration::from_secs(i),
+                    if i < 4 { 2_500_000 } else { 0 },
+                )
+            })
+            .collect();
+        let t = timeline(&polls, &seconds, Some(t0), &app, 10.0, t0);
+        let targets: Vec<Option<f64>> = t.iter().map(|s| s.target_mbit).collect();
+        assert_eq!(
+            targets,
+            [None, Some(10.0), Some(10.0), None, None, None, None, None]
+        );
+        assert_eq!(sla(&t).p5, Some(2.0));
+        assert_eq!(t[6].throttle_pct, 20);
     }
 
     #[test]
