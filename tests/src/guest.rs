@@ -46,6 +46,10 @@ pub const READY_MARKER: &str = "VMBW-WORKLOAD-READY";
 /// `--report-secs`, in every mode: a guest that prints it runs.
 pub const PROGRESS_MARKER: &str = "vmbw-workload: t=";
 
+/// What the workload prints when its self-check finds a page that lost a
+/// write (the same string as `CORRUPT_MARKER` in tests/workload's memory.rs).
+pub const CORRUPT_MARKER: &str = "VMBW-WORKLOAD-CORRUPT";
+
 /// A bootable guest: kernel and initramfs.
 #[derive(Clone, Debug)]
 pub struct Guest {

@@ -296,14 +296,14 @@ pub fn markdown(rep: &ScenarioReport) -> String {
     let dead: Vec<String> = rep
         .results
         .iter()
-        .filter(|r| r.guest_alive == Some(false))
+        .filter(|r| r.guest_intact == Some(false))
         .map(|r| format!("{} {} #{}", r.vm, r.policy, r.repetition))
         .collect();
     out.push_str(&if dead.is_empty() {
-        "Every completed migration left a guest that kept running its workload on the destination.\n\n".to_owned()
+        "Every completed migration left a guest that kept running its workload on the destination, its working set intact.\n\n".to_owned()
     } else {
         format!(
-            "**Completed migrations whose guest did not run its workload on the destination: {}.**\n\n",
+            "**Completed migrations whose guest did not run its workload on the destination, or lost a write: {}.**\n\n",
             dead.join(", ")
         )
     });

@@ -64,9 +64,10 @@ pub struct RunResult {
     pub vms: usize,
     pub converged: bool,
     /// After a completed migration: whether the guest still ran its
-    /// workload on the destination (None when it did not complete).
+    /// workload on the destination and its working set had lost no write
+    /// (None when the migration did not complete).
     #[serde(default)]
-    pub guest_alive: Option<bool>,
+    pub guest_intact: Option<bool>,
     pub total_s: f64,
     /// From the first migration's start until the last one ended (every
     /// VM of the run has the same value).
@@ -376,20 +377,34 @@ pub fn run_one(
     }
     let makespan = started.elapsed().as_secs_f64();
     // A migration that completed must leave a guest that still runs its
-    // workload on the destination (it prints a line every second); a
-    // corrupted or crashed guest does not.
-    let mut alive = Vec::new();
+    // workload on the destination (it prints a line every second) and whose
+    // working set lost no write (each second the workload checks an eighth
+    // of its pages); a crashed or corrupted guest does neither.
+    let mut runs = Vec::new();
     for v in &vms {
-        alive.push(match &v.end {
-            Some((_, true, _)) => Some(
-                pairs[v.index]
-                    .1
-                    .wait_for_console(crate::guest::PROGRESS_MARKER, Duration::from_secs(10))
-                    .is_ok(),
-            ),
-            _ => None,
-        });
+        runs.push(matches!(v.end, Some((_, true, _))).then(|| {
+            pairs[v.index]
+                .1
+                .wait_for_console(crate::guest::PROGRESS_MARKER, Duration::from_secs(10))
+                .is_ok()
+        }));
     }
+    if runs.contains(&Some(true)) {
+        // Nine more reports: every page checked on the destination.
+        std::thread::sleep(Duration::from_secs(9));
+    }
+    let intact: Vec<Option<bool>> = vms
+        .iter()
+        .zip(runs)
+        .map(|(v, runs)| {
+            runs.map(|r| {
+                r && !pairs[v.index]
+                    .1
+                    .console()
+                    .contains(crate::guest::CORRUPT_MARKER)
+            })
+        })
+        .collect();
     let log = agent.log_text();
     let _ = agent.signal(libc::SIGTERM, Duration::from_secs(15));
     // Keep the agent's log of every run beside the reports.
@@ -398,7 +413,7 @@ pub fn run_one(
     let _ = std::fs::copy(&agent.log, log_dir.join(format!("{slug}.log")));
 
     let mut results = Vec::new();
-    for (((v, spec), sink), alive) in vms.iter().zip(&sc.vm).zip(&sinks).zip(alive) {
+    for (((v, spec), sink), intact) in vms.iter().zip(&sc.vm).zip(&sinks).zip(intact) {
         let Some((info, converged, ended_s)) = &v.end else {
             unreachable!("the loop above ends every migration");
         };
@@ -441,7 +456,7 @@ pub fn run_one(
             vm: v.name.clone(),
             vms: sc.vm.len(),
             converged: *converged,
-            guest_alive: alive,
+            guest_intact: intact,
             total_s: if *converged {
                 info.total_time.map_or(*ended_s, |t| t as f64 / 1000.0)
             } else {
