@@ -246,7 +246,7 @@ pub fn markdown(rep: &ScenarioReport) -> String {
     }
     out.push_str(
         "\n## Per VM\n\n\
-         | VM | policy | converged | total s | downtime ms | iterations | MB sent | app Mbit/s (asked, reserved) | SLA p5 | s below 95% | throttled s | post-copy s | prediction MAPE % |\n\
+         | VM | policy | converged | total s | downtime ms | iterations | MB sent | app Mbit/s (asked, reserved) | SLA p5 | s below 95% | throttled s | post-copy s (pages fetched) | prediction MAPE % |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut keys: Vec<(String, String)> = Vec::new();
@@ -268,7 +268,7 @@ pub fn markdown(rep: &ScenarioReport) -> String {
         };
         let first = rs[0];
         out.push_str(&format!(
-            "| {vm} | {policy} | {}/{} | {} | {} | {} | {} | {} ({}, {}) | {} | {} | {} | {} | {} |\n",
+            "| {vm} | {policy} | {}/{} | {} | {} | {} | {} | {} ({}, {}) | {} | {} | {} | {}{} | {} |\n",
             rs.iter().filter(|r| r.converged).count(),
             rs.len(),
             fmt_spread(col(&|r| Some(r.total_s)), 1),
@@ -286,6 +286,10 @@ pub fn markdown(rep: &ScenarioReport) -> String {
             fmt_spread(col(&|r| Some(r.below_95_s as f64)), 0),
             fmt_spread(col(&|r| Some(r.throttled_s)), 1),
             fmt_spread(col(&|r| Some(r.postcopy_s)), 1),
+            match col(&|r| r.postcopy_requests.filter(|n| *n > 0).map(|n| n as f64)) {
+                Some(s) => format!(" ({})", fmt_spread(Some(s), 0)),
+                None => String::new(),
+            },
             fmt_spread(col(&|r| r.prediction_mape), 1),
         ));
     }

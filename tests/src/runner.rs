@@ -100,6 +100,12 @@ pub struct RunResult {
     pub postcopy_s: f64,
     /// Seconds the guest was stopped (QEMU's downtime).
     pub stopped_s: f64,
+    /// Pages the destination fetched on demand in post-copy, and the bytes
+    /// sent in post-copy (QEMU's `postcopy-requests`, `postcopy-bytes`).
+    #[serde(default)]
+    pub postcopy_requests: Option<u64>,
+    #[serde(default)]
+    pub postcopy_bytes: Option<u64>,
     /// The agent's one-step dirty-page prediction error over the run.
     pub prediction_mape: Option<f64>,
     pub prediction_n: usize,
@@ -482,6 +488,8 @@ pub fn run_one(
             throttled_s: v.throttled_s,
             postcopy_s: v.postcopy_s,
             stopped_s: downtime_ms.unwrap_or(0.0) / 1000.0,
+            postcopy_requests: ram.and_then(|r| r.postcopy_requests),
+            postcopy_bytes: ram.and_then(|r| r.postcopy_bytes),
             prediction_mape: (n > 0).then(|| 100.0 * ape / n as f64),
             prediction_n: n,
             steps,

@@ -64,8 +64,18 @@ pub struct RamStats {
     pub page_size: Option<u64>,
     #[serde(default)]
     pub pages_per_second: Option<u64>,
+    /// Pages the destination asked for while in post-copy: each one a
+    /// guest access that waited for the network.
     #[serde(default)]
     pub postcopy_requests: Option<u64>,
+    /// Bytes sent before the stop, during it, and in post-copy (QEMU 7.0+;
+    /// absent from older replies).
+    #[serde(default)]
+    pub precopy_bytes: Option<u64>,
+    #[serde(default)]
+    pub downtime_bytes: Option<u64>,
+    #[serde(default)]
+    pub postcopy_bytes: Option<u64>,
 }
 
 impl RamStats {
