@@ -122,6 +122,8 @@ pub struct MigrationTestbed {
     pub link_mbit: f64,
     pub run: RunDir,
     pub guests: Vec<GuestSlot>,
+    /// Boot guests with `pti=on` (the QEMU 7.2 workaround in [`Vm::spawn`]).
+    pub pti: bool,
 }
 
 impl MigrationTestbed {
@@ -144,6 +146,7 @@ impl MigrationTestbed {
             link_mbit,
             run: RunDir::new()?,
             guests: (0..guests).map(GuestSlot::new).collect(),
+            pti: true,
         };
         tb.router.veth_to(
             ("to-src", &format!("{ROUTER_SRC_IP}/24")),
@@ -224,9 +227,10 @@ impl MigrationTestbed {
         )
     }
 
-    fn spec(name: &str, slot: &GuestSlot, mem_mb: u32, workload: &Workload) -> VmSpec {
+    fn spec(&self, name: &str, slot: &GuestSlot, mem_mb: u32, workload: &Workload) -> VmSpec {
         let mut spec = VmSpec::new(name, mem_mb, workload.clone());
         spec.net = Some(slot.net());
+        spec.pti = self.pti;
         spec
     }
 
@@ -242,7 +246,7 @@ impl MigrationTestbed {
         let slot = self.guest(index)?;
         Vm::spawn(
             guest,
-            &Self::spec(&side_name("src", index), slot, mem_mb, workload),
+            &self.spec(&side_name("src", index), slot, mem_mb, workload),
             Some(&self.src),
             &self.run,
         )
@@ -262,7 +266,7 @@ impl MigrationTestbed {
         defer: bool,
     ) -> anyhow::Result<Vm> {
         let slot = self.guest(index)?;
-        let mut spec = Self::spec(&side_name("dst", index), slot, mem_mb, workload);
+        let mut spec = self.spec(&side_name("dst", index), slot, mem_mb, workload);
         spec.incoming = Some(if defer {
             "defer".into()
         } else {
