@@ -101,6 +101,16 @@ impl ScenarioReport {
         }
     }
 
+    /// The report's file name without extension: the scenario file's stem
+    /// (`tests/scenarios/demo.toml` -> `demo`).
+    pub fn stem(&self) -> String {
+        let file = Path::new(&self.file);
+        slug(&file.file_stem().map_or_else(
+            || self.scenario.clone(),
+            |s| s.to_string_lossy().into_owned(),
+        ))
+    }
+
     /// The per-run rows of a policy: (converged, time, worst SLA p5, worst
     /// downtime ms) for each repetition.
     fn runs(&self, policy: &str) -> Vec<Run> {
@@ -206,7 +216,7 @@ pub fn fmt_spread(s: Option<(f64, f64, f64)>, digits: usize) -> String {
 
 /// The scenario's markdown page.
 pub fn markdown(rep: &ScenarioReport) -> String {
-    let stem = slug(&rep.scenario);
+    let stem = rep.stem();
     let mut out = format!(
         "# {}\n\n{}\n\n- scenario file: `{}`; link {} Mbit/s; {} repetitions per policy\n\
          - ran at commit `{}` on {}; {}; kernel {}\n",
@@ -297,19 +307,33 @@ pub fn markdown(rep: &ScenarioReport) -> String {
         "\n## Escalations\n\nWhat each run's escalations did: steps QEMU accepted, and refusals as refusals.\n\n\
          ![per-second timeline]({stem}-timeline.svg)\n\n"
     ));
+    let name = |r: &RunResult| format!("{} {} #{}", r.vm, r.policy, r.repetition);
     let dead: Vec<String> = rep
         .results
         .iter()
         .filter(|r| r.guest_intact == Some(false))
-        .map(|r| format!("{} {} #{}", r.vm, r.policy, r.repetition))
+        .map(name)
         .collect();
-    out.push_str(&if dead.is_empty() {
-        "Every completed migration left a guest that kept running its workload on the destination, its working set intact.\n\n".to_owned()
-    } else {
+    let unchecked = rep
+        .results
+        .iter()
+        .filter(|r| r.converged && r.guest_intact.is_none())
+        .count();
+    let completed = rep.results.iter().filter(|r| r.converged).count();
+    out.push_str(&if !dead.is_empty() {
         format!(
             "**Completed migrations whose guest did not run its workload on the destination, or lost a write: {}.**\n\n",
             dead.join(", ")
         )
+    } else if unchecked == completed {
+        "The guests were not checked on the destination after these runs (the runner did not check yet).\n\n".to_owned()
+    } else if unchecked > 0 {
+        format!(
+            "{} of {completed} completed migrations were checked on the destination: each guest kept running its workload, its working set intact.\n\n",
+            completed - unchecked
+        )
+    } else {
+        "Every completed migration left a guest that kept running its workload on the destination, its working set intact.\n\n".to_owned()
     });
     for r in &rep.results {
         if r.steps.is_empty() && r.refused.is_empty() {
@@ -382,7 +406,7 @@ pub fn scatter_svg(rep: &ScenarioReport) -> anyhow::Result<String> {
                 ("sans-serif", 20),
             )
             .margin(20)
-            .x_label_area_size(50)
+            .x_label_area_size(62)
             .y_label_area_size(70)
             .build_cartesian_2d(0.0..x_max, 0.0..1.15)?;
         chart
@@ -398,7 +422,7 @@ pub fn scatter_svg(rep: &ScenarioReport) -> anyhow::Result<String> {
         )))?;
         chart.draw_series(std::iter::once(Text::new(
             "SLA p5 0.95",
-            (x_max * 0.82, 0.965),
+            (x_max * 0.01, 0.965),
             ("sans-serif", 13)
                 .into_font()
                 .color(&RGBColor(110, 110, 110)),
@@ -417,7 +441,8 @@ pub fn scatter_svg(rep: &ScenarioReport) -> anyhow::Result<String> {
             )))?;
         }
         let (mut peer_i, mut vmbw_i) = (0, 0);
-        for (i, s) in sums.iter().enumerate() {
+        let mut placed: Vec<(f64, f64)> = Vec::new();
+        for s in &sums {
             let colour = match s.family {
                 Family::Peer => {
                     peer_i += 1;
@@ -456,17 +481,26 @@ pub fn scatter_svg(rep: &ScenarioReport) -> anyhow::Result<String> {
                 s.runs,
                 if s.sla_p5.is_none() { ", no app" } else { "" }
             );
-            // Stagger labels so that neighbours do not overwrite each other.
-            let dy = [0.035, -0.045, 0.075, -0.085][i % 4];
+            // Move a label down, one line at a time, until it overlaps no
+            // label already placed (policies often share a point, e.g. all
+            // the ones that ran into the timeout).
+            let x = t + x_max * 0.012;
+            let mut ly = y + 0.03;
+            while placed.iter().any(|&(px, py): &(f64, f64)| {
+                (px - x).abs() < x_max * 0.25 && (py - ly).abs() < 0.045
+            }) {
+                ly -= 0.05;
+            }
+            placed.push((x, ly));
             chart.draw_series(std::iter::once(Text::new(
                 label,
-                (t + x_max * 0.012, y + dy),
+                (x, ly),
                 ("sans-serif", 14).into_font().color(&colour),
             )))?;
         }
         root.draw(&Text::new(
             "filled: converged in every run; hollow: not; better is up and to the left",
-            (90, 538),
+            (90, 546),
             ("sans-serif", 13).into_font().color(&RGBColor(90, 90, 90)),
         ))?;
         root.present()?;
@@ -603,7 +637,7 @@ pub fn timeline_svg(rep: &ScenarioReport) -> anyhow::Result<String> {
 /// Writes `<dir>/<scenario>.{md,json,svg}` and `<scenario>-timeline.svg`.
 pub fn write(dir: &Path, rep: &ScenarioReport) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let json = dir.join(format!("{}.json", slug(&rep.scenario)));
+    let json = dir.join(format!("{}.json", rep.stem()));
     std::fs::write(&json, serde_json::to_string_pretty(rep)? + "\n")
         .with_context(|| format!("writing {}", json.display()))?;
     let mut written = vec![json];
@@ -614,7 +648,7 @@ pub fn write(dir: &Path, rep: &ScenarioReport) -> anyhow::Result<Vec<PathBuf>> {
 /// Writes the pages made from a report (markdown, scatter, timeline), so
 /// that they can be made again from the committed JSON alone.
 pub fn render(dir: &Path, rep: &ScenarioReport) -> anyhow::Result<Vec<PathBuf>> {
-    let stem = slug(&rep.scenario);
+    let stem = rep.stem();
     let files = [
         (dir.join(format!("{stem}.md")), markdown(rep)),
         (dir.join(format!("{stem}.svg")), scatter_svg(rep)?),
@@ -668,7 +702,7 @@ pub fn index(reports: &[ScenarioReport], scenarios: &[(PathBuf, Scenario)]) -> S
          |---|---|---|---|---|---|---|---|\n",
     );
     for rep in reports {
-        let stem = slug(&rep.scenario);
+        let stem = rep.stem();
         for (i, s) in rep.summary().iter().enumerate() {
             let (name, at, floor) = if i == 0 {
                 (
