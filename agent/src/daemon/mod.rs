@@ -11,6 +11,7 @@
 //! tree stay: traffic keeps flowing, classified and shaped at the last
 //! rates.
 
+pub mod enforce;
 pub mod http;
 pub mod procnet;
 pub mod state;

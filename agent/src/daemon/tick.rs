@@ -11,7 +11,7 @@ use std::{
 };
 
 use tracing::{info, warn};
-use vmbw_common::{ClassConfig, Direction, class};
+use vmbw_common::{Direction, class};
 
 use super::state::{APP_HISTORY, EXPLAIN_DEPTH, Shared, allocation};
 use crate::{
@@ -178,40 +178,31 @@ impl ControlLoop {
                 slots.iter().map(|(n, s)| (n.clone(), *s as u16)).collect();
             match enforce::plan(&decision, self.link, &slot_map, self.enforcement) {
                 Ok(plan) if self.applied.as_ref() == Some(&plan) => {}
-                Ok(plan) => match shaper.reconcile(&plan.tree).await {
-                    Ok(_) => {
-                        let mut dp = shared.datapath();
-                        let steered: BTreeSet<u32> =
-                            plan.steering.iter().map(|s| u32::from(s.slot)).collect();
-                        for s in &plan.steering {
-                            if let Err(e) = dp.set_class(u32::from(s.slot), s.class, s.config) {
+                Ok(plan) => {
+                    let all: Vec<u32> = slots.iter().map(|(_, s)| *s).collect();
+                    match super::enforce::enforce(&plan, &all, shaper, &shared.datapath).await {
+                        Ok(done) => {
+                            for e in &done.steering_errors {
                                 warn!(error = %e, "steering");
                             }
-                        }
-                        // VMs without classes: back to the default class.
-                        for (_, slot) in slots.iter().filter(|(_, s)| !steered.contains(s)) {
-                            for c in [class::MIGRATION, class::APPLICATION] {
-                                let _ = dp.set_class(*slot, c, ClassConfig::default());
+                            if plan.scaled < 1.0 {
+                                warn!(
+                                    factor = plan.scaled,
+                                    "guarantees scaled down to fit the link"
+                                );
                             }
+                            self.applied = Some(plan);
                         }
-                        if plan.scaled < 1.0 {
-                            warn!(
-                                factor = plan.scaled,
-                                "guarantees scaled down to fit the link"
-                            );
+                        Err(e) => {
+                            warn!(error = %e, "enforcing");
+                            shared
+                                .metrics
+                                .errors
+                                .with_label_values(&[e.metric_label()])
+                                .inc();
                         }
-                        drop(dp);
-                        self.applied = Some(plan);
                     }
-                    Err(e) => {
-                        warn!(error = %e, "reconciling the HTB tree");
-                        shared
-                            .metrics
-                            .errors
-                            .with_label_values(&[e.metric_label()])
-                            .inc();
-                    }
-                },
+                }
                 Err(e) => {
                     warn!(error = %e, "planning enforcement");
                     shared.metrics.errors.with_label_values(&["enforce"]).inc();
