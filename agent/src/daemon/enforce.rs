@@ -1,8 +1,13 @@
 //! The one road from a decision to the kernel. [`crate::control::enforce::plan`]
 //! (pure) turns a [`crate::control::Decision`] into a plan; [`enforce`]
 //! puts that plan in the kernel: the HTB tree on the uplink, then the
-//! datapath's per-(vm, class) steering. The control loop and the
+//! datapath's mode and per-(vm, class) steering. The control loop and the
 //! enforcement test both go through here.
+//!
+//! The datapath's mode follows the enforcement the shaper reports, not the
+//! one configured: `mode = "edt"` without the `fq` qdisc falls back to HTB,
+//! and only HTB mode writes the `skb->priority` that puts packets in their
+//! classes.
 //!
 //! QEMU's own limits (`max-bandwidth`, downtime, auto-converge) are not
 //! set here: each VM task mirrors its decision's
@@ -16,14 +21,16 @@ use vmbw_common::{ClassConfig, class};
 
 use crate::{
     control::enforce::Plan,
-    datapath::{Datapath, DatapathError},
-    shaping::{ReconcileReport, Shaper, ShapingError},
+    datapath::{Datapath, DatapathError, Mode},
+    shaping::{Enforcement, ReconcileReport, Shaper, ShapingError},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
     #[error("reconciling the HTB tree")]
     Shaping(#[from] ShapingError),
+    #[error("setting the datapath's mode")]
+    Mode(#[source] DatapathError),
 }
 
 impl EnforceError {
@@ -31,6 +38,7 @@ impl EnforceError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             EnforceError::Shaping(e) => e.metric_label(),
+            EnforceError::Mode(_) => "datapath",
         }
     }
 }
@@ -45,9 +53,11 @@ pub struct Enforced {
     pub steering_errors: Vec<DatapathError>,
 }
 
-/// Reconciles the HTB tree to `plan`, then steers the planned (vm, class)
-/// pairs into their classes and every other slot of `slots` back to the
-/// default class. Tree first, so a steered packet never lands in a class
+/// Reconciles the HTB tree to `plan`, sets the datapath's mode to the
+/// enforcement in effect, then steers the planned (vm, class) pairs into
+/// their classes and every other slot of `slots` back to the default
+/// class. A mode that cannot be set is an error (the caller retries): in
+/// the wrong mode no steering takes effect. Tree first, so a steered packet never lands in a class
 /// that does not exist yet. The datapath lock is taken only after the
 /// netlink round trips.
 pub async fn enforce(
@@ -58,6 +68,11 @@ pub async fn enforce(
 ) -> Result<Enforced, EnforceError> {
     let report = shaper.reconcile(&plan.tree).await?;
     let mut dp = datapath.lock().unwrap_or_else(|p| p.into_inner());
+    dp.set_mode(match report.enforcement {
+        Enforcement::Htb => Mode::Htb,
+        Enforcement::Edt => Mode::Edt,
+    })
+    .map_err(EnforceError::Mode)?;
     let mut steering_errors = Vec::new();
     let steered: BTreeSet<u32> = plan.steering.iter().map(|s| u32::from(s.slot)).collect();
     for s in &plan.steering {
