@@ -317,7 +317,7 @@ fn reload(
         }
         Err(e) => {
             error!(error = %e, "SIGHUP: configuration rejected, keeping the running one");
-            shared.metrics.errors.with_label_values(&["config"]).inc();
+            shared.metrics.error("config");
         }
     }
 }
