@@ -1,6 +1,6 @@
 //! The control loop: each tick (and whenever a VM task has news) it reads
 //! the datapath's counters, predicts each migrating VM's dirty pages, lets
-//! the policy decide, reconciles the HTB tree and the datapath's steering,
+//! the policy decide, has [`super::enforce`] put the decision in the kernel,
 //! and publishes the decisions (the VM tasks mirror them to QEMU) with their
 //! reasons and metrics.
 
