@@ -2,9 +2,14 @@
 //! follow Prometheus conventions (base units, `_total` for counters,
 //! `_bytes_per_second` for rates, `_seconds` for times).
 
+use std::time::Duration;
+
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder,
 };
+use vmbw_common::{Counter, Direction, class};
+
+use crate::control::VmDecision;
 
 /// Errors registering or encoding metrics.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +205,78 @@ impl Metrics {
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 
+    /// One (vm, class, direction)'s datapath counters and its rate over
+    /// the last tick.
+    pub fn class_traffic(&self, vm: &str, cl: u32, d: Direction, total: &Counter, rate: f64) {
+        let labels = [vm, class::name(cl), d.as_str()];
+        Metrics::set_total(&self.bytes.with_label_values(&labels), total.bytes);
+        Metrics::set_total(&self.packets.with_label_values(&labels), total.packets);
+        self.throughput.with_label_values(&labels).set(rate);
+    }
+
+    /// A VM's allocation as decided (0 for what the decision leaves open).
+    pub fn allocation(&self, d: &VmDecision) {
+        let vm = d.name.as_str();
+        let set = |kind: &str, v: f64| self.allocation.with_label_values(&[vm, kind]).set(v);
+        set("guarantee", d.migration_rate.unwrap_or(0.0));
+        set("ceiling", d.migration_ceil.unwrap_or(0.0));
+        set("reservation", d.app_reserve);
+    }
+
+    /// The dirty pages of a finished iteration, and what was predicted for
+    /// it (if anything).
+    pub fn dirty_pages(&self, vm: &str, actual: f64, predicted: Option<f64>) {
+        self.dirty_pages
+            .with_label_values(&[vm, "actual"])
+            .set(actual);
+        if let Some(p) = predicted {
+            self.dirty_pages
+                .with_label_values(&[vm, "predicted"])
+                .set(p);
+        }
+    }
+
+    /// A migration's progress after an iteration.
+    pub fn migration_progress(
+        &self,
+        vm: &str,
+        remaining_bytes: u64,
+        iteration: u32,
+        expected_downtime: Option<Duration>,
+    ) {
+        self.remaining
+            .with_label_values(&[vm])
+            .set(remaining_bytes as f64);
+        self.iteration
+            .with_label_values(&[vm])
+            .set(f64::from(iteration));
+        if let Some(t) = expected_downtime {
+            self.expected_downtime
+                .with_label_values(&[vm])
+                .set(t.as_secs_f64());
+        }
+    }
+
+    /// An AdaMig escalation step taken for a VM.
+    pub fn policy_switch(&self, vm: &str, step: &str) {
+        self.policy_switches.with_label_values(&[vm, step]).inc();
+    }
+
+    /// An error in `subsystem`.
+    pub fn error(&self, subsystem: &str) {
+        self.errors.with_label_values(&[subsystem]).inc();
+    }
+
+    /// How long one control-loop tick took.
+    pub fn tick_took(&self, t: Duration) {
+        self.loop_seconds.observe(t.as_secs_f64());
+    }
+
+    /// From a QEMU sample arriving to its class rates being in the kernel.
+    pub fn sample_enforced_after(&self, t: Duration) {
+        self.sample_to_enforce_seconds.observe(t.as_secs_f64());
+    }
+
     /// Advances a monotonic counter to `total` (kernel counters are totals;
     /// Prometheus counters only go up). A total that went backwards (the
     /// datapath was replaced) resets nothing and adds nothing.
@@ -222,13 +299,11 @@ mod tests {
         Metrics::set_total(&c, 1000);
         Metrics::set_total(&c, 1500);
         Metrics::set_total(&c, 1200); // backwards: ignored
-        m.allocation
-            .with_label_values(&["vm1", "guarantee"])
-            .set(2.5e6);
-        m.policy_switches
-            .with_label_values(&["vm1", "auto-converge"])
-            .inc();
-        m.loop_seconds.observe(0.003);
+        let mut d = VmDecision::unenforced("vm1");
+        d.enforce(2.5e6, 5e6);
+        m.allocation(&d);
+        m.policy_switch("vm1", "auto-converge");
+        m.tick_took(Duration::from_millis(3));
         let text = m.encode().expect("encode");
         assert!(
             text.contains(

@@ -1,7 +1,7 @@
-//! From a [`Decision`] to what the kernel enforces: the HTB tree on the
-//! uplink ([`crate::shaping`]) and the datapath's per-(vm, class) steering
-//! ([`crate::datapath`]). QEMU's `max-bandwidth` is mirrored by the caller
-//! from [`super::QemuParams`].
+//! From a [`Decision`] to what the kernel should enforce: the HTB tree on
+//! the uplink ([`crate::shaping`]) and the datapath's per-(vm, class)
+//! steering ([`crate::datapath`]). Pure: `crate::daemon::enforce` puts the
+//! plan in the kernel.
 //!
 //! - A VM with an enforced decision gets two classes: its migration class
 //!   (rate = the guarantee, ceil = the policy's ceiling) and its application
@@ -22,12 +22,8 @@ use std::collections::BTreeMap;
 use vmbw_common::{ClassConfig, class};
 
 use super::Decision;
-use crate::{
-    datapath::{Datapath, DatapathError, Mode},
-    shaping::{
-        ClassSpec, DesiredTree, Enforcement, Rate, ReconcileReport, Shaper, ShapingError,
-        TrafficClass, VmShaping, class_handle,
-    },
+use crate::shaping::{
+    ClassSpec, DesiredTree, Enforcement, Rate, TrafficClass, VmShaping, class_handle,
 };
 
 /// Smallest guarantee a class is given (HTB needs a positive rate).
@@ -36,15 +32,11 @@ const MIN_RATE_BPS: u64 = 8_000;
 pub const EDT_HORIZON_NS: u64 = 50_000_000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum EnforceError {
+pub enum PlanError {
     #[error("VM `{0}` has no slot (register it before enforcing)")]
     NoSlot(String),
     #[error("VM slot {0} cannot have HTB classes (1..=4094)")]
     Slot(u16),
-    #[error("installing the HTB tree")]
-    Shaping(#[from] ShapingError),
-    #[error("writing the datapath's class steering")]
-    Datapath(#[from] DatapathError),
 }
 
 /// One (vm, class)'s steering in the datapath.
@@ -75,7 +67,7 @@ pub fn plan(
     link_bytes_per_s: f64,
     slots: &BTreeMap<String, u16>,
     enforcement: Enforcement,
-) -> Result<Plan, EnforceError> {
+) -> Result<Plan, PlanError> {
     let link = bits(link_bytes_per_s).max(MIN_RATE_BPS * 4);
     let default_rate = (link / 100).max(MIN_RATE_BPS);
     let enforced: Vec<_> = decision
@@ -112,12 +104,12 @@ pub fn plan(
     for d in enforced {
         let slot = *slots
             .get(&d.name)
-            .ok_or_else(|| EnforceError::NoSlot(d.name.clone()))?;
+            .ok_or_else(|| PlanError::NoSlot(d.name.clone()))?;
         let (Some(mig_handle), Some(app_handle)) = (
             class_handle(slot, TrafficClass::Migration),
             class_handle(slot, TrafficClass::Application),
         ) else {
-            return Err(EnforceError::Slot(slot));
+            return Err(PlanError::Slot(slot));
         };
         let mig_rate = scale(bits(d.migration_rate.unwrap_or(0.0)));
         let mig_ceil = bits(d.migration_ceil.unwrap_or(link_bytes_per_s)).clamp(mig_rate, link);
@@ -174,25 +166,6 @@ pub fn plan(
         steering,
         scaled,
     })
-}
-
-/// Applies a plan: reconciles the HTB tree, then points the datapath's
-/// steering at the classes (tree first, so a steered packet never lands in
-/// a class that does not exist yet).
-pub async fn apply(
-    plan: &Plan,
-    shaper: &mut Shaper,
-    datapath: &mut Datapath,
-) -> Result<ReconcileReport, EnforceError> {
-    let report = shaper.reconcile(&plan.tree).await?;
-    datapath.set_mode(match report.enforcement {
-        Enforcement::Htb => Mode::Htb,
-        Enforcement::Edt => Mode::Edt,
-    })?;
-    for s in &plan.steering {
-        datapath.set_class(u32::from(s.slot), s.class, s.config)?;
-    }
-    Ok(report)
 }
 
 #[cfg(test)]
@@ -296,7 +269,7 @@ mod tests {
             vms: vec![decided("zz", 20.0, 40.0, 0.0)],
         };
         assert!(
-            matches!(plan(&d, 100.0 * MBIT, &slots(), Enforcement::Htb), Err(EnforceError::NoSlot(n)) if n == "zz")
+            matches!(plan(&d, 100.0 * MBIT, &slots(), Enforcement::Htb), Err(PlanError::NoSlot(n)) if n == "zz")
         );
     }
 }

@@ -3,14 +3,16 @@
 //! Start-up: load (or adopt) the pinned datapath and attach it to the
 //! uplinks, install (or adopt) the HTB tree, register the configured VMs'
 //! addresses and taps, serve the status API and `/metrics`, start one task
-//! per VM ([`vm`]) and run the control loop ([`tick`]). SIGHUP reloads the
-//! policy and its knobs; SIGTERM/SIGINT stop the tasks and put the host back
-//! as it was (original root qdisc, datapath removed) unless
-//! `keep_on_exit` / `--keep-datapath`, which leaves both running for the
-//! next agent to adopt. If the agent is killed, pinned programs and the HTB
+//! per VM ([`vm`]) and run the control loop ([`tick`]), which puts its
+//! decisions in the kernel through [`enforce`]. SIGHUP reloads the policy
+//! and its knobs; SIGTERM/SIGINT stop the tasks and put the host back as it
+//! was (original root qdisc, datapath removed) unless `keep_on_exit` /
+//! `--keep-datapath`, which leaves both running for the next agent to
+//! adopt. If the agent is killed, pinned programs and the HTB
 //! tree stay: traffic keeps flowing, classified and shaped at the last
 //! rates.
 
+pub mod enforce;
 pub mod http;
 pub mod procnet;
 pub mod state;
@@ -316,7 +318,7 @@ fn reload(
         }
         Err(e) => {
             error!(error = %e, "SIGHUP: configuration rejected, keeping the running one");
-            shared.metrics.errors.with_label_values(&["config"]).inc();
+            shared.metrics.error("config");
         }
     }
 }

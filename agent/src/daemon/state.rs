@@ -7,6 +7,8 @@ use std::{
     time::Instant,
 };
 
+use vmbw_common::{Direction, class};
+
 use crate::{
     api::{
         self, Allocation, ClassTraffic, Explain, ExplainedDecision, MigrationPhase, MigrationRole,
@@ -85,8 +87,7 @@ pub struct VmState {
     pub flows: Vec<TcpConn>,
     pub app_history: VecDeque<f64>,
     pub counters: VmCounters,
-    /// Per class and direction, bytes/s over the last tick.
-    pub rates: BTreeMap<(u32, u8), f64>,
+    pub rates: ClassRates,
     pub decision: Option<VmDecision>,
     /// Bumped every time the control loop decides for this VM.
     pub decided: u64,
@@ -101,6 +102,31 @@ pub struct VmState {
     pub qemu_max_bandwidth: Option<f64>,
     /// QEMU parameters the source refused in this migration, with reasons.
     pub refused: Vec<String>,
+}
+
+/// A VM's throughput per traffic class and direction over the last tick,
+/// bytes/s; 0 until measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ClassRates([[f64; Direction::COUNT as usize]; class::COUNT as usize]);
+
+impl ClassRates {
+    pub fn get(&self, class: u32, d: Direction) -> f64 {
+        self.0
+            .get(class as usize)
+            .and_then(|dirs| dirs.get(d.index() as usize))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    pub fn set(&mut self, class: u32, d: Direction, rate: f64) {
+        if let Some(r) = self
+            .0
+            .get_mut(class as usize)
+            .and_then(|dirs| dirs.get_mut(d.index() as usize))
+        {
+            *r = rate;
+        }
+    }
 }
 
 impl VmState {
@@ -119,7 +145,7 @@ impl VmState {
             flows: Vec::new(),
             app_history: VecDeque::new(),
             counters: VmCounters::default(),
-            rates: BTreeMap::new(),
+            rates: ClassRates::default(),
             decision: None,
             decided: 0,
             sample_at: None,
@@ -237,7 +263,6 @@ pub fn status(s: &State) -> api::Status {
 }
 
 pub fn vms(s: &State) -> Vec<api::VmStatus> {
-    use vmbw_common::class;
     s.vms
         .iter()
         .map(|(name, v)| api::VmStatus {
@@ -269,8 +294,8 @@ pub fn vms(s: &State) -> Vec<api::VmStatus> {
                     class: name,
                     egress_bytes: cc.egress.bytes,
                     ingress_bytes: cc.ingress.bytes,
-                    egress_bytes_per_sec: v.rates.get(&(c, 0)).copied().unwrap_or(0.0),
-                    ingress_bytes_per_sec: v.rates.get(&(c, 1)).copied().unwrap_or(0.0),
+                    egress_bytes_per_sec: v.rates.get(c, Direction::Egress),
+                    ingress_bytes_per_sec: v.rates.get(c, Direction::Ingress),
                 }
             })
             .collect(),
@@ -368,4 +393,22 @@ pub fn classes(s: &State) -> Vec<api::ClassStatus> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_rates_are_zero_until_set_and_ignore_unknown_classes() {
+        let mut r = ClassRates::default();
+        assert_eq!(r.get(class::MIGRATION, Direction::Egress), 0.0);
+        r.set(class::MIGRATION, Direction::Egress, 5.0);
+        r.set(class::APPLICATION, Direction::Ingress, 7.0);
+        r.set(class::COUNT, Direction::Egress, 9.0);
+        assert_eq!(r.get(class::MIGRATION, Direction::Egress), 5.0);
+        assert_eq!(r.get(class::MIGRATION, Direction::Ingress), 0.0);
+        assert_eq!(r.get(class::APPLICATION, Direction::Ingress), 7.0);
+        assert_eq!(r.get(class::COUNT, Direction::Egress), 0.0);
+    }
 }

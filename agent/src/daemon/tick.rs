@@ -1,6 +1,6 @@
 //! The control loop: each tick (and whenever a VM task has news) it reads
 //! the datapath's counters, predicts each migrating VM's dirty pages, lets
-//! the policy decide, reconciles the HTB tree and the datapath's steering,
+//! the policy decide, has [`super::enforce`] put the decision in the kernel,
 //! and publishes the decisions (the VM tasks mirror them to QEMU) with their
 //! reasons and metrics.
 
@@ -11,14 +11,20 @@ use std::{
 };
 
 use tracing::{info, warn};
-use vmbw_common::{ClassConfig, Direction, class};
+use vmbw_common::{Direction, class};
 
-use super::state::{APP_HISTORY, EXPLAIN_DEPTH, Shared, allocation};
+use super::{
+    enforce::enforce,
+    state::{APP_HISTORY, EXPLAIN_DEPTH, Shared, State, VmState, allocation},
+};
 use crate::{
     api::ExplainedDecision,
-    control::{Decision, Inputs, Link, VmInputs, enforce, policy::Controller},
+    control::{
+        Decision, Inputs, Link, VmDecision, VmInputs,
+        enforce::{Plan, plan},
+        policy::Controller,
+    },
     datapath::{DirectionCounters, VmCounters},
-    metrics::Metrics,
     predict::{GreyGm1n, Predictor as _},
     shaping::{Enforcement, Shaper},
 };
@@ -42,7 +48,7 @@ pub struct ControlLoop {
     escalations: BTreeMap<String, BTreeSet<String>>,
     /// The plan last put in the kernel: an unchanged plan costs no netlink
     /// dump and no map writes.
-    applied: Option<enforce::Plan>,
+    applied: Option<Plan>,
 }
 
 impl ControlLoop {
@@ -73,245 +79,272 @@ impl ControlLoop {
     /// One round: measure, decide, enforce, publish.
     pub async fn tick(&mut self) {
         let started = Instant::now();
-        let dt = started.duration_since(self.last_at).as_secs_f64().max(0.05);
-        self.last_at = started;
-        let shared = self.shared.clone();
+        let measured = self.measure(started);
+        let inputs = self.inputs(&measured);
+        let decision = self.decide(&inputs);
+        self.enforce(&decision, &measured.slots).await;
+        self.publish(&inputs, &decision);
+        self.record_escalations(&inputs);
+        self.shared.metrics.tick_took(started.elapsed());
+    }
 
-        // 1. Counters (datapath lock only).
-        let slots: Vec<(String, u32)> = shared
+    /// Reads the datapath's counters (datapath lock only).
+    fn measure(&mut self, now: Instant) -> Measured {
+        let dt = now.duration_since(self.last_at).as_secs_f64().max(0.05);
+        self.last_at = now;
+        let slots: Vec<(String, u32)> = self
+            .shared
             .state()
             .vms
             .iter()
             .map(|(n, v)| (n.clone(), v.slot))
             .collect();
-        let (dir, per_vm) = {
-            let dp = shared.datapath();
-            let dir = dp.counters().unwrap_or_else(|e| {
-                warn!(error = %e, "reading uplink counters");
-                self.last_dir
-            });
-            let per_vm: Vec<(String, VmCounters)> = slots
-                .iter()
-                .filter_map(|(n, s)| dp.vm_counters(*s).ok().map(|c| (n.clone(), c)))
-                .collect();
-            (dir, per_vm)
-        };
-        let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / dt;
-        let uplink_egress = rate(dir.egress.bytes, self.last_dir.egress.bytes);
-        self.last_dir = dir;
+        let dp = self.shared.datapath();
+        let uplink = dp.counters().unwrap_or_else(|e| {
+            warn!(error = %e, "reading uplink counters");
+            self.last_dir
+        });
+        let vms = slots
+            .iter()
+            .filter_map(|(n, s)| dp.vm_counters(*s).ok().map(|c| (n.clone(), c)))
+            .collect();
+        Measured {
+            dt,
+            slots,
+            uplink,
+            vms,
+        }
+    }
 
-        // 2. State: traffic, histories; inputs of the migrating VMs.
+    /// Turns the counters into rates and histories, and gathers what the
+    /// policy needs about each migrating VM.
+    fn inputs(&mut self, m: &Measured) -> Inputs {
+        let uplink_egress = per_second(m.uplink.egress.bytes, self.last_dir.egress.bytes, m.dt);
+        self.last_dir = m.uplink;
+        let shared = self.shared.clone();
+        let mut st = shared.state();
+        let migration_egress = self.record_traffic(&mut st, m);
+        // N_u: everything but the migrations.
+        st.link_usage = (uplink_egress - migration_egress).max(0.0);
+        let link = Link {
+            capacity: self.link,
+            usage: st.link_usage,
+        };
+        let vms = st
+            .vms
+            .iter_mut()
+            .filter(|(_, v)| v.migrating())
+            .map(|(name, v)| self.vm_inputs(name, v))
+            .collect();
+        Inputs { link, vms }
+    }
+
+    /// Each VM's class rates and application history from its counters;
+    /// returns the migrations' egress, bytes/s.
+    fn record_traffic(&mut self, st: &mut State, m: &Measured) -> f64 {
         let mut migration_egress = 0.0;
-        let inputs = {
-            let mut st = shared.state();
-            for (name, c) in &per_vm {
-                let prev = self.last_vm.get(name).copied().unwrap_or(*c);
-                let Some(v) = st.vms.get_mut(name) else {
-                    continue;
-                };
-                for cl in [class::OTHER, class::MIGRATION, class::APPLICATION] {
-                    for d in Direction::ALL {
-                        let r = rate(c.class(cl).get(d).bytes, prev.class(cl).get(d).bytes);
-                        v.rates.insert((cl, d.index() as u8), r);
-                        publish_counters(&shared.metrics, name, cl, d, c, r);
-                    }
-                }
-                migration_egress += v.rates.get(&(class::MIGRATION, 0)).copied().unwrap_or(0.0);
-                let app = v
-                    .rates
-                    .get(&(class::APPLICATION, 0))
-                    .copied()
-                    .unwrap_or(0.0);
-                v.app_history.push_back(app);
-                while v.app_history.len() > APP_HISTORY {
-                    v.app_history.pop_front();
-                }
-                v.counters = *c;
-                self.last_vm.insert(name.clone(), *c);
-            }
-            st.link_usage = (uplink_egress - migration_egress).max(0.0);
-            let link = Link {
-                capacity: self.link,
-                usage: st.link_usage,
+        for (name, c) in &m.vms {
+            let prev = self.last_vm.get(name).copied().unwrap_or(*c);
+            let Some(v) = st.vms.get_mut(name) else {
+                continue;
             };
-            let mut vms = Vec::new();
-            for (name, v) in st.vms.iter_mut().filter(|(_, v)| v.migrating()) {
-                let predicted = if v.rows.is_empty() {
-                    0.0
-                } else {
-                    self.predictor
-                        .predict(&v.rows)
-                        .map(|p| p.value)
-                        .unwrap_or(0.0)
-                };
-                v.predicted.entry(v.iteration).or_insert(predicted);
-                let iteration_s = v
-                    .iter_s
-                    .last()
-                    .copied()
-                    .unwrap_or_else(|| v.remaining as f64 / (self.link / 2.0).max(1.0));
-                vms.push(VmInputs {
-                    name: name.clone(),
-                    predicted_dirty_pages: predicted,
-                    iteration_s,
-                    page_size: v.page_size,
-                    app_history: v.app_history.iter().copied().collect(),
-                    remaining: v.remaining as f64,
-                    iteration: v.iteration,
-                    downtime_limit_s: v.qemu_params().downtime_limit_s.unwrap_or(QEMU_DOWNTIME_S),
-                    dirty_rate_history: v.dirty_rates.clone(),
-                });
+            for cl in [class::OTHER, class::MIGRATION, class::APPLICATION] {
+                for d in Direction::ALL {
+                    let (now, before) = (c.class(cl).get(d), prev.class(cl).get(d));
+                    let r = per_second(now.bytes, before.bytes, m.dt);
+                    v.rates.set(cl, d, r);
+                    self.shared.metrics.class_traffic(name, cl, d, now, r);
+                }
             }
-            Inputs { link, vms }
-        };
+            migration_egress += v.rates.get(class::MIGRATION, Direction::Egress);
+            v.app_history
+                .push_back(v.rates.get(class::APPLICATION, Direction::Egress));
+            while v.app_history.len() > APP_HISTORY {
+                v.app_history.pop_front();
+            }
+            v.counters = *c;
+            self.last_vm.insert(name.clone(), *c);
+        }
+        migration_egress
+    }
 
-        // 3. Decide.
-        let decision = if inputs.vms.is_empty() {
+    /// One migrating VM as the policy sees it; remembers the prediction
+    /// made for its current iteration.
+    fn vm_inputs(&self, name: &str, v: &mut VmState) -> VmInputs {
+        let predicted = if v.rows.is_empty() {
+            0.0
+        } else {
+            self.predictor
+                .predict(&v.rows)
+                .map(|p| p.value)
+                .unwrap_or(0.0)
+        };
+        v.predicted.entry(v.iteration).or_insert(predicted);
+        // Before the first iteration ends: the bulk pass at half the link.
+        let iteration_s = v
+            .iter_s
+            .last()
+            .copied()
+            .unwrap_or_else(|| v.remaining as f64 / (self.link / 2.0).max(1.0));
+        VmInputs {
+            name: name.to_owned(),
+            predicted_dirty_pages: predicted,
+            iteration_s,
+            page_size: v.page_size,
+            app_history: v.app_history.iter().copied().collect(),
+            remaining: v.remaining as f64,
+            iteration: v.iteration,
+            downtime_limit_s: v.qemu_params().downtime_limit_s.unwrap_or(QEMU_DOWNTIME_S),
+            dirty_rate_history: v.dirty_rates.clone(),
+        }
+    }
+
+    fn decide(&mut self, inputs: &Inputs) -> Decision {
+        if inputs.vms.is_empty() {
             Decision::default()
         } else {
-            self.controller.decide(&inputs)
-        };
+            self.controller.decide(inputs)
+        }
+    }
 
-        // 4. Enforce (no lock held across the netlink round trips).
-        if let Some(shaper) = self.shaper.as_mut() {
-            let slot_map: BTreeMap<String, u16> =
-                slots.iter().map(|(n, s)| (n.clone(), *s as u16)).collect();
-            match enforce::plan(&decision, self.link, &slot_map, self.enforcement) {
-                Ok(plan) if self.applied.as_ref() == Some(&plan) => {}
-                Ok(plan) => match shaper.reconcile(&plan.tree).await {
-                    Ok(_) => {
-                        let mut dp = shared.datapath();
-                        let steered: BTreeSet<u32> =
-                            plan.steering.iter().map(|s| u32::from(s.slot)).collect();
-                        for s in &plan.steering {
-                            if let Err(e) = dp.set_class(u32::from(s.slot), s.class, s.config) {
-                                warn!(error = %e, "steering");
-                            }
-                        }
-                        // VMs without classes: back to the default class.
-                        for (_, slot) in slots.iter().filter(|(_, s)| !steered.contains(s)) {
-                            for c in [class::MIGRATION, class::APPLICATION] {
-                                let _ = dp.set_class(*slot, c, ClassConfig::default());
-                            }
-                        }
-                        if plan.scaled < 1.0 {
-                            warn!(
-                                factor = plan.scaled,
-                                "guarantees scaled down to fit the link"
-                            );
-                        }
-                        drop(dp);
-                        self.applied = Some(plan);
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "reconciling the HTB tree");
-                        shared
-                            .metrics
-                            .errors
-                            .with_label_values(&[e.metric_label()])
-                            .inc();
-                    }
-                },
-                Err(e) => {
-                    warn!(error = %e, "planning enforcement");
-                    shared.metrics.errors.with_label_values(&["enforce"]).inc();
+    /// Puts the decision in the kernel unless it is already there (an
+    /// unchanged plan costs no netlink dump and no map writes). No lock is
+    /// held across the netlink round trips.
+    async fn enforce(&mut self, decision: &Decision, slots: &[(String, u32)]) {
+        let Some(shaper) = self.shaper.as_mut() else {
+            return;
+        };
+        let metrics = &self.shared.metrics;
+        let slot_map: BTreeMap<String, u16> =
+            slots.iter().map(|(n, s)| (n.clone(), *s as u16)).collect();
+        let plan = match plan(decision, self.link, &slot_map, self.enforcement) {
+            Ok(plan) if self.applied.as_ref() == Some(&plan) => return,
+            Ok(plan) => plan,
+            Err(e) => {
+                warn!(error = %e, "planning enforcement");
+                metrics.error("enforce");
+                return;
+            }
+        };
+        let all: Vec<u32> = slots.iter().map(|(_, s)| *s).collect();
+        match enforce(&plan, &all, shaper, &self.shared.datapath).await {
+            Ok(done) => {
+                for e in &done.steering_errors {
+                    warn!(error = %e, "steering");
                 }
+                if plan.scaled < 1.0 {
+                    warn!(
+                        factor = plan.scaled,
+                        "guarantees scaled down to fit the link"
+                    );
+                }
+                self.applied = Some(plan);
+            }
+            Err(e) => {
+                warn!(error = %e, "enforcing");
+                metrics.error(e.metric_label());
             }
         }
+    }
 
-        // 5. Publish.
+    /// Hands the decisions to the VM tasks (which mirror them to QEMU),
+    /// with their explanations and metrics.
+    fn publish(&self, inputs: &Inputs, decision: &Decision) {
         let now_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        {
-            let mut st = shared.state();
-            let migrating: BTreeSet<String> = inputs.vms.iter().map(|v| v.name.clone()).collect();
-            for (name, v) in st.vms.iter_mut() {
-                if !migrating.contains(name) {
-                    v.decision = None;
-                    continue;
+        let mut st = self.shared.state();
+        for (name, v) in st.vms.iter_mut() {
+            let input = inputs.vms.iter().find(|i| &i.name == name);
+            if input.is_none() {
+                v.decision = None;
+                continue;
+            }
+            let Some(d) = decision.vms.iter().find(|d| &d.name == name) else {
+                continue;
+            };
+            self.explain(v, &inputs.link, input, d, now_unix);
+            if let Some(at) = v.sample_at.take() {
+                // Its class rates were put in the kernel before this publish.
+                self.shared.metrics.sample_enforced_after(at.elapsed());
+            }
+            self.shared.metrics.allocation(d);
+            v.decision = Some(d.clone());
+            v.decided += 1;
+        }
+    }
+
+    /// Adds `d` to the VM's `explain` history when the allocation or the
+    /// iteration changed.
+    fn explain(
+        &self,
+        v: &mut VmState,
+        link: &Link,
+        input: Option<&VmInputs>,
+        d: &VmDecision,
+        at_unix_sec: f64,
+    ) {
+        let allocation = allocation(Some(d));
+        let changed = v
+            .explain
+            .back()
+            .is_none_or(|e| e.iteration != v.iteration || e.allocation != allocation);
+        if !changed {
+            return;
+        }
+        let mut named = BTreeMap::new();
+        named.insert("link_capacity_bytes_per_sec".to_owned(), link.capacity);
+        named.insert("link_usage_bytes_per_sec".to_owned(), link.usage);
+        named.insert("free_bytes_per_sec".to_owned(), link.free());
+        if let Some(i) = input {
+            named.insert("predicted_dirty_pages".to_owned(), i.predicted_dirty_pages);
+            named.insert("dirty_rate_bytes_per_sec".to_owned(), i.dirty_rate());
+            named.insert("iteration_seconds".to_owned(), i.iteration_s);
+            named.insert("remaining_bytes".to_owned(), i.remaining);
+            named.insert("app_mean_bytes_per_sec".to_owned(), i.app_mean(5));
+        }
+        v.explain.push_back(ExplainedDecision {
+            at_unix_sec,
+            iteration: v.iteration,
+            policy: self.policy_name.clone(),
+            inputs: named,
+            allocation,
+            reasons: d.reasons.iter().map(|r| r.0.clone()).collect(),
+        });
+        while v.explain.len() > EXPLAIN_DEPTH {
+            v.explain.pop_front();
+        }
+        info!(vm = %d.name, iteration = v.iteration, guarantee_mbit = d.migration_rate.map(|r| r * 8.0 / 1e6), reserve_mbit = d.app_reserve * 8.0 / 1e6, "decision");
+    }
+
+    /// Counts each AdaMig escalation step once per VM.
+    fn record_escalations(&mut self, inputs: &Inputs) {
+        let Some(w) = self.controller.watchdog.as_ref() else {
+            return;
+        };
+        for vm in &inputs.vms {
+            let seen = self.escalations.entry(vm.name.clone()).or_default();
+            for step in w.taken(&vm.name) {
+                if seen.insert(step.as_str().to_owned()) {
+                    self.shared.metrics.policy_switch(&vm.name, step.as_str());
+                    info!(vm = %vm.name, step = step.as_str(), "adamig escalation");
                 }
-                let Some(d) = decision.vms.iter().find(|d| &d.name == name) else {
-                    continue;
-                };
-                let input = inputs.vms.iter().find(|i| &i.name == name);
-                let alloc = allocation(Some(d));
-                let changed = v
-                    .explain
-                    .back()
-                    .is_none_or(|e| e.iteration != v.iteration || e.allocation != alloc);
-                if changed {
-                    let mut named = BTreeMap::new();
-                    named.insert(
-                        "link_capacity_bytes_per_sec".to_owned(),
-                        inputs.link.capacity,
-                    );
-                    named.insert("link_usage_bytes_per_sec".to_owned(), inputs.link.usage);
-                    named.insert("free_bytes_per_sec".to_owned(), inputs.link.free());
-                    if let Some(i) = input {
-                        named.insert("predicted_dirty_pages".to_owned(), i.predicted_dirty_pages);
-                        named.insert("dirty_rate_bytes_per_sec".to_owned(), i.dirty_rate());
-                        named.insert("iteration_seconds".to_owned(), i.iteration_s);
-                        named.insert("remaining_bytes".to_owned(), i.remaining);
-                        named.insert("app_mean_bytes_per_sec".to_owned(), i.app_mean(5));
-                    }
-                    v.explain.push_back(ExplainedDecision {
-                        at_unix_sec: now_unix,
-                        iteration: v.iteration,
-                        policy: self.policy_name.clone(),
-                        inputs: named,
-                        allocation: alloc,
-                        reasons: d.reasons.iter().map(|r| r.0.clone()).collect(),
-                    });
-                    while v.explain.len() > EXPLAIN_DEPTH {
-                        v.explain.pop_front();
-                    }
-                    info!(vm = %name, iteration = v.iteration, guarantee_mbit = d.migration_rate.map(|r| r * 8.0 / 1e6), reserve_mbit = d.app_reserve * 8.0 / 1e6, "decision");
-                }
-                if let Some(at) = v.sample_at.take() {
-                    // Class rates were reconciled above, before this publish.
-                    shared
-                        .metrics
-                        .sample_to_enforce_seconds
-                        .observe(at.elapsed().as_secs_f64());
-                }
-                let m = &shared.metrics.allocation;
-                m.with_label_values(&[name, "guarantee"])
-                    .set(d.migration_rate.unwrap_or(0.0));
-                m.with_label_values(&[name, "ceiling"])
-                    .set(d.migration_ceil.unwrap_or(0.0));
-                m.with_label_values(&[name, "reservation"])
-                    .set(d.app_reserve);
-                v.decision = Some(d.clone());
-                v.decided += 1;
             }
         }
-        if let Some(w) = self.controller.watchdog.as_ref() {
-            for vm in &inputs.vms {
-                let seen = self.escalations.entry(vm.name.clone()).or_default();
-                for step in w.taken(&vm.name) {
-                    if seen.insert(step.as_str().to_owned()) {
-                        shared
-                            .metrics
-                            .policy_switches
-                            .with_label_values(&[&vm.name, step.as_str()])
-                            .inc();
-                        info!(vm = %vm.name, step = step.as_str(), "adamig escalation");
-                    }
-                }
-            }
-        }
-        shared
-            .metrics
-            .loop_seconds
-            .observe(started.elapsed().as_secs_f64());
     }
 }
 
-fn publish_counters(m: &Metrics, vm: &str, cl: u32, d: Direction, c: &VmCounters, rate: f64) {
-    let labels = [vm, class::name(cl), d.as_str()];
-    let counter = c.class(cl).get(d);
-    Metrics::set_total(&m.bytes.with_label_values(&labels), counter.bytes);
-    Metrics::set_total(&m.packets.with_label_values(&labels), counter.packets);
-    m.throughput.with_label_values(&labels).set(rate);
+/// One tick's counter readings.
+struct Measured {
+    /// Seconds since the previous tick.
+    dt: f64,
+    /// Every VM's slot.
+    slots: Vec<(String, u32)>,
+    uplink: DirectionCounters,
+    vms: Vec<(String, VmCounters)>,
+}
+
+/// A counter's rate over `dt` seconds (a counter that went back: 0).
+fn per_second(now: u64, before: u64, dt: f64) -> f64 {
+    now.saturating_sub(before) as f64 / dt
 }

@@ -114,7 +114,7 @@ async fn follow_with<S, F, Fut>(
                 // Say each distinct problem once, not every retry.
                 if e != last_error {
                     warn!(source = what, error = %e, "QEMU not reachable or migration follow failed; retrying");
-                    shared.metrics.errors.with_label_values(&["qemu"]).inc();
+                    shared.metrics.error("qemu");
                     last_error = e;
                 }
                 tokio::select! {
@@ -192,18 +192,7 @@ async fn follow_once<S: MigrationSource>(
                     if let Some(v) = st.vms.get_mut(name) {
                         let finished = s.iteration as u32;
                         let predicted = v.predicted.get(&finished).copied();
-                        shared
-                            .metrics
-                            .dirty_pages
-                            .with_label_values(&[name, "actual"])
-                            .set(s.dirty_pages);
-                        if let Some(p) = predicted {
-                            shared
-                                .metrics
-                                .dirty_pages
-                                .with_label_values(&[name, "predicted"])
-                                .set(p);
-                        }
+                        shared.metrics.dirty_pages(name, s.dirty_pages, predicted);
                         v.sample_at = Some(std::time::Instant::now());
                         v.rows.push(s.to_iteration());
                         v.iter_s.push(s.iter_s);
@@ -216,23 +205,12 @@ async fn follow_once<S: MigrationSource>(
                         v.iteration = (s.iteration + s.syncs) as u32;
                         v.remaining = s.remaining_bytes;
                         v.page_size = s.page_size as f64;
-                        shared
-                            .metrics
-                            .remaining
-                            .with_label_values(&[name])
-                            .set(s.remaining_bytes as f64);
-                        shared
-                            .metrics
-                            .iteration
-                            .with_label_values(&[name])
-                            .set(f64::from(v.iteration));
-                        if let Some(ms) = s.expected_downtime_ms {
-                            shared
-                                .metrics
-                                .expected_downtime
-                                .with_label_values(&[name])
-                                .set(ms as f64 / 1000.0);
-                        }
+                        shared.metrics.migration_progress(
+                            name,
+                            s.remaining_bytes,
+                            v.iteration,
+                            s.expected_downtime_ms.map(Duration::from_millis),
+                        );
                         if s.status == MigrationStatus::PostcopyActive {
                             v.phase = MigrationPhase::PostCopy;
                         }
@@ -289,11 +267,7 @@ async fn await_decision_and_apply<S: MigrationSource>(
         Ok(refused) => {
             for r in &refused {
                 warn!(param = r.param, reason = %r.reason, source = source.kind(), "QEMU parameter not applied (not retried in this migration)");
-                shared
-                    .metrics
-                    .errors
-                    .with_label_values(&["qemu-control-refused"])
-                    .inc();
+                shared.metrics.error("qemu-control-refused");
             }
             if let Some(v) = shared.state().vms.get_mut(name) {
                 v.qemu_max_bandwidth = applied.max_bandwidth_set;
@@ -303,11 +277,7 @@ async fn await_decision_and_apply<S: MigrationSource>(
         }
         Err(e) => {
             warn!(error = %e, "applying QEMU parameters");
-            shared
-                .metrics
-                .errors
-                .with_label_values(&["qemu-control"])
-                .inc();
+            shared.metrics.error("qemu-control");
         }
     }
     let (now, then) = (&applied.params, &was.params);
