@@ -36,6 +36,11 @@ pub struct Args {
     /// installed, so a skip there means a missing install step).
     #[arg(long)]
     strict: bool,
+    /// Run the privileged integration tests N times, each time with a busy
+    /// loop on every core, and report the failures per test (a test that
+    /// passes only on a quiet machine fails CI on a loaded one).
+    #[arg(long, value_name = "N")]
+    stress: Option<u32>,
 }
 
 #[derive(Default)]
@@ -49,9 +54,14 @@ struct Tally {
     left_out: u64,
     checks_passed: u64,
     failed_steps: Vec<String>,
+    /// Names of the tests that failed.
+    failed_tests: Vec<String>,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    if let Some(rounds) = args.stress {
+        return stress(args, rounds);
+    }
     let root = util::workspace_root();
     if !args.no_setup {
         setup::run(&setup::Args::default())?;
@@ -217,6 +227,9 @@ fn libtest(tally: &mut Tally, name: &str, base: &mut Command, args: &[&str]) -> 
         if let Some(summary) = line.strip_prefix("test result: ") {
             add_summary(tally, summary);
         }
+        if let Some(test) = failed_test(&line) {
+            tally.failed_tests.push(test.to_owned());
+        }
     }
     let status = child.wait()?;
     let counted = tally.passed + tally.failed + tally.ignored - counted_before;
@@ -234,6 +247,112 @@ fn libtest(tally: &mut Tally, name: &str, base: &mut Command, args: &[&str]) -> 
         tally
             .failed_steps
             .push(format!("{name}: cargo test exited with {status}"));
+    }
+    Ok(())
+}
+
+/// `test NAME ... FAILED` -> NAME.
+fn failed_test(line: &str) -> Option<&str> {
+    line.strip_prefix("test ")?.strip_suffix(" ... FAILED")
+}
+
+/// `cargo xtask test --stress N`: the privileged tests N times under a busy
+/// loop on every core; failures per test, and whether every round's tally
+/// added up to the test list.
+fn stress(args: &Args, rounds: u32) -> anyhow::Result<()> {
+    if rounds == 0 {
+        bail!("--stress needs N >= 1");
+    }
+    if !util::is_root() {
+        bail!("--stress runs the privileged tests: run it as root");
+    }
+    if !args.no_setup {
+        setup::run(&setup::Args::default())?;
+    }
+    let root = util::workspace_root();
+    // Build first, without the load, so every round measures the tests.
+    util::step("building the privileged tests");
+    util::run(Command::new(env!("CARGO")).current_dir(&root).args([
+        "build",
+        "--package",
+        "vmbw",
+        "--bin",
+        "vmbw",
+    ]))?;
+    util::run(Command::new(env!("CARGO")).current_dir(&root).args([
+        "test",
+        "--no-run",
+        "--package",
+        "vmbw-tests",
+    ]))?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let hogs: Vec<_> = (0..cores)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 1u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for _ in 0..1_000_000 {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    println!("    {cores} busy loops running beside the tests");
+    let mut failures: std::collections::BTreeMap<String, u32> = Default::default();
+    let mut clean_rounds = 0;
+    for round in 1..=rounds {
+        util::step(&format!("stress round {round}/{rounds}"));
+        sweep_stale_namespaces();
+        let mut tally = Tally::default();
+        let skip_dir = tempdir("vmbw-skips")?;
+        libtest(
+            &mut tally,
+            "privileged integration tests",
+            Command::new(env!("CARGO"))
+                .current_dir(&root)
+                .env("VMBW_SKIP_DIR", &skip_dir),
+            &["test", "--no-fail-fast", "--package", "vmbw-tests"],
+        )?;
+        let skipped = report_skips(&skip_dir)?;
+        let _ = fs::remove_dir_all(&skip_dir);
+        for t in &tally.failed_tests {
+            *failures.entry(t.clone()).or_default() += 1;
+        }
+        let ok = tally.failed == 0 && tally.not_run == 0 && tally.failed_steps.is_empty();
+        if ok {
+            clean_rounds += 1;
+        }
+        println!(
+            "round {round}: {} passed, {} failed, {} not run, {skipped} skipped{}",
+            tally.passed.saturating_sub(skipped),
+            tally.failed,
+            tally.not_run,
+            if tally.failed_steps.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", tally.failed_steps.join("; "))
+            }
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in hogs {
+        let _ = h.join();
+    }
+    println!("stress: {clean_rounds}/{rounds} rounds clean");
+    for (test, n) in &failures {
+        println!("    {test}: failed {n}/{rounds}");
+    }
+    println!(
+        "{}",
+        serde_json::json!({"stress": rounds, "clean_rounds": clean_rounds, "failures": failures})
+    );
+    if clean_rounds < rounds {
+        bail!("{} of {rounds} stress rounds failed", rounds - clean_rounds);
     }
     Ok(())
 }
@@ -315,6 +434,15 @@ mod tests {
             "ok. 12 passed; 1 failed; 3 ignored; 0 measured; 2 filtered out; finished in 0.27s",
         );
         assert_eq!((t.passed, t.failed, t.ignored), (12, 1, 3));
+    }
+
+    #[test]
+    fn names_a_failed_test() {
+        assert_eq!(
+            failed_test("test shaping::goodput_holds ... FAILED"),
+            Some("shaping::goodput_holds")
+        );
+        assert_eq!(failed_test("test shaping::goodput_holds ... ok"), None);
     }
 
     #[test]
