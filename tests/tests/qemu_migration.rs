@@ -27,10 +27,22 @@ use vmbw_tests::{
 const LINK_MBIT: f64 = 100.0;
 const GUEST_MB: u32 = 128;
 
+/// The tests here each run real TCG migrations with timing bounds; run in
+/// parallel on two cores they slow each other down. One at a time.
+static REAL_MIGRATION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A test that failed while holding the lock leaves nothing to clean.
+    REAL_MIGRATION
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn monitor_samples_agree_with_qemu_on_a_real_migration() {
     require!(privileged());
     require!(guest::available());
+    let _serial = one_at_a_time();
     let started = Instant::now();
     let guest = Guest::build().expect("building the test guest");
     let tb = MigrationTestbed::new(LINK_MBIT).expect("testbed");
@@ -259,6 +271,7 @@ fn monitor_samples_agree_with_qemu_on_a_real_migration() {
 fn controls_take_effect_and_a_cancel_ends_the_monitor() {
     require!(privileged());
     require!(guest::available());
+    let _serial = one_at_a_time();
     let guest = Guest::build().expect("building the test guest");
     let tb = MigrationTestbed::new(LINK_MBIT).expect("testbed");
     let workload = Workload::new("mem-seq")
@@ -370,6 +383,7 @@ fn controls_take_effect_and_a_cancel_ends_the_monitor() {
 fn qemu_10_keeps_the_guest_s_writes_without_pti() {
     require!(privileged());
     require!(guest::available());
+    let _serial = one_at_a_time();
     let guest = Guest::build().expect("building the test guest");
     let workload = Workload::new("mem-rand")
         .with("wss-mb", 24)
