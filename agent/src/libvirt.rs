@@ -145,6 +145,15 @@ impl LibvirtError {
     }
 }
 
+/// libvirt's failures reach the agent's per-VM task as the generic backend
+/// variant: `migration` names no backend's types, so the dependency runs
+/// one way (libvirt implements migration's trait).
+impl From<LibvirtError> for SourceError {
+    fn from(e: LibvirtError) -> SourceError {
+        SourceError::Backend(Box::new(e))
+    }
+}
+
 /// What kind of job a domain runs (libvirt `virDomainJobOperation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobOperation {
@@ -1290,5 +1299,17 @@ mod tests {
             reason: "panicked".into(),
         };
         assert!(e.is_connection_lost());
+    }
+
+    #[test]
+    fn a_libvirt_error_reaches_the_agent_as_itself() {
+        let e = LibvirtError::Task {
+            domain: "d".into(),
+            reason: "panicked".into(),
+        };
+        let shown = e.to_string();
+        let e = SourceError::from(e);
+        assert!(matches!(e, SourceError::Backend(_)));
+        assert_eq!(e.to_string(), shown);
     }
 }
