@@ -507,8 +507,8 @@ impl Config {
         }
         self.api
             .listen
-            .parse::<crate::daemon::http::Listen>()
-            .map_err(|e| bad("api.listen", e))?;
+            .parse::<crate::api::Listen>()
+            .map_err(|e| bad("api.listen", e.to_string()))?;
         let mut names = std::collections::HashSet::new();
         for (i, vm) in self.vm.iter().enumerate() {
             if vm.name.is_empty() || !names.insert(vm.name.as_str()) {

@@ -38,6 +38,7 @@ use self::{
     tick::ControlLoop,
 };
 use crate::{
+    api::ListenError,
     config::{Config, ConfigError, ModeSetting, VmEntry, parse_mac},
     control::policy::Controller,
     datapath::{Datapath, DatapathError, Mode, PinDir},
@@ -54,6 +55,8 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error("policy: {0}")]
     Policy(String),
+    #[error("status API address")]
+    Listen(#[from] ListenError),
     #[error("datapath")]
     Datapath(#[from] DatapathError),
     #[error("traffic control on {iface}")]
@@ -179,11 +182,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     });
 
     let (stop, stopped) = watch::channel(false);
-    let listen: Listen = cfg
-        .api
-        .listen
-        .parse()
-        .map_err(|e: String| DaemonError::Policy(e))?;
+    let listen: Listen = cfg.api.listen.parse()?;
     let server = Server::bind(&listen).await?;
     info!(listen = %cfg.api.listen, "status API and /metrics");
     let handler_shared = shared.clone();
