@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::control::{adamig, bda, nrac, policy::Spec};
+use crate::{
+    control::{adamig, bda, nrac, policy::Spec},
+    datapath::Mac,
+};
 
 /// The documented default configuration.
 pub const DEFAULT_TOML: &str = r#"# vmbw agent configuration. Every key is optional; the values below are the
@@ -564,12 +567,8 @@ impl Config {
                     .map_err(|e| bad(&format!("vm[{i}].ips"), format!("`{ip}`: {e}")))?;
             }
             for mac in &vm.macs {
-                parse_mac(mac).ok_or_else(|| {
-                    bad(
-                        &format!("vm[{i}].macs"),
-                        format!("`{mac}` is not a MAC address"),
-                    )
-                })?;
+                mac.parse::<Mac>()
+                    .map_err(|e| bad(&format!("vm[{i}].macs"), e.to_string()))?;
             }
         }
         Ok(())
@@ -614,16 +613,6 @@ impl Config {
         }
         Ok(spec)
     }
-}
-
-/// `52:54:00:12:34:56` -> bytes.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in out.iter_mut() {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
 }
 
 #[cfg(test)]
@@ -739,6 +728,10 @@ mod tests {
         };
         assert_eq!(d.node(), "node01");
         assert!(!DiscoverySection::default().node().is_empty());
+    }
+
+    fn parse_mac(s: &str) -> Option<[u8; 6]> {
+        s.parse::<Mac>().ok().map(Mac::octets)
     }
 
     #[test]

@@ -39,9 +39,9 @@ use self::{
 };
 use crate::{
     api::ListenError,
-    config::{Config, ConfigError, ModeSetting, VmEntry, parse_mac},
+    config::{Config, ConfigError, ModeSetting, VmEntry},
     control::policy::Controller,
-    datapath::{Datapath, DatapathError, Mode, PinDir},
+    datapath::{Datapath, DatapathError, Mac, Mode, PinDir},
     metrics::{Metrics, MetricsError},
     qemu::MonitorConfig,
     shaping::{
@@ -332,8 +332,8 @@ fn register_vm(dp: &mut Datapath, slot: u32, entry: &VmEntry) -> Result<(), Daem
         dp.add_vm_ip(slot, ip)?;
     }
     for mac in &entry.macs {
-        let m = parse_mac(mac).ok_or_else(|| bad(format!("mac `{mac}`")))?;
-        dp.add_vm_mac(slot, m)?;
+        let m: Mac = mac.parse().map_err(|_| bad(format!("mac `{mac}`")))?;
+        dp.add_vm_mac(slot, m.octets())?;
     }
     for tap in &entry.taps {
         let c = std::ffi::CString::new(tap.as_str()).map_err(|_| bad(format!("tap `{tap}`")))?;
