@@ -3,12 +3,29 @@
 //! and a test checks that it parses to exactly [`Config::default`], so the
 //! documentation cannot drift from the code. Unknown keys are errors (a typo
 //! must not silently fall back to a default), and every error names the key.
+//!
+//! Values with a syntax of their own (mode, policy, listen address, IPs,
+//! MACs) are parsed into their types while the file is read, so the rest of
+//! the agent never parses them again and cannot meet a malformed one.
 
-use std::path::{Path, PathBuf};
+use std::{
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
 
-use crate::control::{adamig, bda, nrac, policy::Spec};
+use crate::{
+    api::Listen,
+    control::{
+        adamig, bda, nrac,
+        policy::{Policy, PolicyError, Spec},
+    },
+    datapath::Mac,
+};
 
 /// The documented default configuration.
 pub const DEFAULT_TOML: &str = r#"# vmbw agent configuration. Every key is optional; the values below are the
@@ -140,9 +157,94 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentSection {
-    pub mode: String,
-    pub policy: String,
+    pub mode: Mode,
+    pub policy: NamedPolicy,
     pub tick_ms: u64,
+}
+
+/// `agent.mode`: what the datapath does beyond counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Steer into HTB classes.
+    #[default]
+    Htb,
+    /// Pace with `skb->tstamp` (needs fq; the shaper falls back to HTB).
+    Edt,
+    /// Count only.
+    Observe,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Htb => "htb",
+            Mode::Edt => "edt",
+            Mode::Observe => "observe",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `agent.policy`: the policy as written, which the status API and the logs
+/// show (`static:64MiB` stays `static:64MiB`), and the [`Spec`] it parses
+/// to, without this config's knobs (see [`Config::policy`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct NamedPolicy {
+    name: String,
+    spec: Spec,
+}
+
+impl NamedPolicy {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+}
+
+impl FromStr for NamedPolicy {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<NamedPolicy, PolicyError> {
+        Ok(NamedPolicy {
+            name: s.to_owned(),
+            spec: s.parse()?,
+        })
+    }
+}
+
+impl TryFrom<String> for NamedPolicy {
+    type Error = PolicyError;
+    fn try_from(s: String) -> Result<NamedPolicy, PolicyError> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for NamedPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// `nrac+adamig`, built rather than parsed: a Default cannot fail.
+impl Default for NamedPolicy {
+    fn default() -> Self {
+        NamedPolicy {
+            name: "nrac+adamig".into(),
+            spec: Spec {
+                policy: Policy::Nrac(nrac::Config::default()),
+                adamig: Some(adamig::Config::default()),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -194,7 +296,7 @@ pub struct ShapingSection {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSection {
-    pub listen: String,
+    pub listen: Listen,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -263,9 +365,9 @@ pub struct VmEntry {
     #[serde(default)]
     pub libvirt: Option<LibvirtEntry>,
     #[serde(default)]
-    pub ips: Vec<String>,
+    pub ips: Vec<IpAddr>,
     #[serde(default)]
-    pub macs: Vec<String>,
+    pub macs: Vec<Mac>,
     #[serde(default)]
     pub taps: Vec<String>,
     /// The bandwidth promised to the VM's application (its SLA), Mbit/s.
@@ -328,8 +430,8 @@ impl Default for Config {
 impl Default for AgentSection {
     fn default() -> Self {
         AgentSection {
-            mode: "htb".into(),
-            policy: "nrac+adamig".into(),
+            mode: Mode::default(),
+            policy: NamedPolicy::default(),
             tick_ms: 500,
         }
     }
@@ -389,17 +491,12 @@ impl Default for ShapingSection {
 impl Default for ApiSection {
     fn default() -> Self {
         ApiSection {
-            listen: "127.0.0.1:9464".into(),
+            listen: Listen::Tcp(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                crate::api::DEFAULT_PORT,
+            ))),
         }
     }
-}
-
-/// The datapath mode the config asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModeSetting {
-    Htb,
-    Edt,
-    Observe,
 }
 
 impl Config {
@@ -414,10 +511,8 @@ impl Config {
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_owned(),
-            message: e.to_string(),
-        })?;
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError::from_toml(origin, text, &e))?;
         cfg.validate(origin)?;
         Ok(cfg)
     }
@@ -428,13 +523,6 @@ impl Config {
             key: key.to_owned(),
             problem,
         };
-        self.mode().ok_or_else(|| {
-            bad(
-                "agent.mode",
-                format!("`{}` is not one of htb, edt, observe", self.agent.mode),
-            )
-        })?;
-        Spec::parse(&self.agent.policy).map_err(|e| bad("agent.policy", e.to_string()))?;
         if self.agent.tick_ms == 0 {
             return Err(bad("agent.tick_ms", "must be at least 1".into()));
         }
@@ -505,10 +593,6 @@ impl Config {
                 "window >= 1 and 0 < min_progress < 1 are required".into(),
             ));
         }
-        self.api
-            .listen
-            .parse::<crate::daemon::http::Listen>()
-            .map_err(|e| bad("api.listen", e))?;
         let mut names = std::collections::HashSet::new();
         for (i, vm) in self.vm.iter().enumerate() {
             if vm.name.is_empty() || !names.insert(vm.name.as_str()) {
@@ -559,35 +643,13 @@ impl Config {
                     format!("{r} is not a rate >= 0 (Mbit/s)"),
                 ));
             }
-            for ip in &vm.ips {
-                ip.parse::<std::net::IpAddr>()
-                    .map_err(|e| bad(&format!("vm[{i}].ips"), format!("`{ip}`: {e}")))?;
-            }
-            for mac in &vm.macs {
-                parse_mac(mac).ok_or_else(|| {
-                    bad(
-                        &format!("vm[{i}].macs"),
-                        format!("`{mac}` is not a MAC address"),
-                    )
-                })?;
-            }
         }
         Ok(())
     }
 
-    pub fn mode(&self) -> Option<ModeSetting> {
-        match self.agent.mode.as_str() {
-            "htb" => Some(ModeSetting::Htb),
-            "edt" => Some(ModeSetting::Edt),
-            "observe" => Some(ModeSetting::Observe),
-            _ => None,
-        }
-    }
-
     /// The policy with this config's NRAC/BDA/AdaMig knobs applied.
-    pub fn policy(&self) -> Result<Spec, crate::control::policy::PolicyError> {
-        use crate::control::policy::Policy;
-        let mut spec = Spec::parse(&self.agent.policy)?;
+    pub fn policy(&self) -> Spec {
+        let mut spec = self.agent.policy.spec().clone();
         let mbit = |m: f64| m * 1e6 / 8.0;
         match &mut spec.policy {
             Policy::Nrac(c) => {
@@ -612,18 +674,83 @@ impl Config {
                 max_downtime_s: self.adamig.max_downtime_ms as f64 / 1000.0,
             };
         }
-        Ok(spec)
+        spec
     }
 }
 
-/// `52:54:00:12:34:56` -> bytes.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in out.iter_mut() {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+impl ConfigError {
+    /// A TOML error, named by its key where it has one. serde reports a
+    /// value that does not parse (a bad mode, policy, address, or a wrong
+    /// type) with the value's place in the text but not its key, so the key
+    /// is found from that place; errors of the TOML syntax itself have no
+    /// key and keep toml's own message.
+    fn from_toml(origin: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+        let Some((key, at)) = e
+            .span()
+            .and_then(|span| Some((key_at(text, span.start)?, span.start)))
+        else {
+            return ConfigError::Parse {
+                path: origin.to_owned(),
+                message: e.to_string(),
+            };
+        };
+        let line = text[..at].matches('\n').count() + 1;
+        let written: String = text
+            .lines()
+            .nth(line - 1)
+            .unwrap_or_default()
+            .trim()
+            .chars()
+            .take(80)
+            .collect();
+        ConfigError::Invalid {
+            path: origin.to_owned(),
+            key,
+            problem: format!("{} (line {line}: `{written}`)", e.message()),
+        }
     }
-    parts.next().is_none().then_some(out)
+}
+
+/// The dotted key (`vm[0].macs[1]`) of the innermost key or value at byte
+/// `at` of a TOML document, if it parses.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let doc = DeTable::parse(text).ok()?;
+    let mut key = String::new();
+    key_in_table(doc.get_ref(), at, &mut key).then_some(key)
+}
+
+fn key_in_table(table: &DeTable<'_>, at: usize, key: &mut String) -> bool {
+    for (k, v) in table {
+        let mark = key.len();
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(k.get_ref());
+        // Deepest first: a table's own span may cover its children's.
+        if key_in_value(v.get_ref(), at, key) || k.span().contains(&at) || v.span().contains(&at) {
+            return true;
+        }
+        key.truncate(mark);
+    }
+    false
+}
+
+fn key_in_value(value: &DeValue<'_>, at: usize, key: &mut String) -> bool {
+    match value {
+        DeValue::Table(t) => key_in_table(t, at, key),
+        DeValue::Array(a) => {
+            for (i, item) in a.iter().enumerate() {
+                let mark = key.len();
+                key.push_str(&format!("[{i}]"));
+                if key_in_value(item.get_ref(), at, key) || item.span().contains(&at) {
+                    return true;
+                }
+                key.truncate(mark);
+            }
+            false
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -635,7 +762,7 @@ mod tests {
         let parsed = Config::parse(DEFAULT_TOML, "default").expect("default config parses");
         assert_eq!(parsed, Config::default());
         // And the policy built from them equals the modules' own defaults.
-        let spec = parsed.policy().expect("policy");
+        let spec = parsed.policy();
         assert_eq!(spec.adamig, Some(adamig::Config::default()));
         match spec.policy {
             crate::control::policy::Policy::Nrac(c) => assert_eq!(c, nrac::Config::default()),
@@ -685,13 +812,74 @@ mod tests {
     }
 
     #[test]
+    fn values_are_parsed_at_load() {
+        let cfg = Config::parse(
+            "[agent]\nmode = \"edt\"\npolicy = \"static:64MiB\"\n\
+             [api]\nlisten = \"unix:/run/a.sock\"\n\
+             [[vm]]\nname = \"a\"\nqmp = \"/x\"\nips = [\"198.18.0.10\", \"fd00::1\"]\n\
+             macs = [\"52:54:00:12:34:56\"]\n",
+            "t",
+        )
+        .expect("ok");
+        assert_eq!(cfg.agent.mode, Mode::Edt);
+        // The status API shows the policy as written, not as bytes/s.
+        assert_eq!(cfg.agent.policy.to_string(), "static:64MiB");
+        assert_eq!(
+            cfg.agent.policy.spec().policy,
+            Policy::Static(64.0 * 1024.0 * 1024.0)
+        );
+        assert_eq!(cfg.api.listen, Listen::Unix("/run/a.sock".into()));
+        assert_eq!(
+            cfg.vm[0].ips,
+            vec![
+                IpAddr::from([198, 18, 0, 10]),
+                "fd00::1".parse::<IpAddr>().expect("ip")
+            ]
+        );
+        assert_eq!(
+            cfg.vm[0].macs,
+            vec![Mac::new([0x52, 0x54, 0, 0x12, 0x34, 0x56])]
+        );
+    }
+
+    #[test]
+    fn a_bad_value_is_named_by_file_key_and_line() {
+        assert_eq!(
+            err("[[vm]]\nname = \"a\"\nqmp = \"/x\"\n\
+                 [[vm]]\nname = \"b\"\nqmp = \"/y\"\nips = [\"10.0.0.1\", \"1.2.3\"]"),
+            "t.toml: `vm[1].ips[1]`: invalid IP address syntax \
+             (line 7: `ips = [\"10.0.0.1\", \"1.2.3\"]`)"
+        );
+        let e = err("[agent]\npolicy = \"magic\"");
+        assert!(
+            e.starts_with("t.toml: `agent.policy`: unknown policy `magic`"),
+            "{e}"
+        );
+        let e = err("[agent]\nmode = \"fast\"");
+        assert!(
+            e.starts_with("t.toml: `agent.mode`: unknown variant `fast`, expected one of `htb`, `edt`, `observe`"),
+            "{e}"
+        );
+        let e = err("[api]\nlisten = \"localhost\"");
+        assert!(e.starts_with("t.toml: `api.listen`: `localhost`: "), "{e}");
+        let e = err("[[uplink]]\niface = \"eth0\"");
+        assert!(
+            e.starts_with("t.toml: `uplink[0]`: missing field `link_mbit`"),
+            "{e}"
+        );
+        // A syntax error has no key: toml's own message, with the place.
+        let e = err("[agent\n");
+        assert!(e.starts_with("t.toml: TOML parse error at line 1"), "{e}");
+    }
+
+    #[test]
     fn knobs_reach_the_policy() {
         let cfg = Config::parse(
             "[agent]\npolicy = \"nrac\"\n[nrac]\ngamma = 3.0\nnetwork_intensive_mbit = 20.0",
             "t",
         )
         .expect("ok");
-        match cfg.policy().expect("policy").policy {
+        match cfg.policy().policy {
             crate::control::policy::Policy::Nrac(c) => {
                 assert_eq!(c.gamma, 3.0);
                 assert_eq!(c.network_intensive, 2_500_000.0);
@@ -739,6 +927,10 @@ mod tests {
         };
         assert_eq!(d.node(), "node01");
         assert!(!DiscoverySection::default().node().is_empty());
+    }
+
+    fn parse_mac(s: &str) -> Option<[u8; 6]> {
+        s.parse::<Mac>().ok().map(Mac::octets)
     }
 
     #[test]

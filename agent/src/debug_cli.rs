@@ -3,8 +3,8 @@
 
 use anyhow::{Context as _, bail};
 use vmbw::{
-    api::{self, ClassStatus, Explain, FlowStatus, Status, VmStatus},
-    daemon::http::{Listen, get},
+    api::{self, ClassStatus, Explain, FlowStatus, Listen, Status, VmStatus},
+    daemon::http::get,
 };
 
 #[derive(clap::Args)]
@@ -30,7 +30,7 @@ pub fn show(view: View, args: &ApiArgs) -> anyhow::Result<()> {
     let listen: Listen = args
         .api
         .parse()
-        .map_err(|e: String| anyhow::anyhow!("--api: {e}"))?;
+        .map_err(|e: api::ListenError| anyhow::anyhow!("--api: {e}"))?;
     let path = match &view {
         View::Status => api::STATUS_PATH.to_owned(),
         View::Vms => api::VMS_PATH.to_owned(),

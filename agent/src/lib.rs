@@ -1,27 +1,22 @@
 //! vmbw: migration-aware bandwidth enforcement for VM hosts.
 //!
 //! The library holds every subsystem; `src/main.rs` is the `vmbw` command
-//! line over it.
+//! line over it. The top-level modules, one line each:
 //!
-//! - [`datapath`]: the eBPF tc programs: classification into (vm, class),
-//!   per-CPU counters, HTB steering and EDT pacing, pinning and adoption.
-//! - [`predict`]: GM(1,N)/GM(1,1) dirty-page prediction and baselines.
+//! - [`api`]: the status API: wire types, URL paths, listen address, tables.
+//! - [`config`]: the agent's TOML config, typed and checked at load.
 //! - [`control`]: NRAC, BDA and the AdaMig watchdog; a pre-copy simulator.
-//! - [`shaping`]: the HTB tree on the uplink over rtnetlink: classes, live
-//!   rate changes, fq/EDT detection, restoring the original qdisc.
+//! - [`daemon`]: `vmbw agent`: start-up, per-VM tasks, control loop, shutdown.
+//! - [`datapath`]: the eBPF tc programs: classification, counters, HTB/EDT.
+//! - [`kubectl`]: the `kubectl vmbw` plugin, through the API server's pod proxy.
+//! - [`kubevirt`]: KubeVirt discovery: this node's VMIs and migrations.
+//! - [`libvirt`]: migration statistics and control through libvirt (feature).
+//! - [`metrics`]: the agent's Prometheus metrics.
+//! - [`migration`]: [`migration::MigrationSource`], over QMP or libvirt.
 //! - [`plan`]: migration planning (VMM-CFG) and consolidation (SICC).
+//! - [`predict`]: GM(1,N)/GM(1,1) dirty-page prediction and baselines.
 //! - [`qemu`]: QMP client, per-iteration migration monitor, trace CSV.
-//! - [`api`]: the agent's read-only status API: wire types, URL paths and
-//!   the tables the debug CLI and `kubectl-vmbw` print.
-//! - [`kubevirt`]: KubeVirt discovery: VMIs and migrations on this node to
-//!   datapath registrations.
-//! - [`kubectl`]: the `kubectl vmbw` plugin (reaches agents via the API
-//!   server's pod proxy).
-//! - [`migration`]: the one interface a VM's migrations are followed and
-//!   steered through ([`migration::MigrationSource`]), implemented over QMP
-//!   and over libvirt.
-//! - [`libvirt`]: migration statistics and control through libvirt
-//!   (feature `libvirt`).
+//! - [`shaping`]: the HTB tree on the uplink over rtnetlink.
 
 pub mod api;
 pub mod config;

@@ -32,9 +32,11 @@ use crate::{
 pub enum SourceError {
     #[error(transparent)]
     Qmp(#[from] MonitorError),
-    #[cfg(feature = "libvirt")]
+    /// Another backend's failure (libvirt's), shown as that backend's own
+    /// error. Boxed so that this module, which the backends implement,
+    /// names none of their types: the dependency runs one way.
     #[error(transparent)]
-    Libvirt(#[from] crate::libvirt::LibvirtError),
+    Backend(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A control the source could not apply, and why. Reported once per

@@ -78,7 +78,7 @@ fn config() -> Config {
 }
 
 fn api_port(cfg: &Config) -> i32 {
-    let listen = &cfg.api.listen;
+    let listen = cfg.api.listen.to_string();
     let port: u16 = listen
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())

@@ -10,12 +10,14 @@
 //! controller computes it), sizes in bytes, times in seconds. The tables show
 //! Mbit/s.
 
+pub mod listen;
 pub mod render;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use listen::{Listen, ListenError};
 pub use render::{render_classes, render_explain, render_flows, render_status, render_vms};
 
 /// The agent's API (and metrics) port.

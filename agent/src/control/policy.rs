@@ -59,6 +59,13 @@ impl Spec {
     }
 }
 
+impl std::str::FromStr for Spec {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Spec, PolicyError> {
+        Spec::parse(s)
+    }
+}
+
 /// `64MiB`, `1.5GiB`, `500KiB`, `100mbit`, `1gbit`, `125000` (bytes/s).
 pub fn parse_rate(s: &str) -> Result<f64, PolicyError> {
     let lower = s.trim().to_ascii_lowercase();

@@ -11,6 +11,9 @@ use tokio::{
     sync::watch,
 };
 
+// Re-exported: the test harness (tests/src) reaches it here.
+pub use crate::api::Listen;
+
 /// Longest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
 /// Time a client has to send its request.
@@ -44,28 +47,6 @@ impl Response {
 
 /// Answers a GET for a path (query string included).
 pub type Handler = Arc<dyn Fn(&str) -> Response + Send + Sync>;
-
-/// Where the server listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Listen {
-    Tcp(std::net::SocketAddr),
-    Unix(PathBuf),
-}
-
-impl std::str::FromStr for Listen {
-    type Err = String;
-    /// `127.0.0.1:9464`, `[::1]:9464` or `unix:/run/vmbw/api.sock`.
-    fn from_str(s: &str) -> Result<Listen, String> {
-        match s.strip_prefix("unix:") {
-            Some(path) if !path.is_empty() => Ok(Listen::Unix(PathBuf::from(path))),
-            Some(_) => Err("unix: needs a path".into()),
-            None => s
-                .parse()
-                .map(Listen::Tcp)
-                .map_err(|e| format!("`{s}`: {e}")),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -304,19 +285,5 @@ mod tests {
         stop.send(true).expect("stop");
         task.await.expect("stops");
         assert!(!path.exists(), "socket removed on shutdown");
-    }
-
-    #[test]
-    fn listen_addresses_parse() {
-        assert_eq!(
-            "127.0.0.1:9464".parse::<Listen>(),
-            Ok(Listen::Tcp("127.0.0.1:9464".parse().expect("addr")))
-        );
-        assert_eq!(
-            "unix:/run/x.sock".parse::<Listen>(),
-            Ok(Listen::Unix("/run/x.sock".into()))
-        );
-        assert!("unix:".parse::<Listen>().is_err());
-        assert!("localhost".parse::<Listen>().is_err());
     }
 }

@@ -33,12 +33,12 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use self::{
-    http::{Listen, Server},
+    http::Server,
     state::{Shared, State, VmState},
     tick::ControlLoop,
 };
 use crate::{
-    config::{Config, ConfigError, ModeSetting, VmEntry, parse_mac},
+    config::{self, Config, ConfigError, VmEntry},
     control::policy::Controller,
     datapath::{Datapath, DatapathError, Mode, PinDir},
     metrics::{Metrics, MetricsError},
@@ -52,8 +52,6 @@ use crate::{
 pub enum DaemonError {
     #[error("configuration")]
     Config(#[from] ConfigError),
-    #[error("policy: {0}")]
-    Policy(String),
     #[error("datapath")]
     Datapath(#[from] DatapathError),
     #[error("traffic control on {iface}")]
@@ -85,10 +83,8 @@ pub struct Options {
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let cfg = opts.config.clone();
-    let spec = cfg
-        .policy()
-        .map_err(|e| DaemonError::Policy(e.to_string()))?;
-    let mode = cfg.mode().unwrap_or(ModeSetting::Htb);
+    let spec = cfg.policy();
+    let mode = cfg.agent.mode;
     let uplinks: Vec<String> = cfg.uplink.iter().map(|u| u.iface.clone()).collect();
     let link = cfg.uplink[0].link_mbit * 1e6 / 8.0;
     let keep = opts.keep_datapath || cfg.datapath.keep_on_exit;
@@ -100,9 +96,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         info!(iface, pin_dir = %cfg.datapath.pin_dir.display(), "datapath attached");
     }
     dp.set_mode(match mode {
-        ModeSetting::Htb => Mode::Htb,
-        ModeSetting::Edt => Mode::Edt,
-        ModeSetting::Observe => Mode::Observe,
+        config::Mode::Htb => Mode::Htb,
+        config::Mode::Edt => Mode::Edt,
+        config::Mode::Observe => Mode::Observe,
     })?;
 
     // The VMs: configured ones get slots 1.. in order.
@@ -125,7 +121,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     }
 
     // Shaping on the first uplink (observe mode changes nothing).
-    let shaper = if mode == ModeSetting::Observe {
+    let shaper = if mode == config::Mode::Observe {
         None
     } else {
         let tc = TcClient::connect().map_err(|source| DaemonError::Shaping {
@@ -139,7 +135,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 Rate::bits_per_sec((link * 8.0) as u64),
             ),
         );
-        if mode == ModeSetting::Edt {
+        if mode == config::Mode::Edt {
             tree.enforcement = Enforcement::Edt;
         }
         let sopts = ShaperOptions {
@@ -154,7 +150,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         info!(iface = %uplinks[0], original = %shaper.original_root().describe(), enforcement = ?report.enforcement, "HTB tree in place");
         Some(shaper)
     };
-    let enforcement = if mode == ModeSetting::Edt {
+    let enforcement = if mode == config::Mode::Edt {
         Enforcement::Edt
     } else {
         Enforcement::Htb
@@ -165,8 +161,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             started: Instant::now(),
             ready: true,
             node: cfg.discovery.node(),
-            mode: cfg.agent.mode.clone(),
-            policy: cfg.agent.policy.clone(),
+            mode: mode.to_string(),
+            policy: cfg.agent.policy.to_string(),
             uplinks: uplinks.clone(),
             link,
             link_usage: 0.0,
@@ -179,12 +175,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     });
 
     let (stop, stopped) = watch::channel(false);
-    let listen: Listen = cfg
-        .api
-        .listen
-        .parse()
-        .map_err(|e: String| DaemonError::Policy(e))?;
-    let server = Server::bind(&listen).await?;
+    let server = Server::bind(&cfg.api.listen).await?;
     info!(listen = %cfg.api.listen, "status API and /metrics");
     let handler_shared = shared.clone();
     let api = tokio::spawn(server.run(
@@ -229,7 +220,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let mut control = ControlLoop::new(
         shared.clone(),
         Controller::new(spec),
-        cfg.agent.policy.clone(),
+        cfg.agent.policy.to_string(),
         shaper,
         enforcement,
         link,
@@ -300,20 +291,12 @@ fn reload(
         warn!("SIGHUP: started without --config, nothing to reload");
         return;
     };
-    match Config::load(path).and_then(|c| {
-        c.policy()
-            .map(|s| (c, s))
-            .map_err(|e| ConfigError::Invalid {
-                path: path.display().to_string(),
-                key: "agent.policy".into(),
-                problem: e.to_string(),
-            })
-    }) {
-        Ok((cfg, spec)) => {
-            control.controller = Controller::new(spec);
-            control.policy_name = cfg.agent.policy.clone();
+    match Config::load(path) {
+        Ok(cfg) => {
+            control.controller = Controller::new(cfg.policy());
+            control.policy_name = cfg.agent.policy.to_string();
             *tick = tokio::time::interval(Duration::from_millis(cfg.agent.tick_ms));
-            shared.state().policy = cfg.agent.policy.clone();
+            shared.state().policy = cfg.agent.policy.to_string();
             info!(policy = %cfg.agent.policy, tick_ms = cfg.agent.tick_ms, "SIGHUP: configuration reloaded");
         }
         Err(e) => {
@@ -329,12 +312,10 @@ fn register_vm(dp: &mut Datapath, slot: u32, entry: &VmEntry) -> Result<(), Daem
         problem,
     };
     for ip in &entry.ips {
-        let ip = ip.parse().map_err(|e| bad(format!("ip `{ip}`: {e}")))?;
-        dp.add_vm_ip(slot, ip)?;
+        dp.add_vm_ip(slot, *ip)?;
     }
     for mac in &entry.macs {
-        let m = parse_mac(mac).ok_or_else(|| bad(format!("mac `{mac}`")))?;
-        dp.add_vm_mac(slot, m)?;
+        dp.add_vm_mac(slot, mac.octets())?;
     }
     for tap in &entry.taps {
         let c = std::ffi::CString::new(tap.as_str()).map_err(|_| bad(format!("tap `{tap}`")))?;

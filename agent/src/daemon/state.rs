@@ -318,13 +318,14 @@ pub fn flows(s: &State) -> Vec<api::FlowStatus> {
                 source: "qemu sockets".into(),
             });
         }
-        for addr in v.entry.ips.iter().chain(&v.entry.macs) {
+        let ips = v.entry.ips.iter().map(ToString::to_string);
+        for addr in ips.chain(v.entry.macs.iter().map(ToString::to_string)) {
             out.push(api::FlowStatus {
                 vm: name.clone(),
                 slot: v.slot,
                 class: api::TrafficClass::Application,
                 matches: api::FlowMatch::VmAddress,
-                local: addr.clone(),
+                local: addr,
                 remote: "*".into(),
                 proto: "any".into(),
                 source: "config".into(),

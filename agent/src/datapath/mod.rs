@@ -15,8 +15,11 @@
 //! watch`) is private to this process and removed with it.
 
 mod counters;
+mod mac;
 mod tables;
 mod test_run;
+
+pub use mac::{Mac, MacError};
 
 use std::{
     path::{Path, PathBuf},

@@ -16,6 +16,8 @@ use kube::{
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
+use crate::datapath::Mac;
+
 /// `kubevirt.io/v1` VirtualMachineInstance.
 pub fn vmi_resource() -> ApiResource {
     kubevirt_resource("VirtualMachineInstance", "virtualmachineinstances")
@@ -587,7 +589,9 @@ fn parse_interface(ctx: &Ctx, i: &InterfaceJson) -> Result<VmiInterface, ObjectE
     let mac = match i.mac.as_deref().filter(|m| !m.is_empty()) {
         None => None,
         Some(m) => Some(
-            parse_mac(m).ok_or_else(|| ctx.field("status.interfaces[].mac", m, "a MAC address"))?,
+            m.parse::<Mac>()
+                .map_err(|_| ctx.field("status.interfaces[].mac", m, "a MAC address"))?
+                .octets(),
         ),
     };
     Ok(VmiInterface {
@@ -663,24 +667,15 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
     addr.parse().ok()
 }
 
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split([':', '-']);
-    for b in &mut out {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn parse_mac(s: &str) -> Option<[u8; 6]> {
+        s.parse::<Mac>().ok().map(Mac::octets)
+    }
 
     fn raw(v: Value) -> RawObject {
         serde_json::from_value(v).expect("a JSON object always deserialises")
