@@ -393,6 +393,11 @@ pub fn scatter_svg(rep: &ScenarioReport) -> anyhow::Result<String> {
         .chain(rep.physical_floor_s)
         .fold(10.0_f64, f64::max)
         * 1.15;
+    // Room above 1 for an application that got more than it was owed.
+    let y_max = sums
+        .iter()
+        .filter_map(|s| s.sla_p5.map(|p| p.2))
+        .fold(1.15_f64, |m, hi| m.max(hi + 0.1));
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (960, 560)).into_drawing_area();
@@ -408,7 +413,7 @@ pub fn scatter_svg(rep: &ScenarioReport) -> anyhow::Result<String> {
             .margin(20)
             .x_label_area_size(62)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..x_max, 0.0..1.15)?;
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
         chart
             .configure_mesh()
             .x_desc("migration time, s (runs of several VMs: makespan)")
@@ -429,12 +434,12 @@ pub fn scatter_svg(rep: &ScenarioReport) -> anyhow::Result<String> {
         )))?;
         if let Some(f) = rep.physical_floor_s {
             chart.draw_series(std::iter::once(PathElement::new(
-                vec![(f, 0.0), (f, 1.15)],
+                vec![(f, 0.0), (f, y_max)],
                 RGBColor(160, 160, 160).stroke_width(1),
             )))?;
             chart.draw_series(std::iter::once(Text::new(
                 format!("floor {f:.0} s"),
-                (f + x_max * 0.005, 0.04),
+                (f + x_max * 0.005, y_max - 0.04),
                 ("sans-serif", 13)
                     .into_font()
                     .color(&RGBColor(110, 110, 110)),
@@ -485,11 +490,13 @@ pub fn scatter_svg(rep: &ScenarioReport) -> anyhow::Result<String> {
             // label already placed (policies often share a point, e.g. all
             // the ones that ran into the timeout).
             let x = t + x_max * 0.012;
-            let mut ly = y + 0.03;
+            // One text line, in the chart's units.
+            let line = 0.05 * y_max / 1.15;
+            let mut ly = y + 0.6 * line;
             while placed.iter().any(|&(px, py): &(f64, f64)| {
-                (px - x).abs() < x_max * 0.25 && (py - ly).abs() < 0.045
+                (px - x).abs() < x_max * 0.25 && (py - ly).abs() < 0.9 * line
             }) {
-                ly -= 0.05;
+                ly -= line;
             }
             placed.push((x, ly));
             chart.draw_series(std::iter::once(Text::new(
