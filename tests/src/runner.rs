@@ -358,7 +358,13 @@ pub fn run_one(
                     v.end = Some((info, false, elapsed));
                 }
                 // Post-copy cannot be cancelled: the guest already runs on
-                // the destination. It is followed to its end.
+                // the destination. It is followed to its end, within bounds.
+                Some(MigrationStatus::PostcopyActive) if elapsed > 3.0 * sc.timeout_s => {
+                    bail!(
+                        "{}: still in post-copy after {elapsed:.0} s (3 x the timeout); giving up on this run",
+                        v.name
+                    );
+                }
                 Some(MigrationStatus::PostcopyActive) => {}
                 _ if elapsed > sc.timeout_s => {
                     rt.block_on(v.ctl.migrate_cancel())?;
