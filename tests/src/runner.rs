@@ -200,35 +200,11 @@ pub fn run_one(
     let run = tb.run.path();
     let config = run.join("vmbw.toml");
     let api = run.join("api.sock");
-    let link = if sc.link_mbit > 0.0 {
-        sc.link_mbit * 0.95
-    } else {
-        10_000.0
-    };
-    let mut toml = format!(
-        "[agent]\nmode = \"{}\"\npolicy = \"{}\"\n\
-         [[uplink]]\niface = \"{UPLINK}\"\nlink_mbit = {link}\n\
-         [datapath]\npin_dir = \"{}\"\n[shaping]\nstate_dir = \"{}\"\n\
-         [api]\nlisten = \"unix:{}\"\n",
-        if bench.enforcing() { "htb" } else { "observe" },
-        bench.agent_policy(),
-        bpffs.path().join("vmbw").display(),
-        run.join("state").display(),
-        api.display(),
-    );
-    for ((slot, (src, _)), spec) in tb.guests.iter().zip(&pairs).zip(&sc.vm) {
-        toml.push_str(&format!(
-            "[[vm]]\nname = \"vm{}\"\nqmp = \"{}\"\nips = [\"{}\"]\ntaps = [\"{}\"]\n",
-            slot.index,
-            src.qmp.display(),
-            slot.ip,
-            slot.tap
-        ));
-        if spec.reserve_mbit > 0.0 {
-            toml.push_str(&format!("reserve_mbit = {}\n", spec.reserve_mbit));
-        }
-    }
-    std::fs::write(&config, toml)?;
+    let qmps: Vec<&Path> = pairs.iter().map(|(src, _)| src.qmp.as_path()).collect();
+    std::fs::write(
+        &config,
+        agent_config(sc, &bench, &tb, &qmps, &bpffs.path().join("vmbw"), &api),
+    )?;
     let mut agent = Agent::start(&tb.src, &config, &api, &run.join("agent.log"))?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -505,6 +481,50 @@ pub fn run_one(
         });
     }
     Ok(results)
+}
+
+/// The agent's configuration for a run: the policy (observe mode for the
+/// peers), the uplink at 95% of the bottleneck (what tbf leaves for
+/// payload), and one `[[vm]]` per guest with its addresses, tap and
+/// reservation.
+fn agent_config(
+    sc: &Scenario,
+    bench: &BenchPolicy,
+    tb: &MigrationTestbed,
+    qmps: &[&Path],
+    pin_dir: &Path,
+    api: &Path,
+) -> String {
+    let run = tb.run.path();
+    let link = if sc.link_mbit > 0.0 {
+        sc.link_mbit * 0.95
+    } else {
+        10_000.0
+    };
+    let mut toml = format!(
+        "[agent]\nmode = \"{}\"\npolicy = \"{}\"\n\
+         [[uplink]]\niface = \"{UPLINK}\"\nlink_mbit = {link}\n\
+         [datapath]\npin_dir = \"{}\"\n[shaping]\nstate_dir = \"{}\"\n\
+         [api]\nlisten = \"unix:{}\"\n",
+        if bench.enforcing() { "htb" } else { "observe" },
+        bench.agent_policy(),
+        pin_dir.display(),
+        run.join("state").display(),
+        api.display(),
+    );
+    for ((slot, qmp), spec) in tb.guests.iter().zip(qmps).zip(&sc.vm) {
+        toml.push_str(&format!(
+            "[[vm]]\nname = \"vm{}\"\nqmp = \"{}\"\nips = [\"{}\"]\ntaps = [\"{}\"]\n",
+            slot.index,
+            qmp.display(),
+            slot.ip,
+            slot.tap
+        ));
+        if spec.reserve_mbit > 0.0 {
+            toml.push_str(&format!("reserve_mbit = {}\n", spec.reserve_mbit));
+        }
+    }
+    toml
 }
 
 impl Followed {
