@@ -439,7 +439,7 @@ pub fn scatter_svg(rep: &ScenarioReport) -> anyhow::Result<String> {
             )))?;
             chart.draw_series(std::iter::once(Text::new(
                 format!("floor {f:.0} s"),
-                (f + x_max * 0.005, y_max - 0.04),
+                (f + x_max * 0.005, y_max * 0.5),
                 ("sans-serif", 13)
                     .into_font()
                     .color(&RGBColor(110, 110, 110)),
@@ -489,7 +489,12 @@ pub fn scatter_svg(rep: &ScenarioReport) -> anyhow::Result<String> {
             // Move a label down, one line at a time, until it overlaps no
             // label already placed (policies often share a point, e.g. all
             // the ones that ran into the timeout).
-            let x = t + x_max * 0.012;
+            // Right of the point, or left of it near the right edge.
+            let x = if t > x_max * 0.7 {
+                t - x_max * (0.012 + 0.0078 * label.chars().count() as f64)
+            } else {
+                t + x_max * 0.012
+            };
             // One text line, in the chart's units.
             let line = 0.05 * y_max / 1.15;
             let mut ly = y + 0.6 * line;
