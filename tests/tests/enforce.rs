@@ -25,6 +25,32 @@ use vmbw_tests::{
 
 const MBIT: f64 = 125_000.0;
 
+/// Puts `plan` in the kernel through the agent's own enforcement path, for
+/// the one VM in `slot`; every steering write must succeed.
+fn enforce_once(
+    link: &ShapedLink,
+    plan: &enforce::Plan,
+    slot: u16,
+    shaper: &mut Shaper,
+    dp: &Mutex<Datapath>,
+) -> daemon::enforce::Enforced {
+    let done = link
+        .rt
+        .block_on(daemon::enforce::enforce(
+            plan,
+            &[u32::from(slot)],
+            shaper,
+            dp,
+        ))
+        .expect("enforce");
+    assert!(
+        done.steering_errors.is_empty(),
+        "{:?}",
+        done.steering_errors
+    );
+    done
+}
+
 #[test]
 fn datapath_steers_flows_into_the_classes_a_decision_sets() {
     require!(privileged());
@@ -56,21 +82,8 @@ fn datapath_steers_flows_into_the_classes_a_decision_sets() {
             .expect("vm ip");
         (shaper, Mutex::new(dp))
     });
-    let done = link
-        .rt
-        .block_on(daemon::enforce::enforce(
-            &plan,
-            &[u32::from(SLOT)],
-            &mut shaper,
-            &dp,
-        ))
-        .expect("enforce");
+    let done = enforce_once(&link, &plan, SLOT, &mut shaper, &dp);
     assert_eq!(done.report.enforcement, Enforcement::Htb);
-    assert!(
-        done.steering_errors.is_empty(),
-        "{:?}",
-        done.steering_errors
-    );
 
     let mig_sink = TcpSink::start(&link.peer, link.peer_addr(mig_port)).expect("sink");
     let app_sink = TcpSink::start(&link.peer, link.peer_addr(app_port)).expect("sink");
@@ -166,20 +179,7 @@ fn edt_without_fq_falls_back_to_htb_and_still_caps_the_migration() {
         link.rt.block_on(shaper.cleanup()).expect("restore");
         return;
     }
-    let done = link
-        .rt
-        .block_on(daemon::enforce::enforce(
-            &plan,
-            &[u32::from(SLOT)],
-            &mut shaper,
-            &dp,
-        ))
-        .expect("enforce");
-    assert!(
-        done.steering_errors.is_empty(),
-        "{:?}",
-        done.steering_errors
-    );
+    enforce_once(&link, &plan, SLOT, &mut shaper, &dp);
     let mode = dp.lock().expect("datapath").mode().expect("mode");
 
     let sink = TcpSink::start(&link.peer, link.peer_addr(port)).expect("sink");
