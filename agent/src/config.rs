@@ -928,18 +928,4 @@ mod tests {
         assert_eq!(d.node(), "node01");
         assert!(!DiscoverySection::default().node().is_empty());
     }
-
-    fn parse_mac(s: &str) -> Option<[u8; 6]> {
-        s.parse::<Mac>().ok().map(Mac::octets)
-    }
-
-    #[test]
-    fn macs_parse() {
-        assert_eq!(
-            parse_mac("52:54:00:12:34:56"),
-            Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
-        );
-        assert_eq!(parse_mac("52:54:00:12:34"), None);
-        assert_eq!(parse_mac("52:54:00:12:34:56:78"), None);
-    }
 }
