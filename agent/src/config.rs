@@ -21,7 +21,7 @@ use toml::de::{DeTable, DeValue};
 use crate::{
     api::Listen,
     control::{
-        adamig, bda, nrac,
+        adamig, bda, escalate, nrac,
         policy::{Policy, PolicyError, Spec},
     },
     datapath::Mac,
@@ -36,8 +36,9 @@ pub const DEFAULT_TOML: &str = r#"# vmbw agent configuration. Every key is optio
 # "edt" (pace with skb->tstamp; needs the fq qdisc, falls back to htb),
 # "observe" (count only, change nothing).
 mode = "htb"
-# Bandwidth policy: "nrac", "bda", "nrac+adamig", "bda+adamig", "default"
-# (no enforcement) or "static:RATE" (e.g. "static:64MiB", "static:100mbit").
+# Bandwidth policy: "nrac", "bda", "nrac+adamig", "bda+adamig",
+# "nrac+escalate", "bda+escalate", "default" (no enforcement) or
+# "static:RATE" (e.g. "static:64MiB", "static:100mbit").
 policy = "nrac+adamig"
 # Control loop period between migration iterations, milliseconds.
 tick_ms = 500
@@ -74,6 +75,27 @@ min_progress = 0.1
 allow_postcopy = false
 # Upper bound for a raised downtime limit, milliseconds.
 max_downtime_ms = 2000
+
+[escalate]
+# For "...+escalate": when a migration's forecast says it will not converge,
+# or will take more than `slack` x one pass over what is left (and at least
+# min_excess_s longer), fire the cheapest tool that was armed when the
+# migration started and keeps every reservation. Arm them at the start:
+# KubeVirt MigrationPolicy allowPostCopy / allowAutoConverge, libvirt
+# VIR_MIGRATE_POSTCOPY / VIR_MIGRATE_AUTO_CONVERGE, QMP migrate-set-
+# capabilities postcopy-ram (both sides; postcopy-preempt too on QEMU >= 8)
+# and auto-converge with cpu-throttle-initial = max-cpu-throttle = 1, which
+# keeps it inert until vmbw raises it. Post-copy's risk: if either host or
+# the link fails during post-copy, the VM is lost.
+allow_postcopy = true
+allow_throttle = true
+allow_downtime = true
+# Largest downtime limit escalation may set, milliseconds.
+downtime_budget_ms = 500
+slack = 1.3
+min_excess_s = 5.0
+# Highest vCPU throttle escalation may set, percent.
+max_throttle_pct = 90
 
 [datapath]
 # bpffs directory for vmbw's pinned maps and links (must be on a bpffs).
@@ -147,6 +169,7 @@ pub struct Config {
     pub nrac: NracSection,
     pub bda: BdaSection,
     pub adamig: AdamigSection,
+    pub escalate: EscalateSection,
     pub datapath: DatapathSection,
     pub shaping: ShapingSection,
     pub api: ApiSection,
@@ -242,6 +265,7 @@ impl Default for NamedPolicy {
             spec: Spec {
                 policy: Policy::Nrac(nrac::Config::default()),
                 adamig: Some(adamig::Config::default()),
+                escalate: None,
             },
         }
     }
@@ -278,6 +302,33 @@ pub struct AdamigSection {
     pub min_progress: f64,
     pub allow_postcopy: bool,
     pub max_downtime_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EscalateSection {
+    pub allow_postcopy: bool,
+    pub allow_throttle: bool,
+    pub allow_downtime: bool,
+    pub downtime_budget_ms: u64,
+    pub slack: f64,
+    pub min_excess_s: f64,
+    pub max_throttle_pct: u8,
+}
+
+impl Default for EscalateSection {
+    fn default() -> Self {
+        let e = escalate::Config::default();
+        EscalateSection {
+            allow_postcopy: e.allow_postcopy,
+            allow_throttle: e.allow_throttle,
+            allow_downtime: e.allow_downtime,
+            downtime_budget_ms: (e.downtime_budget_s * 1000.0) as u64,
+            slack: e.slack,
+            min_excess_s: e.min_excess_s,
+            max_throttle_pct: e.max_throttle_pct,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -418,6 +469,7 @@ impl Default for Config {
             nrac: NracSection::default(),
             bda: BdaSection::default(),
             adamig: AdamigSection::default(),
+            escalate: EscalateSection::default(),
             datapath: DatapathSection::default(),
             shaping: ShapingSection::default(),
             api: ApiSection::default(),
@@ -593,6 +645,19 @@ impl Config {
                 "window >= 1 and 0 < min_progress < 1 are required".into(),
             ));
         }
+        let e = &self.escalate;
+        if !(e.slack.is_finite() && e.slack >= 1.0) {
+            return Err(bad("escalate.slack", "must be a number >= 1".into()));
+        }
+        if !(e.min_excess_s.is_finite() && e.min_excess_s >= 0.0) {
+            return Err(bad("escalate.min_excess_s", "must be >= 0".into()));
+        }
+        if !(1..=99).contains(&e.max_throttle_pct) {
+            return Err(bad(
+                "escalate.max_throttle_pct",
+                "must be 1..=99 (QEMU's range)".into(),
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, vm) in self.vm.iter().enumerate() {
             if vm.name.is_empty() || !names.insert(vm.name.as_str()) {
@@ -672,6 +737,19 @@ impl Config {
                 min_progress: self.adamig.min_progress,
                 allow_postcopy: self.adamig.allow_postcopy,
                 max_downtime_s: self.adamig.max_downtime_ms as f64 / 1000.0,
+            };
+        }
+        if let Some(c) = spec.escalate.as_mut() {
+            let e = &self.escalate;
+            *c = escalate::Config {
+                allow_postcopy: e.allow_postcopy,
+                allow_throttle: e.allow_throttle,
+                allow_downtime: e.allow_downtime,
+                downtime_budget_s: e.downtime_budget_ms as f64 / 1000.0,
+                slack: e.slack,
+                min_excess_s: e.min_excess_s,
+                postcopy_weight: c.postcopy_weight,
+                max_throttle_pct: e.max_throttle_pct,
             };
         }
         spec

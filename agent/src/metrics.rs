@@ -43,7 +43,12 @@ pub struct Metrics {
     pub iteration: GaugeVec,
     /// QEMU's expected downtime.
     pub expected_downtime: GaugeVec,
-    /// AdaMig escalations.
+    /// Forecast completion time of each migration (NaN-free: absent when
+    /// it does not converge).
+    pub eta: GaugeVec,
+    /// 1 while the forecast says the migration converges.
+    pub converging: GaugeVec,
+    /// AdaMig escalations and escalation tools fired.
     pub policy_switches: IntCounterVec,
     /// Errors by subsystem.
     pub errors: IntCounterVec,
@@ -151,11 +156,31 @@ impl Metrics {
                 ),
                 "vmbw_migration_expected_downtime_seconds"
             ),
+            eta: reg!(
+                GaugeVec::new(
+                    Opts::new(
+                        "vmbw_migration_eta_seconds",
+                        "Forecast seconds until the migration completes under its current allotment (absent while it does not converge)."
+                    ),
+                    &["vm"]
+                ),
+                "vmbw_migration_eta_seconds"
+            ),
+            converging: reg!(
+                GaugeVec::new(
+                    Opts::new(
+                        "vmbw_migration_converging",
+                        "1 if the forecast says the migration converges under its current allotment, else 0."
+                    ),
+                    &["vm"]
+                ),
+                "vmbw_migration_converging"
+            ),
             policy_switches: reg!(
                 IntCounterVec::new(
                     Opts::new(
                         "vmbw_policy_switches_total",
-                        "AdaMig escalations per VM and step."
+                        "Escalations per VM and step (AdaMig's steps; escalation's tools)."
                     ),
                     &["vm", "step"]
                 ),
@@ -221,6 +246,17 @@ impl Metrics {
         set("guarantee", d.migration_rate.unwrap_or(0.0));
         set("ceiling", d.migration_ceil.unwrap_or(0.0));
         set("reservation", d.app_reserve);
+        if let Some(f) = &d.forecast {
+            self.converging
+                .with_label_values(&[vm])
+                .set(if f.converging() { 1.0 } else { 0.0 });
+            match f.eta_s {
+                Some(eta) => self.eta.with_label_values(&[vm]).set(eta),
+                None => {
+                    let _ = self.eta.remove_label_values(&[vm]);
+                }
+            }
+        }
     }
 
     /// The dirty pages of a finished iteration, and what was predicted for

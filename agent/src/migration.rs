@@ -20,7 +20,7 @@
 use std::{future::Future, time::Duration};
 
 use crate::{
-    control::QemuParams,
+    control::{Armed, QemuParams},
     qemu::{
         Capability, IterationSample, MigrationMonitor, QmpError, monitor::MonitorError,
         types::MigrationStatus,
@@ -83,6 +83,13 @@ impl Applied {
             start_postcopy: want.start_postcopy
                 && !self.params.start_postcopy
                 && !self.is_refused("post-copy"),
+            cpu_throttle_pct: want.cpu_throttle_pct.filter(|p| {
+                !self.is_refused("cpu-throttle") && self.params.cpu_throttle_pct != Some(*p)
+            }),
+            max_postcopy_bandwidth: want.max_postcopy_bandwidth.filter(|bw| {
+                !self.is_refused("max-postcopy-bandwidth")
+                    && bandwidth_changed(self.params.max_postcopy_bandwidth, *bw)
+            }),
         }
     }
 }
@@ -119,6 +126,9 @@ pub trait MigrationSource: Send {
         &mut self,
     ) -> impl Future<Output = Result<Option<IterationSample>, SourceError>> + Send;
 
+    /// What the migration's starter armed (read once it runs).
+    fn armed(&mut self) -> impl Future<Output = Result<Armed, SourceError>> + Send;
+
     /// Applies what changed between `want` and `applied` to the running
     /// migration and records it in `applied`. Returns what the source
     /// refused in this call (also recorded in `applied.refused`).
@@ -151,6 +161,23 @@ impl MigrationSource for MigrationMonitor {
 
     async fn next_sample(&mut self) -> Result<Option<IterationSample>, SourceError> {
         Ok(MigrationMonitor::next_sample(self).await?)
+    }
+
+    async fn armed(&mut self) -> Result<Armed, SourceError> {
+        let caps = self
+            .qmp()
+            .query_migrate_capabilities()
+            .await
+            .map_err(MonitorError::Qmp)?;
+        let on = |c: Capability| {
+            caps.iter()
+                .any(|s| s.capability == c.qapi_name() && s.state)
+        };
+        Ok(Armed {
+            postcopy: on(Capability::PostcopyRam),
+            postcopy_preempt: on(Capability::PostcopyPreempt),
+            auto_converge: on(Capability::AutoConverge),
+        })
     }
 
     async fn apply(
@@ -200,6 +227,23 @@ impl MigrationSource for MigrationMonitor {
                 Err(e) => refused.push(refusal("auto-converge", e)?),
             }
         }
+        if let Some(pct) = todo.cpu_throttle_pct {
+            match qmp.set_cpu_throttle(pct).await {
+                Ok(()) => applied.params.cpu_throttle_pct = Some(pct),
+                Err(e) => refused.push(refusal("cpu-throttle", e)?),
+            }
+        }
+        // The background push's cap before the switch, so that post-copy
+        // starts within it.
+        if let Some(bw) = todo.max_postcopy_bandwidth {
+            match qmp
+                .set_max_postcopy_bandwidth(bw.round().max(1.0) as u64)
+                .await
+            {
+                Ok(()) => applied.params.max_postcopy_bandwidth = Some(bw),
+                Err(e) => refused.push(refusal("max-postcopy-bandwidth", e)?),
+            }
+        }
         if todo.start_postcopy {
             match qmp.migrate_start_postcopy().await {
                 Ok(()) => applied.params.start_postcopy = true,
@@ -233,6 +277,7 @@ mod tests {
             downtime_limit_s: Some(0.6),
             auto_converge: Some(true),
             start_postcopy: true,
+            ..QemuParams::default()
         };
         // Nothing applied yet: all of it.
         assert_eq!(Applied::default().pending(&want), want);
@@ -242,6 +287,7 @@ mod tests {
                 downtime_limit_s: Some(0.3),
                 auto_converge: Some(true),
                 start_postcopy: false,
+                ..QemuParams::default()
             },
             ..Applied::default()
         };

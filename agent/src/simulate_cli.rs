@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use vmbw::{
     control::{
+        Armed,
         policy::Spec,
         sim::{DirtyProcess, Outcome, Scenario, simulate},
     },
@@ -42,6 +43,13 @@ pub struct SimulateArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300.0)]
     timeout_s: f64,
+    /// Bandwidth promised to the application, Mbit/s (its SLA).
+    #[arg(long)]
+    reserve_mbit: Option<f64>,
+    /// Tools armed at the start, for `…+escalate` (repeatable):
+    /// postcopy, auto-converge.
+    #[arg(long = "armed", value_parser = ["postcopy", "auto-converge"])]
+    armed: Vec<String>,
     /// Policies to compare (repeatable).
     #[arg(long = "policy", default_values_t = ["default".to_owned(), "static:64MiB".to_owned(), "nrac".to_owned(), "bda".to_owned(), "nrac+adamig".to_owned()])]
     policies: Vec<String>,
@@ -86,6 +94,12 @@ pub fn scenario(args: &SimulateArgs) -> anyhow::Result<Scenario> {
         background: args.background_mbit * MBIT,
         downtime_limit_s: args.downtime_ms / 1000.0,
         timeout_s: args.timeout_s,
+        reserve: args.reserve_mbit.map(|r| r * MBIT),
+        armed: Armed {
+            postcopy: args.armed.iter().any(|a| a == "postcopy"),
+            postcopy_preempt: args.armed.iter().any(|a| a == "postcopy"),
+            auto_converge: args.armed.iter().any(|a| a == "auto-converge"),
+        },
     })
 }
 

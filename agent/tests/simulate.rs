@@ -31,6 +31,8 @@ fn scenario(name: &str) -> Scenario {
         background: 0.0,
         downtime_limit_s: 0.3,
         timeout_s: 300.0,
+        reserve: None,
+        armed: Default::default(),
     }
 }
 

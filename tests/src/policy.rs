@@ -9,6 +9,7 @@
 //! | `autoconverge` | `auto-converge` on from the start, QEMU's own throttle steps | KubeVirt `allowAutoConverge` (libvirt `VIR_MIGRATE_AUTO_CONVERGE`) |
 //! | `postcopy-after:S` | `postcopy-ram` on both sides from the start; `migrate-start-postcopy` once S seconds have passed | KubeVirt `allowPostCopy`, which switches when its completion timeout passes |
 //! | `nrac`, `bda`, `…+adamig` | vmbw's agent enforcing (HTB) | — |
+//! | `…+escalate` | the agent enforcing, with post-copy (and its preempt channel) and auto-converge armed at the start, auto-converge held inert (throttle 1%) until the agent raises it | what vmbw tells operators to arm: `allowPostCopy` + `allowAutoConverge` |
 //!
 //! Every peer policy runs with the agent in observe mode, so that vmbw's
 //! counters measure it like the others; `static:RATE` is set by the agent
@@ -91,7 +92,17 @@ impl BenchPolicy {
     }
 
     pub fn arms_autoconverge(&self) -> bool {
-        matches!(self, BenchPolicy::AutoConverge)
+        matches!(self, BenchPolicy::AutoConverge) || self.escalates()
+    }
+
+    /// Whether the agent escalates: it then fires the tools armed for it.
+    pub fn escalates(&self) -> bool {
+        matches!(self, BenchPolicy::Agent { spec, .. } if spec.escalate.is_some())
+    }
+
+    /// Whether `postcopy-ram` is set on both sides before the start.
+    pub fn arms_postcopy(&self) -> bool {
+        self.postcopy_after().is_some() || self.escalates()
     }
 
     /// When to start post-copy, if this policy arms it.
@@ -122,6 +133,10 @@ mod tests {
         );
         let p = BenchPolicy::parse("nrac+adamig").expect("nrac");
         assert!(p.enforcing() && p.family() == Family::Vmbw);
+        assert!(!p.arms_postcopy() && !p.arms_autoconverge());
+        let p = BenchPolicy::parse("nrac+escalate").expect("escalate");
+        assert!(p.enforcing() && p.escalates() && p.arms_postcopy() && p.arms_autoconverge());
+        assert_eq!(p.postcopy_after(), None);
         assert_eq!(
             BenchPolicy::parse("default").expect("d").family(),
             Family::Stock

@@ -564,16 +564,26 @@ async fn arm(
     uri: &str,
 ) -> anyhow::Result<()> {
     let mut dst_ctl = Qmp::connect(&dst.qmp_ctl, ctl_options()).await?;
-    if policy.postcopy_after().is_some() {
-        src.set_capabilities(&[(Capability::PostcopyRam, true)])
-            .await?;
-        dst_ctl
-            .set_capabilities(&[(Capability::PostcopyRam, true)])
-            .await?;
+    if policy.arms_postcopy() {
+        // vmbw arms the preempt channel too (QEMU >= 8.0): the pages a
+        // post-copy guest waits for then do not queue behind the
+        // background push. The peer arms what KubeVirt's allowPostCopy
+        // arms: postcopy-ram alone.
+        let mut caps = vec![(Capability::PostcopyRam, true)];
+        if policy.escalates() {
+            caps.push((Capability::PostcopyPreempt, true));
+        }
+        src.set_capabilities(&caps).await?;
+        dst_ctl.set_capabilities(&caps).await?;
     }
     if policy.arms_autoconverge() {
         src.set_capabilities(&[(Capability::AutoConverge, true)])
             .await?;
+        if policy.escalates() {
+            // Armed but inert: QEMU throttles at most 1% until the agent
+            // raises the ceiling.
+            src.set_cpu_throttle(1).await?;
+        }
     }
     dst_ctl.migrate_incoming(uri).await?;
     Ok(())
@@ -748,7 +758,8 @@ fn steps_taken(log: &str, vm: &str, events: &[(f64, String)]) -> (Vec<String>, V
     let (mut taken, mut refused) = (Vec::new(), Vec::new());
     for step in log
         .lines()
-        .filter(|l| l.contains("adamig escalation") && of_vm(l))
+        // "adamig escalation" (AdaMig's steps) or "escalation" (tools).
+        .filter(|l| l.contains(" escalation vm=") && of_vm(l))
         .filter_map(|l| field(l, "step"))
     {
         match refusals.iter().find(|(p, _)| *p == step) {
@@ -892,6 +903,7 @@ mod tests {
 2026-11-30T07:00:02Z  INFO vmbw::daemon::tick: adamig escalation vm=vm0 step=\"auto-converge\"
 2026-11-30T07:00:02Z  WARN vm{vm=vm0}: vmbw::daemon::vm: QEMU parameter not applied (not retried in this migration) param=\"auto-converge\" reason=QEMU refused it: QEMU refused `migrate-set-capabilities`: GenericError: There's a migration process in progress source=\"qmp\"
 2026-11-30T07:00:03Z  INFO vmbw::daemon::tick: adamig escalation vm=vm10 step=\"downtime-limit\"
+2026-11-30T07:00:04Z  INFO vmbw::daemon::tick: escalation vm=vm2 step=\"post-copy\"
 ";
         let (taken, refused) = steps_taken(log, "vm0", &[(30.0, "post-copy".into())]);
         assert_eq!(taken, ["more-share", "post-copy"]);
@@ -903,5 +915,7 @@ mod tests {
         );
         let (taken, _) = steps_taken(log, "vm1", &[]);
         assert!(taken.is_empty(), "vm10's step is not vm1's: {taken:?}");
+        let (taken, _) = steps_taken(log, "vm2", &[]);
+        assert_eq!(taken, ["post-copy"]);
     }
 }

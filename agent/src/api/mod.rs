@@ -180,6 +180,18 @@ pub struct MigrationStatus {
     /// QEMU parameters the migration source refused, `param: reason`.
     #[serde(default)]
     pub refused: Vec<String>,
+    /// What the migration's starter armed: `postcopy-ram`,
+    /// `postcopy-preempt`, `auto-converge`.
+    #[serde(default)]
+    pub armed: Vec<String>,
+    /// The forecast under the current allotment: seconds to completion,
+    /// absent while it does not converge.
+    #[serde(default)]
+    pub eta_seconds: Option<f64>,
+    /// Whether the forecast says the migration converges (absent before
+    /// the first decision).
+    #[serde(default)]
+    pub converging: Option<bool>,
 }
 
 /// What the controller gave a VM.
@@ -232,6 +244,10 @@ pub struct VmStatus {
     pub slot: u32,
     pub migration: Option<MigrationStatus>,
     pub allocation: Allocation,
+    /// The bandwidth promised to the VM's application (`reserve_mbit`),
+    /// bytes/s.
+    #[serde(default)]
+    pub app_promised_bytes_per_sec: Option<f64>,
     pub traffic: Vec<ClassTraffic>,
     /// How the agent follows the VM's migrations: `qmp` or `libvirt`
     /// (absent before the first connection, and for KubeVirt VMIs).

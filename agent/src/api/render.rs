@@ -124,8 +124,10 @@ pub fn render_vms(vms: &[VmStatus]) -> String {
         "REMAINING",
         "DIRTY PRED",
         "DIRTY ACTUAL",
+        "ETA",
         "MIG RATE",
         "MIG CEIL",
+        "APP PROMISED",
         "APP RESERVE",
         "MIG TX",
         "APP TX",
@@ -142,6 +144,11 @@ pub fn render_vms(vms: &[VmStatus]) -> String {
             ),
             None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
         };
+        let eta = match vm.migration.as_ref().map(|m| (m.converging, m.eta_seconds)) {
+            Some((Some(true), Some(eta))) => format!("{eta:.0} s"),
+            Some((Some(false), _)) => "never".into(),
+            _ => "-".into(),
+        };
         let (mig_tx, _) = class_rate(vm, TrafficClass::Migration);
         let (app_tx, app_rx) = class_rate(vm, TrafficClass::Application);
         t.row(vec![
@@ -152,8 +159,10 @@ pub fn render_vms(vms: &[VmStatus]) -> String {
             remaining,
             pred,
             actual,
+            eta,
             fmt_opt_rate(vm.allocation.migration_rate_bytes_per_sec),
             fmt_opt_rate(vm.allocation.migration_ceil_bytes_per_sec),
+            fmt_opt_rate(vm.app_promised_bytes_per_sec),
             fmt_rate(vm.allocation.app_reservation_bytes_per_sec),
             fmt_rate(mig_tx),
             fmt_rate(app_tx),
@@ -260,12 +269,16 @@ mod tests {
                     samples: 0,
                     qemu_max_bandwidth_bytes_per_sec: None,
                     refused: vec![],
+                    armed: vec!["postcopy-ram".into()],
+                    eta_seconds: Some(42.4),
+                    converging: Some(true),
                 }),
                 allocation: Allocation {
                     migration_rate_bytes_per_sec: Some(2_500_000.0),
                     migration_ceil_bytes_per_sec: None,
                     app_reservation_bytes_per_sec: 1_250_000.0,
                 },
+                app_promised_bytes_per_sec: Some(1_250_000.0),
                 traffic: vec![
                     ClassTraffic {
                         class: TrafficClass::Migration,
@@ -289,6 +302,7 @@ mod tests {
                 slot: 12,
                 migration: None,
                 allocation: Allocation::default(),
+                app_promised_bytes_per_sec: None,
                 traffic: vec![],
                 telemetry: None,
             },
@@ -315,8 +329,10 @@ mod tests {
                 "50.0 MiB",
                 "1200",
                 "-",
+                "42 s",
                 "20.000 Mbit/s",
                 "-",
+                "10.000 Mbit/s",
                 "10.000 Mbit/s",
                 "24.000 Mbit/s",
                 "1.000 Mbit/s",

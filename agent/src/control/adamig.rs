@@ -106,9 +106,11 @@ impl Watchdog {
                 w.remaining.push(vm.remaining);
                 w.last_iteration = vm.iteration;
             }
-            // Steps already taken stay in force.
+            // Steps already taken stay in force. More share halves only
+            // what the application has above its promise.
+            let promised = vm.reserve.unwrap_or(0.0);
             for _ in 0..w.share_halvings {
-                let moved = d.app_reserve / 2.0;
+                let moved = (d.app_reserve - promised).max(0.0) / 2.0;
                 d.app_reserve -= moved;
                 if let Some(r) = d.migration_rate.as_mut() {
                     *r += moved;
@@ -156,7 +158,7 @@ impl Watchdog {
             ]
             .into_iter()
             .find(|s| match s {
-                Step::MoreShare => d.app_reserve > 0.0 && w.share_halvings < 2,
+                Step::MoreShare => d.app_reserve > promised && w.share_halvings < 2,
                 Step::AutoConverge => !w.taken.contains(s),
                 Step::PostCopy => self.cfg.allow_postcopy && !w.taken.contains(s),
                 Step::DowntimeLimit => w.downtime_s.is_none_or(|t| t < self.cfg.max_downtime_s),
@@ -168,7 +170,7 @@ impl Watchdog {
             match step {
                 Step::MoreShare => {
                     w.share_halvings += 1;
-                    let moved = d.app_reserve / 2.0;
+                    let moved = (d.app_reserve - promised) / 2.0;
                     d.app_reserve -= moved;
                     if let Some(r) = d.migration_rate {
                         d.enforce(r + moved, d.migration_ceil.unwrap_or(r + moved));
@@ -215,6 +217,10 @@ mod tests {
                 iteration,
                 downtime_limit_s: 0.3,
                 dirty_rate_history: vec![],
+                reserve: None,
+                armed: Default::default(),
+                postcopy: false,
+                throttle_pct: 0,
             }],
         }
     }
@@ -288,5 +294,19 @@ mod tests {
         }
         assert!(!w.taken("vm").contains(&Step::PostCopy));
         assert!(w.taken("vm").contains(&Step::DowntimeLimit));
+    }
+
+    #[test]
+    fn more_share_never_takes_the_promised_bandwidth() {
+        let mut w = Watchdog::new(Config::default());
+        for it in 1..=4u32 {
+            let mut inp = inputs(it, 5e8, 10.0);
+            inp.vms[0].reserve = Some(15.0 * MBIT);
+            // The policy reserved 20, 15 of them promised: only 5 may go.
+            let mut d = decision(50.0, 20.0);
+            w.review(&inp, &mut d);
+            assert!(d.vms[0].app_reserve >= 15.0 * MBIT, "{:?}", d.vms[0]);
+        }
+        assert_eq!(w.taken("vm").first(), Some(&Step::MoreShare));
     }
 }

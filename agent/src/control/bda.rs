@@ -118,6 +118,10 @@ mod tests {
             iteration,
             downtime_limit_s: 0.3,
             dirty_rate_history: history_mbit.iter().map(|m| m * MBIT).collect(),
+            reserve: None,
+            armed: Default::default(),
+            postcopy: false,
+            throttle_pct: 0,
         }
     }
 

@@ -12,6 +12,8 @@
 pub mod adamig;
 pub mod bda;
 pub mod enforce;
+pub mod escalate;
+pub mod forecast;
 pub mod nrac;
 pub mod policy;
 pub mod sim;
@@ -56,6 +58,28 @@ pub struct VmInputs {
     /// Measured dirty rates of the finished iterations (bytes/s), oldest
     /// first (BDA's U_dirty).
     pub dirty_rate_history: Vec<f64>,
+    /// The bandwidth promised to the VM's application (its SLA), bytes/s;
+    /// None = no promise (NRAC's predicted-demand rule applies).
+    pub reserve: Option<f64>,
+    /// The tools armed when the migration started.
+    pub armed: Armed,
+    /// The migration already runs in post-copy.
+    pub postcopy: bool,
+    /// vCPU throttle QEMU applies now, percent (auto-converge).
+    pub throttle_pct: u8,
+}
+
+/// What the migration's starter armed (capabilities can only be set
+/// before a migration starts: QEMU answers "There's a migration process in
+/// progress" afterwards), read from QEMU with `query-migrate-capabilities`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Armed {
+    /// `postcopy-ram` (on both sides): `migrate-start-postcopy` may fire.
+    pub postcopy: bool,
+    /// `postcopy-preempt`: urgent pages travel on their own channel.
+    pub postcopy_preempt: bool,
+    /// `auto-converge`: the vCPU throttle can be raised mid-migration.
+    pub auto_converge: bool,
 }
 
 impl VmInputs {
@@ -103,6 +127,12 @@ pub struct QemuParams {
     pub auto_converge: Option<bool>,
     /// Switch to post-copy now (`migrate-start-postcopy`).
     pub start_postcopy: bool,
+    /// Auto-converge's vCPU throttle ceiling, percent (sets
+    /// `cpu-throttle-initial`, `cpu-throttle-increment` and
+    /// `max-cpu-throttle`); needs `auto-converge` armed.
+    pub cpu_throttle_pct: Option<u8>,
+    /// `max-postcopy-bandwidth`, bytes/s: post-copy's background push.
+    pub max_postcopy_bandwidth: Option<f64>,
 }
 
 /// Why a number is what it is: one line per step the policy took.
@@ -132,6 +162,8 @@ pub struct VmDecision {
     /// Held at the floor because the link is short (NRAC step 8).
     pub delayed: bool,
     pub qemu: QemuParams,
+    /// When the migration is expected to finish under this decision.
+    pub forecast: Option<forecast::Forecast>,
     pub reasons: Vec<Reason>,
 }
 
@@ -145,6 +177,7 @@ impl VmDecision {
             priority: 0,
             delayed: false,
             qemu: QemuParams::default(),
+            forecast: None,
             reasons: Vec::new(),
         }
     }

@@ -3,12 +3,12 @@
 //! shares: the final pass gets all free bandwidth, QEMU's `max-bandwidth`
 //! sits just above the class rate.
 
-use super::{Decision, Inputs, VmDecision, adamig, bda, mbit, nrac};
+use super::{Decision, Inputs, VmDecision, adamig, bda, escalate, forecast, mbit, nrac};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyError {
     #[error(
-        "unknown policy `{0}`: expected default, static:RATE, nrac, bda, nrac+adamig or bda+adamig"
+        "unknown policy `{0}`: expected default, static:RATE, nrac, bda, nrac+adamig, bda+adamig, nrac+escalate or bda+escalate"
     )]
     Unknown(String),
     #[error(
@@ -28,20 +28,24 @@ pub enum Policy {
     Bda(bda::Config),
 }
 
-/// A policy with an optional AdaMig watchdog.
+/// A policy with an optional AdaMig watchdog or escalation (not both).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
     pub policy: Policy,
     pub adamig: Option<adamig::Config>,
+    pub escalate: Option<escalate::Config>,
 }
 
 impl Spec {
     /// Parses `default`, `static:64MiB`, `static:100mbit`, `nrac`, `bda`,
-    /// `nrac+adamig`, `bda+adamig`.
+    /// `nrac+adamig`, `bda+adamig`, `nrac+escalate`, `bda+escalate`.
     pub fn parse(s: &str) -> Result<Spec, PolicyError> {
-        let (base, adamig) = match s.strip_suffix("+adamig") {
-            Some(base) => (base, Some(adamig::Config::default())),
-            None => (s, None),
+        let (base, adamig, escalate) = if let Some(base) = s.strip_suffix("+adamig") {
+            (base, Some(adamig::Config::default()), None)
+        } else if let Some(base) = s.strip_suffix("+escalate") {
+            (base, None, Some(escalate::Config::default()))
+        } else {
+            (s, None, None)
         };
         let policy = match base {
             "default" => Policy::Default,
@@ -52,10 +56,16 @@ impl Spec {
                 None => return Err(PolicyError::Unknown(s.to_owned())),
             },
         };
-        if adamig.is_some() && !matches!(policy, Policy::Nrac(_) | Policy::Bda(_)) {
+        if (adamig.is_some() || escalate.is_some())
+            && !matches!(policy, Policy::Nrac(_) | Policy::Bda(_))
+        {
             return Err(PolicyError::Unknown(s.to_owned()));
         }
-        Ok(Spec { policy, adamig })
+        Ok(Spec {
+            policy,
+            adamig,
+            escalate,
+        })
     }
 }
 
@@ -90,17 +100,24 @@ pub fn parse_rate(s: &str) -> Result<f64, PolicyError> {
     Ok(value * factor)
 }
 
-/// Runs a policy tick after tick, keeping the watchdog's state.
+/// Runs a policy tick after tick, keeping the watchdog's or the
+/// escalation's state.
 #[derive(Debug, Clone)]
 pub struct Controller {
     pub spec: Spec,
     pub watchdog: Option<adamig::Watchdog>,
+    pub escalator: Option<escalate::Escalator>,
 }
 
 impl Controller {
     pub fn new(spec: Spec) -> Controller {
         let watchdog = spec.adamig.map(adamig::Watchdog::new);
-        Controller { spec, watchdog }
+        let escalator = spec.escalate.map(escalate::Escalator::new);
+        Controller {
+            spec,
+            watchdog,
+            escalator,
+        }
     }
 
     pub fn decide(&mut self, inputs: &Inputs) -> Decision {
@@ -142,7 +159,27 @@ impl Controller {
         if let Some(w) = self.watchdog.as_mut() {
             w.review(inputs, &mut d);
         }
+        match self.escalator.as_mut() {
+            Some(e) => e.review(inputs, &mut d),
+            None => forecast_all(inputs, &mut d),
+        }
         d
+    }
+}
+
+/// Every migration's forecast under its decision (escalation makes its
+/// own): the bandwidth is the class guarantee, or what is free when
+/// nothing is enforced.
+fn forecast_all(inputs: &Inputs, d: &mut Decision) {
+    for vm in &inputs.vms {
+        let Some(vd) = d.vms.iter_mut().find(|v| v.name == vm.name) else {
+            continue;
+        };
+        let bandwidth = vd.migration_rate.unwrap_or(inputs.link.free());
+        let limit = vd.qemu.downtime_limit_s.unwrap_or(vm.downtime_limit_s);
+        let f = forecast::forecast(vm.remaining, forecast::dirty_rate(vm), bandwidth, limit);
+        vd.forecast = Some(f);
+        vd.why(f.describe());
     }
 }
 

@@ -27,7 +27,7 @@
 //!   ceiling.
 
 use super::{
-    Inputs, Link, VmInputs,
+    Armed, Inputs, Link, VmInputs,
     policy::{Controller, Policy, Spec},
 };
 use crate::predict::{GreyGm1n, Iteration, Predictor};
@@ -117,6 +117,10 @@ pub struct Scenario {
     pub background: f64,
     pub downtime_limit_s: f64,
     pub timeout_s: f64,
+    /// The bandwidth promised to the application, bytes/s.
+    pub reserve: Option<f64>,
+    /// What was armed at the start (post-copy, auto-converge).
+    pub armed: Armed,
 }
 
 /// One pass of the simulation.
@@ -174,7 +178,7 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
     let mut remaining = sc.memory_bytes;
     let mut t = 0.0;
     let mut passes = Vec::new();
-    let mut throttle = 0.0;
+    let mut throttle: f64 = 0.0;
     let mut downtime_limit = sc.downtime_limit_s;
     let mut last_duration = 0.0;
     let outcome = |converged: bool,
@@ -230,6 +234,10 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
                 iteration,
                 downtime_limit_s: downtime_limit,
                 dirty_rate_history: dirty_rate_history.clone(),
+                reserve: sc.reserve,
+                armed: sc.armed,
+                postcopy: false,
+                throttle_pct: (throttle * 100.0).round() as u8,
             }],
         };
         let decision = controller.decide(&inputs);
@@ -240,6 +248,13 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
             } else {
                 (throttle + 0.1f64).min(0.99)
             };
+        }
+        // Escalation's throttle: QEMU applies the raised ceiling at its
+        // next trigger, i.e. from this pass on.
+        if let Some(pct) = d.qemu.cpu_throttle_pct
+            && sc.armed.auto_converge
+        {
+            throttle = f64::from(pct) / 100.0;
         }
         if let Some(dt) = d.qemu.downtime_limit_s {
             downtime_limit = dt;
@@ -345,15 +360,14 @@ pub fn htb_share(avail: f64, rate: f64, ceil: f64, reserve: f64, demand: f64) ->
 }
 
 fn controller_steps(c: &Controller) -> Vec<String> {
-    c.watchdog
-        .as_ref()
-        .map(|w| {
-            w.taken("vm")
-                .iter()
-                .map(|s| s.as_str().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    let mut steps: Vec<String> = Vec::new();
+    if let Some(w) = c.watchdog.as_ref() {
+        steps.extend(w.taken("vm").iter().map(|s| s.as_str().to_owned()));
+    }
+    if let Some(e) = c.escalator.as_ref() {
+        steps.extend(e.fired("vm").iter().map(|t| t.as_str().to_owned()));
+    }
+    steps
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -405,7 +419,59 @@ mod tests {
             background: 0.0,
             downtime_limit_s: 0.3,
             timeout_s: 300.0,
+            reserve: None,
+            armed: Armed::default(),
         }
+    }
+
+    #[test]
+    fn escalation_converges_the_demo_without_touching_the_promise() {
+        // The demo's shape, dirtier: 24 MiB dirtied at 2.5 MiB/s (21
+        // Mbit/s) while a 15 Mbit/s application, all of it promised,
+        // shares 30 Mbit/s.
+        let mut sc = scenario(2.5, 30.0, 15.0);
+        sc.memory_bytes = 128.0 * MIB;
+        sc.wss_bytes = 24.0 * MIB;
+        sc.timeout_s = 120.0;
+        sc.reserve = Some(15.0 * MBIT);
+        sc.armed = Armed {
+            postcopy: true,
+            postcopy_preempt: true,
+            auto_converge: true,
+        };
+        let plain = run(&sc, "nrac");
+        let esc = run(&sc, "nrac+escalate");
+        assert!(
+            esc.converged && esc.postcopy,
+            "{:#?}",
+            esc.passes
+                .iter()
+                .map(|p| (
+                    p.iteration,
+                    p.start_s,
+                    p.duration_s,
+                    p.rate / MBIT,
+                    p.app / MBIT,
+                    p.reasons.clone()
+                ))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(esc.steps, ["post-copy"]);
+        assert!(
+            esc.app_min_reserve_ratio >= 0.95,
+            "{}",
+            esc.app_min_reserve_ratio
+        );
+        assert!(
+            !plain.converged || plain.total_s > esc.total_s,
+            "nrac {} s vs escalate {} s",
+            plain.total_s,
+            esc.total_s
+        );
+        // Nothing armed: nothing fires, as on a libvirt-started migration.
+        sc.armed = Armed::default();
+        let unarmed = run(&sc, "nrac+escalate");
+        assert!(unarmed.steps.is_empty(), "{:?}", unarmed.steps);
     }
 
     fn run(sc: &Scenario, policy: &str) -> Outcome {

@@ -14,7 +14,7 @@ use crate::{
         self, Allocation, ClassTraffic, Explain, ExplainedDecision, MigrationPhase, MigrationRole,
     },
     config::VmEntry,
-    control::{QemuParams, VmDecision},
+    control::{Armed, QemuParams, VmDecision},
     datapath::{Datapath, VmCounters},
     metrics::Metrics,
     predict::Iteration,
@@ -102,6 +102,8 @@ pub struct VmState {
     pub qemu_max_bandwidth: Option<f64>,
     /// QEMU parameters the source refused in this migration, with reasons.
     pub refused: Vec<String>,
+    /// What the current migration's starter armed.
+    pub armed: Armed,
 }
 
 /// A VM's throughput per traffic class and direction over the last tick,
@@ -154,6 +156,7 @@ impl VmState {
             samples: 0,
             qemu_max_bandwidth: None,
             refused: Vec::new(),
+            armed: Armed::default(),
         }
     }
 
@@ -175,6 +178,12 @@ impl VmState {
         self.samples = 0;
         self.qemu_max_bandwidth = None;
         self.refused.clear();
+        self.armed = Armed::default();
+    }
+
+    /// The promise to the VM's application, bytes/s.
+    pub fn reserve(&self) -> Option<f64> {
+        self.entry.reserve_mbit.map(|m| m * 125_000.0)
     }
 
     pub fn qemu_params(&self) -> QemuParams {
@@ -279,9 +288,29 @@ pub fn vms(s: &State) -> Vec<api::VmStatus> {
                 samples: v.samples,
                 qemu_max_bandwidth_bytes_per_sec: v.qemu_max_bandwidth,
                 refused: v.refused.clone(),
+                armed: [
+                    (v.armed.postcopy, "postcopy-ram"),
+                    (v.armed.postcopy_preempt, "postcopy-preempt"),
+                    (v.armed.auto_converge, "auto-converge"),
+                ]
+                .into_iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, n)| n.to_owned())
+                .collect(),
+                eta_seconds: v
+                    .decision
+                    .as_ref()
+                    .and_then(|d| d.forecast)
+                    .and_then(|f| f.eta_s),
+                converging: v
+                    .decision
+                    .as_ref()
+                    .and_then(|d| d.forecast)
+                    .map(|f| f.converging()),
             }),
             telemetry: v.telemetry.map(str::to_owned),
             allocation: v.allocation(),
+            app_promised_bytes_per_sec: v.reserve(),
             traffic: [
                 (class::MIGRATION, api::TrafficClass::Migration),
                 (class::APPLICATION, api::TrafficClass::Application),

@@ -18,7 +18,7 @@ use super::{
     state::{APP_HISTORY, EXPLAIN_DEPTH, Shared, State, VmState, allocation},
 };
 use crate::{
-    api::ExplainedDecision,
+    api::{ExplainedDecision, MigrationPhase},
     control::{
         Decision, Inputs, Link, VmDecision, VmInputs,
         enforce::{Plan, plan},
@@ -196,6 +196,10 @@ impl ControlLoop {
             iteration: v.iteration,
             downtime_limit_s: v.qemu_params().downtime_limit_s.unwrap_or(QEMU_DOWNTIME_S),
             dirty_rate_history: v.dirty_rates.clone(),
+            reserve: v.reserve(),
+            armed: v.armed,
+            postcopy: v.phase == MigrationPhase::PostCopy,
+            throttle_pct: 0,
         }
     }
 
@@ -302,6 +306,21 @@ impl ControlLoop {
             named.insert("iteration_seconds".to_owned(), i.iteration_s);
             named.insert("remaining_bytes".to_owned(), i.remaining);
             named.insert("app_mean_bytes_per_sec".to_owned(), i.app_mean(5));
+            if let Some(r) = i.reserve {
+                named.insert("app_reserve_promised_bytes_per_sec".to_owned(), r);
+            }
+        }
+        if let Some(f) = &d.forecast {
+            named.insert(
+                "forecast_converging".to_owned(),
+                if f.converging() { 1.0 } else { 0.0 },
+            );
+            if let Some(eta) = f.eta_s {
+                named.insert("forecast_eta_seconds".to_owned(), eta);
+            }
+            if let Some(dt) = f.downtime_s {
+                named.insert("forecast_downtime_seconds".to_owned(), dt);
+            }
         }
         v.explain.push_back(ExplainedDecision {
             at_unix_sec,
@@ -317,17 +336,22 @@ impl ControlLoop {
         info!(vm = %d.name, iteration = v.iteration, guarantee_mbit = d.migration_rate.map(|r| r * 8.0 / 1e6), reserve_mbit = d.app_reserve * 8.0 / 1e6, "decision");
     }
 
-    /// Counts each AdaMig escalation step once per VM.
+    /// Counts each escalation step (AdaMig's or escalation's) once per VM.
     fn record_escalations(&mut self, inputs: &Inputs) {
-        let Some(w) = self.controller.watchdog.as_ref() else {
-            return;
-        };
+        let c = &self.controller;
         for vm in &inputs.vms {
+            let mut steps: Vec<&'static str> = Vec::new();
+            if let Some(w) = c.watchdog.as_ref() {
+                steps.extend(w.taken(&vm.name).iter().map(|s| s.as_str()));
+            }
+            if let Some(e) = c.escalator.as_ref() {
+                steps.extend(e.fired(&vm.name).iter().map(|t| t.as_str()));
+            }
             let seen = self.escalations.entry(vm.name.clone()).or_default();
-            for step in w.taken(&vm.name) {
-                if seen.insert(step.as_str().to_owned()) {
-                    self.shared.metrics.policy_switch(&vm.name, step.as_str());
-                    info!(vm = %vm.name, step = step.as_str(), "adamig escalation");
+            for step in steps {
+                if seen.insert(step.to_owned()) {
+                    self.shared.metrics.policy_switch(&vm.name, step);
+                    info!(vm = %vm.name, step, "escalation");
                 }
             }
         }

@@ -155,6 +155,15 @@ async fn follow_once<S: MigrationSource>(
             v.begin_migration();
         }
     }
+    match source.armed().await {
+        Ok(armed) => {
+            info!(?armed, "armed at the start");
+            if let Some(v) = shared.state().vms.get_mut(name) {
+                v.armed = armed;
+            }
+        }
+        Err(e) => warn!(error = %e, "reading what the migration armed; assuming nothing"),
+    }
     let mut applied = Applied::default();
     // QEMU opens its migration stream(s) just after the start and may open
     // more (multifd): watch its sockets while the migration runs.
@@ -298,6 +307,19 @@ async fn await_decision_and_apply<S: MigrationSource>(
     }
     if now.auto_converge != then.auto_converge {
         info!(auto_converge = ?now.auto_converge, "QEMU auto-converge set");
+    }
+    if now.cpu_throttle_pct != then.cpu_throttle_pct
+        && let Some(p) = now.cpu_throttle_pct
+    {
+        info!(cpu_throttle_pct = p, "QEMU vCPU throttle ceiling set");
+    }
+    if now.max_postcopy_bandwidth != then.max_postcopy_bandwidth
+        && let Some(bw) = now.max_postcopy_bandwidth
+    {
+        info!(
+            max_postcopy_bandwidth_mbit = bw * 8.0 / 1e6,
+            "QEMU max-postcopy-bandwidth set"
+        );
     }
     if now.start_postcopy && !then.start_postcopy {
         info!("switched to post-copy");

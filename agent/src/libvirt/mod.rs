@@ -86,7 +86,7 @@ pub use self::{
     pid::{default_pid_file, find_qemu_pid},
 };
 use crate::{
-    control::QemuParams,
+    control::{Armed, QemuParams},
     migration::{Applied, MigrationEnd, MigrationSource, Refused, SourceError},
     qemu::IterationSample,
 };
@@ -183,6 +183,13 @@ impl MigrationSource for LibvirtMonitor {
         }
     }
 
+    /// libvirt keeps the migration's flags to itself (its job statistics
+    /// do not say which were given), so nothing is assumed armed: vmbw
+    /// then fires no capability-bound tool on libvirt-started migrations.
+    async fn armed(&mut self) -> Result<Armed, SourceError> {
+        Ok(Armed::default())
+    }
+
     async fn apply(
         &mut self,
         want: &QemuParams,
@@ -224,6 +231,22 @@ impl MigrationSource for LibvirtMonitor {
                 param: "auto-converge",
                 reason: "libvirt sets auto-converge only when a migration starts \
                          (VIR_MIGRATE_AUTO_CONVERGE); it cannot be switched during one"
+                    .into(),
+            });
+        }
+        if todo.cpu_throttle_pct.is_some() {
+            refused.push(Refused {
+                param: "cpu-throttle",
+                reason: "libvirt sets auto-converge's throttle only when a migration starts \
+                         (VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL / _INCREMENT)"
+                    .into(),
+            });
+        }
+        if todo.max_postcopy_bandwidth.is_some() {
+            refused.push(Refused {
+                param: "max-postcopy-bandwidth",
+                reason: "not set through libvirt by vmbw yet (virDomainMigrateSetMaxSpeed \
+                         with VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY)"
                     .into(),
             });
         }

@@ -21,6 +21,8 @@ pub enum Capability {
     AutoConverge,
     /// Allow switching to post-copy (`migrate-start-postcopy`).
     PostcopyRam,
+    /// Post-copy's urgent pages on a channel of their own (QEMU >= 8.0).
+    PostcopyPreempt,
 }
 
 impl Capability {
@@ -29,6 +31,7 @@ impl Capability {
             Capability::Events => "events",
             Capability::AutoConverge => "auto-converge",
             Capability::PostcopyRam => "postcopy-ram",
+            Capability::PostcopyPreempt => "postcopy-preempt",
         }
     }
 }
@@ -82,6 +85,34 @@ impl Qmp {
         self.execute(
             "migrate-set-parameters",
             Some(json!({ "max-bandwidth": bytes_per_sec })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Auto-converge's vCPU throttle, percent (1..=99): the first step, the
+    /// step size and the ceiling all at `pct`, so that the next throttle
+    /// QEMU applies is `pct`. Takes effect on the running migration (only
+    /// the capability itself cannot change during one).
+    pub async fn set_cpu_throttle(&mut self, pct: u8) -> Result<(), QmpError> {
+        let pct = pct.clamp(1, 99);
+        self.execute(
+            "migrate-set-parameters",
+            Some(json!({
+                "cpu-throttle-initial": pct,
+                "cpu-throttle-increment": pct,
+                "max-cpu-throttle": pct,
+            })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Caps post-copy's background push, bytes per second (0 = no cap).
+    pub async fn set_max_postcopy_bandwidth(&mut self, bytes_per_sec: u64) -> Result<(), QmpError> {
+        self.execute(
+            "migrate-set-parameters",
+            Some(json!({ "max-postcopy-bandwidth": bytes_per_sec })),
         )
         .await
         .map(drop)

@@ -1,0 +1,472 @@
+//! Escalation that keeps the promise: when the forecast says a migration
+//! will not converge, or will take much longer than sending what is left
+//! once, pick the cheapest tool that was armed at the start and does not
+//! touch the application's reservation.
+//!
+//! The tools, and what each costs the guest (seconds of its time lost):
+//!
+//! | tool | armed by | cost model |
+//! |---|---|---|
+//! | downtime limit raised within the budget | always possible | the whole stop: remaining / B |
+//! | post-copy (`migrate-start-postcopy`) | `postcopy-ram` on both sides | `postcopy_weight` × remaining / B: the guest runs on while the rest arrives, stalling only on pages it touches first |
+//! | vCPU throttle (auto-converge's ceiling) | `auto-converge`, held at 1% | t × the throttled forecast: a fraction t of every vCPU second |
+//!
+//! Capabilities cannot change once QEMU migrates ("There's a migration
+//! process in progress", checked on QEMU 10.0.2), so the tools must be
+//! armed by whoever starts the migration: KubeVirt's MigrationPolicy
+//! `allowPostCopy` / `allowAutoConverge`, libvirt's `VIR_MIGRATE_POSTCOPY`
+//! / `VIR_MIGRATE_AUTO_CONVERGE`, or the testbed. vmbw reads what is armed
+//! and fires only that.
+//!
+//! More bandwidth is not a tool here: the policy already gives the
+//! migration everything above the reservations (the elastic part), and
+//! nothing below them.
+//!
+//! Throttling slows every vCPU, the application's too: it is ruled out
+//! while the VM's application has a reservation and is sending. A raised
+//! downtime limit stops the whole guest: only within the configured budget.
+//! Post-copy hands the guest to the destination before all its memory is
+//! there: if either host or the link between them dies during post-copy,
+//! the VM is lost (neither side has all of its memory). Deny it where that
+//! risk is not acceptable (`allow_postcopy = false`).
+
+use std::collections::HashMap;
+
+use super::{Decision, Inputs, VmDecision, VmInputs, forecast, mbit};
+
+/// Escalation's switches and budgets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Config {
+    pub allow_postcopy: bool,
+    pub allow_throttle: bool,
+    pub allow_downtime: bool,
+    /// Largest downtime limit escalation may set, seconds.
+    pub downtime_budget_s: f64,
+    /// Escalate when the forecast ETA exceeds this many times one pass
+    /// over what is left (the floor).
+    pub slack: f64,
+    /// ... and by at least this many seconds (a short tail is not worth a
+    /// tool).
+    pub min_excess_s: f64,
+    /// Share of the post-copy phase the guest is expected to stall on
+    /// missing pages (post-copy's cost per second of background push).
+    pub postcopy_weight: f64,
+    /// Highest vCPU throttle escalation may set, percent.
+    pub max_throttle_pct: u8,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            allow_postcopy: true,
+            allow_throttle: true,
+            allow_downtime: true,
+            downtime_budget_s: 0.5,
+            slack: 1.3,
+            min_excess_s: 5.0,
+            postcopy_weight: 0.1,
+            max_throttle_pct: 90,
+        }
+    }
+}
+
+/// A tool escalation can fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tool {
+    DowntimeLimit,
+    PostCopy,
+    Throttle,
+}
+
+impl Tool {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tool::DowntimeLimit => "downtime-limit",
+            Tool::PostCopy => "post-copy",
+            Tool::Throttle => "cpu-throttle",
+        }
+    }
+}
+
+/// Throttle target: the throttled dirty rate must be at most this share of
+/// the allotment, so that passes shrink by at least 1/0.8.
+const THROTTLE_RATIO: f64 = 0.8;
+
+/// An application "is sending" above this share of its reservation.
+const SENDING: f64 = 0.05;
+
+#[derive(Debug, Clone, Default)]
+struct Escalation {
+    last_iteration: u32,
+    postcopy: bool,
+    postcopy_bandwidth: Option<f64>,
+    throttle_pct: u8,
+    downtime_s: Option<f64>,
+    fired: Vec<Tool>,
+}
+
+/// Per-VM escalation state across ticks.
+#[derive(Debug, Clone, Default)]
+pub struct Escalator {
+    pub cfg: Config,
+    vms: HashMap<String, Escalation>,
+    /// Tools fired, per tool (for metrics).
+    pub switches: HashMap<Tool, u64>,
+}
+
+/// A tool that could fire now, with its cost and what it sets.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    tool: Tool,
+    cost_s: f64,
+    /// Throttle percent or downtime limit (ms).
+    setting: f64,
+}
+
+impl Escalator {
+    pub fn new(cfg: Config) -> Self {
+        Escalator {
+            cfg,
+            ..Escalator::default()
+        }
+    }
+
+    /// Tools fired so far for `vm`.
+    pub fn fired(&self, vm: &str) -> &[Tool] {
+        self.vms.get(vm).map_or(&[], |e| e.fired.as_slice())
+    }
+
+    /// Forecasts every migration under the policy's decision, keeps the
+    /// tools already fired in force, and fires at most one more per VM per
+    /// pre-copy pass when the forecast says so.
+    pub fn review(&mut self, inputs: &Inputs, decision: &mut Decision) {
+        for vm in &inputs.vms {
+            let Some(d) = decision.vms.iter_mut().find(|d| d.name == vm.name) else {
+                continue;
+            };
+            let e = self.vms.entry(vm.name.clone()).or_default();
+            keep_in_force(e, d);
+            let bandwidth = d.migration_rate.unwrap_or(inputs.link.free());
+            let limit = d.qemu.downtime_limit_s.unwrap_or(vm.downtime_limit_s);
+            let f = forecast::forecast(vm.remaining, forecast::dirty_rate(vm), bandwidth, limit);
+            d.forecast = Some(f);
+            d.why(f.describe());
+            let new_pass = vm.iteration != e.last_iteration;
+            e.last_iteration = vm.iteration;
+            if vm.postcopy || e.postcopy || vm.iteration <= 1 || !new_pass {
+                continue;
+            }
+            let floor = forecast::floor_s(vm.remaining, bandwidth);
+            let late = match f.eta_s {
+                None => true,
+                Some(eta) => eta > self.cfg.slack * floor && eta - floor > self.cfg.min_excess_s,
+            };
+            if !late {
+                continue;
+            }
+            let candidates = candidates(&self.cfg, vm, e, bandwidth);
+            let mut why: Vec<String> = candidates
+                .iter()
+                .map(|(tool, c)| match c {
+                    Ok(c) => format!("{} costs {:.2} s", tool.as_str(), c.cost_s),
+                    Err(no) => format!("{}: {no}", tool.as_str()),
+                })
+                .collect();
+            let best = candidates
+                .iter()
+                .filter_map(|(_, c)| c.as_ref().ok())
+                .min_by(|a, b| a.cost_s.total_cmp(&b.cost_s))
+                .copied();
+            let Some(best) = best else {
+                why.insert(
+                    0,
+                    "escalation: late, but no armed tool keeps the promise".into(),
+                );
+                d.why(why.join("; "));
+                continue;
+            };
+            match best.tool {
+                Tool::PostCopy => {
+                    e.postcopy = true;
+                    e.postcopy_bandwidth = Some(bandwidth);
+                }
+                Tool::Throttle => e.throttle_pct = best.setting as u8,
+                Tool::DowntimeLimit => e.downtime_s = Some(best.setting / 1000.0),
+            }
+            if !e.fired.contains(&best.tool) {
+                e.fired.push(best.tool);
+            }
+            keep_in_force(e, d);
+            *self.switches.entry(best.tool).or_default() += 1;
+            why.insert(
+                0,
+                format!(
+                    "escalation: fires {} (the cheapest of the armed tools)",
+                    best.tool.as_str()
+                ),
+            );
+            d.why(why.join("; "));
+        }
+    }
+}
+
+/// Puts what escalation already fired into the decision.
+fn keep_in_force(e: &Escalation, d: &mut VmDecision) {
+    if e.postcopy {
+        d.qemu.start_postcopy = true;
+        // Post-copy's background push stays within the migration's
+        // guarantee, so that the pages the guest waits for do not queue
+        // behind it.
+        d.qemu.max_postcopy_bandwidth = e.postcopy_bandwidth;
+    }
+    if e.throttle_pct > 0 {
+        d.qemu.cpu_throttle_pct = Some(e.throttle_pct);
+    }
+    if let Some(dt) = e.downtime_s {
+        d.qemu.downtime_limit_s = Some(dt);
+    }
+}
+
+/// Every tool with its cost, or why it cannot be used now.
+fn candidates(
+    cfg: &Config,
+    vm: &VmInputs,
+    e: &Escalation,
+    bandwidth: f64,
+) -> Vec<(Tool, Result<Candidate, String>)> {
+    let floor = forecast::floor_s(vm.remaining, bandwidth);
+    let downtime = if !cfg.allow_downtime {
+        Err("denied by configuration".to_owned())
+    } else if floor * 1.1 > cfg.downtime_budget_s {
+        Err(format!(
+            "{:.0} ms to send what is left exceeds the budget {:.0} ms",
+            floor * 1000.0,
+            cfg.downtime_budget_s * 1000.0
+        ))
+    } else {
+        Ok(Candidate {
+            tool: Tool::DowntimeLimit,
+            cost_s: floor,
+            setting: (floor * 1.1 * 1000.0)
+                .ceil()
+                .max(vm.downtime_limit_s * 1000.0),
+        })
+    };
+    let postcopy = if !cfg.allow_postcopy {
+        Err("denied by configuration".to_owned())
+    } else if !vm.armed.postcopy {
+        Err("not armed (postcopy-ram was off when the migration started)".to_owned())
+    } else {
+        Ok(Candidate {
+            tool: Tool::PostCopy,
+            cost_s: cfg.postcopy_weight * floor,
+            setting: 0.0,
+        })
+    };
+    let throttle = throttle(cfg, vm, e, bandwidth);
+    vec![
+        (Tool::DowntimeLimit, downtime),
+        (Tool::PostCopy, postcopy),
+        (Tool::Throttle, throttle),
+    ]
+}
+
+fn throttle(
+    cfg: &Config,
+    vm: &VmInputs,
+    e: &Escalation,
+    bandwidth: f64,
+) -> Result<Candidate, String> {
+    if !cfg.allow_throttle {
+        return Err("denied by configuration".to_owned());
+    }
+    if !vm.armed.auto_converge {
+        return Err("not armed (auto-converge was off when the migration started)".to_owned());
+    }
+    if let Some(r) = vm.reserve.filter(|r| *r > 0.0)
+        && vm.app_mean(5) > SENDING * r
+    {
+        return Err(format!(
+            "would slow the application's vCPUs, which send {} of a {} reservation",
+            mbit(vm.app_mean(5)),
+            mbit(r)
+        ));
+    }
+    // The measured rate is already throttled by what QEMU applies now.
+    let applied = f64::from(vm.throttle_pct.max(e.throttle_pct)).min(99.0) / 100.0;
+    let raw = forecast::dirty_rate(vm) / (1.0 - applied);
+    let needed = 1.0 - THROTTLE_RATIO * bandwidth / raw.max(1.0);
+    let pct = (needed * 100.0).ceil().clamp(1.0, 99.0);
+    if pct > f64::from(cfg.max_throttle_pct) {
+        return Err(format!(
+            "needs {pct:.0}% of the vCPUs, above the {}% allowed",
+            cfg.max_throttle_pct
+        ));
+    }
+    if pct <= applied * 100.0 {
+        return Err(format!("already at {:.0}%", applied * 100.0));
+    }
+    let t = pct / 100.0;
+    let f = forecast::forecast(
+        vm.remaining,
+        raw * (1.0 - t),
+        bandwidth,
+        vm.downtime_limit_s,
+    );
+    let eta = f.eta_s.unwrap_or(f64::INFINITY);
+    Ok(Candidate {
+        tool: Tool::Throttle,
+        cost_s: t * eta,
+        setting: pct,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{Armed, Link};
+
+    const MBIT: f64 = 125_000.0;
+
+    fn vm(iteration: u32, remaining_mb: f64, dirty_mbit: f64, armed: Armed) -> VmInputs {
+        VmInputs {
+            name: "vm".into(),
+            predicted_dirty_pages: dirty_mbit * MBIT / 4096.0,
+            iteration_s: 1.0,
+            page_size: 4096.0,
+            app_history: vec![15.0 * MBIT; 5],
+            remaining: remaining_mb * 1e6,
+            iteration,
+            downtime_limit_s: 0.3,
+            dirty_rate_history: vec![],
+            reserve: Some(15.0 * MBIT),
+            armed,
+            postcopy: false,
+            throttle_pct: 0,
+        }
+    }
+
+    fn review(esc: &mut Escalator, vm: VmInputs, rate_mbit: f64) -> VmDecision {
+        let mut d = VmDecision::unenforced("vm");
+        d.enforce(rate_mbit * MBIT, 30.0 * MBIT);
+        let mut decision = Decision { vms: vec![d] };
+        let inputs = Inputs {
+            link: Link {
+                capacity: 30.0 * MBIT,
+                usage: 15.0 * MBIT,
+            },
+            vms: vec![vm],
+        };
+        esc.review(&inputs, &mut decision);
+        decision.vms.remove(0)
+    }
+
+    const ALL: Armed = Armed {
+        postcopy: true,
+        postcopy_preempt: true,
+        auto_converge: true,
+    };
+
+    #[test]
+    fn a_converging_migration_gets_a_forecast_and_no_tool() {
+        let mut esc = Escalator::new(Config::default());
+        // 24 MB left, 3 Mbit/s dirty, 15 Mbit/s: converges soon.
+        let d = review(&mut esc, vm(2, 24.0, 3.0, ALL), 15.0);
+        let f = d.forecast.expect("forecast");
+        assert!(f.converging());
+        assert!(!d.qemu.start_postcopy && d.qemu.cpu_throttle_pct.is_none());
+        assert!(esc.fired("vm").is_empty());
+    }
+
+    #[test]
+    fn a_late_migration_with_a_sending_app_goes_post_copy_not_throttled() {
+        let mut esc = Escalator::new(Config::default());
+        // Bulk pass: never escalates, whatever the forecast.
+        let d = review(&mut esc, vm(1, 100.0, 14.0, ALL), 15.0);
+        assert!(!d.qemu.start_postcopy);
+        // 12 of 15 Mbit/s dirty: converges, but far beyond the floor.
+        let d = review(&mut esc, vm(2, 24.0, 12.0, ALL), 15.0);
+        assert!(d.qemu.start_postcopy, "{:?}", d.reasons);
+        assert_eq!(d.qemu.max_postcopy_bandwidth, Some(15.0 * MBIT));
+        assert_eq!(d.qemu.cpu_throttle_pct, None);
+        let all = d
+            .reasons
+            .iter()
+            .map(|r| r.0.clone())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(all.contains("would slow the application"), "{all}");
+        assert_eq!(esc.fired("vm"), &[Tool::PostCopy]);
+        // It stays in force on later ticks, and nothing more fires.
+        let d = review(&mut esc, vm(3, 20.0, 12.0, ALL), 15.0);
+        assert!(d.qemu.start_postcopy);
+        assert_eq!(esc.switches.get(&Tool::PostCopy), Some(&1));
+    }
+
+    #[test]
+    fn without_post_copy_armed_a_quiet_vm_is_throttled_as_far_as_needed() {
+        let armed = Armed {
+            auto_converge: true,
+            ..Armed::default()
+        };
+        let mut esc = Escalator::new(Config::default());
+        let mut quiet = vm(2, 24.0, 20.0, armed);
+        quiet.app_history = vec![0.0; 5];
+        let d = review(&mut esc, quiet, 15.0);
+        // 20 Mbit/s dirty against 15: at most 12 after throttling, so 40%.
+        assert_eq!(d.qemu.cpu_throttle_pct, Some(40), "{:?}", d.reasons);
+        assert!(!d.qemu.start_postcopy);
+    }
+
+    #[test]
+    fn nothing_armed_means_nothing_fires_and_the_reason_says_why() {
+        let mut esc = Escalator::new(Config::default());
+        let d = review(&mut esc, vm(2, 24.0, 20.0, Armed::default()), 15.0);
+        assert!(!d.qemu.start_postcopy && d.qemu.cpu_throttle_pct.is_none());
+        assert!(d.qemu.downtime_limit_s.is_none());
+        let all = d
+            .reasons
+            .iter()
+            .map(|r| r.0.clone())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(all.contains("no armed tool"), "{all}");
+        assert!(all.contains("does not converge"), "{all}");
+        assert!(all.contains("not armed (postcopy-ram"), "{all}");
+    }
+
+    #[test]
+    fn a_small_tail_is_finished_by_a_downtime_within_budget() {
+        let mut esc = Escalator::new(Config::default());
+        // 0.6 MB at 15 Mbit/s is 0.32 s: just above the 0.3 s limit, far
+        // beyond it at this dirty rate, inside the 0.5 s budget; cheaper
+        // than post-copy only when post-copy's weight is high.
+        let cfg = Config {
+            postcopy_weight: 2.0,
+            min_excess_s: 0.0,
+            ..Config::default()
+        };
+        esc.cfg = cfg;
+        let d = review(&mut esc, vm(5, 0.6, 15.5, ALL), 15.0);
+        let dt = d.qemu.downtime_limit_s.expect("raised");
+        assert!(dt > 0.3 && dt <= 0.5, "{dt}");
+        assert_eq!(esc.fired("vm"), &[Tool::DowntimeLimit]);
+    }
+
+    #[test]
+    fn a_denied_tool_is_never_fired() {
+        let mut esc = Escalator::new(Config {
+            allow_postcopy: false,
+            ..Config::default()
+        });
+        let d = review(&mut esc, vm(2, 24.0, 20.0, ALL), 15.0);
+        assert!(!d.qemu.start_postcopy);
+        let all = d
+            .reasons
+            .iter()
+            .map(|r| r.0.clone())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(all.contains("post-copy: denied by configuration"), "{all}");
+    }
+}
