@@ -129,6 +129,13 @@ pub trait MigrationSource: Send {
     /// What the migration's starter armed (read once it runs).
     fn armed(&mut self) -> impl Future<Output = Result<Armed, SourceError>> + Send;
 
+    /// The guest's dirty rate, bytes/s, measured over about a second
+    /// while the bulk pass runs (before the first dirty sync QEMU gives
+    /// none); None where the source cannot measure it.
+    fn sample_dirty_rate(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<f64>, SourceError>> + Send;
+
     /// Applies what changed between `want` and `applied` to the running
     /// migration and records it in `applied`. Returns what the source
     /// refused in this call (also recorded in `applied.refused`).
@@ -178,6 +185,31 @@ impl MigrationSource for MigrationMonitor {
             postcopy_preempt: on(Capability::PostcopyPreempt),
             auto_converge: on(Capability::AutoConverge),
         })
+    }
+
+    async fn sample_dirty_rate(&mut self) -> Result<Option<f64>, SourceError> {
+        const MS: u64 = 1000;
+        let qmp = self.qmp();
+        // A QEMU without calc-dirty-rate (< 5.2), or with another
+        // measurement running, answers with an error: no sample.
+        if let Err(e) = qmp.calc_dirty_rate(MS, 16384).await {
+            return if e.is_connection_lost() {
+                Err(MonitorError::Qmp(e).into())
+            } else {
+                Ok(None)
+            };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(MS + 100)).await;
+        for _ in 0..20 {
+            let info = qmp.query_dirty_rate().await.map_err(MonitorError::Qmp)?;
+            if info.status == "measured" {
+                return Ok(info
+                    .dirty_rate
+                    .map(|mib| mib.max(0) as f64 * 1024.0 * 1024.0));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(None)
     }
 
     async fn apply(

@@ -76,6 +76,10 @@ pub struct ScenarioReport {
     /// reservations leave; None on an unlimited link.
     pub physical_floor_s: Option<f64>,
     pub stamp: Stamp,
+    /// Policies run later than `stamp` into this report (`--merge`), with
+    /// their own stamps.
+    #[serde(default)]
+    pub policy_stamps: BTreeMap<String, Stamp>,
     pub results: Vec<RunResult>,
 }
 
@@ -97,8 +101,47 @@ impl ScenarioReport {
             policies: sc.policies.clone(),
             physical_floor_s: physical_floor_s(sc),
             stamp,
+            policy_stamps: BTreeMap::new(),
             results,
         }
+    }
+
+    /// This report with `policies` re-run at `stamp`: their old results
+    /// are replaced by `results`, every other policy's kept with its own
+    /// stamp; the policy list becomes the scenario file's (`all`).
+    pub fn merged(
+        mut self,
+        all: &[String],
+        policies: &[String],
+        stamp: Stamp,
+        results: Vec<RunResult>,
+    ) -> ScenarioReport {
+        self.results.retain(|r| !policies.contains(&r.policy));
+        self.results.extend(results);
+        for p in policies {
+            self.policy_stamps.insert(p.clone(), stamp.clone());
+        }
+        let mut list: Vec<String> = all.to_vec();
+        for p in self.results.iter().map(|r| &r.policy) {
+            if !list.contains(p) {
+                list.push(p.clone());
+            }
+        }
+        self.policies = list;
+        self
+    }
+
+    /// Reads the report of `stem` in `dir`, if there is one.
+    pub fn load(dir: &Path, stem: &str) -> anyhow::Result<Option<ScenarioReport>> {
+        let path = dir.join(format!("{stem}.json"));
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("{}: not a scenario report", path.display()))
     }
 
     /// The report's file name without extension: the scenario file's stem
@@ -230,6 +273,12 @@ pub fn markdown(rep: &ScenarioReport) -> String {
         rep.stamp.qemu,
         rep.stamp.kernel,
     );
+    for (policy, st) in &rep.policy_stamps {
+        out.push_str(&format!(
+            "- `{policy}` re-run at commit `{}` on {}; {}; kernel {}\n",
+            st.commit, st.date, st.qemu, st.kernel
+        ));
+    }
     if let Some(f) = rep.physical_floor_s {
         out.push_str(&format!(
             "- physical floor RAM / (link − reservation): {f:.1} s\n"
@@ -303,6 +352,7 @@ pub fn markdown(rep: &ScenarioReport) -> String {
             fmt_spread(col(&|r| r.prediction_mape), 1),
         ));
     }
+    out.push_str(&forecast_table(rep));
     out.push_str(&format!(
         "\n## Escalations\n\nWhat each run's escalations did: steps QEMU accepted, and refusals as refusals.\n\n\
          ![per-second timeline]({stem}-timeline.svg)\n\n"
@@ -351,6 +401,69 @@ pub fn markdown(rep: &ScenarioReport) -> String {
                 format!("; refused [{}]", r.refused.join("; "))
             }
         ));
+    }
+    out
+}
+
+/// How well the agent forecast completion: (forecast − actual) / actual
+/// seconds left, at 25%, 50% and 75% of each converged migration's time;
+/// "never" counts forecasts of "does not converge" for a migration that
+/// did.
+fn forecast_table(rep: &ScenarioReport) -> String {
+    let scored: Vec<&RunResult> = rep
+        .results
+        .iter()
+        .filter(|r| !r.eta_error.is_empty())
+        .collect();
+    if scored.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\n## Forecast\n\nThe agent's completion forecast against what happened, \
+         in converged runs: (forecast − actual) / actual seconds left, median (min–max) \
+         over the repetitions; \"never\" counts forecasts of \"does not converge\".\n\n\
+         | VM | policy | at 25% | at 50% | at 75% |\n|---|---|---|---|---|\n",
+    );
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in &scored {
+        let k = (r.vm.clone(), r.policy.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    for (vm, policy) in keys {
+        let cells: Vec<String> = [0.25, 0.5, 0.75]
+            .iter()
+            .map(|at| {
+                let at_this: Vec<&crate::runner::EtaScore> = scored
+                    .iter()
+                    .filter(|r| r.vm == vm && r.policy == policy)
+                    .flat_map(|r| r.eta_error.iter())
+                    .filter(|e| (e.at - at).abs() < 1e-9)
+                    .collect();
+                let errs: Vec<f64> = at_this
+                    .iter()
+                    .filter_map(|e| e.relative_error())
+                    .map(|e| e * 100.0)
+                    .collect();
+                let never = at_this.len() - errs.len();
+                let mut cell = match spread(&errs) {
+                    Some((m, lo, hi)) if errs.len() > 1 => {
+                        format!("{m:+.0}% ({lo:+.0}…{hi:+.0})")
+                    }
+                    Some((m, _, _)) => format!("{m:+.0}%"),
+                    None => String::new(),
+                };
+                if never > 0 {
+                    if !cell.is_empty() {
+                        cell.push_str(", ");
+                    }
+                    cell.push_str(&format!("never ×{never}"));
+                }
+                if cell.is_empty() { "–".into() } else { cell }
+            })
+            .collect();
+        out.push_str(&format!("| {vm} | {policy} | {} |\n", cells.join(" | ")));
     }
     out
 }

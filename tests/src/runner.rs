@@ -106,6 +106,10 @@ pub struct RunResult {
     pub postcopy_requests: Option<u64>,
     #[serde(default)]
     pub postcopy_bytes: Option<u64>,
+    /// The agent's completion forecast scored against what happened, at
+    /// 25%, 50% and 75% of the migration's time (converged runs only).
+    #[serde(default)]
+    pub eta_error: Vec<EtaScore>,
     /// The agent's one-step dirty-page prediction error over the run.
     pub prediction_mape: Option<f64>,
     pub prediction_n: usize,
@@ -117,6 +121,44 @@ pub struct RunResult {
     pub timeline: Vec<Second>,
     /// What happened when: `(seconds from the start, what)`.
     pub events: Vec<(f64, String)>,
+}
+
+/// The agent's forecast at one point of a migration against the truth.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EtaScore {
+    /// Where in the migration, as a share of its total time (0.25, ...).
+    pub at: f64,
+    /// Seconds that were actually left.
+    pub actual_s: f64,
+    /// Seconds the agent forecast (None: "does not converge", or no
+    /// forecast yet).
+    pub forecast_s: Option<f64>,
+}
+
+impl EtaScore {
+    /// (forecast − actual) / actual; None when there was no forecast.
+    pub fn relative_error(&self) -> Option<f64> {
+        let f = self.forecast_s?;
+        (self.actual_s > 0.0).then(|| (f - self.actual_s) / self.actual_s)
+    }
+}
+
+/// Scores `forecasts` (seconds from the start, the ETA then: None =
+/// does not converge) against a migration that took `total_s`.
+pub fn score_eta(forecasts: &[(f64, Option<f64>)], total_s: f64) -> Vec<EtaScore> {
+    [0.25, 0.5, 0.75]
+        .into_iter()
+        .filter_map(|at| {
+            let t = at * total_s;
+            // The last forecast made by then.
+            let &(made, eta) = forecasts.iter().rev().find(|(made, _)| *made <= t)?;
+            Some(EtaScore {
+                at,
+                actual_s: total_s - made,
+                forecast_s: eta,
+            })
+        })
+        .collect()
 }
 
 /// One second of a run, from the migration's start.
@@ -162,6 +204,8 @@ struct Followed {
     uri: String,
     predicted: BTreeMap<u32, f64>,
     actual: BTreeMap<u32, f64>,
+    /// The agent's forecasts: (seconds from the start, ETA or None).
+    forecasts: Vec<(f64, Option<f64>)>,
     polls: Vec<Poll>,
     events: Vec<(f64, String)>,
     throttled_s: f64,
@@ -235,6 +279,7 @@ pub fn run_one(
             uri: slot.migration_uri(),
             predicted: BTreeMap::new(),
             actual: BTreeMap::new(),
+            forecasts: Vec::new(),
             polls: Vec::new(),
             events: Vec::new(),
             throttled_s: 0.0,
@@ -274,6 +319,10 @@ pub fn run_one(
                 };
                 if let Some(p) = m.predicted_dirty_pages {
                     v.predicted.entry(m.iteration).or_insert(p);
+                }
+                if let Some(converging) = m.converging {
+                    let eta = if converging { m.eta_seconds } else { None };
+                    v.forecasts.push((started.elapsed().as_secs_f64(), eta));
                 }
                 if let Some(a) = m.actual_dirty_pages
                     && m.iteration > 1
@@ -472,6 +521,11 @@ pub fn run_one(
             stopped_s: downtime_ms.unwrap_or(0.0) / 1000.0,
             postcopy_requests: ram.and_then(|r| r.postcopy_requests),
             postcopy_bytes: ram.and_then(|r| r.postcopy_bytes),
+            eta_error: if *converged {
+                score_eta(&v.forecasts, *ended_s)
+            } else {
+                Vec::new()
+            },
             prediction_mape: (n > 0).then(|| 100.0 * ape / n as f64),
             prediction_n: n,
             steps,
@@ -894,6 +948,24 @@ mod tests {
         );
         assert_eq!(sla(&t).p5, Some(2.0));
         assert_eq!(t[6].throttle_pct, 20);
+    }
+
+    #[test]
+    fn forecasts_are_scored_by_the_last_one_made_before_each_point() {
+        // A 100 s migration; forecasts at 10 s (never), 30 s (80 s left,
+        // truth 70) and 60 s (45 s left, truth 40).
+        let f = [(10.0, None), (30.0, Some(80.0)), (60.0, Some(45.0))];
+        let s = score_eta(&f, 100.0);
+        assert_eq!(s.len(), 3);
+        assert_eq!(
+            (s[0].at, s[0].forecast_s, s[0].relative_error()),
+            (0.25, None, None)
+        );
+        assert_eq!(s[1].actual_s, 70.0);
+        assert!((s[1].relative_error().expect("e") - 10.0 / 70.0).abs() < 1e-12);
+        assert!((s[2].relative_error().expect("e") - 5.0 / 40.0).abs() < 1e-12);
+        // Nothing forecast before a point: that point is not scored.
+        assert_eq!(score_eta(&[(60.0, Some(1.0))], 100.0).len(), 1);
     }
 
     #[test]

@@ -122,6 +122,7 @@ mod tests {
             armed: Default::default(),
             postcopy: false,
             throttle_pct: 0,
+            sampled_dirty_rate: None,
         }
     }
 

@@ -98,6 +98,8 @@ const SENDING: f64 = 0.05;
 #[derive(Debug, Clone, Default)]
 struct Escalation {
     last_iteration: u32,
+    /// The bulk pass was reviewed (once, when its dirty rate was sampled).
+    bulk_reviewed: bool,
     postcopy: bool,
     postcopy_bandwidth: Option<f64>,
     throttle_pct: u8,
@@ -153,7 +155,21 @@ impl Escalator {
             d.why(f.describe());
             let new_pass = vm.iteration != e.last_iteration;
             e.last_iteration = vm.iteration;
-            if vm.postcopy || e.postcopy || vm.iteration <= 1 || !new_pass {
+            if vm.postcopy || e.postcopy {
+                continue;
+            }
+            if vm.iteration <= 1 {
+                // The bulk pass: reviewed once its dirty rate is sampled,
+                // and only for a VM without a promised application
+                // sending. Switching early resends the least, but hands
+                // the guest over with the most pages still to fetch: a
+                // promised application waits for the pass to end, when
+                // only the pages dirtied since are missing.
+                if e.bulk_reviewed || vm.sampled_dirty_rate.is_none() || app_sending(vm) {
+                    continue;
+                }
+                e.bulk_reviewed = true;
+            } else if !new_pass {
                 continue;
             }
             let floor = forecast::floor_s(vm.remaining, bandwidth);
@@ -227,6 +243,12 @@ fn keep_in_force(e: &Escalation, d: &mut VmDecision) {
     }
 }
 
+/// Whether the VM's application has a promise and uses it.
+fn app_sending(vm: &VmInputs) -> bool {
+    vm.reserve
+        .is_some_and(|r| r > 0.0 && vm.app_mean(5) > SENDING * r)
+}
+
 /// Every tool with its cost, or why it cannot be used now.
 fn candidates(
     cfg: &Config,
@@ -283,8 +305,8 @@ fn throttle(
     if !vm.armed.auto_converge {
         return Err("not armed (auto-converge was off when the migration started)".to_owned());
     }
-    if let Some(r) = vm.reserve.filter(|r| *r > 0.0)
-        && vm.app_mean(5) > SENDING * r
+    if app_sending(vm)
+        && let Some(r) = vm.reserve
     {
         return Err(format!(
             "would slow the application's vCPUs, which send {} of a {} reservation",
@@ -343,6 +365,7 @@ mod tests {
             armed,
             postcopy: false,
             throttle_pct: 0,
+            sampled_dirty_rate: None,
         }
     }
 
@@ -401,6 +424,27 @@ mod tests {
         let d = review(&mut esc, vm(3, 20.0, 12.0, ALL), 15.0);
         assert!(d.qemu.start_postcopy);
         assert_eq!(esc.switches.get(&Tool::PostCopy), Some(&1));
+    }
+
+    #[test]
+    fn a_vm_without_a_promise_goes_post_copy_in_its_bulk_pass_once_sampled() {
+        let mut esc = Escalator::new(Config::default());
+        let mut quiet = vm(1, 100.0, 0.0, ALL);
+        quiet.reserve = None;
+        quiet.app_history = vec![0.0; 5];
+        // No sample yet: nothing is known, nothing fires.
+        let d = review(&mut esc, quiet.clone(), 30.0);
+        assert!(!d.qemu.start_postcopy);
+        // Sampled at 40 Mbit/s against 30: pre-copy cannot converge.
+        quiet.sampled_dirty_rate = Some(40.0 * MBIT);
+        let d = review(&mut esc, quiet.clone(), 30.0);
+        assert!(d.qemu.start_postcopy, "{:?}", d.reasons);
+        // A promised application that sends waits for the bulk pass's end.
+        let mut esc = Escalator::new(Config::default());
+        let mut sending = vm(1, 100.0, 0.0, ALL);
+        sending.sampled_dirty_rate = Some(40.0 * MBIT);
+        let d = review(&mut esc, sending, 15.0);
+        assert!(!d.qemu.start_postcopy, "{:?}", d.reasons);
     }
 
     #[test]

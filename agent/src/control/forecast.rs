@@ -21,9 +21,16 @@ use super::VmInputs;
 /// the coming pass by the last pass's duration; after the long bulk pass
 /// that understates the rate many times over (the simulator's demo: 0.5
 /// Mbit/s predicted, 4.9 measured a pass later).
+/// In the bulk pass, which ends with the first measurement, the rate
+/// sampled with QEMU's `calc-dirty-rate` stands in.
 pub fn dirty_rate(vm: &VmInputs) -> f64 {
     let measured = vm.dirty_rate_history.last().copied().unwrap_or(0.0);
-    vm.dirty_rate().max(measured)
+    let sampled = if vm.iteration <= 1 {
+        vm.sampled_dirty_rate.unwrap_or(0.0)
+    } else {
+        0.0
+    };
+    vm.dirty_rate().max(measured).max(sampled)
 }
 
 /// What the forecast says about one migration.

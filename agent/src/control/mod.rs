@@ -67,6 +67,9 @@ pub struct VmInputs {
     pub postcopy: bool,
     /// vCPU throttle QEMU applies now, percent (auto-converge).
     pub throttle_pct: u8,
+    /// The guest's dirty rate sampled during the bulk pass (QEMU's
+    /// `calc-dirty-rate`), bytes/s.
+    pub sampled_dirty_rate: Option<f64>,
 }
 
 /// What the migration's starter armed (capabilities can only be set

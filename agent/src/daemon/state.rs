@@ -104,6 +104,8 @@ pub struct VmState {
     pub refused: Vec<String>,
     /// What the current migration's starter armed.
     pub armed: Armed,
+    /// The dirty rate sampled during the bulk pass, bytes/s.
+    pub sampled_dirty_rate: Option<f64>,
 }
 
 /// A VM's throughput per traffic class and direction over the last tick,
@@ -157,6 +159,7 @@ impl VmState {
             qemu_max_bandwidth: None,
             refused: Vec::new(),
             armed: Armed::default(),
+            sampled_dirty_rate: None,
         }
     }
 
@@ -179,6 +182,7 @@ impl VmState {
         self.qemu_max_bandwidth = None;
         self.refused.clear();
         self.armed = Armed::default();
+        self.sampled_dirty_rate = None;
     }
 
     /// The promise to the VM's application, bytes/s.

@@ -200,6 +200,7 @@ impl ControlLoop {
             armed: v.armed,
             postcopy: v.phase == MigrationPhase::PostCopy,
             throttle_pct: 0,
+            sampled_dirty_rate: v.sampled_dirty_rate,
         }
     }
 

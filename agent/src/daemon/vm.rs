@@ -175,6 +175,19 @@ async fn follow_once<S: MigrationSource>(
         )))
     });
     await_decision_and_apply(shared, name, source, &mut applied).await;
+    // The bulk pass gives no dirty rate until it ends: measure one now
+    // (about a second), so that the forecast knows early.
+    match source.sample_dirty_rate().await {
+        Ok(Some(rate)) => {
+            info!(dirty_rate_mbit = rate * 8.0 / 1e6, "dirty rate sampled");
+            if let Some(v) = shared.state().vms.get_mut(name) {
+                v.sampled_dirty_rate = Some(rate);
+            }
+            await_decision_and_apply(shared, name, source, &mut applied).await;
+        }
+        Ok(None) => {}
+        Err(e) => warn!(error = %e, "sampling the dirty rate"),
+    }
     loop {
         let sample = tokio::select! {
             _ = shutdown.changed() => {

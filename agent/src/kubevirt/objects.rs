@@ -247,6 +247,29 @@ pub struct Vmi {
     pub phase: Option<String>,
     pub interfaces: Vec<VmiInterface>,
     pub migration: Option<MigrationState>,
+    /// The bandwidth promised to its application, from the annotation
+    /// [`RESERVE_ANNOTATION`]: Ok(None) without one, Err(why) when its
+    /// value is not a usable rate (the VMI is kept, without a promise).
+    pub reserve_mbit: Result<Option<f64>, String>,
+}
+
+/// The VMI annotation that promises its application bandwidth, Mbit/s
+/// (e.g. `vmbw.io/reserve-mbit: "10"`), like `[[vm]] reserve_mbit`.
+pub const RESERVE_ANNOTATION: &str = "vmbw.io/reserve-mbit";
+
+/// Reads [`RESERVE_ANNOTATION`] from an object's annotations.
+pub fn reserve_from_annotations(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<Option<f64>, String> {
+    let Some(v) = annotations.and_then(|a| a.get(RESERVE_ANNOTATION)) else {
+        return Ok(None);
+    };
+    match v.trim().parse::<f64>() {
+        Ok(m) if m.is_finite() && m > 0.0 => Ok(Some(m)),
+        _ => Err(format!(
+            "annotation {RESERVE_ANNOTATION} = {v:?} is not a positive number of Mbit/s; no bandwidth is promised"
+        )),
+    }
 }
 
 impl Vmi {
@@ -483,6 +506,7 @@ pub fn parse_vmi(raw: &RawObject) -> Result<Vmi, ObjectError> {
         phase: status.phase,
         interfaces,
         migration,
+        reserve_mbit: reserve_from_annotations(raw.metadata.annotations.as_ref()),
     })
 }
 
@@ -679,6 +703,26 @@ mod tests {
 
     // KubeVirt's MAC strings are parsed by `datapath::Mac`, whose tests
     // (`kubevirts_former_inputs`) hold the inputs this file used to check.
+    #[test]
+    fn the_reserve_annotation_promises_bandwidth_or_says_why_not() {
+        let with = |v: &str| {
+            parse_vmi(&raw(json!({
+                "metadata": {"name": "a", "namespace": "ns",
+                             "annotations": {RESERVE_ANNOTATION: v}},
+                "status": {}
+            })))
+            .expect("a VMI")
+            .reserve_mbit
+        };
+        assert_eq!(with("12.5"), Ok(Some(12.5)));
+        for bad in ["fast", "-3", "0", "NaN"] {
+            let e = with(bad).expect_err(bad);
+            assert!(e.contains(RESERVE_ANNOTATION) && e.contains(bad), "{e}");
+        }
+        let none = parse_vmi(&raw(json!({"metadata": {"name": "a"}, "status": {}})));
+        assert_eq!(none.expect("a VMI").reserve_mbit, Ok(None));
+    }
+
     #[test]
     fn addresses() {
         assert_eq!(

@@ -79,6 +79,8 @@ pub struct DesiredVm {
     /// Its running launcher pods on this node, `namespace/name`.
     pub pods: BTreeSet<String>,
     pub migration: Option<DesiredMigration>,
+    /// The bandwidth promised to its application (annotation), Mbit/s.
+    pub reserve_mbit: Option<f64>,
 }
 
 /// The whole node's desired registrations, keyed by `namespace/name`.
@@ -114,6 +116,10 @@ pub fn reconcile(node: &str, vmis: &[Vmi], vmims: &[Vmim], pods: &[LauncherPod])
             }
         }
         vm.migration = migration;
+        match &vmi.reserve_mbit {
+            Ok(r) => vm.reserve_mbit = *r,
+            Err(why) => desired.warnings.push(format!("VMI {}: {why}", vmi.key())),
+        }
         desired.vms.insert(vmi.key(), vm);
     }
     for pod in pods {
@@ -316,6 +322,7 @@ mod tests {
                 mac: Some([2, 0, 0, 0, 0, 7]),
             }],
             migration,
+            reserve_mbit: Ok(None),
         }
     }
 
@@ -400,6 +407,25 @@ mod tests {
         );
         assert_eq!(claims(&d, "default/vm-a")[0], (Side::Local, 39445));
         assert!(vm.addresses.is_empty(), "the VM still runs on the source");
+    }
+
+    #[test]
+    fn a_promise_travels_with_the_vmi_and_a_bad_one_is_a_warning() {
+        let mut good = vmi("a", "node01", None);
+        good.reserve_mbit = Ok(Some(10.0));
+        let mut bad = vmi("b", "node01", None);
+        bad.reserve_mbit = Err("annotation vmbw.io/reserve-mbit = \"x\" is not ...".into());
+        let d = reconcile("node01", &[good, bad], &[], &[]);
+        assert_eq!(d.vms["default/a"].reserve_mbit, Some(10.0));
+        // The VMI with the bad annotation is still registered, unpromised.
+        assert_eq!(d.vms["default/b"].reserve_mbit, None);
+        assert!(!d.vms["default/b"].addresses.is_empty());
+        assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
+        assert!(
+            d.warnings[0].starts_with("VMI default/b: annotation"),
+            "{:?}",
+            d.warnings
+        );
     }
 
     #[test]

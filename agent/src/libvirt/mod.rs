@@ -190,6 +190,12 @@ impl MigrationSource for LibvirtMonitor {
         Ok(Armed::default())
     }
 
+    /// Not measured through libvirt yet (it has virDomainStartDirtyRateCalc
+    /// and the `dirtyrate.*` domain stats).
+    async fn sample_dirty_rate(&mut self) -> Result<Option<f64>, SourceError> {
+        Ok(None)
+    }
+
     async fn apply(
         &mut self,
         want: &QemuParams,

@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 use super::{
     qmp::{Qmp, QmpError},
     types::{
-        BalloonGuestStats, CapabilityState, CpuInfoFast, MemorySizeSummary, MigrationInfo,
-        MigrationParameters, QomProperty, StatusInfo, VersionInfo,
+        BalloonGuestStats, CapabilityState, CpuInfoFast, DirtyRateInfo, MemorySizeSummary,
+        MigrationInfo, MigrationParameters, QomProperty, StatusInfo, VersionInfo,
     },
 };
 
@@ -116,6 +116,32 @@ impl Qmp {
         )
         .await
         .map(drop)
+    }
+
+    /// Starts measuring the guest's dirty rate over `ms` milliseconds by
+    /// hashing sampled pages (`page-sampling`: independent of the
+    /// migration's own dirty logging, so it works while one runs; QEMU >=
+    /// 8.2 for the millisecond unit). `sample_pages` per GiB, 128..=16384.
+    pub async fn calc_dirty_rate(&mut self, ms: u64, sample_pages: u32) -> Result<(), QmpError> {
+        self.execute(
+            "calc-dirty-rate",
+            Some(json!({
+                "calc-time": ms,
+                "calc-time-unit": "millisecond",
+                "sample-pages": sample_pages.clamp(128, 16384),
+                "mode": "page-sampling",
+            })),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn query_dirty_rate(&mut self) -> Result<DirtyRateInfo, QmpError> {
+        self.execute_as(
+            "query-dirty-rate",
+            Some(json!({ "calc-time-unit": "millisecond" })),
+        )
+        .await
     }
 
     /// The stop-and-copy time QEMU aims for, milliseconds.

@@ -222,6 +222,17 @@ pub struct MigrationParameters {
     pub downtime_limit: Option<u64>,
 }
 
+/// `query-dirty-rate`'s answer, the fields vmbw reads.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct DirtyRateInfo {
+    /// `unstarted`, `measuring` or `measured`.
+    pub status: String,
+    /// The estimate, MiB/s (once measured).
+    #[serde(default)]
+    pub dirty_rate: Option<i64>,
+}
+
 /// One entry of `query-migrate-capabilities`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct CapabilityState {

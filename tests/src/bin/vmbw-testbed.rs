@@ -41,6 +41,11 @@ enum Cmd {
         /// Override the scenarios' repetitions.
         #[arg(long)]
         repetitions: Option<u32>,
+        /// With --policy: put the new runs into the scenario's existing
+        /// report in --out, replacing only those policies' results (each
+        /// keeps its own commit stamp), instead of writing a new report.
+        #[arg(long, requires = "policies")]
+        merge: bool,
         /// Report directory.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
@@ -63,8 +68,9 @@ fn main() -> anyhow::Result<()> {
             scenarios,
             policies,
             repetitions,
+            merge,
             out,
-        } => run(&scenarios, &policies, repetitions, &out),
+        } => run(&scenarios, &policies, repetitions, merge, &out),
         Cmd::Report { dir, scenarios } => index(&dir, &scenarios),
     }
 }
@@ -80,6 +86,7 @@ fn run(
     paths: &[PathBuf],
     policies: &[String],
     repetitions: Option<u32>,
+    merge: bool,
     out: &Path,
 ) -> anyhow::Result<()> {
     vmbw_tests::privileged().map_err(|why| anyhow::anyhow!("vmbw-testbed {why}"))?;
@@ -88,6 +95,7 @@ fn run(
     let mut loaded = Vec::new();
     for path in paths {
         let mut s = Scenario::load(path)?;
+        let all = s.policies.clone();
         if !policies.is_empty() {
             s.policies = policies.to_vec();
         }
@@ -95,15 +103,15 @@ fn run(
             s.repetitions = r;
         }
         s.check().with_context(|| format!("{}", path.display()))?;
-        loaded.push((path.clone(), s));
+        loaded.push((path.clone(), s, all));
     }
     let total: u32 = loaded
         .iter()
-        .map(|(_, s)| s.policies.len() as u32 * s.repetitions)
+        .map(|(_, s, _)| s.policies.len() as u32 * s.repetitions)
         .sum();
     let worst: f64 = loaded
         .iter()
-        .map(|(_, s)| (s.policies.len() as u32 * s.repetitions) as f64 * worst_case_s(s))
+        .map(|(_, s, _)| (s.policies.len() as u32 * s.repetitions) as f64 * worst_case_s(s))
         .sum();
     eprintln!(
         "{total} runs in {} scenario(s); at most {:.0} min (each run: guest boot, the migration up to its timeout, teardown)",
@@ -122,7 +130,7 @@ fn run(
     let began = Instant::now();
     let mut n = 0;
     let mut summary = Vec::new();
-    for (path, sc) in &loaded {
+    for (path, sc, all) in &loaded {
         let mut results = Vec::new();
         // Repetitions outermost: each policy's runs are spread over the
         // whole scenario's time, so a slow spell of the machine does not
@@ -181,7 +189,14 @@ fn run(
             eprintln!("no run of {} succeeded: no report", sc.name);
             continue;
         }
-        let rep = ScenarioReport::new(sc, path, stamp.clone(), results);
+        let fresh = ScenarioReport::new(sc, path, stamp.clone(), results);
+        let rep = match merge {
+            true => match ScenarioReport::load(out, &fresh.stem())? {
+                Some(old) => old.merged(all, &sc.policies, stamp.clone(), fresh.results),
+                None => fresh,
+            },
+            false => fresh,
+        };
         for f in report::write(out, &rep)? {
             println!("wrote {}", f.display());
         }
