@@ -874,3 +874,67 @@ pub fn index(reports: &[ScenarioReport], scenarios: &[(PathBuf, Scenario)]) -> S
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed(stem: &str) -> ScenarioReport {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/bench");
+        ScenarioReport::load(&dir, stem)
+            .expect("readable")
+            .expect("a committed report")
+    }
+
+    #[test]
+    fn merging_replaces_only_the_rerun_policy_and_keeps_both_stamps() {
+        let old = committed("onoff-30mbit-r10");
+        let others: Vec<String> = old
+            .results
+            .iter()
+            .filter(|r| r.policy != "nrac")
+            .map(|r| format!("{} {} {}", r.policy, r.repetition, r.total_s))
+            .collect();
+        // Two fresh nrac runs with a marker time.
+        let mut fresh: Vec<RunResult> = old
+            .results
+            .iter()
+            .filter(|r| r.policy == "nrac")
+            .take(2)
+            .cloned()
+            .collect();
+        for r in &mut fresh {
+            r.total_s = 12.345;
+        }
+        let stamp = Stamp {
+            commit: "abcdef012345".into(),
+            date: "2026-11-30T10:00:00Z".into(),
+            qemu: "QEMU emulator version 10.0.2".into(),
+            kernel: "6.18".into(),
+        };
+        let all: Vec<String> = old.policies.clone();
+        let first_stamp = old.stamp.commit.clone();
+        let merged = old.merged(&all, &["nrac".to_owned()], stamp, fresh);
+        let nrac: Vec<&RunResult> = merged
+            .results
+            .iter()
+            .filter(|r| r.policy == "nrac")
+            .collect();
+        assert_eq!(nrac.len(), 2);
+        assert!(nrac.iter().all(|r| r.total_s == 12.345));
+        let kept: Vec<String> = merged
+            .results
+            .iter()
+            .filter(|r| r.policy != "nrac")
+            .map(|r| format!("{} {} {}", r.policy, r.repetition, r.total_s))
+            .collect();
+        assert_eq!(kept, others);
+        assert_eq!(merged.stamp.commit, first_stamp);
+        assert_eq!(merged.policies, all);
+        let page = markdown(&merged);
+        assert!(
+            page.contains("`nrac` re-run at commit `abcdef012345`"),
+            "{page}"
+        );
+    }
+}
