@@ -123,7 +123,7 @@ impl Metrics {
                 GaugeVec::new(
                     Opts::new(
                         "vmbw_allocation_bytes_per_second",
-                        "Bandwidth decided per VM: migration guarantee, migration ceiling, application reservation."
+                        "Bandwidth per VM: migration guarantee and ceiling, application reservation (on the wire), and what the application was promised (kind=promised, goodput)."
                     ),
                     &["vm", "kind"]
                 ),
@@ -257,6 +257,13 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// What a VM's application was promised (`reserve_mbit`), bytes/s.
+    pub fn promised(&self, vm: &str, bytes_per_sec: f64) {
+        self.allocation
+            .with_label_values(&[vm, "promised"])
+            .set(bytes_per_sec);
     }
 
     /// The dirty pages of a finished iteration, and what was predicted for

@@ -446,3 +446,94 @@ fn qemu_10_keeps_the_guest_s_writes_without_pti() {
         );
     }
 }
+
+/// Post-copy for real (userfaultfd on the destination, urgent pages on the
+/// preempt channel), switched early in the bulk pass so that most of the
+/// working set is fetched on demand: the migration completes, pages were
+/// fetched on demand, and the guest's self-check finds every write.
+#[test]
+fn post_copy_with_preempt_completes_and_the_guest_keeps_its_writes() {
+    require!(privileged());
+    require!(guest::available());
+    let _serial = one_at_a_time();
+    let guest = Guest::build().expect("building the test guest");
+    let workload = Workload::new("mem-rand")
+        .with("wss-mb", 24)
+        .with("dirty-mbps", 2)
+        .with("report-secs", 1);
+    let tb = MigrationTestbed::new(LINK_MBIT).expect("testbed");
+    let (src, mut dst) = tb
+        .boot_all_deferred(&guest, &[(workload, GUEST_MB)], Duration::from_secs(180))
+        .expect("guest boots and starts its workload")
+        .remove(0);
+    let uri = tb.migration_uri();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let info = rt.block_on(async {
+        let caps = [
+            (Capability::PostcopyRam, true),
+            (Capability::PostcopyPreempt, true),
+        ];
+        let mut dst_ctl = Qmp::connect(&dst.qmp_ctl, QmpOptions::default())
+            .await
+            .expect("destination QMP");
+        dst_ctl
+            .set_capabilities(&caps)
+            .await
+            .expect("arming the destination");
+        dst_ctl
+            .migrate_incoming(&uri)
+            .await
+            .expect("migrate-incoming");
+        let mut ctl = Qmp::connect(&src.qmp_ctl, QmpOptions::default())
+            .await
+            .expect("source QMP");
+        ctl.set_capabilities(&caps)
+            .await
+            .expect("arming the source");
+        ctl.migrate(&uri).await.expect("starting the migration");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ctl.migrate_start_postcopy()
+            .await
+            .expect("switching to post-copy");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let info = ctl.query_migrate().await.expect("query-migrate");
+            match info.status {
+                Some(MigrationStatus::Completed) | Some(MigrationStatus::Failed) => break info,
+                _ if Instant::now() > deadline => break info,
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    assert_eq!(
+        info.status,
+        Some(MigrationStatus::Completed),
+        "{:?}",
+        info.error_desc
+    );
+    let fetched = info
+        .ram
+        .as_ref()
+        .and_then(|r| r.postcopy_requests)
+        .unwrap_or(0);
+    assert!(fetched > 0, "no page was fetched on demand: not post-copy");
+    dst.wait_for_console(guest::PROGRESS_MARKER, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("the guest does not run on the destination: {e:#}"));
+    // Nine more reports: the self-check has covered every page.
+    std::thread::sleep(Duration::from_secs(9));
+    let console = dst.console();
+    assert!(
+        !console.contains(guest::CORRUPT_MARKER) && !console.contains("Kernel panic"),
+        "the guest lost writes or crashed after post-copy:\n{}",
+        dst.console_tail(20)
+    );
+    let checks = console.matches("corrupt_pages=0").count();
+    assert!(
+        checks >= 8,
+        "only {checks} clean self-checks on the destination"
+    );
+    eprintln!("post-copy: {fetched} pages fetched on demand, {checks} clean self-checks");
+}

@@ -274,6 +274,9 @@ impl ControlLoop {
                 self.shared.metrics.sample_enforced_after(at.elapsed());
             }
             self.shared.metrics.allocation(d);
+            if let Some(r) = v.reserve() {
+                self.shared.metrics.promised(name, r);
+            }
             v.decision = Some(d.clone());
             v.decided += 1;
         }
