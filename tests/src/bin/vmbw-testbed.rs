@@ -246,6 +246,21 @@ fn index(dir: &Path, scenario_dir: &Path) -> anyhow::Result<()> {
     let page = dir.join("README.md");
     std::fs::write(&page, report::index(&reports, &scenarios))
         .with_context(|| format!("writing {}", page.display()))?;
+    // The project README's results table, when run from the checkout.
+    let readme = Path::new("README.md");
+    if let Ok(text) = std::fs::read_to_string(readme) {
+        match report::with_readme_table(&text, &report::readme_table(&reports)) {
+            Some(new) if new != text => {
+                std::fs::write(readme, new).context("writing README.md")?;
+                println!("updated README.md's results table");
+            }
+            Some(_) => {}
+            None => eprintln!(
+                "README.md has no results markers ({}); its table was not updated",
+                report::README_BEGIN
+            ),
+        }
+    }
     println!(
         "wrote {} ({} scenario reports, {} scenarios not run yet)",
         page.display(),
