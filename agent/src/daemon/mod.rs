@@ -168,6 +168,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             link_usage: 0.0,
             discovery: discovery_names(&cfg),
             vms,
+            tick_period: Duration::from_millis(cfg.agent.tick_ms),
+            last_tick: None,
         }),
         datapath: Arc::new(Mutex::new(dp)),
         metrics: Metrics::new()?,
@@ -296,6 +298,7 @@ fn reload(
             control.controller = Controller::new(cfg.policy());
             control.policy_name = cfg.agent.policy.to_string();
             *tick = tokio::time::interval(Duration::from_millis(cfg.agent.tick_ms));
+            shared.state().tick_period = Duration::from_millis(cfg.agent.tick_ms);
             shared.state().policy = cfg.agent.policy.to_string();
             info!(policy = %cfg.agent.policy, tick_ms = cfg.agent.tick_ms, "SIGHUP: configuration reloaded");
         }

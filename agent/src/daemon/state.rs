@@ -4,7 +4,7 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use vmbw_common::{Direction, class};
@@ -63,6 +63,30 @@ pub struct State {
     pub link_usage: f64,
     pub discovery: Vec<String>,
     pub vms: BTreeMap<String, VmState>,
+    /// The control loop's period, and when it last ran (None: not yet).
+    pub tick_period: Duration,
+    pub last_tick: Option<Instant>,
+}
+
+/// Ticks the control loop may miss before `/healthz` fails.
+pub const MISSED_TICKS: u32 = 5;
+
+impl State {
+    /// Healthy while the control loop runs: it has ticked within
+    /// [`MISSED_TICKS`] periods (counted from the start before its first).
+    pub fn health(&self, now: Instant) -> Result<(), String> {
+        let since = now.saturating_duration_since(self.last_tick.unwrap_or(self.started));
+        let limit = self.tick_period * MISSED_TICKS;
+        if since > limit {
+            Err(format!(
+                "control loop stalled: no tick for {:.1} s (limit {MISSED_TICKS} x {} ms)",
+                since.as_secs_f64(),
+                self.tick_period.as_millis()
+            ))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// One VM.
@@ -215,7 +239,10 @@ pub fn handle(shared: &Arc<Shared>, path: &str) -> Response {
         Err(e) => Response::text(500, format!("encoding: {e}\n")),
     };
     match path {
-        api::HEALTHZ_PATH => Response::text(200, "ok\n"),
+        api::HEALTHZ_PATH => match shared.state().health(Instant::now()) {
+            Ok(()) => Response::text(200, "ok\n"),
+            Err(why) => Response::text(503, format!("{why}\n")),
+        },
         api::READYZ_PATH => {
             if shared.state().ready {
                 Response::text(200, "ready\n")

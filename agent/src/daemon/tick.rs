@@ -85,6 +85,7 @@ impl ControlLoop {
         self.enforce(&decision, &measured.slots).await;
         self.publish(&inputs, &decision);
         self.record_escalations(&inputs);
+        self.shared.state().last_tick = Some(started);
         self.shared.metrics.tick_took(started.elapsed());
     }
 
