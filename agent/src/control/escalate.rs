@@ -158,6 +158,12 @@ impl Escalator {
             if vm.postcopy || e.postcopy {
                 continue;
             }
+            if d.delayed {
+                // Held at the floor while another migration goes first:
+                // its forecast is that of a queue, not of a failure.
+                d.why("escalation: waits its turn (delayed), not escalated");
+                continue;
+            }
             if vm.iteration <= 1 {
                 // The bulk pass: reviewed once its dirty rate is sampled,
                 // and only for a VM without a promised application
@@ -495,6 +501,25 @@ mod tests {
         let dt = d.qemu.downtime_limit_s.expect("raised");
         assert!(dt > 0.3 && dt <= 0.5, "{dt}");
         assert_eq!(esc.fired("vm"), &[Tool::DowntimeLimit]);
+    }
+
+    #[test]
+    fn a_migration_waiting_its_turn_is_not_escalated() {
+        let mut esc = Escalator::new(Config::default());
+        let mut d = VmDecision::unenforced("vm");
+        d.enforce(1.5 * MBIT, 1.5 * MBIT);
+        d.delayed = true;
+        let mut decision = Decision { vms: vec![d] };
+        let inputs = Inputs {
+            link: Link {
+                capacity: 30.0 * MBIT,
+                usage: 0.0,
+            },
+            vms: vec![vm(3, 24.0, 10.0, ALL)],
+        };
+        esc.review(&inputs, &mut decision);
+        assert!(!decision.vms[0].qemu.start_postcopy);
+        assert!(esc.fired("vm").is_empty());
     }
 
     #[test]
