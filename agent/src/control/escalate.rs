@@ -150,7 +150,12 @@ impl Escalator {
             keep_in_force(e, d);
             let bandwidth = d.migration_rate.unwrap_or(inputs.link.free());
             let limit = d.qemu.downtime_limit_s.unwrap_or(vm.downtime_limit_s);
-            let f = forecast::forecast(vm.remaining, forecast::dirty_rate(vm), bandwidth, limit);
+            let dirty = if e.postcopy {
+                0.0
+            } else {
+                forecast::dirty_rate(vm)
+            };
+            let f = forecast::forecast(vm.remaining, dirty, bandwidth, limit);
             d.forecast = Some(f);
             d.why(f.describe());
             let new_pass = vm.iteration != e.last_iteration;

@@ -24,6 +24,11 @@ use super::VmInputs;
 /// In the bulk pass, which ends with the first measurement, the rate
 /// sampled with QEMU's `calc-dirty-rate` stands in.
 pub fn dirty_rate(vm: &VmInputs) -> f64 {
+    if vm.postcopy {
+        // The guest runs on the destination: what it writes there is
+        // never sent.
+        return 0.0;
+    }
     let measured = vm.dirty_rate_history.last().copied().unwrap_or(0.0);
     let sampled = if vm.iteration <= 1 {
         vm.sampled_dirty_rate.unwrap_or(0.0)
