@@ -37,7 +37,14 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
         "static libc for the test guest's workload (crt-static)",
     ),
     ("pkg-config", "virt-sys finds libvirt with it"),
+    (
+        "python3-pip",
+        "installs kubernetes-validate, the outside judge of deploy/",
+    ),
 ];
+
+/// The schema checker the test suite runs on deploy/ (PyPI), pinned.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 /// Packages taken from bookworm-backports: QEMU 10 (the QEMU users run
 /// today; 7.2 in bookworm has a TCG dirty-tracking bug fixed in 9.0) and the
@@ -81,6 +88,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     backports_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    kubernetes_validate()?;
     if args.no_guest {
         step("guest kernel: skipped (--no-guest)");
     } else {
@@ -127,6 +135,32 @@ fn debian_packages() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// kubernetes-validate from PyPI (a package registry, reachable from CI).
+fn kubernetes_validate() -> anyhow::Result<()> {
+    step("kubernetes-validate (PyPI)");
+    if util::status(Command::new("kubernetes-validate").arg("--version")).is_ok_and(|s| s.success())
+    {
+        println!("    present");
+        return Ok(());
+    }
+    if !util::is_root() {
+        bail!(
+            "kubernetes-validate missing. Install it: python3 -m pip install {KUBERNETES_VALIDATE}"
+        );
+    }
+    // Debian marks its Python as externally managed (PEP 668); this one
+    // command-line tool goes beside it.
+    util::run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--break-system-packages",
+        KUBERNETES_VALIDATE,
+    ]))
+    .context("installing kubernetes-validate with pip")
 }
 
 /// QEMU and libvirt from bookworm-backports. Adds the suite to apt's sources

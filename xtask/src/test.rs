@@ -97,6 +97,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "eBPF build (agent/build.rs, bpfel-unknown-none)",
         cargo().args(["build", "--package", "vmbw"]),
     );
+    let manifests = deploy_manifests(&root)?;
+    for version in KUBERNETES_VERSIONS {
+        check(
+            &mut tally,
+            &format!("deploy/base against Kubernetes {version} (kubernetes-validate --strict)"),
+            Command::new("kubernetes-validate")
+                .args(["--strict", "--quiet", "-k", version])
+                .args(&manifests),
+        );
+    }
 
     util::step("unit tests");
     const UNIT: &[&str] = &[
@@ -146,7 +156,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("FAILED: {step}");
     }
     println!(
-        "checks: {} passed, {} failed (fmt, clippy, eBPF build)",
+        "checks: {} passed, {} failed (fmt, clippy, eBPF build, deploy/ schemas)",
         tally.checks_passed,
         CHECKS - tally.checks_passed
     );
@@ -166,8 +176,24 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Kubernetes versions deploy/ is validated against.
+const KUBERNETES_VERSIONS: &[&str] = &["1.31", "1.32", "1.33", "1.34"];
+
 /// The checks run before the tests.
-const CHECKS: u64 = 3;
+const CHECKS: u64 = 3 + KUBERNETES_VERSIONS.len() as u64;
+
+/// deploy/base's resources (kustomization.yaml is kustomize's own file).
+fn deploy_manifests(root: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<_> = fs::read_dir(root.join("deploy/base"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml")
+                && p.file_name().is_some_and(|n| n != "kustomization.yaml")
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
 
 /// A check that is not a libtest run; counted apart from the tests.
 fn check(tally: &mut Tally, name: &str, cmd: &mut Command) {
