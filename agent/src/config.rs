@@ -756,6 +756,45 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What this configuration resolves to, one line per decision it
+    /// makes (`vmbw agent --check`).
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "mode {}, policy {} (resolved: {:?}), tick {} ms\n",
+            self.agent.mode,
+            self.agent.policy,
+            self.policy(),
+            self.agent.tick_ms
+        );
+        for u in &self.uplink {
+            out.push_str(&format!("uplink {}: {} Mbit/s\n", u.iface, u.link_mbit));
+        }
+        out.push_str(&format!("status API and /metrics on {}\n", self.api.listen));
+        for vm in &self.vm {
+            let how = match vm.telemetry() {
+                Some(Telemetry::Qmp(p)) => format!("QMP {}", p.display()),
+                Some(Telemetry::Libvirt { uri, domain, .. }) => {
+                    format!("libvirt {uri} domain {domain}")
+                }
+                None => "not followed".into(),
+            };
+            out.push_str(&format!(
+                "vm {}: {how}; {} address(es), {} MAC(s), {} tap(s); {}\n",
+                vm.name,
+                vm.ips.len(),
+                vm.macs.len(),
+                vm.taps.len(),
+                vm.reserve_mbit
+                    .map_or("nothing promised".into(), |r| format!(
+                        "{r} Mbit/s promised"
+                    ))
+            ));
+        }
+        out
+    }
+}
+
 impl ConfigError {
     /// A TOML error, named by its key where it has one. serde reports a
     /// value that does not parse (a bad mode, policy, address, or a wrong
@@ -834,6 +873,25 @@ fn key_in_value(value: &DeValue<'_>, at: usize, key: &mut String) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_describes_the_resolved_policy_and_each_vm_s_promise() {
+        let cfg = Config::parse(
+            "[agent]\npolicy = \"nrac+escalate\"\n[escalate]\nallow_postcopy = false\n\
+             [[vm]]\nname = \"a\"\nqmp = \"/run/a.qmp\"\nreserve_mbit = 15\n",
+            "t.toml",
+        )
+        .expect("valid");
+        let text = cfg.describe();
+        assert!(text.contains("policy nrac+escalate"), "{text}");
+        assert!(text.contains("allow_postcopy: false"), "{text}");
+        assert!(
+            text.contains(
+                "vm a: QMP /run/a.qmp; 0 address(es), 0 MAC(s), 0 tap(s); 15 Mbit/s promised"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn the_documented_defaults_are_the_defaults() {

@@ -49,11 +49,16 @@ enum Command {
     /// status API. SIGHUP reloads the policy; SIGTERM restores the host.
     Agent {
         /// Configuration file (TOML); without it every key has its default.
-        #[arg(long, short)]
+        #[arg(long, short, env = "VMBW_CONFIG")]
         config: Option<std::path::PathBuf>,
         /// Print the default configuration, every key documented, and exit.
         #[arg(long)]
         print_default_config: bool,
+        /// Validate the configuration, print what it resolves to, and exit
+        /// (0 = valid, 1 = not, naming the file, line and key); touches
+        /// nothing. Run it before a SIGHUP reload.
+        #[arg(long)]
+        check: bool,
         /// On exit, leave the datapath and the HTB tree running for the next
         /// agent to adopt (traffic stays classified and shaped).
         #[arg(long)]
@@ -157,8 +162,9 @@ fn run() -> anyhow::Result<()> {
         Command::Agent {
             config,
             print_default_config,
+            check,
             keep_datapath,
-        } => agent(config, print_default_config, keep_datapath),
+        } => agent(config, print_default_config, check, keep_datapath),
         Command::Watch {
             iface,
             interval,
@@ -337,6 +343,7 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
 fn agent(
     config: Option<std::path::PathBuf>,
     print_default_config: bool,
+    check: bool,
     keep_datapath: bool,
 ) -> anyhow::Result<()> {
     if print_default_config {
@@ -347,6 +354,16 @@ fn agent(
         Some(path) => vmbw::config::Config::load(path)?,
         None => vmbw::config::Config::default(),
     };
+    if check {
+        print!("{}", cfg.describe());
+        println!(
+            "{}: valid",
+            config
+                .as_ref()
+                .map_or("built-in defaults".into(), |p| p.display().to_string())
+        );
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
