@@ -78,6 +78,20 @@ impl Metrics {
             }};
         }
         let vcd = &["vm", "class", "direction"];
+        // Which build answers: constant 1, the version in a label.
+        let build = reg!(
+            GaugeVec::new(
+                Opts::new(
+                    "vmbw_build_info",
+                    "The running agent's version (constant 1)."
+                ),
+                &["version"]
+            ),
+            "vmbw_build_info"
+        );
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
         Ok(Metrics {
             bytes: reg!(
                 IntCounterVec::new(
@@ -344,7 +358,9 @@ mod tests {
         Metrics::set_total(&c, 1200); // backwards: ignored
         let mut d = VmDecision::unenforced("vm1");
         d.enforce(2.5e6, 5e6);
+        d.forecast = Some(crate::control::forecast::forecast(50e6, 1e6, 2.5e6, 0.3));
         m.allocation(&d);
+        m.promised("vm1", 1.875e6);
         m.policy_switch("vm1", "auto-converge");
         m.tick_took(Duration::from_millis(3));
         let text = m.encode().expect("encode");
@@ -360,6 +376,30 @@ mod tests {
             )
         );
         assert!(text.contains("vmbw_policy_switches_total{step=\"auto-converge\",vm=\"vm1\"} 1"));
+        assert!(
+            text.contains("vmbw_migration_converging{vm=\"vm1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vmbw_migration_eta_seconds{vm=\"vm1\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vmbw_allocation_bytes_per_second{kind=\"promised\",vm=\"vm1\"} 1875000")
+        );
+        assert!(text.contains(&format!(
+            "vmbw_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        // A forecast of "does not converge" drops the ETA series.
+        d.forecast = Some(crate::control::forecast::forecast(50e6, 3e6, 2.5e6, 0.3));
+        m.allocation(&d);
+        let text = m.encode().expect("encode");
+        assert!(
+            text.contains("vmbw_migration_converging{vm=\"vm1\"} 0"),
+            "{text}"
+        );
+        assert!(!text.contains("vmbw_migration_eta_seconds{"), "{text}");
         assert!(text.contains("vmbw_control_loop_duration_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("# TYPE vmbw_vm_bytes_total counter"));
     }
