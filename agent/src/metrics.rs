@@ -273,6 +273,12 @@ impl Metrics {
         }
     }
 
+    /// Drops a VM's forecast series once its migration ended.
+    pub fn forecast_ended(&self, vm: &str) {
+        let _ = self.eta.remove_label_values(&[vm]);
+        let _ = self.converging.remove_label_values(&[vm]);
+    }
+
     /// What a VM's application was promised (`reserve_mbit`), bytes/s.
     pub fn promised(&self, vm: &str, bytes_per_sec: f64) {
         self.allocation
@@ -400,6 +406,9 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("vmbw_migration_eta_seconds{"), "{text}");
+        m.forecast_ended("vm1");
+        let text = m.encode().expect("encode");
+        assert!(!text.contains("vmbw_migration_converging{"), "{text}");
         assert!(text.contains("vmbw_control_loop_duration_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("# TYPE vmbw_vm_bytes_total counter"));
     }

@@ -263,7 +263,10 @@ impl ControlLoop {
         for (name, v) in st.vms.iter_mut() {
             let input = inputs.vms.iter().find(|i| &i.name == name);
             if input.is_none() {
-                v.decision = None;
+                if v.decision.take().is_some() {
+                    // The migration ended: its forecast is history.
+                    self.shared.metrics.forecast_ended(name);
+                }
                 continue;
             }
             let Some(d) = decision.vms.iter().find(|d| &d.name == name) else {
