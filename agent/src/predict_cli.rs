@@ -12,7 +12,7 @@ use vmbw::{
 
 #[derive(clap::Args)]
 pub struct PredictArgs {
-    /// Trace CSV (MISSION §6 format), e.g. one recorded by `vmbw record`.
+    /// Trace CSV (docs/trace-format.md), e.g. one recorded by `vmbw record`.
     #[arg(long)]
     trace: PathBuf,
     /// Model: gm1n, gm11, last, mean, ewma, bda, phys, or all.

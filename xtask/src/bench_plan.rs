@@ -1,9 +1,9 @@
 //! `cargo xtask bench plan`: the planning papers' simulations, reproduced
 //! from seeds with the release `vmbw` binary (`vmbw plan-sim`, `vmbw plan`).
 //!
-//! 1. VMM-CFG (seed 002, Fig. 3): overloaded hosts and load standard
+//! 1. VMM-CFG (the VMM-CFG paper, Fig. 3; docs/papers.md): overloaded hosts and load standard
 //!    deviation before/after for 10..100 hosts, 3 VMs per host.
-//! 2. SICC (seed 003, Fig. 5): 3000 VMs, mean 30 %, sd 15 %, 10 standard
+//! 2. SICC (the SICC paper, Fig. 5): 3000 VMs, mean 30 %, sd 15 %, 10 standard
 //!    VMs per server: items (CVMs) and servers for FFD, ICMA and SICC,
 //!    with the paper's CVM peak = mean (Theorem 3) and with the true peak.
 //! 3. SICC's 195-VM case (Fig. 4): mean PRU of SICC vs ICMA.

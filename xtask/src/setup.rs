@@ -63,7 +63,7 @@ const BACKPORTS: &str = "bookworm-backports";
 /// Where setup writes the backports source when apt has none.
 const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/vmbw-bookworm-backports.sources";
 
-/// bpf-linker version built against LLVM 22 (MISSION §5).
+/// bpf-linker version built against LLVM 22 (the version that builds with it here).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 

@@ -1,4 +1,4 @@
-//! AdaMig-style watchdog (seed 004): watches each migration's run-time
+//! AdaMig-style watchdog (the AdaMig paper, docs/papers.md): watches each migration's run-time
 //! statistics and, when it shows the tendency not to converge, escalates one
 //! step per iteration:
 //!

@@ -1,4 +1,4 @@
-//! BDA: bandwidth dynamic allocation (seed 001, MISSION §3.3). Per
+//! BDA: bandwidth dynamic allocation (the BDA paper, docs/papers.md). Per
 //! iteration n of a migration:
 //! - first round: a configured initial bandwidth;
 //! - `F_bw = T_bw − U_bw` (free bandwidth);

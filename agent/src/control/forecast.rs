@@ -3,7 +3,7 @@
 //! dirty rate the predictor expects (GM(1,N) with residual correction, as
 //! bandwidth D_e) and the bandwidth the migration is allotted.
 //!
-//! Pre-copy as a geometric series (MISSION §3.1): a pass of x bytes at
+//! Pre-copy as a geometric series: a pass of x bytes at
 //! bandwidth B takes x/B seconds, during which the guest dirties D·x/B
 //! bytes, the next pass's size. Passes shrink by ρ = D/B; QEMU stops the
 //! guest once a pass fits its downtime limit (x/B ≤ limit) and sends the

@@ -1,8 +1,8 @@
 //! Bandwidth decisions per pre-copy iteration and host tick.
 //!
 //! Pure modules: [`Inputs`] in, [`Decision`] out, with the reasons. The
-//! policies are NRAC (seed 000, [`nrac`]), BDA (seed 001, [`bda`]), the
-//! AdaMig watchdog layered on either (seed 004, [`adamig`]), and two
+//! policies are NRAC ([`nrac`]), BDA ([`bda`]), the
+//! AdaMig watchdog layered on either ([`adamig`]; the papers: docs/papers.md), and two
 //! references: `default` (no enforcement) and `static:RATE` (a fixed cap,
 //! like KubeVirt's bandwidthPerMigration). [`sim`] is a deterministic
 //! pre-copy simulator that drives them.

@@ -1,6 +1,6 @@
 //! NRAC: network bandwidth reserve adjustment for different application
-//! characteristics (seed 000 §5), with the two corrections a real
-//! controller needs (MISSION §3.2):
+//! characteristics (the NRAC paper §5, docs/papers.md), with the two corrections a real
+//! controller needs:
 //!
 //! - convergence margin γ > 1: a migration allotted exactly its dirty rate
 //!   D_e never shrinks its remaining set; at γ·D_e it shrinks by 1/γ per

@@ -4,9 +4,9 @@
 //! same plan):
 //! - [`inventory`]: the JSON inventory format, its schema check and the
 //!   indexed model the planners read;
-//! - [`vmmcfg`]: VMM-CFG (seed 002): VM selection on overloaded hosts by
+//! - [`vmmcfg`]: VMM-CFG (the VMM-CFG paper, docs/papers.md): VM selection on overloaded hosts by
 //!   intra-host traffic and coalition formation (merge / split / mapping);
-//! - [`sicc`]: ICMA-0.5, SICC and first-fit decreasing (seed 003);
+//! - [`sicc`]: ICMA-0.5, SICC and first-fit decreasing (the SICC paper);
 //! - [`forecast`]: day-ahead utilisation forecasts (daily profile + ARMA);
 //! - [`stats`]: mean, standard deviation, Pearson;
 //! - [`rng`]: the seeded generator;

@@ -7,7 +7,7 @@
 //! field exists from KubeVirt v1.6 on, so it can be left out for older
 //! clusters (the scheduler then picks the target). The documents come in
 //! the order they should run: VMs that are not network-intensive first
-//! (NRAC, MISSION §3.2: their migrations converge quickly and free room;
+//! (NRAC, the NRAC paper §5: their migrations converge quickly and free room;
 //! a network-intensive VM keeps its application bandwidth reserved while
 //! it migrates, so it goes last), then by VM name. Each carries its step in
 //! the `vmbw.io/plan-step` annotation, since KubeVirt itself runs

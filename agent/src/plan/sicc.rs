@@ -1,4 +1,4 @@
-//! Correlation-aware consolidation (seed 003): ICMA-0.5, SICC and the
+//! Correlation-aware consolidation (the SICC paper, docs/papers.md): ICMA-0.5, SICC and the
 //! first-fit-decreasing (FFD) baseline.
 //!
 //! Input: one forecast utilisation series per VM (percent of a standard

@@ -2,7 +2,7 @@
 //! seed. Everything the papers leave open is a documented choice here, made
 //! before looking at results and never tuned towards the papers' numbers.
 //!
-//! ## VMM-CFG (seed 002, §4.1)
+//! ## VMM-CFG (the VMM-CFG paper, §4.1)
 //! Paper: `x` hosts with capacity U[200, 300] and capacity − threshold in
 //! U(0, 50]; maximum communication bandwidth 50; `3x` VMs; users request
 //! 4 to 8 VMs; a VM needs 10 to 20. Choices made here:
@@ -21,7 +21,7 @@
 //! - `net_bps` U[0, 2e8) so that about half the VMs are network-intensive
 //!   (only the `--emit vmim` ordering uses it).
 //!
-//! ## SICC (seed 003, §4)
+//! ## SICC (the SICC paper, §4)
 //! Paper: 1440 samples per VM per day, ARMA forecasts, utilisation with
 //! mean 30 % and standard deviation 15 % of a standard VM (its equation 15:
 //! mean of the VMs' means and a pooled standard deviation over VMs). Types I

@@ -1,4 +1,4 @@
-//! VMM-CFG: migration planning as a coalition-formation game (seed 002).
+//! VMM-CFG: migration planning as a coalition-formation game (the VMM-CFG paper, docs/papers.md).
 //!
 //! 1. **Selection** (the paper's Algorithm 1). On every overloaded host
 //!    (load above its safety threshold `M_i'`) each VM's intra-host traffic
@@ -7,7 +7,7 @@
 //!    order) until the host is no longer overloaded. The paper's pseudocode
 //!    (line 8) only takes a VM if the host is *still* overloaded after it
 //!    leaves, which would never bring a host under its threshold; its prose
-//!    and MISSION §3.5 say "until the host is under its threshold", which
+//!    and our design notes say "until the host is under its threshold", which
 //!    is what is done here.
 //! 2. **Coalition formation** (Algorithm 2). The selected VMs start as
 //!    singleton coalitions, each mapped (`MapProcess`) to an under-loaded

@@ -1,7 +1,7 @@
 //! GM(1,N) as a one-step predictor of X1, made usable on the 4–10
 //! iterations a real migration has.
 //!
-//! - Drivers: X2..X6 of MISSION §3.1 and two physics drivers whose value at
+//! - Drivers: X2..X6 of the NRAC paper's GM(1,N) (docs/trace-format.md) and two physics drivers whose value at
 //!   the predicted iteration is measured, not forecast:
 //!   T̂(k), the duration iteration k is expected to take, known when
 //!   iteration k−1 ends (bytes left to send over the bandwidth just

@@ -1,5 +1,5 @@
 //! Grey models: GM(1,1) and GM(1,N) with GM(1,1) residual correction
-//! (seed 000 §4, MISSION §3.1).
+//! (the NRAC paper §4, docs/papers.md).
 //!
 //! Numerics, because the textbook normal equations `(BᵀB)⁻¹BᵀY` are
 //! ill-conditioned on the short, strongly trending series a pre-copy

@@ -1,7 +1,7 @@
 //! Dirty-page prediction for the next pre-copy iteration.
 //!
 //! Input: one [`Iteration`] per finished pre-copy iteration: the six GM(1,N)
-//! sequences of MISSION §3.1, `[X1 dirty pages, X2 mem %, X3 cpu %, X4 vm
+//! sequences of the NRAC paper's model (docs/trace-format.md), `[X1 dirty pages, X2 mem %, X3 cpu %, X4 vm
 //! net, X5 previous iteration s, X6 host net]`, and, when the telemetry has
 //! them, the iteration's duration, the bytes it sent and the bytes left to
 //! send when it ended. Output: X1 of the next iteration. Every model is pure
@@ -262,7 +262,7 @@ impl Predictor for Ewma {
     }
 }
 
-/// BDA's coefficient estimate (seed 001, MISSION §3.3): with U the latest
+/// BDA's coefficient estimate (the BDA paper): with U the latest
 /// value and D the mean of the earlier ones, `a·U + b·D` where
 /// `a = U/(D+U)`, `b = D/(D+U)`.
 #[derive(Debug, Clone, Default)]

@@ -13,7 +13,7 @@
 //! [`MigrationOutcome::stop_and_copy`], not as an iteration.
 //!
 //! X1 is defined as QEMU's `dirty-pages-rate` × the iteration's duration
-//! (MISSION §6). Beside it the monitor counts the pages each sync found
+//! (docs/trace-format.md). Beside it the monitor counts the pages each sync found
 //! dirty straight from QEMU's counters: between two syncs, pages sent
 //! (`normal` + `duplicate`) plus pages still dirty (`remaining` / page size)
 //! stay constant, and a sync raises that sum by exactly the pages it found

@@ -1,5 +1,5 @@
 //! `vmbw record`: follows one migration of a VM and writes its dirty-page
-//! trace (MISSION §6), one row per finished pre-copy iteration, flushed as
+//! trace (docs/trace-format.md), one row per finished pre-copy iteration, flushed as
 //! it goes. The header comments say where every column came from.
 
 use std::{
@@ -75,7 +75,7 @@ pub async fn record(
     })?;
     let (vm_net, uplink) = mon.net_sources();
     let mut comments = vec![
-        "vmbw dirty-page trace: one row per pre-copy iteration (MISSION §6).".to_owned(),
+        "vmbw dirty-page trace: one row per pre-copy iteration (docs/trace-format.md).".to_owned(),
         format!(
             "recorded by vmbw {} `record` on {} from QMP socket {}",
             env!("CARGO_PKG_VERSION"),

@@ -1,4 +1,4 @@
-//! The dirty-page trace CSV (MISSION §6): one row per pre-copy iteration,
+//! The dirty-page trace CSV (docs/trace-format.md): one row per pre-copy iteration,
 //! `#` lines are comments, extra columns after the nine named ones are
 //! allowed (and kept as text by the reader). The writer is what
 //! `vmbw record` uses; the reader is what the predictor and its benchmarks
