@@ -117,32 +117,28 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        let json_num = |v: f64| {
-            if v.is_finite() {
-                format!("{v:.4}")
-            } else {
-                "null".into()
-            }
-        };
-        let models: Vec<String> = scores
-            .iter()
-            .map(|(n, s)| {
-                format!(
-                    r#""{n}":{{"mape":{},"wape":{},"rmse":{},"n":{}}}"#,
-                    json_num(s.mape),
-                    json_num(s.wape),
-                    json_num(s.rmse),
-                    s.n
-                )
-            })
-            .collect();
-        println!(
-            r#"{{"trace":{:?},"iterations":{},"window":{},"models":{{{}}}}}"#,
-            args.trace.display().to_string(),
-            t.rows.len(),
-            args.window,
-            models.join(",")
-        );
+        // A score that could not be computed (no point scored) is null.
+        let finite = |v: f64| v.is_finite().then_some(v);
+        let summary = serde_json::json!({
+            "trace": args.trace.display().to_string(),
+            "iterations": t.rows.len(),
+            "window": args.window,
+            "models": scores
+                .iter()
+                .map(|(n, s)| {
+                    (
+                        n.to_string(),
+                        serde_json::json!({
+                            "mape": finite(s.mape),
+                            "wape": finite(s.wape),
+                            "rmse": finite(s.rmse),
+                            "n": s.n,
+                        }),
+                    )
+                })
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
+        });
+        println!("{summary}");
     }
     Ok(())
 }

@@ -160,28 +160,44 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        let items: Vec<String> = outcomes
-            .iter()
-            .map(|o| {
-                format!(
-                    r#"{{"policy":{:?},"converged":{},"postcopy":{},"total_s":{:.3},"downtime_ms":{:.3},"passes":{},"app_mbit":{:.3},"app_reserve_ratio":{:.4},"steps":[{}]}}"#,
-                    o.policy,
-                    o.converged,
-                    o.postcopy,
-                    o.total_s,
-                    o.downtime_s * 1000.0,
-                    o.passes.len(),
-                    o.app_mean / MBIT,
-                    o.app_min_reserve_ratio,
-                    o.steps.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(",")
-                )
-            })
-            .collect();
-        println!(
-            r#"{{"trace":{:?},"outcomes":[{}]}}"#,
-            args.trace.display().to_string(),
-            items.join(",")
-        );
+        let summary = JsonSummary {
+            trace: args.trace.display().to_string(),
+            outcomes: outcomes
+                .iter()
+                .map(|o| JsonOutcome {
+                    policy: &o.policy,
+                    converged: o.converged,
+                    postcopy: o.postcopy,
+                    total_s: o.total_s,
+                    downtime_ms: o.downtime_s * 1000.0,
+                    passes: o.passes.len(),
+                    app_mbit: o.app_mean / MBIT,
+                    app_reserve_ratio: o.app_min_reserve_ratio,
+                    steps: &o.steps,
+                })
+                .collect(),
+        };
+        println!("{}", serde_json::to_string(&summary)?);
     }
     Ok(())
+}
+
+/// `--json`'s last line.
+#[derive(serde::Serialize)]
+struct JsonSummary<'a> {
+    trace: String,
+    outcomes: Vec<JsonOutcome<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct JsonOutcome<'a> {
+    policy: &'a str,
+    converged: bool,
+    postcopy: bool,
+    total_s: f64,
+    downtime_ms: f64,
+    passes: usize,
+    app_mbit: f64,
+    app_reserve_ratio: f64,
+    steps: &'a [String],
 }
