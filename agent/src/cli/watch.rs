@@ -1,0 +1,75 @@
+//! `vmbw watch`: per-direction throughput of an interface, counted by the
+//! datapath in eBPF; traffic is never changed.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use vmbw::datapath::{Datapath, DirectionCounters, PinDir};
+
+pub fn watch(iface: &str, interval: f64, count: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        interval.is_finite() && interval > 0.0,
+        "--interval must be a positive number of seconds, got {interval}"
+    );
+    let mut dp =
+        Datapath::load(&PinDir::Ephemeral).context("loading the datapath (are you root?)")?;
+    dp.attach(iface)
+        .with_context(|| format!("attaching to {iface}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(interval));
+        ticker.tick().await;
+        let mut prev = dp.counters()?;
+        let mut prev_at = Instant::now();
+        println!(
+            "{:>10} {:>14} {:>12} {:>14} {:>12}",
+            "seconds", "egress Mbit/s", "egress pkt/s", "ingress Mbit/s", "ingress pkt/s"
+        );
+        let started = prev_at;
+        let mut lines = 0u64;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = tokio::signal::ctrl_c() => break,
+            }
+            let now = Instant::now();
+            let cur = dp.counters()?;
+            print_rates(
+                started,
+                &prev,
+                &cur,
+                now.duration_since(prev_at).as_secs_f64(),
+                now,
+            );
+            prev = cur;
+            prev_at = now;
+            lines += 1;
+            if count != 0 && lines >= count {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    drop(dp); // detaches
+    Ok(())
+}
+
+fn print_rates(
+    started: Instant,
+    prev: &DirectionCounters,
+    cur: &DirectionCounters,
+    dt: f64,
+    now: Instant,
+) {
+    let rate = |a: u64, b: u64| (b.wrapping_sub(a)) as f64 / dt;
+    println!(
+        "{:>10.1} {:>14.3} {:>12.0} {:>14.3} {:>12.0}",
+        now.duration_since(started).as_secs_f64(),
+        rate(prev.egress.bytes, cur.egress.bytes) * 8.0 / 1e6,
+        rate(prev.egress.packets, cur.egress.packets),
+        rate(prev.ingress.bytes, cur.ingress.bytes) * 8.0 / 1e6,
+        rate(prev.ingress.packets, cur.ingress.packets),
+    );
+}
