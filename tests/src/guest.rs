@@ -20,20 +20,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// Guest kernel modules in load order (virtio networking, then the balloon
-/// driver that reports guest memory statistics). `cargo xtask setup`
-/// fetches the same list (`xtask/src/setup.rs`, `GUEST_MODULES`).
-pub const GUEST_MODULES: &[&str] = &[
-    "virtio_ring",
-    "virtio",
-    "virtio_pci_modern_dev",
-    "virtio_pci_legacy_dev",
-    "virtio_pci",
-    "failover",
-    "net_failover",
-    "virtio_net",
-    "virtio_balloon",
-];
+/// Guest kernel modules in load order (shared with `cargo xtask setup`,
+/// which fetches them).
+pub use vmbw_testenv::GUEST_MODULES;
 
 /// The busybox binary Debian's busybox-static installs.
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -58,16 +47,9 @@ pub struct Guest {
 }
 
 /// `$VMBW_CACHE_DIR`, else `$XDG_CACHE_HOME/vmbw`, else `~/.cache/vmbw`
-/// (the same rule as `xtask/src/util.rs::cache_dir`).
+/// (`vmbw_testenv::cache_dir`, the rule `cargo xtask setup` shares).
 pub fn cache_dir() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("VMBW_CACHE_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(dir).join("vmbw"));
-    }
-    let home = std::env::var_os("HOME").context("neither VMBW_CACHE_DIR nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".cache").join("vmbw"))
+    vmbw_testenv::cache_dir().context("neither VMBW_CACHE_DIR, XDG_CACHE_HOME nor HOME is set")
 }
 
 /// Where the kernel, modules and the built initramfs live.

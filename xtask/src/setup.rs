@@ -67,21 +67,8 @@ const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/vmbw-bookworm-backports
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
-/// The guest kernel modules needed for virtio networking, in load order,
-/// then the balloon driver (guest memory statistics for the migration
-/// monitor's X2). The guest builder (`tests/src/guest.rs`) loads the same
-/// list.
-pub const GUEST_MODULES: &[&str] = &[
-    "virtio_ring",
-    "virtio",
-    "virtio_pci_modern_dev",
-    "virtio_pci_legacy_dev",
-    "virtio_pci",
-    "failover",
-    "net_failover",
-    "virtio_net",
-    "virtio_balloon",
-];
+/// The guest kernel modules setup fetches (the guest builder loads them).
+pub use vmbw_testenv::GUEST_MODULES;
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     debian_packages()?;

@@ -15,16 +15,9 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Where downloaded and built artefacts live outside git:
-/// `$VMBW_CACHE_DIR`, else `$XDG_CACHE_HOME/vmbw`, else `~/.cache/vmbw`.
+/// (`vmbw_testenv::cache_dir`, the rule the tests share).
 pub fn cache_dir() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("VMBW_CACHE_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(dir).join("vmbw"));
-    }
-    let home = std::env::var_os("HOME").context("neither VMBW_CACHE_DIR nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".cache").join("vmbw"))
+    vmbw_testenv::cache_dir().context("neither VMBW_CACHE_DIR, XDG_CACHE_HOME nor HOME is set")
 }
 
 /// Prints a step header.
