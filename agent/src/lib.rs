@@ -5,7 +5,8 @@
 //!
 //! - [`api`]: the status API: wire types, URL paths, listen address, tables.
 //! - [`config`]: the agent's TOML config, typed and checked at load.
-//! - [`control`]: NRAC, BDA and the AdaMig watchdog; a pre-copy simulator.
+//! - [`control`]: NRAC, BDA, the AdaMig watchdog, the convergence forecast
+//!   and escalation; a pre-copy simulator.
 //! - [`daemon`]: `vmbw agent`: start-up, per-VM tasks, control loop, shutdown.
 //! - [`datapath`]: the eBPF tc programs: classification, counters, HTB/EDT.
 //! - [`kubectl`]: the `kubectl vmbw` plugin, through the API server's pod proxy.
@@ -13,10 +14,12 @@
 //! - [`libvirt`]: migration statistics and control through libvirt (feature).
 //! - [`metrics`]: the agent's Prometheus metrics.
 //! - [`migration`]: [`migration::MigrationSource`], over QMP or libvirt.
-//! - [`plan`]: migration planning (VMM-CFG) and consolidation (SICC).
 //! - [`predict`]: GM(1,N)/GM(1,1) dirty-page prediction and baselines.
 //! - [`qemu`]: QMP client, per-iteration migration monitor, trace CSV.
 //! - [`shaping`]: the HTB tree on the uplink over rtnetlink.
+//!
+//! Migration planning and consolidation (VMM-CFG, SICC) are the
+//! `vmbw-plan` crate; the command line drives it.
 
 pub mod api;
 pub mod config;
@@ -29,7 +32,6 @@ pub mod kubevirt;
 pub mod libvirt;
 pub mod metrics;
 pub mod migration;
-pub mod plan;
 pub mod predict;
 pub mod qemu;
 pub mod shaping;

@@ -9,7 +9,7 @@
 use std::{collections::HashMap, path::PathBuf, process::Command};
 
 use serde_json::{Value, json};
-use vmbw::plan::{
+use vmbw_plan::{
     inventory::Inventory,
     sicc::{self, Algorithm, ConsolidationConfig, PeakModel},
     vmmcfg::{self, StepKind, VmmCfgConfig, VmmCfgPlan},
@@ -359,7 +359,7 @@ fn vmmcfg_plans_of_random_inventories_pass_the_validator() {
 #[test]
 fn vmmcfg_plans_of_the_paper_scenario_pass_the_validator() {
     for (hosts, seed) in [(10, 1), (40, 2), (100, 3), (250, 4)] {
-        let file = vmbw::plan::sim::vmmcfg_inventory(hosts, 3 * hosts, seed);
+        let file = vmbw_plan::sim::vmmcfg_inventory(hosts, 3 * hosts, seed);
         let raw = serde_json::to_value(&file).unwrap_or_default();
         let inv = Inventory::from_file(file).unwrap_or_else(|e| panic!("{hosts} hosts: {e}"));
         let plan = vmmcfg::plan(

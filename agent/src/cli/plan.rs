@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
-use vmbw::plan::{
+use vmbw_plan::{
     self, forecast,
     inventory::Inventory,
     report,
@@ -56,7 +56,7 @@ impl From<PeakModelArg> for PeakModel {
 
 #[derive(Args)]
 pub struct PlanArgs {
-    /// Inventory file (JSON; format in agent/src/plan/INVENTORY.md).
+    /// Inventory file (JSON; format in plan/INVENTORY.md).
     #[arg(long)]
     inventory: PathBuf,
     /// Planning algorithm.
@@ -160,7 +160,7 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
                 ..ConsolidationConfig::default()
             };
             let t = Instant::now();
-            let (_, result) = plan::consolidate_inventory(&inv, algorithm, &config)?;
+            let (_, result) = vmbw_plan::consolidate_inventory(&inv, algorithm, &config)?;
             let plan_seconds = t.elapsed().as_secs_f64();
             let names: Vec<String> = inv.vms.iter().map(|v| v.name.clone()).collect();
             if args.json {

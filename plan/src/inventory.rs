@@ -1,4 +1,4 @@
-#![doc = include_str!("INVENTORY.md")]
+#![doc = include_str!("../INVENTORY.md")]
 //!
 //! [`InventoryFile`] is the document as written (serde types, also used to
 //! write synthetic inventories); [`Inventory::from_file`] checks it and
