@@ -25,11 +25,11 @@ use vmbw_tests::{
 
 const MBIT: f64 = 125_000.0;
 
-/// Puts `plan` in the kernel through the agent's own enforcement path, for
+/// Puts `allotment` in the kernel through the agent's own enforcement path, for
 /// the one VM in `slot`; every steering write must succeed.
 fn enforce_once(
     link: &ShapedLink,
-    plan: &enforce::Plan,
+    allotment: &enforce::Allotment,
     slot: u16,
     shaper: &mut Shaper,
     dp: &Mutex<Datapath>,
@@ -37,7 +37,7 @@ fn enforce_once(
     let done = link
         .rt
         .block_on(daemon::enforce::enforce(
-            plan,
+            allotment,
             &[u32::from(slot)],
             shaper,
             dp,
@@ -65,13 +65,14 @@ fn datapath_steers_flows_into_the_classes_a_decision_sets() {
     d.app_reserve = 50.0 * MBIT;
     let decision = Decision { vms: vec![d] };
     let slots: BTreeMap<String, u16> = [("a".to_owned(), SLOT)].into_iter().collect();
-    let plan = enforce::plan(&decision, 100.0 * MBIT, &slots, Enforcement::Htb).expect("plan");
+    let allotment =
+        enforce::allot(&decision, 100.0 * MBIT, &slots, Enforcement::Htb).expect("allotment");
 
     let (mut shaper, dp) = in_netns(&link.host, || {
         let tc = link.tc().expect("tc");
         let (shaper, _) = link
             .rt
-            .block_on(Shaper::install(tc, IFACE, &plan.tree, &link.opts()))
+            .block_on(Shaper::install(tc, IFACE, &allotment.tree, &link.opts()))
             .expect("install HTB");
         let mut dp = Datapath::load(&PinDir::Ephemeral).expect("datapath");
         dp.attach(IFACE).expect("attach");
@@ -82,7 +83,7 @@ fn datapath_steers_flows_into_the_classes_a_decision_sets() {
             .expect("vm ip");
         (shaper, Mutex::new(dp))
     });
-    let done = enforce_once(&link, &plan, SLOT, &mut shaper, &dp);
+    let done = enforce_once(&link, &allotment, SLOT, &mut shaper, &dp);
     assert_eq!(done.report.enforcement, Enforcement::Htb);
 
     let mig_sink = TcpSink::start(&link.peer, link.peer_addr(mig_port)).expect("sink");
@@ -159,13 +160,14 @@ fn edt_without_fq_falls_back_to_htb_and_still_caps_the_migration() {
     d.enforce(CAP_MBIT * MBIT, CAP_MBIT * MBIT);
     let decision = Decision { vms: vec![d] };
     let slots: BTreeMap<String, u16> = [("a".to_owned(), SLOT)].into_iter().collect();
-    let plan = enforce::plan(&decision, 100.0 * MBIT, &slots, Enforcement::Edt).expect("plan");
+    let allotment =
+        enforce::allot(&decision, 100.0 * MBIT, &slots, Enforcement::Edt).expect("allotment");
 
     let (mut shaper, installed, dp) = in_netns(&link.host, || {
         let tc = link.tc().expect("tc");
         let (shaper, report) = link
             .rt
-            .block_on(Shaper::install(tc, IFACE, &plan.tree, &link.opts()))
+            .block_on(Shaper::install(tc, IFACE, &allotment.tree, &link.opts()))
             .expect("install HTB");
         let mut dp = Datapath::load(&PinDir::Ephemeral).expect("datapath");
         dp.attach(IFACE).expect("attach");
@@ -179,7 +181,7 @@ fn edt_without_fq_falls_back_to_htb_and_still_caps_the_migration() {
         link.rt.block_on(shaper.cleanup()).expect("restore");
         return;
     }
-    enforce_once(&link, &plan, SLOT, &mut shaper, &dp);
+    enforce_once(&link, &allotment, SLOT, &mut shaper, &dp);
     let mode = dp.lock().expect("datapath").mode().expect("mode");
 
     let sink = TcpSink::start(&link.peer, link.peer_addr(port)).expect("sink");

@@ -1,7 +1,7 @@
 //! From a [`Decision`] to what the kernel should enforce: the HTB tree on
 //! the uplink ([`crate::shaping`]) and the datapath's per-(vm, class)
 //! steering ([`crate::datapath`]). Pure: `crate::daemon::enforce` puts the
-//! plan in the kernel.
+//! allotment in the kernel.
 //!
 //! - A VM with an enforced decision gets two classes: its migration class
 //!   (rate = the guarantee, ceil = the policy's ceiling) and its application
@@ -11,7 +11,7 @@
 //! - The default class keeps a small guarantee (1% of the link, at least
 //!   8 kbit/s) so unclassified traffic is never starved.
 //! - HTB honours guarantees only if they fit the link: when they do not,
-//!   every VM guarantee is scaled down by the same factor and the plan says
+//!   every VM guarantee is scaled down by the same factor and the allotment says
 //!   so.
 //! - In HTB mode the datapath writes the class handle into `skb->priority`;
 //!   in EDT mode it paces the migration at its ceiling (EDT can cap but not
@@ -32,7 +32,7 @@ const MIN_RATE_BPS: u64 = 8_000;
 pub const EDT_HORIZON_NS: u64 = 50_000_000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum PlanError {
+pub enum AllotError {
     #[error("VM `{0}` has no slot (register it before enforcing)")]
     NoSlot(String),
     #[error("VM slot {0} cannot have HTB classes (1..=4094)")]
@@ -49,7 +49,7 @@ pub struct Steering {
 
 /// What a decision becomes.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Plan {
+pub struct Allotment {
     pub tree: DesiredTree,
     pub steering: Vec<Steering>,
     /// Factor the VM guarantees were scaled by to fit the link (1.0 = none).
@@ -60,14 +60,14 @@ fn bits(bytes_per_s: f64) -> u64 {
     (bytes_per_s * 8.0).round().max(0.0) as u64
 }
 
-/// Builds the plan for `decision` on a link of `link_bytes_per_s`, with
+/// Builds the allotment for `decision` on a link of `link_bytes_per_s`, with
 /// each VM's slot from `slots` (VM name -> slot).
-pub fn plan(
+pub fn allot(
     decision: &Decision,
     link_bytes_per_s: f64,
     slots: &BTreeMap<String, u16>,
     enforcement: Enforcement,
-) -> Result<Plan, PlanError> {
+) -> Result<Allotment, AllotError> {
     let link = bits(link_bytes_per_s).max(MIN_RATE_BPS * 4);
     let default_rate = (link / 100).max(MIN_RATE_BPS);
     let enforced: Vec<_> = decision
@@ -104,12 +104,12 @@ pub fn plan(
     for d in enforced {
         let slot = *slots
             .get(&d.name)
-            .ok_or_else(|| PlanError::NoSlot(d.name.clone()))?;
+            .ok_or_else(|| AllotError::NoSlot(d.name.clone()))?;
         let (Some(mig_handle), Some(app_handle)) = (
             class_handle(slot, TrafficClass::Migration),
             class_handle(slot, TrafficClass::Application),
         ) else {
-            return Err(PlanError::Slot(slot));
+            return Err(AllotError::Slot(slot));
         };
         let mig_rate = scale(bits(d.migration_rate.unwrap_or(0.0)));
         let mig_ceil = bits(d.migration_ceil.unwrap_or(link_bytes_per_s)).clamp(mig_rate, link);
@@ -161,7 +161,7 @@ pub fn plan(
             config: app_cfg,
         });
     }
-    Ok(Plan {
+    Ok(Allotment {
         tree,
         steering,
         scaled,
@@ -193,7 +193,7 @@ mod tests {
         let d = Decision {
             vms: vec![decided("a", 20.0, 100.0, 30.0), VmDecision::unenforced("b")],
         };
-        let p = plan(&d, 100.0 * MBIT, &slots(), Enforcement::Htb).expect("plan");
+        let p = allot(&d, 100.0 * MBIT, &slots(), Enforcement::Htb).expect("allotment");
         assert_eq!(p.scaled, 1.0);
         let vm = p.tree.vms.get(&1).expect("vm a has classes");
         assert_eq!(vm.migration.rate, Rate::mbit(20));
@@ -224,7 +224,7 @@ mod tests {
                 decided("b", 30.0, 100.0, 20.0),
             ],
         };
-        let p = plan(&d, 100.0 * MBIT, &slots(), Enforcement::Htb).expect("plan");
+        let p = allot(&d, 100.0 * MBIT, &slots(), Enforcement::Htb).expect("allotment");
         // 140 Mbit wanted, 99 Mbit of room beside the 1 Mbit default class
         // (less the four classes' 8 kbit minimums on both sides).
         let min = 8_000.0;
@@ -241,7 +241,7 @@ mod tests {
             let d = Decision {
                 vms: vec![decided("a", 28.5, 28.5, reserve)],
             };
-            let p = plan(&d, 28.5 * MBIT, &slots(), Enforcement::Htb).expect("plan");
+            let p = allot(&d, 28.5 * MBIT, &slots(), Enforcement::Htb).expect("allotment");
             p.tree
                 .validate()
                 .unwrap_or_else(|e| panic!("reserve {reserve}: {e}"));
@@ -253,7 +253,7 @@ mod tests {
         let d = Decision {
             vms: vec![decided("a", 20.0, 40.0, 0.0)],
         };
-        let p = plan(&d, 100.0 * MBIT, &slots(), Enforcement::Edt).expect("plan");
+        let p = allot(&d, 100.0 * MBIT, &slots(), Enforcement::Edt).expect("allotment");
         let mig = p
             .steering
             .iter()
@@ -269,7 +269,7 @@ mod tests {
             vms: vec![decided("zz", 20.0, 40.0, 0.0)],
         };
         assert!(
-            matches!(plan(&d, 100.0 * MBIT, &slots(), Enforcement::Htb), Err(PlanError::NoSlot(n)) if n == "zz")
+            matches!(allot(&d, 100.0 * MBIT, &slots(), Enforcement::Htb), Err(AllotError::NoSlot(n)) if n == "zz")
         );
     }
 }

@@ -1,6 +1,6 @@
-//! The one road from a decision to the kernel. [`crate::control::enforce::plan`]
-//! (pure) turns a [`crate::control::Decision`] into a plan; [`enforce`]
-//! puts that plan in the kernel: the HTB tree on the uplink, then the
+//! The one road from a decision to the kernel. [`crate::control::enforce::allot`]
+//! (pure) turns a [`crate::control::Decision`] into an allotment; [`enforce`]
+//! puts that allotment in the kernel: the HTB tree on the uplink, then the
 //! datapath's mode and per-(vm, class) steering. The control loop and the
 //! enforcement test both go through here.
 //!
@@ -20,7 +20,7 @@ use std::{collections::BTreeSet, sync::Mutex};
 use vmbw_common::{ClassConfig, class};
 
 use crate::{
-    control::enforce::Plan,
+    control::enforce::Allotment,
     datapath::{Datapath, DatapathError, Mode},
     shaping::{Enforcement, ReconcileReport, Shaper, ShapingError},
 };
@@ -53,20 +53,20 @@ pub struct Enforced {
     pub steering_errors: Vec<DatapathError>,
 }
 
-/// Reconciles the HTB tree to `plan`, sets the datapath's mode to the
-/// enforcement in effect, then steers the planned (vm, class) pairs into
+/// Reconciles the HTB tree to `allotment`, sets the datapath's mode to the
+/// enforcement in effect, then steers the allotted (vm, class) pairs into
 /// their classes and every other slot of `slots` back to the default
 /// class. A mode that cannot be set is an error (the caller retries): in
 /// the wrong mode no steering takes effect. Tree first, so a steered packet never lands in a class
 /// that does not exist yet. The datapath lock is taken only after the
 /// netlink round trips.
 pub async fn enforce(
-    plan: &Plan,
+    allotment: &Allotment,
     slots: &[u32],
     shaper: &mut Shaper,
     datapath: &Mutex<Datapath>,
 ) -> Result<Enforced, EnforceError> {
-    let report = shaper.reconcile(&plan.tree).await?;
+    let report = shaper.reconcile(&allotment.tree).await?;
     let mut dp = datapath.lock().unwrap_or_else(|p| p.into_inner());
     dp.set_mode(match report.enforcement {
         Enforcement::Htb => Mode::Htb,
@@ -74,8 +74,12 @@ pub async fn enforce(
     })
     .map_err(EnforceError::Mode)?;
     let mut steering_errors = Vec::new();
-    let steered: BTreeSet<u32> = plan.steering.iter().map(|s| u32::from(s.slot)).collect();
-    for s in &plan.steering {
+    let steered: BTreeSet<u32> = allotment
+        .steering
+        .iter()
+        .map(|s| u32::from(s.slot))
+        .collect();
+    for s in &allotment.steering {
         if let Err(e) = dp.set_class(u32::from(s.slot), s.class, s.config) {
             steering_errors.push(e);
         }

@@ -21,7 +21,7 @@ use crate::{
     api::{ExplainedDecision, MigrationPhase},
     control::{
         Decision, Inputs, Link, VmDecision, VmInputs,
-        enforce::{Plan, plan},
+        enforce::{Allotment, allot},
         policy::Controller,
     },
     datapath::{DirectionCounters, VmCounters},
@@ -46,9 +46,9 @@ pub struct ControlLoop {
     last_dir: DirectionCounters,
     last_vm: BTreeMap<String, VmCounters>,
     escalations: BTreeMap<String, BTreeSet<String>>,
-    /// The plan last put in the kernel: an unchanged plan costs no netlink
+    /// The allotment last put in the kernel: an unchanged one costs no netlink
     /// dump and no map writes.
-    applied: Option<Plan>,
+    applied: Option<Allotment>,
 }
 
 impl ControlLoop {
@@ -214,7 +214,7 @@ impl ControlLoop {
     }
 
     /// Puts the decision in the kernel unless it is already there (an
-    /// unchanged plan costs no netlink dump and no map writes). No lock is
+    /// unchanged allotment costs no netlink dump and no map writes). No lock is
     /// held across the netlink round trips.
     async fn enforce(&mut self, decision: &Decision, slots: &[(String, u32)]) {
         let Some(shaper) = self.shaper.as_mut() else {
@@ -223,9 +223,9 @@ impl ControlLoop {
         let metrics = &self.shared.metrics;
         let slot_map: BTreeMap<String, u16> =
             slots.iter().map(|(n, s)| (n.clone(), *s as u16)).collect();
-        let plan = match plan(decision, self.link, &slot_map, self.enforcement) {
-            Ok(plan) if self.applied.as_ref() == Some(&plan) => return,
-            Ok(plan) => plan,
+        let allotment = match allot(decision, self.link, &slot_map, self.enforcement) {
+            Ok(a) if self.applied.as_ref() == Some(&a) => return,
+            Ok(a) => a,
             Err(e) => {
                 warn!(error = %e, "planning enforcement");
                 metrics.error("enforce");
@@ -233,18 +233,18 @@ impl ControlLoop {
             }
         };
         let all: Vec<u32> = slots.iter().map(|(_, s)| *s).collect();
-        match enforce(&plan, &all, shaper, &self.shared.datapath).await {
+        match enforce(&allotment, &all, shaper, &self.shared.datapath).await {
             Ok(done) => {
                 for e in &done.steering_errors {
                     warn!(error = %e, "steering");
                 }
-                if plan.scaled < 1.0 {
+                if allotment.scaled < 1.0 {
                     warn!(
-                        factor = plan.scaled,
+                        factor = allotment.scaled,
                         "guarantees scaled down to fit the link"
                     );
                 }
-                self.applied = Some(plan);
+                self.applied = Some(allotment);
             }
             Err(e) => {
                 warn!(error = %e, "enforcing");

@@ -6,7 +6,7 @@
 //! - [`desired`]: the desired state ([`DesiredTree`]) and its validation.
 //! - [`tca`]: HTB and fq option bytes (netlink-packet-route has neither).
 //! - [`messages`]: the netlink requests, checked against iproute2's bytes.
-//! - [`plan`]: observed tree vs desired tree, as ordered operations.
+//! - [`ops`]: observed tree vs desired tree, as ordered operations.
 //! - `netlink`: the rtnetlink client ([`TcClient`]).
 //! - [`restore`]: the original root qdisc, its state file, the drop guard.
 //!
@@ -22,7 +22,7 @@ pub mod handles;
 pub mod messages;
 mod netlink;
 pub(crate) use netlink::decode_replies;
-pub mod plan;
+pub mod ops;
 pub mod restore;
 pub mod tca;
 
@@ -36,12 +36,12 @@ pub use self::{
     handles::{TrafficClass, class_handle},
     messages::TcEntry,
     netlink::{Link, TcClient},
-    plan::{ObservedClass, ObservedTree},
+    ops::{ObservedClass, ObservedTree},
     restore::OriginalRoot,
 };
 use self::{
     messages::{Mode, Request},
-    plan::Op,
+    ops::Op,
     restore::RestoreGuard,
     tca::FqOptions,
 };
@@ -255,7 +255,7 @@ impl Shaper {
         }
     }
 
-    /// Brings the kernel's tree to `desired`: reads the tree back, plans,
+    /// Brings the kernel's tree to `desired`: reads the tree back, diffs,
     /// and applies only the differences. Existing classes are changed in
     /// place, so their queues, counters and handles survive.
     #[instrument(skip_all, fields(iface = %self.link.name))]
@@ -286,9 +286,9 @@ impl Shaper {
         fq: bool,
     ) -> Result<ReconcileReport, ShapingError> {
         let observed = self.observe().await?;
-        let plan = plan::plan(&observed, desired, self.link.mtu, fq);
+        let todo = ops::diff(&observed, desired, self.link.mtu, fq);
         let mut report = ReconcileReport {
-            foreign: plan.foreign.clone(),
+            foreign: todo.foreign.clone(),
             enforcement: if fq {
                 Enforcement::Edt
             } else {
@@ -296,7 +296,7 @@ impl Shaper {
             },
             ..ReconcileReport::default()
         };
-        for op in &plan.ops {
+        for op in &todo.ops {
             let req = self.request(op);
             if let Some(w) = self.tc.apply(&self.link, &req).await? {
                 report
@@ -310,8 +310,8 @@ impl Shaper {
                 Op::FqLeaf { .. } | Op::DefaultLeaf { .. } => report.leaves += 1,
             }
         }
-        if !plan.foreign.is_empty() {
-            let list: Vec<String> = plan
+        if !todo.foreign.is_empty() {
+            let list: Vec<String> = todo
                 .foreign
                 .iter()
                 .map(|h| handles::display_handle(*h))
@@ -336,7 +336,7 @@ impl Shaper {
     }
 
     /// Changes one VM class in place with a single netlink round trip
-    /// (no dump, no plan): the fast path for per-iteration rate updates.
+    /// (no dump, no diff): the fast path for per-iteration rate updates.
     /// The caller keeps its [`DesiredTree`] in step for later reconciles.
     #[instrument(skip(self, spec), fields(iface = %self.link.name, vm = slot, class = %class, rate = %spec.rate))]
     pub async fn set_class(

@@ -105,19 +105,19 @@ pub enum Op {
 /// What to do, plus classes in vmbw's qdisc that vmbw did not make and
 /// leaves alone.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Plan {
+pub struct Ops {
     pub ops: Vec<Op>,
     pub foreign: Vec<u32>,
 }
 
-/// Plans the operations that turn `observed` into `desired`. With `fq`
+/// The operations that turn `observed` into `desired`. With `fq`
 /// (EDT mode on a kernel that has fq) VM classes get fq leaves; without,
 /// fq leaves found are removed. Order: deletions, in-place changes (root
 /// first), additions, then leaves.
-pub fn plan(observed: &ObservedTree, desired: &DesiredTree, mtu: u32, fq: bool) -> Plan {
+pub fn diff(observed: &ObservedTree, desired: &DesiredTree, mtu: u32, fq: bool) -> Ops {
     let wanted = desired.classes(mtu);
     let wanted_handles: Vec<u32> = wanted.iter().map(|c| c.handle).collect();
-    let mut out = Plan::default();
+    let mut out = Ops::default();
     let (mut deletes, mut changes, mut adds, mut leaves) = (vec![], vec![], vec![], vec![]);
 
     for (handle, _) in observed.classes.iter().rev() {
@@ -218,7 +218,7 @@ mod tests {
 
     #[test]
     fn empty_tree_gets_everything_added_root_first() {
-        let p = plan(&ObservedTree::default(), &desired(), 1500, false);
+        let p = diff(&ObservedTree::default(), &desired(), 1500, false);
         let handles: Vec<u32> = p
             .ops
             .iter()
@@ -237,8 +237,8 @@ mod tests {
     fn applied_tree_needs_nothing() {
         let d = desired();
         assert_eq!(
-            plan(&observed_from(&d, "pfifo"), &d, 1500, false),
-            Plan::default()
+            diff(&observed_from(&d, "pfifo"), &d, 1500, false),
+            Ops::default()
         );
     }
 
@@ -250,7 +250,7 @@ mod tests {
         if let Some(vm) = want.vms.get_mut(&0) {
             vm.migration.rate = Rate::mbit(20);
         }
-        let p = plan(&have, &want, 1500, false);
+        let p = diff(&have, &want, 1500, false);
         assert_eq!(p.ops.len(), 1);
         match &p.ops[0] {
             Op::Change(c) => {
@@ -279,7 +279,7 @@ mod tests {
                 application: ClassSpec::fixed(Rate::mbit(1)),
             },
         );
-        let p = plan(&have, &want, 1500, false);
+        let p = diff(&have, &want, 1500, false);
         assert_eq!(p.foreign, [0x7662_0abc]);
         let kinds: Vec<String> = p
             .ops
@@ -295,7 +295,7 @@ mod tests {
     #[test]
     fn edt_mode_puts_fq_on_vm_classes_only_and_back() {
         let d = desired();
-        let p = plan(&observed_from(&d, "pfifo"), &d, 1500, true);
+        let p = diff(&observed_from(&d, "pfifo"), &d, 1500, true);
         assert_eq!(
             p.ops,
             [
@@ -304,8 +304,8 @@ mod tests {
             ]
         );
         let with_fq = observed_from(&d, "fq");
-        assert_eq!(plan(&with_fq, &d, 1500, true), Plan::default());
-        let back = plan(&with_fq, &d, 1500, false);
+        assert_eq!(diff(&with_fq, &d, 1500, true), Ops::default());
+        let back = diff(&with_fq, &d, 1500, false);
         assert!(matches!(
             back.ops.as_slice(),
             [
@@ -364,7 +364,7 @@ mod tests {
             .expect("is vmbw's");
         assert_eq!(tree.default_minor, 2);
         assert_eq!(tree.classes[&default_class()].bytes, 100);
-        assert_eq!(plan(&tree, &d, 1500, false), Plan::default());
+        assert_eq!(diff(&tree, &d, 1500, false), Ops::default());
 
         qdiscs[0].handle = 0x0001_0000; // someone else's htb
         assert_eq!(ObservedTree::from_dump(&qdiscs, &classes), Ok(None));
