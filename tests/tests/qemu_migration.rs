@@ -385,10 +385,7 @@ fn qemu_10_keeps_the_guest_s_writes_without_pti() {
     require!(guest::available());
     let _serial = one_at_a_time();
     let guest = Guest::build().expect("building the test guest");
-    let workload = Workload::new("mem-rand")
-        .with("wss-mb", 24)
-        .with("dirty-mbps", 2)
-        .with("report-secs", 1);
+    let workload = self_checking_writer();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -424,27 +421,42 @@ fn qemu_10_keeps_the_guest_s_writes_without_pti() {
             passes >= 2,
             "round {round}: {passes} pass(es): the guest must write while pages are re-sent"
         );
-        dst.wait_for_console(guest::PROGRESS_MARKER, Duration::from_secs(30))
-            .unwrap_or_else(|e| {
-                panic!("round {round}: the guest does not run on the destination: {e:#}")
-            });
-        // Nine more reports: the self-check has covered every page.
-        std::thread::sleep(Duration::from_secs(9));
-        let console = dst.console();
-        assert!(
-            !console.contains(guest::CORRUPT_MARKER) && !console.contains("Kernel panic"),
-            "round {round}: the guest lost writes or crashed:\n{}",
-            dst.console_tail(20)
-        );
-        let checks = console.matches("corrupt_pages=0").count();
-        assert!(
-            checks >= 8,
-            "round {round}: only {checks} clean self-checks on the destination"
-        );
+        let checks = intact_on_destination(&mut dst, &format!("round {round}"));
         eprintln!(
             "round {round}: completed in {passes} passes, {checks} clean self-checks on the destination"
         );
     }
+}
+
+/// A guest that writes at random over 24 MiB at 2 MiB/s and checks an
+/// eighth of its pages against their latest write every second.
+fn self_checking_writer() -> Workload {
+    Workload::new("mem-rand")
+        .with("wss-mb", 24)
+        .with("dirty-mbps", 2)
+        .with("report-secs", 1)
+}
+
+/// Asserts that the migrated guest runs its workload on the destination
+/// and that its self-check, which reads an eighth of its pages each
+/// second, found every write over nine more seconds (all pages covered);
+/// returns the clean self-checks seen.
+fn intact_on_destination(dst: &mut vmbw_tests::vm::Vm, what: &str) -> usize {
+    dst.wait_for_console(guest::PROGRESS_MARKER, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{what}: the guest does not run on the destination: {e:#}"));
+    std::thread::sleep(Duration::from_secs(9));
+    let console = dst.console();
+    assert!(
+        !console.contains(guest::CORRUPT_MARKER) && !console.contains("Kernel panic"),
+        "{what}: the guest lost writes or crashed:\n{}",
+        dst.console_tail(20)
+    );
+    let checks = console.matches("corrupt_pages=0").count();
+    assert!(
+        checks >= 8,
+        "{what}: only {checks} clean self-checks on the destination"
+    );
+    checks
 }
 
 /// Post-copy for real (userfaultfd on the destination, urgent pages on the
@@ -457,10 +469,7 @@ fn post_copy_with_preempt_completes_and_the_guest_keeps_its_writes() {
     require!(guest::available());
     let _serial = one_at_a_time();
     let guest = Guest::build().expect("building the test guest");
-    let workload = Workload::new("mem-rand")
-        .with("wss-mb", 24)
-        .with("dirty-mbps", 2)
-        .with("report-secs", 1);
+    let workload = self_checking_writer();
     let tb = MigrationTestbed::new(LINK_MBIT).expect("testbed");
     let (src, mut dst) = tb
         .boot_all_deferred(&guest, &[(workload, GUEST_MB)], Duration::from_secs(180))
@@ -520,20 +529,6 @@ fn post_copy_with_preempt_completes_and_the_guest_keeps_its_writes() {
         .and_then(|r| r.postcopy_requests)
         .unwrap_or(0);
     assert!(fetched > 0, "no page was fetched on demand: not post-copy");
-    dst.wait_for_console(guest::PROGRESS_MARKER, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("the guest does not run on the destination: {e:#}"));
-    // Nine more reports: the self-check has covered every page.
-    std::thread::sleep(Duration::from_secs(9));
-    let console = dst.console();
-    assert!(
-        !console.contains(guest::CORRUPT_MARKER) && !console.contains("Kernel panic"),
-        "the guest lost writes or crashed after post-copy:\n{}",
-        dst.console_tail(20)
-    );
-    let checks = console.matches("corrupt_pages=0").count();
-    assert!(
-        checks >= 8,
-        "only {checks} clean self-checks on the destination"
-    );
+    let checks = intact_on_destination(&mut dst, "after post-copy");
     eprintln!("post-copy: {fetched} pages fetched on demand, {checks} clean self-checks");
 }

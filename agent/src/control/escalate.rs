@@ -380,6 +380,14 @@ mod tests {
         }
     }
 
+    fn reasons(d: &VmDecision) -> String {
+        d.reasons
+            .iter()
+            .map(|r| r.0.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     fn review(esc: &mut Escalator, vm: VmInputs, rate_mbit: f64) -> VmDecision {
         let mut d = VmDecision::unenforced("vm");
         d.enforce(rate_mbit * MBIT, 30.0 * MBIT);
@@ -423,12 +431,7 @@ mod tests {
         assert!(d.qemu.start_postcopy, "{:?}", d.reasons);
         assert_eq!(d.qemu.max_postcopy_bandwidth, Some(15.0 * MBIT));
         assert_eq!(d.qemu.cpu_throttle_pct, None);
-        let all = d
-            .reasons
-            .iter()
-            .map(|r| r.0.clone())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let all = reasons(&d);
         assert!(all.contains("would slow the application"), "{all}");
         assert_eq!(esc.fired("vm"), &[Tool::PostCopy]);
         // It stays in force on later ticks, and nothing more fires.
@@ -479,12 +482,7 @@ mod tests {
         let d = review(&mut esc, vm(2, 24.0, 20.0, Armed::default()), 15.0);
         assert!(!d.qemu.start_postcopy && d.qemu.cpu_throttle_pct.is_none());
         assert!(d.qemu.downtime_limit_s.is_none());
-        let all = d
-            .reasons
-            .iter()
-            .map(|r| r.0.clone())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let all = reasons(&d);
         assert!(all.contains("no armed tool"), "{all}");
         assert!(all.contains("does not converge"), "{all}");
         assert!(all.contains("not armed (postcopy-ram"), "{all}");
@@ -535,12 +533,7 @@ mod tests {
         });
         let d = review(&mut esc, vm(2, 24.0, 20.0, ALL), 15.0);
         assert!(!d.qemu.start_postcopy);
-        let all = d
-            .reasons
-            .iter()
-            .map(|r| r.0.clone())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let all = reasons(&d);
         assert!(all.contains("post-copy: denied by configuration"), "{all}");
     }
 }
