@@ -21,6 +21,21 @@ pub struct TcpConn {
 /// The established TCP connections of `pid` (empty if it has none or is
 /// gone). Errors reading one file skip that file.
 pub fn established(pid: u32) -> Vec<TcpConn> {
+    let mut out: Vec<TcpConn> = established_rows(pid).into_iter().map(|r| r.conn).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Bytes `pid`'s established TCP connections have written but the peer
+/// has not acknowledged yet (the `tx_queue` column): what a new message
+/// on those streams waits behind. None if `pid` has no such connection.
+pub fn send_queue(pid: u32) -> Option<u64> {
+    let rows = established_rows(pid);
+    (!rows.is_empty()).then(|| rows.iter().map(|r| r.tx_queue).sum())
+}
+
+fn established_rows(pid: u32) -> Vec<Row> {
     let proc = Path::new("/proc").join(pid.to_string());
     let inodes = socket_inodes(&proc.join("fd"));
     if inodes.is_empty() {
@@ -32,13 +47,10 @@ pub fn established(pid: u32) -> Vec<TcpConn> {
             out.extend(
                 parse_table(&text)
                     .into_iter()
-                    .filter(|(inode, state, _)| *state == ESTABLISHED && inodes.contains(inode))
-                    .map(|(_, _, conn)| conn),
+                    .filter(|r| r.state == ESTABLISHED && inodes.contains(&r.inode)),
             );
         }
     }
-    out.sort();
-    out.dedup();
     out
 }
 
@@ -58,9 +70,19 @@ fn socket_inodes(fd_dir: &Path) -> HashSet<u64> {
         .collect()
 }
 
-/// Parses a `/proc/net/tcp{,6}` table into (inode, state, connection).
-/// Lines that do not parse are skipped.
-pub fn parse_table(text: &str) -> Vec<(u64, u8, TcpConn)> {
+/// One line of `/proc/net/tcp{,6}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    pub inode: u64,
+    pub state: u8,
+    pub conn: TcpConn,
+    /// Bytes written and not yet acknowledged.
+    pub tx_queue: u64,
+}
+
+/// Parses a `/proc/net/tcp{,6}` table. Lines that do not parse are
+/// skipped.
+pub fn parse_table(text: &str) -> Vec<Row> {
     text.lines()
         .skip(1)
         .filter_map(|line| {
@@ -71,8 +93,14 @@ pub fn parse_table(text: &str) -> Vec<(u64, u8, TcpConn)> {
             let local = parse_endpoint(f[1])?;
             let remote = parse_endpoint(f[2])?;
             let state = u8::from_str_radix(f[3], 16).ok()?;
+            let tx_queue = u64::from_str_radix(f[4].split(':').next()?, 16).ok()?;
             let inode = f[9].parse().ok()?;
-            Some((inode, state, TcpConn { local, remote }))
+            Some(Row {
+                inode,
+                state,
+                conn: TcpConn { local, remote },
+                tx_queue,
+            })
         })
         .collect()
 }
@@ -109,20 +137,20 @@ mod tests {
     fn parses_kernel_table_lines() {
         // Lines as the kernel prints them (127.0.0.1:8080 <-> 127.0.0.1:54321,
         // ESTABLISHED, inode 4242) and an IPv4-mapped IPv6 listener.
-        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 20 4 30 10 -1\n";
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 0100007F:D431 01 0001A000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 20 4 30 10 -1\n";
         let rows = parse_table(v4);
         assert_eq!(rows.len(), 1);
-        let (inode, state, c) = rows[0];
-        assert_eq!((inode, state), (4242, ESTABLISHED));
-        assert_eq!(c.local, "127.0.0.1:8080".parse().expect("addr"));
-        assert_eq!(c.remote, "127.0.0.1:54321".parse().expect("addr"));
+        let r = rows[0];
+        assert_eq!((r.inode, r.state, r.tx_queue), (4242, ESTABLISHED, 0x1a000));
+        assert_eq!(r.conn.local, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(r.conn.remote, "127.0.0.1:54321".parse().expect("addr"));
         let v6 = "  sl  local_address                         remote_address                        st\n   0: 0000000000000000FFFF00000100007F:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1\n";
         let rows = parse_table(v6);
         assert_eq!(
-            rows[0].2.local,
+            rows[0].conn.local,
             "127.0.0.1:8080".parse().expect("mapped v4")
         );
-        assert_eq!(rows[0].1, 0x0a);
+        assert_eq!(rows[0].state, 0x0a);
         assert!(parse_table("header\ngarbage line\n").is_empty());
     }
 
@@ -142,5 +170,11 @@ mod tests {
             established(u32::MAX).is_empty(),
             "a missing pid has no connections"
         );
+        // Nothing written and unacknowledged: the queue is empty.
+        assert_eq!(
+            send_queue(std::process::id()).map(|q| q < 1 << 20),
+            Some(true)
+        );
+        assert_eq!(send_queue(u32::MAX), None);
     }
 }
