@@ -129,6 +129,10 @@ pub trait MigrationSource: Send {
     /// What the migration's starter armed (read once it runs).
     fn armed(&mut self) -> impl Future<Output = Result<Armed, SourceError>> + Send;
 
+    /// Bytes the migration still has to send now (samples give it only
+    /// when an iteration ends); None where the source cannot tell.
+    fn remaining(&mut self) -> impl Future<Output = Result<Option<u64>, SourceError>> + Send;
+
     /// The guest's dirty rate, bytes/s, measured over about a second
     /// while the bulk pass runs (before the first dirty sync QEMU gives
     /// none); None where the source cannot measure it.
@@ -185,6 +189,15 @@ impl MigrationSource for MigrationMonitor {
             postcopy_preempt: on(Capability::PostcopyPreempt),
             auto_converge: on(Capability::AutoConverge),
         })
+    }
+
+    async fn remaining(&mut self) -> Result<Option<u64>, SourceError> {
+        let info = self
+            .qmp()
+            .query_migrate()
+            .await
+            .map_err(MonitorError::Qmp)?;
+        Ok(info.ram.map(|r| r.remaining))
     }
 
     async fn sample_dirty_rate(&mut self) -> Result<Option<f64>, SourceError> {

@@ -156,8 +156,10 @@ impl Escalator {
                 forecast::dirty_rate(vm)
             };
             let f = forecast::forecast(vm.remaining, dirty, bandwidth, limit);
-            d.forecast = Some(f);
-            d.why(f.describe());
+            if forecast::known(vm) {
+                d.forecast = Some(f);
+                d.why(f.describe());
+            }
             let new_pass = vm.iteration != e.last_iteration;
             e.last_iteration = vm.iteration;
             if vm.postcopy || e.postcopy {
@@ -176,7 +178,11 @@ impl Escalator {
                 // the guest over with the most pages still to fetch: a
                 // promised application waits for the pass to end, when
                 // only the pages dirtied since are missing.
-                if e.bulk_reviewed || vm.sampled_dirty_rate.is_none() || app_sending(vm) {
+                if e.bulk_reviewed
+                    || vm.sampled_dirty_rate.is_none()
+                    || vm.remaining <= 0.0
+                    || app_sending(vm)
+                {
                     continue;
                 }
                 e.bulk_reviewed = true;
@@ -448,6 +454,13 @@ mod tests {
         quiet.app_history = vec![0.0; 5];
         // No sample yet: nothing is known, nothing fires.
         let d = review(&mut esc, quiet.clone(), 30.0);
+        assert!(!d.qemu.start_postcopy);
+        // A sample but not yet what is left of the pass (the agent learns
+        // it with the sample; seen on the testbed: 0, "converges now").
+        let mut unknown = quiet.clone();
+        unknown.sampled_dirty_rate = Some(40.0 * MBIT);
+        unknown.remaining = 0.0;
+        let d = review(&mut esc, unknown, 30.0);
         assert!(!d.qemu.start_postcopy);
         // Sampled at 40 Mbit/s against 30: pre-copy cannot converge.
         quiet.sampled_dirty_rate = Some(40.0 * MBIT);

@@ -16,6 +16,12 @@
 
 use super::VmInputs;
 
+/// Whether there is anything to forecast from: before the bulk pass's
+/// first report, what is left is not known yet (0 stands for it).
+pub fn known(vm: &VmInputs) -> bool {
+    vm.iteration > 1 || vm.remaining > 0.0
+}
+
 /// The dirty rate to forecast with: the predicted D_e, or the last pass's
 /// measured rate when that is higher. D_e divides the pages predicted for
 /// the coming pass by the last pass's duration; after the long bulk pass

@@ -177,6 +177,9 @@ fn forecast_all(inputs: &Inputs, d: &mut Decision) {
         };
         let bandwidth = vd.migration_rate.unwrap_or(inputs.link.free());
         let limit = vd.qemu.downtime_limit_s.unwrap_or(vm.downtime_limit_s);
+        if !forecast::known(vm) {
+            continue;
+        }
         let f = forecast::forecast(vm.remaining, forecast::dirty_rate(vm), bandwidth, limit);
         vd.forecast = Some(f);
         vd.why(f.describe());

@@ -192,9 +192,18 @@ async fn follow_once<S: MigrationSource>(
     // (about a second), so that the forecast knows early.
     match source.sample_dirty_rate().await {
         Ok(Some(rate)) => {
-            info!(dirty_rate_mbit = rate * 8.0 / 1e6, "dirty rate sampled");
+            // What is left of the bulk pass: the forecast needs it, and
+            // samples bring it only when the pass ends.
+            let remaining = source.remaining().await.ok().flatten();
+            info!(
+                dirty_rate_mbit = rate * 8.0 / 1e6,
+                remaining, "dirty rate sampled"
+            );
             if let Some(v) = shared.state().vms.get_mut(name) {
                 v.sampled_dirty_rate = Some(rate);
+                if let Some(r) = remaining {
+                    v.remaining = r;
+                }
             }
             await_decision_and_apply(shared, name, source, &mut applied).await;
         }

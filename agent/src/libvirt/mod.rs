@@ -190,6 +190,12 @@ impl MigrationSource for LibvirtMonitor {
         Ok(Armed::default())
     }
 
+    /// Not read between samples through libvirt yet (its job statistics
+    /// have `data_remaining`).
+    async fn remaining(&mut self) -> Result<Option<u64>, SourceError> {
+        Ok(None)
+    }
+
     /// Not measured through libvirt yet (it has virDomainStartDirtyRateCalc
     /// and the `dirtyrate.*` domain stats).
     async fn sample_dirty_rate(&mut self) -> Result<Option<f64>, SourceError> {
