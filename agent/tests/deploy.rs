@@ -290,9 +290,12 @@ fn mounts_match_the_config() {
         .expect("bpffs is a hostPath");
     assert_eq!(host.path, "/sys/fs/bpf");
     assert_eq!(bpf.mount_path, "/sys/fs/bpf", "same path inside and out");
-    assert!(
-        bpf.mount_propagation.is_none(),
-        "Bidirectional propagation would need privileged"
+    // HostToContainer: a bpffs the host mounts later is seen; Bidirectional
+    // would need a privileged container.
+    assert_eq!(
+        bpf.mount_propagation.as_deref(),
+        Some("HostToContainer"),
+        "bpffs propagation"
     );
 
     // Runtime sockets: host paths, read-only.
