@@ -83,79 +83,14 @@ pub struct Options {
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let cfg = opts.config.clone();
-    let spec = cfg.policy();
     let mode = cfg.agent.mode;
     let uplinks: Vec<String> = cfg.uplink.iter().map(|u| u.iface.clone()).collect();
     let link = cfg.uplink[0].link_mbit * 1e6 / 8.0;
     let keep = opts.keep_datapath || cfg.datapath.keep_on_exit;
 
-    // The datapath: pinned maps and links are adopted if a previous agent left them.
-    let mut dp = Datapath::load(&PinDir::Persistent(cfg.datapath.pin_dir.clone()))?;
-    for iface in &uplinks {
-        dp.attach(iface)?;
-        info!(iface, pin_dir = %cfg.datapath.pin_dir.display(), "datapath attached");
-    }
-    dp.set_mode(match mode {
-        config::Mode::Htb => Mode::Htb,
-        config::Mode::Edt => Mode::Edt,
-        config::Mode::Observe => Mode::Observe,
-    })?;
-
-    // The VMs: configured ones get slots 1.. in order.
-    let mut vms = BTreeMap::new();
-    for (i, entry) in cfg.vm.iter().enumerate() {
-        let slot = i as u32 + 1;
-        register_vm(&mut dp, slot, entry)?;
-        vms.insert(entry.name.clone(), VmState::new(slot, entry.clone()));
-    }
-    for (i, (name, qmp)) in glob_sockets(&cfg.discovery.qmp_glob)
-        .into_iter()
-        .enumerate()
-    {
-        if vms.contains_key(&name) {
-            continue;
-        }
-        let slot = (cfg.vm.len() + i) as u32 + 1;
-        let entry = VmEntry::qmp(name.clone(), qmp);
-        vms.insert(name, VmState::new(slot, entry));
-    }
-
-    // Shaping on the first uplink (observe mode changes nothing).
-    let shaper = if mode == config::Mode::Observe {
-        None
-    } else {
-        let tc = TcClient::connect().map_err(|source| DaemonError::Shaping {
-            iface: uplinks[0].clone(),
-            source,
-        })?;
-        let mut tree = DesiredTree::new(
-            Rate::bits_per_sec((link * 8.0) as u64),
-            ClassSpec::borrowing(
-                Rate::bits_per_sec((link * 8.0 / 100.0) as u64),
-                Rate::bits_per_sec((link * 8.0) as u64),
-            ),
-        );
-        if mode == config::Mode::Edt {
-            tree.enforcement = Enforcement::Edt;
-        }
-        let sopts = ShaperOptions {
-            state_dir: Some(cfg.shaping.state_dir.clone()),
-        };
-        let (shaper, report) = Shaper::start(tc, &uplinks[0], &tree, &sopts)
-            .await
-            .map_err(|source| DaemonError::Shaping {
-                iface: uplinks[0].clone(),
-                source,
-            })?;
-        info!(iface = %uplinks[0], original = %shaper.original_root().describe(), enforcement = ?report.enforcement, "HTB tree in place");
-        Some(shaper)
-    };
-    let enforcement = if mode == config::Mode::Edt {
-        Enforcement::Edt
-    } else {
-        Enforcement::Htb
-    };
-
+    let mut dp = start_datapath(&cfg, &uplinks)?;
+    let vms = known_vms(&cfg, &mut dp)?;
+    let shaper = start_shaper(&cfg, &uplinks[0], link).await?;
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             started: Instant::now(),
@@ -184,64 +119,25 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         Arc::new(move |p: &str| state::handle(&handler_shared, p)),
         stopped.clone(),
     ));
-
-    let monitor_cfg = MonitorConfig {
-        uplink: Some(uplinks[0].clone()),
-        ..MonitorConfig::default()
-    };
-    let mut tasks = Vec::new();
-    let entries: Vec<VmEntry> = shared
-        .state()
-        .vms
-        .values()
-        .map(|v| v.entry.clone())
-        .collect();
-    for entry in entries {
-        let Some(telemetry) = entry.telemetry() else {
-            // Config validation makes this unreachable for [[vm]] entries.
-            warn!(vm = %entry.name, "neither `qmp` nor `libvirt`: not followed");
-            continue;
-        };
-        let cfg = MonitorConfig {
-            vm_ifaces: entry.taps.clone(),
-            ..monitor_cfg.clone()
-        };
-        tasks.push(tokio::spawn(vm::follow(
-            shared.clone(),
-            entry.name.clone(),
-            telemetry,
-            cfg,
-            stopped.clone(),
-        )));
-    }
+    let tasks = spawn_vm_tasks(&shared, &uplinks[0], &stopped);
     let kubevirt = cfg
         .discovery
         .kubevirt
         .then(|| spawn_kubevirt(&shared, cfg.discovery.node(), cfg.vm.len() as u32 + 1000));
 
+    let enforcement = match mode {
+        config::Mode::Edt => Enforcement::Edt,
+        _ => Enforcement::Htb,
+    };
     let mut control = ControlLoop::new(
         shared.clone(),
-        Controller::new(spec),
+        Controller::new(cfg.policy()),
         cfg.agent.policy.to_string(),
         shaper,
         enforcement,
         link,
     );
-    let mut tick = tokio::time::interval(Duration::from_millis(cfg.agent.tick_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-    info!(policy = %cfg.agent.policy, mode = %cfg.agent.mode, "agent running");
-    loop {
-        tokio::select! {
-            _ = tick.tick() => control.tick().await,
-            _ = shared.wake.notified() => control.tick().await,
-            _ = term.recv() => { info!("SIGTERM: stopping"); break; }
-            _ = int.recv() => { info!("SIGINT: stopping"); break; }
-            _ = hup.recv() => reload(&opts.config_path, &mut control, &mut tick, &shared),
-        }
-    }
+    serve(&opts, &cfg, &mut control, &shared).await?;
 
     // Shutdown: stop the tasks, then put the host back (or leave it running).
     let _ = stop.send(true);
@@ -253,7 +149,153 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         k.abort();
         let _ = k.await;
     }
-    if let Some(shaper) = control.shaper.take() {
+    let shaper = control.shaper.take();
+    drop(control);
+    restore(shaper, shared, keep).await
+}
+
+/// Loads (or adopts) the pinned datapath, attaches it to every uplink and
+/// sets its mode.
+fn start_datapath(cfg: &Config, uplinks: &[String]) -> Result<Datapath, DaemonError> {
+    let mut dp = Datapath::load(&PinDir::Persistent(cfg.datapath.pin_dir.clone()))?;
+    for iface in uplinks {
+        dp.attach(iface)?;
+        info!(iface, pin_dir = %cfg.datapath.pin_dir.display(), "datapath attached");
+    }
+    dp.set_mode(match cfg.agent.mode {
+        config::Mode::Htb => Mode::Htb,
+        config::Mode::Edt => Mode::Edt,
+        config::Mode::Observe => Mode::Observe,
+    })?;
+    Ok(dp)
+}
+
+/// The VMs to follow: configured ones get slots 1.. in order (and their
+/// addresses registered), then those whose QMP socket matches the glob.
+fn known_vms(cfg: &Config, dp: &mut Datapath) -> Result<BTreeMap<String, VmState>, DaemonError> {
+    let mut vms = BTreeMap::new();
+    for (i, entry) in cfg.vm.iter().enumerate() {
+        let slot = i as u32 + 1;
+        register_vm(dp, slot, entry)?;
+        vms.insert(entry.name.clone(), VmState::new(slot, entry.clone()));
+    }
+    for (i, (name, qmp)) in glob_sockets(&cfg.discovery.qmp_glob)
+        .into_iter()
+        .enumerate()
+    {
+        if vms.contains_key(&name) {
+            continue;
+        }
+        let slot = (cfg.vm.len() + i) as u32 + 1;
+        let entry = VmEntry::qmp(name.clone(), qmp);
+        vms.insert(name, VmState::new(slot, entry));
+    }
+    Ok(vms)
+}
+
+/// vmbw's HTB tree on the first uplink (none in observe mode).
+async fn start_shaper(
+    cfg: &Config,
+    uplink: &str,
+    link: f64,
+) -> Result<Option<Shaper>, DaemonError> {
+    let mode = cfg.agent.mode;
+    if mode == config::Mode::Observe {
+        return Ok(None);
+    }
+    let shaping = |source| DaemonError::Shaping {
+        iface: uplink.to_owned(),
+        source,
+    };
+    let tc = TcClient::connect().map_err(shaping)?;
+    let mut tree = DesiredTree::new(
+        Rate::bits_per_sec((link * 8.0) as u64),
+        ClassSpec::borrowing(
+            Rate::bits_per_sec((link * 8.0 / 100.0) as u64),
+            Rate::bits_per_sec((link * 8.0) as u64),
+        ),
+    );
+    if mode == config::Mode::Edt {
+        tree.enforcement = Enforcement::Edt;
+    }
+    let sopts = ShaperOptions {
+        state_dir: Some(cfg.shaping.state_dir.clone()),
+    };
+    let (shaper, report) = Shaper::start(tc, uplink, &tree, &sopts)
+        .await
+        .map_err(shaping)?;
+    info!(iface = %uplink, original = %shaper.original_root().describe(), enforcement = ?report.enforcement, "HTB tree in place");
+    Ok(Some(shaper))
+}
+
+/// One task per VM that follows its migrations (QMP or libvirt).
+fn spawn_vm_tasks(
+    shared: &Arc<Shared>,
+    uplink: &str,
+    stopped: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let entries: Vec<VmEntry> = shared
+        .state()
+        .vms
+        .values()
+        .map(|v| v.entry.clone())
+        .collect();
+    let mut tasks = Vec::new();
+    for entry in entries {
+        let Some(telemetry) = entry.telemetry() else {
+            // Config validation makes this unreachable for [[vm]] entries.
+            warn!(vm = %entry.name, "neither `qmp` nor `libvirt`: not followed");
+            continue;
+        };
+        let cfg = MonitorConfig {
+            uplink: Some(uplink.to_owned()),
+            vm_ifaces: entry.taps.clone(),
+            ..MonitorConfig::default()
+        };
+        tasks.push(tokio::spawn(vm::follow(
+            shared.clone(),
+            entry.name.clone(),
+            telemetry,
+            cfg,
+            stopped.clone(),
+        )));
+    }
+    tasks
+}
+
+/// The control loop on its ticks and on the VM tasks' news, until SIGTERM
+/// or SIGINT; SIGHUP reloads.
+async fn serve(
+    opts: &Options,
+    cfg: &Config,
+    control: &mut ControlLoop,
+    shared: &Arc<Shared>,
+) -> Result<(), DaemonError> {
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.agent.tick_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    info!(policy = %cfg.agent.policy, mode = %cfg.agent.mode, "agent running");
+    loop {
+        tokio::select! {
+            _ = tick.tick() => control.tick().await,
+            _ = shared.wake.notified() => control.tick().await,
+            _ = term.recv() => { info!("SIGTERM: stopping"); return Ok(()); }
+            _ = int.recv() => { info!("SIGINT: stopping"); return Ok(()); }
+            _ = hup.recv() => reload(&opts.config_path, control, &mut tick, shared),
+        }
+    }
+}
+
+/// Puts the host back: the original root qdisc and a detached, unpinned
+/// datapath, unless `keep` leaves both for the next agent.
+async fn restore(
+    shaper: Option<Shaper>,
+    shared: Arc<Shared>,
+    keep: bool,
+) -> Result<(), DaemonError> {
+    if let Some(shaper) = shaper {
         if keep {
             shaper.detach();
             info!("HTB tree left in place (keep_on_exit)");
@@ -263,7 +305,6 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             info!("original root qdisc restored");
         }
     }
-    drop(control);
     let datapath = Arc::try_unwrap(shared)
         .ok()
         .and_then(|shared| Arc::try_unwrap(shared.datapath).ok())
