@@ -39,7 +39,7 @@ mode = "htb"
 # Bandwidth policy: "nrac", "bda", "nrac+adamig", "bda+adamig",
 # "nrac+escalate", "bda+escalate", "default" (no enforcement) or
 # "static:RATE" (e.g. "static:64MiB", "static:100mbit").
-policy = "nrac+adamig"
+policy = "nrac+escalate"
 # Control loop period between migration iterations, milliseconds.
 tick_ms = 500
 
@@ -257,15 +257,18 @@ impl fmt::Display for NamedPolicy {
     }
 }
 
-/// `nrac+adamig`, built rather than parsed: a Default cannot fail.
+/// `nrac+escalate`, built rather than parsed: a Default cannot fail. NRAC
+/// with the promised reservations, a forecast per migration and the
+/// cheapest armed tool when it is late (measured on the demo: 3/3
+/// converged in 81.5 s, SLA p5 0.99, where no other policy did both).
 impl Default for NamedPolicy {
     fn default() -> Self {
         NamedPolicy {
-            name: "nrac+adamig".into(),
+            name: "nrac+escalate".into(),
             spec: Spec {
                 policy: Policy::Nrac(nrac::Config::default()),
-                adamig: Some(adamig::Config::default()),
-                escalate: None,
+                adamig: None,
+                escalate: Some(escalate::Config::default()),
             },
         }
     }
@@ -899,7 +902,8 @@ mod tests {
         assert_eq!(parsed, Config::default());
         // And the policy built from them equals the modules' own defaults.
         let spec = parsed.policy();
-        assert_eq!(spec.adamig, Some(adamig::Config::default()));
+        assert_eq!(spec.adamig, None);
+        assert_eq!(spec.escalate, Some(escalate::Config::default()));
         match spec.policy {
             crate::control::policy::Policy::Nrac(c) => assert_eq!(c, nrac::Config::default()),
             other => panic!("default policy is {other:?}"),
