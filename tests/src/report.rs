@@ -180,6 +180,8 @@ impl ScenarioReport {
     }
 
     /// Policies in the order they ran.
+    /// The policies with results, in the scenario's order (a merged
+    /// re-run appends its results but keeps its place in the tables).
     fn policies_run(&self) -> Vec<(String, Family)> {
         let mut seen: Vec<(String, Family)> = Vec::new();
         for r in &self.results {
@@ -187,6 +189,13 @@ impl ScenarioReport {
                 seen.push((r.policy.clone(), r.family));
             }
         }
+        let place = |p: &str| {
+            self.policies
+                .iter()
+                .position(|q| q == p)
+                .unwrap_or(usize::MAX)
+        };
+        seen.sort_by_key(|(p, _)| place(p));
         seen
     }
 
