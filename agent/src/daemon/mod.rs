@@ -103,6 +103,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             link_usage: 0.0,
             discovery: discovery_names(&cfg),
             vms,
+            escalating: cfg.policy().escalate.is_some(),
             tick_period: Duration::from_millis(cfg.agent.tick_ms),
             last_tick: None,
         }),
@@ -340,6 +341,7 @@ fn reload(
             control.policy_name = cfg.agent.policy.to_string();
             *tick = tokio::time::interval(Duration::from_millis(cfg.agent.tick_ms));
             shared.state().tick_period = Duration::from_millis(cfg.agent.tick_ms);
+            shared.state().escalating = cfg.policy().escalate.is_some();
             shared.state().policy = cfg.agent.policy.to_string();
             info!(policy = %cfg.agent.policy, tick_ms = cfg.agent.tick_ms, "SIGHUP: configuration reloaded");
         }

@@ -63,6 +63,10 @@ pub struct State {
     pub link_usage: f64,
     pub discovery: Vec<String>,
     pub vms: BTreeMap<String, VmState>,
+    /// The policy escalates (`…+escalate`): an armed auto-converge is
+    /// held inert at the start of each migration until escalation raises
+    /// its ceiling.
+    pub escalating: bool,
     /// The control loop's period, and when it last ran (None: not yet).
     pub tick_period: Duration,
     pub last_tick: Option<Instant>,

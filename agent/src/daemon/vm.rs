@@ -168,16 +168,40 @@ async fn follow_once<S: MigrationSource>(
             v.begin_migration();
         }
     }
+    let mut applied = Applied::default();
     match source.armed().await {
         Ok(armed) => {
             info!(?armed, "armed at the start");
-            if let Some(v) = shared.state().vms.get_mut(name) {
-                v.armed = armed;
+            let escalating = {
+                let mut st = shared.state();
+                if let Some(v) = st.vms.get_mut(name) {
+                    v.armed = armed;
+                }
+                st.escalating
+            };
+            // KubeVirt's allowAutoConverge (libvirt's flag) arms it with
+            // QEMU's own steps (20%, then +10%); escalation holds it at 1%
+            // and raises the ceiling only as far as its forecast needs.
+            if armed.auto_converge && escalating {
+                let inert = QemuParams {
+                    cpu_throttle_pct: Some(1),
+                    ..QemuParams::default()
+                };
+                match source.apply(&inert, &mut applied).await {
+                    Ok(refused) if refused.is_empty() => {
+                        info!("auto-converge held inert (vCPU throttle at most 1%)")
+                    }
+                    Ok(refused) => {
+                        for r in refused {
+                            warn!(param = r.param, reason = %r.reason, "auto-converge could not be held inert");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "holding auto-converge inert"),
+                }
             }
         }
         Err(e) => warn!(error = %e, "reading what the migration armed; assuming nothing"),
     }
-    let mut applied = Applied::default();
     // QEMU opens its migration stream(s) just after the start and may open
     // more (multifd): watch its sockets while the migration runs.
     let flow_watch = (pid != 0).then(|| {
