@@ -148,16 +148,9 @@ impl Escalator {
             };
             let e = self.vms.entry(vm.name.clone()).or_default();
             keep_in_force(e, d);
-            let bandwidth = d.migration_rate.unwrap_or(inputs.link.free());
-            let limit = d.qemu.downtime_limit_s.unwrap_or(vm.downtime_limit_s);
-            let dirty = if e.postcopy {
-                0.0
-            } else {
-                forecast::dirty_rate(vm)
-            };
-            let f = forecast::forecast(vm.remaining, dirty, bandwidth, limit);
-            if forecast::known(vm) {
-                d.forecast = Some(f);
+            let bandwidth = forecast::bandwidth(d, &inputs.link);
+            d.forecast = forecast::of(vm, d, &inputs.link, e.postcopy);
+            if let Some(f) = d.forecast {
                 d.why(f.describe());
             }
             let new_pass = vm.iteration != e.last_iteration;
@@ -180,7 +173,7 @@ impl Escalator {
                 // only the pages dirtied since are missing.
                 if e.bulk_reviewed
                     || vm.sampled_dirty_rate.is_none()
-                    || vm.remaining <= 0.0
+                    || d.forecast.is_none()
                     || app_sending(vm)
                 {
                     continue;
@@ -189,6 +182,7 @@ impl Escalator {
             } else if !new_pass {
                 continue;
             }
+            let Some(f) = d.forecast else { continue };
             let floor = forecast::floor_s(vm.remaining, bandwidth);
             let late = match f.eta_s {
                 None => true,
@@ -331,8 +325,8 @@ fn throttle(
             mbit(r)
         ));
     }
-    // The measured rate is already throttled by what QEMU applies now.
-    let applied = f64::from(vm.throttle_pct.max(e.throttle_pct)).min(99.0) / 100.0;
+    // The measured rate is already throttled by what escalation set.
+    let applied = f64::from(e.throttle_pct).min(99.0) / 100.0;
     let raw = forecast::dirty_rate(vm) / (1.0 - applied);
     let needed = 1.0 - THROTTLE_RATIO * bandwidth / raw.max(1.0);
     let pct = (needed * 100.0).ceil().clamp(1.0, 99.0);
@@ -381,7 +375,6 @@ mod tests {
             reserve: Some(15.0 * MBIT),
             armed,
             postcopy: false,
-            throttle_pct: 0,
             sampled_dirty_rate: None,
         }
     }

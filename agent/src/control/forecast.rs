@@ -14,12 +14,25 @@
 //! first sync: the forecast then assumes the last known rate (0 without
 //! one), and says so.
 
-use super::VmInputs;
+use super::{Link, VmDecision, VmInputs};
 
-/// Whether there is anything to forecast from: before the bulk pass's
-/// first report, what is left is not known yet (0 stands for it).
-pub fn known(vm: &VmInputs) -> bool {
-    vm.iteration > 1 || vm.remaining > 0.0
+/// The bandwidth a migration can count on under decision `d`: its class
+/// guarantee, or what is free on the link when nothing is enforced.
+pub fn bandwidth(d: &VmDecision, link: &Link) -> f64 {
+    d.migration_rate.unwrap_or(link.free())
+}
+
+/// `vm`'s forecast under decision `d`, or None while there is nothing to
+/// forecast from (before the bulk pass's first report, what is left is
+/// not known: 0 stands for it). `in_postcopy`: the switch was decided,
+/// so nothing the guest dirties is sent any more.
+pub fn of(vm: &VmInputs, d: &VmDecision, link: &Link, in_postcopy: bool) -> Option<Forecast> {
+    if vm.iteration <= 1 && vm.remaining <= 0.0 {
+        return None;
+    }
+    let dirty = if in_postcopy { 0.0 } else { dirty_rate(vm) };
+    let limit = d.qemu.downtime_limit_s.unwrap_or(vm.downtime_limit_s);
+    Some(forecast(vm.remaining, dirty, bandwidth(d, link), limit))
 }
 
 /// The dirty rate to forecast with: the predicted D_e, or the last pass's

@@ -65,8 +65,6 @@ pub struct VmInputs {
     pub armed: Armed,
     /// The migration already runs in post-copy.
     pub postcopy: bool,
-    /// vCPU throttle QEMU applies now, percent (auto-converge).
-    pub throttle_pct: u8,
     /// The guest's dirty rate sampled during the bulk pass (QEMU's
     /// `calc-dirty-rate`), bytes/s.
     pub sampled_dirty_rate: Option<f64>,

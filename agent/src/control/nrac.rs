@@ -314,7 +314,6 @@ mod tests {
             reserve: None,
             armed: Default::default(),
             postcopy: false,
-            throttle_pct: 0,
             sampled_dirty_rate: None,
         }
     }

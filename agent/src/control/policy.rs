@@ -168,21 +168,16 @@ impl Controller {
 }
 
 /// Every migration's forecast under its decision (escalation makes its
-/// own): the bandwidth is the class guarantee, or what is free when
-/// nothing is enforced.
+/// own, with what it fired in force).
 fn forecast_all(inputs: &Inputs, d: &mut Decision) {
     for vm in &inputs.vms {
         let Some(vd) = d.vms.iter_mut().find(|v| v.name == vm.name) else {
             continue;
         };
-        let bandwidth = vd.migration_rate.unwrap_or(inputs.link.free());
-        let limit = vd.qemu.downtime_limit_s.unwrap_or(vm.downtime_limit_s);
-        if !forecast::known(vm) {
-            continue;
+        vd.forecast = forecast::of(vm, vd, &inputs.link, false);
+        if let Some(f) = vd.forecast {
+            vd.why(f.describe());
         }
-        let f = forecast::forecast(vm.remaining, forecast::dirty_rate(vm), bandwidth, limit);
-        vd.forecast = Some(f);
-        vd.why(f.describe());
     }
 }
 

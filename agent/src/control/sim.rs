@@ -237,7 +237,6 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
                 reserve: sc.reserve,
                 armed: sc.armed,
                 postcopy: false,
-                throttle_pct: (throttle * 100.0).round() as u8,
                 // What calc-dirty-rate would measure: the dirty process now.
                 sampled_dirty_rate: Some(sc.dirty.rate_at(t) * sc.page_size * (1.0 - throttle)),
             }],

@@ -200,7 +200,6 @@ impl ControlLoop {
             reserve: v.reserve(),
             armed: v.armed,
             postcopy: v.phase == MigrationPhase::PostCopy,
-            throttle_pct: 0,
             sampled_dirty_rate: v.sampled_dirty_rate,
         }
     }
