@@ -331,8 +331,8 @@ async fn await_decision_and_apply<S: MigrationSource>(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let was = applied.clone();
-    let switching =
-        params.start_postcopy && !applied.params.start_postcopy && !applied.is_refused("post-copy");
+    // Switching now: by the rule the sources apply (Applied::pending).
+    let switching = applied.pending(&params).start_postcopy;
     let pid = source.qemu_pid();
     let params = if switching && pid != 0 {
         drain_before_switch(source, applied, &params, pid).await

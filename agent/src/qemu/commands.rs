@@ -79,15 +79,18 @@ impl Qmp {
         .map(drop)
     }
 
+    /// `migrate-set-parameters` with `params` (an object of QAPI names).
+    async fn set_parameters(&mut self, params: Value) -> Result<(), QmpError> {
+        self.execute("migrate-set-parameters", Some(params))
+            .await
+            .map(drop)
+    }
+
     /// Caps the migration stream, bytes per second. Takes effect on the
     /// running migration.
     pub async fn set_max_bandwidth(&mut self, bytes_per_sec: u64) -> Result<(), QmpError> {
-        self.execute(
-            "migrate-set-parameters",
-            Some(json!({ "max-bandwidth": bytes_per_sec })),
-        )
-        .await
-        .map(drop)
+        self.set_parameters(json!({ "max-bandwidth": bytes_per_sec }))
+            .await
     }
 
     /// Auto-converge's vCPU throttle, percent (1..=99): the first step, the
@@ -96,26 +99,18 @@ impl Qmp {
     /// the capability itself cannot change during one).
     pub async fn set_cpu_throttle(&mut self, pct: u8) -> Result<(), QmpError> {
         let pct = pct.clamp(1, 99);
-        self.execute(
-            "migrate-set-parameters",
-            Some(json!({
-                "cpu-throttle-initial": pct,
-                "cpu-throttle-increment": pct,
-                "max-cpu-throttle": pct,
-            })),
-        )
+        self.set_parameters(json!({
+            "cpu-throttle-initial": pct,
+            "cpu-throttle-increment": pct,
+            "max-cpu-throttle": pct,
+        }))
         .await
-        .map(drop)
     }
 
     /// Caps post-copy's background push, bytes per second (0 = no cap).
     pub async fn set_max_postcopy_bandwidth(&mut self, bytes_per_sec: u64) -> Result<(), QmpError> {
-        self.execute(
-            "migrate-set-parameters",
-            Some(json!({ "max-postcopy-bandwidth": bytes_per_sec })),
-        )
-        .await
-        .map(drop)
+        self.set_parameters(json!({ "max-postcopy-bandwidth": bytes_per_sec }))
+            .await
     }
 
     /// Starts measuring the guest's dirty rate over `ms` milliseconds by
@@ -146,12 +141,7 @@ impl Qmp {
 
     /// The stop-and-copy time QEMU aims for, milliseconds.
     pub async fn set_downtime_limit(&mut self, ms: u64) -> Result<(), QmpError> {
-        self.execute(
-            "migrate-set-parameters",
-            Some(json!({ "downtime-limit": ms })),
-        )
-        .await
-        .map(drop)
+        self.set_parameters(json!({ "downtime-limit": ms })).await
     }
 
     /// Starts an outgoing migration to `uri` (e.g. `tcp:198.18.2.2:4444`).
