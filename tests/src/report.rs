@@ -317,13 +317,7 @@ pub fn markdown(rep: &ScenarioReport) -> String {
          | VM | policy | converged | total s | downtime ms | iterations | MB sent | app Mbit/s (asked, reserved) | SLA p5 | s below 95% | throttled s | post-copy s (pages fetched) | prediction MAPE % |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    let mut keys: Vec<(String, String)> = Vec::new();
-    for r in &rep.results {
-        let k = (r.vm.clone(), r.policy.clone());
-        if !keys.contains(&k) {
-            keys.push(k);
-        }
-    }
+    let mut keys = vm_policy_pairs(rep.results.iter());
     keys.sort_by(|a, b| a.0.cmp(&b.0));
     for (vm, policy) in keys {
         let rs: Vec<&RunResult> = rep
@@ -414,6 +408,18 @@ pub fn markdown(rep: &ScenarioReport) -> String {
     out
 }
 
+/// Each (VM, policy) of `results` once, in first-seen order.
+fn vm_policy_pairs<'a>(results: impl Iterator<Item = &'a RunResult>) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for r in results {
+        let k = (r.vm.clone(), r.policy.clone());
+        if !pairs.contains(&k) {
+            pairs.push(k);
+        }
+    }
+    pairs
+}
+
 /// How well the agent forecast completion: (forecast − actual) / actual
 /// seconds left, at 25%, 50% and 75% of each converged migration's time;
 /// "never" counts forecasts of "does not converge" for a migration that
@@ -433,14 +439,7 @@ fn forecast_table(rep: &ScenarioReport) -> String {
          over the repetitions; \"never\" counts forecasts of \"does not converge\".\n\n\
          | VM | policy | at 25% | at 50% | at 75% |\n|---|---|---|---|---|\n",
     );
-    let mut keys: Vec<(String, String)> = Vec::new();
-    for r in &scored {
-        let k = (r.vm.clone(), r.policy.clone());
-        if !keys.contains(&k) {
-            keys.push(k);
-        }
-    }
-    for (vm, policy) in keys {
+    for (vm, policy) in vm_policy_pairs(scored.iter().copied()) {
         let cells: Vec<String> = [0.25, 0.5, 0.75]
             .iter()
             .map(|at| {
