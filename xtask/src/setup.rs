@@ -41,6 +41,10 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
         "python3-pip",
         "installs kubernetes-validate, the outside judge of deploy/",
     ),
+    (
+        "systemd",
+        "systemd-analyze judges deploy/systemd/vmbw.service (verify, security --offline)",
+    ),
 ];
 
 /// The schema checker the test suite runs on deploy/ (PyPI), pinned.
