@@ -94,6 +94,18 @@ fn class_tree_reads_back_identically_in_tc() {
         qdiscs.contains("qdisc htb 7662: root") && qdiscs.contains("default 0x2"),
         "{qdiscs}"
     );
+    // Every VM class queues at most 50 ms of the line (here the 1000-frame
+    // ceiling), not the device's txqueuelen of packets.
+    let limit = desired.queue_bytes(mtu);
+    for c in want.iter().filter(|c| c.leaf) {
+        let leaf = format!("parent {} limit {limit}b", display_handle(c.handle));
+        assert!(
+            qdiscs
+                .lines()
+                .any(|l| l.starts_with("qdisc bfifo ") && l.contains(&leaf)),
+            "no bfifo with `{leaf}` in:\n{qdiscs}"
+        );
+    }
     // Read back through netlink, the same tree needs no change at all.
     let mut shaper = shaper;
     let again = link

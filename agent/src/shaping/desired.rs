@@ -179,6 +179,15 @@ impl DesiredTree {
         Ok(())
     }
 
+    /// The byte limit of a VM class's FIFO leaf: [`QUEUE_TIME_MS`] at the
+    /// link's rate, between 16 frames (TCP needs a few packets of queue to
+    /// keep the link busy) and the 1000 frames HTB's default leaf holds.
+    pub fn queue_bytes(&self, mtu: u32) -> u32 {
+        let frame = u64::from(frame_len(mtu));
+        let bytes = self.link.bytes_per_sec() * QUEUE_TIME_MS / 1000;
+        u32::try_from(bytes.clamp(16 * frame, 1000 * frame)).unwrap_or(u32::MAX)
+    }
+
     /// Every class of the tree with its parent and kernel parameters, root
     /// first, for a device with the given MTU.
     pub fn classes(&self, mtu: u32) -> Vec<DesiredClass> {
@@ -280,6 +289,10 @@ pub enum DesiredError {
 /// How long a class may send at full speed after idling: enough to ride
 /// out a late timer or a descheduled softirq without losing tokens.
 pub const BURST_TIME_US: u64 = 2_000;
+/// How much queue a VM class may hold, in time at the link's rate: enough
+/// to ride out TCP's bursts, far less than the second and more that a
+/// 1000-frame queue holds on a slow link.
+pub const QUEUE_TIME_MS: u64 = 50;
 /// HTB's largest quantum before it warns "quantum of class is big".
 pub const MAX_QUANTUM: u32 = 200_000;
 

@@ -169,6 +169,19 @@ pub fn fq_leaf(ifindex: u32, parent_class: u32, opts: &FqOptions) -> Request {
     )
 }
 
+/// `tc qdisc replace dev <if> parent <class> bfifo limit <bytes>`: a
+/// byte-bounded FIFO as a class's leaf.
+pub fn bfifo_leaf(ifindex: u32, parent_class: u32, limit_bytes: u32) -> Request {
+    qdisc(
+        Mode::Replace,
+        ifindex,
+        0,
+        parent_class,
+        "bfifo",
+        Some(tca::fifo_options(limit_bytes)),
+    )
+}
+
 /// A qdisc of any kind with already-encoded options (restoring a device's
 /// original root qdisc uses this with the options the kernel dumped).
 pub fn qdisc(
@@ -443,6 +456,15 @@ mod tests {
         assert_eq!(
             hex(&ours),
             hex(&fixture(include_str!("testdata/htb_qdisc_del.nlmsg")).payload)
+        );
+    }
+
+    #[test]
+    fn bfifo_leaf_matches_tc() {
+        assert_same(
+            &bfifo_leaf(IFINDEX, 0x7662_0012, 187_500),
+            include_str!("testdata/bfifo_leaf.nlmsg"),
+            false,
         );
     }
 

@@ -41,7 +41,7 @@ pub use self::{
 };
 use self::{
     messages::{Mode, Request},
-    ops::Op,
+    ops::{LeafKind, Op},
     restore::RestoreGuard,
     tca::FqOptions,
 };
@@ -307,7 +307,7 @@ impl Shaper {
                 Op::Add(_) => report.added += 1,
                 Op::Change(_) => report.changed += 1,
                 Op::Delete { .. } => report.deleted += 1,
-                Op::FqLeaf { .. } | Op::DefaultLeaf { .. } => report.leaves += 1,
+                Op::Leaf { .. } => report.leaves += 1,
             }
         }
         if !todo.foreign.is_empty() {
@@ -330,8 +330,14 @@ impl Shaper {
                 messages::htb_class(Mode::Change, ifindex, c.handle, c.parent, &c.params)
             }
             Op::Delete { handle } => messages::delete_class(ifindex, *handle),
-            Op::FqLeaf { class } => messages::fq_leaf(ifindex, *class, &FqOptions::for_edt()),
-            Op::DefaultLeaf { class, leaf } => messages::delete_qdisc(ifindex, *leaf, *class, "fq"),
+            Op::Leaf {
+                class,
+                kind: LeafKind::Fq,
+            } => messages::fq_leaf(ifindex, *class, &FqOptions::for_edt()),
+            Op::Leaf {
+                class,
+                kind: LeafKind::Fifo { limit_bytes },
+            } => messages::bfifo_leaf(ifindex, *class, *limit_bytes),
         }
     }
 

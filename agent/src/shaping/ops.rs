@@ -16,7 +16,7 @@ pub struct ObservedClass {
     pub handle: u32,
     pub parent: u32,
     pub params: HtbClassParams,
-    /// The class's leaf qdisc (`pfifo` by default, `fq` in EDT mode).
+    /// The class's leaf qdisc (a `bfifo`, or `fq` in EDT mode).
     pub leaf: Option<Leaf>,
     /// Bytes and packets the class has sent (kernel counters).
     pub bytes: u64,
@@ -27,6 +27,31 @@ pub struct ObservedClass {
 pub struct Leaf {
     pub kind: String,
     pub handle: u32,
+    /// A `bfifo`'s limit in bytes.
+    pub limit_bytes: Option<u32>,
+}
+
+impl Leaf {
+    fn is(&self, want: LeafKind) -> bool {
+        match want {
+            LeafKind::Fq => self.kind == "fq",
+            LeafKind::Fifo { limit_bytes } => {
+                self.kind == "bfifo" && self.limit_bytes == Some(limit_bytes)
+            }
+        }
+    }
+}
+
+/// The leaf qdisc a VM class gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeafKind {
+    /// `fq`, which paces by `skb->tstamp` (EDT mode).
+    Fq,
+    /// A FIFO bounded in bytes. HTB's own leaf is a `pfifo` as long as the
+    /// device's txqueuelen: 1000 frames, 1.5 MB, 1.2 s of queue at
+    /// 10 Mbit/s. A migration's TCP stream fills all of it, and QEMU's
+    /// final stop then waits for that queue to drain.
+    Fifo { limit_bytes: u32 },
 }
 
 /// vmbw's tree on one device, read back from the kernel.
@@ -60,10 +85,17 @@ impl ObservedTree {
             .filter(|c| c.kind == "htb" && handles::major(c.handle) == handles::VMBW_MAJOR)
         {
             let params = HtbClassParams::decode(c.options.as_deref().unwrap_or_default())?;
-            let leaf = qdiscs.iter().find(|q| q.parent == c.handle).map(|q| Leaf {
-                kind: q.kind.clone(),
-                handle: q.handle,
-            });
+            let leaf = match qdiscs.iter().find(|q| q.parent == c.handle) {
+                None => None,
+                Some(q) => Some(Leaf {
+                    kind: q.kind.clone(),
+                    handle: q.handle,
+                    limit_bytes: match q.kind.as_str() {
+                        "bfifo" => Some(tca::fifo_limit(q.options.as_deref().unwrap_or_default())?),
+                        _ => None,
+                    },
+                }),
+            };
             // HTB reports the parent of a top-level class as TC_H_ROOT,
             // not as its qdisc.
             let parent = if c.parent == handles::TC_H_ROOT {
@@ -96,10 +128,8 @@ pub enum Op {
     Change(DesiredClass),
     /// Delete a class vmbw no longer wants.
     Delete { handle: u32 },
-    /// Give a class an `fq` leaf (EDT mode).
-    FqLeaf { class: u32 },
-    /// Put a class back on HTB's default leaf by deleting its `fq`.
-    DefaultLeaf { class: u32, leaf: u32 },
+    /// Give a class its leaf qdisc (replacing the one it has).
+    Leaf { class: u32, kind: LeafKind },
 }
 
 /// What to do, plus classes in vmbw's qdisc that vmbw did not make and
@@ -112,10 +142,17 @@ pub struct Ops {
 
 /// The operations that turn `observed` into `desired`. With `fq`
 /// (EDT mode on a kernel that has fq) VM classes get fq leaves; without,
-/// fq leaves found are removed. Order: deletions, in-place changes (root
-/// first), additions, then leaves.
+/// byte-bounded FIFOs ([`DesiredTree::queue_bytes`]). Order: deletions,
+/// in-place changes (root first), additions, then leaves.
 pub fn diff(observed: &ObservedTree, desired: &DesiredTree, mtu: u32, fq: bool) -> Ops {
     let wanted = desired.classes(mtu);
+    let leaf_kind = if fq {
+        LeafKind::Fq
+    } else {
+        LeafKind::Fifo {
+            limit_bytes: desired.queue_bytes(mtu),
+        }
+    };
     let wanted_handles: Vec<u32> = wanted.iter().map(|c| c.handle).collect();
     let mut out = Ops::default();
     let (mut deletes, mut changes, mut adds, mut leaves) = (vec![], vec![], vec![], vec![]);
@@ -153,14 +190,11 @@ pub fn diff(observed: &ObservedTree, desired: &DesiredTree, mtu: u32, fq: bool) 
             .classes
             .get(&want.handle)
             .and_then(|c| c.leaf.as_ref());
-        let has_fq = leaf.is_some_and(|l| l.kind == "fq");
-        match (fq, leaf) {
-            (true, _) if !has_fq => leaves.push(Op::FqLeaf { class: want.handle }),
-            (false, Some(l)) if has_fq => leaves.push(Op::DefaultLeaf {
+        if !leaf.is_some_and(|l| l.is(leaf_kind)) {
+            leaves.push(Op::Leaf {
                 class: want.handle,
-                leaf: l.handle,
-            }),
-            _ => {}
+                kind: leaf_kind,
+            });
         }
     }
     out.ops = deletes
@@ -207,6 +241,7 @@ mod tests {
                     leaf: Some(Leaf {
                         kind: leaf_kind.into(),
                         handle: 0x8001_0000 + ((i as u32) << 16),
+                        limit_bytes: (leaf_kind == "bfifo").then(|| t.queue_bytes(1500)),
                     }),
                     bytes: 0,
                     packets: 0,
@@ -217,10 +252,10 @@ mod tests {
     }
 
     #[test]
-    fn empty_tree_gets_everything_added_root_first() {
+    fn empty_tree_gets_everything_added_root_first_then_bounded_leaves() {
         let p = diff(&ObservedTree::default(), &desired(), 1500, false);
-        let handles: Vec<u32> = p
-            .ops
+        let (adds, leaves) = p.ops.split_at(4);
+        let handles: Vec<u32> = adds
             .iter()
             .map(|op| match op {
                 Op::Add(c) => c.handle,
@@ -231,13 +266,59 @@ mod tests {
             handles,
             [0x7662_0001, 0x7662_0002, 0x7662_0011, 0x7662_0012]
         );
+        // 50 ms at 100 Mbit/s.
+        let kind = LeafKind::Fifo {
+            limit_bytes: 625_000,
+        };
+        assert_eq!(
+            leaves,
+            [
+                Op::Leaf {
+                    class: 0x7662_0011,
+                    kind
+                },
+                Op::Leaf {
+                    class: 0x7662_0012,
+                    kind
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn the_queue_is_50_ms_of_the_link_within_16_and_1000_frames() {
+        let tree = |link| DesiredTree::new(link, ClassSpec::borrowing(Rate::mbit(1), link));
+        assert_eq!(tree(Rate::mbit(30)).queue_bytes(1500), 187_500);
+        assert_eq!(tree(Rate::mbit(1)).queue_bytes(1500), 16 * 1514);
+        assert_eq!(tree(Rate::gbit(10)).queue_bytes(1500), 1000 * 1514);
+    }
+
+    #[test]
+    fn htb_s_own_leaf_or_a_stale_limit_is_replaced() {
+        let d = desired();
+        let p = diff(&observed_from(&d, "pfifo"), &d, 1500, false);
+        assert_eq!(p.ops.len(), 2, "{p:?}");
+        let slower = DesiredTree {
+            link: Rate::mbit(50),
+            ..d.clone()
+        };
+        let p = diff(&observed_from(&d, "bfifo"), &slower, 1500, false);
+        assert!(
+            p.ops.contains(&Op::Leaf {
+                class: 0x7662_0012,
+                kind: LeafKind::Fifo {
+                    limit_bytes: 312_500
+                }
+            }),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn applied_tree_needs_nothing() {
         let d = desired();
         assert_eq!(
-            diff(&observed_from(&d, "pfifo"), &d, 1500, false),
+            diff(&observed_from(&d, "bfifo"), &d, 1500, false),
             Ops::default()
         );
     }
@@ -245,7 +326,7 @@ mod tests {
     #[test]
     fn a_rate_change_is_one_in_place_change() {
         let d = desired();
-        let have = observed_from(&d, "pfifo");
+        let have = observed_from(&d, "bfifo");
         let mut want = d.clone();
         if let Some(vm) = want.vms.get_mut(&0) {
             vm.migration.rate = Rate::mbit(20);
@@ -264,7 +345,7 @@ mod tests {
     #[test]
     fn removed_vms_and_a_stale_probe_are_deleted_first_foreign_left_alone() {
         let d = desired();
-        let mut have = observed_from(&d, "pfifo");
+        let mut have = observed_from(&d, "bfifo");
         let mut extra = have.classes[&root_class()].clone();
         extra.handle = handles::probe_class();
         have.classes.insert(extra.handle, extra.clone());
@@ -286,7 +367,7 @@ mod tests {
             .iter()
             .map(|o| format!("{o:?}")[..3].to_owned())
             .collect();
-        assert_eq!(kinds, ["Del", "Del", "Del", "Add", "Add"]);
+        assert_eq!(kinds, ["Del", "Del", "Del", "Add", "Add", "Lea", "Lea"]);
         assert!(p.ops.contains(&Op::Delete {
             handle: handles::probe_class()
         }));
@@ -296,29 +377,28 @@ mod tests {
     fn edt_mode_puts_fq_on_vm_classes_only_and_back() {
         let d = desired();
         let p = diff(&observed_from(&d, "pfifo"), &d, 1500, true);
-        assert_eq!(
-            p.ops,
-            [
-                Op::FqLeaf { class: 0x7662_0011 },
-                Op::FqLeaf { class: 0x7662_0012 }
+        let leaves = |kind| {
+            vec![
+                Op::Leaf {
+                    class: 0x7662_0011,
+                    kind,
+                },
+                Op::Leaf {
+                    class: 0x7662_0012,
+                    kind,
+                },
             ]
-        );
+        };
+        assert_eq!(p.ops, leaves(LeafKind::Fq));
         let with_fq = observed_from(&d, "fq");
         assert_eq!(diff(&with_fq, &d, 1500, true), Ops::default());
         let back = diff(&with_fq, &d, 1500, false);
-        assert!(matches!(
-            back.ops.as_slice(),
-            [
-                Op::DefaultLeaf {
-                    class: 0x7662_0011,
-                    ..
-                },
-                Op::DefaultLeaf {
-                    class: 0x7662_0012,
-                    ..
-                }
-            ]
-        ));
+        assert_eq!(
+            back.ops,
+            leaves(LeafKind::Fifo {
+                limit_bytes: d.queue_bytes(1500)
+            })
+        );
     }
 
     #[test]
@@ -353,8 +433,8 @@ mod tests {
                 ifindex: 3,
                 handle: 0x8001_0000 + ((i as u32) << 16),
                 parent: c.handle,
-                kind: "pfifo".into(),
-                options: None,
+                kind: "bfifo".into(),
+                options: Some(tca::fifo_options(d.queue_bytes(1500))),
                 bytes: 0,
                 packets: 0,
             });

@@ -315,6 +315,25 @@ pub fn htb_qdisc_default(options: &[u8]) -> Result<u32, TcaError> {
     Ok(u32_at(glob, 8))
 }
 
+/// `bfifo`'s options (`struct tc_fifo_qopt`): the queue's limit in bytes.
+/// Unlike fq's, they are a bare struct, not nested attributes.
+pub fn fifo_options(limit_bytes: u32) -> Vec<u8> {
+    limit_bytes.to_ne_bytes().to_vec()
+}
+
+/// The byte limit of a `bfifo` (or packet limit of a `pfifo`) from the
+/// options the kernel dumps.
+pub fn fifo_limit(options: &[u8]) -> Result<u32, TcaError> {
+    if options.len() < 4 {
+        return Err(TcaError::Short {
+            what: "tc_fifo_qopt",
+            need: 4,
+            got: options.len(),
+        });
+    }
+    Ok(u32_at(options, 0))
+}
+
 /// fq's options; `None` leaves the kernel's default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FqOptions {
@@ -425,5 +444,18 @@ mod tests {
     fn qdisc_default_reads_back() {
         assert_eq!(htb_qdisc_default(&htb_qdisc_options(2)), Ok(2));
         assert_eq!(htb_qdisc_default(&htb_qdisc_options(0x1f)), Ok(0x1f));
+    }
+
+    #[test]
+    fn fifo_limit_round_trips_and_a_short_payload_is_an_error() {
+        assert_eq!(fifo_limit(&fifo_options(187_500)), Ok(187_500));
+        assert!(matches!(
+            fifo_limit(&[1, 2]),
+            Err(TcaError::Short {
+                need: 4,
+                got: 2,
+                ..
+            })
+        ));
     }
 }

@@ -52,5 +52,6 @@ capture htb_class_change_odd_rate class change dev veth0 parent 7662: classid 76
 capture fq_leaf_edt qdisc replace dev veth0 parent 7662:12 fq \
     limit 10000 flow_limit 100 quantum 3028 initial_quantum 15140 horizon 2s horizon_drop
 capture fq_leaf_plain qdisc replace dev veth0 parent 7662:12 fq
+capture bfifo_leaf qdisc replace dev veth0 parent 7662:12 bfifo limit 187500
 capture htb_class_del class del dev veth0 classid 7662:12
 capture htb_qdisc_del qdisc del dev veth0 root
