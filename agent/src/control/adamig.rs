@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use super::{Decision, Inputs, mbit};
+use super::{Decision, Inputs, mbit, nrac};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Config {
@@ -107,8 +107,9 @@ impl Watchdog {
                 w.last_iteration = vm.iteration;
             }
             // Steps already taken stay in force. More share halves only
-            // what the application has above its promise.
-            let promised = vm.reserve.unwrap_or(0.0);
+            // what the application has above its promise (on the wire:
+            // the promise is goodput, the class counts frames).
+            let promised = vm.reserve.unwrap_or(0.0) * nrac::FRAME_PER_GOODPUT;
             for _ in 0..w.share_halvings {
                 let moved = (d.app_reserve - promised).max(0.0) / 2.0;
                 d.app_reserve -= moved;
@@ -305,7 +306,8 @@ mod tests {
             // The policy reserved 20, 15 of them promised: only 5 may go.
             let mut d = decision(50.0, 20.0);
             w.review(&inp, &mut d);
-            assert!(d.vms[0].app_reserve >= 15.0 * MBIT, "{:?}", d.vms[0]);
+            let wire = 15.0 * MBIT * nrac::FRAME_PER_GOODPUT;
+            assert!(d.vms[0].app_reserve >= wire, "{:?}", d.vms[0]);
         }
         assert_eq!(w.taken("vm").first(), Some(&Step::MoreShare));
     }
