@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | downtime limit raised within the budget | always possible | the whole stop: remaining / B |
 //! | post-copy (`migrate-start-postcopy`) | `postcopy-ram` on both sides | `postcopy_weight` × remaining / B: the guest runs on while the rest arrives, stalling only on pages it touches first |
-//! | vCPU throttle (auto-converge's ceiling) | `auto-converge`, held at 1% | t × the throttled forecast: a fraction t of every vCPU second |
+//! | vCPU throttle (auto-converge's ceiling) | `auto-converge`, held at 1% | t × the throttled forecast + its stop-and-copy: a fraction t of every vCPU second, then the whole stop; throttled as far as needed to end within `slack` floors |
 //!
 //! Capabilities cannot change once QEMU migrates ("There's a migration
 //! process in progress", checked on QEMU 10.0.2), so the tools must be
@@ -88,8 +88,8 @@ impl Tool {
     }
 }
 
-/// Throttle target: the throttled dirty rate must be at most this share of
-/// the allotment, so that passes shrink by at least 1/0.8.
+/// Throttle target at most: the throttled dirty rate is at most this share
+/// of the allotment (tighter when `slack` asks for it).
 const THROTTLE_RATIO: f64 = 0.8;
 
 /// An application "is sending" above this share of its reservation.
@@ -328,16 +328,23 @@ fn throttle(
     // The measured rate is already throttled by what escalation set.
     let applied = f64::from(e.throttle_pct).min(99.0) / 100.0;
     let raw = forecast::dirty_rate(vm) / (1.0 - applied);
-    let needed = 1.0 - THROTTLE_RATIO * bandwidth / raw.max(1.0);
+    // Passes shrink by ρ = D/B, so the whole pre-copy takes about
+    // floor / (1 − ρ): within `slack` × floor takes ρ ≤ 1 − 1/slack.
+    let ratio = THROTTLE_RATIO.min(1.0 - 1.0 / cfg.slack.max(1.0 + 1e-9));
+    let needed = 1.0 - ratio * bandwidth / raw.max(1.0);
+    if needed <= applied {
+        return Err(format!(
+            "the dirty rate {} is already low enough against {}: throttling would not shorten the passes",
+            mbit(raw * (1.0 - applied)),
+            mbit(bandwidth)
+        ));
+    }
     let pct = (needed * 100.0).ceil().clamp(1.0, 99.0);
     if pct > f64::from(cfg.max_throttle_pct) {
         return Err(format!(
             "needs {pct:.0}% of the vCPUs, above the {}% allowed",
             cfg.max_throttle_pct
         ));
-    }
-    if pct <= applied * 100.0 {
-        return Err(format!("already at {:.0}%", applied * 100.0));
     }
     let t = pct / 100.0;
     let f = forecast::forecast(
@@ -347,9 +354,11 @@ fn throttle(
         vm.downtime_limit_s,
     );
     let eta = f.eta_s.unwrap_or(f64::INFINITY);
+    // The guest loses a share t of every second until the end, and then
+    // all of the stop-and-copy.
     Ok(Candidate {
         tool: Tool::Throttle,
-        cost_s: t * eta,
+        cost_s: t * eta + f.downtime_s.unwrap_or(vm.downtime_limit_s),
         setting: pct,
     })
 }
@@ -477,9 +486,28 @@ mod tests {
         let mut quiet = vm(2, 24.0, 20.0, armed);
         quiet.app_history = vec![0.0; 5];
         let d = review(&mut esc, quiet, 15.0);
-        // 20 Mbit/s dirty against 15: at most 12 after throttling, so 40%.
-        assert_eq!(d.qemu.cpu_throttle_pct, Some(40), "{:?}", d.reasons);
+        // 20 Mbit/s dirty against 15: passes must shrink by ρ ≤ 1 − 1/1.3
+        // to end within 1.3 floors, so at most 3.46 Mbit/s dirty: 83%.
+        assert_eq!(d.qemu.cpu_throttle_pct, Some(83), "{:?}", d.reasons);
         assert!(!d.qemu.start_postcopy);
+    }
+
+    #[test]
+    fn a_quiet_vm_that_converges_slowly_goes_post_copy_not_a_token_throttle() {
+        // Two VMs, the other one's application promised: this one's bulk
+        // pass of 128 MB at 20 Mbit/s with 8.4 Mbit/s dirty converges
+        // (ρ 0.42) in about 1.7 floors. A 1% throttle changes nothing (it
+        // was once picked as the cheapest); post-copy ends at the floor.
+        let mut esc = Escalator::new(Config::default());
+        let mut quiet = vm(1, 128.0, 8.4, ALL);
+        quiet.reserve = None;
+        quiet.app_history = vec![0.0; 5];
+        quiet.sampled_dirty_rate = Some(8.4 * MBIT);
+        let d = review(&mut esc, quiet, 20.0);
+        assert!(d.qemu.start_postcopy, "{:?}", d.reasons);
+        assert_eq!(d.qemu.cpu_throttle_pct, None);
+        let all = reasons(&d);
+        assert!(all.contains("cpu-throttle costs"), "{all}");
     }
 
     #[test]
