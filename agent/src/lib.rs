@@ -26,6 +26,8 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kubectl;
 pub mod kubevirt;
 #[cfg(feature = "libvirt")]

@@ -4,9 +4,11 @@
 //! - `test`: formatting, clippy, unit tests, eBPF build, privileged tests.
 //! - `demo`: a real migration on the built-in testbed with the agent on.
 //! - `bench`: benchmarks; each prints a JSON summary as its last line.
+//! - `fuzz`: the cargo-fuzz targets in `fuzz/`, from their committed seeds.
 
 mod bench;
 mod bench_plan;
+mod fuzz;
 mod migration;
 mod setup;
 mod test;
@@ -36,6 +38,10 @@ enum Task {
     Demo,
     /// Run a benchmark; its last output line is a JSON summary.
     Bench(bench::Args),
+    /// Fuzz the decoders (packets, QMP, netlink, config, traces,
+    /// inventories, KubeVirt objects) with cargo-fuzz, from the seeds in
+    /// fuzz/seeds; a JSON summary is the last line.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test::run(&args),
         Task::Demo => migration::demo(),
         Task::Bench(args) => bench::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
     }
 }

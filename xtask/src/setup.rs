@@ -79,6 +79,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     backports_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     kubernetes_validate()?;
     if args.no_guest {
         step("guest kernel: skipped (--no-guest)");
@@ -331,6 +332,30 @@ fn bpf_linker() -> anyhow::Result<()> {
             .args(["--no-default-features", "--features", "llvm-22"]),
     )
     .context("building bpf-linker")
+}
+
+/// cargo-fuzz, which builds and runs the fuzz targets (`cargo xtask fuzz`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    step(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}"));
+    let have = output(Command::new("cargo").args(["fuzz", "--version"]));
+    if let Some(v) = &have
+        && v.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION)
+    {
+        println!("    present: {}", v.trim());
+        return Ok(());
+    }
+    println!("    building from crates.io (about 2 minutes)");
+    util::run(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+        "--force",
+    ]))
+    .context("building cargo-fuzz")
 }
 
 /// Where the test-guest kernel and its modules are kept.

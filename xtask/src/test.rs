@@ -97,6 +97,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "eBPF build (agent/build.rs, bpfel-unknown-none)",
         cargo().args(["build", "--package", "vmbw"]),
     );
+    util::step("fuzz targets, 30 s each from fuzz/seeds (cargo xtask fuzz)");
+    match crate::fuzz::run_targets(crate::fuzz::TARGETS, 30) {
+        Ok(outcomes) if outcomes.iter().all(|o| o.failure.is_none()) => tally.checks_passed += 1,
+        Ok(_) => tally
+            .failed_steps
+            .push("fuzz targets: an input failed (see above)".into()),
+        Err(e) => tally.failed_steps.push(format!("fuzz targets: {e:#}")),
+    }
     let manifests = deploy_manifests(&root)?;
     for version in KUBERNETES_VERSIONS {
         check(
@@ -156,7 +164,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("FAILED: {step}");
     }
     println!(
-        "checks: {} passed, {} failed (fmt, clippy, eBPF build, deploy/ schemas)",
+        "checks: {} passed, {} failed (fmt, clippy, eBPF build, fuzz targets, deploy/ schemas)",
         tally.checks_passed,
         CHECKS - tally.checks_passed
     );
@@ -180,7 +188,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 const KUBERNETES_VERSIONS: &[&str] = &["1.31", "1.32", "1.33", "1.34"];
 
 /// The checks run before the tests.
-const CHECKS: u64 = 3 + KUBERNETES_VERSIONS.len() as u64;
+const CHECKS: u64 = 4 + KUBERNETES_VERSIONS.len() as u64;
 
 /// deploy/base's resources (kustomization.yaml is kustomize's own file).
 fn deploy_manifests(root: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {

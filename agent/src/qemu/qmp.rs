@@ -417,6 +417,15 @@ enum Message {
     Event(QmpEvent),
 }
 
+/// A line classified as the client does; a successful reply's value, if it
+/// is one (for the fuzz targets).
+pub(crate) fn classify_line(path: &Path, line: &[u8]) -> Result<Option<Value>, QmpError> {
+    Ok(match classify(path, line)? {
+        Message::Reply(Reply { result: Ok(v), .. }) => Some(v),
+        _ => None,
+    })
+}
+
 fn classify(path: &Path, line: &[u8]) -> Result<Message, QmpError> {
     let mut msg = parse(path, line)?;
     let unexpected = |detail: String| QmpError::Unexpected {

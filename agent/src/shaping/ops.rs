@@ -85,17 +85,16 @@ impl ObservedTree {
             .filter(|c| c.kind == "htb" && handles::major(c.handle) == handles::VMBW_MAJOR)
         {
             let params = HtbClassParams::decode(c.options.as_deref().unwrap_or_default())?;
-            let leaf = match qdiscs.iter().find(|q| q.parent == c.handle) {
-                None => None,
-                Some(q) => Some(Leaf {
-                    kind: q.kind.clone(),
-                    handle: q.handle,
-                    limit_bytes: match q.kind.as_str() {
-                        "bfifo" => Some(tca::fifo_limit(q.options.as_deref().unwrap_or_default())?),
-                        _ => None,
-                    },
-                }),
-            };
+            let leaf = qdiscs.iter().find(|q| q.parent == c.handle).map(|q| Leaf {
+                kind: q.kind.clone(),
+                handle: q.handle,
+                // A limit that cannot be read is treated as wrong: the leaf
+                // gets replaced.
+                limit_bytes: match q.kind.as_str() {
+                    "bfifo" => tca::fifo_limit(q.options.as_deref().unwrap_or_default()).ok(),
+                    _ => None,
+                },
+            });
             // HTB reports the parent of a top-level class as TC_H_ROOT,
             // not as its qdisc.
             let parent = if c.parent == handles::TC_H_ROOT {
