@@ -3,13 +3,13 @@
 //! The library holds every subsystem; `src/main.rs` is the `vmbw` command
 //! line over it. The top-level modules, one line each:
 //!
-//! - [`api`]: the status API: wire types, URL paths, listen address, tables.
+//! - [`api`]: the status API (crate `vmbw-api`): wire types, URL paths,
+//!   listen address, tables.
 //! - [`config`]: the agent's TOML config, typed and checked at load.
 //! - [`control`]: NRAC, BDA, the AdaMig watchdog, the convergence forecast
 //!   and escalation; a pre-copy simulator.
 //! - [`daemon`]: `vmbw agent`: start-up, per-VM tasks, control loop, shutdown.
 //! - [`datapath`]: the eBPF tc programs: classification, counters, HTB/EDT.
-//! - [`kubectl`]: the `kubectl vmbw` plugin, through the API server's pod proxy.
 //! - [`kubevirt`]: KubeVirt discovery: this node's VMIs and migrations.
 //! - [`libvirt`]: migration statistics and control through libvirt (feature).
 //! - [`metrics`]: the agent's Prometheus metrics.
@@ -21,14 +21,15 @@
 //! Migration planning and consolidation (VMM-CFG, SICC) are the
 //! `vmbw-plan` crate; the command line drives it.
 
-pub mod api;
+/// The status API's types live in their own crate so that `kubectl-vmbw`
+/// builds without the agent.
+pub use vmbw_api as api;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod kubectl;
 pub mod kubevirt;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;

@@ -128,7 +128,7 @@ fn every_manifest_is_listed_and_parses() {
     let _: ConfigMap = typed("configmap.yaml");
     let _: DaemonSet = typed("daemonset.yaml");
     let _: Service = typed("service.yaml");
-    assert_eq!(k["namespace"], vmbw::kubectl::AGENT_NAMESPACE);
+    assert_eq!(k["namespace"], kubectl_vmbw::AGENT_NAMESPACE);
 }
 
 #[test]
@@ -393,14 +393,14 @@ fn rbac_is_read_only_on_what_the_agent_reads() {
 fn the_plugin_finds_the_agent_pods() {
     let tmpl = daemonset().spec.expect("spec").template;
     let labels = tmpl.metadata.and_then(|m| m.labels).expect("labels");
-    for term in vmbw::kubectl::AGENT_SELECTOR.split(',') {
+    for term in kubectl_vmbw::AGENT_SELECTOR.split(',') {
         let (k, v) = term.split_once('=').expect("k=v");
         assert_eq!(labels.get(k).map(String::as_str), Some(v), "{term}");
     }
     let ds = daemonset();
     assert_eq!(
         ds.metadata.namespace.as_deref(),
-        Some(vmbw::kubectl::AGENT_NAMESPACE)
+        Some(kubectl_vmbw::AGENT_NAMESPACE)
     );
 }
 

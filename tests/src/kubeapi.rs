@@ -147,10 +147,15 @@ impl FakeApi {
 
     /// A kube client pointed at this server (plain HTTP, no auth).
     pub fn client(&self) -> anyhow::Result<kube::Client> {
+        Ok(kube::Client::try_from(self.config()?)?)
+    }
+
+    /// The client configuration for this server, in namespace "default".
+    pub fn config(&self) -> anyhow::Result<kube::Config> {
         let uri: http::Uri = self.url().parse()?;
         let mut config = kube::Config::new(uri);
         config.default_namespace = "default".into();
-        Ok(kube::Client::try_from(config)?)
+        Ok(config)
     }
 
     /// Declares a collection (e.g. `/apis/kubevirt.io/v1/virtualmachineinstances`)

@@ -8,13 +8,11 @@
 
 use std::collections::BTreeMap;
 
+use kubectl_vmbw::{self as kubectl, AgentLocator, KubectlError, Outcome, Output, Request};
 use serde_json::{Value, json};
-use vmbw::{
-    api::{
-        self, Allocation, ClassTraffic, Explain, ExplainedDecision, MigrationPhase, MigrationRole,
-        MigrationStatus, Status, TrafficClass, VmStatus,
-    },
-    kubectl::{self, AgentLocator, KubectlError, Request},
+use vmbw::api::{
+    self, Allocation, ClassStatus, ClassTraffic, Explain, ExplainedDecision, MigrationPhase,
+    MigrationRole, MigrationStatus, Status, TrafficClass, VmStatus,
 };
 use vmbw_tests::kubeapi::{FakeApi, fixture};
 
@@ -149,9 +147,23 @@ async fn server(vmi_fixture: &str) -> FakeApi {
     api
 }
 
-async fn run(api: &FakeApi, request: Request, json: bool) -> Result<String, KubectlError> {
-    let client = api.client().expect("client");
-    kubectl::run(&client, "default", &AgentLocator::default(), &request, json).await
+async fn ask(api: &FakeApi, request: Request, output: Output) -> Result<Outcome, KubectlError> {
+    let client = kubectl::client_from(api.config().expect("config")).expect("client");
+    kubectl::run(
+        &client,
+        "default",
+        &AgentLocator::default(),
+        &request,
+        output,
+    )
+    .await
+}
+
+/// A request every agent answers: its text.
+async fn run(api: &FakeApi, request: Request, output: Output) -> Result<String, KubectlError> {
+    let out = ask(api, request, output).await?;
+    assert_eq!(out.failed, 0, "{}", out.text);
+    Ok(out.text)
 }
 
 fn proxied(api: &FakeApi) -> Vec<String> {
@@ -169,7 +181,7 @@ async fn status_of_a_running_vmi_asks_the_agent_on_its_node() {
         Request::Status {
             vmi: Some("testvmi".into()),
         },
-        false,
+        Output::Table,
     )
     .await
     .expect("status");
@@ -218,25 +230,24 @@ async fn status_of_a_migrating_vmi_asks_source_and_target() {
         Request::Status {
             vmi: Some("testvmi".into()),
         },
-        true,
+        Output::Json,
     )
     .await
     .expect("status");
-    let pods: Vec<String> = proxied(&api)
+    // Both agents are asked (at once, so in no fixed order).
+    let mut pods: Vec<String> = proxied(&api)
         .iter()
         .filter(|r| r.ends_with(api::STATUS_PATH))
         .map(|r| r.split('/').nth(6).unwrap_or("").to_owned())
         .collect();
-    assert_eq!(
-        pods,
-        ["vmbw-agent-n2:9464", "vmbw-agent-n1:9464"],
-        "source first"
-    );
-    // --json: the agents' own objects, one report per agent.
+    pods.sort();
+    assert_eq!(pods, ["vmbw-agent-n1:9464", "vmbw-agent-n2:9464"]);
+    // -o json: the agents' own objects, one report per agent, the
+    // source first.
     let reports: Value = serde_json::from_str(&out).expect("json output");
     let reports = reports.as_array().expect("array");
     assert_eq!(reports.len(), 2);
-    assert_eq!(reports[0]["node"], "node02");
+    assert_eq!(reports[0]["node"], "node02", "source first");
     assert_eq!(reports[1]["pod"], "vmbw-agent-n1");
     let s: Status = serde_json::from_value(reports[0]["status"].clone()).expect("Status");
     assert_eq!(s, status("node02"));
@@ -247,7 +258,7 @@ async fn status_of_a_migrating_vmi_asks_source_and_target() {
 #[tokio::test]
 async fn status_without_a_vmi_lists_every_running_agent() {
     let api = server("vmi-running-node02.json").await;
-    let out = run(&api, Request::Status { vmi: None }, false)
+    let out = run(&api, Request::Status { vmi: None }, Output::Table)
         .await
         .expect("status");
     assert!(
@@ -274,7 +285,7 @@ async fn explain_asks_the_source_node_agent() {
         Request::Explain {
             vmi: "testvmi".into(),
         },
-        false,
+        Output::Table,
     )
     .await
     .expect("explain");
@@ -290,7 +301,7 @@ async fn explain_asks_the_source_node_agent() {
         Request::Explain {
             vmi: "testvmi".into(),
         },
-        true,
+        Output::Json,
     )
     .await
     .expect("explain --json");
@@ -306,7 +317,7 @@ async fn errors_name_what_is_missing() {
         Request::Status {
             vmi: Some("nope".into()),
         },
-        false,
+        Output::Table,
     )
     .await
     .expect_err("no such VMI");
@@ -323,7 +334,7 @@ async fn errors_name_what_is_missing() {
         Request::Explain {
             vmi: "testvmi".into(),
         },
-        false,
+        Output::Table,
     )
     .await
     .expect_err("no agent");
@@ -333,22 +344,172 @@ async fn errors_name_what_is_missing() {
         "{e}"
     );
 
-    // A VMI the plugin cannot read is reported with its name.
+    // KubeVirt's API round-trip object (every field "<name>Value") reads
+    // as a VMI on node "nodeNameValue", which has no agent.
     api.apply(
         VMIS,
         fixture("vmi-apitesting-roundtrip.json").expect("fixture"),
     );
-    let client = api.client().expect("client");
-    let e = kubectl::run(
+    let client = kubectl::client_from(api.config().expect("config")).expect("client");
+    let out = kubectl::run(
         &client,
         "namespaceValue",
         &AgentLocator::default(),
         &Request::Status {
             vmi: Some("nameValue".into()),
         },
-        false,
+        Output::Table,
+    )
+    .await
+    .expect("a node without an agent is a line, not an error");
+    assert_eq!(out.failed, 1);
+    assert!(
+        out.text
+            .starts_with("== nodeNameValue: no running vmbw agent on node nodeNameValue"),
+        "{}",
+        out.text
+    );
+
+    // A status that is not KubeVirt's is reported with the VMI's name.
+    api.apply(
+        VMIS,
+        json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+               "metadata": {"name": "odd", "namespace": "default"},
+               "status": {"nodeName": 7}}),
+    );
+    let e = ask(
+        &api,
+        Request::Status {
+            vmi: Some("odd".into()),
+        },
+        Output::Table,
     )
     .await
     .expect_err("malformed");
-    assert!(e.to_string().contains("namespaceValue/nameValue"), "{e}");
+    assert!(matches!(e, KubectlError::Malformed { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("VirtualMachineInstance default/odd: its status is not KubeVirt's"),
+        "{e}"
+    );
+}
+
+fn classes() -> Vec<ClassStatus> {
+    vec![ClassStatus {
+        iface: "eth0".into(),
+        handle: "7662:11".into(),
+        vm: Some("default/testvmi".into()),
+        slot: 1,
+        role: "migration".into(),
+        rate_bytes_per_sec: 6.25e7,
+        ceil_bytes_per_sec: 1.0e8,
+        sent_bytes: 3 << 30,
+    }]
+}
+
+#[tokio::test]
+async fn an_agent_that_does_not_answer_is_shown_as_such_beside_the_others() {
+    let api = server("vmi-running-node02.json").await;
+    api.route(
+        &proxy("vmbw-agent-n1", api::STATUS_PATH),
+        503,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+               "message": "error trying to reach service: dial tcp 10.0.0.1:9464: connect: connection refused",
+               "reason": "ServiceUnavailable", "code": 503}),
+    );
+    let out = ask(&api, Request::Status { vmi: None }, Output::Table)
+        .await
+        .expect("the others are still shown");
+    assert_eq!((out.failed, out.asked), (1, 2), "{}", out.text);
+    assert!(
+        out.text.starts_with(
+            "== node01 (agent vmbw-agent-n1): no answer: GET /api/v1/status from agent vmbw-agent-n1 on node01"
+        ),
+        "{}",
+        out.text
+    );
+    assert!(out.text.contains("connection refused"), "{}", out.text);
+    assert!(
+        out.text.contains(&format!(
+            "== node02 (agent vmbw-agent-n2)\n{}",
+            api::render_status(&status("node02"))
+        )),
+        "{}",
+        out.text
+    );
+    // In JSON the failed agent carries its error and nothing else.
+    let json = ask(&api, Request::Status { vmi: None }, Output::Json)
+        .await
+        .expect("json");
+    let reports: Value = serde_json::from_str(&json.text).expect("json");
+    assert!(
+        reports[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("503") || e.contains("refused"))
+    );
+    assert!(reports[0].get("status").is_none());
+    assert_eq!(reports[1]["status"]["node"], "node02");
+
+    // A migration target without an agent: that node's line says so, the
+    // source's agent still answers.
+    let api = server("vmi-migrating-node02-to-node01.json").await;
+    api.delete(PODS, "vmbw-system", "vmbw-agent-n1");
+    let out = ask(
+        &api,
+        Request::Status {
+            vmi: Some("testvmi".into()),
+        },
+        Output::Table,
+    )
+    .await
+    .expect("status");
+    assert_eq!((out.failed, out.asked), (1, 2), "{}", out.text);
+    assert!(
+        out.text
+            .contains("== node01: no running vmbw agent on node node01 (pods in vmbw-system"),
+        "{}",
+        out.text
+    );
+    assert!(
+        out.text.starts_with("== node02 (agent vmbw-agent-n2)\n"),
+        "{}",
+        out.text
+    );
+}
+
+#[tokio::test]
+async fn yaml_is_the_json_and_wide_adds_the_classes() {
+    let api = server("vmi-running-node02.json").await;
+    for pod in ["vmbw-agent-n1", "vmbw-agent-n2"] {
+        api.route(
+            &proxy(pod, api::CLASSES_PATH),
+            200,
+            serde_json::to_value(classes()).expect("json"),
+        );
+    }
+    let request = || Request::Status {
+        vmi: Some("testvmi".into()),
+    };
+    let json: Value =
+        serde_json::from_str(&run(&api, request(), Output::Json).await.expect("json"))
+            .expect("parses");
+    let yaml: Value =
+        serde_saphyr::from_str(&run(&api, request(), Output::Yaml).await.expect("yaml"))
+            .expect("YAML parses");
+    assert_eq!(yaml, json);
+    assert!(
+        json[0].get("classes").is_none(),
+        "classes only with -o wide"
+    );
+
+    let wide = run(&api, request(), Output::Wide).await.expect("wide");
+    assert!(
+        wide.ends_with(&api::render_classes(&classes())),
+        "the classes table closes the agent's section:\n{wide}"
+    );
+    assert!(
+        proxied(&api).iter().any(|r| r.ends_with(api::CLASSES_PATH)),
+        "{:?}",
+        api.requests()
+    );
 }

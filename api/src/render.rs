@@ -248,7 +248,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::api::{
+    use crate::{
         Allocation, ClassTraffic, ExplainedDecision, FlowMatch, MigrationPhase, MigrationRole,
         MigrationStatus,
     };

@@ -1,4 +1,5 @@
-//! The agent's read-only status API: wire types and URL paths.
+//! vmbw's read-only status API: wire types and URL paths, shared by the
+//! agent (`vmbw`), its debug CLI and the kubectl plugin (`kubectl-vmbw`).
 //!
 //! The agent daemon serves these as JSON over plain HTTP on `[api] listen`
 //! (default port [`DEFAULT_PORT`]); the debug CLI and `kubectl-vmbw` read
