@@ -345,19 +345,17 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
 
 /// HTB's split of `avail` between a migration class (guarantee `rate`,
 /// ceiling `ceil`, always wanting more) and an application class
-/// (guarantee `reserve`, demand `demand`). Returns (migration, application).
+/// (guarantee `reserve`, demand `demand`): each gets its guarantee, then
+/// the migration borrows first (its HTB priority is the higher, see
+/// `enforce::APP_PRIO`) up to its ceiling, and the application the rest.
+/// Returns (migration, application).
 pub fn htb_share(avail: f64, rate: f64, ceil: f64, reserve: f64, demand: f64) -> (f64, f64) {
     let m1 = rate.min(ceil).min(avail);
     let a1 = demand.min(reserve).min(avail - m1);
     let left = (avail - m1 - a1).max(0.0);
-    let app_wants = (demand - a1).max(0.0);
-    let mig_wants = (ceil - m1).max(0.0);
-    let (wm, wa) = (rate.max(1.0), reserve.max(0.05 * avail).max(1.0));
-    // Proportional split, then whatever one side cannot use goes to the other.
-    let a2 = app_wants.min(left * wa / (wa + wm));
-    let m2 = mig_wants.min(left - a2);
-    let a3 = app_wants.min(left - m2);
-    (m1 + m2, a1 + a3.max(a2))
+    let m2 = (ceil - m1).max(0.0).min(left);
+    let a2 = (demand - a1).max(0.0).min(left - m2);
+    (m1 + m2, a1 + a2)
 }
 
 fn controller_steps(c: &Controller) -> Vec<String> {
@@ -481,11 +479,11 @@ mod tests {
 
     #[test]
     fn htb_share_by_hand() {
-        // Guarantees fit: migration 10 + app 20 of 100; app wants 30, the
-        // rest (70) is split 10:20 -> app +20 (wants only +10 -> +10), migration the remaining 60.
+        // Guarantees fit: migration 10 + app 20 of 100; app wants 30, but
+        // the migration borrows the other 70 first.
         let (m, a) = htb_share(100.0, 10.0, 100.0, 20.0, 30.0);
         assert!(
-            (a - 30.0).abs() < 1e-9 && (m - 70.0).abs() < 1e-9,
+            (a - 20.0).abs() < 1e-9 && (m - 80.0).abs() < 1e-9,
             "{m} {a}"
         );
         // Migration capped at 15: the app gets everything else it wants.

@@ -237,10 +237,15 @@ impl ControlLoop {
                 for e in &done.steering_errors {
                     warn!(error = %e, "steering");
                 }
-                if allotment.scaled < 1.0 {
+                if allotment.reservations_scaled < 1.0 {
+                    warn!(
+                        factor = allotment.reservations_scaled,
+                        "the applications' reservations alone exceed the link: scaled down, promises are not kept"
+                    );
+                } else if allotment.scaled < 1.0 {
                     warn!(
                         factor = allotment.scaled,
-                        "guarantees scaled down to fit the link"
+                        "migration guarantees scaled down to fit beside the reservations"
                     );
                 }
                 self.applied = Some(allotment);
