@@ -40,11 +40,15 @@ extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-/// Makes Ctrl-C end the current run cleanly (the testbed, QEMU and the agent
-/// are torn down by their guards) instead of killing the process.
+/// Makes Ctrl-C, SIGTERM and SIGHUP end the current run cleanly (the
+/// testbed, QEMU and the agent are torn down by their guards) instead of
+/// killing the process and leaving its namespaces and guests behind (seen:
+/// a SIGTERMed benchmark left three namespaces and two QEMUs running).
 pub fn catch_interrupt() {
-    // SAFETY: installs an async-signal-safe handler (one atomic store).
-    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installs an async-signal-safe handler (one atomic store).
+        unsafe { libc::signal(sig, on_sigint as *const () as libc::sighandler_t) };
+    }
 }
 
 pub fn interrupted() -> bool {

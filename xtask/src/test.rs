@@ -434,25 +434,8 @@ fn tempdir(prefix: &str) -> anyhow::Result<std::path::PathBuf> {
 /// before their guards ran: names `vmbw-t<pid>-<n>` whose pid is gone.
 /// Namespaces of live processes and any other name are left alone.
 fn sweep_stale_namespaces() {
-    let Ok(entries) = fs::read_dir("/run/netns") else {
-        return;
-    };
-    for e in entries.filter_map(Result::ok) {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix("vmbw-t")
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        println!("    removing stale test namespace {name} (its test process {pid} is gone)");
-        if let Err(e) = util::run(Command::new("ip").args(["netns", "del", &name])) {
-            println!("    warning: {e:#}");
-        }
+    for name in vmbw_testenv::sweep_stale_namespaces() {
+        println!("    removed stale test namespace {name} (its process is gone)");
     }
 }
 

@@ -92,6 +92,9 @@ fn run(
     vmbw_tests::privileged().map_err(|why| anyhow::anyhow!("vmbw-testbed {why}"))?;
     vmbw_tests::guest::available().map_err(|why| anyhow::anyhow!("no test guest: {why}"))?;
     runner::catch_interrupt();
+    for name in vmbw_testenv::sweep_stale_namespaces() {
+        eprintln!("removed stale namespace {name} (its process is gone)");
+    }
     let mut loaded = Vec::new();
     for path in paths {
         let mut s = Scenario::load(path)?;
