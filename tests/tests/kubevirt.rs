@@ -50,6 +50,8 @@ struct Setup {
     api: FakeApi,
     dp: Arc<Mutex<Datapath>>,
     discovery: Arc<Mutex<Discovery>>,
+    /// Set by discovery once its first lists are applied (`/readyz`).
+    synced: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -76,11 +78,12 @@ async fn setup_with(node: &str, initial: &[&str], discovery: Discovery) -> anyho
         Datapath::load(&PinDir::Ephemeral).context("load datapath")?,
     ));
     let discovery = Arc::new(Mutex::new(discovery));
+    let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let task = {
         let client = api.client()?;
-        let (d, dp) = (discovery.clone(), dp.clone());
+        let (d, dp, s) = (discovery.clone(), dp.clone(), synced.clone());
         tokio::spawn(async move {
-            if let Err(e) = kubevirt::run(client, d, dp).await {
+            if let Err(e) = kubevirt::run(client, d, dp, s).await {
                 tracing::error!(error = %e, "discovery ended");
             }
         })
@@ -89,6 +92,7 @@ async fn setup_with(node: &str, initial: &[&str], discovery: Discovery) -> anyho
         api,
         dp,
         discovery,
+        synced,
         task,
     })
 }
@@ -628,4 +632,33 @@ async fn launcher_pods_register_their_addresses_and_interface_until_they_go() {
         "{requests:?}"
     );
     drop(ns);
+}
+
+/// `/readyz` waits on this: discovery says it is synced only once all four
+/// watches have read their first lists and that picture is applied, so a
+/// VM already running on the node is registered by then.
+#[tokio::test]
+async fn synced_means_the_first_lists_are_applied() {
+    require!(privileged());
+    let s = setup("node02", &["vmi-running-node02.json"])
+        .await
+        .expect("setup");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !s.synced.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never synced: {:?}",
+            s.api.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let d = s.discovery.lock().expect("discovery");
+    assert!(d.synced());
+    assert!(
+        d.vms()
+            .iter()
+            .any(|v| v.name == "default/testvmi" && v.slot.is_some()),
+        "synced before the running VMI was registered: {:?}",
+        d.vms()
+    );
 }

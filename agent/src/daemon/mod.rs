@@ -110,6 +110,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         datapath: Arc::new(Mutex::new(dp)),
         metrics: Metrics::new()?,
         wake: tokio::sync::Notify::new(),
+        discovery_synced: Arc::new(std::sync::atomic::AtomicBool::new(!cfg.discovery.kubevirt)),
     });
 
     let (stop, stopped) = watch::channel(false);
@@ -419,6 +420,7 @@ fn spawn_kubevirt(
     first_slot: u32,
 ) -> tokio::task::JoinHandle<()> {
     let dp = shared.datapath.clone();
+    let synced = shared.discovery_synced.clone();
     tokio::spawn(async move {
         let client = match kube::Client::try_default().await {
             Ok(c) => c,
@@ -439,7 +441,7 @@ fn spawn_kubevirt(
             }
         }
         let discovery = Arc::new(Mutex::new(discovery));
-        if let Err(e) = crate::kubevirt::watch::run(client, discovery, dp).await {
+        if let Err(e) = crate::kubevirt::watch::run(client, discovery, dp, synced).await {
             error!(error = %e, "KubeVirt discovery stopped");
         }
     })

@@ -36,6 +36,9 @@ pub struct Shared {
     /// A VM task has news (a migration started, an iteration finished):
     /// the control loop runs now instead of at its next tick.
     pub wake: tokio::sync::Notify,
+    /// KubeVirt discovery has applied its first full picture (true from
+    /// the start when discovery is off).
+    pub discovery_synced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
@@ -235,6 +238,19 @@ pub fn allocation(d: Option<&VmDecision>) -> Allocation {
     }
 }
 
+/// `/readyz`: the datapath and the HTB tree are in place, and (with
+/// KubeVirt discovery) its watches have read and applied their first lists,
+/// so every VM of the node is registered.
+pub fn readiness(installed: bool, discovery_synced: bool) -> Result<(), &'static str> {
+    match (installed, discovery_synced) {
+        (false, _) => Err("starting: datapath and traffic control not installed yet"),
+        (true, false) => {
+            Err("waiting for KubeVirt discovery's first list of VMIs, migrations and launcher pods")
+        }
+        (true, true) => Ok(()),
+    }
+}
+
 /// The API: `path` to a response.
 pub fn handle(shared: &Arc<Shared>, path: &str) -> Response {
     let path = path.split('?').next().unwrap_or(path);
@@ -248,10 +264,12 @@ pub fn handle(shared: &Arc<Shared>, path: &str) -> Response {
             Err(why) => Response::text(503, format!("{why}\n")),
         },
         api::READYZ_PATH => {
-            if shared.state().ready {
-                Response::text(200, "ready\n")
-            } else {
-                Response::text(503, "starting\n")
+            let synced = shared
+                .discovery_synced
+                .load(std::sync::atomic::Ordering::SeqCst);
+            match readiness(shared.state().ready, synced) {
+                Ok(()) => Response::text(200, "ready\n"),
+                Err(why) => Response::text(503, format!("{why}\n")),
             }
         }
         api::METRICS_PATH => match shared.metrics.encode() {
@@ -462,6 +480,14 @@ pub fn classes(s: &State) -> Vec<api::ClassStatus> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ready_needs_the_datapath_and_a_synced_discovery() {
+        assert!(super::readiness(false, true).is_err());
+        let waiting = super::readiness(true, false).expect_err("not synced");
+        assert!(waiting.contains("KubeVirt"), "{waiting}");
+        assert_eq!(super::readiness(true, true), Ok(()));
+    }
+
     use super::*;
 
     #[test]

@@ -96,6 +96,8 @@ pub fn pods_on_node_fields(node: &str) -> String {
 struct Store {
     objects: BTreeMap<String, RawObject>,
     relist: Option<BTreeMap<String, RawObject>>,
+    /// The first list has been read completely.
+    synced: bool,
 }
 
 impl Store {
@@ -119,6 +121,7 @@ impl Store {
             }
             watcher::Event::InitDone => {
                 self.objects = self.relist.take().unwrap_or_default();
+                self.synced = true;
                 true
             }
         }
@@ -199,6 +202,14 @@ impl Discovery {
             Watched::Vmim => self.vmims.on_event(ev),
             Watched::Pod => self.pods.on_event(ev),
         }
+    }
+
+    /// Whether each of the four watches has read its first list: until then
+    /// what discovery registered is a partial picture (`/readyz` waits).
+    pub fn synced(&self) -> bool {
+        [&self.vmis, &self.incoming, &self.vmims, &self.pods]
+            .iter()
+            .all(|s| s.synced)
     }
 
     /// Whether a running launcher pod's address still has no host-side
@@ -370,10 +381,13 @@ fn parsed<T>(
 /// `client` (see the module docs for the selectors) and keeps `dp` in step
 /// until the watches end (they retry with back-off on errors, so in
 /// practice until the task is dropped).
+/// Watches until the watch streams end. `synced` is set once every watch
+/// has read its first list and that picture has been applied.
 pub async fn run(
     client: Client,
     discovery: Arc<Mutex<Discovery>>,
     dp: Arc<Mutex<Datapath>>,
+    synced: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), KubevirtError> {
     let node = {
         let d = discovery.lock().map_err(|_| KubevirtError::Poisoned)?;
@@ -459,6 +473,12 @@ pub async fn run(
             errors = report.errors.len(),
             "reconciled"
         );
+        if d.synced() && !synced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            info!(
+                vms = d.desired().vms.len(),
+                "KubeVirt discovery synced: ready"
+            );
+        }
     }
     Err(KubevirtError::WatchEnded { kind: "KubeVirt" })
 }
