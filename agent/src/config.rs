@@ -8,6 +8,7 @@
 //! MACs) are parsed into their types while the file is read, so the rest of
 //! the agent never parses them again and cannot meet a malformed one.
 
+use crate::api::units;
 use std::{
     fmt,
     net::IpAddr,
@@ -496,7 +497,7 @@ impl Default for NracSection {
     fn default() -> Self {
         let n = nrac::Config::default();
         NracSection {
-            network_intensive_mbit: n.network_intensive * 8.0 / 1e6,
+            network_intensive_mbit: units::mbit(n.network_intensive),
             samples: n.samples,
             gamma: n.gamma,
             reserve_headroom: n.reserve_headroom,
@@ -509,7 +510,7 @@ impl Default for NracSection {
 impl Default for BdaSection {
     fn default() -> Self {
         BdaSection {
-            initial_mbit: bda::Config::default().initial * 8.0 / 1e6,
+            initial_mbit: units::mbit(bda::Config::default().initial),
         }
     }
 }
@@ -718,7 +719,7 @@ impl Config {
     /// The policy with this config's NRAC/BDA/AdaMig knobs applied.
     pub fn policy(&self) -> Spec {
         let mut spec = self.agent.policy.spec().clone();
-        let mbit = |m: f64| m * 1e6 / 8.0;
+        let mbit = units::from_mbit;
         match &mut spec.policy {
             Policy::Nrac(c) => {
                 *c = nrac::Config {

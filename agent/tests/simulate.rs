@@ -14,7 +14,7 @@ use vmbw::{
 };
 
 const MIB: f64 = 1024.0 * 1024.0;
-const MBIT: f64 = 125_000.0;
+use vmbw::api::BYTES_PER_MBIT as MBIT;
 
 fn scenario(name: &str) -> Scenario {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

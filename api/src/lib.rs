@@ -13,6 +13,7 @@
 
 pub mod listen;
 pub mod render;
+pub mod units;
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use listen::{Listen, ListenError};
 pub use render::{render_classes, render_explain, render_flows, render_status, render_vms};
+pub use units::{BYTES_PER_MBIT, Bandwidth};
 
 /// The agent's API (and metrics) port.
 pub const DEFAULT_PORT: u16 = 9464;

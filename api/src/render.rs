@@ -8,7 +8,7 @@ use super::{ClassStatus, Explain, FlowStatus, Status, TrafficClass, VmStatus};
 
 /// `12.345 Mbit/s` from bytes per second.
 pub fn fmt_rate(bytes_per_sec: f64) -> String {
-    format!("{:.3} Mbit/s", bytes_per_sec * 8.0 / 1e6)
+    format!("{:.3}", crate::Bandwidth::from_bytes_per_sec(bytes_per_sec))
 }
 
 fn fmt_opt_rate(v: Option<f64>) -> String {

@@ -17,6 +17,7 @@ use std::{
     path::Path,
     time::{Duration, Instant},
 };
+use vmbw::api::units;
 
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
@@ -523,7 +524,7 @@ pub fn run_one(
             ram_bytes: ram.map_or(0, |r| r.total),
             app: app.describe(),
             // Goodput over this VM's own migration, whole seconds.
-            app_mbit: app_bytes as f64 * 8.0 / 1e6 / scored_s,
+            app_mbit: units::mbit(app_bytes as f64 / scored_s),
             app_asked_mbit: match app {
                 App::None => Some(0.0),
                 App::Rate(m) | App::OnOff { mbit: m, .. } => Some(m),
@@ -706,8 +707,8 @@ fn timeline(
                 .filter(|t| t.is_finite() && *t > 0.0);
             Second {
                 t_s,
-                app_mbit: bytes as f64 * 8.0 / 1e6,
-                migration_mbit: (sent_at(t_s + 1.0) - sent_at(t_s)).max(0.0) * 8.0 / 1e6,
+                app_mbit: units::mbit(bytes as f64),
+                migration_mbit: units::mbit((sent_at(t_s + 1.0) - sent_at(t_s)).max(0.0)),
                 target_mbit: target,
                 throttle_pct: poll.map_or(0, |p| p.throttle_pct),
                 postcopy: poll.is_some_and(|p| p.postcopy),

@@ -382,7 +382,7 @@ fn side_name(side: &str, index: usize) -> String {
 /// tbf's burst: 10 ms of traffic, at least 16 KiB; tbf queues at most
 /// 100 ms before dropping.
 fn tbf_burst(link_mbit: f64) -> u64 {
-    ((link_mbit * 1e6 / 8.0 * 0.010) as u64).max(16 * 1024)
+    ((vmbw::api::units::from_mbit(link_mbit) * 0.010) as u64).max(16 * 1024)
 }
 
 /// Starts the migration of `src` to `uri` over its control socket, once

@@ -23,7 +23,7 @@ use vmbw_tests::{
     tcp::{TcpSink, TcpSource, expected_goodput, record},
 };
 
-const MBIT: f64 = 125_000.0;
+use vmbw::api::BYTES_PER_MBIT as MBIT;
 
 /// Puts `allotment` in the kernel through the agent's own enforcement path, for
 /// the one VM in `slot`; every steering write must succeed.

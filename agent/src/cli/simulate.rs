@@ -14,7 +14,7 @@ use vmbw::{
 };
 
 const MIB: f64 = 1024.0 * 1024.0;
-const MBIT: f64 = 125_000.0;
+use vmbw::api::BYTES_PER_MBIT as MBIT;
 
 #[derive(clap::Args)]
 pub struct SimulateArgs {

@@ -2,6 +2,7 @@
 //! datapath in eBPF; traffic is never changed.
 
 use std::time::{Duration, Instant};
+use vmbw::api::units;
 
 use anyhow::Context as _;
 use vmbw::datapath::{Datapath, DirectionCounters, PinDir};
@@ -67,9 +68,9 @@ fn print_rates(
     println!(
         "{:>10.1} {:>14.3} {:>12.0} {:>14.3} {:>12.0}",
         now.duration_since(started).as_secs_f64(),
-        rate(prev.egress.bytes, cur.egress.bytes) * 8.0 / 1e6,
+        units::mbit(rate(prev.egress.bytes, cur.egress.bytes)),
         rate(prev.egress.packets, cur.egress.packets),
-        rate(prev.ingress.bytes, cur.ingress.bytes) * 8.0 / 1e6,
+        units::mbit(rate(prev.ingress.bytes, cur.ingress.bytes)),
         rate(prev.ingress.packets, cur.ingress.packets),
     );
 }

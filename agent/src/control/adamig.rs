@@ -200,7 +200,7 @@ mod tests {
     use super::*;
     use crate::control::{Link, VmDecision, VmInputs};
 
-    const MBIT: f64 = 125_000.0;
+    use crate::api::BYTES_PER_MBIT as MBIT;
 
     fn inputs(iteration: u32, remaining: f64, dirty_mbit: f64) -> Inputs {
         Inputs {

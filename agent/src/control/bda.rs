@@ -105,7 +105,7 @@ mod tests {
     use super::*;
     use crate::control::{Link, VmInputs};
 
-    const MBIT: f64 = 125_000.0;
+    use crate::api::BYTES_PER_MBIT as MBIT;
 
     fn vm(iteration: u32, dirty_mbit: f64, history_mbit: &[f64], remaining: f64) -> VmInputs {
         VmInputs {

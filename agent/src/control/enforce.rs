@@ -199,7 +199,7 @@ mod tests {
     use super::*;
     use crate::control::VmDecision;
 
-    const MBIT: f64 = 125_000.0;
+    use crate::api::BYTES_PER_MBIT as MBIT;
 
     fn decided(name: &str, rate: f64, ceil: f64, reserve: f64) -> VmDecision {
         let mut d = VmDecision::unenforced(name);

@@ -368,7 +368,7 @@ mod tests {
     use super::*;
     use crate::control::{Armed, Link};
 
-    const MBIT: f64 = 125_000.0;
+    use crate::api::BYTES_PER_MBIT as MBIT;
 
     fn vm(iteration: u32, remaining_mb: f64, dirty_mbit: f64, armed: Armed) -> VmInputs {
         VmInputs {

@@ -211,5 +211,5 @@ impl VmDecision {
 
 /// Formats bytes/s as Mbit/s for reasons and tables.
 pub fn mbit(bytes_per_s: f64) -> String {
-    format!("{:.1} Mbit/s", bytes_per_s * 8.0 / 1e6)
+    crate::api::Bandwidth::from_bytes_per_sec(bytes_per_s).to_string()
 }

@@ -304,7 +304,7 @@ mod tests {
     use super::*;
     use crate::control::Link;
 
-    const MBIT: f64 = 125_000.0;
+    use crate::api::BYTES_PER_MBIT as MBIT;
 
     fn vm(name: &str, dirty_mbit: f64, app_mbit: f64) -> VmInputs {
         // 1 s iterations with 4 KiB pages: pages = rate / 4096.

@@ -4,6 +4,7 @@
 //! sits just above the class rate.
 
 use super::{Decision, Inputs, VmDecision, adamig, bda, escalate, forecast, mbit, nrac};
+use crate::api::BYTES_PER_MBIT;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyError {
@@ -89,9 +90,9 @@ pub fn parse_rate(s: &str) -> Result<f64, PolicyError> {
         "kib" => 1024.0,
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
-        "kbit" => 125.0,
-        "mbit" => 125_000.0,
-        "gbit" => 125_000_000.0,
+        "kbit" => BYTES_PER_MBIT / 1000.0,
+        "mbit" => BYTES_PER_MBIT,
+        "gbit" => BYTES_PER_MBIT * 1000.0,
         _ => return Err(PolicyError::Rate(s.to_owned())),
     };
     if !value.is_finite() || value <= 0.0 {

@@ -402,7 +402,7 @@ fn pass(
 mod tests {
     use super::*;
 
-    const MBIT: f64 = 125_000.0;
+    use crate::api::BYTES_PER_MBIT as MBIT;
     const MIB: f64 = 1024.0 * 1024.0;
 
     fn scenario(dirty_mib_s: f64, link_mbit: f64, app_mbit: f64) -> Scenario {

@@ -19,6 +19,7 @@ pub mod state;
 pub mod tick;
 pub mod vm;
 
+use crate::api::units;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -85,7 +86,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let cfg = opts.config.clone();
     let mode = cfg.agent.mode;
     let uplinks: Vec<String> = cfg.uplink.iter().map(|u| u.iface.clone()).collect();
-    let link = cfg.uplink[0].link_mbit * 1e6 / 8.0;
+    let link = units::from_mbit(cfg.uplink[0].link_mbit);
     let keep = opts.keep_datapath || cfg.datapath.keep_on_exit;
 
     let mut dp = start_datapath(&cfg, &uplinks)?;

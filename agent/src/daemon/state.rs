@@ -1,6 +1,7 @@
 //! What the agent knows, shared by its tasks, and the read-only status API
 //! that shows it. Locks are short: nothing is awaited while one is held.
 
+use crate::api::units;
 use std::{
     collections::{BTreeMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
@@ -218,7 +219,7 @@ impl VmState {
 
     /// The promise to the VM's application, bytes/s.
     pub fn reserve(&self) -> Option<f64> {
-        self.entry.reserve_mbit.map(|m| m * 125_000.0)
+        self.entry.reserve_mbit.map(units::from_mbit)
     }
 
     pub fn qemu_params(&self) -> QemuParams {

@@ -4,6 +4,7 @@
 //! and publishes the decisions (the VM tasks mirror them to QEMU) with their
 //! reasons and metrics.
 
+use crate::api::units;
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
@@ -345,7 +346,7 @@ impl ControlLoop {
         while v.explain.len() > EXPLAIN_DEPTH {
             v.explain.pop_front();
         }
-        info!(vm = %d.name, iteration = v.iteration, guarantee_mbit = d.migration_rate.map(|r| r * 8.0 / 1e6), reserve_mbit = d.app_reserve * 8.0 / 1e6, "decision");
+        info!(vm = %d.name, iteration = v.iteration, guarantee_mbit = d.migration_rate.map(units::mbit), reserve_mbit = units::mbit(d.app_reserve), "decision");
     }
 
     /// Counts each escalation step (AdaMig's or escalation's) once per VM.

@@ -5,6 +5,7 @@
 //! controller's QEMU parameters at each iteration boundary. Reconnects when
 //! QEMU (or libvirt, or the domain) is not there (yet, or any more).
 
+use crate::api::units;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
@@ -220,7 +221,7 @@ async fn follow_once<S: MigrationSource>(
             // samples bring it only when the pass ends.
             let remaining = source.remaining().await.ok().flatten();
             info!(
-                dirty_rate_mbit = rate * 8.0 / 1e6,
+                dirty_rate_mbit = units::mbit(rate),
                 remaining, "dirty rate sampled"
             );
             if let Some(v) = shared.state().vms.get_mut(name) {
@@ -361,8 +362,8 @@ async fn await_decision_and_apply<S: MigrationSource>(
         && let Some(bw) = now.max_bandwidth
     {
         info!(
-            max_bandwidth_mbit = bw * 8.0 / 1e6,
-            set_mbit = applied.max_bandwidth_set.map(|b| b * 8.0 / 1e6),
+            max_bandwidth_mbit = units::mbit(bw),
+            set_mbit = applied.max_bandwidth_set.map(units::mbit),
             source = source.kind(),
             "QEMU max-bandwidth set"
         );
@@ -384,7 +385,7 @@ async fn await_decision_and_apply<S: MigrationSource>(
         && let Some(bw) = now.max_postcopy_bandwidth
     {
         info!(
-            max_postcopy_bandwidth_mbit = bw * 8.0 / 1e6,
+            max_postcopy_bandwidth_mbit = units::mbit(bw),
             "QEMU max-postcopy-bandwidth set"
         );
     }

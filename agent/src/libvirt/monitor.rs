@@ -2,6 +2,7 @@
 //! them into one [`IterationSample`] per pre-copy iteration (see the module
 //! docs of [`super`] for what each field is read from).
 
+use crate::api::units;
 use std::{
     collections::{BTreeMap, VecDeque},
     path::PathBuf,
@@ -412,7 +413,7 @@ impl LibvirtMonitor {
             transferred_bytes: job.processed_bytes,
             sent_bytes: job.processed_bytes.saturating_sub(open.processed),
             remaining_bytes: job.remaining_bytes,
-            mbps: job.bytes_per_sec as f64 * 8.0 / 1e6,
+            mbps: units::mbit(job.bytes_per_sec as f64),
             expected_downtime_ms: job.expected_downtime_ms,
         })
     }

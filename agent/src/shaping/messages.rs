@@ -382,7 +382,7 @@ mod tests {
     }
 
     const IFINDEX: u32 = 3;
-    const MBIT: u64 = 1_000_000 / 8; // bytes per second
+    const MBIT: u64 = crate::api::BYTES_PER_MBIT as u64;
 
     #[test]
     fn htb_root_qdisc_matches_tc() {
