@@ -107,9 +107,7 @@ fn need(cfg: &Config, vm: &VmInputs) -> f64 {
 /// Wire bytes per byte of goodput of a full-size TCP segment: 1514 B of
 /// frame carry 1448 B of payload (20 B IP, 32 B TCP with timestamps, 14 B
 /// Ethernet). HTB counts frames; seen on the testbed: a 15 Mbit/s class
-/// gave a 15 Mbit/s stream 14.3. A 10 Mbit/s stream of two contending TCG
-/// guests, guaranteed only 5% above its goodput, fell to 9.4 whenever it
-/// had to catch up after a stall.
+/// gave a 15 Mbit/s stream 14.3.
 pub const FRAME_PER_GOODPUT: f64 = 1514.0 / 1448.0;
 
 /// Decides every migrating VM of the host.
@@ -127,9 +125,12 @@ pub fn decide(cfg: &Config, inputs: &Inputs) -> Decision {
                 // A promise (the VM's reserve_mbit) replaces the predicted
                 // demand: the application keeps it whatever the migration
                 // needs; HTB lends what it leaves unused to the migration.
-                // The promise is goodput, the class counts frames, and the
-                // headroom on top lets a sender catch up after a stall.
-                promised * FRAME_PER_GOODPUT * (1.0 + cfg.reserve_headroom)
+                // The promise is goodput, the class counts frames. No
+                // headroom on top: a sender catches up after a stall on
+                // its class's burst (enforce::APP_BURST_US), and every
+                // bit of rate above the promise is taken from the
+                // migration for the whole run.
+                promised * FRAME_PER_GOODPUT
             } else if intensive(vm) {
                 let predicted = predict_app(&vm.app_history, cfg.app_alpha);
                 (predicted * (1.0 + cfg.reserve_headroom)).min(cfg.reserve_cap * n_t)
@@ -209,11 +210,10 @@ pub fn decide(cfg: &Config, inputs: &Inputs) -> Decision {
         }
         if let Some(promised) = vm.reserve.filter(|r| *r > 0.0) {
             d.why(format!(
-                "application promised {} of goodput (reserve_mbit): {} guaranteed on the wire (headers +{:.1}%, headroom +{:.0}%); above it, bandwidth is elastic",
+                "application promised {} of goodput (reserve_mbit): {} guaranteed on the wire (headers +{:.1}%); above it, bandwidth is elastic",
                 mbit(promised),
                 mbit(reserves[i]),
-                (FRAME_PER_GOODPUT - 1.0) * 100.0,
-                cfg.reserve_headroom * 100.0
+                (FRAME_PER_GOODPUT - 1.0) * 100.0
             ));
         }
         let rate = if !intensive(vm) {
@@ -594,9 +594,9 @@ mod tests {
         );
         // Without the promise NRAC would reserve its predicted 28 (+5%),
         // capped at 70% of the link = 21; with it: 10 of goodput, on the
-        // wire 10 x 1514/1448 x 1.05 = 10.98, and the migration is
-        // guaranteed the other 19.02.
-        let wire = 10.0 * 1514.0 / 1448.0 * 1.05;
+        // wire 10 x 1514/1448 = 10.46, and the migration is guaranteed
+        // the other 19.54.
+        let wire = 10.0 * 1514.0 / 1448.0;
         assert!((d.vms[0].app_reserve / MBIT - wire).abs() < 1e-9);
         assert!((rate(&d, "a") - (30.0 - wire)).abs() < 1e-9);
         // A quiet application keeps its whole promise too (HTB lends what

@@ -63,6 +63,9 @@ pub struct ClassSpec {
     pub rate: Rate,
     pub ceil: Rate,
     pub prio: u8,
+    /// How long the class may send above its rate on what it saved while
+    /// below it (HTB's `burst`, as time at `rate`), microseconds.
+    pub burst_us: u64,
 }
 
 impl ClassSpec {
@@ -72,6 +75,7 @@ impl ClassSpec {
             rate,
             ceil: rate,
             prio: 0,
+            burst_us: BURST_TIME_US,
         }
     }
 
@@ -81,11 +85,18 @@ impl ClassSpec {
             rate,
             ceil,
             prio: 0,
+            burst_us: BURST_TIME_US,
         }
     }
 
     pub const fn with_prio(mut self, prio: u8) -> Self {
         self.prio = prio;
+        self
+    }
+
+    /// A longer `burst`: a sender that stalled may catch up this much.
+    pub const fn with_burst_us(mut self, burst_us: u64) -> Self {
+        self.burst_us = burst_us;
         self
     }
 }
@@ -304,7 +315,12 @@ pub fn frame_len(mtu: u32) -> u32 {
 /// Burst in bytes for a rate: `BURST_TIME_US` worth of it, but at least 16
 /// full frames so slow classes are not starved of a whole TSO burst.
 pub fn burst_bytes(bytes_per_sec: u64, mtu: u32) -> u64 {
-    let by_time = bytes_per_sec.saturating_mul(BURST_TIME_US) / 1_000_000;
+    burst_bytes_for(bytes_per_sec, BURST_TIME_US, mtu)
+}
+
+/// Burst in bytes for `burst_us` at a rate, at least 16 full frames.
+pub fn burst_bytes_for(bytes_per_sec: u64, burst_us: u64, mtu: u32) -> u64 {
+    let by_time = bytes_per_sec.saturating_mul(burst_us) / 1_000_000;
     by_time.max(16 * u64::from(frame_len(mtu)))
 }
 
@@ -325,7 +341,7 @@ pub fn class_params(spec: &ClassSpec, mtu: u32) -> HtbClassParams {
     HtbClassParams::new(
         rate,
         ceil,
-        burst_bytes(rate, mtu),
+        burst_bytes_for(rate, spec.burst_us, mtu),
         burst_bytes(ceil, mtu),
         quantum(rate, mtu),
         u32::from(spec.prio),
