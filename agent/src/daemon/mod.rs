@@ -14,6 +14,7 @@
 
 pub mod enforce;
 pub mod http;
+pub mod lock;
 pub mod procnet;
 pub mod state;
 pub mod tick;
@@ -69,6 +70,8 @@ pub enum DaemonError {
     Vm { vm: String, problem: String },
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
 }
 
 /// How `vmbw agent` was started.
@@ -89,6 +92,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let link = units::from_mbit(cfg.uplink[0].link_mbit);
     let keep = opts.keep_datapath || cfg.datapath.keep_on_exit;
 
+    let _lock = lock::acquire(&cfg.shaping.state_dir)?;
     let mut dp = start_datapath(&cfg, &uplinks)?;
     let vms = known_vms(&cfg, &mut dp)?;
     let shaper = start_shaper(&cfg, &uplinks[0], link).await?;
