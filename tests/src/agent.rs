@@ -49,12 +49,25 @@ impl Agent {
         api_socket: &Path,
         log: &Path,
     ) -> anyhow::Result<Agent> {
+        Agent::start_as(ns, &[], config, api_socket, log)
+    }
+
+    /// Like [`Agent::start`], with `wrapper` (e.g. `setpriv …`) between
+    /// `ip netns exec` and the agent.
+    pub fn start_as(
+        ns: &NetNs,
+        wrapper: &[&str],
+        config: &Path,
+        api_socket: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Agent> {
         let bin = binary().map_err(anyhow::Error::msg)?;
         let out =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let child = Command::new("ip")
             .args(["netns", "exec", ns.name()])
+            .args(wrapper)
             .arg(&bin)
             .args(["agent", "-c"])
             .arg(config)

@@ -60,7 +60,9 @@ fn a_second_agent_refuses_and_names_the_first() {
         Err(e) => format!("{e:#}"),
     };
     assert!(
-        e.contains(&format!("another vmbw agent (pid {pid}) runs with this state directory")),
+        e.contains(&format!(
+            "another vmbw agent (pid {pid}) runs with this state directory"
+        )),
         "{e}"
     );
     // The first one is untouched: still ready, its tree still there.

@@ -12,6 +12,7 @@
 //! tree stay: traffic keeps flowing, classified and shaped at the last
 //! rates.
 
+pub mod caps;
 pub mod enforce;
 pub mod http;
 pub mod lock;
@@ -72,6 +73,8 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     Lock(#[from] lock::LockError),
+    #[error(transparent)]
+    Capabilities(#[from] caps::MissingCaps),
 }
 
 /// How `vmbw agent` was started.
@@ -92,6 +95,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let link = units::from_mbit(cfg.uplink[0].link_mbit);
     let keep = opts.keep_datapath || cfg.datapath.keep_on_exit;
 
+    if let Some(checked) = caps::check_self() {
+        checked?;
+    }
     let _lock = lock::acquire(&cfg.shaping.state_dir)?;
     let mut dp = start_datapath(&cfg, &uplinks)?;
     let vms = known_vms(&cfg, &mut dp)?;

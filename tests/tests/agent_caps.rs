@@ -1,0 +1,108 @@
+//! Least privilege, proven: the agent runs as nobody (uid 65534) with only
+//! CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (what deploy/systemd/vmbw.service
+//! grants), and its datapath and HTB tree come up; without CAP_NET_ADMIN it
+//! refuses at start and says which capability is missing and what for.
+
+use std::{os::unix::fs::chown, path::Path};
+
+use vmbw_tests::{BpffsMount, NetNs, agent, agent::Agent, privileged, require};
+
+const NOBODY: u32 = 65534;
+
+fn setpriv(caps: &str) -> Vec<String> {
+    [
+        "setpriv".to_owned(),
+        format!("--reuid={NOBODY}"),
+        format!("--regid={NOBODY}"),
+        "--clear-groups".to_owned(),
+        format!("--inh-caps=-all,{caps}"),
+        format!("--ambient-caps=-all,{caps}"),
+        format!("--bounding-set=-all,{caps}"),
+    ]
+    .into()
+}
+
+fn config(dir: &Path, bpffs: &BpffsMount, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let api = dir.join(format!("{name}.sock"));
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[[uplink]]\niface = \"veth0\"\nlink_mbit = 100.0\n\
+             [datapath]\npin_dir = \"{}\"\n[shaping]\nstate_dir = \"{}\"\n\
+             [api]\nlisten = \"unix:{}\"\n",
+            bpffs.path().join(name).display(),
+            dir.join(format!("{name}-state")).display(),
+            api.display(),
+        ),
+    )
+    .expect("config");
+    (path, api)
+}
+
+#[test]
+fn runs_as_nobody_with_three_capabilities_and_names_a_missing_one() {
+    require!(privileged());
+    require!(agent::binary());
+    let host = NetNs::new().expect("namespace");
+    let peer = NetNs::new().expect("peer");
+    host.veth_to(
+        ("veth0", "198.18.22.1/24"),
+        &peer,
+        ("veth0", "198.18.22.2/24"),
+    )
+    .expect("veth");
+    let bpffs = BpffsMount::new().expect("bpffs");
+    let dir = std::env::temp_dir().join(format!("vmbw-caps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // nobody may write its state, socket and pins, and nothing else.
+    for p in [&dir, &bpffs.path().to_path_buf()] {
+        chown(p, Some(NOBODY), Some(NOBODY)).expect("chown");
+    }
+
+    let (cfg, api) = config(&dir, &bpffs, "least");
+    let wrapper = setpriv("+bpf,+net_admin,+perfmon");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let mut agent = Agent::start_as(&host, &wrapper, &cfg, &api, &dir.join("least.log"))
+        .expect("the agent comes up as nobody with three capabilities");
+    let qdiscs = host
+        .exec("tc", &["qdisc", "show", "dev", "veth0"])
+        .expect("tc");
+    assert!(qdiscs.contains("qdisc htb 7662: root"), "{qdiscs}");
+    let status = std::fs::read_to_string(format!(
+        "/proc/{}/status",
+        agent.pid().expect("pid")
+    ))
+    .expect("status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("65534")),
+        "{status}"
+    );
+    assert_eq!(
+        agent
+            .signal(libc::SIGTERM, std::time::Duration::from_secs(10))
+            .expect("stops"),
+        Some(0),
+        "{}",
+        agent.log_text()
+    );
+    let qdiscs = host
+        .exec("tc", &["qdisc", "show", "dev", "veth0"])
+        .expect("tc");
+    assert!(!qdiscs.contains("htb"), "restored on exit: {qdiscs}");
+
+    let (cfg, api) = config(&dir, &bpffs, "short");
+    let wrapper = setpriv("+bpf,+perfmon");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let e = match Agent::start_as(&host, &wrapper, &cfg, &api, &dir.join("short.log")) {
+        Ok(_) => panic!("the agent started without CAP_NET_ADMIN"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        e.contains("missing CAP_NET_ADMIN (attaching the programs to the uplink"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
