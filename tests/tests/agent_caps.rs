@@ -69,11 +69,8 @@ fn runs_as_nobody_with_three_capabilities_and_names_a_missing_one() {
         .exec("tc", &["qdisc", "show", "dev", "veth0"])
         .expect("tc");
     assert!(qdiscs.contains("qdisc htb 7662: root"), "{qdiscs}");
-    let status = std::fs::read_to_string(format!(
-        "/proc/{}/status",
-        agent.pid().expect("pid")
-    ))
-    .expect("status");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid().expect("pid")))
+        .expect("status");
     assert!(
         status
             .lines()

@@ -511,6 +511,26 @@ mod tests {
     }
 
     #[test]
+    fn the_pass_after_the_bulk_pass_is_judged_by_the_sampled_rate() {
+        // The demo at the start of pass 2: 26.4 MB left at 12.8 Mbit/s, the
+        // bulk pass measured 3 Mbit/s of dirtying (a page written many
+        // times counts once over 71 s), calc-dirty-rate sampled 8.4. With
+        // 3 the forecast sat just under 1.3 floors and post-copy waited a
+        // pass; with 8.4 it is late now.
+        let mut esc = Escalator::new(Config::default());
+        let mut demo = vm(2, 26.4, 0.0, ALL);
+        demo.dirty_rate_history = vec![3.0 * MBIT];
+        demo.sampled_dirty_rate = Some(8.4 * MBIT);
+        let d = review(&mut esc, demo.clone(), 12.8);
+        assert!(d.qemu.start_postcopy, "{:?}", d.reasons);
+        // Two passes on, the sample is old: the measured rate rules.
+        let mut esc = Escalator::new(Config::default());
+        demo.iteration = 4;
+        let d = review(&mut esc, demo, 12.8);
+        assert!(!d.qemu.start_postcopy, "{:?}", d.reasons);
+    }
+
+    #[test]
     fn nothing_armed_means_nothing_fires_and_the_reason_says_why() {
         let mut esc = Escalator::new(Config::default());
         let d = review(&mut esc, vm(2, 24.0, 20.0, Armed::default()), 15.0);
