@@ -139,7 +139,9 @@ fn dropping_the_datapath_detaches_it() {
 const TCP_TS_HEADERS: u64 = 14 + 20 + 32;
 
 /// Streams `total` bytes over `stream`, then closes it and returns.
-fn stream_bytes(mut stream: std::net::TcpStream, total: usize) {
+/// Writes `total` bytes and half-closes; the stream is returned so that
+/// its TCP counters can be read once the peer has everything.
+fn stream_bytes(mut stream: std::net::TcpStream, total: usize) -> std::net::TcpStream {
     use std::io::Write as _;
     let chunk = vec![0x42u8; 64 * 1024];
     let mut left = total;
@@ -151,6 +153,29 @@ fn stream_bytes(mut stream: std::net::TcpStream, total: usize) {
     stream
         .shutdown(std::net::Shutdown::Write)
         .expect("shutdown");
+    stream
+}
+
+/// Bytes the kernel may have sent again on `stream`: its retransmitted
+/// segments (TCP_INFO) times its MSS. Retransmissions are real bytes on the
+/// wire, and the datapath counts them; on a loaded machine veth's backlog
+/// drops a few segments (seen: 3% above the payload with other tests busy).
+fn retransmitted_bytes(stream: &std::net::TcpStream) -> u64 {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: tcp_info is plain data; the kernel fills at most `len` bytes.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    u64::from(info.tcpi_total_retrans) * u64::from(info.tcpi_snd_mss)
 }
 
 /// Accepts one connection and reads it to the end; returns the byte count.
@@ -241,31 +266,43 @@ fn classifies_concurrent_real_tcp_flows_within_one_percent() {
             app.local_addr().expect("local").ip().to_string(),
             "198.18.2.10"
         );
-        std::thread::scope(|s| {
-            s.spawn(|| stream_bytes(mig, mig_bytes));
-            s.spawn(|| stream_bytes(app, app_bytes));
+        let streams = std::thread::scope(|s| {
+            let mig = s.spawn(|| stream_bytes(mig, mig_bytes));
+            let app = s.spawn(|| stream_bytes(app, app_bytes));
+            (mig.join().expect("mig"), app.join().expect("app"))
         });
-        dp
+        (dp, streams)
     });
+    let (dp, (mig_stream, app_stream)) = dp;
     assert_eq!(mig_sink.join().expect("mig sink"), mig_bytes as u64);
     assert_eq!(app_sink.join().expect("app sink"), app_bytes as u64);
 
     let c = dp.vm_counters(VM).expect("counters");
-    for (what, counter, sent) in [
-        ("migration", c.migration.egress, mig_bytes as u64),
-        ("application", c.application.egress, app_bytes as u64),
+    for (what, counter, sent, stream) in [
+        (
+            "migration",
+            c.migration.egress,
+            mig_bytes as u64,
+            &mig_stream,
+        ),
+        (
+            "application",
+            c.application.egress,
+            app_bytes as u64,
+            &app_stream,
+        ),
     ] {
         let payload = counter.bytes - counter.packets * TCP_TS_HEADERS;
-        let err = (payload as f64 - sent as f64).abs() / sent as f64;
+        let resent = retransmitted_bytes(stream);
+        // Within 1% of what was sent, plus what the kernel sent again.
+        let (low, high) = (sent as f64 * 0.99, sent as f64 * 1.01 + resent as f64);
         eprintln!(
-            "{what}: {} bytes in {} skbs -> payload {payload} vs sent {sent} ({:.4}%)",
-            counter.bytes,
-            counter.packets,
-            err * 100.0
+            "{what}: {} bytes in {} skbs -> payload {payload} vs sent {sent} (+{resent} retransmitted)",
+            counter.bytes, counter.packets,
         );
         assert!(
-            err < 0.01,
-            "{what}: counted payload {payload} vs sent {sent}"
+            (low..=high).contains(&(payload as f64)),
+            "{what}: counted payload {payload} vs sent {sent} (+{resent} retransmitted)"
         );
     }
     // The return ACKs of each flow are counted in its class on ingress.
