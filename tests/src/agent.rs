@@ -33,6 +33,24 @@ pub fn binary() -> Result<PathBuf, String> {
 }
 
 /// A running agent.
+/// Writes the smallest agent config at `path`: uplink `veth0` at
+/// 100 Mbit/s, its pins under `pin_dir`, its state in `state_dir`, the API
+/// on the unix socket `api`. No VMs.
+pub fn write_minimal_config(path: &Path, pin_dir: &Path, state_dir: &Path, api: &Path) {
+    std::fs::write(
+        path,
+        format!(
+            "[[uplink]]\niface = \"veth0\"\nlink_mbit = 100.0\n\
+             [datapath]\npin_dir = \"{}\"\n[shaping]\nstate_dir = \"{}\"\n\
+             [api]\nlisten = \"unix:{}\"\n",
+            pin_dir.display(),
+            state_dir.display(),
+            api.display(),
+        ),
+    )
+    .expect("agent config");
+}
+
 pub struct Agent {
     child: Option<Child>,
     pub log: PathBuf,

@@ -23,20 +23,16 @@ fn setpriv(caps: &str) -> Vec<String> {
 }
 
 fn config(dir: &Path, bpffs: &BpffsMount, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let api = dir.join(format!("{name}.sock"));
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
+    let (path, api) = (
+        dir.join(format!("{name}.toml")),
+        dir.join(format!("{name}.sock")),
+    );
+    agent::write_minimal_config(
         &path,
-        format!(
-            "[[uplink]]\niface = \"veth0\"\nlink_mbit = 100.0\n\
-             [datapath]\npin_dir = \"{}\"\n[shaping]\nstate_dir = \"{}\"\n\
-             [api]\nlisten = \"unix:{}\"\n",
-            bpffs.path().join(name).display(),
-            dir.join(format!("{name}-state")).display(),
-            api.display(),
-        ),
-    )
-    .expect("config");
+        &bpffs.path().join(name),
+        &dir.join(format!("{name}-state")),
+        &api,
+    );
     (path, api)
 }
 

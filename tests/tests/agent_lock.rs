@@ -10,18 +10,8 @@ fn config(dir: &Path, bpffs: &BpffsMount, api: &Path) -> std::path::PathBuf {
         "{}.toml",
         api.file_stem().and_then(|s| s.to_str()).unwrap_or("vmbw")
     ));
-    std::fs::write(
-        &path,
-        format!(
-            "[[uplink]]\niface = \"veth0\"\nlink_mbit = 100.0\n\
-             [datapath]\npin_dir = \"{}\"\n[shaping]\nstate_dir = \"{}\"\n\
-             [api]\nlisten = \"unix:{}\"\n",
-            bpffs.path().join("vmbw").display(),
-            dir.join("state").display(),
-            api.display(),
-        ),
-    )
-    .expect("config");
+    // Both agents share the pins and the state directory: one host.
+    agent::write_minimal_config(&path, &bpffs.path().join("vmbw"), &dir.join("state"), api);
     path
 }
 
