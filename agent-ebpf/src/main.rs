@@ -86,13 +86,18 @@ fn try_egress(ctx: &TcContext) -> Option<i32> {
     let idx = class_index(v.vm, v.class);
     match settings.mode {
         mode::HTB => {
-            if let Some(cfg) = CLASS_CONFIG.get(idx)
-                && cfg.priority != 0
-            {
+            let priority = if v.urgent && settings.urgent_priority != 0 {
+                settings.urgent_priority
+            } else {
+                CLASS_CONFIG.get(idx).map_or(0, |cfg| cfg.priority)
+            };
+            if priority != 0 {
                 // SAFETY: tc programs may write __sk_buff->priority.
-                unsafe { (*ctx.skb.skb).priority = cfg.priority };
+                unsafe { (*ctx.skb.skb).priority = priority };
             }
         }
+        // Pages a post-copy guest waits for are not paced.
+        mode::EDT if v.urgent => {}
         mode::EDT => {
             if let (Some(cfg), Some(state)) = (CLASS_CONFIG.get(idx), EDT_STATE.get_ptr_mut(idx)) {
                 // SAFETY: reads/writes of this skb's tstamp and of a map

@@ -1,7 +1,8 @@
 //! Which (vm, class) a packet belongs to. The order is fixed and documented
 //! because it decides ties:
 //!
-//! 1. exact migration flow (5-tuple, normalised to local/remote) -> migration;
+//! 1. exact migration flow (5-tuple, normalised to local/remote) -> migration
+//!    (urgent if the flow is flagged [`FLOW_URGENT`](crate::FLOW_URGENT));
 //! 2. migration port ranges: the local port, then the remote port -> migration;
 //! 3. the VM's IP address (source on egress, destination on ingress) -> application;
 //! 4. the VM's MAC address (same rule) -> application;
@@ -12,12 +13,13 @@
 //! "other". Every step is one hash or array lookup: O(1) per packet however
 //! many flows and VMs are registered.
 
-use crate::{AddrKey, Direction, FlowKey, NO_VM, addr_kind, class, parse::Headers};
+use crate::{AddrKey, Direction, FLOW_URGENT, FlowKey, NO_VM, addr_kind, class, parse::Headers};
 
 /// The lookups classification needs; the kernel implements them with BPF
 /// maps, host tests with plain collections.
 pub trait Tables {
-    /// VM slot of an exact migration flow.
+    /// An exact migration flow's value: its VM slot, possibly with
+    /// [`FLOW_URGENT`] set.
     fn flow(&self, key: &FlowKey) -> Option<u32>;
     /// VM slot owning a port (`index` < 65536: local port; 65536 + port:
     /// remote port), or [`NO_VM`].
@@ -33,13 +35,21 @@ pub trait Tables {
 pub struct Verdict {
     pub vm: u32,
     pub class: u32,
+    /// A post-copy flow whose pages the guest waits for ([`FLOW_URGENT`]).
+    pub urgent: bool,
 }
 
 impl Verdict {
-    pub const NONE: Verdict = Verdict {
-        vm: NO_VM,
-        class: class::OTHER,
-    };
+    pub const NONE: Verdict = Verdict::of(NO_VM, class::OTHER);
+
+    /// A verdict that is not urgent.
+    pub const fn of(vm: u32, class: u32) -> Verdict {
+        Verdict {
+            vm,
+            class,
+            urgent: false,
+        }
+    }
 }
 
 /// Classifies a parsed packet. `from_ifindex` is the device the packet came
@@ -68,25 +78,20 @@ pub fn classify<T: Tables + ?Sized>(
             proto: h.proto,
             _pad: [0; 3],
         };
-        if let Some(vm) = t.flow(&key) {
+        if let Some(value) = t.flow(&key) {
             return Verdict {
-                vm,
+                vm: value & !FLOW_URGENT,
                 class: class::MIGRATION,
+                urgent: value & FLOW_URGENT != 0,
             };
         }
         let vm = t.port_owner(u32::from(local_port));
         if vm != NO_VM {
-            return Verdict {
-                vm,
-                class: class::MIGRATION,
-            };
+            return Verdict::of(vm, class::MIGRATION);
         }
         let vm = t.port_owner(65536 + u32::from(remote_port));
         if vm != NO_VM {
-            return Verdict {
-                vm,
-                class: class::MIGRATION,
-            };
+            return Verdict::of(vm, class::MIGRATION);
         }
     }
     if is_ip {
@@ -95,10 +100,7 @@ pub fn classify<T: Tables + ?Sized>(
             kind: addr_kind::IP,
         };
         if let Some(vm) = t.addr(&key) {
-            return Verdict {
-                vm,
-                class: class::APPLICATION,
-            };
+            return Verdict::of(vm, class::APPLICATION);
         }
     }
     let attributed_class = if is_ip {
@@ -113,18 +115,12 @@ pub fn classify<T: Tables + ?Sized>(
     };
     key.addr[..6].copy_from_slice(&mac);
     if let Some(vm) = t.addr(&key) {
-        return Verdict {
-            vm,
-            class: attributed_class,
-        };
+        return Verdict::of(vm, attributed_class);
     }
     if from_ifindex != 0
         && let Some(vm) = t.ifindex(from_ifindex)
     {
-        return Verdict {
-            vm,
-            class: attributed_class,
-        };
+        return Verdict::of(vm, attributed_class);
     }
     Verdict::NONE
 }

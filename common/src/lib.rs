@@ -170,6 +170,16 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+/// Flag in a [`map::FLOWS`] value (beside the VM slot in the low bits):
+/// the flow carries what a guest already running on the destination waits
+/// for, i.e. QEMU's post-copy preempt channel, which QEMU opens at the
+/// switch so that requested pages do not queue behind the background
+/// stream. In HTB mode its packets go to the urgent class
+/// ([`Settings::urgent_priority`]) instead of the VM's migration class,
+/// where they would wait behind that same stream again; in EDT mode they
+/// are not paced. Counted as migration traffic either way.
+pub const FLOW_URGENT: u32 = 1 << 31;
+
 /// Kinds of VM address in [`AddrKey`].
 pub mod addr_kind {
     /// `addr` holds an IPv4-mapped IPv4 or an IPv6 address.
@@ -233,7 +243,10 @@ pub struct EdtState {
 pub struct Settings {
     /// One of [`mode`].
     pub mode: u32,
-    pub _pad: u32,
+    /// HTB mode: the class handle put in `skb->priority` of packets of an
+    /// urgent flow ([`FLOW_URGENT`]); 0 = they go to their VM's migration
+    /// class like the rest of the migration.
+    pub urgent_priority: u32,
 }
 
 const _: () = {

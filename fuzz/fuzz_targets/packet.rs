@@ -15,7 +15,7 @@
 use etherparse::{LinkExtSlice, NetSlice, SlicedPacket, TransportSlice};
 use libfuzzer_sys::fuzz_target;
 use vmbw_common::{
-    AddrKey, Direction, FlowKey, NO_VM, addr_kind, class,
+    AddrKey, Direction, FLOW_URGENT, FlowKey, NO_VM, addr_kind, class,
     classify::{Tables, Verdict, classify},
     parse::{Headers, mapped_v4, parse},
 };
@@ -56,7 +56,9 @@ fn mac_key(mac: [u8; 6]) -> AddrKey {
 
 impl Tables for Fixed {
     fn flow(&self, key: &FlowKey) -> Option<u32> {
-        (*key == flow()).then_some(FLOW_VM)
+        // The exact flow is post-copy's urgent channel: the flag must come
+        // off the slot and into the verdict.
+        (*key == flow()).then_some(FLOW_VM | FLOW_URGENT)
     }
     fn port_owner(&self, index: u32) -> u32 {
         if index == u32::from(MIGRATION_PORT) || index == 65536 + u32::from(REMOTE_MIGRATION_PORT) {
@@ -173,10 +175,11 @@ fn reference_verdict(r: &Reference, dir: Direction, from_ifindex: u32) -> Verdic
             proto,
             _pad: [0; 3],
         };
-        if let Some(vm) = t.flow(&key) {
+        if let Some(value) = t.flow(&key) {
             return Verdict {
-                vm,
+                vm: value & 0x7fff_ffff,
                 class: class::MIGRATION,
+                urgent: value >> 31 == 1,
             };
         }
         for index in [u32::from(lp), 65536 + u32::from(rp)] {
@@ -185,6 +188,7 @@ fn reference_verdict(r: &Reference, dir: Direction, from_ifindex: u32) -> Verdic
                 return Verdict {
                     vm,
                     class: class::MIGRATION,
+                    urgent: false,
                 };
             }
         }
@@ -198,6 +202,7 @@ fn reference_verdict(r: &Reference, dir: Direction, from_ifindex: u32) -> Verdic
         return Verdict {
             vm,
             class: class::APPLICATION,
+            urgent: false,
         };
     }
     let attributed = if r.ip.is_some() {
@@ -209,6 +214,7 @@ fn reference_verdict(r: &Reference, dir: Direction, from_ifindex: u32) -> Verdic
         return Verdict {
             vm,
             class: attributed,
+            urgent: false,
         };
     }
     if from_ifindex != 0
@@ -217,6 +223,7 @@ fn reference_verdict(r: &Reference, dir: Direction, from_ifindex: u32) -> Verdic
         return Verdict {
             vm,
             class: attributed,
+            urgent: false,
         };
     }
     Verdict::NONE

@@ -306,6 +306,93 @@ fn classifies_counts_and_steers_every_case() {
     }
 }
 
+/// Post-copy's preempt channel: counted as the VM's migration, steered into
+/// the urgent class in HTB mode (its VM's migration class while no urgent
+/// class is set), never paced in EDT mode.
+#[test]
+fn an_urgent_flow_counts_as_migration_and_skips_the_migration_class() {
+    require!(privileged());
+    let mut dp = setup();
+    let (local, remote) = (
+        (IpAddr::V4(Ipv4Addr::from(HOST4)), 40001),
+        (IpAddr::V4(Ipv4Addr::from(PEER4)), 4444),
+    );
+    dp.add_urgent_flow(VM_A, local, remote, TCP)
+        .expect("urgent flow");
+    let frame = Frame::eth(MAC_HOST, MAC_PEER, ETH_IPV4)
+        .ipv4(HOST4, PEER4, TCP, 0, 0)
+        .tcp(40001, 4444)
+        .payload(1000);
+    let urgent = 0x7662_0003;
+    let run = |dp: &mut Datapath| {
+        let input = SkbIn {
+            priority: 7,
+            ..SkbIn::default()
+        };
+        let before = dp.vm_counters(VM_A).expect("counters");
+        let out = dp
+            .test_run(Direction::Egress, frame.bytes(), input, 1)
+            .expect("run");
+        let after = dp.vm_counters(VM_A).expect("counters");
+        assert_eq!(
+            diff(&before, &after),
+            vec![(
+                class::MIGRATION,
+                Direction::Egress,
+                1,
+                frame.bytes().len() as u64
+            )],
+            "counted as VM A's migration"
+        );
+        out
+    };
+    dp.set_mode(Mode::Htb).expect("htb");
+    let out = run(&mut dp);
+    assert_eq!(
+        out.priority,
+        handle(VM_A, class::MIGRATION),
+        "no urgent class: the VM's migration class"
+    );
+    dp.set_urgent_priority(urgent).expect("urgent class");
+    assert_eq!(run(&mut dp).priority, urgent);
+    // The exact flow beside it is still the migration class.
+    let input = SkbIn {
+        priority: 7,
+        ..SkbIn::default()
+    };
+    let main = Frame::eth(MAC_HOST, MAC_PEER, ETH_IPV4)
+        .ipv4(HOST4, PEER4, TCP, 0, 0)
+        .tcp(40000, 4444)
+        .payload(1000);
+    let out = dp
+        .test_run(Direction::Egress, main.bytes(), input, 1)
+        .expect("run");
+    assert_eq!(out.priority, handle(VM_A, class::MIGRATION));
+    // Switching the mode keeps the urgent class.
+    dp.set_mode(Mode::Htb).expect("htb again");
+    assert_eq!(run(&mut dp).priority, urgent);
+    // EDT: the migration class is paced hard, the urgent flow not at all.
+    dp.set_class(
+        VM_A,
+        class::MIGRATION,
+        ClassConfig::paced(0, 100_000, 1_000_000_000),
+    )
+    .expect("paced");
+    dp.set_mode(Mode::Edt).expect("edt");
+    for _ in 0..3 {
+        let out = run(&mut dp);
+        assert_eq!((out.verdict, out.tstamp), (TC_ACT_OK, 0), "not paced");
+    }
+    let paced: Vec<u64> = (0..2)
+        .map(|_| {
+            dp.test_run(Direction::Egress, main.bytes(), SkbIn::default(), 1)
+                .expect("run")
+                .tstamp
+        })
+        .collect();
+    assert_ne!(paced[1], 0, "the main stream is paced: {paced:?}");
+}
+
 #[test]
 fn observe_mode_changes_nothing() {
     require!(privileged());

@@ -35,6 +35,7 @@ pub fn show(iface: &str) -> anyhow::Result<()> {
             let role = match class_role(c.handle) {
                 Some(ClassRole::Root) => "link".to_owned(),
                 Some(ClassRole::Default) => "default".to_owned(),
+                Some(ClassRole::Urgent) => "post-copy urgent".to_owned(),
                 Some(ClassRole::Probe) => "fq probe".to_owned(),
                 Some(ClassRole::Vm { slot, class }) => format!("VM {slot} {class}"),
                 None => "not vmbw's".to_owned(),

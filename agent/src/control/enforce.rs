@@ -15,9 +15,15 @@
 //!   applications' reservations (promises among them) only if they alone
 //!   do not fit; the allotment says which.
 //! - Above the guarantees bandwidth is elastic, and migrations borrow it
-//!   first: their classes have HTB priorities 0..=6 (in the policy's
+//!   first: their classes have HTB priorities 1..=6 (in the policy's
 //!   order), the applications' 7 ([`APP_PRIO`]). An application that wants
 //!   more than its reservation gets what no migration takes.
+//! - While any VM is enforced, one urgent class (1% of the link, ceil the
+//!   link, priority 0: it borrows before anyone) carries the pages
+//!   post-copy guests wait for (QEMU's preempt channel, registered as an
+//!   urgent flow at the switch). In a VM's migration class they waited
+//!   behind the background stream's queue, which is what QEMU's separate
+//!   channel exists to avoid.
 //! - In HTB mode the datapath writes the class handle into `skb->priority`;
 //!   in EDT mode it paces the migration at its ceiling (EDT can cap but not
 //!   borrow) and leaves the application unpaced.
@@ -35,6 +41,10 @@ use crate::shaping::{
 /// migration (seen on the testbed: at equal priority a greedy application
 /// with 22 of 30 Mbit/s guaranteed took three quarters of what was left).
 pub const APP_PRIO: u8 = 7;
+
+/// HTB priority of the urgent class: post-copy's requested pages borrow
+/// before the migrations' background streams.
+pub const URGENT_PRIO: u8 = 0;
 
 /// `burst` of the applications' classes, as time at their rate: a
 /// sender that stalled (a descheduled vCPU, a paced stream behind a busy
@@ -107,7 +117,10 @@ pub fn allot(
         .map(|d| above(d.migration_rate.unwrap_or(0.0)))
         .sum();
     let above_app: u64 = enforced.iter().map(|d| above(d.app_reserve)).sum();
-    let room = link.saturating_sub(default_rate);
+    // The urgent class only while some VM is enforced (only then can a
+    // post-copy be under way that vmbw steers).
+    let urgent_rate = if enforced.is_empty() { 0 } else { default_rate };
+    let room = link.saturating_sub(default_rate + urgent_rate);
     let room_above = room.saturating_sub(2 * MIN_RATE_BPS * enforced.len() as u64);
     let ratio = |num: u64, den: u64| {
         if den == 0 {
@@ -132,6 +145,12 @@ pub fn allot(
         ClassSpec::borrowing(Rate::bits_per_sec(default_rate), Rate::bits_per_sec(link)),
     );
     tree.enforcement = enforcement;
+    if urgent_rate > 0 {
+        tree.urgent = Some(
+            ClassSpec::borrowing(Rate::bits_per_sec(urgent_rate), Rate::bits_per_sec(link))
+                .with_prio(URGENT_PRIO),
+        );
+    }
     let mut steering = Vec::new();
     for d in enforced {
         let slot = *slots
@@ -147,8 +166,8 @@ pub fn allot(
         let mig_ceil = bits(d.migration_ceil.unwrap_or(link_bytes_per_s)).clamp(mig_rate, link);
         let app_rate = scale(bits(d.app_reserve), reservations_scaled);
         // Migrations first when the link is short: HTB serves lower prio
-        // numbers first when borrowing.
-        let prio = d.priority.min(u32::from(APP_PRIO) - 1) as u8;
+        // numbers first when borrowing (0 is the urgent class's).
+        let prio = d.priority.saturating_add(1).min(u32::from(APP_PRIO) - 1) as u8;
         tree = tree.with_vm(
             slot,
             VmShaping {
@@ -252,6 +271,27 @@ mod tests {
     }
 
     #[test]
+    fn post_copy_pages_get_a_class_that_borrows_first_while_a_vm_is_enforced() {
+        let d = Decision {
+            vms: vec![decided("a", 20.0, 100.0, 30.0)],
+        };
+        let p = allot(&d, 100.0 * MBIT, &slots(), Enforcement::Htb).expect("allotment");
+        let urgent = p.tree.urgent.expect("an urgent class");
+        assert_eq!(urgent.rate, Rate::mbit(1));
+        assert_eq!(urgent.ceil, Rate::mbit(100));
+        assert_eq!(urgent.prio, URGENT_PRIO);
+        let vm = p.tree.vms.get(&1).expect("vm a");
+        assert!(vm.migration.prio > URGENT_PRIO && vm.migration.prio < APP_PRIO);
+        p.tree.validate().expect("valid tree");
+
+        let idle = Decision {
+            vms: vec![VmDecision::unenforced("b")],
+        };
+        let p = allot(&idle, 100.0 * MBIT, &slots(), Enforcement::Htb).expect("allotment");
+        assert!(p.tree.urgent.is_none(), "no VM enforced, no urgent class");
+    }
+
+    #[test]
     fn oversubscribed_guarantees_are_scaled_to_fit() {
         let d = Decision {
             vms: vec![
@@ -260,11 +300,12 @@ mod tests {
             ],
         };
         let p = allot(&d, 100.0 * MBIT, &slots(), Enforcement::Htb).expect("allotment");
-        // 140 Mbit wanted, 99 Mbit of room beside the 1 Mbit default class
-        // (less the four classes' 8 kbit minimums on both sides): the
-        // reservations (50) stay whole, the migrations (90) share the rest.
+        // 140 Mbit wanted, 98 Mbit of room beside the 1 Mbit default and
+        // urgent classes (less the four classes' 8 kbit minimums on both
+        // sides): the reservations (50) stay whole, the migrations (90)
+        // share the rest.
         let min = 8_000.0;
-        let room = 99e6 - 4.0 * min;
+        let room = 98e6 - 4.0 * min;
         let want = (room - (50e6 - 2.0 * min)) / (90e6 - 2.0 * min);
         assert!((p.scaled - want).abs() < 1e-9, "{}", p.scaled);
         assert_eq!(p.reservations_scaled, 1.0);

@@ -22,7 +22,7 @@ use vmbw_common::{ClassConfig, class};
 use crate::{
     control::enforce::Allotment,
     datapath::{Datapath, DatapathError, Mode},
-    shaping::{Enforcement, ReconcileReport, Shaper, ShapingError},
+    shaping::{Enforcement, ReconcileReport, Shaper, ShapingError, handles},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +73,13 @@ pub async fn enforce(
         Enforcement::Edt => Mode::Edt,
     })
     .map_err(EnforceError::Mode)?;
+    // Urgent flows (post-copy's requested pages) get their own class only
+    // where packets are steered by class, i.e. in HTB mode.
+    let urgent = match (report.enforcement, &allotment.tree.urgent) {
+        (Enforcement::Htb, Some(_)) => handles::urgent_class(),
+        _ => 0,
+    };
+    dp.set_urgent_priority(urgent).map_err(EnforceError::Mode)?;
     let mut steering_errors = Vec::new();
     let steered: BTreeSet<u32> = allotment
         .steering

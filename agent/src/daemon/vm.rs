@@ -30,12 +30,20 @@ const RETRY: Duration = Duration::from_secs(2);
 /// guest waits for, travel behind whatever is still queued (measured on the
 /// testbed: 1-2 s without goodput after the switch). Not lower: QEMU
 /// divides the rate by 10 (its 100 ms windows), and a result of 0 means
-/// "no limit"; at this rate it sends about a page per window.
+/// "no limit". QEMU 10 holds no stream below ~10 Mbit/s though: it counts
+/// bytes only when its buffer is flushed (every 32 pages), so each window
+/// still sends ~130 KB (measured: `ram.transferred` grew 1.3 MB/s through
+/// a hold at this rate). The hold drains only a migration whose share is
+/// well above that.
 const DRAIN_RATE: f64 = 1000.0;
 /// Queued bytes that count as drained (a few dozen full-size segments).
 const DRAINED: u64 = 64 * 1024;
 /// Longest hold before switching anyway.
 const DRAIN_MAX: Duration = Duration::from_secs(3);
+/// How often, and how long, the preempt channel is looked for after the
+/// switch to post-copy.
+const URGENT_SCAN: Duration = Duration::from_millis(10);
+const URGENT_SCAN_FOR: Duration = Duration::from_secs(2);
 
 /// Follows VM `name`, reached as `telemetry` says, until `shutdown`.
 /// `cfg` is the QMP monitor's configuration; the libvirt source takes the
@@ -391,6 +399,12 @@ async fn await_decision_and_apply<S: MigrationSource>(
     }
     if now.start_postcopy && !then.start_postcopy {
         info!("switched to post-copy");
+        if let Some(v) = shared.state().vms.get_mut(name) {
+            v.phase = MigrationPhase::PostCopy;
+        }
+        if pid != 0 {
+            tokio::spawn(register_urgent_flow(shared.clone(), name.to_owned(), pid));
+        }
     }
 }
 
@@ -459,14 +473,17 @@ async fn watch_flows(shared: Arc<Shared>, name: String, pid: u32) {
     }
 }
 
-/// Registers QEMU's current TCP streams as the VM's exact migration flows.
-fn register_flows(shared: &Arc<Shared>, name: &str, pid: u32) {
+/// Registers QEMU's current TCP streams as the VM's exact migration flows;
+/// returns how many were new. A stream that appears once the VM is in
+/// post-copy is QEMU's preempt channel (QEMU opens it at the switch, since
+/// 8.0): the pages the guest waits for, registered as urgent.
+fn register_flows(shared: &Arc<Shared>, name: &str, pid: u32) -> usize {
     let conns = procnet::established(pid);
-    let (slot, known) = {
+    let (slot, known, urgent) = {
         let st = shared.state();
         match st.vms.get(name) {
-            Some(v) => (v.slot, v.flows.clone()),
-            None => return,
+            Some(v) => (v.slot, v.flows.clone(), v.phase == MigrationPhase::PostCopy),
+            None => return 0,
         }
     };
     let new: Vec<_> = conns
@@ -475,24 +492,46 @@ fn register_flows(shared: &Arc<Shared>, name: &str, pid: u32) {
         .copied()
         .collect();
     if new.is_empty() {
-        return;
+        return 0;
     }
     {
         let mut dp = shared.datapath();
         for c in &new {
-            match dp.add_migration_flow(
-                slot,
+            let (local, remote) = (
                 (c.local.ip(), c.local.port()),
                 (c.remote.ip(), c.remote.port()),
-                6,
-            ) {
-                Ok(()) => info!(local = %c.local, remote = %c.remote, "migration flow registered"),
+            );
+            let added = if urgent {
+                dp.add_urgent_flow(slot, local, remote, 6)
+            } else {
+                dp.add_migration_flow(slot, local, remote, 6)
+            };
+            match added {
+                Ok(()) => {
+                    info!(local = %c.local, remote = %c.remote, urgent, "migration flow registered")
+                }
                 Err(e) => warn!(error = %e, "registering a migration flow"),
             }
         }
     }
+    let n = new.len();
     if let Some(v) = shared.state().vms.get_mut(name) {
         v.flows.extend(new);
+    }
+    n
+}
+
+/// After the switch to post-copy: looks for QEMU's preempt channel every
+/// [`URGENT_SCAN`] for up to [`URGENT_SCAN_FOR`], so that the guest's
+/// first page requests already skip the background stream's queue (the
+/// flow watcher looks only every 500 ms).
+async fn register_urgent_flow(shared: Arc<Shared>, name: String, pid: u32) {
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < URGENT_SCAN_FOR {
+        if register_flows(&shared, &name, pid) > 0 {
+            return;
+        }
+        tokio::time::sleep(URGENT_SCAN).await;
     }
 }
 

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap};
 use vmbw_common::{
-    AddrKey, ClassConfig, FlowKey, MAX_VMS, NO_VM, Settings, class_index,
+    AddrKey, ClassConfig, FLOW_URGENT, FlowKey, MAX_VMS, NO_VM, Settings, class_index,
     classify::{ip_key, mac_key},
     map, mode,
     parse::mapped_v4,
@@ -68,18 +68,26 @@ fn check_slot(vm: u32) -> Result<(), DatapathError> {
 }
 
 impl Datapath {
-    /// Sets what the egress program does beyond counting.
+    /// Sets what the egress program does beyond counting (the urgent
+    /// class stays as it is).
     pub fn set_mode(&mut self, m: Mode) -> Result<(), DatapathError> {
+        self.update_settings(|s| s.mode = m.raw())
+    }
+
+    /// Where HTB mode steers urgent flows ([`Self::add_urgent_flow`]): a
+    /// class handle, or 0 to leave them in their VM's migration class.
+    pub fn set_urgent_priority(&mut self, handle: u32) -> Result<(), DatapathError> {
+        self.update_settings(|s| s.urgent_priority = handle)
+    }
+
+    fn update_settings(&mut self, f: impl FnOnce(&mut Settings)) -> Result<(), DatapathError> {
         let mut settings: Array<_, Settings> = self.array(map::SETTINGS)?;
+        let mut s = settings
+            .get(&0, 0)
+            .map_err(map_err(map::SETTINGS, "read"))?;
+        f(&mut s);
         settings
-            .set(
-                0,
-                Settings {
-                    mode: m.raw(),
-                    _pad: 0,
-                },
-                0,
-            )
+            .set(0, s, 0)
             .map_err(map_err(map::SETTINGS, "write"))
     }
 
@@ -137,10 +145,35 @@ impl Datapath {
         remote: (IpAddr, u16),
         proto: u8,
     ) -> Result<(), DatapathError> {
+        self.insert_flow(vm, local, remote, proto, 0)
+    }
+
+    /// Registers (or re-flags) a migration flow of `vm` that carries the
+    /// pages a post-copy guest waits for: counted as migration, steered
+    /// into the urgent class ([`vmbw_common::FLOW_URGENT`]).
+    pub fn add_urgent_flow(
+        &mut self,
+        vm: u32,
+        local: (IpAddr, u16),
+        remote: (IpAddr, u16),
+        proto: u8,
+    ) -> Result<(), DatapathError> {
+        self.insert_flow(vm, local, remote, proto, FLOW_URGENT)
+    }
+
+    fn insert_flow(
+        &mut self,
+        vm: u32,
+        local: (IpAddr, u16),
+        remote: (IpAddr, u16),
+        proto: u8,
+        flags: u32,
+    ) -> Result<(), DatapathError> {
         check_slot(vm)?;
         let key = flow_key(local, remote, proto);
         let mut m: HashMap<_, FlowKey, u32> = self.hash(map::FLOWS)?;
-        m.insert(key, vm, 0).map_err(map_err(map::FLOWS, "insert"))
+        m.insert(key, vm | flags, 0)
+            .map_err(map_err(map::FLOWS, "insert"))
     }
 
     pub fn remove_migration_flow(

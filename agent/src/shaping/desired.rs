@@ -137,6 +137,9 @@ pub struct DesiredTree {
     pub link: Rate,
     /// The class that unclassified traffic falls into.
     pub default: ClassSpec,
+    /// The class for the pages post-copy guests wait for (flows flagged
+    /// urgent), if any VM is enforced.
+    pub urgent: Option<ClassSpec>,
     /// Per VM slot (see [`handles::class_handle`]).
     pub vms: BTreeMap<u16, VmShaping>,
     pub enforcement: Enforcement,
@@ -148,6 +151,7 @@ impl DesiredTree {
         DesiredTree {
             link,
             default,
+            urgent: None,
             vms: BTreeMap::new(),
             enforcement: Enforcement::Htb,
         }
@@ -171,6 +175,10 @@ impl DesiredTree {
         }
         let mut sum = self.default.rate.as_bits_per_sec();
         check_class("default class", &self.default, self.link)?;
+        if let Some(urgent) = &self.urgent {
+            check_class("urgent class", urgent, self.link)?;
+            sum = sum.saturating_add(urgent.rate.as_bits_per_sec());
+        }
         for (slot, vm) in &self.vms {
             if *slot > handles::MAX_VM_SLOT {
                 return Err(DesiredError::Slot { slot: *slot });
@@ -216,6 +224,14 @@ impl DesiredTree {
                 leaf: false,
             },
         ];
+        if let Some(urgent) = &self.urgent {
+            out.push(DesiredClass {
+                handle: handles::urgent_class(),
+                parent: handles::root_class(),
+                params: class_params(urgent, mtu),
+                leaf: true,
+            });
+        }
         for (slot, vm) in &self.vms {
             for class in TrafficClass::ALL {
                 if let Some(handle) = handles::class_handle(*slot, class) {

@@ -13,6 +13,7 @@
 //! |-----------------|--------------------------------------------------|
 //! | `7662:1`        | root class, rate = ceil = link rate              |
 //! | `7662:2`        | default class (unclassified traffic)             |
+//! | `7662:3`        | urgent class: pages post-copy guests wait for    |
 //! | `7662:S1`/`S2`  | VM slot `S-1`: migration (`…1`) / application (`…2`) |
 //! | `7662:fffe`     | short-lived class used to probe for `fq`         |
 //!
@@ -25,6 +26,9 @@ pub const VMBW_MAJOR: u16 = 0x7662;
 pub const ROOT_CLASS_MINOR: u16 = 0x1;
 /// Minor of the class that unclassified traffic falls into (HTB `default`).
 pub const DEFAULT_CLASS_MINOR: u16 = 0x2;
+/// Minor of the class that post-copy's requested pages go to (the flows
+/// flagged `FLOW_URGENT`).
+pub const URGENT_CLASS_MINOR: u16 = 0x3;
 /// Minor of the temporary class under which `fq` support is probed.
 pub const PROBE_CLASS_MINOR: u16 = 0xfffe;
 /// Highest VM slot that has class handles.
@@ -96,6 +100,11 @@ pub const fn default_class() -> u32 {
     make_handle(VMBW_MAJOR, DEFAULT_CLASS_MINOR)
 }
 
+/// The handle of the urgent class (`7662:3`).
+pub const fn urgent_class() -> u32 {
+    make_handle(VMBW_MAJOR, URGENT_CLASS_MINOR)
+}
+
 /// The handle of the `fq` probe class (`7662:fffe`).
 pub const fn probe_class() -> u32 {
     make_handle(VMBW_MAJOR, PROBE_CLASS_MINOR)
@@ -115,6 +124,7 @@ pub const fn class_handle(slot: u16, class: TrafficClass) -> Option<u32> {
 pub enum ClassRole {
     Root,
     Default,
+    Urgent,
     Probe,
     Vm { slot: u16, class: TrafficClass },
 }
@@ -129,6 +139,7 @@ pub const fn class_role(handle: u32) -> Option<ClassRole> {
     match minor {
         ROOT_CLASS_MINOR => Some(ClassRole::Root),
         DEFAULT_CLASS_MINOR => Some(ClassRole::Default),
+        URGENT_CLASS_MINOR => Some(ClassRole::Urgent),
         PROBE_CLASS_MINOR => Some(ClassRole::Probe),
         _ => {
             let slot_plus_one = minor >> 4;

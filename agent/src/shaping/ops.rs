@@ -161,7 +161,7 @@ pub fn diff(observed: &ObservedTree, desired: &DesiredTree, mtu: u32, fq: bool) 
             continue;
         }
         match handles::class_role(*handle) {
-            Some(ClassRole::Vm { .. } | ClassRole::Probe) => {
+            Some(ClassRole::Vm { .. } | ClassRole::Urgent | ClassRole::Probe) => {
                 deletes.push(Op::Delete { handle: *handle });
             }
             // Root and default are always wanted; anything else in our
@@ -339,6 +339,31 @@ mod tests {
             }
             other => panic!("expected a change, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_urgent_class_comes_and_goes_with_the_tree() {
+        let mut with = desired();
+        with.urgent = Some(ClassSpec::borrowing(Rate::mbit(1), Rate::mbit(100)).with_prio(0));
+        let p = diff(&ObservedTree::default(), &with, 1500, false);
+        let urgent = handles::urgent_class();
+        assert_eq!(urgent, 0x7662_0003);
+        assert!(
+            p.ops
+                .iter()
+                .any(|o| matches!(o, Op::Add(c) if c.handle == urgent && c.parent == root_class()))
+        );
+        assert!(
+            p.ops
+                .iter()
+                .any(|o| matches!(o, Op::Leaf { class, .. } if *class == urgent)),
+            "the urgent class has a bounded leaf too"
+        );
+        let have = observed_from(&with, "bfifo");
+        assert!(diff(&have, &with, 1500, false).ops.is_empty());
+        let p = diff(&have, &desired(), 1500, false);
+        assert_eq!(p.ops, [Op::Delete { handle: urgent }]);
+        assert!(p.foreign.is_empty());
     }
 
     #[test]
