@@ -49,6 +49,9 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
 
 /// The schema checker the test suite runs on deploy/ (PyPI), pinned.
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// The policy checker the test suite runs on deploy/ (PyPI), pinned. In
+/// its own virtualenv: its pins (botocore, ...) would fight other tools'.
+const CHECKOV: &str = "checkov==3.3.30";
 
 /// Packages taken from bookworm-backports: QEMU 10 (the QEMU users run
 /// today; 7.2 in bookworm has a TCG dirty-tracking bug fixed in 9.0) and the
@@ -81,6 +84,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     bpf_linker()?;
     cargo_fuzz()?;
     kubernetes_validate()?;
+    checkov()?;
     if args.no_guest {
         step("guest kernel: skipped (--no-guest)");
     } else {
@@ -153,6 +157,32 @@ fn kubernetes_validate() -> anyhow::Result<()> {
         KUBERNETES_VALIDATE,
     ]))
     .context("installing kubernetes-validate with pip")
+}
+
+/// checkov's executable in its virtualenv under the cache.
+pub fn checkov_bin() -> anyhow::Result<PathBuf> {
+    Ok(cache_dir()?.join("checkov-venv/bin/checkov"))
+}
+
+/// checkov from PyPI into its own virtualenv.
+fn checkov() -> anyhow::Result<()> {
+    step(&format!("{CHECKOV} (PyPI, own virtualenv)"));
+    let bin = checkov_bin()?;
+    let want = CHECKOV.trim_start_matches("checkov==");
+    if let Some(v) = output(Command::new(&bin).arg("--version"))
+        && v.trim() == want
+    {
+        println!("    present: {}", bin.display());
+        return Ok(());
+    }
+    let venv = bin
+        .parent()
+        .and_then(Path::parent)
+        .context("checkov's virtualenv directory")?;
+    util::run(Command::new("python3").args(["-m", "venv"]).arg(venv))
+        .context("creating checkov's virtualenv (python3 -m venv)")?;
+    util::run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", CHECKOV]))
+        .context("installing checkov with pip")
 }
 
 /// QEMU and libvirt from bookworm-backports. Adds the suite to apt's sources

@@ -116,6 +116,50 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
 
+    check(
+        &mut tally,
+        "deploy/ against checkov (skips carry their reasons in the manifests)",
+        Command::new(setup::checkov_bin()?)
+            .args([
+                "--framework",
+                "kubernetes",
+                "--compact",
+                "--quiet",
+                "--skip-download",
+            ])
+            .arg("-d")
+            .arg(root.join("deploy")),
+    );
+    let rules = root.join("deploy/overlays/prometheus-operator/prometheusrule.yaml");
+    let rule_file = tempdir("vmbw-rules")?.join("rules.yaml");
+    match fs::read_to_string(&rules)
+        .ok()
+        .and_then(|m| rule_file_of(&m))
+    {
+        Some(text) => {
+            fs::write(&rule_file, text)?;
+            check(
+                &mut tally,
+                "alert rules (promtool check rules)",
+                Command::new("promtool")
+                    .arg("check")
+                    .arg("rules")
+                    .arg(&rule_file),
+            );
+            // The alerts' unit tests, beside the extracted rules.yaml.
+            let unit = rule_file.with_file_name("vmbw_rules_test.yaml");
+            fs::copy(root.join("tests/promtool/vmbw_rules_test.yaml"), &unit)?;
+            check(
+                &mut tally,
+                "alert rules fire as tests/promtool expects (promtool test rules)",
+                Command::new("promtool").arg("test").arg("rules").arg(&unit),
+            );
+        }
+        None => tally
+            .failed_steps
+            .push(format!("{}: no `spec:` block to check", rules.display())),
+    }
+
     util::step("unit tests");
     const UNIT: &[&str] = &[
         "test",
@@ -164,7 +208,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("FAILED: {step}");
     }
     println!(
-        "checks: {} passed, {} failed (fmt, clippy, eBPF build, fuzz targets, deploy/ schemas)",
+        "checks: {} passed, {} failed (fmt, clippy, eBPF build, fuzz targets, deploy/ schemas, checkov, alert rules and their tests)",
         tally.checks_passed,
         CHECKS - tally.checks_passed
     );
@@ -191,16 +235,39 @@ const KUBERNETES_VERSIONS: &[&str] = &["1.31", "1.32", "1.33", "1.34"];
 const CHECKS: u64 = 4 + KUBERNETES_VERSIONS.len() as u64;
 
 /// deploy/base's resources (kustomization.yaml is kustomize's own file).
+/// The manifests of deploy/base and of every overlay (an overlay only adds
+/// resources, so its files are what it changes), kustomizations aside.
 fn deploy_manifests(root: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    let mut files: Vec<_> = fs::read_dir(root.join("deploy/base"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().is_some_and(|e| e == "yaml")
-                && p.file_name().is_some_and(|n| n != "kustomization.yaml")
-        })
-        .collect();
+    let mut dirs = vec![root.join("deploy/base")];
+    for e in fs::read_dir(root.join("deploy/overlays"))? {
+        dirs.push(e?.path());
+    }
+    let mut files = Vec::new();
+    for dir in dirs {
+        files.extend(
+            fs::read_dir(&dir)
+                .with_context(|| format!("reading {}", dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().is_some_and(|e| e == "yaml")
+                        && p.file_name().is_some_and(|n| n != "kustomization.yaml")
+                }),
+        );
+    }
     files.sort();
     Ok(files)
+}
+
+/// The Prometheus rule file inside a PrometheusRule manifest: its `spec:`
+/// block, de-indented (the manifest's spec is exactly a rule file).
+fn rule_file_of(manifest: &str) -> Option<String> {
+    let mut lines = manifest.lines().skip_while(|l| *l != "spec:");
+    lines.next()?;
+    let body: Vec<&str> = lines
+        .take_while(|l| l.is_empty() || l.starts_with("  "))
+        .map(|l| l.strip_prefix("  ").unwrap_or(l))
+        .collect();
+    (!body.is_empty()).then(|| body.join("\n") + "\n")
 }
 
 /// A check that is not a libtest run; counted apart from the tests.
@@ -442,6 +509,17 @@ fn sweep_stale_namespaces() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prometheus_rule_s_spec_is_its_rule_file() {
+        let m =
+            "kind: PrometheusRule\nspec:\n  groups:\n    - name: a\n\n      rules: []\nother: 1\n";
+        assert_eq!(
+            rule_file_of(m).as_deref(),
+            Some("groups:\n  - name: a\n\n    rules: []\n")
+        );
+        assert_eq!(rule_file_of("kind: X\n"), None);
+    }
 
     #[test]
     fn parses_libtest_summary() {
