@@ -8,7 +8,7 @@ use crate::api::units;
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use tracing::{info, warn};
@@ -32,6 +32,9 @@ use crate::{
 
 /// QEMU's default downtime limit, seconds (until the policy raises it).
 const QEMU_DOWNTIME_S: f64 = 0.3;
+/// An unchanged allotment is checked against the kernel this often (one
+/// netlink dump): a tree someone deleted or changed is put back.
+const TREE_RECHECK: Duration = Duration::from_secs(5);
 
 pub struct ControlLoop {
     pub shared: Arc<Shared>,
@@ -50,6 +53,8 @@ pub struct ControlLoop {
     /// The allotment last put in the kernel: an unchanged one costs no netlink
     /// dump and no map writes.
     applied: Option<Allotment>,
+    /// When `applied` was last put in (or checked against) the kernel.
+    applied_at: Option<Instant>,
 }
 
 impl ControlLoop {
@@ -74,6 +79,7 @@ impl ControlLoop {
             last_vm: BTreeMap::new(),
             escalations: BTreeMap::new(),
             applied: None,
+            applied_at: None,
         }
     }
 
@@ -214,8 +220,9 @@ impl ControlLoop {
     }
 
     /// Puts the decision in the kernel unless it is already there (an
-    /// unchanged allotment costs no netlink dump and no map writes). No lock is
-    /// held across the netlink round trips.
+    /// unchanged allotment costs no netlink dump and no map writes, except
+    /// every [`TREE_RECHECK`], which finds a tree someone else changed).
+    /// No lock is held across the netlink round trips.
     async fn enforce(&mut self, decision: &Decision, slots: &[(String, u32)]) {
         let Some(shaper) = self.shaper.as_mut() else {
             return;
@@ -224,7 +231,12 @@ impl ControlLoop {
         let slot_map: BTreeMap<String, u16> =
             slots.iter().map(|(n, s)| (n.clone(), *s as u16)).collect();
         let allotment = match allot(decision, self.link, &slot_map, self.enforcement) {
-            Ok(a) if self.applied.as_ref() == Some(&a) => return,
+            Ok(a)
+                if self.applied.as_ref() == Some(&a)
+                    && self.applied_at.is_some_and(|t| t.elapsed() < TREE_RECHECK) =>
+            {
+                return;
+            }
             Ok(a) => a,
             Err(e) => {
                 warn!(error = %e, "planning enforcement");
@@ -249,7 +261,12 @@ impl ControlLoop {
                         "migration guarantees scaled down to fit beside the reservations"
                     );
                 }
+                if let Some(found) = &done.report.root_restored {
+                    warn!(found = %found, "vmbw's HTB root had been removed or replaced; restored");
+                    metrics.error("shaping-root-restored");
+                }
                 self.applied = Some(allotment);
+                self.applied_at = Some(Instant::now());
             }
             Err(e) => {
                 warn!(error = %e, "enforcing");

@@ -91,6 +91,9 @@ pub struct ReconcileReport {
     pub warnings: Vec<String>,
     /// The enforcement in effect (EDT falls back to HTB without fq).
     pub enforcement: Enforcement,
+    /// vmbw's root had been removed or replaced (by what was found
+    /// instead) and was put back.
+    pub root_restored: Option<String>,
 }
 
 /// vmbw's HTB tree on one device.
@@ -285,9 +288,31 @@ impl Shaper {
         desired: &DesiredTree,
         fq: bool,
     ) -> Result<ReconcileReport, ShapingError> {
-        let observed = self.observe().await?;
+        let (observed, root_restored) = match self.observe().await {
+            Ok(tree) => (tree, None),
+            Err(ShapingError::NotShaped { found, .. }) => {
+                // Someone deleted or replaced vmbw's root while it ran. The
+                // uplink is vmbw's to shape while it runs: put the root back
+                // (what cleanup restores stays the root found at start).
+                let found = self.root_found().await.unwrap_or(found);
+                warn!(
+                    found = %found,
+                    "vmbw's HTB root was removed or replaced while the agent ran: putting it back"
+                );
+                let root = messages::htb_root(
+                    Mode::Replace,
+                    self.link.index,
+                    handles::root_qdisc(),
+                    handles::DEFAULT_CLASS_MINOR,
+                );
+                self.tc.apply(&self.link, &root).await?;
+                (self.observe().await?, Some(found))
+            }
+            Err(e) => return Err(e),
+        };
         let todo = ops::diff(&observed, desired, self.link.mtu, fq);
         let mut report = ReconcileReport {
+            root_restored,
             foreign: todo.foreign.clone(),
             enforcement: if fq {
                 Enforcement::Edt
@@ -374,6 +399,17 @@ impl Shaper {
                 found: "something else (vmbw's root qdisc was replaced)".into(),
             }
         })
+    }
+
+    /// The root qdisc the uplink has now, as `kind handle` (`none`).
+    async fn root_found(&self) -> Result<String, ShapingError> {
+        let qdiscs = self.tc.qdiscs(&self.link).await?;
+        Ok(qdiscs
+            .iter()
+            .find(|q| q.parent == handles::TC_H_ROOT)
+            .map_or("none".to_owned(), |q| {
+                format!("{} {}", q.kind, handles::display_handle(q.handle))
+            }))
     }
 
     /// Tries to create `fq` under a throw-away class of vmbw's own tree:
