@@ -217,3 +217,37 @@ fn the_uplink_going_down_and_up_keeps_the_datapath_and_the_tree() {
     let log = h.agent().log_text();
     assert!(!log.contains("ERROR"), "{log}");
 }
+
+#[test]
+fn without_a_bpffs_the_agent_refuses_and_touches_nothing() {
+    require!(privileged());
+    require!(agent::binary());
+    let host = NetNs::new().expect("namespace");
+    let peer = NetNs::new().expect("peer");
+    host.veth_to(
+        ("veth0", "198.18.24.1/24"),
+        &peer,
+        ("veth0", "198.18.24.2/24"),
+    )
+    .expect("veth");
+    let dir = std::env::temp_dir().join(format!("vmbw-faults-nobpffs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (config, api) = (dir.join("vmbw.toml"), dir.join("api.sock"));
+    // A pin directory on the temp file system, not on a bpffs.
+    let pins = dir.join("pins");
+    agent::write_minimal_config(&config, &pins, &dir.join("state"), &api);
+    let result = Agent::start(&host, &config, &api, &dir.join("agent.log"));
+    let root = host
+        .exec("tc", &["qdisc", "show", "dev", "veth0", "root"])
+        .unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    let e = match result {
+        Ok(_) => panic!("the agent started without a bpffs"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        e.contains("is not on a bpffs (mount one with `mount -t bpf bpf"),
+        "{e}"
+    );
+    assert!(!root.contains("htb"), "the uplink was changed: {root}");
+}
