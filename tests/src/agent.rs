@@ -12,7 +12,76 @@ use std::{
 use anyhow::{Context as _, bail};
 use vmbw::daemon::http::{Listen, get};
 
-use crate::NetNs;
+use crate::{BpffsMount, NetNs};
+
+/// What an agent test runs on: a host namespace whose `veth0`
+/// (198.18.`subnet`.1/24) reaches a peer namespace (.2), a private bpffs,
+/// and a scratch directory removed on drop (even after a failed assert).
+pub struct TestHost {
+    pub host: NetNs,
+    pub peer: NetNs,
+    pub bpffs: BpffsMount,
+    pub dir: PathBuf,
+    subnet: u8,
+}
+
+impl TestHost {
+    /// `name` makes the scratch directory unique among the tests of one
+    /// binary (they run in one process).
+    pub fn new(name: &str, subnet: u8) -> anyhow::Result<TestHost> {
+        let host = NetNs::new()?;
+        let peer = NetNs::new()?;
+        host.veth_to(
+            ("veth0", &format!("198.18.{subnet}.1/24")),
+            &peer,
+            ("veth0", &format!("198.18.{subnet}.2/24")),
+        )?;
+        let bpffs = BpffsMount::new()?;
+        let dir = std::env::temp_dir().join(format!("vmbw-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(TestHost {
+            host,
+            peer,
+            bpffs,
+            dir,
+            subnet,
+        })
+    }
+
+    /// The peer's address.
+    pub fn peer_ip(&self) -> String {
+        format!("198.18.{}.2", self.subnet)
+    }
+
+    /// A minimal agent config named `name` in the scratch directory (pins
+    /// under the bpffs, its own state directory), and its API socket.
+    pub fn config(&self, name: &str) -> (PathBuf, PathBuf) {
+        let (path, api) = (
+            self.dir.join(format!("{name}.toml")),
+            self.dir.join(format!("{name}.sock")),
+        );
+        write_minimal_config(
+            &path,
+            &self.bpffs.path().join(name),
+            &self.dir.join(format!("{name}-state")),
+            &api,
+        );
+        (path, api)
+    }
+
+    /// The root qdisc line of `veth0`.
+    pub fn root_qdisc(&self) -> String {
+        self.host
+            .exec("tc", &["qdisc", "show", "dev", "veth0", "root"])
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
 
 /// The `vmbw` binary next to the test executable (`cargo build -p vmbw`
 /// puts it there; `cargo xtask test` builds it before the tests).

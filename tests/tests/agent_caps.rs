@@ -3,9 +3,12 @@
 //! grants), and its datapath and HTB tree come up; without CAP_NET_ADMIN it
 //! refuses at start and says which capability is missing and what for.
 
-use std::{os::unix::fs::chown, path::Path};
+use std::os::unix::fs::chown;
 
-use vmbw_tests::{BpffsMount, NetNs, agent, agent::Agent, privileged, require};
+use vmbw_tests::{
+    agent::{self, Agent, TestHost},
+    privileged, require,
+};
 
 const NOBODY: u32 = 65534;
 
@@ -22,44 +25,21 @@ fn setpriv(caps: &str) -> Vec<String> {
     .into()
 }
 
-fn config(dir: &Path, bpffs: &BpffsMount, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (path, api) = (
-        dir.join(format!("{name}.toml")),
-        dir.join(format!("{name}.sock")),
-    );
-    agent::write_minimal_config(
-        &path,
-        &bpffs.path().join(name),
-        &dir.join(format!("{name}-state")),
-        &api,
-    );
-    (path, api)
-}
-
 #[test]
 fn runs_as_nobody_with_three_capabilities_and_names_a_missing_one() {
     require!(privileged());
     require!(agent::binary());
-    let host = NetNs::new().expect("namespace");
-    let peer = NetNs::new().expect("peer");
-    host.veth_to(
-        ("veth0", "198.18.22.1/24"),
-        &peer,
-        ("veth0", "198.18.22.2/24"),
-    )
-    .expect("veth");
-    let bpffs = BpffsMount::new().expect("bpffs");
-    let dir = std::env::temp_dir().join(format!("vmbw-caps-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let t = TestHost::new("caps", 22).expect("test host");
+    let host = &t.host;
     // nobody may write its state, socket and pins, and nothing else.
-    for p in [&dir, &bpffs.path().to_path_buf()] {
+    for p in [&t.dir, &t.bpffs.path().to_path_buf()] {
         chown(p, Some(NOBODY), Some(NOBODY)).expect("chown");
     }
 
-    let (cfg, api) = config(&dir, &bpffs, "least");
+    let (cfg, api) = t.config("least");
     let wrapper = setpriv("+bpf,+net_admin,+perfmon");
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let mut agent = Agent::start_as(&host, &wrapper, &cfg, &api, &dir.join("least.log"))
+    let mut agent = Agent::start_as(host, &wrapper, &cfg, &api, &t.dir.join("least.log"))
         .expect("the agent comes up as nobody with three capabilities");
     let qdiscs = host
         .exec("tc", &["qdisc", "show", "dev", "veth0"])
@@ -86,10 +66,10 @@ fn runs_as_nobody_with_three_capabilities_and_names_a_missing_one() {
         .expect("tc");
     assert!(!qdiscs.contains("htb"), "restored on exit: {qdiscs}");
 
-    let (cfg, api) = config(&dir, &bpffs, "short");
+    let (cfg, api) = t.config("short");
     let wrapper = setpriv("+bpf,+perfmon");
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let e = match Agent::start_as(&host, &wrapper, &cfg, &api, &dir.join("short.log")) {
+    let e = match Agent::start_as(host, &wrapper, &cfg, &api, &t.dir.join("short.log")) {
         Ok(_) => panic!("the agent started without CAP_NET_ADMIN"),
         Err(e) => format!("{e:#}"),
     };
@@ -97,5 +77,4 @@ fn runs_as_nobody_with_three_capabilities_and_names_a_missing_one() {
         e.contains("missing CAP_NET_ADMIN (attaching the programs to the uplink"),
         "{e}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,66 +5,37 @@
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use aya::programs::{SchedClassifier, tc::TcAttachType};
-use vmbw_tests::{BpffsMount, NetNs, agent, agent::Agent, in_netns, privileged, require};
+use vmbw_tests::{
+    NetNs,
+    agent::{self, Agent, TestHost},
+    in_netns, privileged, require,
+};
 
+/// An agent on a test host; the agent (declared first) stops before the
+/// host's namespaces and scratch directory go.
 struct Host {
-    host: NetNs,
-    peer: NetNs,
-    _bpffs: BpffsMount,
-    dir: PathBuf,
-    agent: Option<Agent>,
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        drop(self.agent.take());
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    agent: Agent,
+    t: TestHost,
 }
 
 impl Host {
-    fn start(name: &str) -> Host {
-        let host = NetNs::new().expect("namespace");
-        let peer = NetNs::new().expect("peer");
-        host.veth_to(
-            ("veth0", "198.18.23.1/24"),
-            &peer,
-            ("veth0", "198.18.23.2/24"),
-        )
-        .expect("veth");
-        let bpffs = BpffsMount::new().expect("bpffs");
-        let dir = std::env::temp_dir().join(format!("vmbw-faults-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let (config, api) = (dir.join("vmbw.toml"), dir.join("api.sock"));
-        agent::write_minimal_config(
-            &config,
-            &bpffs.path().join("vmbw"),
-            &dir.join("state"),
-            &api,
-        );
-        let agent = Agent::start(&host, &config, &api, &dir.join("agent.log")).expect("agent");
-        Host {
-            host,
-            peer,
-            _bpffs: bpffs,
-            dir,
-            agent: Some(agent),
-        }
+    fn start(name: &str, subnet: u8) -> Host {
+        let t = TestHost::new(name, subnet).expect("test host");
+        let (config, api) = t.config("agent");
+        let agent = Agent::start(&t.host, &config, &api, &t.dir.join("agent.log")).expect("agent");
+        Host { agent, t }
     }
 
     fn agent(&self) -> &Agent {
-        self.agent.as_ref().expect("agent")
+        &self.agent
     }
 
     fn root(&self) -> String {
-        self.host
-            .exec("tc", &["qdisc", "show", "dev", "veth0", "root"])
-            .unwrap_or_default()
+        self.t.root_qdisc()
     }
 
     fn vmbw_root(&self) -> bool {
@@ -76,7 +47,8 @@ impl Host {
     /// migrations use anyway.
     fn reaches_peer(&self) -> bool {
         const BYTES: usize = 256 * 1024;
-        let Ok(listener) = in_netns(&self.peer, || TcpListener::bind("198.18.23.2:0")) else {
+        let peer = format!("{}:0", self.t.peer_ip());
+        let Ok(listener) = in_netns(&self.t.peer, || TcpListener::bind(peer.as_str())) else {
             return false;
         };
         let Ok(addr) = listener.local_addr() else {
@@ -89,7 +61,7 @@ impl Host {
             s.read_to_end(&mut got).ok()?;
             Some(got.len())
         });
-        let sent = in_netns(&self.host, || {
+        let sent = in_netns(&self.t.host, || {
             TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         })
         .and_then(|mut s| {
@@ -99,7 +71,7 @@ impl Host {
         });
         if sent.is_err() {
             // Unblock the accept.
-            let _ = in_netns(&self.peer, || TcpStream::connect(addr));
+            let _ = in_netns(&self.t.peer, || TcpStream::connect(addr));
         }
         let received = reader.join().ok().flatten();
         sent.is_ok() && received == Some(BYTES)
@@ -145,10 +117,10 @@ const RECOVERY: Duration = Duration::from_secs(15);
 fn a_deleted_or_replaced_root_is_put_back_and_traffic_flows_meanwhile() {
     require!(privileged());
     require!(agent::binary());
-    let h = Host::start("root");
+    let h = Host::start("faults-root", 23);
     assert!(h.vmbw_root(), "{}", h.root());
 
-    h.host
+    h.t.host
         .exec("tc", &["qdisc", "del", "dev", "veth0", "root"])
         .expect("delete the root");
     assert!(h.reaches_peer(), "traffic stops without vmbw's root");
@@ -161,7 +133,7 @@ fn a_deleted_or_replaced_root_is_put_back_and_traffic_flows_meanwhile() {
     );
     assert_eq!(h.restored_count(), 1.0);
 
-    h.host
+    h.t.host
         .exec(
             "tc",
             &[
@@ -190,26 +162,28 @@ fn a_deleted_or_replaced_root_is_put_back_and_traffic_flows_meanwhile() {
 fn the_uplink_going_down_and_up_keeps_the_datapath_and_the_tree() {
     require!(privileged());
     require!(agent::binary());
-    let h = Host::start("link");
-    let programs = tcx_programs(&h.host);
+    let h = Host::start("faults-link", 25);
+    let programs = tcx_programs(&h.t.host);
     assert_eq!(programs, (1, 1), "one program each way");
-    h.host
+    h.t.host
         .ip(&["link", "set", "veth0", "down"])
         .expect("link down");
     std::thread::sleep(Duration::from_secs(2));
-    h.host.ip(&["link", "set", "veth0", "up"]).expect("link up");
+    h.t.host
+        .ip(&["link", "set", "veth0", "up"])
+        .expect("link up");
     // The peer's end needs its carrier back too: up is not instant.
     let started = Instant::now();
     while !h.reaches_peer() {
         assert!(
             started.elapsed() < RECOVERY,
             "the peer is unreachable after the link came back: {}\n{}\n{}",
-            h.host.ip(&["addr"]).unwrap_or_default(),
-            h.host.ip(&["route"]).unwrap_or_default(),
+            h.t.host.ip(&["addr"]).unwrap_or_default(),
+            h.t.host.ip(&["route"]).unwrap_or_default(),
             h.agent().log_text()
         );
     }
-    assert_eq!(tcx_programs(&h.host), programs, "programs still attached");
+    assert_eq!(tcx_programs(&h.t.host), programs, "programs still attached");
     assert!(h.vmbw_root(), "{}", h.root());
     assert_eq!(h.restored_count(), 0.0, "nothing had to be restored");
     let (status, _) = h.agent().get("/readyz").expect("readyz");
@@ -222,26 +196,11 @@ fn the_uplink_going_down_and_up_keeps_the_datapath_and_the_tree() {
 fn without_a_bpffs_the_agent_refuses_and_touches_nothing() {
     require!(privileged());
     require!(agent::binary());
-    let host = NetNs::new().expect("namespace");
-    let peer = NetNs::new().expect("peer");
-    host.veth_to(
-        ("veth0", "198.18.24.1/24"),
-        &peer,
-        ("veth0", "198.18.24.2/24"),
-    )
-    .expect("veth");
-    let dir = std::env::temp_dir().join(format!("vmbw-faults-nobpffs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let (config, api) = (dir.join("vmbw.toml"), dir.join("api.sock"));
+    let t = TestHost::new("faults-nobpffs", 24).expect("test host");
+    let (config, api) = (t.dir.join("vmbw.toml"), t.dir.join("api.sock"));
     // A pin directory on the temp file system, not on a bpffs.
-    let pins = dir.join("pins");
-    agent::write_minimal_config(&config, &pins, &dir.join("state"), &api);
-    let result = Agent::start(&host, &config, &api, &dir.join("agent.log"));
-    let root = host
-        .exec("tc", &["qdisc", "show", "dev", "veth0", "root"])
-        .unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&dir);
-    let e = match result {
+    agent::write_minimal_config(&config, &t.dir.join("pins"), &t.dir.join("state"), &api);
+    let e = match Agent::start(&t.host, &config, &api, &t.dir.join("agent.log")) {
         Ok(_) => panic!("the agent started without a bpffs"),
         Err(e) => format!("{e:#}"),
     };
@@ -249,5 +208,6 @@ fn without_a_bpffs_the_agent_refuses_and_touches_nothing() {
         e.contains("is not on a bpffs (mount one with `mount -t bpf bpf"),
         "{e}"
     );
+    let root = t.root_qdisc();
     assert!(!root.contains("htb"), "the uplink was changed: {root}");
 }
