@@ -314,7 +314,7 @@ pub fn markdown(rep: &ScenarioReport) -> String {
     }
     out.push_str(
         "\n## Per VM\n\n\
-         | VM | policy | converged | total s | downtime ms | iterations | MB sent | app Mbit/s (asked, reserved) | SLA p5 | s below 95% | throttled s | post-copy s (pages fetched) | prediction MAPE % |\n\
+         | VM | policy | converged | total s | downtime ms | iterations | MB sent | app Mbit/s (asked, reserved) | SLA p5 | s below 95% | throttled s | post-copy s (pages fetched; guest waiting s) | prediction MAPE % |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut keys = vm_policy_pairs(rep.results.iter());
@@ -348,9 +348,17 @@ pub fn markdown(rep: &ScenarioReport) -> String {
             fmt_spread(col(&|r| Some(r.below_95_s as f64)), 0),
             fmt_spread(col(&|r| Some(r.throttled_s)), 1),
             fmt_spread(col(&|r| Some(r.postcopy_s)), 1),
-            match col(&|r| r.postcopy_requests.filter(|n| *n > 0).map(|n| n as f64)) {
-                Some(s) => format!(" ({})", fmt_spread(Some(s), 0)),
-                None => String::new(),
+            match (
+                col(&|r| r.postcopy_requests.filter(|n| *n > 0).map(|n| n as f64)),
+                col(&|r| r.postcopy_blocked_ms.map(|ms| ms as f64 / 1000.0)),
+            ) {
+                (Some(s), Some(b)) => format!(
+                    " ({}; {})",
+                    fmt_spread(Some(s), 0),
+                    fmt_spread(Some(b), 1)
+                ),
+                (Some(s), None) => format!(" ({})", fmt_spread(Some(s), 0)),
+                _ => String::new(),
             },
             fmt_spread(col(&|r| r.prediction_mape), 1),
         ));

@@ -111,6 +111,10 @@ pub struct RunResult {
     pub postcopy_requests: Option<u64>,
     #[serde(default)]
     pub postcopy_bytes: Option<u64>,
+    /// Milliseconds the guest's vCPUs waited for post-copy's pages on the
+    /// destination, over the whole post-copy phase.
+    #[serde(default)]
+    pub postcopy_blocked_ms: Option<u64>,
     /// The agent's completion forecast scored against what happened, at
     /// 25%, 50% and 75% of the migration's time (converged runs only).
     #[serde(default)]
@@ -176,6 +180,10 @@ pub struct Second {
     pub target_mbit: Option<f64>,
     pub throttle_pct: u64,
     pub postcopy: bool,
+    /// Milliseconds of this second the guest's vCPUs waited for post-copy
+    /// pages on the destination (QEMU's `postcopy-blocktime`).
+    #[serde(default)]
+    pub blocked_ms: Option<f64>,
 }
 
 impl RunResult {
@@ -196,6 +204,9 @@ struct Poll {
     transferred: u64,
     throttle_pct: u64,
     postcopy: bool,
+    /// The destination's vCPU wait for post-copy pages so far, ms (read
+    /// while in post-copy, when armed).
+    blocked_ms: Option<u64>,
 }
 
 /// One migrating VM as the runner follows it.
@@ -206,6 +217,8 @@ struct Followed {
     /// How progress lines name it: ` vmN`, or nothing when it migrates alone.
     label: String,
     ctl: Qmp,
+    /// The destination's control monitor (post-copy's blocktime).
+    dst_ctl: Qmp,
     uri: String,
     predicted: BTreeMap<u32, f64>,
     actual: BTreeMap<u32, f64>,
@@ -269,7 +282,8 @@ pub fn run_one(
                 agent.log_text()
             );
         }
-        rt.block_on(arm(&bench, &mut ctl, dst, &slot.migration_uri()))
+        let dst_ctl = rt
+            .block_on(arm(&bench, &mut ctl, dst, &slot.migration_uri()))
             .with_context(|| format!("arming vm{} for {policy}", slot.index))?;
         let name = format!("vm{}", slot.index);
         vms.push(Followed {
@@ -281,6 +295,7 @@ pub fn run_one(
             },
             name,
             ctl,
+            dst_ctl,
             uri: slot.migration_uri(),
             predicted: BTreeMap::new(),
             actual: BTreeMap::new(),
@@ -360,6 +375,17 @@ pub fn run_one(
             let info = rt.block_on(query_migrate(v))?;
             let elapsed = started.elapsed().as_secs_f64();
             v.record(elapsed, &info);
+            if info.status == Some(MigrationStatus::PostcopyActive) {
+                // The destination's count of the guest's wait for pages;
+                // a monitor that does not answer leaves the poll without.
+                let blocked = rt
+                    .block_on(v.dst_ctl.query_migrate())
+                    .ok()
+                    .and_then(|i| i.postcopy_blocktime);
+                if let Some(p) = v.polls.last_mut() {
+                    p.blocked_ms = blocked;
+                }
+            }
             // The guest runs on the destination from post-copy's start:
             // its traffic leaves there from then on.
             if info.status == Some(MigrationStatus::PostcopyActive) && !v.moved {
@@ -539,6 +565,7 @@ pub fn run_one(
             stopped_s: downtime_ms.unwrap_or(0.0) / 1000.0,
             postcopy_requests: ram.and_then(|r| r.postcopy_requests),
             postcopy_bytes: ram.and_then(|r| r.postcopy_bytes),
+            postcopy_blocked_ms: v.polls.iter().filter_map(|p| p.blocked_ms).max(),
             eta_error: if *converged {
                 score_eta(&v.forecasts, *ended_s)
             } else {
@@ -603,11 +630,13 @@ impl Followed {
     /// Keeps one poll of QEMU and adds its interval to the throttled and
     /// post-copy times.
     fn record(&mut self, t_s: f64, info: &vmbw::qemu::types::MigrationInfo) {
+        let postcopy = info.status == Some(MigrationStatus::PostcopyActive);
         let poll = Poll {
             t_s,
             transferred: info.ram.as_ref().map_or(0, |r| r.transferred),
             throttle_pct: info.cpu_throttle_percentage.unwrap_or(0),
-            postcopy: info.status == Some(MigrationStatus::PostcopyActive),
+            postcopy,
+            blocked_ms: None,
         };
         if let Some(prev) = self.polls.last() {
             let dt = t_s - prev.t_s;
@@ -634,7 +663,7 @@ async fn arm(
     src: &mut Qmp,
     dst: &crate::vm::Vm,
     uri: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Qmp> {
     let mut dst_ctl = Qmp::connect(&dst.qmp_ctl, ctl_options()).await?;
     if policy.arms_postcopy() {
         // vmbw arms the preempt channel too (QEMU >= 8.0): the pages a
@@ -646,6 +675,8 @@ async fn arm(
             caps.push((Capability::PostcopyPreempt, true));
         }
         src.set_capabilities(&caps).await?;
+        // Measurement only: how long the guest waits for its pages.
+        caps.push((Capability::PostcopyBlocktime, true));
         dst_ctl.set_capabilities(&caps).await?;
     }
     if policy.arms_autoconverge() {
@@ -658,7 +689,7 @@ async fn arm(
         }
     }
     dst_ctl.migrate_incoming(uri).await?;
-    Ok(())
+    Ok(dst_ctl)
 }
 
 /// The per-second timeline of one VM's migration: the sink's bytes, the
@@ -686,6 +717,16 @@ fn timeline(
             None => last.transferred as f64,
         }
     };
+    // The destination's cumulative wait as of time t (the last reading at
+    // or before t); None before post-copy.
+    let blocked_at = |t: f64| -> Option<f64> {
+        polls
+            .iter()
+            .rev()
+            .filter(|p| p.t_s <= t)
+            .find_map(|p| p.blocked_ms)
+            .map(|b| b as f64)
+    };
     seconds
         .iter()
         .map(|&(at, bytes)| {
@@ -712,6 +753,8 @@ fn timeline(
                 target_mbit: target,
                 throttle_pct: poll.map_or(0, |p| p.throttle_pct),
                 postcopy: poll.is_some_and(|p| p.postcopy),
+                blocked_ms: blocked_at(t_s + 1.0)
+                    .map(|b| (b - blocked_at(t_s).unwrap_or(0.0)).max(0.0)),
             }
         })
         .collect()
@@ -882,6 +925,7 @@ mod tests {
             target_mbit: target,
             throttle_pct: 0,
             postcopy: false,
+            blocked_ms: None,
         }
     }
 
@@ -918,6 +962,9 @@ mod tests {
                 transferred: i * 500_000,
                 throttle_pct: if i > 10 { 20 } else { 0 },
                 postcopy: false,
+                // From 5 s on, the destination's vCPUs wait 100 ms of
+                // every half second.
+                blocked_ms: (i >= 10).then(|| (i - 10) * 100),
             })
             .collect();
         // The application sends 2.5 MB/s (20 Mbit/s) 2 s on, 2 s off, its
@@ -940,6 +987,20 @@ mod tests {
         for s in &t {
             assert!((s.migration_mbit - 8.0).abs() < 1e-6, "{s:?}");
         }
+        let blocked: Vec<Option<f64>> = t.iter().map(|s| s.blocked_ms).collect();
+        assert_eq!(
+            blocked,
+            [
+                None,
+                None,
+                None,
+                None,
+                Some(0.0),
+                Some(200.0),
+                Some(200.0),
+                Some(200.0)
+            ]
+        );
         // With 2 s phases the middle of every second lies within the 0.6 s
         // margin of an edge: nothing is scored.
         assert!(t.iter().all(|s| s.target_mbit.is_none()), "{t:?}");

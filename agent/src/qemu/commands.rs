@@ -23,6 +23,9 @@ pub enum Capability {
     PostcopyRam,
     /// Post-copy's urgent pages on a channel of their own (QEMU >= 8.0).
     PostcopyPreempt,
+    /// The destination counts how long its vCPUs wait for post-copy's
+    /// pages (`postcopy-blocktime` in its `query-migrate`).
+    PostcopyBlocktime,
 }
 
 impl Capability {
@@ -32,6 +35,7 @@ impl Capability {
             Capability::AutoConverge => "auto-converge",
             Capability::PostcopyRam => "postcopy-ram",
             Capability::PostcopyPreempt => "postcopy-preempt",
+            Capability::PostcopyBlocktime => "postcopy-blocktime",
         }
     }
 }

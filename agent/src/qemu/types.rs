@@ -31,6 +31,11 @@ pub struct MigrationInfo {
     pub cpu_throttle_percentage: Option<u64>,
     #[serde(default)]
     pub error_desc: Option<String>,
+    /// Destination, with `postcopy-blocktime` armed: milliseconds its
+    /// vCPUs spent waiting for post-copy's pages (overlapping waits of
+    /// several vCPUs counted once).
+    #[serde(default)]
+    pub postcopy_blocktime: Option<u64>,
 }
 
 /// `MigrationStats`: the RAM counters of a migration.
