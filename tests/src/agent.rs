@@ -4,6 +4,8 @@
 //! if the test ends early.
 
 use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -12,7 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use vmbw::daemon::http::{Listen, get};
 
-use crate::{BpffsMount, NetNs};
+use crate::{BpffsMount, NetNs, in_netns};
 
 /// What an agent test runs on: a host namespace whose `veth0`
 /// (198.18.`subnet`.1/24) reaches a peer namespace (.2), a private bpffs,
@@ -67,6 +69,40 @@ impl TestHost {
             &api,
         );
         (path, api)
+    }
+
+    /// 256 KiB cross from the host to the peer over TCP within 5 s. (There
+    /// is no `ping` on every machine; TCP is what migrations use anyway.)
+    pub fn reaches_peer(&self) -> bool {
+        const BYTES: usize = 256 * 1024;
+        let peer = format!("{}:0", self.peer_ip());
+        let Ok(listener) = in_netns(&self.peer, || TcpListener::bind(peer.as_str())) else {
+            return false;
+        };
+        let Ok(addr) = listener.local_addr() else {
+            return false;
+        };
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).ok()?;
+            Some(got.len())
+        });
+        let sent = in_netns(&self.host, || {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        })
+        .and_then(|mut s| {
+            s.set_write_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(&[7u8; BYTES])?;
+            s.shutdown(std::net::Shutdown::Write)
+        });
+        if sent.is_err() {
+            // Unblock the accept.
+            let _ = in_netns(&self.peer, || TcpStream::connect(addr));
+        }
+        let received = reader.join().ok().flatten();
+        sent.is_ok() && received == Some(BYTES)
     }
 
     /// The root qdisc line of `veth0`.
@@ -148,6 +184,19 @@ impl Agent {
         api_socket: &Path,
         log: &Path,
     ) -> anyhow::Result<Agent> {
+        let mut agent = Agent::spawn_as(ns, wrapper, config, api_socket, log)?;
+        agent.wait_ready()?;
+        Ok(agent)
+    }
+
+    /// Starts the agent and returns at once (it may still be setting up).
+    pub fn spawn_as(
+        ns: &NetNs,
+        wrapper: &[&str],
+        config: &Path,
+        api_socket: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Agent> {
         let bin = binary().map_err(anyhow::Error::msg)?;
         let out =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
@@ -164,32 +213,37 @@ impl Agent {
             .stderr(err)
             .spawn()
             .context("starting the agent")?;
-        let mut agent = Agent {
+        Ok(Agent {
             child: Some(child),
             log: log.to_owned(),
             api: Listen::Unix(api_socket.to_owned()),
             config: config.to_owned(),
             ns: ns.name().to_owned(),
-        };
+        })
+    }
+
+    /// Waits (20 s at most) until `/readyz` answers 200; an agent that
+    /// exits meanwhile is an error with its log.
+    pub fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok((200, _)) = agent.get("/readyz") {
-                return Ok(agent);
+            if let Ok((200, _)) = self.get("/readyz") {
+                return Ok(());
             }
-            if let Some(status) = agent
+            if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 bail!(
                     "the agent exited with {status} during start-up:\n{}",
-                    agent.log_text()
+                    self.log_text()
                 );
             }
             if Instant::now() > deadline {
                 bail!(
                     "the agent did not become ready in 20 s:\n{}",
-                    agent.log_text()
+                    self.log_text()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -2,11 +2,7 @@
 //! keeps flowing meanwhile) and recovery: vmbw's HTB root deleted,
 //! replaced by someone else's qdisc, and the uplink going down and up.
 
-use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use aya::programs::{SchedClassifier, tc::TcAttachType};
 use vmbw_tests::{
@@ -42,39 +38,8 @@ impl Host {
         self.root().contains("qdisc htb 7662: root")
     }
 
-    /// 256 KiB cross to the peer over TCP within 5 s (fail-open: whatever
-    /// the root is). There is no ping on every machine; TCP is what
-    /// migrations use anyway.
     fn reaches_peer(&self) -> bool {
-        const BYTES: usize = 256 * 1024;
-        let peer = format!("{}:0", self.t.peer_ip());
-        let Ok(listener) = in_netns(&self.t.peer, || TcpListener::bind(peer.as_str())) else {
-            return false;
-        };
-        let Ok(addr) = listener.local_addr() else {
-            return false;
-        };
-        let reader = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            let mut got = Vec::new();
-            s.read_to_end(&mut got).ok()?;
-            Some(got.len())
-        });
-        let sent = in_netns(&self.t.host, || {
-            TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        })
-        .and_then(|mut s| {
-            s.set_write_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(&[7u8; BYTES])?;
-            s.shutdown(std::net::Shutdown::Write)
-        });
-        if sent.is_err() {
-            // Unblock the accept.
-            let _ = in_netns(&self.t.peer, || TcpStream::connect(addr));
-        }
-        let received = reader.join().ok().flatten();
-        sent.is_ok() && received == Some(BYTES)
+        self.t.reaches_peer()
     }
 
     /// Waits up to `limit` for vmbw's root to be back.
@@ -210,4 +175,62 @@ fn without_a_bpffs_the_agent_refuses_and_touches_nothing() {
     );
     let root = t.root_qdisc();
     assert!(!root.contains("htb"), "the uplink was changed: {root}");
+}
+
+/// SIGKILL at each stage of the agent's start-up: at once, once the
+/// datapath is attached, once its HTB root replaced the original, once the
+/// fq probe ran, once the tree is in place. Traffic keeps flowing after
+/// each kill, the next agent comes up over whatever was left (adopting or
+/// installing), and on SIGTERM restores the uplink's original root.
+#[test]
+fn an_agent_killed_mid_setup_leaves_what_the_next_one_takes_over() {
+    require!(privileged());
+    require!(agent::binary());
+    let t = TestHost::new("faults-kill", 26).expect("test host");
+    let original = t.root_qdisc();
+    assert!(original.contains("noqueue"), "{original}");
+    let (config, api) = t.config("agent");
+    let stages = [
+        None,
+        Some("datapath attached"),
+        Some("vmbw HTB root installed"),
+        Some("probed for the fq qdisc"),
+        Some("HTB tree in place"),
+    ];
+    for (i, stage) in stages.into_iter().enumerate() {
+        let log = t.dir.join(format!("killed-{i}.log"));
+        let mut killed =
+            Agent::spawn_as(&t.host, &[], &config, &api, &log).expect("spawn the agent");
+        if let Some(line) = stage {
+            let started = Instant::now();
+            while !killed.log_text().contains(line) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "no `{line}` in 20 s:\n{}",
+                    killed.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        killed
+            .signal(libc::SIGKILL, Duration::from_secs(5))
+            .expect("killed");
+        assert!(
+            t.reaches_peer(),
+            "traffic stops after a kill at {stage:?} (root: {})",
+            t.root_qdisc()
+        );
+    }
+    let mut next = Agent::start(&t.host, &config, &api, &t.dir.join("next.log"))
+        .expect("an agent starts over what the killed ones left");
+    assert!(t.root_qdisc().contains("qdisc htb 7662: root"));
+    assert!(t.reaches_peer(), "traffic through vmbw's tree");
+    assert_eq!(
+        next.signal(libc::SIGTERM, Duration::from_secs(10))
+            .expect("stops"),
+        Some(0),
+        "{}",
+        next.log_text()
+    );
+    assert_eq!(t.root_qdisc(), original, "the original root is back");
 }
