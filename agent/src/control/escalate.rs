@@ -150,6 +150,16 @@ impl Escalator {
             keep_in_force(e, d);
             let bandwidth = forecast::bandwidth(d, &inputs.link);
             d.forecast = forecast::of(vm, d, &inputs.link, e.postcopy);
+            if let Some(f) = d.forecast
+                && plans_postcopy_after_pass(&self.cfg, vm, d, e, f, bandwidth)
+            {
+                // What will happen, not what pre-copy alone would do.
+                d.forecast = Some(forecast::postcopy_after_pass(
+                    vm.remaining,
+                    forecast::dirty_rate(vm),
+                    bandwidth,
+                ));
+            }
             if let Some(f) = d.forecast {
                 d.why(f.describe());
             }
@@ -183,12 +193,10 @@ impl Escalator {
                 continue;
             }
             let Some(f) = d.forecast else { continue };
-            let floor = forecast::floor_s(vm.remaining, bandwidth);
-            let late = match f.eta_s {
-                None => true,
-                Some(eta) => eta > self.cfg.slack * floor && eta - floor > self.cfg.min_excess_s,
-            };
-            if !late {
+            if !self
+                .cfg
+                .late(&f, forecast::floor_s(vm.remaining, bandwidth))
+            {
                 continue;
             }
             let candidates = candidates(&self.cfg, vm, e, bandwidth);
@@ -235,6 +243,38 @@ impl Escalator {
             d.why(why.join("; "));
         }
     }
+}
+
+impl Config {
+    /// Whether forecast `f` is late against the `floor` for what is left.
+    fn late(&self, f: &forecast::Forecast, floor: f64) -> bool {
+        match f.eta_s {
+            None => true,
+            Some(eta) => eta > self.slack * floor && eta - floor > self.min_excess_s,
+        }
+    }
+}
+
+/// Whether escalation's plan for `vm` is post-copy at the end of its bulk
+/// pass: its promised application sends (so it is not switched during the
+/// pass), post-copy is armed and allowed, and pre-copy's forecast `f` is
+/// late.
+fn plans_postcopy_after_pass(
+    cfg: &Config,
+    vm: &VmInputs,
+    d: &VmDecision,
+    e: &Escalation,
+    f: forecast::Forecast,
+    bandwidth: f64,
+) -> bool {
+    vm.iteration <= 1
+        && !vm.postcopy
+        && !e.postcopy
+        && !d.delayed
+        && app_sending(vm)
+        && cfg.allow_postcopy
+        && vm.armed.postcopy
+        && cfg.late(&f, forecast::floor_s(vm.remaining, bandwidth))
 }
 
 /// Puts what escalation already fired into the decision.
@@ -474,6 +514,33 @@ mod tests {
         sending.sampled_dirty_rate = Some(40.0 * MBIT);
         let d = review(&mut esc, sending, 15.0);
         assert!(!d.qemu.start_postcopy, "{:?}", d.reasons);
+    }
+
+    #[test]
+    fn the_bulk_pass_forecast_of_a_sending_promise_is_the_post_copy_plan() {
+        let mut esc = Escalator::new(Config::default());
+        // 90 MB left of the bulk pass at 15 Mbit/s (48 s), sampled dirtying
+        // at 8 Mbit/s: pre-copy never ends in time; the plan is this pass,
+        // then post-copy for the 48 MB dirtied meanwhile (25.6 s).
+        let mut sending = vm(1, 90.0, 0.0, ALL);
+        sending.sampled_dirty_rate = Some(8.0 * MBIT);
+        let d = review(&mut esc, sending.clone(), 15.0);
+        assert!(!d.qemu.start_postcopy, "waits for the pass to end");
+        let f = d.forecast.expect("forecast");
+        assert!(f.postcopy_after_pass);
+        let pass = 90e6 / (15.0 * MBIT);
+        let want = pass + 8.0 * MBIT * pass / (15.0 * MBIT);
+        assert!((f.eta_s.expect("eta") - want).abs() < 1e-6, "{f:?}");
+        assert!(reasons(&d).contains("post-copy at the end of this pass"));
+        // Without post-copy armed it is pre-copy's forecast: nine more passes.
+        let mut esc = Escalator::new(Config::default());
+        let unarmed = VmInputs {
+            armed: Armed::default(),
+            ..sending
+        };
+        let f = review(&mut esc, unarmed, 15.0).forecast.expect("forecast");
+        assert!(!f.postcopy_after_pass, "{f:?}");
+        assert!(f.eta_s.expect("converges slowly") > want, "{f:?}");
     }
 
     #[test]

@@ -13,6 +13,11 @@
 //! During the bulk pass (iteration 1) the dirty rate is unknown until the
 //! first sync: the forecast then assumes the last known rate (0 without
 //! one), and says so.
+//!
+//! Where escalation already knows what it will do, the forecast is that
+//! plan's: a VM whose promised application sends is switched to post-copy
+//! at the end of its bulk pass if pre-copy would be late, so its forecast
+//! is [`postcopy_after_pass`] (this pass, then what it dirtied, once).
 
 use super::{Link, VmDecision, VmInputs};
 
@@ -74,6 +79,10 @@ pub struct Forecast {
     pub downtime_s: Option<f64>,
     /// ρ = D/B: how much each pass shrinks (< 1 converges).
     pub ratio: f64,
+    /// The plan is post-copy at the end of the current pass (escalation's
+    /// plan for a VM whose promised application sends); the figures are
+    /// that plan's, not pre-copy's.
+    pub postcopy_after_pass: bool,
 }
 
 /// More passes than this and the forecast calls it "does not converge":
@@ -87,6 +96,14 @@ impl Forecast {
 
     /// One line for a decision's reasons.
     pub fn describe(&self) -> String {
+        if self.postcopy_after_pass {
+            return format!(
+                "forecast: converges in {:.1} s with post-copy at the end of this pass \
+                 (pre-copy alone: dirty/allotted = {:.2})",
+                self.eta_s.unwrap_or(f64::NAN),
+                self.ratio
+            );
+        }
         match (self.eta_s, self.passes, self.downtime_s) {
             (Some(eta), Some(n), Some(dt)) => format!(
                 "forecast: converges in {eta:.1} s ({n} more pass(es), dirty/allotted = {:.2}, downtime {:.0} ms)",
@@ -118,6 +135,7 @@ pub fn forecast(
             passes: None,
             downtime_s: None,
             ratio: f64::INFINITY,
+            postcopy_after_pass: false,
         };
     }
     let ratio = dirty_rate / bandwidth;
@@ -131,6 +149,7 @@ pub fn forecast(
                 passes: Some(pass - 1),
                 downtime_s: Some(t),
                 ratio,
+                postcopy_after_pass: false,
             };
         }
         if ratio >= 1.0 {
@@ -144,6 +163,28 @@ pub fn forecast(
         passes: None,
         downtime_s: None,
         ratio,
+        postcopy_after_pass: false,
+    }
+}
+
+/// The plan "finish this pass, then post-copy": what is left of the pass
+/// at `bandwidth`, then once more what the guest dirtied meanwhile (at most
+/// `dirty_rate` × that time; a working set smaller than that makes it
+/// shorter), sent in post-copy while the guest runs on the destination.
+/// The switch stops the guest only for its device state: no downtime is
+/// forecast.
+pub fn postcopy_after_pass(remaining: f64, dirty_rate: f64, bandwidth: f64) -> Forecast {
+    if bandwidth <= 0.0 {
+        return forecast(remaining, dirty_rate, bandwidth, 0.0);
+    }
+    let pass = remaining.max(0.0) / bandwidth;
+    let dirtied = dirty_rate.max(0.0) * pass;
+    Forecast {
+        eta_s: Some(pass + dirtied / bandwidth),
+        passes: Some(1),
+        downtime_s: Some(0.0),
+        ratio: dirty_rate.max(0.0) / bandwidth,
+        postcopy_after_pass: true,
     }
 }
 
@@ -201,6 +242,18 @@ mod tests {
         assert!(forecast(2.0 * MB, 12.0 * MB, 10.0 * MB, 0.3).converging());
         // No bandwidth, no migration.
         assert!(!forecast(1.0, 0.0, 0.0, 0.3).converging());
+    }
+
+    #[test]
+    fn post_copy_after_the_pass_sends_the_rest_once() {
+        // 100 MB left at 10 MB/s (10 s), 15 MB/s dirtied meanwhile: pre-copy
+        // never converges; the plan sends 150 MB more, once: 25 s in all.
+        assert!(!forecast(100.0 * MB, 15.0 * MB, 10.0 * MB, 0.3).converging());
+        let f = postcopy_after_pass(100.0 * MB, 15.0 * MB, 10.0 * MB);
+        assert!((f.eta_s.expect("converges") - 25.0).abs() < 1e-9);
+        assert!(f.postcopy_after_pass && f.converging());
+        assert!(f.describe().contains("post-copy at the end of this pass"));
+        assert!(!postcopy_after_pass(1.0, 0.0, 0.0).converging());
     }
 
     #[test]
