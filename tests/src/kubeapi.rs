@@ -10,6 +10,19 @@
 //! paths (the agents' API behind the pod proxy). Every request's path and
 //! query is recorded so tests can check what a client asked for.
 //!
+//! It is as strict as a real one where a client could get away with less:
+//! - a watch from a resourceVersion older than the last compaction gets a
+//!   `410 Expired` ERROR event ([`FakeApi::expire_watches`]), so clients
+//!   must relist;
+//! - watches that allow bookmarks get BOOKMARK events;
+//! - field selectors on `kubevirt.io` resources other than `metadata.name`
+//!   and `metadata.namespace` are refused (400), as for any custom
+//!   resource without `selectableFields` (KubeVirt declares none);
+//! - with [`FakeApi::enforce_cluster_role`], any verb or resource outside a
+//!   ClusterRole (read from its YAML) is answered 403;
+//! - an object that stops matching a watch's selector is sent as DELETED
+//!   with its previous content (the watch cache's rule).
+//!
 //! It is the only mock in the test suite; everything it serves is a
 //! recorded real object.
 
@@ -48,6 +61,9 @@ struct WatchEvent {
     object: Value,
     /// The object before a MODIFIED.
     previous: Option<Value>,
+    /// `previous` at this event's resourceVersion: what a watch whose
+    /// selector the object stopped matching receives as DELETED.
+    deleted_as: Option<Value>,
 }
 
 impl WatchEvent {
@@ -68,7 +84,9 @@ impl WatchEvent {
                 match (before, now) {
                     (true, true) => Some(("MODIFIED", &self.object)),
                     (false, true) => Some(("ADDED", &self.object)),
-                    (true, false) => Some(("DELETED", &self.object)),
+                    // The watch cache sends the object as it was, at
+                    // this event's resourceVersion.
+                    (true, false) => Some(("DELETED", self.deleted_as.as_ref()?)),
                     (false, false) => None,
                 }
             }
@@ -86,6 +104,70 @@ struct State {
     /// exact path -> (status, body)
     routes: BTreeMap<String, (u16, Value)>,
     requests: Vec<String>,
+    /// Watches from a resourceVersion below this get 410 Expired.
+    compacted: u64,
+    /// The ClusterRole's rules, when enforced.
+    rbac: Option<Vec<Rule>>,
+}
+
+/// One rule of a ClusterRole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub api_groups: Vec<String>,
+    pub resources: Vec<String>,
+    pub verbs: Vec<String>,
+}
+
+impl Rule {
+    fn allows(&self, group: &str, resource: &str, verb: &str) -> bool {
+        let any = |list: &[String], x: &str| list.iter().any(|v| v == x || v == "*");
+        any(&self.api_groups, group) && any(&self.resources, resource) && any(&self.verbs, verb)
+    }
+}
+
+/// The rules of a ClusterRole manifest as deploy/ writes them: each rule a
+/// `- apiGroups: [...]` item followed by `resources: [...]` and
+/// `verbs: [...]`, lists in flow style. Anything else is an error, so the
+/// file cannot drift into a shape this reads wrongly.
+pub fn cluster_role_rules(yaml: &str) -> anyhow::Result<Vec<Rule>> {
+    fn list(line: &str, key: &str) -> Option<Vec<String>> {
+        let rest = line.trim().trim_start_matches("- ").strip_prefix(key)?;
+        let inner = rest.trim().strip_prefix('[')?.strip_suffix(']')?;
+        Some(
+            inner
+                .split(',')
+                .map(|x| x.trim().trim_matches('"').to_owned())
+                .filter(|x| !x.is_empty() || inner.contains("\"\""))
+                .collect(),
+        )
+    }
+    let mut rules = Vec::new();
+    let mut in_rules = false;
+    let mut lines = yaml.lines().filter(|l| !l.trim_start().starts_with('#'));
+    while let Some(line) = lines.next() {
+        if line.trim_end() == "rules:" {
+            in_rules = true;
+            continue;
+        }
+        if !in_rules || line.trim().is_empty() {
+            continue;
+        }
+        let api_groups = list(line, "apiGroups:")
+            .with_context(|| format!("expected `- apiGroups: [...]`, found `{line}`"))?;
+        let mut next = |key: &str| -> anyhow::Result<Vec<String>> {
+            let l = lines.next().unwrap_or_default();
+            list(l, key).with_context(|| format!("expected `{key} [...]`, found `{l}`"))
+        };
+        let resources = next("resources:")?;
+        let verbs = next("verbs:")?;
+        rules.push(Rule {
+            api_groups,
+            resources,
+            verbs,
+        });
+    }
+    anyhow::ensure!(!rules.is_empty(), "no rules found");
+    Ok(rules)
 }
 
 /// The fake API server. Dropping it stops it.
@@ -93,6 +175,8 @@ pub struct FakeApi {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
     events: broadcast::Sender<WatchEvent>,
+    /// Ends every open watch stream.
+    reset: broadcast::Sender<()>,
     task: JoinHandle<()>,
 }
 
@@ -119,15 +203,18 @@ impl FakeApi {
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State::default()));
         let (events, _) = broadcast::channel(256);
+        let (reset, _) = broadcast::channel(4);
         let task = {
             let state = state.clone();
             let events = events.clone();
+            let reset = reset.clone();
             tokio::spawn(async move {
                 while let Ok((conn, _)) = listener.accept().await {
                     let state = state.clone();
                     let events = events.clone();
+                    let reset = reset.clone();
                     tokio::spawn(async move {
-                        let _ = serve(conn, state, events).await;
+                        let _ = serve(conn, state, events, reset).await;
                     });
                 }
             })
@@ -136,6 +223,7 @@ impl FakeApi {
             addr,
             state,
             events,
+            reset,
             task,
         })
     }
@@ -184,12 +272,17 @@ impl FakeApi {
             } else {
                 "ADDED"
             };
+            let deleted_as = previous.clone().map(|mut p| {
+                p["metadata"]["resourceVersion"] = json!(rv.to_string());
+                p
+            });
             let ev = WatchEvent {
                 rv,
                 collection: collection.to_owned(),
                 kind,
                 object,
                 previous,
+                deleted_as,
             };
             s.events.push(ev.clone());
             ev
@@ -216,11 +309,34 @@ impl FakeApi {
                 kind: "DELETED",
                 object,
                 previous: None,
+                deleted_as: None,
             };
             s.events.push(ev.clone());
             ev
         };
         let _ = self.events.send(ev);
+    }
+
+    /// Answers 403 to any request outside the rules of the ClusterRole in
+    /// `yaml` (e.g. deploy/base/clusterrole.yaml).
+    pub fn enforce_cluster_role(&self, yaml: &str) -> anyhow::Result<()> {
+        self.lock().rbac = Some(cluster_role_rules(yaml)?);
+        Ok(())
+    }
+
+    /// As etcd compacting its history past every client: the
+    /// resourceVersion moves on (a write elsewhere), everything up to it is
+    /// compacted, and every open watch ends. Clients that re-watch from
+    /// where they were get 410 Expired and must relist.
+    pub fn expire_watches(&self) {
+        {
+            let mut s = self.lock();
+            s.rv += 1;
+            s.compacted = s.rv;
+            let rv = s.rv;
+            s.events.retain(|e| e.rv >= rv);
+        }
+        let _ = self.reset.send(());
     }
 
     /// A fixed answer for an exact path.
@@ -312,10 +428,50 @@ fn namespaced(path: &str) -> Option<(String, String, Option<String>)> {
     ))
 }
 
+/// The API group, version and resource a path names, and whether it names
+/// one object: `/api/v1/[namespaces/NS/]RES[/NAME]` or
+/// `/apis/G/V/[namespaces/NS/]RES[/NAME]`.
+fn group_resource(path: &str) -> Option<(String, String, String, bool)> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, version, rest) = match parts.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let rest = match rest {
+        ["namespaces", _, rest @ ..] if !rest.is_empty() => rest,
+        rest => rest,
+    };
+    match rest {
+        [res] => Some((group.into(), version.into(), (*res).into(), false)),
+        [res, _name] => Some((group.into(), version.into(), (*res).into(), true)),
+        _ => None,
+    }
+}
+
+/// Field labels a custom resource supports without `selectableFields`.
+const CR_FIELDS: [&str; 2] = ["metadata.name", "metadata.namespace"];
+
+fn status(code: u16, reason: &str, message: String) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code
+    })
+}
+
+/// How often a watch that allows bookmarks gets one.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
+
 async fn serve(
     conn: TcpStream,
     state: Arc<Mutex<State>>,
     events: broadcast::Sender<WatchEvent>,
+    reset: broadcast::Sender<()>,
 ) -> anyhow::Result<()> {
     let mut conn = BufReader::new(conn);
     loop {
@@ -339,17 +495,82 @@ async fn serve(
         let watch = matches!(query_param(&query, "watch"), Some("true" | "1"));
         let label_selector = query_param(&query, "labelSelector").map(percent_decode);
         let field_selector = query_param(&query, "fieldSelector").map(percent_decode);
+        let bookmarks = matches!(query_param(&query, "allowWatchBookmarks"), Some("true"));
         let mut rx = events.subscribe();
-        let (status, body, backlog, since) = {
+        let mut reset_rx = reset.subscribe();
+        let api = group_resource(&path);
+        let (status, body, backlog, since, snapshot) = {
             let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
             s.requests.push(target.clone());
+            let snapshot = s.rv;
             let single = namespaced(&path);
             let collection = match &single {
                 Some((c, _, _)) => c.clone(),
                 None => path.clone(),
             };
-            if let Some((status, body)) = s.routes.get(&path) {
-                (*status, body.clone(), Vec::new(), 0)
+            let verb = match &api {
+                Some((_, _, _, true)) => "get",
+                Some(_) if watch => "watch",
+                _ => "list",
+            };
+            let forbidden = match (&s.rbac, &api) {
+                (Some(rules), Some((group, _, resource, _))) => {
+                    !rules.iter().any(|r| r.allows(group, resource, verb))
+                }
+                _ => false,
+            };
+            let bad_field = match (&api, field_selector.as_deref()) {
+                (Some((group, ..)), Some(sel)) if group == "kubevirt.io" => sel
+                    .split(',')
+                    .filter_map(|t| t.split_once('=').map(|(k, _)| k.trim_end_matches('!')))
+                    .find(|k| !CR_FIELDS.contains(k))
+                    .map(str::to_owned),
+                _ => None,
+            };
+            let since: u64 = query_param(&query, "resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if forbidden {
+                let (group, _, resource, _) = api.clone().unwrap_or_default();
+                let message = format!(
+                    "{resource}{} is forbidden: User \"system:serviceaccount:vmbw-system:vmbw-agent\" \
+                     cannot {verb} resource \"{resource}\" in API group \"{group}\" at the cluster scope",
+                    if group.is_empty() {
+                        String::new()
+                    } else {
+                        format!(".{group}")
+                    }
+                );
+                (
+                    403,
+                    status(403, "Forbidden", message),
+                    Vec::new(),
+                    0,
+                    snapshot,
+                )
+            } else if let Some(field) = bad_field {
+                let message = format!("field label not supported: {field}");
+                (
+                    400,
+                    status(400, "BadRequest", message),
+                    Vec::new(),
+                    0,
+                    snapshot,
+                )
+            } else if watch && since != 0 && since < s.compacted {
+                // A watch answers 200 and then an ERROR event.
+                let message = format!("too old resource version: {since} ({})", s.compacted);
+                let expired = WatchEvent {
+                    rv: since,
+                    collection: collection.clone(),
+                    kind: "ERROR",
+                    object: status(410, "Expired", message),
+                    previous: None,
+                    deleted_as: None,
+                };
+                (200, Value::Null, vec![expired], since, snapshot)
+            } else if let Some((status, body)) = s.routes.get(&path) {
+                (*status, body.clone(), Vec::new(), 0, snapshot)
             } else if let Some((list_kind, objects)) = s.collections.get(&collection) {
                 let ns_filter = single.as_ref().map(|(_, ns, _)| ns.clone());
                 let in_ns = |o: &&Value| {
@@ -361,21 +582,18 @@ async fn serve(
                     Some(name) => {
                         let key = format!("{}/{name}", ns_filter.unwrap_or_default());
                         match objects.get(&key) {
-                            Some(o) => (200, o.clone(), Vec::new(), 0),
-                            None => (404, not_found(&key), Vec::new(), 0),
+                            Some(o) => (200, o.clone(), Vec::new(), 0, snapshot),
+                            None => (404, not_found(&key), Vec::new(), 0, snapshot),
                         }
                     }
                     None if watch => {
-                        let since: u64 = query_param(&query, "resourceVersion")
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(0);
                         let backlog: Vec<WatchEvent> = s
                             .events
                             .iter()
                             .filter(|e| e.rv > since && e.collection == collection)
                             .cloned()
                             .collect();
-                        (200, Value::Null, backlog, since)
+                        (200, Value::Null, backlog, since, snapshot)
                     }
                     None => {
                         let items: Vec<Value> = objects
@@ -392,11 +610,11 @@ async fn serve(
                             "metadata": {"resourceVersion": s.rv.to_string()},
                             "items": items,
                         });
-                        (200, body, Vec::new(), 0)
+                        (200, body, Vec::new(), 0, snapshot)
                     }
                 }
             } else {
-                (404, not_found(&path), Vec::new(), 0)
+                (404, not_found(&path), Vec::new(), 0, snapshot)
             }
         };
         let stream = conn.get_mut();
@@ -404,7 +622,12 @@ async fn serve(
             let bytes = serde_json::to_vec(&body)?;
             let head = format!(
                 "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                if status == 200 { "OK" } else { "Not Found" },
+                match status {
+                    200 => "OK",
+                    400 => "Bad Request",
+                    403 => "Forbidden",
+                    _ => "Not Found",
+                },
                 bytes.len()
             );
             stream.write_all(head.as_bytes()).await?;
@@ -423,21 +646,63 @@ async fn serve(
             .await?;
         let mut last = since;
         let (labels, fields) = (label_selector.as_deref(), field_selector.as_deref());
+        let expired = backlog.first().is_some_and(|e| e.kind == "ERROR");
         for ev in backlog {
             last = ev.rv;
             write_event(stream, &ev, labels, fields).await?;
         }
+        // A bookmark may carry any resourceVersion this stream has been
+        // brought up to: events arrive in order, so every one up to the
+        // last received has been sent or filtered out.
+        let mut seen = last.max(snapshot);
+        let (item_kind, api_version) = {
+            let s = state.lock().unwrap_or_else(|e| e.into_inner());
+            let kind = s
+                .collections
+                .get(&collection)
+                .map(|(k, _)| k.trim_end_matches("List").to_owned())
+                .unwrap_or_default();
+            let version = match &api {
+                Some((g, v, ..)) if g.is_empty() => v.clone(),
+                Some((g, v, ..)) => format!("{g}/{v}"),
+                None => String::new(),
+            };
+            (kind, version)
+        };
         let deadline = tokio::time::sleep(Duration::from_secs(60));
         tokio::pin!(deadline);
+        let mut bookmark = tokio::time::interval(BOOKMARK_EVERY);
+        // After 410 Expired, nothing more on this stream.
+        if expired {
+            stream.write_all(b"0\r\n\r\n").await?;
+            return Ok(());
+        }
         loop {
             tokio::select! {
                 _ = &mut deadline => break,
+                _ = reset_rx.recv() => break,
+                _ = bookmark.tick(), if bookmarks => {
+                    let ev = WatchEvent {
+                        rv: seen,
+                        collection: collection.clone(),
+                        kind: "BOOKMARK",
+                        object: json!({
+                            "kind": item_kind,
+                            "apiVersion": api_version,
+                            "metadata": {"resourceVersion": seen.to_string()},
+                        }),
+                        previous: None,
+                        deleted_as: None,
+                    };
+                    write_event(stream, &ev, None, None).await?;
+                }
                 ev = rx.recv() => match ev {
                     Ok(ev) if ev.collection == collection && ev.rv > last => {
                         last = ev.rv;
+                        seen = seen.max(ev.rv);
                         write_event(stream, &ev, labels, fields).await?;
                     }
-                    Ok(_) => {}
+                    Ok(ev) => seen = seen.max(ev.rv),
                     Err(broadcast::error::RecvError::Lagged(_)) => break,
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
@@ -454,7 +719,11 @@ async fn write_event(
     labels: Option<&str>,
     fields: Option<&str>,
 ) -> anyhow::Result<()> {
-    let Some((kind, object)) = ev.seen_through(labels, fields) else {
+    let seen = match ev.kind {
+        "ERROR" | "BOOKMARK" => Some((ev.kind, &ev.object)),
+        _ => ev.seen_through(labels, fields),
+    };
+    let Some((kind, object)) = seen else {
         return Ok(());
     };
     let mut line = serde_json::to_vec(&json!({"type": kind, "object": object}))?;
@@ -478,4 +747,41 @@ fn not_found(what: &str) -> Value {
         "reason": "NotFound",
         "code": 404
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deployed_cluster_role_reads_as_its_two_rules() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/base/clusterrole.yaml"
+        );
+        let rules =
+            cluster_role_rules(&std::fs::read_to_string(path).expect("role")).expect("rules");
+        assert_eq!(rules.len(), 2, "{rules:?}");
+        let allows = |g, r, v| rules.iter().any(|rule| rule.allows(g, r, v));
+        assert!(allows("kubevirt.io", "virtualmachineinstances", "watch"));
+        assert!(allows("", "pods", "list"));
+        assert!(!allows("", "nodes", "get"), "no code reads nodes");
+        assert!(!allows("kubevirt.io", "virtualmachineinstances", "patch"));
+        assert!(
+            cluster_role_rules("rules:\n  - apiGroups: [\"\"]\n    verbs: [\"get\"]\n").is_err()
+        );
+        assert_eq!(
+            group_resource("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances/x"),
+            Some((
+                "kubevirt.io".into(),
+                "v1".into(),
+                "virtualmachineinstances".into(),
+                true
+            ))
+        );
+        assert_eq!(
+            group_resource("/api/v1/pods"),
+            Some(("".into(), "v1".into(), "pods".into(), false))
+        );
+    }
 }

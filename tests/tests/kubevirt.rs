@@ -61,13 +61,34 @@ impl Drop for Setup {
     }
 }
 
+/// The agent's ClusterRole as deployed.
+fn cluster_role() -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/base/clusterrole.yaml"
+    );
+    std::fs::read_to_string(path).expect("deploy/base/clusterrole.yaml")
+}
+
 async fn setup(node: &str, initial: &[&str]) -> anyhow::Result<Setup> {
     setup_with(node, initial, Discovery::new(node, 1..=64)).await
 }
 
 async fn setup_with(node: &str, initial: &[&str], discovery: Discovery) -> anyhow::Result<Setup> {
+    setup_as(node, initial, discovery, &cluster_role()).await
+}
+
+/// The stand-in answers as a real API server would to the agent's service
+/// account bound to `role` (a ClusterRole manifest).
+async fn setup_as(
+    node: &str,
+    initial: &[&str],
+    discovery: Discovery,
+    role: &str,
+) -> anyhow::Result<Setup> {
     assert_eq!(discovery.node(), node);
     let api = FakeApi::start().await?;
+    api.enforce_cluster_role(role)?;
     api.collection(VMIS, "VirtualMachineInstanceList");
     api.collection(VMIMS, "VirtualMachineInstanceMigrationList");
     api.collection(PODS, "PodList");
@@ -661,4 +682,167 @@ async fn synced_means_the_first_lists_are_applied() {
         "synced before the running VMI was registered: {:?}",
         d.vms()
     );
+}
+
+async fn wait_synced(s: &Setup, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if s.synced.load(std::sync::atomic::Ordering::SeqCst) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// The deployed ClusterRole is what discovery needs, and all of it: with
+/// `watch` on pods removed, the API server answers 403 and discovery never
+/// syncs (so `/readyz` would keep the agent out of service).
+#[tokio::test]
+async fn the_deployed_cluster_role_is_needed_verb_for_verb() {
+    require!(privileged());
+    let s = setup("node02", &["vmi-running-node02.json"])
+        .await
+        .expect("setup");
+    assert!(
+        wait_synced(&s, Duration::from_secs(20)).await,
+        "{:?}",
+        s.api.requests()
+    );
+    let role = cluster_role();
+    let pods_rule = "resources: [\"pods\"]\n    verbs: [\"get\", \"list\", \"watch\"]";
+    assert!(role.contains(pods_rule), "the rule this test trims: {role}");
+    let trimmed = role.replace(
+        pods_rule,
+        "resources: [\"pods\"]\n    verbs: [\"get\", \"list\"]",
+    );
+    let s = setup_as(
+        "node02",
+        &["vmi-running-node02.json"],
+        Discovery::new("node02", 1..=64),
+        &trimmed,
+    )
+    .await
+    .expect("setup");
+    // The pods' list is allowed, their watch is not: discovery may call
+    // itself synced for a moment, then the watch's 403 takes it out, and
+    // it stays out while the watch keeps failing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for _ in 0..20 {
+        assert!(
+            !s.synced.load(std::sync::atomic::Ordering::SeqCst),
+            "ready although the pods cannot be watched"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        s.api
+            .requests()
+            .iter()
+            .any(|r| r.starts_with(PODS) && r.contains("watch=true")),
+        "{:?}",
+        s.api.requests()
+    );
+}
+
+/// After etcd compacts past the watcher's resourceVersion, its re-watch
+/// gets 410 Expired; the watcher lists again and sees what changed
+/// meanwhile. Its watches ask for bookmarks, and get them.
+#[tokio::test]
+async fn expired_watches_make_discovery_relist() {
+    require!(privileged());
+    let (logs, _guard) = Captured::start();
+    let s = setup("node02", &["vmi-running-node02.json"])
+        .await
+        .expect("setup");
+    assert!(wait_synced(&s, Duration::from_secs(20)).await);
+    let lists = |s: &Setup| {
+        s.api
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with(VMIS) && !r.contains("watch=true"))
+            .count()
+    };
+    let before = lists(&s);
+    s.api.expire_watches();
+    s.api.apply(
+        VMIS,
+        obj("vmi-migrating-node02-to-node01.json").expect("fixture"),
+    );
+    s.api
+        .apply(VMIMS, obj("vmim-running.json").expect("fixture"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while lists(&s) == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new list after 410: {:?}\n{}",
+            s.api.requests(),
+            logs.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.until("the migration seen after the relist", |d| {
+        d.vms()
+            .iter()
+            .any(|v| v.name == "default/testvmi" && v.role == Some(MigrationRole::Source))
+    })
+    .await
+    .expect("seen");
+    // A 410 is routine: discovery stays ready through it.
+    assert!(
+        wait_synced(&s, Duration::from_secs(5)).await,
+        "{}",
+        logs.text()
+    );
+    assert!(!logs.text().contains("not ready"), "{}", logs.text());
+    assert!(
+        s.api
+            .requests()
+            .iter()
+            .any(|r| r.contains("watch=true") && r.contains("allowWatchBookmarks=true")),
+        "{:?}",
+        s.api.requests()
+    );
+}
+
+/// What a real API server refuses or rewrites, the stand-in does too.
+#[tokio::test]
+async fn the_stand_in_is_as_strict_as_a_real_api_server() {
+    let api = FakeApi::start().await.expect("server");
+    api.collection(VMIS, "VirtualMachineInstanceList");
+    api.enforce_cluster_role(&cluster_role()).expect("role");
+    let get = |path: &str| {
+        let url = format!("{}{path}", api.url());
+        async move {
+            let (host, rest) = url
+                .trim_start_matches("http://")
+                .split_once('/')
+                .expect("url");
+            let mut conn = tokio::net::TcpStream::connect(host).await.expect("connect");
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            conn.write_all(
+                format!("GET /{rest} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .expect("send");
+            let mut buf = vec![0u8; 4096];
+            let n = conn.read(&mut buf).await.expect("read");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        }
+    };
+    // Field selectors on a KubeVirt resource: only metadata.name/namespace.
+    let r = get(&format!("{VMIS}?fieldSelector=status.nodeName%3Dnode02")).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(
+        r.contains("field label not supported: status.nodeName"),
+        "{r}"
+    );
+    let r = get(&format!("{VMIS}?fieldSelector=metadata.name%3Dtestvmi")).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // Outside the ClusterRole: nodes (no code reads them), secrets.
+    for path in ["/api/v1/nodes", "/api/v1/namespaces/default/secrets"] {
+        let r = get(path).await;
+        assert!(r.starts_with("HTTP/1.1 403"), "{path}: {r}");
+    }
 }

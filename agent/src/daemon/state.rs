@@ -241,13 +241,15 @@ pub fn allocation(d: Option<&VmDecision>) -> Allocation {
 
 /// `/readyz`: the datapath and the HTB tree are in place, and (with
 /// KubeVirt discovery) its watches have read and applied their first lists,
-/// so every VM of the node is registered.
+/// so every VM of the node is registered, and none of them has failed in
+/// the last 30 s (the log says which and why).
 pub fn readiness(installed: bool, discovery_synced: bool) -> Result<(), &'static str> {
     match (installed, discovery_synced) {
         (false, _) => Err("starting: datapath and traffic control not installed yet"),
-        (true, false) => {
-            Err("waiting for KubeVirt discovery's first list of VMIs, migrations and launcher pods")
-        }
+        (true, false) => Err(
+            "waiting for KubeVirt discovery: the first lists of VMIs, migrations and launcher \
+                 pods, or a failing watch to recover (see the log)",
+        ),
         (true, true) => Ok(()),
     }
 }

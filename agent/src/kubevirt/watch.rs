@@ -86,6 +86,9 @@ pub fn launcher_pod_labels() -> String {
     )
 }
 
+/// How long after its last failure a watch counts as healthy again.
+pub const WATCH_HEALTHY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The field selector of pods on `node`.
 pub fn pods_on_node_fields(node: &str) -> String {
     format!("spec.nodeName={node}")
@@ -98,6 +101,9 @@ struct Store {
     relist: Option<BTreeMap<String, RawObject>>,
     /// The first list has been read completely.
     synced: bool,
+    /// When this watch last failed (403, a dropped connection, ...), and
+    /// why.
+    failed: Option<(std::time::Instant, String)>,
 }
 
 impl Store {
@@ -205,11 +211,47 @@ impl Discovery {
     }
 
     /// Whether each of the four watches has read its first list: until then
-    /// what discovery registered is a partial picture (`/readyz` waits).
+    /// what discovery registered is a partial picture.
     pub fn synced(&self) -> bool {
+        self.stores().iter().all(|s| s.synced)
+    }
+
+    fn stores(&self) -> [&Store; 4] {
         [&self.vmis, &self.incoming, &self.vmims, &self.pods]
+    }
+
+    fn store_mut(&mut self, kind: Watched) -> &mut Store {
+        match kind {
+            Watched::Vmi => &mut self.vmis,
+            Watched::VmiIncoming => &mut self.incoming,
+            Watched::Vmim => &mut self.vmims,
+            Watched::Pod => &mut self.pods,
+        }
+    }
+
+    /// Records that the `kind` watch failed (it retries with back-off).
+    pub fn watch_failed(&mut self, kind: Watched, error: String) {
+        self.store_mut(kind).failed = Some((std::time::Instant::now(), error));
+    }
+
+    /// Synced, and no watch has failed for [`WATCH_HEALTHY`]: what
+    /// `/readyz` waits for. A watch that keeps failing (e.g. 403 because
+    /// the ClusterRole lacks `watch`) would otherwise leave a ready agent
+    /// that never hears of a change after its first list.
+    pub fn ready(&self) -> Result<(), String> {
+        if !self.synced() {
+            return Err("waiting for the first lists of the KubeVirt watches".into());
+        }
+        match self
+            .stores()
             .iter()
-            .all(|s| s.synced)
+            .filter_map(|s| s.failed.as_ref())
+            .filter(|(at, _)| at.elapsed() < WATCH_HEALTHY)
+            .max_by_key(|(at, _)| *at)
+        {
+            Some((_, error)) => Err(format!("a KubeVirt watch is failing: {error}")),
+            None => Ok(()),
+        }
     }
 
     /// Whether a running launcher pod's address still has no host-side
@@ -435,29 +477,34 @@ pub async fn run(
         let due = tokio::select! {
             ev = events.next() => {
                 let Some((kind, ev)) = ev else { break };
-                let ev = match ev {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        warn!(kind = kind.as_str(), error = %e, "watch error; retrying");
-                        continue;
-                    }
-                };
                 let mut d = discovery.lock().map_err(|_| KubevirtError::Poisoned)?;
-                let mut due = d.on_event(kind, ev);
+                let mut due = false;
+                let mut next = Some((kind, ev));
                 // Take what else has arrived before reconciling: a VMI
                 // moving from one of this node's watches to the other
                 // (DELETED there, ADDED here) must not unregister and
                 // re-register it in between.
-                while let Some(Some((kind, ev))) = events.next().now_or_never() {
+                while let Some((kind, ev)) = next {
                     match ev {
                         Ok(ev) => due |= d.on_event(kind, ev),
-                        Err(e) => warn!(kind = kind.as_str(), error = %e, "watch error; retrying"),
+                        // 410: the server compacted past the watch's
+                        // resourceVersion; the watcher lists again. Routine.
+                        Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                            info!(kind = kind.as_str(), "watch expired (410); listing again");
+                        }
+                        Err(e) => {
+                            warn!(kind = kind.as_str(), error = %e, "watch error; retrying");
+                            d.watch_failed(kind, format!("{}: {e}", kind.as_str()));
+                        }
                     }
+                    next = events.next().now_or_never().flatten();
                 }
+                publish_ready(&d, &synced);
                 due
             }
             _ = retry.tick() => {
                 let d = discovery.lock().map_err(|_| KubevirtError::Poisoned)?;
+                publish_ready(&d, &synced);
                 d.interfaces_pending()
             }
         };
@@ -473,12 +520,21 @@ pub async fn run(
             errors = report.errors.len(),
             "reconciled"
         );
-        if d.synced() && !synced.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            info!(
-                vms = d.desired().vms.len(),
-                "KubeVirt discovery synced: ready"
-            );
-        }
+        publish_ready(&d, &synced);
     }
     Err(KubevirtError::WatchEnded { kind: "KubeVirt" })
+}
+
+/// Sets `ready` to [`Discovery::ready`], logging each change.
+fn publish_ready(d: &Discovery, ready: &std::sync::atomic::AtomicBool) {
+    let now = d.ready();
+    let was = ready.swap(now.is_ok(), std::sync::atomic::Ordering::SeqCst);
+    match (&now, was) {
+        (Ok(()), false) => info!(
+            vms = d.desired().vms.len(),
+            "KubeVirt discovery synced: ready"
+        ),
+        (Err(why), true) => warn!(reason = %why, "KubeVirt discovery not ready"),
+        _ => {}
+    }
 }
