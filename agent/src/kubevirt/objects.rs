@@ -44,9 +44,9 @@ pub fn pod_resource() -> ApiResource {
 
 /// KubeVirt's labels (kubevirt/kubevirt `staging/src/kubevirt.io/api/core/v1/types.go`).
 pub mod labels {
-    /// On VMIs: the node the VMI runs on (virt-controller keeps it equal
-    /// to `status.nodeName`; it moves to the target when a migration
-    /// completes).
+    /// On VMIs: the node the VMI runs on, equal to `status.nodeName`.
+    /// When a migration completes, the target node's virt-handler moves
+    /// both to itself (not virt-controller).
     pub const NODE_NAME: &str = "kubevirt.io/nodeName";
     /// On VMIs: the target node of the running migration (set by
     /// virt-controller when the target pod is scheduled, for the target's

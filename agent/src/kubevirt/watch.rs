@@ -6,8 +6,8 @@
 //! `VMISourceHost` and `VMITargetHost`):
 //!
 //! - VMIs labelled `kubevirt.io/nodeName=<node>`: the VMIs running here
-//!   (virt-controller keeps the label equal to `status.nodeName`; it moves
-//!   to the target when a migration completes, so the source's watch then
+//!   (the label equals `status.nodeName`; the target's virt-handler moves
+//!   both to itself when a migration completes, so the source's watch then
 //!   drops the VMI);
 //! - VMIs labelled `kubevirt.io/migrationTargetNodeName=<node>`: incoming
 //!   migrations (virt-controller sets the label when it has scheduled the
