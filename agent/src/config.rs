@@ -133,6 +133,9 @@ node_name = ""
 # macs = ["52:54:00:12:34:56"]
 # taps = ["tap-vm1"]             # its tap devices
 # reserve_mbit = 10              # bandwidth promised to its application (SLA), Mbit/s
+# completion_timeout_per_gib = 150  # the starter aborts after this many s per GiB of RAM
+#                                # (KubeVirt's completionTimeoutPerGiB): vmbw's allotment
+#                                # keeps the forecast within 80% of it
 #
 # or through libvirt, where libvirt owns the QMP socket (job statistics,
 # virDomainMigrateSetMaxSpeed/SetMaxDowntime/StartPostCopy):
@@ -428,6 +431,12 @@ pub struct VmEntry {
     /// The bandwidth promised to the VM's application (its SLA), Mbit/s.
     #[serde(default)]
     pub reserve_mbit: Option<f64>,
+    /// Seconds per GiB of guest RAM after which the migration's starter
+    /// gives up on it (KubeVirt's `completionTimeoutPerGiB`, 150 there by
+    /// default): vmbw keeps the migration's allotment so that it is
+    /// forecast to end within 80% of that.
+    #[serde(default)]
+    pub completion_timeout_per_gib: Option<f64>,
 }
 
 impl VmEntry {
@@ -441,6 +450,7 @@ impl VmEntry {
             macs: Vec::new(),
             taps: Vec::new(),
             reserve_mbit: None,
+            completion_timeout_per_gib: None,
         }
     }
 
@@ -712,6 +722,14 @@ impl Config {
                     format!("{r} is not a rate >= 0 (Mbit/s)"),
                 ));
             }
+            if let Some(t) = vm.completion_timeout_per_gib
+                && !(t > 0.0 && t.is_finite())
+            {
+                return Err(bad(
+                    &format!("vm[{i}].completion_timeout_per_gib"),
+                    format!("{t} is not a time > 0 (seconds per GiB)"),
+                ));
+            }
         }
         Ok(())
     }
@@ -794,6 +812,11 @@ impl Config {
                         "{r} Mbit/s promised"
                     ))
             ));
+            if let Some(t) = vm.completion_timeout_per_gib {
+                out.push_str(&format!(
+                    "  deadline: its starter gives up after {t} s per GiB of RAM\n"
+                ));
+            }
         }
         out
     }
@@ -895,6 +918,23 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_completion_timeout_must_be_a_positive_time_and_is_named_when_not() {
+        let cfg = |v: &str| {
+            Config::parse(
+                &format!(
+                    "[[vm]]\nname = \"a\"\nqmp = \"/run/a.qmp\"\ncompletion_timeout_per_gib = {v}\n"
+                ),
+                "t.toml",
+            )
+        };
+        let ok = cfg("150").expect("valid");
+        assert_eq!(ok.vm[0].completion_timeout_per_gib, Some(150.0));
+        let e = cfg("0").expect_err("zero").to_string();
+        assert!(e.contains("vm[0].completion_timeout_per_gib"), "{e}");
+        assert!(e.contains("is not a time > 0"), "{e}");
     }
 
     #[test]

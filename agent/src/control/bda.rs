@@ -122,6 +122,7 @@ mod tests {
             armed: Default::default(),
             postcopy: false,
             sampled_dirty_rate: None,
+            deadline_s: None,
         }
     }
 

@@ -148,8 +148,41 @@ impl Escalator {
             };
             let e = self.vms.entry(vm.name.clone()).or_default();
             keep_in_force(e, d);
-            let bandwidth = forecast::bandwidth(d, &inputs.link);
+            let mut bandwidth = forecast::bandwidth(d, &inputs.link);
             d.forecast = forecast::of(vm, d, &inputs.link, e.postcopy);
+            let mut deadline_late = false;
+            if let (Some(left), Some(f)) = (vm.deadline_s, d.forecast)
+                && !(vm.postcopy || e.postcopy)
+            {
+                let room = (inputs.link.capacity - promised(inputs)).max(bandwidth);
+                match meet_deadline(vm, d, f, left, bandwidth, room) {
+                    Deadline::Met => {}
+                    Deadline::Raised(b) => {
+                        d.why(format!(
+                            "deadline: guarantee raised from {} to {} so that the forecast ends \
+                             within {:.0}% of the {left:.0} s left",
+                            mbit(bandwidth),
+                            mbit(b),
+                            DEADLINE_SHARE * 100.0
+                        ));
+                        raise(d, b);
+                        bandwidth = b;
+                        d.forecast = forecast::of(vm, d, &inputs.link, false);
+                    }
+                    Deadline::Missed => {
+                        d.why(format!(
+                            "deadline: even {} (all that is not promised) does not end within \
+                             {:.0}% of the {left:.0} s left: escalating now",
+                            mbit(room),
+                            DEADLINE_SHARE * 100.0
+                        ));
+                        raise(d, room);
+                        bandwidth = room;
+                        d.forecast = forecast::of(vm, d, &inputs.link, false);
+                        deadline_late = true;
+                    }
+                }
+            }
             if let Some(f) = d.forecast
                 && plans_postcopy_after_pass(&self.cfg, vm, d, e, f, bandwidth)
             {
@@ -168,13 +201,15 @@ impl Escalator {
             if vm.postcopy || e.postcopy {
                 continue;
             }
-            if d.delayed {
+            if d.delayed && !deadline_late {
                 // Held at the floor while another migration goes first:
                 // its forecast is that of a queue, not of a failure.
                 d.why("escalation: waits its turn (delayed), not escalated");
                 continue;
             }
-            if vm.iteration <= 1 {
+            if deadline_late {
+                // The starter's deadline does not wait for the pass to end.
+            } else if vm.iteration <= 1 {
                 // The bulk pass: reviewed once its dirty rate is sampled,
                 // and only for a VM without a promised application
                 // sending. Switching early resends the least, but hands
@@ -193,9 +228,10 @@ impl Escalator {
                 continue;
             }
             let Some(f) = d.forecast else { continue };
-            if !self
-                .cfg
-                .late(&f, forecast::floor_s(vm.remaining, bandwidth))
+            if !deadline_late
+                && !self
+                    .cfg
+                    .late(&f, forecast::floor_s(vm.remaining, bandwidth))
             {
                 continue;
             }
@@ -243,6 +279,69 @@ impl Escalator {
             d.why(why.join("; "));
         }
     }
+}
+
+/// Share of the time left before the starter's deadline that the forecast
+/// may use: the rest is margin for the forecast's error.
+pub const DEADLINE_SHARE: f64 = 0.8;
+
+/// What a deadline asks of a migration's guarantee.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Deadline {
+    /// The forecast already ends in time.
+    Met,
+    /// This guarantee (bytes/s) is the least that ends in time.
+    Raised(f64),
+    /// Not even all that is not promised ends in time.
+    Missed,
+}
+
+/// The least guarantee between `bandwidth` and `room` whose forecast ends
+/// within [`DEADLINE_SHARE`] of `left` seconds (bisection on the forecast,
+/// which only gets earlier with more bandwidth).
+fn meet_deadline(
+    vm: &VmInputs,
+    d: &VmDecision,
+    f: forecast::Forecast,
+    left: f64,
+    bandwidth: f64,
+    room: f64,
+) -> Deadline {
+    let target = DEADLINE_SHARE * left.max(0.0);
+    let limit = d.qemu.downtime_limit_s.unwrap_or(vm.downtime_limit_s);
+    let dirty = forecast::dirty_rate(vm);
+    let ends_in_time = |b: f64| {
+        forecast::forecast(vm.remaining, dirty, b, limit)
+            .eta_s
+            .is_some_and(|eta| eta <= target)
+    };
+    if f.eta_s.is_some_and(|eta| eta <= target) {
+        return Deadline::Met;
+    }
+    if !ends_in_time(room) {
+        return Deadline::Missed;
+    }
+    let (mut lo, mut hi) = (bandwidth, room);
+    for _ in 0..40 {
+        let mid = 0.5 * (lo + hi);
+        if ends_in_time(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Deadline::Raised(hi)
+}
+
+/// Sets the migration's guarantee to `rate` (its ceiling at least as high).
+fn raise(d: &mut VmDecision, rate: f64) {
+    let ceil = d.migration_ceil.unwrap_or(rate).max(rate);
+    d.enforce(rate, ceil);
+}
+
+/// What the applications of all VMs are promised, bytes/s.
+fn promised(inputs: &Inputs) -> f64 {
+    inputs.vms.iter().filter_map(|v| v.reserve).sum()
 }
 
 impl Config {
@@ -425,6 +524,7 @@ mod tests {
             armed,
             postcopy: false,
             sampled_dirty_rate: None,
+            deadline_s: None,
         }
     }
 
@@ -514,6 +614,45 @@ mod tests {
         sending.sampled_dirty_rate = Some(40.0 * MBIT);
         let d = review(&mut esc, sending, 15.0);
         assert!(!d.qemu.start_postcopy, "{:?}", d.reasons);
+    }
+
+    #[test]
+    fn a_deadline_raises_the_guarantee_within_what_is_not_promised_or_escalates() {
+        let with_deadline = |left: f64| VmInputs {
+            deadline_s: Some(left),
+            ..vm(2, 100.0, 2.0, ALL)
+        };
+        // 100 MB at 10 Mbit/s: ~84 s; 200 s left (160 usable): nothing to do.
+        let mut esc = Escalator::new(Config::default());
+        let d = review(&mut esc, with_deadline(200.0), 10.0);
+        assert_eq!(d.migration_rate, Some(10.0 * MBIT));
+        assert!(!reasons(&d).contains("deadline"), "{}", reasons(&d));
+        // 90 s left (72 usable): raised to the least rate that makes it,
+        // within the 15 Mbit/s the promise leaves.
+        let mut esc = Escalator::new(Config::default());
+        let d = review(&mut esc, with_deadline(90.0), 10.0);
+        let rate = d.migration_rate.expect("rate");
+        assert!(rate > 10.0 * MBIT && rate <= 15.0 * MBIT, "{}", mbit(rate));
+        let eta = d.forecast.and_then(|f| f.eta_s).expect("eta");
+        assert!(eta <= 0.8 * 90.0 + 1e-6 && eta > 0.8 * 90.0 - 0.5, "{eta}");
+        assert!(
+            reasons(&d).contains("deadline: guarantee raised"),
+            "{}",
+            reasons(&d)
+        );
+        assert!(!d.qemu.start_postcopy);
+        // 30 s left: not even 15 Mbit/s makes it; post-copy now, in the
+        // bulk pass of a sending promise too, and the promise kept.
+        let mut esc = Escalator::new(Config::default());
+        let bulk = VmInputs {
+            iteration: 1,
+            sampled_dirty_rate: Some(2.0 * MBIT),
+            ..with_deadline(30.0)
+        };
+        let d = review(&mut esc, bulk, 10.0);
+        assert_eq!(d.migration_rate, Some(15.0 * MBIT));
+        assert!(d.qemu.start_postcopy, "{}", reasons(&d));
+        assert!(reasons(&d).contains("escalating now"), "{}", reasons(&d));
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub struct VmInputs {
     /// The guest's dirty rate sampled during the bulk pass (QEMU's
     /// `calc-dirty-rate`), bytes/s.
     pub sampled_dirty_rate: Option<f64>,
+    /// Seconds left before the migration's starter gives up on it
+    /// (KubeVirt's `completionTimeoutPerGiB` × the guest's GiB, counted
+    /// from the start); None = no deadline known.
+    pub deadline_s: Option<f64>,
 }
 
 /// What the migration's starter armed (capabilities can only be set

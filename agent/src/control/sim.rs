@@ -239,6 +239,7 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
                 postcopy: false,
                 // What calc-dirty-rate would measure: the dirty process now.
                 sampled_dirty_rate: Some(sc.dirty.rate_at(t) * sc.page_size * (1.0 - throttle)),
+                deadline_s: None,
             }],
         };
         let decision = controller.decide(&inputs);

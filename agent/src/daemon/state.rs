@@ -138,6 +138,11 @@ pub struct VmState {
     pub armed: Armed,
     /// The dirty rate sampled during the bulk pass, bytes/s.
     pub sampled_dirty_rate: Option<f64>,
+    /// When the current migration started, and the guest's RAM as its
+    /// first sample showed (sent + remaining): its deadline's clock and
+    /// size.
+    pub migration_started: Option<std::time::Instant>,
+    pub ram_bytes: Option<f64>,
 }
 
 /// A VM's throughput per traffic class and direction over the last tick,
@@ -192,6 +197,8 @@ impl VmState {
             refused: Vec::new(),
             armed: Armed::default(),
             sampled_dirty_rate: None,
+            migration_started: None,
+            ram_bytes: None,
         }
     }
 
@@ -215,6 +222,17 @@ impl VmState {
         self.refused.clear();
         self.armed = Armed::default();
         self.sampled_dirty_rate = None;
+        self.migration_started = Some(std::time::Instant::now());
+        self.ram_bytes = None;
+    }
+
+    /// Seconds left before the migration's starter gives up, from the
+    /// VM's `completion_timeout_per_gib` (None without one, or before the
+    /// guest's size is known).
+    pub fn deadline_s(&self) -> Option<f64> {
+        let per_gib = self.entry.completion_timeout_per_gib?;
+        let elapsed = self.migration_started?.elapsed().as_secs_f64();
+        Some(per_gib * self.ram_bytes? / GIB - elapsed)
     }
 
     /// The promise to the VM's application, bytes/s.
@@ -238,6 +256,8 @@ pub fn allocation(d: Option<&VmDecision>) -> Allocation {
         app_reservation_bytes_per_sec: d.map_or(0.0, |d| d.app_reserve),
     }
 }
+
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// `/readyz`: the datapath and the HTB tree are in place, and (with
 /// KubeVirt discovery) its watches have read and applied their first lists,

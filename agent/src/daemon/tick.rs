@@ -208,6 +208,7 @@ impl ControlLoop {
             armed: v.armed,
             postcopy: v.phase == MigrationPhase::PostCopy,
             sampled_dirty_rate: v.sampled_dirty_rate,
+            deadline_s: v.deadline_s(),
         }
     }
 
@@ -338,6 +339,10 @@ impl ControlLoop {
             named.insert("app_mean_bytes_per_sec".to_owned(), i.app_mean(5));
             if let Some(r) = i.reserve {
                 named.insert("app_reserve_promised_bytes_per_sec".to_owned(), r);
+            }
+            // Beside the forecast's ETA below: the starter's deadline.
+            if let Some(left) = i.deadline_s {
+                named.insert("deadline_left_seconds".to_owned(), left);
             }
         }
         if let Some(f) = &d.forecast {

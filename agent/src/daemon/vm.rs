@@ -281,6 +281,8 @@ async fn follow_once<S: MigrationSource>(
                         v.samples += 1;
                         v.iteration = (s.iteration + s.syncs) as u32;
                         v.remaining = s.remaining_bytes;
+                        v.ram_bytes
+                            .get_or_insert((s.transferred_bytes + s.remaining_bytes) as f64);
                         v.page_size = s.page_size as f64;
                         shared.metrics.migration_progress(
                             name,
