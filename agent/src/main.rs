@@ -81,6 +81,10 @@ enum Command {
         /// Stop after this many lines (0 = until Ctrl-C).
         #[arg(long, default_value_t = 0)]
         count: u64,
+        /// One JSON object a line (seconds, bytes and packets per second
+        /// each way) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Show vmbw's HTB tree on an interface: classes with their roles,
     /// rates and counters. Read-only.
@@ -88,6 +92,9 @@ enum Command {
         /// Interface whose tree to show (in the current network namespace).
         #[arg(long, short)]
         iface: String,
+        /// Print the tree as one JSON object (for scripts) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Plan migrations (VMM-CFG) or consolidation (SICC, ICMA, FFD) for an
     /// inventory of hosts and VMs; optionally write KubeVirt migrations.
@@ -177,8 +184,9 @@ fn run() -> anyhow::Result<()> {
             iface,
             interval,
             count,
-        } => cli::watch::watch(&iface, interval, count),
-        Command::Shaping { iface } => cli::shaping::show(&iface),
+            json,
+        } => cli::watch::watch(&iface, interval, count, json),
+        Command::Shaping { iface, json } => cli::shaping::show(&iface, json),
         Command::Plan(args) => plan::plan(&args),
         Command::PlanSim(args) => plan::sim(&args),
         Command::Record(args) => cli::record::record(args),

@@ -15,8 +15,8 @@ pub struct PredictArgs {
     /// Trace CSV (docs/trace-format.md), e.g. one recorded by `vmbw record`.
     #[arg(long)]
     trace: PathBuf,
-    /// Model: gm1n, gm11, last, mean, ewma, bda, phys, or all.
-    #[arg(long, default_value = "all")]
+    /// The model to score, or all of them.
+    #[arg(long, default_value = "all", value_parser = model_names())]
     model: String,
     /// Rolling window of the grey models (iterations).
     #[arg(long, default_value_t = 8)]
@@ -27,6 +27,11 @@ pub struct PredictArgs {
     /// Print a JSON summary as the last line.
     #[arg(long)]
     json: bool,
+}
+
+/// `--model`'s values: every model, and `all`.
+fn model_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(MODELS.iter().copied().chain(["all"]))
 }
 
 pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
@@ -41,23 +46,12 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
     if args.window < 2 {
         bail!("--window must be at least 2");
     }
-    let names: Vec<&str> = if args.model == "all" {
-        MODELS.to_vec()
-    } else {
-        vec![
-            MODELS
-                .iter()
-                .copied()
-                .find(|m| *m == args.model)
-                .with_context(|| {
-                    format!(
-                        "unknown model `{}` (known: {}, all)",
-                        args.model,
-                        MODELS.join(", ")
-                    )
-                })?,
-        ]
-    };
+    // clap admits only MODELS and `all`.
+    let names: Vec<&str> = MODELS
+        .iter()
+        .copied()
+        .filter(|m| args.model == "all" || *m == args.model)
+        .collect();
     let rows = t.iterations();
     let first = args.from.max(2) - 1;
     let mut runs = Vec::new();
