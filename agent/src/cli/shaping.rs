@@ -64,7 +64,7 @@ pub fn show(iface: &str, json: bool) -> anyhow::Result<()> {
                     role: role_of(c.handle),
                     rate_bits_per_sec: c.params.rate * 8,
                     ceil_bits_per_sec: c.params.ceil * 8,
-                    prio: c.params.prio.into(),
+                    prio: c.params.prio,
                     leaf: c.leaf.as_ref().map(|l| l.kind.clone()),
                     bytes: c.bytes,
                     packets: c.packets,
