@@ -94,6 +94,8 @@ struct Reference {
     ip: Option<([u8; 16], [u8; 16])>,
     proto: Option<u8>,
     ports: Option<(u16, u16)>,
+    /// The frame was found inside VXLAN.
+    encap: bool,
 }
 
 /// Reads a frame with etherparse; `None` when it cannot, or when the frame
@@ -117,6 +119,7 @@ fn reference(data: &[u8]) -> Option<Reference> {
         ip: None,
         proto: None,
         ports: None,
+        encap: false,
     };
     let fragmented = match &p.net {
         None | Some(NetSlice::Arp(_)) => return Some(r),
@@ -154,6 +157,20 @@ fn reference(data: &[u8]) -> Option<Reference> {
         Some(TransportSlice::Udp(u)) => Some((u.source_port(), u.destination_port())),
         _ => None,
     };
+    // VXLAN (RFC 7348): with the I flag, vmbw reads the inner frame, from
+    // the bytes after the UDP header (whatever the UDP length says).
+    if let Some(TransportSlice::Udp(u)) = &p.transport
+        && matches!(u.destination_port(), 4789 | 8472)
+    {
+        let udp_at = u.slice().as_ptr() as usize - data.as_ptr() as usize;
+        let vxlan = data.get(udp_at + 8..)?;
+        if vxlan.first().is_some_and(|f| f & 0x08 != 0) && vxlan.len() >= 8 + 14 {
+            return reference(&vxlan[8..]).map(|inner| Reference {
+                encap: true,
+                ..inner
+            });
+        }
+    }
     Some(r)
 }
 
@@ -242,6 +259,7 @@ fn check(h: &Headers, data: &[u8], from_ifindex: u32) {
         );
         if let Some(r) = reference(data) {
             assert_eq!((h.src_mac, h.dst_mac), (r.src_mac, r.dst_mac));
+            assert_eq!(h.encap == 1, r.encap, "{h:?}");
             match r.ip {
                 None => assert_eq!(h.l3, 0, "{h:?}"),
                 Some((src, dst)) => {

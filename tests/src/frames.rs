@@ -105,6 +105,16 @@ impl Frame {
         self
     }
 
+    /// A VXLAN header (I flag, VNI `vni`) followed by the frame `inner`:
+    /// call after `.udp(_, 8472 or 4789)`.
+    pub fn vxlan(mut self, vni: u32, inner: &Frame) -> Frame {
+        let vni = vni.to_be_bytes();
+        self.0
+            .extend_from_slice(&[0x08, 0, 0, 0, vni[1], vni[2], vni[3], 0]);
+        self.0.extend_from_slice(inner.bytes());
+        self
+    }
+
     pub fn payload(mut self, len: usize) -> Frame {
         self.0.extend(std::iter::repeat_n(0x5a, len));
         self

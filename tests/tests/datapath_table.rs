@@ -81,7 +81,38 @@ fn cases() -> Vec<Case> {
         vm,
         class,
     };
+    // Node-to-node VXLAN (Flannel/Cilium port 8472) carrying the exact
+    // migration flow and the VM's own traffic.
+    let overlay = |inner: Frame| {
+        Frame::eth(MAC_HOST, MAC_PEER, ETH_IPV4)
+            .ipv4([192, 0, 2, 1], [192, 0, 2, 2], UDP, 0, 0)
+            .udp(51234, 8472)
+            .vxlan(1, &inner)
+    };
     vec![
+        c(
+            "vxlan: the exact migration flow inside, egress",
+            e,
+            overlay(
+                Frame::eth(MAC_HOST, MAC_PEER, ETH_IPV4)
+                    .ipv4(HOST4, PEER4, TCP, 0, 0)
+                    .tcp(40000, 4444)
+                    .payload(100),
+            ),
+            VM_A,
+            class::MIGRATION,
+        ),
+        c(
+            "vxlan: the VM's own traffic inside, egress",
+            e,
+            overlay(
+                Frame::eth(MAC_VM, MAC_PEER, ETH_IPV4)
+                    .ipv4(VM4, PEER4, TCP, 0, 0)
+                    .tcp(80, 51000),
+            ),
+            VM_A,
+            class::APPLICATION,
+        ),
         c(
             "ipv4 tcp exact migration flow, egress",
             e,
