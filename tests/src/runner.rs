@@ -180,10 +180,6 @@ pub struct Second {
     pub target_mbit: Option<f64>,
     pub throttle_pct: u64,
     pub postcopy: bool,
-    /// Milliseconds of this second the guest's vCPUs waited for post-copy
-    /// pages on the destination (QEMU's `postcopy-blocktime`).
-    #[serde(default)]
-    pub blocked_ms: Option<f64>,
 }
 
 impl RunResult {
@@ -204,9 +200,6 @@ struct Poll {
     transferred: u64,
     throttle_pct: u64,
     postcopy: bool,
-    /// The destination's vCPU wait for post-copy pages so far, ms (read
-    /// while in post-copy, when armed).
-    blocked_ms: Option<u64>,
 }
 
 /// One migrating VM as the runner follows it.
@@ -219,6 +212,9 @@ struct Followed {
     ctl: Qmp,
     /// The destination's control monitor (post-copy's blocktime).
     dst_ctl: Qmp,
+    /// The guest's wait for post-copy's pages, ms (the destination's
+    /// `postcopy-blocktime`, read once the migration completed).
+    blocked_ms: Option<u64>,
     uri: String,
     predicted: BTreeMap<u32, f64>,
     actual: BTreeMap<u32, f64>,
@@ -296,6 +292,7 @@ pub fn run_one(
             name,
             ctl,
             dst_ctl,
+            blocked_ms: None,
             uri: slot.migration_uri(),
             predicted: BTreeMap::new(),
             actual: BTreeMap::new(),
@@ -375,17 +372,6 @@ pub fn run_one(
             let info = rt.block_on(query_migrate(v))?;
             let elapsed = started.elapsed().as_secs_f64();
             v.record(elapsed, &info);
-            if info.status == Some(MigrationStatus::PostcopyActive) {
-                // The destination's count of the guest's wait for pages;
-                // a monitor that does not answer leaves the poll without.
-                let blocked = rt
-                    .block_on(v.dst_ctl.query_migrate())
-                    .ok()
-                    .and_then(|i| i.postcopy_blocktime);
-                if let Some(p) = v.polls.last_mut() {
-                    p.blocked_ms = blocked;
-                }
-            }
             // The guest runs on the destination from post-copy's start:
             // its traffic leaves there from then on.
             if info.status == Some(MigrationStatus::PostcopyActive) && !v.moved {
@@ -416,6 +402,14 @@ pub fn run_one(
                         }
                         std::thread::sleep(Duration::from_millis(100));
                         info = rt.block_on(query_migrate(v))?;
+                    }
+                    // The destination reports the guest's wait for
+                    // post-copy's pages only once it has completed.
+                    if v.postcopy_s > 0.0 {
+                        v.blocked_ms = rt
+                            .block_on(v.dst_ctl.query_migrate())
+                            .ok()
+                            .and_then(|i| i.postcopy_blocktime);
                     }
                     v.end = Some((info, true, started.elapsed().as_secs_f64()));
                 }
@@ -565,7 +559,7 @@ pub fn run_one(
             stopped_s: downtime_ms.unwrap_or(0.0) / 1000.0,
             postcopy_requests: ram.and_then(|r| r.postcopy_requests),
             postcopy_bytes: ram.and_then(|r| r.postcopy_bytes),
-            postcopy_blocked_ms: v.polls.iter().filter_map(|p| p.blocked_ms).max(),
+            postcopy_blocked_ms: v.blocked_ms,
             eta_error: if *converged {
                 score_eta(&v.forecasts, *ended_s)
             } else {
@@ -636,7 +630,6 @@ impl Followed {
             transferred: info.ram.as_ref().map_or(0, |r| r.transferred),
             throttle_pct: info.cpu_throttle_percentage.unwrap_or(0),
             postcopy,
-            blocked_ms: None,
         };
         if let Some(prev) = self.polls.last() {
             let dt = t_s - prev.t_s;
@@ -717,16 +710,6 @@ fn timeline(
             None => last.transferred as f64,
         }
     };
-    // The destination's cumulative wait as of time t (the last reading at
-    // or before t); None before post-copy.
-    let blocked_at = |t: f64| -> Option<f64> {
-        polls
-            .iter()
-            .rev()
-            .filter(|p| p.t_s <= t)
-            .find_map(|p| p.blocked_ms)
-            .map(|b| b as f64)
-    };
     seconds
         .iter()
         .map(|&(at, bytes)| {
@@ -753,8 +736,6 @@ fn timeline(
                 target_mbit: target,
                 throttle_pct: poll.map_or(0, |p| p.throttle_pct),
                 postcopy: poll.is_some_and(|p| p.postcopy),
-                blocked_ms: blocked_at(t_s + 1.0)
-                    .map(|b| (b - blocked_at(t_s).unwrap_or(0.0)).max(0.0)),
             }
         })
         .collect()
@@ -925,7 +906,6 @@ mod tests {
             target_mbit: target,
             throttle_pct: 0,
             postcopy: false,
-            blocked_ms: None,
         }
     }
 
@@ -962,9 +942,6 @@ mod tests {
                 transferred: i * 500_000,
                 throttle_pct: if i > 10 { 20 } else { 0 },
                 postcopy: false,
-                // From 5 s on, the destination's vCPUs wait 100 ms of
-                // every half second.
-                blocked_ms: (i >= 10).then(|| (i - 10) * 100),
             })
             .collect();
         // The application sends 2.5 MB/s (20 Mbit/s) 2 s on, 2 s off, its
@@ -987,20 +964,6 @@ mod tests {
         for s in &t {
             assert!((s.migration_mbit - 8.0).abs() < 1e-6, "{s:?}");
         }
-        let blocked: Vec<Option<f64>> = t.iter().map(|s| s.blocked_ms).collect();
-        assert_eq!(
-            blocked,
-            [
-                None,
-                None,
-                None,
-                None,
-                Some(0.0),
-                Some(200.0),
-                Some(200.0),
-                Some(200.0)
-            ]
-        );
         // With 2 s phases the middle of every second lies within the 0.6 s
         // margin of an edge: nothing is scored.
         assert!(t.iter().all(|s| s.target_mbit.is_none()), "{t:?}");
