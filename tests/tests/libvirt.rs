@@ -197,6 +197,17 @@ fn job_statistics_and_speed_control_during_a_real_migration() {
         .expect("set speed");
     assert_eq!(set, 8 * MIB);
     assert_eq!(backend.max_bandwidth().expect("speed"), 8 * MIB);
+    // Post-copy's cap (VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY) is its own,
+    // and settable while pre-copy runs.
+    let set = backend
+        .set_max_postcopy_bandwidth(3 * MIB - 1)
+        .expect("set post-copy speed");
+    assert_eq!(set, 3 * MIB);
+    assert_eq!(
+        backend.max_postcopy_bandwidth().expect("post-copy speed"),
+        3 * MIB
+    );
+    assert_eq!(backend.max_bandwidth().expect("speed"), 8 * MIB);
     let t1 = Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
     match backend.job().expect("stats") {

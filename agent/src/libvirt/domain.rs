@@ -239,6 +239,27 @@ impl LibvirtDomain {
         Ok(mib * MIB)
     }
 
+    /// Caps post-copy's background push (`virDomainMigrateSetMaxSpeed` with
+    /// `VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY`, QEMU's
+    /// `max-postcopy-bandwidth`), rounded up to whole MiB/s like
+    /// [`Self::set_max_bandwidth`]. Returns the cap set, bytes per second.
+    pub fn set_max_postcopy_bandwidth(&self, bytes_per_sec: u64) -> Result<u64, LibvirtError> {
+        let mib = bytes_per_sec.div_ceil(MIB).max(1);
+        self.domain
+            .migrate_set_max_speed(mib, sys::VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY)
+            .map_err(self.call_err("virDomainMigrateSetMaxSpeed(POSTCOPY)"))?;
+        Ok(mib * MIB)
+    }
+
+    /// The post-copy cap, bytes per second.
+    pub fn max_postcopy_bandwidth(&self) -> Result<u64, LibvirtError> {
+        let mib = self
+            .domain
+            .migrate_get_max_speed(sys::VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY)
+            .map_err(self.call_err("virDomainMigrateGetMaxSpeed(POSTCOPY)"))?;
+        Ok(mib.saturating_mul(MIB))
+    }
+
     /// The current cap (`virDomainMigrateGetMaxSpeed`), bytes per second.
     pub fn max_bandwidth(&self) -> Result<u64, LibvirtError> {
         let mib = self

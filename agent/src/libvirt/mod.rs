@@ -254,13 +254,15 @@ impl MigrationSource for LibvirtMonitor {
                     .into(),
             });
         }
-        if todo.max_postcopy_bandwidth.is_some() {
-            refused.push(Refused {
-                param: "max-postcopy-bandwidth",
-                reason: "not set through libvirt by vmbw yet (virDomainMigrateSetMaxSpeed \
-                         with VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY)"
-                    .into(),
-            });
+        if let Some(bw) = todo.max_postcopy_bandwidth {
+            let bytes = bw.round().max(1.0) as u64;
+            match self
+                .call(move |d| d.set_max_postcopy_bandwidth(bytes))
+                .await
+            {
+                Ok(_) => applied.params.max_postcopy_bandwidth = Some(bw),
+                Err(e) => refused.push(refusal("max-postcopy-bandwidth", e)?),
+            }
         }
         if todo.start_postcopy {
             match self.call(|d| d.start_post_copy()).await {
