@@ -514,6 +514,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_deadline_counts_down_from_the_start_over_the_guest_s_gib() {
+        let mut entry = VmEntry::qmp("a", "/run/a.qmp");
+        let mut v = VmState::new(1, entry.clone());
+        v.begin_migration();
+        v.ram_bytes = Some(2.0 * GIB);
+        assert_eq!(v.deadline_s(), None, "no completion timeout configured");
+        entry.completion_timeout_per_gib = Some(150.0);
+        let mut v = VmState::new(1, entry);
+        v.begin_migration();
+        assert_eq!(
+            v.deadline_s(),
+            None,
+            "size not known before the first sample"
+        );
+        v.ram_bytes = Some(2.0 * GIB);
+        v.migration_started = v
+            .migration_started
+            .and_then(|t| t.checked_sub(std::time::Duration::from_secs(10)));
+        let left = v.deadline_s().expect("deadline");
+        assert!((289.0..=290.0).contains(&left), "{left}");
+    }
+
+    #[test]
     fn class_rates_are_zero_until_set_and_ignore_unknown_classes() {
         let mut r = ClassRates::default();
         assert_eq!(r.get(class::MIGRATION, Direction::Egress), 0.0);
