@@ -101,6 +101,13 @@ struct Reference {
 /// Reads a frame with etherparse; `None` when it cannot, or when the frame
 /// is outside what vmbw's parser is documented to read.
 fn reference(data: &[u8]) -> Option<Reference> {
+    reference_at(data, true)
+}
+
+/// [`reference`], looking into VXLAN only when `decap` (vmbw looks one
+/// level deep: VXLAN inside VXLAN is classified by the first inner frame,
+/// a case the fuzzer found).
+fn reference_at(data: &[u8], decap: bool) -> Option<Reference> {
     let p = SlicedPacket::from_ethernet(data).ok()?;
     let etherparse::LinkSlice::Ethernet2(eth) = p.link.as_ref()? else {
         return None;
@@ -160,12 +167,13 @@ fn reference(data: &[u8]) -> Option<Reference> {
     // VXLAN (RFC 7348): with the I flag, vmbw reads the inner frame, from
     // the bytes after the UDP header (whatever the UDP length says).
     if let Some(TransportSlice::Udp(u)) = &p.transport
+        && decap
         && matches!(u.destination_port(), 4789 | 8472)
     {
         let udp_at = u.slice().as_ptr() as usize - data.as_ptr() as usize;
         let vxlan = data.get(udp_at + 8..)?;
         if vxlan.first().is_some_and(|f| f & 0x08 != 0) && vxlan.len() >= 8 + 14 {
-            return reference(&vxlan[8..]).map(|inner| Reference {
+            return reference_at(&vxlan[8..], false).map(|inner| Reference {
                 encap: true,
                 ..inner
             });
