@@ -131,7 +131,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .arg(root.join("deploy")),
     );
     let rules = root.join("deploy/overlays/prometheus-operator/prometheusrule.yaml");
-    let rule_file = tempdir("vmbw-rules")?.join("rules.yaml");
+    let rules_dir = tempdir("vmbw-rules")?;
+    let rule_file = rules_dir.join("rules.yaml");
     match fs::read_to_string(&rules)
         .ok()
         .and_then(|m| rule_file_of(&m))
@@ -159,6 +160,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .failed_steps
             .push(format!("{}: no `spec:` block to check", rules.display())),
     }
+    let _ = fs::remove_dir_all(&rules_dir);
 
     util::step("unit tests");
     const UNIT: &[&str] = &[
