@@ -36,6 +36,39 @@ pub fn cache_dir() -> Option<PathBuf> {
 /// `vmbw-t<pid>-<n>`, after the process that owns it.
 pub const NETNS_PREFIX: &str = "vmbw-t";
 
+/// Unmounts and removes the private bpffs directories
+/// (`<tmp>/vmbw-t<pid>-<n>-bpffs`) of processes that no longer run: a
+/// testbed stopped by a signal can leave one mounted. Returns the paths it
+/// removed; live owners' and other names are left alone.
+pub fn sweep_stale_bpffs() -> Vec<PathBuf> {
+    let tmp = std::env::temp_dir();
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return vec![];
+    };
+    let mut removed = vec![];
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_suffix("-bpffs")
+            .and_then(|n| n.strip_prefix(NETNS_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = e.path();
+        // Not mounted (any more) is fine: umount then fails, rmdir works.
+        let _ = Command::new("umount").arg(&path).status();
+        if std::fs::remove_dir(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
 /// Deletes the namespaces named after a process that no longer runs (a
 /// test or benchmark that was SIGKILLed never ran its guards), and kills
 /// what still runs inside them. Returns the names it removed. Only names
@@ -75,4 +108,41 @@ pub fn sweep_stale_namespaces() -> Vec<String> {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bpffs left mounted by a process that is gone is unmounted and
+    /// removed; one of a live process (this one) is left alone. Needs root
+    /// (mount); without it there is nothing to check.
+    #[test]
+    fn stale_bpffs_mounts_of_dead_owners_are_removed() {
+        let dead = (4_000_000u32..).find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists());
+        let dead = dead.expect("a free pid");
+        let stale = std::env::temp_dir().join(format!("{NETNS_PREFIX}{dead}-0-bpffs"));
+        let live =
+            std::env::temp_dir().join(format!("{NETNS_PREFIX}{}-90-bpffs", std::process::id()));
+        for dir in [&stale, &live] {
+            std::fs::create_dir_all(dir).expect("dir");
+        }
+        let mounted = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&stale)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            let _ = std::fs::remove_dir(&stale);
+            let _ = std::fs::remove_dir(&live);
+            eprintln!("not root: mounting a bpffs was refused; nothing to check");
+            return;
+        }
+        let removed = sweep_stale_bpffs();
+        let stale_gone = !stale.exists();
+        let live_kept = live.exists();
+        let _ = std::fs::remove_dir(&live);
+        assert!(removed.contains(&stale) && stale_gone, "{removed:?}");
+        assert!(live_kept && !removed.contains(&live), "{removed:?}");
+    }
 }

@@ -507,6 +507,12 @@ fn sweep_stale_namespaces() {
     for name in vmbw_testenv::sweep_stale_namespaces() {
         println!("    removed stale test namespace {name} (its process is gone)");
     }
+    for path in vmbw_testenv::sweep_stale_bpffs() {
+        println!(
+            "    removed stale test bpffs {} (its process is gone)",
+            path.display()
+        );
+    }
 }
 
 #[cfg(test)]

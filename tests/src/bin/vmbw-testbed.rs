@@ -95,6 +95,12 @@ fn run(
     for name in vmbw_testenv::sweep_stale_namespaces() {
         eprintln!("removed stale namespace {name} (its process is gone)");
     }
+    for path in vmbw_testenv::sweep_stale_bpffs() {
+        eprintln!(
+            "removed stale bpffs {} (its process is gone)",
+            path.display()
+        );
+    }
     let mut loaded = Vec::new();
     for path in paths {
         let mut s = Scenario::load(path)?;
