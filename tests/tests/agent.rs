@@ -44,6 +44,21 @@ fn tcx_programs(tb: &MigrationTestbed) -> (usize, usize) {
     })
 }
 
+/// `Tcp: RetransSegs` of namespace `ns` (/proc/net/snmp).
+fn retransmitted_segments(ns: &vmbw_tests::NetNs) -> u64 {
+    let snmp = ns.exec("cat", &["/proc/net/snmp"]).unwrap_or_default();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RetransSegs")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn root_qdisc(tb: &MigrationTestbed) -> String {
     tb.src
         .exec("tc", &["qdisc", "show", "dev", UPLINK, "root"])
@@ -119,6 +134,7 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
         );
     }
     let cpu_before = agent.usage().map(|u| (u, Instant::now()));
+    let retrans_before = retransmitted_segments(&tb.src);
     rt.block_on(ctl.migrate(&tb.migration_uri()))
         .expect("migrate");
     let migration_started = Instant::now();
@@ -233,20 +249,40 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
     let transferred = status.ram.as_ref().map_or(0, |r| r.transferred) as f64;
     std::thread::sleep(Duration::from_secs(1)); // one more tick for the counters
 
-    // The kernel's migration-class bytes (pinned across the restart) match
-    // QEMU's within 2%: GSO puts one set of headers on each up-to-64 KiB
-    // super-packet (+0.1%), and the stream's first moments before the agent
-    // learned it from QEMU's sockets (<= 0.5 s) count as "other".
+    // The kernel's migration-class payload (pinned across the restart)
+    // matches QEMU's within 2%: the stream's first moments before the agent
+    // learned it from QEMU's sockets (<= 0.5 s) count as "other". Segments
+    // TCP sent again are real bytes on the wire that QEMU counts once
+    // (seen once: +3.4% on a loaded machine): the source namespace's own
+    // TCP is only QEMU's migration stream (the guest's traffic is
+    // forwarded), so its retransmitted segments x a full frame are allowed
+    // on top.
     let counted = agent
         .metric("vmbw_vm_bytes_total{class=\"migration\",direction=\"egress\",vm=\"vm1\"}")
         .expect("metrics")
         .expect("migration counter");
-    let ratio = counted / transferred;
+    // The datapath counts frames, headers included: 66 bytes (Ethernet,
+    // IPv4, TCP with timestamps) per packet it saw, a GSO super-packet
+    // being one packet. How many segments ride in one depends on TCP's
+    // pacing rate (TSO autosizing): at 30 Mbit/s behind a 50 ms queue they
+    // are small, and headers were 4-6% of the bytes (seen: x1.034, x1.063
+    // against the payload). So the payload counted is compared.
+    let packets = agent
+        .metric("vmbw_vm_packets_total{class=\"migration\",direction=\"egress\",vm=\"vm1\"}")
+        .expect("metrics")
+        .expect("migration packet counter");
+    let payload = counted - packets * 66.0;
+    let retrans = retransmitted_segments(&tb.src).saturating_sub(retrans_before);
+    let allowance = (retrans * 1448) as f64 / transferred;
+    let ratio = payload / transferred;
     eprintln!(
-        "migration: {:.1} s, up to iteration {max_iteration}; QEMU transferred {transferred:.0} B, datapath counted {counted:.0} B (x{ratio:.4})",
+        "migration: {:.1} s, up to iteration {max_iteration}; QEMU transferred {transferred:.0} B, datapath counted {counted:.0} B in {packets:.0} packets, payload x{ratio:.4}, {retrans} segments retransmitted",
         total.as_secs_f64()
     );
-    assert!((ratio - 1.0).abs() < 0.02, "counted/transferred = {ratio}");
+    assert!(
+        ratio > 0.98 && ratio < 1.02 + allowance,
+        "payload counted/transferred = {ratio}, retransmitted {retrans} segments (+{allowance:.4})"
+    );
     let app = agent
         .metric("vmbw_vm_bytes_total{class=\"application\",direction=\"egress\",vm=\"vm1\"}")
         .expect("metrics")
