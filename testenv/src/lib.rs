@@ -36,6 +36,14 @@ pub fn cache_dir() -> Option<PathBuf> {
 /// `vmbw-t<pid>-<n>`, after the process that owns it.
 pub const NETNS_PREFIX: &str = "vmbw-t";
 
+/// Whether `name` is `vmbw-t<pid>-...` and process `pid` no longer runs.
+fn owner_is_gone(name: &str) -> bool {
+    name.strip_prefix(NETNS_PREFIX)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// Unmounts and removes the private bpffs directories
 /// (`<tmp>/vmbw-t<pid>-<n>-bpffs`) of processes that no longer run: a
 /// testbed stopped by a signal can leave one mounted. Returns the paths it
@@ -48,15 +56,7 @@ pub fn sweep_stale_bpffs() -> Vec<PathBuf> {
     let mut removed = vec![];
     for e in entries.filter_map(Result::ok) {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_suffix("-bpffs")
-            .and_then(|n| n.strip_prefix(NETNS_PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if !name.strip_suffix("-bpffs").is_some_and(owner_is_gone) {
             continue;
         }
         let path = e.path();
@@ -80,14 +80,7 @@ pub fn sweep_stale_namespaces() -> Vec<String> {
     let mut removed = vec![];
     for e in entries.filter_map(Result::ok) {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(NETNS_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if !owner_is_gone(&name) {
             continue;
         }
         // QEMU, sinks and agents left inside keep the namespace's devices.
