@@ -32,12 +32,7 @@ pub fn show(iface: &str, json: bool) -> anyhow::Result<()> {
         let Some(tree) = ObservedTree::from_dump(&qdiscs, &classes)
             .with_context(|| format!("reading the tree on {iface}"))?
         else {
-            let root = qdiscs
-                .iter()
-                .find(|q| q.parent == vmbw::shaping::handles::TC_H_ROOT)
-                .map_or("none".to_owned(), |q| {
-                    format!("{} {}", q.kind, display_handle(q.handle))
-                });
+            let root = vmbw::shaping::describe_root(&qdiscs);
             if json {
                 let out = serde_json::json!({"iface": iface, "shaped": false, "root": root});
                 println!("{out}");

@@ -96,6 +96,17 @@ pub struct ReconcileReport {
     pub root_restored: Option<String>,
 }
 
+/// A device's root qdisc among `qdiscs` (its dump), as `kind handle`, or
+/// `none`: what errors and `vmbw shaping` say was found instead of vmbw's.
+pub fn describe_root(qdiscs: &[TcEntry]) -> String {
+    qdiscs
+        .iter()
+        .find(|q| q.parent == handles::TC_H_ROOT)
+        .map_or("none".to_owned(), |q| {
+            format!("{} {}", q.kind, handles::display_handle(q.handle))
+        })
+}
+
 /// vmbw's HTB tree on one device.
 pub struct Shaper {
     tc: TcClient,
@@ -197,15 +208,9 @@ impl Shaper {
         let qdiscs = tc.qdiscs(&link).await?;
         let classes = tc.classes(&link).await?;
         let Some(tree) = decode(&link, ObservedTree::from_dump(&qdiscs, &classes))? else {
-            let found = qdiscs
-                .iter()
-                .find(|q| q.parent == handles::TC_H_ROOT)
-                .map_or("none".to_owned(), |q| {
-                    format!("{} {}", q.kind, handles::display_handle(q.handle))
-                });
             return Err(ShapingError::NotShaped {
                 iface: iface.to_owned(),
-                found,
+                found: describe_root(&qdiscs),
             });
         };
         let state = opts
@@ -403,13 +408,7 @@ impl Shaper {
 
     /// The root qdisc the uplink has now, as `kind handle` (`none`).
     async fn root_found(&self) -> Result<String, ShapingError> {
-        let qdiscs = self.tc.qdiscs(&self.link).await?;
-        Ok(qdiscs
-            .iter()
-            .find(|q| q.parent == handles::TC_H_ROOT)
-            .map_or("none".to_owned(), |q| {
-                format!("{} {}", q.kind, handles::display_handle(q.handle))
-            }))
+        Ok(describe_root(&self.tc.qdiscs(&self.link).await?))
     }
 
     /// Tries to create `fq` under a throw-away class of vmbw's own tree:
