@@ -664,15 +664,11 @@ async fn synced_means_the_first_lists_are_applied() {
     let s = setup("node02", &["vmi-running-node02.json"])
         .await
         .expect("setup");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !s.synced.load(std::sync::atomic::Ordering::SeqCst) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never synced: {:?}",
-            s.api.requests()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        wait_synced(&s, Duration::from_secs(20)).await,
+        "never synced: {:?}",
+        s.api.requests()
+    );
     let d = s.discovery.lock().expect("discovery");
     assert!(d.synced());
     assert!(
