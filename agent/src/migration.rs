@@ -90,6 +90,10 @@ impl Applied {
                 !self.is_refused("max-postcopy-bandwidth")
                     && bandwidth_changed(self.params.max_postcopy_bandwidth, *bw)
             }),
+            avail_switchover_bandwidth: want.avail_switchover_bandwidth.filter(|bw| {
+                !self.is_refused("avail-switchover-bandwidth")
+                    && bandwidth_changed(self.params.avail_switchover_bandwidth, *bw)
+            }),
         }
     }
 }
@@ -287,6 +291,15 @@ impl MigrationSource for MigrationMonitor {
             {
                 Ok(()) => applied.params.max_postcopy_bandwidth = Some(bw),
                 Err(e) => refused.push(refusal("max-postcopy-bandwidth", e)?),
+            }
+        }
+        if let Some(bw) = todo.avail_switchover_bandwidth {
+            match qmp
+                .set_avail_switchover_bandwidth(bw.round().max(1.0) as u64)
+                .await
+            {
+                Ok(()) => applied.params.avail_switchover_bandwidth = Some(bw),
+                Err(e) => refused.push(refusal("avail-switchover-bandwidth", e)?),
             }
         }
         if todo.start_postcopy {

@@ -17,6 +17,7 @@ pub mod forecast;
 pub mod nrac;
 pub mod policy;
 pub mod sim;
+pub mod switchover;
 
 use std::fmt;
 
@@ -138,6 +139,10 @@ pub struct QemuParams {
     pub cpu_throttle_pct: Option<u8>,
     /// `max-postcopy-bandwidth`, bytes/s: post-copy's background push.
     pub max_postcopy_bandwidth: Option<f64>,
+    /// `avail-switchover-bandwidth`, bytes/s: the bandwidth QEMU assumes
+    /// for the stop-and-copy when it decides to switch over (QEMU >= 8.2;
+    /// see [`switchover`]).
+    pub avail_switchover_bandwidth: Option<f64>,
 }
 
 /// Why a number is what it is: one line per step the policy took.

@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// QEMU's default downtime limit, seconds (until the policy raises it).
-const QEMU_DOWNTIME_S: f64 = 0.3;
+pub const QEMU_DOWNTIME_S: f64 = 0.3;
 /// An unchanged allotment is checked against the kernel this often (one
 /// netlink dump): a tree someone deleted or changed is put back.
 const TREE_RECHECK: Duration = Duration::from_secs(5);

@@ -10,12 +10,14 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 use tracing::{Instrument as _, debug, info, info_span, warn};
+use vmbw_common::{Direction, class};
 
 use super::{procnet, state::Shared};
 use crate::{
     api::MigrationPhase,
     config::Telemetry,
-    control::QemuParams,
+    control::{QemuParams, switchover},
+    daemon::tick::QEMU_DOWNTIME_S,
     migration::{Applied, MigrationSource},
     qemu::{MigrationMonitor, MonitorConfig, Qmp, QmpOptions, types::MigrationStatus},
 };
@@ -345,6 +347,10 @@ async fn await_decision_and_apply<S: MigrationSource>(
     // Switching now: by the rule the sources apply (Applied::pending).
     let switching = applied.pending(&params).start_postcopy;
     let pid = source.qemu_pid();
+    let mut params = params;
+    if !switching && pid != 0 {
+        guard_switchover(shared, name, pid, &mut params);
+    }
     let params = if switching && pid != 0 {
         drain_before_switch(source, applied, &params, pid).await
     } else {
@@ -407,6 +413,42 @@ async fn await_decision_and_apply<S: MigrationSource>(
         if pid != 0 {
             tokio::spawn(register_urgent_flow(shared.clone(), name.to_owned(), pid));
         }
+    }
+}
+
+/// Paces a pre-copy migration near its switchover so that its final pass
+/// does not wait behind QEMU's socket backlog ([`switchover`]). Only for
+/// migrations the policy enforces (it knows their class).
+fn guard_switchover(shared: &Arc<Shared>, name: &str, pid: u32, params: &mut QemuParams) {
+    let stream = {
+        let st = shared.state();
+        let Some(v) = st.vms.get(name) else { return };
+        let Some(guarantee) = v.decision.as_ref().and_then(|d| d.migration_rate) else {
+            return;
+        };
+        if v.phase == MigrationPhase::PostCopy {
+            return;
+        }
+        let stream = switchover::Stream {
+            remaining: v.remaining as f64,
+            drain: guarantee.max(v.rates.get(class::MIGRATION, Direction::Egress)),
+            backlog: 0.0,
+            downtime_limit_s: params.downtime_limit_s.unwrap_or(QEMU_DOWNTIME_S),
+        };
+        if !stream.approaching(v.iteration) {
+            return;
+        }
+        stream
+    };
+    let Some(backlog) = procnet::send_queue(pid) else {
+        return;
+    };
+    let stream = switchover::Stream {
+        backlog: backlog as f64,
+        ..stream
+    };
+    if let Some(why) = switchover::guard(&stream, params) {
+        info!("{why}");
     }
 }
 

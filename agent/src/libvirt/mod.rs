@@ -264,6 +264,14 @@ impl MigrationSource for LibvirtMonitor {
                 Err(e) => refused.push(refusal("max-postcopy-bandwidth", e)?),
             }
         }
+        if todo.avail_switchover_bandwidth.is_some() {
+            refused.push(Refused {
+                param: "avail-switchover-bandwidth",
+                reason: "libvirt has no call to set QEMU's avail-switchover-bandwidth \
+                         on a running migration"
+                    .into(),
+            });
+        }
         if todo.start_postcopy {
             match self.call(|d| d.start_post_copy()).await {
                 Ok(()) => applied.params.start_postcopy = true,

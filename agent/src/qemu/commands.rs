@@ -117,6 +117,17 @@ impl Qmp {
             .await
     }
 
+    /// The bandwidth QEMU assumes for the stop-and-copy when it decides
+    /// whether to switch over, bytes per second (QEMU >= 8.2; 0 = the
+    /// bandwidth it measured).
+    pub async fn set_avail_switchover_bandwidth(
+        &mut self,
+        bytes_per_sec: u64,
+    ) -> Result<(), QmpError> {
+        self.set_parameters(json!({ "avail-switchover-bandwidth": bytes_per_sec }))
+            .await
+    }
+
     /// Starts measuring the guest's dirty rate over `ms` milliseconds by
     /// hashing sampled pages (`page-sampling`: independent of the
     /// migration's own dirty logging, so it works while one runs; QEMU >=
