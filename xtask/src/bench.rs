@@ -29,6 +29,10 @@ const BENCHES: &[(&str, &str)] = &[
         "µs per one-step GM(1,N) prediction for windows 8, 16, 32",
     ),
     (
+        "predict-accuracy",
+        "one-step dirty-page WAPE/MAPE/RMSE per model per real trace: tuning, evaluation and QEMU 7.2 corpora",
+    ),
+    (
         "shaping",
         "HTB goodput per rate, two-class contention with a live change, class-change latency; root",
     ),

@@ -9,6 +9,18 @@
 //!
 //! Options: `--link-mbit X` (default 30), `--mem-mb N` (default 160),
 //! `--max-secs N` (cancel a migration that has not converged, default 1200).
+//!
+//! `--corpus` records the prediction corpus instead (issue [4/8]): 24
+//! traces on a grid of workload families x bottleneck (20/30/50 Mbit/s) x
+//! guest size, with and without an application stream, into
+//! `OUT/tuning/` and `OUT/evaluation/`. The split is by workload family and
+//! fixed here, before any tuning: random, sequential, bursty and
+//! application-stream families tune; hot-set, growing, ramping and on/off
+//! application families evaluate. Each migration is cancelled 60 s after
+//! its bulk pass would end at the link rate (unless `--max-secs`), and
+//! QEMU's `calc-dirty-rate` is sampled every ~1.1 s meanwhile
+//! (`sampled_dirty_bps`: the samples' mean over each iteration, empty when
+//! none fell in it).
 
 use std::{
     path::{Path, PathBuf},
@@ -32,6 +44,16 @@ struct Scenario {
     what: &'static str,
     workload: Workload,
     sink: bool,
+    /// Corpus traces: which set (`tuning`, `evaluation`) and family.
+    corpus: Option<Corpus>,
+}
+
+#[derive(Clone, Copy)]
+struct Corpus {
+    set: &'static str,
+    family: &'static str,
+    link_mbit: f64,
+    mem_mb: u32,
 }
 
 /// The six workloads of issue 5, plus a CPU-bound one that also dirties
@@ -46,12 +68,14 @@ fn scenarios() -> Vec<Scenario> {
             what: "idle guest: only the kernel dirties memory",
             workload: Workload::new("idle"),
             sink: false,
+            corpus: None,
         },
         Scenario {
             name: "cpu",
             what: "CPU-bound guest: one vCPU spinning on arithmetic, little memory written",
             workload: Workload::new("cpu"),
             sink: false,
+            corpus: None,
         },
         Scenario {
             name: "cpu-mem",
@@ -61,6 +85,7 @@ fn scenarios() -> Vec<Scenario> {
                 .with("wss-mb", 48)
                 .with("dirty-mbps", 1.5),
             sink: false,
+            corpus: None,
         },
         Scenario {
             name: "mem-seq",
@@ -69,6 +94,7 @@ fn scenarios() -> Vec<Scenario> {
                 .with("wss-mb", 64)
                 .with("dirty-mbps", 3),
             sink: false,
+            corpus: None,
         },
         Scenario {
             name: "mem-rand",
@@ -80,6 +106,7 @@ fn scenarios() -> Vec<Scenario> {
                 .with("wss-mb", 64)
                 .with("dirty-mbps", 2.2),
             sink: false,
+            corpus: None,
         },
         Scenario {
             name: "burst",
@@ -90,6 +117,7 @@ fn scenarios() -> Vec<Scenario> {
                 .with("on-ms", 4000)
                 .with("off-ms", 4000),
             sink: false,
+            corpus: None,
         },
         Scenario {
             name: "net",
@@ -102,6 +130,7 @@ fn scenarios() -> Vec<Scenario> {
                 .with("wss-mb", 32)
                 .with("dirty-mbps", 0.5),
             sink: true,
+            corpus: None,
         },
         Scenario {
             name: "net-contended",
@@ -116,7 +145,237 @@ fn scenarios() -> Vec<Scenario> {
                 .with("wss-mb", 32)
                 .with("dirty-mbps", 1),
             sink: true,
+            corpus: None,
         },
+    ]
+}
+
+/// The prediction corpus (see the module's docs): four families per set,
+/// each at 20, 30 and 50 Mbit/s. Dirty rates sit between a third and
+/// four fifths of the link's payload rate (~0.12 MiB/s per Mbit/s), so
+/// pre-copy iterates; some do not converge, and are cancelled.
+fn corpus_scenarios() -> Vec<Scenario> {
+    let sink = format!("{DST_IP}:{SINK_PORT}");
+    let mem = |mode: &str, wss: u32, mbps: f64| {
+        Workload::new(mode)
+            .with("wss-mb", wss)
+            .with("dirty-mbps", mbps)
+    };
+    let app = |proto: &str, mbit: f64, wss: u32, mbps: f64| {
+        Workload::new("net")
+            .with("proto", proto)
+            .with("rate-mbit", mbit)
+            .with("sink", &sink)
+            .with("wss-mb", wss)
+            .with("dirty-mbps", mbps)
+    };
+    let t = |family, link_mbit, mem_mb| {
+        Some(Corpus {
+            set: "tuning",
+            family,
+            link_mbit,
+            mem_mb,
+        })
+    };
+    let e = |family, link_mbit, mem_mb| {
+        Some(Corpus {
+            set: "evaluation",
+            family,
+            link_mbit,
+            mem_mb,
+        })
+    };
+    let sc = |name, what, workload, sink, corpus| Scenario {
+        name,
+        what,
+        workload,
+        sink,
+        corpus,
+    };
+    vec![
+        // Tuning: random, sequential, bursty, application stream.
+        sc(
+            "rand-l20",
+            "random dirtying, 48 MiB at 1.2 MiB/s",
+            mem("mem-rand", 48, 1.2),
+            false,
+            t("rand", 20.0, 96),
+        ),
+        sc(
+            "rand-l30",
+            "random dirtying, 64 MiB at 2 MiB/s",
+            mem("mem-rand", 64, 2.0),
+            false,
+            t("rand", 30.0, 128),
+        ),
+        sc(
+            "rand-l50",
+            "random dirtying, 96 MiB at 3.5 MiB/s, 192 MiB guest",
+            mem("mem-rand", 96, 3.5),
+            false,
+            t("rand", 50.0, 192),
+        ),
+        sc(
+            "seq-l20",
+            "sequential dirtying, 48 MiB at 1.5 MiB/s",
+            mem("mem-seq", 48, 1.5),
+            false,
+            t("seq", 20.0, 96),
+        ),
+        sc(
+            "seq-l30",
+            "sequential dirtying, 64 MiB at 2.5 MiB/s",
+            mem("mem-seq", 64, 2.5),
+            false,
+            t("seq", 30.0, 128),
+        ),
+        sc(
+            "seq-l50",
+            "sequential dirtying, 64 MiB at 4 MiB/s, 192 MiB guest",
+            mem("mem-seq", 64, 4.0),
+            false,
+            t("seq", 50.0, 192),
+        ),
+        sc(
+            "burst-l20",
+            "bursts: 3 MiB/s over 48 MiB for 3 s, 3 s idle",
+            mem("burst", 48, 3.0)
+                .with("on-ms", 3000)
+                .with("off-ms", 3000),
+            false,
+            t("burst", 20.0, 96),
+        ),
+        sc(
+            "burst-l30",
+            "bursts: 5 MiB/s over 64 MiB for 4 s, 2 s idle",
+            mem("burst", 64, 5.0)
+                .with("on-ms", 4000)
+                .with("off-ms", 2000),
+            false,
+            t("burst", 30.0, 128),
+        ),
+        sc(
+            "burst-l50",
+            "sequential bursts: 6 MiB/s over 64 MiB for 2 s, 4 s idle",
+            mem("burst", 64, 6.0)
+                .with("pattern", "seq")
+                .with("on-ms", 2000)
+                .with("off-ms", 4000),
+            false,
+            t("burst", 50.0, 128),
+        ),
+        sc(
+            "app-l20",
+            "5 Mbit/s UDP stream to the sink, 1 MiB/s over 32 MiB",
+            app("udp", 5.0, 32, 1.0),
+            true,
+            t("app", 20.0, 96),
+        ),
+        sc(
+            "app-l30",
+            "10 Mbit/s UDP stream to the sink, 1 MiB/s over 32 MiB",
+            app("udp", 10.0, 32, 1.0),
+            true,
+            t("app", 30.0, 128),
+        ),
+        sc(
+            "app-l50",
+            "15 Mbit/s TCP stream to the sink, 2 MiB/s over 48 MiB",
+            app("tcp", 15.0, 48, 2.0),
+            true,
+            t("app", 50.0, 128),
+        ),
+        // Evaluation: hot set, growing set, ramping rate, on/off stream.
+        sc(
+            "hot-l20",
+            "hot set: 90% of 1.5 MiB/s on an eighth of 64 MiB",
+            mem("mem-rand", 64, 1.5).with("hot-pct", 90),
+            false,
+            e("hot", 20.0, 96),
+        ),
+        sc(
+            "hot-l30",
+            "hot set: 80% of 2.5 MiB/s on an eighth of 96 MiB, 192 MiB guest",
+            mem("mem-rand", 96, 2.5).with("hot-pct", 80),
+            false,
+            e("hot", 30.0, 192),
+        ),
+        sc(
+            "hot-l50",
+            "hot set + sweep: 70% of 4 MiB/s on an eighth of 64 MiB, the rest sequential",
+            mem("mem-seq", 64, 4.0).with("hot-pct", 70),
+            false,
+            e("hot", 50.0, 128),
+        ),
+        sc(
+            "grow-l20",
+            "growing set: random writes over 16 -> 64 MiB in 60 s, 1.5 MiB/s",
+            mem("mem-rand", 64, 1.5).with("grow-s", 60),
+            false,
+            e("grow", 20.0, 96),
+        ),
+        sc(
+            "grow-l30",
+            "growing set: random writes over 16 -> 64 MiB in 40 s, 2.5 MiB/s",
+            mem("mem-rand", 64, 2.5).with("grow-s", 40),
+            false,
+            e("grow", 30.0, 128),
+        ),
+        sc(
+            "grow-l50",
+            "growing set: sequential over 24 -> 96 MiB in 60 s, 4 MiB/s, 192 MiB guest",
+            mem("mem-seq", 96, 4.0).with("grow-s", 60),
+            false,
+            e("grow", 50.0, 192),
+        ),
+        sc(
+            "ramp-l20",
+            "ramping rate: 0 -> 2.5 MiB/s over 60 s, random over 48 MiB",
+            mem("mem-rand", 48, 2.5).with("ramp-s", 60),
+            false,
+            e("ramp", 20.0, 96),
+        ),
+        sc(
+            "ramp-l30",
+            "ramping rate: 0 -> 3.5 MiB/s over 40 s, random over 64 MiB",
+            mem("mem-rand", 64, 3.5).with("ramp-s", 40),
+            false,
+            e("ramp", 30.0, 128),
+        ),
+        sc(
+            "ramp-l50",
+            "ramping rate: 0 -> 6 MiB/s over 60 s, sequential over 64 MiB",
+            mem("mem-seq", 64, 6.0).with("ramp-s", 60),
+            false,
+            e("ramp", 50.0, 128),
+        ),
+        sc(
+            "onoff-l20",
+            "on/off UDP stream: 6 Mbit/s 5 s on, 5 s off; 1 MiB/s over 32 MiB",
+            app("udp", 6.0, 32, 1.0)
+                .with("app-on-ms", 5000)
+                .with("app-off-ms", 5000),
+            true,
+            e("onoff", 20.0, 96),
+        ),
+        sc(
+            "onoff-l30",
+            "on/off TCP stream: 10 Mbit/s 3 s on, 6 s off; 1.5 MiB/s over 48 MiB",
+            app("tcp", 10.0, 48, 1.5)
+                .with("app-on-ms", 3000)
+                .with("app-off-ms", 6000),
+            true,
+            e("onoff", 30.0, 128),
+        ),
+        sc(
+            "onoff-l50",
+            "on/off UDP stream: 20 Mbit/s 4 s on, 4 s off; 2 MiB/s over 48 MiB",
+            app("udp", 20.0, 48, 2.0)
+                .with("app-on-ms", 4000)
+                .with("app-off-ms", 4000),
+            true,
+            e("onoff", 50.0, 128),
+        ),
     ]
 }
 
@@ -125,6 +384,9 @@ struct Options {
     link_mbit: f64,
     mem_mb: u32,
     max: Duration,
+    /// `--max-secs` given (else corpus traces get their own).
+    max_given: bool,
+    corpus: bool,
     only: Vec<String>,
 }
 
@@ -134,6 +396,8 @@ fn parse_args() -> anyhow::Result<Options> {
         link_mbit: 30.0,
         mem_mb: 160,
         max: Duration::from_secs(1200),
+        max_given: false,
+        corpus: false,
         only: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -143,7 +407,11 @@ fn parse_args() -> anyhow::Result<Options> {
             "--out" => o.out = PathBuf::from(value()?),
             "--link-mbit" => o.link_mbit = value()?.parse().context("--link-mbit")?,
             "--mem-mb" => o.mem_mb = value()?.parse().context("--mem-mb")?,
-            "--max-secs" => o.max = Duration::from_secs(value()?.parse().context("--max-secs")?),
+            "--max-secs" => {
+                o.max = Duration::from_secs(value()?.parse().context("--max-secs")?);
+                o.max_given = true;
+            }
+            "--corpus" => o.corpus = true,
             name if !name.starts_with('-') => o.only.push(name.to_owned()),
             other => bail!("unknown option {other}"),
         }
@@ -160,37 +428,82 @@ fn main() -> anyhow::Result<()> {
     guest::available().map_err(|e| anyhow::anyhow!(e))?;
     std::fs::create_dir_all(&opts.out)?;
     let guest = Guest::build()?;
-    let all = scenarios();
+    let all = if opts.corpus {
+        corpus_scenarios()
+    } else {
+        scenarios()
+    };
     let known: Vec<&str> = all.iter().map(|s| s.name).collect();
     for name in &opts.only {
         if !known.contains(&name.as_str()) {
             bail!("unknown scenario {name}; known: {}", known.join(", "));
         }
     }
+    let mut failed = Vec::new();
     for sc in all
         .iter()
         .filter(|s| opts.only.is_empty() || opts.only.iter().any(|n| n == s.name))
     {
-        let path = opts.out.join(format!("{}.csv", sc.name));
+        let dir = match sc.corpus {
+            Some(c) => opts.out.join(c.set),
+            None => opts.out.clone(),
+        };
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{}.csv", sc.name));
         eprintln!("==> {}: {}", sc.name, sc.what);
-        record_one(&guest, sc, &opts, &path).with_context(|| format!("recording {}", sc.name))?;
+        let done =
+            record_one(&guest, sc, &opts, &path).with_context(|| format!("recording {}", sc.name));
+        match done {
+            // One failed corpus trace does not lose the others: it is
+            // named at the end and can be recorded again by name.
+            Err(e) if opts.corpus => {
+                eprintln!("    FAILED: {e:#}");
+                failed.push(sc.name);
+            }
+            other => other?,
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "not recorded: {} (run again with these names)",
+            failed.join(" ")
+        );
     }
     Ok(())
 }
 
 fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyhow::Result<()> {
-    let tb = MigrationTestbed::new(opts.link_mbit)?;
+    let (link_mbit, mem_mb) = match sc.corpus {
+        Some(c) => (c.link_mbit, c.mem_mb),
+        None => (opts.link_mbit, opts.mem_mb),
+    };
+    let max = match sc.corpus {
+        // The bulk pass at the link's payload rate, then a minute.
+        Some(_) if !opts.max_given => {
+            Duration::from_secs_f64(mem_mb as f64 * 8.4 / link_mbit + 60.0)
+        }
+        _ => opts.max,
+    };
+    let tb = MigrationTestbed::new(link_mbit)?;
     let _sink = if sc.sink {
         Some(tb.start_sink()?)
     } else {
         None
     };
-    let (src, _dst) = tb.boot(guest, &sc.workload, opts.mem_mb, Duration::from_secs(300))?;
+    let (src, _dst) = tb.boot(guest, &sc.workload, mem_mb, Duration::from_secs(300))?;
     // Let the workload settle into its steady state before migrating.
     std::thread::sleep(Duration::from_secs(5));
 
     let kernel =
         std::fs::read_to_string(guest::guest_dir()?.join("kernel-package")).unwrap_or_default();
+    let mut comments = vec![format!("fixture {}: {}", sc.name, sc.what)];
+    if let Some(c) = sc.corpus {
+        comments.push(format!(
+            "corpus: {} set, family {} (split by family before any tuning; \
+             tests/fixtures/corpus/README.md)",
+            c.set, c.family
+        ));
+    }
     let ropts = RecordOptions {
         qmp: src.qmp.clone(),
         out: out.to_path_buf(),
@@ -200,29 +513,46 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
             ..MonitorConfig::default()
         },
         start_timeout: Duration::from_secs(60),
-        comments: vec![
-            format!("fixture {}: {}", sc.name, sc.what),
-            format!("guest workload: vmbw-workload {}", sc.workload.describe()),
+        comments: [
+            comments,
+            vec![format!(
+                "guest workload: vmbw-workload {}",
+                sc.workload.describe()
+            )],
+        ]
+        .concat()
+        .into_iter()
+        .chain([
             format!(
                 "guest: {} MiB, 1 vCPU, QEMU -accel tcg -machine pc, kernel {} (pti=on), \
                  busybox initramfs, virtio-net tap + virtio-balloon",
-                opts.mem_mb,
+                mem_mb,
                 kernel.trim()
             ),
             format!("link: {}", tb.link_description()),
             "QEMU migration parameters: defaults (downtime-limit 300 ms, max-bandwidth 128 MiB/s)"
                 .to_owned(),
-            format!(
-                "made with: cargo run -p vmbw-tests --release --bin record-traces -- --out DIR \
-                 --link-mbit {} --mem-mb {} --max-secs {} {}",
-                opts.link_mbit,
-                opts.mem_mb,
-                opts.max.as_secs(),
-                sc.name
-            ),
-        ],
+            match sc.corpus {
+                Some(_) => format!(
+                    "made with: cargo run -p vmbw-tests --release --bin record-traces -- --out DIR \
+                     --corpus {} (cancelled after {} s)",
+                    sc.name,
+                    max.as_secs()
+                ),
+                None => format!(
+                    "made with: cargo run -p vmbw-tests --release --bin record-traces -- --out DIR \
+                     --link-mbit {} --mem-mb {} --max-secs {} {}",
+                    opts.link_mbit,
+                    opts.mem_mb,
+                    opts.max.as_secs(),
+                    sc.name
+                ),
+            },
+        ])
+        .collect(),
     };
     let uri = tb.migration_uri();
+    let sampled = std::cell::RefCell::new(Vec::<(f64, f64)>::new());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -235,11 +565,31 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
         });
         let control = async {
             migrate_when_events_on(&src, &uri).await?;
+            let started = std::time::Instant::now();
+            let mut ctl = Qmp::connect(&src.qmp_ctl, QmpOptions::default()).await?;
+            // Corpus traces: the guest's dirty rate, sampled by QEMU
+            // (page hashing, independent of the migration's dirty log)
+            // until the migration ends or is cancelled.
+            while sc.corpus.is_some() && started.elapsed() < max {
+                if ctl.calc_dirty_rate(1000, 16384).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1100)).await;
+                if let Ok(info) = ctl.query_dirty_rate().await
+                    && info.status == "measured"
+                    && let Some(mib) = info.dirty_rate
+                {
+                    // The measurement's middle, from the migration's start.
+                    let at = started.elapsed().as_secs_f64() - 0.6;
+                    sampled
+                        .borrow_mut()
+                        .push((at, mib.max(0) as f64 * 1048576.0));
+                }
+            }
+            tokio::time::sleep(max.saturating_sub(started.elapsed())).await;
             // A migration that does not converge is cancelled; the trace
             // then ends with `outcome: cancelled`.
-            tokio::time::sleep(opts.max).await;
-            eprintln!("    no convergence within {:?}: cancelling", opts.max);
-            let mut ctl = Qmp::connect(&src.qmp_ctl, QmpOptions::default()).await?;
+            eprintln!("    no convergence within {max:?}: cancelling");
             ctl.migrate_cancel().await?;
             // The recorder sees the cancellation and finishes the trace.
             std::future::pending::<anyhow::Result<()>>().await
@@ -264,10 +614,60 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
         .open(out)
         .and_then(|mut f| std::io::Write::write_all(&mut f, notes.as_bytes()))
         .with_context(|| format!("appending to {}", out.display()))?;
+    if sc.corpus.is_some() {
+        add_sampled_column(out, &sampled.borrow())?;
+    }
     // Cross-check what was written.
     let t = vmbw::qemu::trace::read_path(out)?;
     eprintln!("    wrote {} rows to {}", t.rows.len(), out.display());
     Ok(())
+}
+
+/// Appends the `sampled_dirty_bps` column to the trace at `path`: per row,
+/// the mean of the dirty-rate samples (seconds from the migration's start,
+/// bytes/s) that fell between the row's start (`end_s - iter_s`) and end.
+fn add_sampled_column(path: &Path, samples: &[(f64, f64)]) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let mut out = String::new();
+    let mut header: Option<Vec<String>> = None;
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let Some(cols) = &header else {
+            header = Some(line.split(',').map(str::to_owned).collect());
+            out.push_str(&format!(
+                "# sampled_dirty_bps: mean of QEMU calc-dirty-rate samples (1 s, page hashing, \
+                 MiB/s resolution) within the iteration; {} samples in all\n{line},sampled_dirty_bps\n",
+                samples.len()
+            ));
+            continue;
+        };
+        let fields: Vec<&str> = line.split(',').collect();
+        let col = |name: &str| -> Option<f64> {
+            let i = cols.iter().position(|c| c == name)?;
+            fields.get(i)?.trim().parse().ok()
+        };
+        let value = match (col("end_s"), col("iter_s")) {
+            (Some(end), Some(len)) => {
+                let inside: Vec<f64> = samples
+                    .iter()
+                    .filter(|(t, _)| *t > end - len && *t <= end)
+                    .map(|(_, r)| *r)
+                    .collect();
+                if inside.is_empty() {
+                    String::new()
+                } else {
+                    format!("{:.0}", inside.iter().sum::<f64>() / inside.len() as f64)
+                }
+            }
+            _ => String::new(),
+        };
+        out.push_str(&format!("{line},{value}\n"));
+    }
+    std::fs::write(path, out).with_context(|| format!("rewriting {}", path.display()))
 }
 
 /// Summarises the workload's progress lines (`vmbw-workload: t=5.0s

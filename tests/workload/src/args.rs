@@ -20,6 +20,13 @@ usage: vmbw-workload --mode MODE [options]
   --app-on-ms N     net: send for N ms, then pause --app-off-ms (default 0:
   --app-off-ms N    always on); the first period is on
   --packet N        net: bytes per datagram or write (default 1200)
+  --ramp-s X        memory modes: the dirty rate climbs from 0 to
+                    --dirty-mbps over X seconds after the set-up (default 0:
+                    the full rate at once)
+  --grow-s X        memory modes: the pages written grow from a quarter of
+                    the working set to all of it over X seconds (default 0)
+  --hot-pct P       memory modes: P% of the writes go to a hot eighth of the
+                    working set, the rest anywhere in it (default 0)
   --report-secs X   seconds between progress lines (default 5)
   --seed N          random page order seed (default 1)";
 
@@ -62,6 +69,13 @@ pub struct Args {
     pub packet: usize,
     pub report: Duration,
     pub seed: u64,
+    /// The dirty rate's climb from 0 to `dirty_mbps`; zero = none.
+    pub ramp: Duration,
+    /// The written part of the working set grows from a quarter to all of
+    /// it over this long; zero = all of it from the start.
+    pub grow: Duration,
+    /// Share of writes that go to the hot eighth of the working set, 0..=1.
+    pub hot: f64,
 }
 
 impl Args {
@@ -83,6 +97,9 @@ impl Args {
             packet: 1200,
             report: Duration::from_secs(5),
             seed: 1,
+            ramp: Duration::ZERO,
+            grow: Duration::ZERO,
+            hot: 0.0,
         };
         while let Some(key) = it.next() {
             let name = key
@@ -143,6 +160,22 @@ impl Args {
                         .ok_or_else(|| bad("not seconds > 0"))?
                 }
                 "seed" => a.seed = value.parse().map_err(|_| bad("not an integer"))?,
+                "ramp-s" => {
+                    a.ramp = rate(&value)
+                        .map(Duration::from_secs_f64)
+                        .ok_or_else(|| bad("not seconds"))?
+                }
+                "grow-s" => {
+                    a.grow = rate(&value)
+                        .map(Duration::from_secs_f64)
+                        .ok_or_else(|| bad("not seconds"))?
+                }
+                "hot-pct" => {
+                    a.hot = rate(&value)
+                        .filter(|p| *p <= 100.0)
+                        .map(|p| p / 100.0)
+                        .ok_or_else(|| bad("not a percentage"))?
+                }
                 _ => return Err(format!("unknown option --{name}")),
             }
         }

@@ -36,6 +36,10 @@ struct WorkingSet {
     cursor: usize,
     rng: u64,
     stamp: u64,
+    /// Pages written to now: the first `active` (all, unless it grows).
+    active: usize,
+    /// Share of writes that go to the first eighth of the working set.
+    hot: f64,
 }
 
 impl WorkingSet {
@@ -49,23 +53,32 @@ impl WorkingSet {
             cursor: 0,
             rng: args.seed.max(1),
             stamp: 0,
+            active: pages,
+            hot: args.hot,
         }
     }
 
+    /// xorshift64: cheap, and good enough to spread pages.
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
     fn next_page(&mut self) -> usize {
+        let active = self.active.clamp(1, self.pages);
+        if self.hot > 0.0 && ((self.random() % 10_000) as f64) < self.hot * 10_000.0 {
+            let hot = (self.pages / 8).max(1);
+            return (self.random() % hot as u64) as usize;
+        }
         match self.pattern {
             Pattern::Seq => {
-                let p = self.cursor;
-                self.cursor = (self.cursor + 1) % self.pages;
+                let p = self.cursor % active;
+                self.cursor = (p + 1) % active;
                 p
             }
-            Pattern::Rand => {
-                // xorshift64: cheap, and good enough to spread pages.
-                self.rng ^= self.rng << 13;
-                self.rng ^= self.rng >> 7;
-                self.rng ^= self.rng << 17;
-                (self.rng % self.pages as u64) as usize
-            }
+            Pattern::Rand => (self.random() % active as u64) as usize,
         }
     }
 
@@ -132,11 +145,22 @@ fn dirty_loop(args: &Args, mut ws: WorkingSet) -> Result<(), String> {
     };
     let mut pacer = Pacer::new(pages_per_sec, args.on, off);
     let start = Instant::now();
+    // The share of a climb (ramp, growth) done `elapsed` into it.
+    let share = |over: Duration, elapsed: Duration| {
+        if over.is_zero() {
+            1.0
+        } else {
+            (elapsed.as_secs_f64() / over.as_secs_f64()).min(1.0)
+        }
+    };
     let mut report_at = start + args.report;
     let mut since_report: u64 = 0;
     let mut total: u64 = 0;
     let mut reports: usize = 0;
     loop {
+        let elapsed = start.elapsed();
+        pacer.set_rate(pages_per_sec * share(args.ramp, elapsed));
+        ws.active = (ws.pages as f64 * (0.25 + 0.75 * share(args.grow, elapsed))) as usize;
         let n = pacer.take();
         for _ in 0..n {
             let p = ws.next_page();
@@ -153,11 +177,12 @@ fn dirty_loop(args: &Args, mut ws: WorkingSet) -> Result<(), String> {
             let corrupt = ws.corrupt_pages(reports, CHECK_SLICES);
             reports += 1;
             println!(
-                "vmbw-workload: t={:.1}s pages_written={} dirty_mbps={:.2} total_pages={} corrupt_pages={corrupt}",
+                "vmbw-workload: t={:.1}s pages_written={} dirty_mbps={:.2} total_pages={} active_mb={} corrupt_pages={corrupt}",
                 now.duration_since(start).as_secs_f64(),
                 since_report,
                 since_report as f64 * PAGE as f64 / (1 << 20) as f64 / dt,
-                total
+                total,
+                (ws.active * PAGE) >> 20
             );
             if corrupt > 0 {
                 println!("{CORRUPT_MARKER} pages={corrupt}");
@@ -172,6 +197,28 @@ fn dirty_loop(args: &Args, mut ws: WorkingSet) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn growth_and_a_hot_set_shape_where_writes_land() {
+        let args = crate::args::Args::parse(
+            "--mode mem-rand --wss-mb 8 --hot-pct 80"
+                .split_whitespace()
+                .map(str::to_owned),
+        )
+        .expect("args");
+        let mut ws = WorkingSet::new(&args);
+        let eighth = ws.pages / 8;
+        let hot = (0..10_000).filter(|_| ws.next_page() < eighth).count();
+        // 80% hot plus an eighth of the other 20%.
+        assert!(
+            (8_000..8_800).contains(&hot),
+            "{hot} of 10000 in the hot eighth"
+        );
+        let mut ws = WorkingSet::new(&args);
+        ws.hot = 0.0;
+        ws.active = ws.pages / 4;
+        assert!((0..10_000).all(|_| ws.next_page() < ws.pages / 4));
+    }
 
     #[test]
     fn a_lost_write_is_found() {

@@ -27,6 +27,11 @@ impl Pacer {
         }
     }
 
+    /// Changes the rate from now on (a ramp).
+    pub fn set_rate(&mut self, per_sec: f64) {
+        self.per_sec = per_sec;
+    }
+
     /// Whether the duty cycle is in its "on" part now.
     pub fn is_on(&self) -> bool {
         if self.off.is_zero() {

@@ -1,0 +1,326 @@
+//! `cargo xtask bench predict-accuracy`: one-step dirty-page prediction
+//! error of every model on every real trace, one table per corpus:
+//!
+//! - `tuning` and `evaluation`: `tests/fixtures/corpus/{tuning,evaluation}`,
+//!   QEMU 10, split by workload family before any tuning
+//!   (tests/fixtures/corpus/README.md). Choices are made on tuning and
+//!   reported on evaluation;
+//! - `qemu7.2`: `tests/fixtures/traces`, the older fixtures.
+//!
+//! Per trace: WAPE, MAPE and RMSE per model over the iterations every
+//! model predicted (`vmbw predict`'s rule), and gm1n again with only the
+//! nine standard columns (no `transferred_bytes`/`remaining_bytes`, so no
+//! physics drivers) against GM(1,1). Per corpus: median WAPE per model, how
+//! often each model is best, gm1n's worst ratio to the best baseline, and
+//! gm1n's median WAPE on the steady (not bursty, not on/off) traces. The
+//! last line is JSON.
+//!
+//! Options: `--window N` (grey models' window, default 8), `--from K`
+//! (first iteration predicted, 1-based, default 2), `--dir CORPUS=PATH`
+//! (repeatable; replaces the default corpora).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::json;
+use vmbw::{
+    predict::{Iteration, MODELS, eval, model},
+    qemu::trace,
+};
+
+/// Families whose dirtying or traffic switches on and off.
+const BURSTY: &[&str] = &["burst", "onoff"];
+/// A model's WAPE counts as the best if within this of the lowest.
+const TIE: f64 = 1e-9;
+/// Traces with fewer scored iterations are listed but not scored (one or
+/// two points say little and swing the medians).
+const MIN_SCORED: usize = 3;
+
+struct Options {
+    window: usize,
+    from: usize,
+    corpora: Vec<(String, PathBuf)>,
+}
+
+fn parse_args() -> anyhow::Result<Options> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut o = Options {
+        window: 8,
+        from: 2,
+        corpora: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--window" => o.window = value()?.parse().context("--window")?,
+            "--from" => o.from = value()?.parse().context("--from")?,
+            "--dir" => {
+                let v = value()?;
+                let (name, path) = v
+                    .split_once('=')
+                    .with_context(|| format!("--dir {v}: expected CORPUS=PATH"))?;
+                o.corpora.push((name.to_owned(), PathBuf::from(path)));
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: bench-predict-accuracy [--window N] [--from K] [--dir CORPUS=PATH ...]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown option {other}"),
+        }
+    }
+    if o.window < 2 {
+        bail!("--window must be at least 2");
+    }
+    if o.corpora.is_empty() {
+        o.corpora = vec![
+            ("tuning".into(), root.join("corpus/tuning")),
+            ("evaluation".into(), root.join("corpus/evaluation")),
+            ("qemu7.2".into(), root.join("traces")),
+        ];
+    }
+    Ok(o)
+}
+
+/// One trace's scores.
+struct TraceScores {
+    name: String,
+    family: String,
+    rows: usize,
+    /// Model -> (WAPE, MAPE, RMSE), over the iterations all predicted.
+    models: BTreeMap<String, eval::Scores>,
+    /// gm1n and gm11 WAPE with only the nine standard columns.
+    nine: Option<(f64, f64)>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let o = parse_args()?;
+    let mut summary = serde_json::Map::new();
+    for (corpus, dir) in &o.corpora {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("corpus {corpus}: reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .collect();
+        files.sort();
+        let mut scored = Vec::new();
+        for f in &files {
+            match score_trace(f, &o)? {
+                Some(s) => scored.push(s),
+                None => println!(
+                    "{}: fewer than {MIN_SCORED} iterations every model predicts: not scored",
+                    f.display()
+                ),
+            }
+        }
+        summary.insert(corpus.clone(), report(corpus, dir, &scored));
+    }
+    println!(
+        "{}",
+        json!({
+            "bench": "predict-accuracy",
+            "window": o.window,
+            "from": o.from,
+            "corpora": summary,
+        })
+    );
+    Ok(())
+}
+
+fn score_trace(path: &Path, o: &Options) -> anyhow::Result<Option<TraceScores>> {
+    let t = trace::read_path(path)?;
+    let rows = t.iterations();
+    let first = o.from.max(2) - 1;
+    let family = t
+        .comments
+        .iter()
+        .find_map(|c| c.split("family ").nth(1))
+        .and_then(|rest| rest.split([' ', ',', '(']).next())
+        .unwrap_or("-")
+        .to_owned();
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some(models) = score_models(&rows, MODELS, first, o.window)? else {
+        return Ok(None);
+    };
+    // The same iterations without the telemetry beyond the nine columns.
+    let bare: Vec<Iteration> = rows
+        .iter()
+        .map(|r| Iteration {
+            sent_bytes: None,
+            remaining_bytes: None,
+            ..*r
+        })
+        .collect();
+    let nine = score_models(&bare, &["gm1n", "gm11"], first, o.window)?
+        .map(|m| (m["gm1n"].wape, m["gm11"].wape));
+    Ok(Some(TraceScores {
+        name,
+        family,
+        rows: rows.len(),
+        models,
+        nine,
+    }))
+}
+
+/// Every model in `names` one step ahead from row `first`, scored on the
+/// iterations all of them predicted; None if there are none.
+fn score_models(
+    rows: &[Iteration],
+    names: &[&str],
+    first: usize,
+    window: usize,
+) -> anyhow::Result<Option<BTreeMap<String, eval::Scores>>> {
+    let mut runs = Vec::new();
+    for name in names {
+        let m = model(name, window).with_context(|| format!("model {name}"))?;
+        runs.push(eval::run(m.as_ref(), rows, first)?);
+    }
+    let common = eval::common_iterations(&runs);
+    if common.len() < MIN_SCORED {
+        return Ok(None);
+    }
+    Ok(Some(
+        runs.iter()
+            .map(|r| (r.model.clone(), eval::score(r, rows, &common)))
+            .collect(),
+    ))
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn report(corpus: &str, dir: &Path, scored: &[TraceScores]) -> serde_json::Value {
+    println!();
+    println!(
+        "== corpus {corpus} ({}): {} traces scored",
+        dir.display(),
+        scored.len()
+    );
+    print!("{:<16} {:<7} {:>4} {:>4}", "trace", "family", "rows", "n");
+    for m in MODELS {
+        print!(" {m:>7}");
+    }
+    println!(" {:>9} {:>9}  best", "gm1n/9col", "gm11/9col");
+    let mut best_count: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut gm1n_ratio = Vec::new();
+    let mut nine_rel = Vec::new();
+    for s in scored {
+        let wape = |m: &str| s.models.get(m).map_or(f64::NAN, |sc| sc.wape);
+        let n = s.models.values().next().map_or(0, |sc| sc.n);
+        print!("{:<16} {:<7} {:>4} {n:>4}", s.name, s.family, s.rows);
+        for m in MODELS {
+            print!(" {:>7.1}", wape(m));
+        }
+        match s.nine {
+            Some((g, g11)) => print!(" {g:>9.1} {g11:>9.1}"),
+            None => print!(" {:>9} {:>9}", "-", "-"),
+        }
+        let lowest = MODELS
+            .iter()
+            .map(|m| wape(m))
+            .filter(|w| w.is_finite())
+            .fold(f64::INFINITY, f64::min);
+        let best: Vec<&str> = MODELS
+            .iter()
+            .copied()
+            .filter(|m| wape(m) <= lowest + TIE)
+            .collect();
+        for m in &best {
+            *best_count.entry(m).or_default() += 1;
+        }
+        println!("  {}", best.join(","));
+        let best_baseline = MODELS
+            .iter()
+            .filter(|m| **m != "gm1n")
+            .map(|m| wape(m))
+            .filter(|w| w.is_finite())
+            .fold(f64::INFINITY, f64::min);
+        if best_baseline.is_finite() && wape("gm1n").is_finite() && best_baseline > 0.0 {
+            gm1n_ratio.push((s.name.clone(), wape("gm1n") / best_baseline));
+        }
+        if let Some((g, g11)) = s.nine
+            && g11 > 0.0
+            && g.is_finite()
+        {
+            nine_rel.push((s.name.clone(), g / g11));
+        }
+    }
+    let medians: serde_json::Map<String, serde_json::Value> = MODELS
+        .iter()
+        .map(|m| {
+            let w = median(
+                scored
+                    .iter()
+                    .filter_map(|s| s.models.get(*m).map(|sc| sc.wape))
+                    .collect(),
+            );
+            (m.to_string(), json!(w))
+        })
+        .collect();
+    print!("{:<16} {:<7} {:>4} {:>4}", "median WAPE %", "", "", "");
+    for m in MODELS {
+        print!(" {:>7.1}", medians[*m].as_f64().unwrap_or(f64::NAN));
+    }
+    println!();
+    let steady = median(
+        scored
+            .iter()
+            .filter(|s| !BURSTY.contains(&s.family.as_str()))
+            .filter_map(|s| s.models.get("gm1n").map(|sc| sc.wape))
+            .collect(),
+    );
+    let worst_ratio = gm1n_ratio
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .cloned();
+    let worst_nine = nine_rel.iter().max_by(|a, b| a.1.total_cmp(&b.1)).cloned();
+    let gm1n_best = best_count.get("gm1n").copied().unwrap_or(0);
+    println!(
+        "best (lowest WAPE, ties to all): {}",
+        best_count
+            .iter()
+            .map(|(m, n)| format!("{m} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "gm1n best on {gm1n_best} of {} traces; worst gm1n / best baseline: {}; \
+         worst gm1n / gm11 with nine columns: {}; gm1n median WAPE on steady traces: {}",
+        scored.len(),
+        worst_ratio
+            .as_ref()
+            .map_or("-".into(), |(t, r)| format!("{r:.2} ({t})")),
+        worst_nine
+            .as_ref()
+            .map_or("-".into(), |(t, r)| format!("{r:.2} ({t})")),
+        steady.map_or("-".into(), |w| format!("{w:.1}%")),
+    );
+    json!({
+        "traces": scored.len(),
+        "median_wape": medians,
+        "best": best_count,
+        "gm1n_best_share": if scored.is_empty() { None } else { Some(gm1n_best as f64 / scored.len() as f64) },
+        "gm1n_worst_ratio_to_best_baseline": worst_ratio.map(|(t, r)| json!({"trace": t, "ratio": r})),
+        "gm1n_worst_ratio_to_gm11_nine_columns": worst_nine.map(|(t, r)| json!({"trace": t, "ratio": r})),
+        "gm1n_median_wape_steady": steady,
+    })
+}
