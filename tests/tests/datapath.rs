@@ -4,7 +4,7 @@
 use std::{net::UdpSocket, time::Duration};
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use vmbw::datapath::{Datapath, PinDir};
+use vmbw::datapath::{Datapath, PinDir, Urgency};
 use vmbw_tests::{NetNs, in_netns, privileged, require};
 
 const HOST_IP: &str = "198.18.0.1"; // RFC 2544 benchmarking range
@@ -259,6 +259,7 @@ fn classifies_concurrent_real_tcp_flows_within_one_percent() {
             (local.ip(), local.port()),
             (remote.ip(), remote.port()),
             6,
+            Urgency::Background,
         )
         .expect("register flow");
         let app = std::net::TcpStream::connect("198.18.2.3:5555").expect("connect app");

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use vmbw::datapath::{Datapath, Mode, PinDir, PortSide, SkbIn, VmCounters};
+use vmbw::datapath::{Datapath, Mode, PinDir, PortSide, SkbIn, Urgency, VmCounters};
 use vmbw_common::{ClassConfig, Direction, NO_VM, class};
 use vmbw_tests::{frames::*, privileged, require};
 
@@ -44,6 +44,7 @@ fn setup() -> Datapath {
         (IpAddr::V4(Ipv4Addr::from(HOST4)), 40000),
         (IpAddr::V4(Ipv4Addr::from(PEER4)), 4444),
         TCP,
+        Urgency::Background,
     )
     .expect("flow");
     dp.set_migration_ports(VM_B, PortSide::Remote, 49152, 49215)
@@ -348,7 +349,7 @@ fn an_urgent_flow_counts_as_migration_and_skips_the_migration_class() {
         (IpAddr::V4(Ipv4Addr::from(HOST4)), 40001),
         (IpAddr::V4(Ipv4Addr::from(PEER4)), 4444),
     );
-    dp.add_urgent_flow(VM_A, local, remote, TCP)
+    dp.add_migration_flow(VM_A, local, remote, TCP, Urgency::Urgent)
         .expect("urgent flow");
     let frame = Frame::eth(MAC_HOST, MAC_PEER, ETH_IPV4)
         .ipv4(HOST4, PEER4, TCP, 0, 0)

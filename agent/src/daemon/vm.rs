@@ -18,6 +18,7 @@ use crate::{
     config::Telemetry,
     control::{QemuParams, switchover},
     daemon::tick::QEMU_DOWNTIME_S,
+    datapath::Urgency,
     migration::{Applied, MigrationSource},
     qemu::{MigrationMonitor, MonitorConfig, Qmp, QmpOptions, types::MigrationStatus},
 };
@@ -545,12 +546,12 @@ fn register_flows(shared: &Arc<Shared>, name: &str, pid: u32) -> usize {
                 (c.local.ip(), c.local.port()),
                 (c.remote.ip(), c.remote.port()),
             );
-            let added = if urgent {
-                dp.add_urgent_flow(slot, local, remote, 6)
+            let urgency = if urgent {
+                Urgency::Urgent
             } else {
-                dp.add_migration_flow(slot, local, remote, 6)
+                Urgency::Background
             };
-            match added {
+            match dp.add_migration_flow(slot, local, remote, 6, urgency) {
                 Ok(()) => {
                     info!(local = %c.local, remote = %c.remote, urgent, "migration flow registered")
                 }

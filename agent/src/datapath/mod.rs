@@ -41,7 +41,7 @@ use aya::{
 use vmbw_common::{Direction, program};
 
 pub use counters::{ClassCounters, DirectionCounters, VmCounters};
-pub use tables::{Mode, PortSide};
+pub use tables::{Mode, PortSide, Urgency};
 pub use test_run::{SkbIn, TestRunOutcome};
 
 /// The agent's persistent pin directory.

@@ -44,6 +44,15 @@ impl Mode {
 }
 
 /// Which end of a connection a migration port range describes.
+/// Which class a registered migration flow's packets go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// The VM's migration class: the background stream.
+    Background,
+    /// The urgent class: pages a post-copy guest is waiting for.
+    Urgent,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortSide {
     /// This host's port (e.g. the destination's listening port).
@@ -74,7 +83,7 @@ impl Datapath {
         self.update_settings(|s| s.mode = m.raw())
     }
 
-    /// Where HTB mode steers urgent flows ([`Self::add_urgent_flow`]): a
+    /// Where HTB mode steers urgent flows (urgent [`Self::add_migration_flow`]s): a
     /// class handle, or 0 to leave them in their VM's migration class.
     pub fn set_urgent_priority(&mut self, handle: u32) -> Result<(), DatapathError> {
         self.update_settings(|s| s.urgent_priority = handle)
@@ -136,29 +145,24 @@ impl Datapath {
         ignore_missing(m.remove(&ifindex)).map_err(map_err(map::IFINDEX, "remove"))
     }
 
-    /// Registers an exact migration flow of `vm`, from this host's point of
-    /// view (`local` is this host's end). `proto` is 6 (TCP) or 17 (UDP).
+    /// Registers (or re-flags) an exact migration flow of `vm`, from this
+    /// host's point of view (`local` is this host's end). `proto` is 6
+    /// (TCP) or 17 (UDP). An [`Urgency::Urgent`] flow carries the pages a
+    /// post-copy guest waits for: counted as migration, steered into the
+    /// urgent class ([`vmbw_common::FLOW_URGENT`]).
     pub fn add_migration_flow(
         &mut self,
         vm: u32,
         local: (IpAddr, u16),
         remote: (IpAddr, u16),
         proto: u8,
+        urgency: Urgency,
     ) -> Result<(), DatapathError> {
-        self.insert_flow(vm, local, remote, proto, 0)
-    }
-
-    /// Registers (or re-flags) a migration flow of `vm` that carries the
-    /// pages a post-copy guest waits for: counted as migration, steered
-    /// into the urgent class ([`vmbw_common::FLOW_URGENT`]).
-    pub fn add_urgent_flow(
-        &mut self,
-        vm: u32,
-        local: (IpAddr, u16),
-        remote: (IpAddr, u16),
-        proto: u8,
-    ) -> Result<(), DatapathError> {
-        self.insert_flow(vm, local, remote, proto, FLOW_URGENT)
+        let flags = match urgency {
+            Urgency::Background => 0,
+            Urgency::Urgent => FLOW_URGENT,
+        };
+        self.insert_flow(vm, local, remote, proto, flags)
     }
 
     fn insert_flow(

@@ -9,7 +9,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::Context as _;
-use vmbw::datapath::{Datapath, Mode, PinDir, SkbIn};
+use vmbw::datapath::{Datapath, Mode, PinDir, SkbIn, Urgency};
 use vmbw_common::{ClassConfig, Direction, class};
 use vmbw_tests::frames::*;
 
@@ -87,7 +87,13 @@ fn setup(mode: Mode, n: u32) -> anyhow::Result<Datapath> {
     dp.set_mode(mode)?;
     for i in 0..n {
         let vm = 1 + i % 1000;
-        dp.add_migration_flow(vm, (host_ip(), 40000), (peer_ip(i), 4444), TCP)?;
+        dp.add_migration_flow(
+            vm,
+            (host_ip(), 40000),
+            (peer_ip(i), 4444),
+            TCP,
+            Urgency::Background,
+        )?;
         dp.add_vm_ip(vm, vm_ip(i))?;
     }
     for vm in 0..=n.min(1000) {
