@@ -32,9 +32,12 @@ const TARGET_SHARE: f64 = 0.25;
 const HORIZON_S: f64 = 1.0;
 /// QEMU is never paced below this share of the drain rate.
 const MIN_PACE: f64 = 0.5;
-/// `avail-switchover-bandwidth` is never set to 0 (QEMU reads 0 as "use
-/// the measured bandwidth"): 1 byte/s holds the switchover instead.
-const HOLD: f64 = 1.0;
+/// `avail-switchover-bandwidth` that holds the switchover: never 0 (QEMU
+/// reads 0 as "use the measured bandwidth"), nor below 1000 bytes/s (QEMU
+/// 10 divides it by 1000 as an integer, and a zero bandwidth turns its
+/// expected downtime into INT64_MIN, seen on the testbed). At 1000 bytes/s
+/// the 300 ms limit admits 300 bytes: held.
+const HOLD: f64 = 1000.0;
 
 /// The migration stream as the agent measures it.
 #[derive(Debug, Clone, Copy, PartialEq)]

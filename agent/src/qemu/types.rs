@@ -7,6 +7,12 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+/// An integer QEMU may report as negative where it means "unknown".
+fn non_negative<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v: Option<i128> = Option::deserialize(d)?;
+    Ok(v.and_then(|v| u64::try_from(v).ok()))
+}
+
 /// `query-migrate`'s `MigrationInfo`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "kebab-case")]
@@ -20,7 +26,11 @@ pub struct MigrationInfo {
     #[serde(default)]
     pub total_time: Option<u64>,
     /// QEMU's estimate of the stop-and-copy time, ms (while active).
-    #[serde(default)]
+    /// QEMU computes it in floating point and casts: a bandwidth of zero
+    /// makes it INT64_MIN (seen with `avail-switchover-bandwidth` below
+    /// 1000 bytes/s, which QEMU divides by 1000 as an integer); an
+    /// estimate that is not a time is None.
+    #[serde(default, deserialize_with = "non_negative")]
     pub expected_downtime: Option<u64>,
     /// Measured stop-and-copy time, ms (once completed).
     #[serde(default)]
@@ -352,6 +362,12 @@ mod tests {
         assert_eq!(ram.page_size, Some(4096));
         assert_eq!(ram.pages_sent(), 310311 + 10945);
         assert_eq!(info.expected_downtime, Some(6258));
+        // QEMU 10 with avail-switchover-bandwidth below 1000 bytes/s.
+        let info: MigrationInfo = serde_json::from_str(
+            r#"{"status": "active", "expected-downtime": -9223372036854775808}"#,
+        )
+        .expect("decodes");
+        assert_eq!(info.expected_downtime, None);
     }
 
     #[test]
