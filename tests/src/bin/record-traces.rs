@@ -35,6 +35,7 @@ use vmbw::qemu::{
 };
 use vmbw_tests::{
     guest::{self, Guest, Workload},
+    runner,
     testbed::{DST_IP, MigrationTestbed, SINK_PORT, TAP, UPLINK, migrate_when_events_on},
 };
 
@@ -424,6 +425,9 @@ fn parse_args() -> anyhow::Result<Options> {
 
 fn main() -> anyhow::Result<()> {
     let opts = parse_args()?;
+    // Ctrl-C / SIGTERM end the current recording cleanly: the testbed's
+    // guards remove its namespaces and QEMUs.
+    runner::catch_interrupt();
     vmbw_tests::privileged().map_err(|e| anyhow::anyhow!(e))?;
     guest::available().map_err(|e| anyhow::anyhow!(e))?;
     std::fs::create_dir_all(&opts.out)?;
@@ -453,6 +457,12 @@ fn main() -> anyhow::Result<()> {
         eprintln!("==> {}: {}", sc.name, sc.what);
         let done =
             record_one(&guest, sc, &opts, &path).with_context(|| format!("recording {}", sc.name));
+        if runner::interrupted() {
+            bail!(
+                "interrupted while recording {} (its file may be partial)",
+                sc.name
+            );
+        }
         match done {
             // One failed corpus trace does not lose the others: it is
             // named at the end and can be recorded again by name.
@@ -570,7 +580,7 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
             // Corpus traces: the guest's dirty rate, sampled by QEMU
             // (page hashing, independent of the migration's dirty log)
             // until the migration ends or is cancelled.
-            while sc.corpus.is_some() && started.elapsed() < max {
+            while sc.corpus.is_some() && started.elapsed() < max && !runner::interrupted() {
                 if ctl.calc_dirty_rate(1000, 16384).await.is_err() {
                     break;
                 }
@@ -586,7 +596,14 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
                         .push((at, mib.max(0) as f64 * 1048576.0));
                 }
             }
-            tokio::time::sleep(max.saturating_sub(started.elapsed())).await;
+            while started.elapsed() < max && !runner::interrupted() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if runner::interrupted() {
+                // The guards tear the testbed and its QEMUs down.
+                ctl.migrate_cancel().await.ok();
+                bail!("interrupted");
+            }
             // A migration that does not converge is cancelled; the trace
             // then ends with `outcome: cancelled`.
             eprintln!("    no convergence within {max:?}: cancelling");
