@@ -294,8 +294,10 @@ impl MigrationSource for MigrationMonitor {
             }
         }
         if let Some(bw) = todo.avail_switchover_bandwidth {
+            // 0 is QEMU's "use the measured bandwidth"; the guard never
+            // asks for 1..999 (see control::switchover).
             match qmp
-                .set_avail_switchover_bandwidth(bw.round().max(1.0) as u64)
+                .set_avail_switchover_bandwidth(bw.round().max(0.0) as u64)
                 .await
             {
                 Ok(()) => applied.params.avail_switchover_bandwidth = Some(bw),

@@ -229,7 +229,18 @@ impl Escalator {
                 continue;
             }
             let Some(f) = d.forecast else { continue };
+            let held = vm.switchover_held_s >= HELD_LATE_S;
+            if held {
+                d.why(format!(
+                    "switchover held {:.0} s: QEMU's socket holds {:.0} KiB, more than the \
+                     downtime limit drains at {}",
+                    vm.switchover_held_s,
+                    vm.stream_backlog / 1024.0,
+                    mbit(bandwidth)
+                ));
+            }
             if !deadline_late
+                && !held
                 && !self
                     .cfg
                     .late(&f, forecast::floor_s(vm.remaining, bandwidth))
@@ -281,6 +292,11 @@ impl Escalator {
         }
     }
 }
+
+/// A pre-copy switchover held this long for QEMU's socket backlog
+/// ([`super::switchover`]) counts as late: the passes go on, but the last
+/// one cannot fit the downtime limit behind what the socket holds.
+pub const HELD_LATE_S: f64 = 5.0;
 
 /// Share of the time left before the starter's deadline that the forecast
 /// may use: the rest is margin for the forecast's error.
@@ -409,19 +425,21 @@ fn candidates(
     bandwidth: f64,
 ) -> Vec<(Tool, Result<Candidate, String>)> {
     let floor = forecast::floor_s(vm.remaining, bandwidth);
+    // The stop-and-copy also waits for what QEMU's socket still holds.
+    let stop = forecast::floor_s(vm.remaining + vm.stream_backlog, bandwidth);
     let downtime = if !cfg.allow_downtime {
         Err("denied by configuration".to_owned())
-    } else if floor * 1.1 > cfg.downtime_budget_s {
+    } else if stop * 1.1 > cfg.downtime_budget_s {
         Err(format!(
             "{:.0} ms to send what is left exceeds the budget {:.0} ms",
-            floor * 1000.0,
+            stop * 1000.0,
             cfg.downtime_budget_s * 1000.0
         ))
     } else {
         Ok(Candidate {
             tool: Tool::DowntimeLimit,
-            cost_s: floor,
-            setting: (floor * 1.1 * 1000.0)
+            cost_s: stop,
+            setting: (stop * 1.1 * 1000.0)
                 .ceil()
                 .max(vm.downtime_limit_s * 1000.0),
         })
@@ -527,6 +545,8 @@ mod tests {
             postcopy: false,
             sampled_dirty_rate: None,
             deadline_s: None,
+            stream_backlog: 0.0,
+            switchover_held_s: 0.0,
         }
     }
 
@@ -622,6 +642,8 @@ mod tests {
     fn a_deadline_raises_the_guarantee_within_what_is_not_promised_or_escalates() {
         let with_deadline = |left: f64| VmInputs {
             deadline_s: Some(left),
+            stream_backlog: 0.0,
+            switchover_held_s: 0.0,
             ..vm(2, 100.0, 2.0, ALL)
         };
         // 100 MB at 10 Mbit/s: ~84 s; 200 s left (160 usable): nothing to do.
@@ -770,6 +792,35 @@ mod tests {
         assert!(all.contains("no armed tool"), "{all}");
         assert!(all.contains("does not converge"), "{all}");
         assert!(all.contains("not armed (postcopy-ram"), "{all}");
+    }
+
+    #[test]
+    fn a_switchover_held_for_the_socket_backlog_is_late_and_goes_post_copy() {
+        let armed = Armed {
+            postcopy: true,
+            ..Armed::default()
+        };
+        // 0.5 MB left converges at once by the forecast, but 0.8 MB sit in
+        // QEMU's socket: 0.69 s at 15 Mbit/s, over the 0.5 s budget.
+        let mut held = vm(5, 0.5, 2.0, armed);
+        held.reserve = None;
+        held.app_history = vec![0.0; 5];
+        held.stream_backlog = 0.8e6;
+        held.switchover_held_s = 2.0;
+        let mut esc = Escalator::new(Config::default());
+        let d = review(&mut esc, held.clone(), 15.0);
+        assert!(
+            !d.qemu.start_postcopy,
+            "held 2 s is not late yet: {:?}",
+            d.reasons
+        );
+        held.iteration = 6;
+        held.switchover_held_s = HELD_LATE_S;
+        let d = review(&mut esc, held, 15.0);
+        assert!(d.qemu.start_postcopy, "{:?}", d.reasons);
+        let all = reasons(&d);
+        assert!(all.contains("switchover held 5 s"), "{all}");
+        assert!(all.contains("exceeds the budget"), "{all}");
     }
 
     #[test]

@@ -73,6 +73,13 @@ pub struct VmInputs {
     /// (KubeVirt's `completionTimeoutPerGiB` × the guest's GiB, counted
     /// from the start); None = no deadline known.
     pub deadline_s: Option<f64>,
+    /// Bytes QEMU has written to its migration socket that the destination
+    /// has not acknowledged: what a stop-and-copy waits behind (0 when
+    /// unknown).
+    pub stream_backlog: f64,
+    /// Seconds pre-copy's switchover has been held because that backlog
+    /// alone fills the downtime limit ([`switchover`]); 0 when not held.
+    pub switchover_held_s: f64,
 }
 
 /// What the migration's starter armed (capabilities can only be set

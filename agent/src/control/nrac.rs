@@ -323,6 +323,8 @@ mod tests {
             postcopy: false,
             sampled_dirty_rate: None,
             deadline_s: None,
+            stream_backlog: 0.0,
+            switchover_held_s: 0.0,
         }
     }
 

@@ -240,6 +240,8 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
                 // What calc-dirty-rate would measure: the dirty process now.
                 sampled_dirty_rate: Some(sc.dirty.rate_at(t) * sc.page_size * (1.0 - throttle)),
                 deadline_s: None,
+                stream_backlog: 0.0,
+                switchover_held_s: 0.0,
             }],
         };
         let decision = controller.decide(&inputs);

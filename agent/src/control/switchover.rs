@@ -28,6 +28,11 @@ pub const APPROACH_S: f64 = 10.0;
 /// The backlog aimed for, as a share of what the downtime limit carries
 /// at the drain rate: enough to keep the class busy between two updates.
 const TARGET_SHARE: f64 = 0.25;
+/// The longest the switchover is held. By then escalation has had
+/// [`super::escalate::HELD_LATE_S`] to fire a tool; if it had none, QEMU
+/// decides with its own estimate again rather than iterate forever (seen:
+/// a held VM went 510 passes while NRAC made three others wait for it).
+pub const HOLD_MAX_S: f64 = 15.0;
 /// How soon a larger backlog should be down to the target, seconds.
 const HORIZON_S: f64 = 1.0;
 /// QEMU is never paced below this share of the drain rate.
@@ -52,6 +57,8 @@ pub struct Stream {
     pub backlog: f64,
     /// QEMU's downtime limit, seconds.
     pub downtime_limit_s: f64,
+    /// How long the switchover has been held so far, seconds.
+    pub held_s: f64,
 }
 
 impl Stream {
@@ -60,6 +67,14 @@ impl Stream {
     pub fn approaching(&self, iteration: u32) -> bool {
         iteration > 1 && self.drain > 0.0 && self.remaining <= self.drain * APPROACH_S
     }
+}
+
+/// Whether `params` hold QEMU's switchover (the socket's backlog alone
+/// fills the downtime limit).
+pub fn holds(params: &QemuParams) -> bool {
+    params
+        .avail_switchover_bandwidth
+        .is_some_and(|b| b > 0.0 && b <= HOLD)
 }
 
 /// Adjusts `params` (the policy's) for a migration approaching its
@@ -73,6 +88,16 @@ pub fn guard(stream: &Stream, params: &mut QemuParams) -> Option<String> {
     } = *stream;
     if drain <= 0.0 || limit <= 0.0 || params.start_postcopy {
         return None;
+    }
+    if stream.held_s >= HOLD_MAX_S {
+        // 0: QEMU's measured bandwidth again.
+        params.avail_switchover_bandwidth = Some(0.0);
+        return Some(format!(
+            "switchover held {:.0} s and nothing fired: QEMU decides with its own estimate \
+             ({:.0} KiB still queued in its socket)",
+            stream.held_s,
+            backlog / 1024.0
+        ));
     }
     let target = TARGET_SHARE * drain * limit;
     let pace = (drain - (backlog - target) / HORIZON_S).max(MIN_PACE * drain);
@@ -107,6 +132,7 @@ mod tests {
             drain: 15.0 * MBIT,
             backlog,
             downtime_limit_s: 0.3,
+            held_s: 0.0,
         }
     }
 
@@ -119,6 +145,7 @@ mod tests {
         // 2.4 MB queued: 1.3 s at 15 Mbit/s, over four times the limit.
         assert!(guard(&stream(2_400_000.0), &mut p).is_some());
         assert_eq!(p.avail_switchover_bandwidth, Some(HOLD));
+        assert!(holds(&p));
         assert_eq!(p.max_bandwidth, Some(MIN_PACE * 15.0 * MBIT));
     }
 
@@ -162,6 +189,18 @@ mod tests {
         };
         assert!(guard(&stream(2_400_000.0), &mut switching).is_none());
         assert_eq!(switching.avail_switchover_bandwidth, None);
+    }
+
+    #[test]
+    fn a_hold_nothing_ended_is_released_to_qemu_s_own_estimate() {
+        let mut p = QemuParams::default();
+        let s = Stream {
+            held_s: HOLD_MAX_S,
+            ..stream(2_400_000.0)
+        };
+        assert!(guard(&s, &mut p).is_some_and(|why| why.contains("own estimate")));
+        assert_eq!(p.avail_switchover_bandwidth, Some(0.0));
+        assert!(!holds(&p));
     }
 
     #[test]

@@ -143,6 +143,11 @@ pub struct VmState {
     /// size.
     pub migration_started: Option<std::time::Instant>,
     pub ram_bytes: Option<f64>,
+    /// Bytes queued in QEMU's migration socket, as last read near the
+    /// switchover (0 before).
+    pub stream_backlog: u64,
+    /// Since when pre-copy's switchover is held for that backlog.
+    pub switchover_held_since: Option<std::time::Instant>,
 }
 
 /// A VM's throughput per traffic class and direction over the last tick,
@@ -199,6 +204,8 @@ impl VmState {
             sampled_dirty_rate: None,
             migration_started: None,
             ram_bytes: None,
+            stream_backlog: 0,
+            switchover_held_since: None,
         }
     }
 
@@ -224,6 +231,8 @@ impl VmState {
         self.sampled_dirty_rate = None;
         self.migration_started = Some(std::time::Instant::now());
         self.ram_bytes = None;
+        self.stream_backlog = 0;
+        self.switchover_held_since = None;
     }
 
     /// Seconds left before the migration's starter gives up, from the

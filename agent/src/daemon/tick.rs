@@ -209,6 +209,10 @@ impl ControlLoop {
             postcopy: v.phase == MigrationPhase::PostCopy,
             sampled_dirty_rate: v.sampled_dirty_rate,
             deadline_s: v.deadline_s(),
+            stream_backlog: v.stream_backlog as f64,
+            switchover_held_s: v
+                .switchover_held_since
+                .map_or(0.0, |t| t.elapsed().as_secs_f64()),
         }
     }
 

@@ -422,12 +422,15 @@ async fn await_decision_and_apply<S: MigrationSource>(
 /// migrations the policy enforces (it knows their class).
 fn guard_switchover(shared: &Arc<Shared>, name: &str, pid: u32, params: &mut QemuParams) {
     let stream = {
-        let st = shared.state();
-        let Some(v) = st.vms.get(name) else { return };
+        let mut st = shared.state();
+        let Some(v) = st.vms.get_mut(name) else {
+            return;
+        };
         let Some(guarantee) = v.decision.as_ref().and_then(|d| d.migration_rate) else {
             return;
         };
         if v.phase == MigrationPhase::PostCopy {
+            v.switchover_held_since = None;
             return;
         }
         let stream = switchover::Stream {
@@ -435,8 +438,12 @@ fn guard_switchover(shared: &Arc<Shared>, name: &str, pid: u32, params: &mut Qem
             drain: guarantee.max(v.rates.get(class::MIGRATION, Direction::Egress)),
             backlog: 0.0,
             downtime_limit_s: params.downtime_limit_s.unwrap_or(QEMU_DOWNTIME_S),
+            held_s: v
+                .switchover_held_since
+                .map_or(0.0, |t| t.elapsed().as_secs_f64()),
         };
         if !stream.approaching(v.iteration) {
+            v.switchover_held_since = None;
             return;
         }
         stream
@@ -450,6 +457,19 @@ fn guard_switchover(shared: &Arc<Shared>, name: &str, pid: u32, params: &mut Qem
     };
     if let Some(why) = switchover::guard(&stream, params) {
         info!("{why}");
+    }
+    // Escalation reads both: a switchover held for long is late.
+    if let Some(v) = shared.state().vms.get_mut(name) {
+        v.stream_backlog = backlog;
+        v.switchover_held_since = if switchover::holds(params) {
+            v.switchover_held_since
+                .or_else(|| Some(std::time::Instant::now()))
+        } else if params.avail_switchover_bandwidth == Some(0.0) {
+            // Released after the longest hold: stays released.
+            v.switchover_held_since
+        } else {
+            None
+        };
     }
 }
 
