@@ -30,6 +30,8 @@ pub const BUSYBOX: &str = "/bin/busybox";
 /// The line the workload prints once it is set up (working set filled,
 /// socket open): the moment a test may start migrating.
 pub const READY_MARKER: &str = "VMBW-WORKLOAD-READY";
+/// What the guest's init prints when the workload process ended.
+pub const WORKLOAD_EXITED: &str = "vmbw-init: vmbw-workload exited";
 
 /// The start of the progress line the workload prints every
 /// `--report-secs`, in every mode: a guest that prints it runs.

@@ -253,10 +253,28 @@ impl Vm {
     pub fn wait_for_console(&mut self, marker: &str, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.console().contains(marker) {
+            let console = self.console();
+            if console.contains(marker) {
                 return Ok(());
             }
+            // The guest's init says when the workload died (e.g. the
+            // guest's OOM killer, a working set too large for its RAM):
+            // no marker will come, so do not wait for the timeout.
+            if let Some(line) = console
+                .lines()
+                .find(|l| l.contains(crate::guest::WORKLOAD_EXITED))
+            {
+                bail!(
+                    "{}'s workload ended before `{marker}` ({}); last lines:\n{}",
+                    self.name,
+                    line.trim(),
+                    self.console_tail(20)
+                );
+            }
             self.check_running()?;
+            if crate::runner::interrupted() {
+                bail!("interrupted while waiting for `{marker}` on {}", self.name);
+            }
             if Instant::now() > deadline {
                 bail!(
                     "no `{marker}` on {}'s console within {timeout:?}; last lines:\n{}",

@@ -16,7 +16,7 @@
 //! `OUT/tuning/` and `OUT/evaluation/`. The split is by workload family and
 //! fixed here, before any tuning: random, sequential, bursty and
 //! application-stream families tune; hot-set, growing, ramping and on/off
-//! application families evaluate. Each migration is cancelled 60 s after
+//! application families evaluate. Each migration is cancelled 45 s after
 //! its bulk pass would end at the link rate (unless `--max-secs`), and
 //! QEMU's `calc-dirty-rate` is sampled every ~1.1 s meanwhile
 //! (`sampled_dirty_bps`: the samples' mean over each iteration, empty when
@@ -200,14 +200,14 @@ fn corpus_scenarios() -> Vec<Scenario> {
             "random dirtying, 48 MiB at 1.2 MiB/s",
             mem("mem-rand", 48, 1.2),
             false,
-            t("rand", 20.0, 96),
+            t("rand", 20.0, 128),
         ),
         sc(
             "rand-l30",
             "random dirtying, 64 MiB at 2 MiB/s",
             mem("mem-rand", 64, 2.0),
             false,
-            t("rand", 30.0, 128),
+            t("rand", 30.0, 160),
         ),
         sc(
             "rand-l50",
@@ -221,21 +221,21 @@ fn corpus_scenarios() -> Vec<Scenario> {
             "sequential dirtying, 48 MiB at 1.5 MiB/s",
             mem("mem-seq", 48, 1.5),
             false,
-            t("seq", 20.0, 96),
+            t("seq", 20.0, 128),
         ),
         sc(
             "seq-l30",
             "sequential dirtying, 64 MiB at 2.5 MiB/s",
             mem("mem-seq", 64, 2.5),
             false,
-            t("seq", 30.0, 128),
+            t("seq", 30.0, 160),
         ),
         sc(
             "seq-l50",
-            "sequential dirtying, 64 MiB at 4 MiB/s, 192 MiB guest",
+            "sequential dirtying, 64 MiB at 4 MiB/s",
             mem("mem-seq", 64, 4.0),
             false,
-            t("seq", 50.0, 192),
+            t("seq", 50.0, 160),
         ),
         sc(
             "burst-l20",
@@ -244,7 +244,7 @@ fn corpus_scenarios() -> Vec<Scenario> {
                 .with("on-ms", 3000)
                 .with("off-ms", 3000),
             false,
-            t("burst", 20.0, 96),
+            t("burst", 20.0, 128),
         ),
         sc(
             "burst-l30",
@@ -253,7 +253,7 @@ fn corpus_scenarios() -> Vec<Scenario> {
                 .with("on-ms", 4000)
                 .with("off-ms", 2000),
             false,
-            t("burst", 30.0, 128),
+            t("burst", 30.0, 160),
         ),
         sc(
             "burst-l50",
@@ -263,14 +263,14 @@ fn corpus_scenarios() -> Vec<Scenario> {
                 .with("on-ms", 2000)
                 .with("off-ms", 4000),
             false,
-            t("burst", 50.0, 128),
+            t("burst", 50.0, 160),
         ),
         sc(
             "app-l20",
             "5 Mbit/s UDP stream to the sink, 1 MiB/s over 32 MiB",
             app("udp", 5.0, 32, 1.0),
             true,
-            t("app", 20.0, 96),
+            t("app", 20.0, 128),
         ),
         sc(
             "app-l30",
@@ -292,7 +292,7 @@ fn corpus_scenarios() -> Vec<Scenario> {
             "hot set: 90% of 1.5 MiB/s on an eighth of 64 MiB",
             mem("mem-rand", 64, 1.5).with("hot-pct", 90),
             false,
-            e("hot", 20.0, 96),
+            e("hot", 20.0, 160),
         ),
         sc(
             "hot-l30",
@@ -306,21 +306,21 @@ fn corpus_scenarios() -> Vec<Scenario> {
             "hot set + sweep: 70% of 4 MiB/s on an eighth of 64 MiB, the rest sequential",
             mem("mem-seq", 64, 4.0).with("hot-pct", 70),
             false,
-            e("hot", 50.0, 128),
+            e("hot", 50.0, 160),
         ),
         sc(
             "grow-l20",
             "growing set: random writes over 16 -> 64 MiB in 60 s, 1.5 MiB/s",
             mem("mem-rand", 64, 1.5).with("grow-s", 60),
             false,
-            e("grow", 20.0, 96),
+            e("grow", 20.0, 160),
         ),
         sc(
             "grow-l30",
             "growing set: random writes over 16 -> 64 MiB in 40 s, 2.5 MiB/s",
             mem("mem-rand", 64, 2.5).with("grow-s", 40),
             false,
-            e("grow", 30.0, 128),
+            e("grow", 30.0, 160),
         ),
         sc(
             "grow-l50",
@@ -334,21 +334,21 @@ fn corpus_scenarios() -> Vec<Scenario> {
             "ramping rate: 0 -> 2.5 MiB/s over 60 s, random over 48 MiB",
             mem("mem-rand", 48, 2.5).with("ramp-s", 60),
             false,
-            e("ramp", 20.0, 96),
+            e("ramp", 20.0, 128),
         ),
         sc(
             "ramp-l30",
             "ramping rate: 0 -> 3.5 MiB/s over 40 s, random over 64 MiB",
             mem("mem-rand", 64, 3.5).with("ramp-s", 40),
             false,
-            e("ramp", 30.0, 128),
+            e("ramp", 30.0, 160),
         ),
         sc(
             "ramp-l50",
             "ramping rate: 0 -> 6 MiB/s over 60 s, sequential over 64 MiB",
             mem("mem-seq", 64, 6.0).with("ramp-s", 60),
             false,
-            e("ramp", 50.0, 128),
+            e("ramp", 50.0, 160),
         ),
         sc(
             "onoff-l20",
@@ -357,7 +357,7 @@ fn corpus_scenarios() -> Vec<Scenario> {
                 .with("app-on-ms", 5000)
                 .with("app-off-ms", 5000),
             true,
-            e("onoff", 20.0, 96),
+            e("onoff", 20.0, 128),
         ),
         sc(
             "onoff-l30",
@@ -488,9 +488,9 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
         None => (opts.link_mbit, opts.mem_mb),
     };
     let max = match sc.corpus {
-        // The bulk pass at the link's payload rate, then a minute.
+        // The bulk pass at the link's payload rate, then 45 s.
         Some(_) if !opts.max_given => {
-            Duration::from_secs_f64(mem_mb as f64 * 8.4 / link_mbit + 60.0)
+            Duration::from_secs_f64(mem_mb as f64 * 8.4 / link_mbit + 45.0)
         }
         _ => opts.max,
     };
