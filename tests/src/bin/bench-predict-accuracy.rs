@@ -12,8 +12,15 @@
 //! nine standard columns (no `transferred_bytes`/`remaining_bytes`, so no
 //! physics drivers) against GM(1,1). Per corpus: median WAPE per model, how
 //! often each model is best, gm1n's worst ratio to the best baseline, and
-//! gm1n's median WAPE on the steady (not bursty, not on/off) traces. The
-//! last line is JSON.
+//! gm1n's median WAPE on the steady (not bursty, not on/off) traces.
+//!
+//! Besides one step, the whole remaining migration: on each trace whose
+//! migration completed, at 25, 50 and 75% of its duration, the control
+//! loop's completion forecast (`control::forecast`: what is left, the
+//! dirty rate from gm1n's prediction as escalation uses it, the bytes the
+//! last pass sent per second, the 300 ms limit) from the rows known by then,
+//! against the time it really took; "bulk" where the bulk pass had not
+//! ended (no forecast is made then). The last line is JSON.
 //!
 //! Options: `--window N` (grey models' window, default 8), `--from K`
 //! (first iteration predicted, 1-based, default 2), `--dir CORPUS=PATH`
@@ -27,6 +34,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::json;
 use vmbw::{
+    control::{Armed, VmInputs, forecast},
     predict::{Iteration, MODELS, eval, model},
     qemu::trace,
 };
@@ -96,6 +104,92 @@ struct TraceScores {
     models: BTreeMap<String, eval::Scores>,
     /// gm1n and gm11 WAPE with only the nine standard columns.
     nine: Option<(f64, f64)>,
+    /// Completion forecast at 25/50/75% of a completed migration:
+    /// (forecast s, actual s) or None in the bulk pass / not converging.
+    eta: Option<[Option<(Option<f64>, f64)>; 3]>,
+}
+
+/// QEMU's default downtime limit (the recordings keep it).
+const DOWNTIME_LIMIT_S: f64 = 0.3;
+/// A completion forecast within this relative error counts as right.
+const ETA_TOLERANCE: f64 = 0.2;
+
+/// The completion forecasts of a completed migration `t` (see the module's
+/// docs); None if it did not complete.
+fn eta_scores(
+    t: &trace::Trace,
+    rows: &[Iteration],
+    window: usize,
+) -> anyhow::Result<Option<[Option<(Option<f64>, f64)>; 3]>> {
+    let total = t.comments.iter().find_map(|c| {
+        c.strip_prefix("outcome: completed after ")?
+            .split(' ')
+            .next()?
+            .parse::<f64>()
+            .ok()
+    });
+    let Some(total) = total else {
+        return Ok(None);
+    };
+    let gm1n = model("gm1n", window).context("gm1n")?;
+    let mut out = [None; 3];
+    for (slot, share) in out.iter_mut().zip([0.25, 0.5, 0.75]) {
+        let at = share * total;
+        // The rows ended by then.
+        let known = t
+            .rows
+            .iter()
+            .take_while(|r| t.extra_f64(r, "end_s").is_some_and(|e| e <= at))
+            .count();
+        if known == 0 {
+            continue;
+        }
+        let last = &t.rows[known - 1];
+        let now = t.extra_f64(last, "end_s").unwrap_or(at);
+        let actual = total - now;
+        // What the last pass really sent per second (QEMU's `mbps` counts
+        // writes into its socket's buffer, above the link's rate).
+        let bandwidth = match rows[known - 1].sent_bytes {
+            Some(sent) if last.iter_s > 0.0 => sent / last.iter_s,
+            _ => t.extra_f64(last, "mbps").unwrap_or(0.0) * 1e6 / 8.0,
+        };
+        let predicted = gm1n.predict(&rows[..known])?.value;
+        let vm = VmInputs {
+            name: String::new(),
+            predicted_dirty_pages: predicted,
+            iteration_s: last.iter_s,
+            page_size: last.page_size as f64,
+            app_history: Vec::new(),
+            remaining: rows[known - 1].remaining_bytes.unwrap_or(0.0),
+            iteration: last.iteration as u32 + 1,
+            downtime_limit_s: DOWNTIME_LIMIT_S,
+            dirty_rate_history: rows[..known]
+                .iter()
+                .map(|r| {
+                    if r.duration_s > 0.0 {
+                        r.x[0] * last.page_size as f64 / r.duration_s
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+            reserve: None,
+            armed: Armed::default(),
+            postcopy: false,
+            sampled_dirty_rate: None,
+            deadline_s: None,
+            stream_backlog: 0.0,
+            switchover_held_s: 0.0,
+        };
+        let f = forecast::forecast(
+            vm.remaining,
+            forecast::dirty_rate(&vm),
+            bandwidth,
+            DOWNTIME_LIMIT_S,
+        );
+        *slot = Some((f.eta_s, actual));
+    }
+    Ok(Some(out))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -161,12 +255,14 @@ fn score_trace(path: &Path, o: &Options) -> anyhow::Result<Option<TraceScores>> 
         .collect();
     let nine = score_models(&bare, &["gm1n", "gm11"], first, o.window)?
         .map(|m| (m["gm1n"].wape, m["gm11"].wape));
+    let eta = eta_scores(&t, &rows, o.window)?;
     Ok(Some(TraceScores {
         name,
         family,
         rows: rows.len(),
         models,
         nine,
+        eta,
     }))
 }
 
@@ -314,7 +410,47 @@ fn report(corpus: &str, dir: &Path, scored: &[TraceScores]) -> serde_json::Value
             .map_or("-".into(), |(t, r)| format!("{r:.2} ({t})")),
         steady.map_or("-".into(), |w| format!("{w:.1}%")),
     );
+    // The completion forecast at 25/50/75%.
+    println!("completion forecast (forecast s / actual s, error) on completed migrations:");
+    let mut within = [0usize; 3];
+    let mut made = [0usize; 3];
+    for s in scored {
+        let Some(eta) = &s.eta else { continue };
+        print!("  {:<16}", s.name);
+        for (k, cell) in eta.iter().enumerate() {
+            match cell {
+                None => print!(" {:>24}", "bulk"),
+                Some((None, actual)) => {
+                    made[k] += 1;
+                    print!(" {:>24}", format!("never / {actual:.1}"));
+                }
+                Some((Some(f), actual)) => {
+                    made[k] += 1;
+                    let err = (f - actual) / actual.max(1e-9);
+                    if err.abs() <= ETA_TOLERANCE {
+                        within[k] += 1;
+                    }
+                    print!(
+                        " {:>24}",
+                        format!("{f:.1} / {actual:.1} ({:+.0}%)", err * 100.0)
+                    );
+                }
+            }
+        }
+        println!();
+    }
+    println!(
+        "  within ±{:.0}%: at 25% {}/{}, at 50% {}/{}, at 75% {}/{} (forecasts made)",
+        ETA_TOLERANCE * 100.0,
+        within[0],
+        made[0],
+        within[1],
+        made[1],
+        within[2],
+        made[2]
+    );
     json!({
+        "eta_within_20pct": {"at25": [within[0], made[0]], "at50": [within[1], made[1]], "at75": [within[2], made[2]]},
         "traces": scored.len(),
         "median_wape": medians,
         "best": best_count,
