@@ -104,10 +104,13 @@ struct TraceScores {
     models: BTreeMap<String, eval::Scores>,
     /// gm1n and gm11 WAPE with only the nine standard columns.
     nine: Option<(f64, f64)>,
-    /// Completion forecast at 25/50/75% of a completed migration:
-    /// (forecast s, actual s) or None in the bulk pass / not converging.
-    eta: Option<[Option<(Option<f64>, f64)>; 3]>,
+    /// Completion forecasts of a completed migration.
+    eta: Option<EtaAt>,
 }
+
+/// At 25/50/75% of a migration: (forecast s, None = "does not converge";
+/// actual s), or None while the bulk pass ran.
+type EtaAt = [Option<(Option<f64>, f64)>; 3];
 
 /// QEMU's default downtime limit (the recordings keep it).
 const DOWNTIME_LIMIT_S: f64 = 0.3;
@@ -120,7 +123,7 @@ fn eta_scores(
     t: &trace::Trace,
     rows: &[Iteration],
     window: usize,
-) -> anyhow::Result<Option<[Option<(Option<f64>, f64)>; 3]>> {
+) -> anyhow::Result<Option<EtaAt>> {
     let total = t.comments.iter().find_map(|c| {
         c.strip_prefix("outcome: completed after ")?
             .split(' ')
