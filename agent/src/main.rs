@@ -113,6 +113,18 @@ enum Command {
     /// Replay a trace's dirtying in the pre-copy simulator under several
     /// policies: convergence, total time, downtime, what the application got.
     Simulate(simulate::SimulateArgs),
+    /// Print a shell completion script to stdout, e.g.
+    /// `vmbw completions bash > /usr/share/bash-completion/completions/vmbw`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (vmbw.1 and one vmbw-COMMAND.1 per command) into a
+    /// directory.
+    Man {
+        /// Where to write them (created if missing).
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -192,5 +204,49 @@ fn run() -> anyhow::Result<()> {
         Command::Record(args) => cli::record::record(args),
         Command::Predict(args) => predict::predict(&args),
         Command::Simulate(args) => simulate::run(&args),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "vmbw",
+                &mut script,
+            );
+            print_quietly(&script)
+        }
+        Command::Man { dir } => write_man_pages(&dir),
+    }
+}
+
+/// `vmbw man DIR`: the top page and one page per command, named the way
+/// `man vmbw-agent` finds them.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut pages = vec![("vmbw".to_owned(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("vmbw-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page)
+            .render(&mut out)
+            .with_context(|| format!("rendering {name}.1"))?;
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+        print_quietly(format!("{}\n", path.display()).as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Writes to stdout; a reader that went away (`| head`) ends the output
+/// quietly instead of panicking.
+fn print_quietly(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().write_all(bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
 }

@@ -5,9 +5,11 @@
 //! - `demo`: a real migration on the built-in testbed with the agent on.
 //! - `bench`: benchmarks; each prints a JSON summary as its last line.
 //! - `fuzz`: the cargo-fuzz targets in `fuzz/`, from their committed seeds.
+//! - `deb`: the agent as a Debian package (cargo-deb).
 
 mod bench;
 mod bench_plan;
+mod deb;
 mod fuzz;
 mod migration;
 mod setup;
@@ -42,6 +44,9 @@ enum Task {
     /// inventories, KubeVirt objects) with cargo-fuzz, from the seeds in
     /// fuzz/seeds; a JSON summary is the last line.
     Fuzz(fuzz::Args),
+    /// Build the agent's Debian package (binary, systemd unit, config, man
+    /// pages, completions) with cargo-deb; prints the .deb's path last.
+    Deb(deb::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,5 +56,6 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => migration::demo(),
         Task::Bench(args) => bench::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Deb(args) => deb::run(&args),
     }
 }

@@ -83,6 +83,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     cargo_fuzz()?;
+    cargo_deb()?;
     kubernetes_validate()?;
     checkov()?;
     if args.no_guest {
@@ -366,26 +367,38 @@ fn bpf_linker() -> anyhow::Result<()> {
 
 /// cargo-fuzz, which builds and runs the fuzz targets (`cargo xtask fuzz`).
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// cargo-deb, which packages the agent (`cargo xtask deb`).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 fn cargo_fuzz() -> anyhow::Result<()> {
-    step(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}"));
-    let have = output(Command::new("cargo").args(["fuzz", "--version"]));
+    cargo_tool("cargo-fuzz", "fuzz", CARGO_FUZZ_VERSION)
+}
+
+fn cargo_deb() -> anyhow::Result<()> {
+    cargo_tool("cargo-deb", "deb", CARGO_DEB_VERSION)
+}
+
+/// Installs cargo subcommand `krate` (`cargo SUBCOMMAND`) at `version`
+/// from crates.io unless that version is present.
+fn cargo_tool(krate: &str, subcommand: &str, version: &str) -> anyhow::Result<()> {
+    step(&format!("{krate} {version}"));
+    let have = output(Command::new("cargo").args([subcommand, "--version"]));
     if let Some(v) = &have
-        && v.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION)
+        && v.split_whitespace().any(|w| w == version)
     {
         println!("    present: {}", v.trim());
         return Ok(());
     }
-    println!("    building from crates.io (about 2 minutes)");
+    println!("    building from crates.io (a few minutes)");
     util::run(Command::new("cargo").args([
         "install",
-        "cargo-fuzz",
+        krate,
         "--version",
-        CARGO_FUZZ_VERSION,
+        version,
         "--locked",
         "--force",
     ]))
-    .context("building cargo-fuzz")
+    .with_context(|| format!("building {krate}"))
 }
 
 /// Where the test-guest kernel and its modules are kept.

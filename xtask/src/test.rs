@@ -162,6 +162,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let _ = fs::remove_dir_all(&rules_dir);
 
+    util::step("Debian package (cargo xtask deb --debug): installs, verifies, purges");
+    match crate::deb::check() {
+        Ok(()) => tally.checks_passed += 1,
+        Err(e) => tally.failed_steps.push(format!("Debian package: {e:#}")),
+    }
+
     util::step("unit tests");
     const UNIT: &[&str] = &[
         "test",
@@ -210,7 +216,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("FAILED: {step}");
     }
     println!(
-        "checks: {} passed, {} failed (fmt, clippy, eBPF build, fuzz targets, deploy/ schemas, checkov, alert rules and their tests)",
+        "checks: {} passed, {} failed (fmt, clippy, eBPF build, fuzz targets, deploy/ schemas, checkov, alert rules and their tests, the Debian package)",
         tally.checks_passed,
         CHECKS.saturating_sub(tally.checks_passed)
     );
@@ -235,8 +241,8 @@ const KUBERNETES_VERSIONS: &[&str] = &["1.31", "1.32", "1.33", "1.34"];
 
 /// The checks run before the tests: fmt, clippy, the eBPF build, the fuzz
 /// targets, kubernetes-validate per version, checkov, promtool's rule
-/// check and its rule tests.
-const CHECKS: u64 = 4 + KUBERNETES_VERSIONS.len() as u64 + 3;
+/// check and its rule tests, the Debian package.
+const CHECKS: u64 = 4 + KUBERNETES_VERSIONS.len() as u64 + 4;
 
 /// The manifests of deploy/base and of every overlay (an overlay only adds
 /// resources, so its files are what it changes), kustomizations aside.
