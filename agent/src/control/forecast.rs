@@ -127,8 +127,23 @@ pub fn forecast(
     bandwidth: f64,
     downtime_limit_s: f64,
 ) -> Forecast {
-    let remaining = remaining.max(0.0);
     let dirty_rate = dirty_rate.max(0.0);
+    forecast_with(remaining, |t| dirty_rate * t, bandwidth, downtime_limit_s)
+}
+
+/// As [`forecast`], with the bytes a pass of `t` seconds leaves dirty
+/// given by `dirtied(t)` instead of a constant rate: e.g. a working set
+/// ([`crate::predict::wss`]), whose short passes dirty at the write rate
+/// and long ones saturate. Converges when the passes shrink to the limit;
+/// "does not converge" when a pass would not be shorter than the one
+/// before. Its `ratio` is that of the first pass.
+pub fn forecast_with(
+    remaining: f64,
+    dirtied: impl Fn(f64) -> f64,
+    bandwidth: f64,
+    downtime_limit_s: f64,
+) -> Forecast {
+    let remaining = remaining.max(0.0);
     if bandwidth <= 0.0 {
         return Forecast {
             eta_s: None,
@@ -138,7 +153,12 @@ pub fn forecast(
             postcopy_after_pass: false,
         };
     }
-    let ratio = dirty_rate / bandwidth;
+    let first = remaining / bandwidth;
+    let ratio = if first > 0.0 {
+        dirtied(first).max(0.0) / first / bandwidth
+    } else {
+        dirtied(1.0).max(0.0) / bandwidth
+    };
     let mut x = remaining;
     let mut eta = 0.0;
     for pass in 1..=MAX_PASSES {
@@ -152,11 +172,12 @@ pub fn forecast(
                 postcopy_after_pass: false,
             };
         }
-        if ratio >= 1.0 {
+        let next = dirtied(t).max(0.0);
+        if next >= x {
             break;
         }
         eta += t;
-        x = dirty_rate * t;
+        x = next;
     }
     Forecast {
         eta_s: None,

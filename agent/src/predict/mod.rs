@@ -18,6 +18,7 @@
 pub mod eval;
 pub mod gm1n;
 pub mod grey;
+pub mod wss;
 
 pub use gm1n::{Driver, GreyGm1n};
 use grey::{Gm11, GreyError, ago, residual_correction};
@@ -319,6 +320,49 @@ impl Predictor for Phys {
     }
 }
 
+/// The working set ([`wss::WorkingSet`]) fitted to the recent passes'
+/// (duration, X1), evaluated at the next pass's expected duration T̂; P̂
+/// when it cannot be fitted, the last value without telemetry.
+#[derive(Debug, Clone)]
+pub struct Wss {
+    pub window: usize,
+}
+
+impl Default for Wss {
+    fn default() -> Self {
+        Wss { window: 8 }
+    }
+}
+
+impl Wss {
+    /// The working set of the last `window` passes, if two or more have a
+    /// duration.
+    pub fn fit(history: &[Iteration], window: usize) -> Option<wss::WorkingSet> {
+        let recent = &history[history.len().saturating_sub(window.max(2))..];
+        let samples: Vec<(f64, f64)> = recent.iter().map(|r| (r.duration_s, r.x[0])).collect();
+        wss::WorkingSet::fit(&samples)
+    }
+}
+
+impl Predictor for Wss {
+    fn name(&self) -> &str {
+        "wss"
+    }
+    fn predict(&self, history: &[Iteration]) -> Result<Prediction, PredictError> {
+        check_history(history)?;
+        let latest = &history[history.len() - 1];
+        if let (Some(ws), Some(t)) = (Self::fit(history, self.window), latest.next_duration_s())
+            && t.is_finite()
+        {
+            return Ok(Prediction {
+                value: ws.dirtied(t),
+                how: "working set at T^".into(),
+            });
+        }
+        Phys.predict(history)
+    }
+}
+
 /// GM(1,1) on X1 alone.
 #[derive(Debug, Clone)]
 pub struct GreyGm11 {
@@ -424,12 +468,13 @@ pub fn model(name: &str, window: usize) -> Option<Box<dyn Predictor>> {
         "ewma" => Box::new(Ewma::default()),
         "bda" => Box::new(Bda),
         "phys" => Box::new(Phys),
+        "wss" => Box::new(Wss { window }),
         _ => return None,
     })
 }
 
 /// Every model name, in report order.
-pub const MODELS: &[&str] = &["gm1n", "gm11", "last", "mean", "ewma", "bda", "phys"];
+pub const MODELS: &[&str] = &["gm1n", "gm11", "last", "mean", "ewma", "bda", "phys", "wss"];
 
 impl From<GreyError> for PredictError {
     fn from(e: GreyError) -> Self {

@@ -35,7 +35,7 @@ use anyhow::{Context as _, bail};
 use serde_json::json;
 use vmbw::{
     control::{Armed, VmInputs, forecast},
-    predict::{Iteration, MODELS, eval, model},
+    predict::{Iteration, MODELS, Wss, eval, model},
     qemu::trace,
 };
 
@@ -108,9 +108,15 @@ struct TraceScores {
     eta: Option<EtaAt>,
 }
 
-/// At 25/50/75% of a migration: (forecast s, None = "does not converge";
-/// actual s), or None while the bulk pass ran.
-type EtaAt = [Option<(Option<f64>, f64)>; 3];
+/// At 25/50/75% of a migration: the forecasts (s, None = "does not
+/// converge") of each forecast model ([`FORECASTS`]) and the actual s, or
+/// None while the bulk pass ran.
+type EtaAt = [Option<([Option<f64>; 2], f64)>; 3];
+
+/// The completion forecasts compared: the control loop's (a constant dirty
+/// rate) and one whose passes dirty a fitted working set
+/// (`predict::wss`).
+const FORECASTS: [&str; 2] = ["rate", "working set"];
 
 /// QEMU's default downtime limit (the recordings keep it).
 const DOWNTIME_LIMIT_S: f64 = 0.3;
@@ -190,7 +196,21 @@ fn eta_scores(
             bandwidth,
             DOWNTIME_LIMIT_S,
         );
-        *slot = Some((f.eta_s, actual));
+        let page = last.page_size as f64;
+        let ws = match Wss::fit(&rows[..known], window) {
+            Some(ws) => {
+                forecast::forecast_with(
+                    vm.remaining,
+                    |t| ws.dirtied(t) * page,
+                    bandwidth,
+                    DOWNTIME_LIMIT_S,
+                )
+                .eta_s
+            }
+            // One pass known: the rate's forecast stands in.
+            None => f.eta_s,
+        };
+        *slot = Some(([f.eta_s, ws], actual));
     }
     Ok(Some(out))
 }
@@ -414,46 +434,57 @@ fn report(corpus: &str, dir: &Path, scored: &[TraceScores]) -> serde_json::Value
         steady.map_or("-".into(), |w| format!("{w:.1}%")),
     );
     // The completion forecast at 25/50/75%.
-    println!("completion forecast (forecast s / actual s, error) on completed migrations:");
-    let mut within = [0usize; 3];
+    println!(
+        "completion forecast on completed migrations, per forecast model ({}): forecast s / actual s (error)",
+        FORECASTS.join(", ")
+    );
+    let mut within = [[0usize; 3]; 2];
     let mut made = [0usize; 3];
     for s in scored {
         let Some(eta) = &s.eta else { continue };
-        print!("  {:<16}", s.name);
-        for (k, cell) in eta.iter().enumerate() {
-            match cell {
-                None => print!(" {:>24}", "bulk"),
-                Some((None, actual)) => {
-                    made[k] += 1;
-                    print!(" {:>24}", format!("never / {actual:.1}"));
-                }
-                Some((Some(f), actual)) => {
-                    made[k] += 1;
-                    let err = (f - actual) / actual.max(1e-9);
-                    if err.abs() <= ETA_TOLERANCE {
-                        within[k] += 1;
+        println!("  {}", s.name);
+        for (m, model) in FORECASTS.iter().enumerate() {
+            print!("    {model:<12}");
+            for (k, cell) in eta.iter().enumerate() {
+                match cell {
+                    None => print!(" {:>24}", "bulk"),
+                    Some((forecasts, actual)) => {
+                        if m == 0 {
+                            made[k] += 1;
+                        }
+                        match forecasts[m] {
+                            None => print!(" {:>24}", format!("never / {actual:.1}")),
+                            Some(f) => {
+                                let err = (f - actual) / actual.max(1e-9);
+                                if err.abs() <= ETA_TOLERANCE {
+                                    within[m][k] += 1;
+                                }
+                                print!(
+                                    " {:>24}",
+                                    format!("{f:.1} / {actual:.1} ({:+.0}%)", err * 100.0)
+                                );
+                            }
+                        }
                     }
-                    print!(
-                        " {:>24}",
-                        format!("{f:.1} / {actual:.1} ({:+.0}%)", err * 100.0)
-                    );
                 }
             }
+            println!();
         }
-        println!();
     }
-    println!(
-        "  within ±{:.0}%: at 25% {}/{}, at 50% {}/{}, at 75% {}/{} (forecasts made)",
-        ETA_TOLERANCE * 100.0,
-        within[0],
-        made[0],
-        within[1],
-        made[1],
-        within[2],
-        made[2]
-    );
+    for (m, model) in FORECASTS.iter().enumerate() {
+        println!(
+            "  {model}: within ±{:.0}% at 25% {}/{}, at 50% {}/{}, at 75% {}/{} (forecasts made)",
+            ETA_TOLERANCE * 100.0,
+            within[m][0],
+            made[0],
+            within[m][1],
+            made[1],
+            within[m][2],
+            made[2]
+        );
+    }
     json!({
-        "eta_within_20pct": {"at25": [within[0], made[0]], "at50": [within[1], made[1]], "at75": [within[2], made[2]]},
+        "eta_within_20pct": FORECASTS.iter().enumerate().map(|(m, model)| (model.to_string(), json!({"at25": [within[m][0], made[0]], "at50": [within[m][1], made[1]], "at75": [within[m][2], made[2]]}))).collect::<serde_json::Map<String, serde_json::Value>>(),
         "traces": scored.len(),
         "median_wape": medians,
         "best": best_count,
