@@ -195,6 +195,14 @@ pub struct MigrationStatus {
     /// the first decision).
     #[serde(default)]
     pub converging: Option<bool>,
+    /// Bytes in QEMU's migration socket not yet acknowledged, as last read
+    /// near the switchover (absent before).
+    #[serde(default)]
+    pub stream_backlog_bytes: Option<u64>,
+    /// Seconds pre-copy's switchover has been held because that backlog
+    /// alone fills the downtime limit (absent when not held).
+    #[serde(default)]
+    pub switchover_held_seconds: Option<f64>,
 }
 
 /// What the controller gave a VM.

@@ -144,11 +144,19 @@ pub fn render_vms(vms: &[VmStatus]) -> String {
             ),
             None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
         };
-        let eta = match vm.migration.as_ref().map(|m| (m.converging, m.eta_seconds)) {
+        let mut eta = match vm.migration.as_ref().map(|m| (m.converging, m.eta_seconds)) {
             Some((Some(true), Some(eta))) => format!("{eta:.0} s"),
             Some((Some(false), _)) => "never".into(),
             _ => "-".into(),
         };
+        // A switchover held for QEMU's socket backlog says so.
+        if let Some(held) = vm
+            .migration
+            .as_ref()
+            .and_then(|m| m.switchover_held_seconds)
+        {
+            eta.push_str(&format!(", held {held:.0} s"));
+        }
         let (mig_tx, _) = class_rate(vm, TrafficClass::Migration);
         let (app_tx, app_rx) = class_rate(vm, TrafficClass::Application);
         t.row(vec![
@@ -272,6 +280,8 @@ mod tests {
                     armed: vec!["postcopy-ram".into()],
                     eta_seconds: Some(42.4),
                     converging: Some(true),
+                    stream_backlog_bytes: None,
+                    switchover_held_seconds: None,
                 }),
                 allocation: Allocation {
                     migration_rate_bytes_per_sec: Some(2_500_000.0),

@@ -73,6 +73,8 @@ fn vms() -> Vec<VmStatus> {
                 armed: vec![],
                 eta_seconds: None,
                 converging: Some(false),
+                stream_backlog_bytes: None,
+                switchover_held_seconds: None,
             }),
             allocation: Allocation {
                 migration_rate_bytes_per_sec: Some(6.25e7),

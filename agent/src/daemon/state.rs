@@ -392,6 +392,8 @@ pub fn vms(s: &State) -> Vec<api::VmStatus> {
                     .as_ref()
                     .and_then(|d| d.forecast)
                     .map(|f| f.converging()),
+                stream_backlog_bytes: (v.stream_backlog > 0).then_some(v.stream_backlog),
+                switchover_held_seconds: v.switchover_held_since.map(|t| t.elapsed().as_secs_f64()),
             }),
             telemetry: v.telemetry.map(str::to_owned),
             allocation: v.allocation(),
