@@ -156,6 +156,14 @@ pub trait MigrationSource: Send {
     /// QEMU's process id (for learning its migration sockets from /proc).
     fn qemu_pid(&self) -> u32;
 
+    /// Whether this source can set QEMU's `avail-switchover-bandwidth`
+    /// during a migration (QMP can; libvirt has no call for it). The
+    /// switchover guard ([`crate::control::switchover`]) needs it: pacing
+    /// alone does not drain a backlog that is in flight.
+    fn sets_switchover_bandwidth(&self) -> bool {
+        false
+    }
+
     /// How the migration ended, once [`next_sample`](Self::next_sample)
     /// returned `None`.
     fn end(&self) -> Option<MigrationEnd>;
@@ -316,6 +324,10 @@ impl MigrationSource for MigrationMonitor {
 
     fn qemu_pid(&self) -> u32 {
         MigrationMonitor::qemu_pid(self)
+    }
+
+    fn sets_switchover_bandwidth(&self) -> bool {
+        true
     }
 
     fn end(&self) -> Option<MigrationEnd> {

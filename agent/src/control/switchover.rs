@@ -19,6 +19,11 @@
 //! - tells QEMU the bandwidth the final pass will really have:
 //!   `avail-switchover-bandwidth` = drain − backlog / downtime limit, so
 //!   that the backlog and the last dirty pages together fit the limit.
+//!
+//! Only where vmbw reaches QEMU over QMP: libvirt has no call for
+//! `avail-switchover-bandwidth`, and the pacing alone does not help (the
+//! backlog measured on the testbed was in flight, in the path's queues,
+//! and did not drain while QEMU was paced at half the class's rate).
 
 use super::{QemuParams, mbit};
 

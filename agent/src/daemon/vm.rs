@@ -349,7 +349,7 @@ async fn await_decision_and_apply<S: MigrationSource>(
     let switching = applied.pending(&params).start_postcopy;
     let pid = source.qemu_pid();
     let mut params = params;
-    if !switching && pid != 0 {
+    if !switching && pid != 0 && source.sets_switchover_bandwidth() {
         guard_switchover(shared, name, pid, &mut params);
     }
     let params = if switching && pid != 0 {
