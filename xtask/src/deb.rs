@@ -39,29 +39,20 @@ pub fn build(debug: bool) -> anyhow::Result<PathBuf> {
     let root = util::workspace_root();
     let profile = if debug { "dev" } else { "release" };
     let dir = if debug { "debug" } else { "release" };
-    util::run(Command::new(env!("CARGO")).current_dir(&root).args([
-        "build",
-        "--package",
-        "vmbw",
-        "--bin",
-        "vmbw",
-        "--profile",
-        profile,
-    ]))
-    .context("building the agent")?;
+    util::build_agent(profile).context("building the agent")?;
     let vmbw = root.join("target").join(dir).join("vmbw");
     let extra = root.join("target/deb-extra");
     let _ = std::fs::remove_dir_all(&extra);
     std::fs::create_dir_all(extra.join("completions"))?;
-    let config = capture(Command::new(&vmbw).args(["agent", "--print-default-config"]))?;
+    let config = util::capture(Command::new(&vmbw).args(["agent", "--print-default-config"]))?;
     std::fs::write(extra.join("vmbw.toml"), config)?;
-    capture(Command::new(&vmbw).arg("man").arg(extra.join("man")))?;
+    util::capture(Command::new(&vmbw).arg("man").arg(extra.join("man")))?;
     for (shell, file) in [
         ("bash", "vmbw.bash"),
         ("zsh", "_vmbw"),
         ("fish", "vmbw.fish"),
     ] {
-        let script = capture(Command::new(&vmbw).args(["completions", shell]))?;
+        let script = util::capture(Command::new(&vmbw).args(["completions", shell]))?;
         std::fs::write(extra.join("completions").join(file), script)?;
     }
     let out = root.join("target/debian");
@@ -74,7 +65,7 @@ pub fn build(debug: bool) -> anyhow::Result<PathBuf> {
     if debug {
         deb.args(["--profile", "dev"]);
     }
-    let printed = capture(&mut deb).context(
+    let printed = util::capture(&mut deb).context(
         "running cargo-deb (`cargo xtask setup` installs it; `cargo install cargo-deb`)",
     )?;
     let path = printed
@@ -91,19 +82,6 @@ pub fn build(debug: bool) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
-}
-
-/// Runs `cmd`, failing with its stderr; returns its stdout.
-fn capture(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// What the test suite checks of the package: it builds (debug), dpkg
@@ -140,7 +118,7 @@ fn check_in(deb: &std::path::Path, root: &std::path::Path) -> anyhow::Result<()>
             .args(args);
         c
     };
-    capture(dpkg(&["--install"]).arg(deb)).context("dpkg --install into a scratch root")?;
+    util::capture(dpkg(&["--install"]).arg(deb)).context("dpkg --install into a scratch root")?;
     for file in [
         "usr/bin/vmbw",
         "lib/systemd/system/vmbw.service",
@@ -155,7 +133,7 @@ fn check_in(deb: &std::path::Path, root: &std::path::Path) -> anyhow::Result<()>
             bail!("the package does not install /{file}");
         }
     }
-    let conffiles = capture(&mut dpkg(&["--status", "vmbw"]))?;
+    let conffiles = util::capture(&mut dpkg(&["--status", "vmbw"]))?;
     if !conffiles.contains("/etc/vmbw/vmbw.toml") {
         bail!("/etc/vmbw/vmbw.toml is not a conffile:\n{conffiles}");
     }
@@ -181,13 +159,13 @@ fn check_in(deb: &std::path::Path, root: &std::path::Path) -> anyhow::Result<()>
             said.trim()
         );
     }
-    capture(
+    util::capture(
         Command::new(&bin)
             .args(["agent", "--check", "--config"])
             .arg(root.join("etc/vmbw/vmbw.toml")),
     )
     .context("the shipped /etc/vmbw/vmbw.toml")?;
-    capture(&mut dpkg(&["--purge", "vmbw"])).context("dpkg --purge")?;
+    util::capture(&mut dpkg(&["--purge", "vmbw"])).context("dpkg --purge")?;
     for file in [
         "usr/bin/vmbw",
         "etc/vmbw/vmbw.toml",

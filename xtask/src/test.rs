@@ -382,13 +382,7 @@ fn stress(args: &Args, rounds: u32) -> anyhow::Result<()> {
     let root = util::workspace_root();
     // Build first, without the load, so every round measures the tests.
     util::step("building the privileged tests");
-    util::run(Command::new(env!("CARGO")).current_dir(&root).args([
-        "build",
-        "--package",
-        "vmbw",
-        "--bin",
-        "vmbw",
-    ]))?;
+    util::build_agent("dev")?;
     util::run(Command::new(env!("CARGO")).current_dir(&root).args([
         "test",
         "--no-run",

@@ -51,6 +51,39 @@ pub fn output(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs a command quietly and returns its stdout; fails with the command
+/// line and its stderr when it cannot start or exits non-zero.
+pub fn capture(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {}", display(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}): {}",
+            display(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Builds the agent binary `vmbw` in cargo profile `profile` (`dev`,
+/// `release`), printing the command.
+pub fn build_agent(profile: &str) -> anyhow::Result<()> {
+    run(Command::new(env!("CARGO"))
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--package",
+            "vmbw",
+            "--bin",
+            "vmbw",
+            "--profile",
+            profile,
+        ]))
+}
+
 pub fn display(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for arg in cmd.get_args() {

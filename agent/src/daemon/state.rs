@@ -235,6 +235,13 @@ impl VmState {
         self.switchover_held_since = None;
     }
 
+    /// Seconds the switchover has been held for QEMU's socket backlog;
+    /// None when it is not held.
+    pub fn switchover_held_s(&self) -> Option<f64> {
+        self.switchover_held_since
+            .map(|t| t.elapsed().as_secs_f64())
+    }
+
     /// Seconds left before the migration's starter gives up, from the
     /// VM's `completion_timeout_per_gib` (None without one, or before the
     /// guest's size is known).
@@ -393,7 +400,7 @@ pub fn vms(s: &State) -> Vec<api::VmStatus> {
                     .and_then(|d| d.forecast)
                     .map(|f| f.converging()),
                 stream_backlog_bytes: (v.stream_backlog > 0).then_some(v.stream_backlog),
-                switchover_held_seconds: v.switchover_held_since.map(|t| t.elapsed().as_secs_f64()),
+                switchover_held_seconds: v.switchover_held_s(),
             }),
             telemetry: v.telemetry.map(str::to_owned),
             allocation: v.allocation(),

@@ -210,9 +210,7 @@ impl ControlLoop {
             sampled_dirty_rate: v.sampled_dirty_rate,
             deadline_s: v.deadline_s(),
             stream_backlog: v.stream_backlog as f64,
-            switchover_held_s: v
-                .switchover_held_since
-                .map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            switchover_held_s: v.switchover_held_s().unwrap_or(0.0),
         }
     }
 

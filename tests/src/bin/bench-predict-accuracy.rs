@@ -175,11 +175,8 @@ fn eta_scores(
             dirty_rate_history: rows[..known]
                 .iter()
                 .map(|r| {
-                    if r.duration_s > 0.0 {
-                        r.x[0] * last.page_size as f64 / r.duration_s
-                    } else {
-                        0.0
-                    }
+                    r.dirty_rate()
+                        .map_or(0.0, |pps| pps * last.page_size as f64)
                 })
                 .collect(),
             reserve: None,
