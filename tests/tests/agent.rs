@@ -279,6 +279,26 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
         "migration: {:.1} s, up to iteration {max_iteration}; QEMU transferred {transferred:.0} B, datapath counted {counted:.0} B in {packets:.0} packets, payload x{ratio:.4}, {retrans} segments retransmitted",
         total.as_secs_f64()
     );
+    // Where the bytes were, for a run that misses the bound: QEMU's split
+    // of what it sent, the kernel classes' own byte counts (what HTB let
+    // out, after any drop) and the qdiscs' drop counters.
+    if let Some(ram) = status.ram.as_ref() {
+        eprintln!(
+            "QEMU: precopy {:?} B, downtime {:?} B, postcopy {:?} B",
+            ram.precopy_bytes, ram.downtime_bytes, ram.postcopy_bytes
+        );
+    }
+    let classes = agent
+        .get("/api/v1/classes")
+        .map(|r| r.1)
+        .unwrap_or_default();
+    eprintln!("classes: {classes}");
+    eprintln!(
+        "{}",
+        tb.src
+            .exec("tc", &["-s", "qdisc", "show", "dev", UPLINK])
+            .unwrap_or_default()
+    );
     assert!(
         ratio > 0.98 && ratio < 1.02 + allowance,
         "payload counted/transferred = {ratio}, retransmitted {retrans} segments (+{allowance:.4})"
