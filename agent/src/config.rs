@@ -118,6 +118,10 @@ listen = "127.0.0.1:9464"
 # QMP sockets to follow besides the [[vm]] entries, as a glob pattern
 # (e.g. "/run/vmbw/qmp/*.sock"); the VM is named after the file stem.
 qmp_glob = ""
+# Follow every running domain of this libvirt daemon (e.g. "qemu:///system"),
+# as it starts and stops, without [[vm]] entries. A domain that also has a
+# [[vm]] entry (same name) is followed as that entry says (its reserve_mbit).
+libvirt = ""
 # Learn VMIs, migrations and virt-launcher pods from KubeVirt (in-cluster).
 kubevirt = false
 # This node's name, as Kubernetes knows it (KubeVirt discovery watches only
@@ -361,6 +365,8 @@ pub struct ApiSection {
 #[serde(deny_unknown_fields, default)]
 pub struct DiscoverySection {
     pub qmp_glob: String,
+    /// A libvirt URI whose running domains are all followed; empty: off.
+    pub libvirt: String,
     pub kubevirt: bool,
     pub node_name: String,
 }
@@ -671,6 +677,23 @@ impl Config {
                 "escalate.max_throttle_pct",
                 "must be 1..=99 (QEMU's range)".into(),
             ));
+        }
+        if !self.discovery.libvirt.is_empty() {
+            if !cfg!(feature = "libvirt") {
+                return Err(bad(
+                    "discovery.libvirt",
+                    "this vmbw was built without libvirt support".into(),
+                ));
+            }
+            if !self.discovery.libvirt.contains(":/") {
+                return Err(bad(
+                    "discovery.libvirt",
+                    format!(
+                        "`{}` is not a libvirt URI (e.g. \"qemu:///system\")",
+                        self.discovery.libvirt
+                    ),
+                ));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, vm) in self.vm.iter().enumerate() {

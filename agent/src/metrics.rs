@@ -279,6 +279,22 @@ impl Metrics {
         let _ = self.converging.remove_label_values(&[vm]);
     }
 
+    /// Drops every series of a VM that left the host, so that scrapes
+    /// show only the VMs the agent follows.
+    pub fn forget_vm(&self, vm: &str) {
+        forget(&self.bytes, vm);
+        forget(&self.packets, vm);
+        forget(&self.throughput, vm);
+        forget(&self.dirty_pages, vm);
+        forget(&self.allocation, vm);
+        forget(&self.remaining, vm);
+        forget(&self.iteration, vm);
+        forget(&self.expected_downtime, vm);
+        forget(&self.eta, vm);
+        forget(&self.converging, vm);
+        forget(&self.policy_switches, vm);
+    }
+
     /// What a VM's application was promised (`reserve_mbit`), bytes/s.
     pub fn promised(&self, vm: &str, bytes_per_sec: f64) {
         self.allocation
@@ -351,9 +367,49 @@ impl Metrics {
     }
 }
 
+/// Removes the series of `vec` whose `vm` label is `vm`.
+fn forget<T: prometheus::core::MetricVecBuilder>(vec: &prometheus::core::MetricVec<T>, vm: &str) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for m in family.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get("vm") == Some(&vm) {
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vm_that_left_leaves_no_series() {
+        let m = Metrics::new().expect("metrics");
+        for vm in ["gone", "stays"] {
+            Metrics::set_total(&m.bytes.with_label_values(&[vm, "migration", "egress"]), 10);
+            m.promised(vm, 1e6);
+            m.policy_switch(vm, "post-copy");
+            m.migration_progress(vm, 1 << 20, 3, Some(Duration::from_millis(40)));
+        }
+        m.error("discovery");
+        m.forget_vm("gone");
+        let text = m.encode().expect("encode");
+        assert!(!text.contains("vm=\"gone\""), "{text}");
+        for series in [
+            "vmbw_vm_bytes_total{class=\"migration\",direction=\"egress\",vm=\"stays\"} 10",
+            "vmbw_policy_switches_total{step=\"post-copy\",vm=\"stays\"} 1",
+            "vmbw_migration_iteration{vm=\"stays\"} 3",
+            "subsystem=\"discovery\"",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+    }
 
     #[test]
     fn exposes_conventional_names_and_values() {

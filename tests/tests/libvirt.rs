@@ -10,6 +10,10 @@
 //!    API shows one sample per finished iteration, and the cap it set is
 //!    what libvirt reports (virDomainMigrateGetMaxSpeed), not the 1 MiB/s
 //!    the migration started with.
+//! 3. The agent with `[discovery] libvirt` and no `[[vm]]`: it follows a
+//!    domain started after it (libvirt's lifecycle event), through its
+//!    migration, and lets it go (state and metric series) once libvirt
+//!    removed it.
 
 use std::{
     path::PathBuf,
@@ -33,6 +37,7 @@ use vmbw_tests::{
 const MIB: u64 = 1 << 20;
 const NAME: &str = "vmbw-libvirt-test";
 const AGENT_NAME: &str = "vmbw-libvirt-agent";
+const DISCOVERED_NAME: &str = "vmbw-libvirt-discovered";
 
 /// The tests each run two daemons and a TCG guest: one at a time on these
 /// 2-core machines.
@@ -56,9 +61,14 @@ fn guest_kernel() -> Result<PathBuf, String> {
 }
 
 fn domain_xml(kernel: &std::path::Path, serial: &std::path::Path) -> String {
+    named_domain_xml(NAME, kernel, serial)
+}
+
+/// [`domain_xml`] under another name.
+fn named_domain_xml(name: &str, kernel: &std::path::Path, serial: &std::path::Path) -> String {
     format!(
         "<domain type='qemu'>
-  <name>{NAME}</name>
+  <name>{name}</name>
   <memory unit='MiB'>128</memory>
   <vcpu>1</vcpu>
   <os>
@@ -274,11 +284,18 @@ fn workload_domain_xml(guest: &Guest, workload: &Workload, serial: &std::path::P
 }
 
 fn agent_vm(a: &Agent) -> Option<VmStatus> {
+    agent_vm_named(a, AGENT_NAME)
+}
+
+fn agent_vm_named(a: &Agent, name: &str) -> Option<VmStatus> {
+    agent_vms(a)?.into_iter().find(|v| v.name == name)
+}
+
+fn agent_vms(a: &Agent) -> Option<Vec<VmStatus>> {
     let (status, body) = a.get("/api/v1/vms").ok()?;
-    let vms: Vec<VmStatus> = (status == 200)
+    (status == 200)
         .then(|| serde_json::from_str(&body).ok())
-        .flatten()?;
-    vms.into_iter().find(|v| v.name == AGENT_NAME)
+        .flatten()
 }
 
 #[test]
@@ -545,6 +562,145 @@ fn the_agent_follows_and_caps_a_libvirt_migration() {
         Some(0)
     );
     drop(observer);
+    drop(dom);
+    let mut conn = conn;
+    let _ = conn.close();
+}
+
+#[test]
+fn discovery_follows_a_domain_it_was_not_told_about() {
+    require!(libvirtd::available());
+    require!(agent::binary());
+    let kernel = match guest_kernel() {
+        Ok(k) => k,
+        Err(reason) => {
+            skip(&reason);
+            return;
+        }
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let src = Libvirtd::start().expect("source libvirtd");
+    let dst = Libvirtd::start().expect("target libvirtd");
+    let kernel = libvirtd::give(&src, &kernel).expect("kernel");
+
+    // The agent knows the libvirt URI and nothing else.
+    let ns = NetNs::new().expect("netns");
+    ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"])
+        .expect("veth uplink");
+    for dev in ["up0", "up0p"] {
+        ns.ip(&["link", "set", dev, "up"]).expect("up");
+    }
+    let bpffs = BpffsMount::new().expect("bpffs");
+    let run = RunDir::new().expect("run dir");
+    let config = run.path().join("vmbw.toml");
+    let api = run.path().join("api.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\npolicy = \"nrac+adamig\"\n\
+             [[uplink]]\niface = \"up0\"\nlink_mbit = 80.0\n\
+             [datapath]\npin_dir = \"{}\"\n\
+             [shaping]\nstate_dir = \"{}\"\n\
+             [api]\nlisten = \"unix:{}\"\n\
+             [discovery]\nlibvirt = \"{}\"\n",
+            bpffs.path().join("vmbw").display(),
+            run.path().join("state").display(),
+            api.display(),
+            src.uri(),
+        ),
+    )
+    .expect("config");
+    let mut agent =
+        Agent::start(&ns, &config, &api, &run.path().join("agent.log")).expect("agent starts");
+    wait("the agent's connection to libvirt", || {
+        agent
+            .log_text()
+            .contains("libvirt discovery: connected")
+            .then_some(())
+    });
+    assert_eq!(
+        agent_vms(&agent).map(|v| v.len()),
+        Some(0),
+        "no VM before a domain runs"
+    );
+
+    // A domain started after the agent: the lifecycle event brings it.
+    let serial = src.dir().join("discovered-serial.log");
+    let conn = virt::connect::Connect::open(Some(&src.uri())).expect("connect source");
+    let started = Instant::now();
+    let dom = virt::domain::Domain::create_xml(
+        &conn,
+        &named_domain_xml(DISCOVERED_NAME, &kernel, &serial),
+        0,
+    )
+    .expect("start the domain");
+    let vm = wait("the agent to follow the new domain", || {
+        agent_vm_named(&agent, DISCOVERED_NAME)
+            .filter(|v| v.telemetry.as_deref() == Some("libvirt"))
+    });
+    eprintln!(
+        "domain followed {:.1} s after it started (slot {})",
+        started.elapsed().as_secs_f64(),
+        vm.slot
+    );
+
+    // Its migration is followed like a configured VM's.
+    let migration = migrate_in_background(&src, &dst, DISCOVERED_NAME, 50400);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut phases = Vec::new();
+    while !migration.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the migration did not finish:\n{}",
+            agent.log_text()
+        );
+        if let Some(m) = agent_vm_named(&agent, DISCOVERED_NAME).and_then(|v| v.migration)
+            && phases.last() != Some(&m.phase)
+        {
+            phases.push(m.phase);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    migration
+        .join()
+        .expect("migration thread")
+        .unwrap_or_else(|e| panic!("the migration failed: {e}\n{}", agent.log_text()));
+    // The task records the end within the grace the agent gives it.
+    let end = wait("the migration's end in the agent", || {
+        agent_vm_named(&agent, DISCOVERED_NAME)
+            .and_then(|v| v.migration)
+            .filter(|m| m.phase == MigrationPhase::Completed)
+    });
+    phases.push(end.phase);
+    eprintln!("phases seen: {phases:?}, {} samples", end.samples);
+    assert!(
+        phases.contains(&MigrationPhase::PreCopy),
+        "pre-copy followed: {phases:?}\n{}",
+        agent.log_text()
+    );
+
+    // libvirt removed the (transient) domain: the agent lets it go.
+    wait("the agent to let the domain go", || {
+        agent_vm_named(&agent, DISCOVERED_NAME)
+            .is_none()
+            .then_some(())
+    });
+    let (_, metrics) = agent.get("/metrics").expect("metrics");
+    assert!(
+        !metrics.contains(&format!("vm=\"{DISCOVERED_NAME}\"")),
+        "the domain's series are gone:\n{metrics}"
+    );
+    let log = agent.log_text();
+    assert!(log.contains("libvirt: following domain"), "{log}");
+    assert!(log.contains("no longer followed"), "{log}");
+    assert_eq!(
+        agent
+            .signal(libc::SIGTERM, Duration::from_secs(15))
+            .expect("SIGTERM"),
+        Some(0),
+        "{}",
+        agent.log_text()
+    );
     drop(dom);
     let mut conn = conn;
     let _ = conn.close();

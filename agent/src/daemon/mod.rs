@@ -13,6 +13,8 @@
 //! rates.
 
 pub mod caps;
+#[cfg(feature = "libvirt")]
+pub mod discover;
 pub mod enforce;
 pub mod http;
 pub mod lock;
@@ -132,11 +134,22 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         Arc::new(move |p: &str| state::handle(&handler_shared, p)),
         stopped.clone(),
     ));
-    let tasks = spawn_vm_tasks(&shared, &uplinks[0], &stopped);
+    let mut tasks = spawn_vm_tasks(&shared, &uplinks[0], &stopped);
+    // Slots: [[vm]] entries and QMP-glob sockets first, KubeVirt's from
+    // `kubevirt_first` on; libvirt's domains take those in between.
+    let kubevirt_first = cfg.vm.len() as u32 + 1000;
+    let first = shared.state().vms.len() as u32 + 1;
+    tasks.extend(spawn_libvirt_discovery(
+        &cfg,
+        &shared,
+        &uplinks[0],
+        first..=kubevirt_first - 1,
+        &stopped,
+    ));
     let kubevirt = cfg
         .discovery
         .kubevirt
-        .then(|| spawn_kubevirt(&shared, cfg.discovery.node(), cfg.vm.len() as u32 + 1000));
+        .then(|| spawn_kubevirt(&shared, cfg.discovery.node(), kubevirt_first));
 
     let enforcement = match mode {
         config::Mode::Edt => Enforcement::Edt,
@@ -419,10 +432,40 @@ fn discovery_names(cfg: &Config) -> Vec<String> {
     if !cfg.discovery.qmp_glob.is_empty() {
         d.push(format!("qmp-glob:{}", cfg.discovery.qmp_glob));
     }
+    if !cfg.discovery.libvirt.is_empty() {
+        d.push(format!("libvirt:{}", cfg.discovery.libvirt));
+    }
     if cfg.discovery.kubevirt {
         d.push("kubevirt".into());
     }
     d
+}
+
+/// `[discovery] libvirt`: a task that follows the daemon's domains.
+fn spawn_libvirt_discovery(
+    cfg: &Config,
+    shared: &Arc<Shared>,
+    uplink: &str,
+    slots: std::ops::RangeInclusive<u32>,
+    stopped: &watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if cfg.discovery.libvirt.is_empty() {
+        return None;
+    }
+    #[cfg(feature = "libvirt")]
+    return Some(discover::spawn_libvirt(
+        shared.clone(),
+        cfg.discovery.libvirt.clone(),
+        uplink.to_owned(),
+        slots,
+        stopped.clone(),
+    ));
+    #[cfg(not(feature = "libvirt"))]
+    {
+        // Config validation refuses it; never reached.
+        let _ = (shared, uplink, slots, stopped);
+        None
+    }
 }
 
 fn spawn_kubevirt(

@@ -173,6 +173,8 @@ impl ControlLoop {
             v.counters = *c;
             self.last_vm.insert(name.clone(), *c);
         }
+        // VMs that left (discovery removes them) start afresh if they return.
+        self.last_vm.retain(|n, _| st.vms.contains_key(n));
         migration_egress
     }
 

@@ -91,6 +91,31 @@ impl Datapath {
         Ok(out)
     }
 
+    /// Zeroes a VM slot's counters, for a slot given to another VM (its
+    /// exported totals then start at 0, as a new series should).
+    pub fn reset_vm_counters(&mut self, vm: u32) -> Result<(), DatapathError> {
+        if vm >= vmbw_common::MAX_VMS {
+            return Err(DatapathError::InvalidSlot(vm));
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
+        let m = self
+            .ebpf_mut()
+            .map_mut(map::COUNTERS)
+            .ok_or(DatapathError::MissingMap(map::COUNTERS))?;
+        let mut array: PerCpuArray<&mut aya::maps::MapData, Counter> =
+            PerCpuArray::try_from(m).map_err(map_err(map::COUNTERS, "open"))?;
+        for c in [class::OTHER, class::MIGRATION, class::APPLICATION] {
+            for dir in Direction::ALL {
+                let zeros = aya::maps::PerCpuValues::try_from(vec![Counter::default(); cpus])
+                    .map_err(DatapathError::Cpus)?;
+                array
+                    .set(counter_index(vm, c, dir.index()), zeros, 0)
+                    .map_err(map_err(map::COUNTERS, "write"))?;
+            }
+        }
+        Ok(())
+    }
+
     fn per_cpu(
         &self,
         name: &'static str,

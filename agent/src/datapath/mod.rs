@@ -129,6 +129,8 @@ pub enum DatapathError {
         #[source]
         source: Box<MapError>,
     },
+    #[error("reading the number of possible CPUs (per-CPU map values)")]
+    Cpus(#[source] std::io::Error),
     #[error("VM slot {0} is out of range (1..{max})", max = vmbw_common::MAX_VMS)]
     InvalidSlot(u32),
     #[error("port range {first}..={last} is empty or inverted")]

@@ -66,14 +66,16 @@
 //! command line (`-name guest=<domain>`), and if that fails, the process
 //! whose command line names the domain is searched in `/proc`.
 //!
-//! Files: `domain.rs` holds every libvirt FFI call (all the `unsafe`),
-//! `pid.rs` finds QEMU's pid, `monitor.rs` turns polled job statistics
-//! into samples; this file has the errors and the [`MigrationSource`]
-//! implementation.
+//! Files: `domain.rs` holds the FFI calls about one domain, `watch.rs`
+//! those of discovery (libvirt's event loop and lifecycle callback): all
+//! the `unsafe` is in these two. `pid.rs` finds QEMU's pid, `monitor.rs`
+//! turns polled job statistics into samples; this file has the errors and
+//! the [`MigrationSource`] implementation.
 
 mod domain;
 mod monitor;
 mod pid;
+mod watch;
 
 use std::time::Duration;
 
@@ -84,6 +86,7 @@ pub use self::{
     domain::{DomainStats, JobEnd, JobOperation, JobSnapshot, LibvirtDomain, MIB, RunState},
     monitor::{LibvirtMonitor, LibvirtMonitorConfig, LibvirtTarget},
     pid::{default_pid_file, find_qemu_pid},
+    watch::{DomainChange, DomainWatch, RunningDomain},
 };
 use crate::{
     control::{Armed, QemuParams},
