@@ -119,9 +119,23 @@ impl Drop for TestHost {
     }
 }
 
-/// The `vmbw` binary next to the test executable (`cargo build -p vmbw`
-/// puts it there; `cargo xtask test` builds it before the tests).
+/// Environment variable naming the agent binary to test instead of the
+/// one built next to the tests.
+pub const BINARY_ENV: &str = "VMBW_AGENT_BIN";
+
+/// The agent binary under test: `$VMBW_AGENT_BIN`, else the `vmbw` next
+/// to the test executable (`cargo build -p vmbw` puts it there; `cargo
+/// xtask test` builds it before the tests).
 pub fn binary() -> Result<PathBuf, String> {
+    // `cargo xtask deb --check` runs tests against the packaged binary.
+    if let Some(bin) = std::env::var_os(BINARY_ENV) {
+        let bin = PathBuf::from(bin);
+        return if bin.is_file() {
+            Ok(bin)
+        } else {
+            Err(format!("{BINARY_ENV}={} is not a file", bin.display()))
+        };
+    }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     // A test runs from target/<profile>/deps/, a binary from target/<profile>/.
     let dir = exe.parent().ok_or("no target directory")?;

@@ -45,6 +45,12 @@ pub fn build(debug: bool) -> anyhow::Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&extra);
     std::fs::create_dir_all(extra.join("completions"))?;
     let config = util::capture(Command::new(&vmbw).args(["agent", "--print-default-config"]))?;
+    // A libvirt host's package follows the host's domains out of the box.
+    let discovery = "\nlibvirt = \"\"\n";
+    if !config.contains(discovery) {
+        bail!("the default config has no `[discovery] libvirt` key to switch on");
+    }
+    let config = config.replacen(discovery, "\nlibvirt = \"qemu:///system\"\n", 1);
     std::fs::write(extra.join("vmbw.toml"), config)?;
     util::capture(Command::new(&vmbw).arg("man").arg(extra.join("man")))?;
     for (shell, file) in [
@@ -88,7 +94,8 @@ pub fn build(debug: bool) -> anyhow::Result<PathBuf> {
 /// installs it into a scratch root (dependencies are the host's: not
 /// checked there), every promised file is where it belongs, the shipped
 /// unit passes `systemd-analyze verify` with ExecStart pointing at the
-/// installed binary, the shipped config passes `vmbw agent --check`, and
+/// installed binary, the shipped config passes `vmbw agent --check`, the
+/// installed binary follows a libvirt domain's migration by discovery, and
 /// `dpkg --purge` leaves nothing behind. The scratch root is removed.
 pub fn check() -> anyhow::Result<()> {
     let deb = build(true)?;
@@ -165,6 +172,7 @@ fn check_in(deb: &std::path::Path, root: &std::path::Path) -> anyhow::Result<()>
             .arg(root.join("etc/vmbw/vmbw.toml")),
     )
     .context("the shipped /etc/vmbw/vmbw.toml")?;
+    follows_libvirt_domains(&bin, root)?;
     util::capture(&mut dpkg(&["--purge", "vmbw"])).context("dpkg --purge")?;
     for file in [
         "usr/bin/vmbw",
@@ -174,6 +182,34 @@ fn check_in(deb: &std::path::Path, root: &std::path::Path) -> anyhow::Result<()>
         if root.join(file).exists() {
             bail!("dpkg --purge left /{file} behind");
         }
+    }
+    Ok(())
+}
+
+/// The installed binary, with `[discovery] libvirt` on, follows a real
+/// migration of a domain it was not told about: the libvirt test suite's
+/// discovery test, run against `bin`. A skip (no libvirtd, no guest
+/// kernel) fails the check instead of passing it.
+fn follows_libvirt_domains(bin: &std::path::Path, root: &std::path::Path) -> anyhow::Result<()> {
+    let skips = root.join("skips");
+    std::fs::create_dir_all(&skips)?;
+    let test = "discovery_follows_a_domain_it_was_not_told_about";
+    let status = Command::new(env!("CARGO"))
+        .current_dir(util::workspace_root())
+        .args(["test", "-q", "-p", "vmbw-tests", "--test", "libvirt", "--"])
+        .args(["--exact", test, "--nocapture"])
+        .env("VMBW_AGENT_BIN", bin)
+        .env("VMBW_SKIP_DIR", &skips)
+        .status()
+        .context("running the libvirt discovery test")?;
+    if !status.success() {
+        bail!("the installed agent did not follow a libvirt domain ({test} failed)");
+    }
+    if let Some(marker) = std::fs::read_dir(&skips)?.flatten().next() {
+        bail!(
+            "{test} skipped: {}",
+            std::fs::read_to_string(marker.path()).unwrap_or_default()
+        );
     }
     Ok(())
 }
