@@ -97,7 +97,7 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "vmbw_vm_bytes_total",
-                        "Bytes per VM, traffic class and direction on the uplink."
+                        "Bytes per VM, traffic class and direction on the uplink, frames as the datapath sees them (egress: before vmbw's qdisc, so a packet its queue refuses counts, and so does TCP's resend)."
                     ),
                     vcd
                 ),

@@ -59,6 +59,32 @@ fn retransmitted_segments(ns: &vmbw_tests::NetNs) -> u64 {
         .unwrap_or(0)
 }
 
+/// Packets each class on the uplink dropped at enqueue (its leaf was
+/// full), by class handle as tc prints it (`7662:22`).
+fn class_drops(tb: &MigrationTestbed) -> Vec<(String, u64)> {
+    let json = tb
+        .src
+        .exec("tc", &["-s", "-j", "class", "show", "dev", UPLINK])
+        .unwrap_or_default();
+    let classes: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap_or_default();
+    classes
+        .iter()
+        .filter_map(|c| {
+            Some((
+                c.get("handle")?.as_str()?.to_owned(),
+                c.get("stats")?.get("drops")?.as_u64()?,
+            ))
+        })
+        .collect()
+}
+
+/// The handle of VM `slot`'s migration class, as tc prints it.
+fn migration_class(slot: u32) -> String {
+    let h = vmbw::shaping::class_handle(slot as u16, vmbw::shaping::TrafficClass::Migration)
+        .unwrap_or(0);
+    format!("{:x}:{:x}", h >> 16, h & 0xffff)
+}
+
 fn root_qdisc(tb: &MigrationTestbed) -> String {
     tb.src
         .exec("tc", &["qdisc", "show", "dev", UPLINK, "root"])
@@ -209,11 +235,22 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
     // Follow the migration to its end.
     let deadline = Instant::now() + Duration::from_secs(400);
     let mut max_iteration = 0;
+    // Enqueue drops of the migration's class: the datapath counted those
+    // packets at TCX (before the qdisc), and TCP sends them again as new
+    // data, not as retransmissions. Largest count seen per class.
+    let mut dropped = std::collections::BTreeMap::new();
     let status = loop {
         let info = rt.block_on(ctl.query_migrate()).expect("query-migrate");
         for v in vms(&agent) {
             if let Some(m) = v.migration {
                 max_iteration = max_iteration.max(m.iteration);
+            }
+            let class = migration_class(v.slot);
+            for (handle, drops) in class_drops(&tb) {
+                if handle == class {
+                    let d = dropped.entry(handle).or_insert(0);
+                    *d = drops.max(*d);
+                }
             }
         }
         match info.status {
@@ -256,7 +293,11 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
     // (seen once: +3.4% on a loaded machine): the source namespace's own
     // TCP is only QEMU's migration stream (the guest's traffic is
     // forwarded), so its retransmitted segments x a full frame are allowed
-    // on top.
+    // on top. So are packets the migration class's queue refused: the
+    // datapath counts at TCX egress, before the qdisc, and TCP offers a
+    // refused packet again as new data (seen: x1.0565 and x1.0224 against
+    // the 2% bound with few retransmissions; the root qdisc had counted
+    // 53-148 drops in passing runs).
     let counted = agent
         .metric("vmbw_vm_bytes_total{class=\"migration\",direction=\"egress\",vm=\"vm1\"}")
         .expect("metrics")
@@ -273,10 +314,12 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
         .expect("migration packet counter");
     let payload = counted - packets * 66.0;
     let retrans = retransmitted_segments(&tb.src).saturating_sub(retrans_before);
-    let allowance = (retrans * 1448) as f64 / transferred;
+    // A dropped packet is at most one GSO super-packet (64 KiB on veth).
+    let drops: u64 = dropped.values().sum();
+    let allowance = (retrans * 1448 + drops * 65_536) as f64 / transferred;
     let ratio = payload / transferred;
     eprintln!(
-        "migration: {:.1} s, up to iteration {max_iteration}; QEMU transferred {transferred:.0} B, datapath counted {counted:.0} B in {packets:.0} packets, payload x{ratio:.4}, {retrans} segments retransmitted",
+        "migration: {:.1} s, up to iteration {max_iteration}; QEMU transferred {transferred:.0} B, datapath counted {counted:.0} B in {packets:.0} packets, payload x{ratio:.4}, {retrans} segments retransmitted, {drops} packets dropped by the migration class's queue",
         total.as_secs_f64()
     );
     // Where the bytes were, for a run that misses the bound: QEMU's split
