@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
 };
 use vmbw_common::{Counter, Direction, class};
 
@@ -52,6 +53,8 @@ pub struct Metrics {
     pub policy_switches: IntCounterVec,
     /// Errors by subsystem.
     pub errors: IntCounterVec,
+    /// rtnetlink requests sent (HTB changes and dumps).
+    pub netlink_requests: IntCounter,
     /// Time one control-loop tick takes.
     pub loop_seconds: Histogram,
     /// From a QEMU iteration sample arriving to the resulting class rates
@@ -207,6 +210,13 @@ impl Metrics {
                 ),
                 "vmbw_errors_total"
             ),
+            netlink_requests: reg!(
+                IntCounter::new(
+                    "vmbw_netlink_requests_total",
+                    "rtnetlink requests the agent sent (qdisc and class changes, dumps)."
+                ),
+                "vmbw_netlink_requests_total"
+            ),
             loop_seconds: reg!(
                 Histogram::with_opts(
                     HistogramOpts::new(
@@ -349,6 +359,11 @@ impl Metrics {
     /// How long one control-loop tick took.
     pub fn tick_took(&self, t: Duration) {
         self.loop_seconds.observe(t.as_secs_f64());
+    }
+
+    /// The rtnetlink requests sent so far (a process-wide total).
+    pub fn netlink_requests(&self, total: u64) {
+        Metrics::set_total(&self.netlink_requests, total);
     }
 
     /// From a QEMU sample arriving to its class rates being in the kernel.

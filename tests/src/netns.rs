@@ -43,6 +43,14 @@ impl NetNs {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
+    /// Moves the calling thread into the namespace for good (threads it
+    /// starts afterwards are born there). For a process that stands in for
+    /// one living in the namespace, e.g. fake QEMUs whose `/proc/PID/net`
+    /// the agent reads.
+    pub fn enter_for_good(&self) -> anyhow::Result<()> {
+        enter(&self.path())
+    }
+
     /// Runs `ip -n <ns> <args>`.
     pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
         run(Command::new("ip").arg("-n").arg(&self.name).args(args))

@@ -21,6 +21,10 @@ pub struct Args {
 /// without the eBPF toolchain (it installs it), so it only runs them.
 const BENCHES: &[(&str, &str)] = &[
     (
+        "agent-load",
+        "the release agent with 64 replayed QMP VMs, 8 migrating, 10,000 flows: sample->kernel p50/p99, CPU, RSS, netlink/s, scrape time; root",
+    ),
+    (
         "datapath",
         "ns/packet of the tc classifier (BPF_PROG_TEST_RUN) per mode and table size; root",
     ),
@@ -55,6 +59,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "plan" => crate::bench_plan::run(&args.rest),
         "migration" => crate::migration::bench(&args.rest),
         "report" => crate::migration::report(&args.rest),
+        "agent-load" => {
+            // The agent under load is the release build.
+            util::build_agent("release")?;
+            util::run(
+                Command::new(env!("CARGO"))
+                    .current_dir(util::workspace_root())
+                    .args(["run", "--release", "--quiet", "--package", "vmbw-tests"])
+                    .args(["--bin", "bench-agent-load", "--"])
+                    .args(&args.rest)
+                    .env(
+                        "VMBW_AGENT_BIN",
+                        util::workspace_root().join("target/release/vmbw"),
+                    ),
+            )
+        }
         name if BENCHES.iter().any(|(n, _)| *n == name) => util::run(
             Command::new(env!("CARGO"))
                 .current_dir(util::workspace_root())

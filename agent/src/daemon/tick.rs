@@ -94,6 +94,9 @@ impl ControlLoop {
         self.record_escalations(&inputs);
         self.shared.state().last_tick = Some(started);
         self.shared.metrics.tick_took(started.elapsed());
+        self.shared
+            .metrics
+            .netlink_requests(crate::shaping::requests_sent());
     }
 
     /// Reads the datapath's counters (datapath lock only).

@@ -35,7 +35,7 @@ pub use self::{
     error::ShapingError,
     handles::{TrafficClass, class_handle},
     messages::TcEntry,
-    netlink::{Link, TcClient},
+    netlink::{Link, TcClient, requests_sent},
     ops::{ObservedClass, ObservedTree},
     restore::OriginalRoot,
 };

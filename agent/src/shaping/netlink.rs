@@ -117,6 +117,15 @@ impl std::fmt::Debug for TcClient {
     }
 }
 
+/// rtnetlink requests (changes and dumps) sent by every [`TcClient`] of
+/// this process.
+static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many rtnetlink requests this process has sent so far.
+pub fn requests_sent() -> u64 {
+    REQUESTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl TcClient {
     /// Opens the netlink sockets in the calling thread's network namespace
     /// and spawns the connection's driver on the current tokio runtime.
@@ -198,10 +207,12 @@ impl TcClient {
     }
 
     /// Sends one request and waits for the kernel's acknowledgement.
+    /// Counted in [`requests_sent`].
     /// Returns the kernel's warning if the acknowledgement carried one.
     pub async fn apply(&self, link: &Link, req: &Request) -> Result<Option<String>, ShapingError> {
         let mut msg = NetlinkMessage::from(req.message.clone());
         msg.header.flags = req.flags | NLM_F_REQUEST | NLM_F_ACK;
+        REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut replies = self
             .handle
             .clone()
@@ -261,6 +272,7 @@ impl TcClient {
         };
         let mut msg = NetlinkMessage::from(request);
         msg.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut replies =
             self.handle.clone().request(msg).map_err(|e| {
                 Failure::Transport(format!("{what}: {e}")).into_error(&link.name, &req)
