@@ -283,6 +283,65 @@ fn workload_domain_xml(guest: &Guest, workload: &Workload, serial: &std::path::P
     )
 }
 
+/// The agent's side of a test: a namespace with a veth pair as its uplink
+/// `up0` (this kernel has no dummy devices), a private bpffs, and a run
+/// directory with a config: nrac+adamig on an 80 Mbit/s uplink, then
+/// `rest` (VMs, discovery). libvirt is reached through its unix socket
+/// (the filesystem, not the network).
+struct AgentHost {
+    ns: NetNs,
+    _bpffs: BpffsMount,
+    run: RunDir,
+    config: PathBuf,
+    api: PathBuf,
+}
+
+impl AgentHost {
+    fn new(rest: &str) -> AgentHost {
+        let ns = NetNs::new().expect("netns");
+        ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"])
+            .expect("veth uplink");
+        for dev in ["up0", "up0p"] {
+            ns.ip(&["link", "set", dev, "up"]).expect("up");
+        }
+        let bpffs = BpffsMount::new().expect("bpffs");
+        let run = RunDir::new().expect("run dir");
+        let config = run.path().join("vmbw.toml");
+        let api = run.path().join("api.sock");
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\npolicy = \"nrac+adamig\"\n\
+                 [[uplink]]\niface = \"up0\"\nlink_mbit = 80.0\n\
+                 [datapath]\npin_dir = \"{}\"\n\
+                 [shaping]\nstate_dir = \"{}\"\n\
+                 [api]\nlisten = \"unix:{}\"\n{rest}",
+                bpffs.path().join("vmbw").display(),
+                run.path().join("state").display(),
+                api.display(),
+            ),
+        )
+        .expect("config");
+        AgentHost {
+            ns,
+            _bpffs: bpffs,
+            run,
+            config,
+            api,
+        }
+    }
+
+    fn start(&self) -> Agent {
+        Agent::start(
+            &self.ns,
+            &self.config,
+            &self.api,
+            &self.run.path().join("agent.log"),
+        )
+        .expect("agent starts")
+    }
+}
+
 fn agent_vm(a: &Agent) -> Option<VmStatus> {
     agent_vm_named(a, AGENT_NAME)
 }
@@ -334,37 +393,11 @@ fn the_agent_follows_and_caps_a_libvirt_migration() {
         std::thread::sleep(Duration::from_millis(250));
     }
 
-    // The agent, in a namespace of its own with a veth pair as its uplink
-    // (this kernel has no dummy devices); libvirt is reached through its
-    // unix socket (the filesystem, not the network).
-    let ns = NetNs::new().expect("netns");
-    ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"])
-        .expect("veth uplink");
-    for dev in ["up0", "up0p"] {
-        ns.ip(&["link", "set", dev, "up"]).expect("up");
-    }
-    let bpffs = BpffsMount::new().expect("bpffs");
-    let run = RunDir::new().expect("run dir");
-    let config = run.path().join("vmbw.toml");
-    let api = run.path().join("api.sock");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\npolicy = \"nrac+adamig\"\n\
-             [[uplink]]\niface = \"up0\"\nlink_mbit = 80.0\n\
-             [datapath]\npin_dir = \"{}\"\n\
-             [shaping]\nstate_dir = \"{}\"\n\
-             [api]\nlisten = \"unix:{}\"\n\
-             [[vm]]\nname = \"{AGENT_NAME}\"\nlibvirt = {{ uri = \"{}\", domain = \"{AGENT_NAME}\" }}\n",
-            bpffs.path().join("vmbw").display(),
-            run.path().join("state").display(),
-            api.display(),
-            src.uri(),
-        ),
-    )
-    .expect("config");
-    let mut agent =
-        Agent::start(&ns, &config, &api, &run.path().join("agent.log")).expect("agent starts");
+    let host = AgentHost::new(&format!(
+        "[[vm]]\nname = \"{AGENT_NAME}\"\nlibvirt = {{ uri = \"{}\", domain = \"{AGENT_NAME}\" }}\n",
+        src.uri()
+    ));
+    let mut agent = host.start();
     let deadline = Instant::now() + Duration::from_secs(30);
     while agent_vm(&agent).and_then(|v| v.telemetry).as_deref() != Some("libvirt") {
         assert!(
@@ -584,34 +617,8 @@ fn discovery_follows_a_domain_it_was_not_told_about() {
     let kernel = libvirtd::give(&src, &kernel).expect("kernel");
 
     // The agent knows the libvirt URI and nothing else.
-    let ns = NetNs::new().expect("netns");
-    ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"])
-        .expect("veth uplink");
-    for dev in ["up0", "up0p"] {
-        ns.ip(&["link", "set", dev, "up"]).expect("up");
-    }
-    let bpffs = BpffsMount::new().expect("bpffs");
-    let run = RunDir::new().expect("run dir");
-    let config = run.path().join("vmbw.toml");
-    let api = run.path().join("api.sock");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\npolicy = \"nrac+adamig\"\n\
-             [[uplink]]\niface = \"up0\"\nlink_mbit = 80.0\n\
-             [datapath]\npin_dir = \"{}\"\n\
-             [shaping]\nstate_dir = \"{}\"\n\
-             [api]\nlisten = \"unix:{}\"\n\
-             [discovery]\nlibvirt = \"{}\"\n",
-            bpffs.path().join("vmbw").display(),
-            run.path().join("state").display(),
-            api.display(),
-            src.uri(),
-        ),
-    )
-    .expect("config");
-    let mut agent =
-        Agent::start(&ns, &config, &api, &run.path().join("agent.log")).expect("agent starts");
+    let host = AgentHost::new(&format!("[discovery]\nlibvirt = \"{}\"\n", src.uri()));
+    let mut agent = host.start();
     wait("the agent's connection to libvirt", || {
         agent
             .log_text()
