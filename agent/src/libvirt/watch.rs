@@ -4,11 +4,12 @@
 //!
 //! libvirt delivers events only to a process that runs an event loop: the
 //! watch registers libvirt's default loop (once per process, before its
-//! connection opens) and runs it on a thread of its own. A 1 s timer on
-//! that loop lets the thread notice a stop, see a dropped connection
-//! (libvirtd restarted: it reconnects every [`RECONNECT`]) and list the
-//! running domains again every [`RELIST`], so that an event lost while
-//! the connection was down shows up as a difference. The list after a
+//! connection opens) and runs it on a thread of its own, connected or not
+//! (the VM tasks' later connections answer their keepalives from it). A
+//! 1 s timer on that loop lets the thread notice a stop, see a dropped
+//! connection (libvirtd restarted: it reconnects every [`RECONNECT`]) and
+//! list the running domains again every [`RELIST`], so that an event lost
+//! while the connection was down shows up as a difference. The list after a
 //! reconnect is compared with what was reported, so a domain that stopped
 //! meanwhile is reported gone.
 //!
@@ -241,10 +242,17 @@ fn run(uri: &str, tx: &UnboundedSender<DomainChange>, stop: &AtomicBool) {
     }
 }
 
+/// Waits `d` (or until `stop`) while still turning libvirt's event loop:
+/// once the default loop is registered, every connection the process
+/// opens afterwards (the VM tasks' too) answers its keepalives from it.
 fn sleep_unless(stop: &AtomicBool, d: Duration) {
     let until = Instant::now() + d;
     while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(100));
+        // SAFETY: the default loop is registered before the first call;
+        // the 1 s timer bounds each turn.
+        if unsafe { sys::virEventRunDefaultImpl() } < 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
