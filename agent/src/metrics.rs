@@ -95,6 +95,16 @@ impl Metrics {
         build
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1.0);
+        // The process's CPU, memory, fds and start time (process_*), as
+        // every Prometheus client exports them.
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .map_err(|source| MetricsError::Register {
+                name: "process_*",
+                source,
+            })?;
         Ok(Metrics {
             bytes: reg!(
                 IntCounterVec::new(
@@ -402,6 +412,61 @@ fn forget<T: prometheus::core::MetricVecBuilder>(vec: &prometheus::core::MetricV
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The metric names in docs/metrics.md's table, and whether each is
+    /// always there (rows saying "only where" are not).
+    fn documented() -> std::collections::BTreeMap<String, bool> {
+        include_str!("../../docs/metrics.md")
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("| `")?.split_once('`')?;
+                Some((name.to_owned(), !rest.contains("only where")))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn docs_list_exactly_the_registered_metrics() {
+        let m = Metrics::new().expect("metrics");
+        // Every family gathers once each of its series has a value.
+        let mut d = VmDecision::unenforced("vm1");
+        d.enforce(2.5e6, 5e6);
+        d.forecast = Some(crate::control::forecast::forecast(50e6, 1e6, 2.5e6, 0.3));
+        m.allocation(&d);
+        m.class_traffic(
+            "vm1",
+            class::MIGRATION,
+            Direction::Egress,
+            &Counter::default(),
+            1.0,
+        );
+        m.dirty_pages("vm1", 1.0, Some(1.0));
+        m.migration_progress("vm1", 1, 2, Some(Duration::from_millis(3)));
+        m.policy_switch("vm1", "post-copy");
+        m.error("config");
+        m.tick_took(Duration::from_millis(1));
+        m.sample_enforced_after(Duration::from_millis(1));
+        m.netlink_requests(1);
+        let registered: std::collections::BTreeSet<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        let docs = documented();
+        let undocumented: Vec<_> = registered
+            .iter()
+            .filter(|n| !docs.contains_key(*n))
+            .collect();
+        let missing: Vec<_> = docs
+            .iter()
+            .filter(|(n, always)| **always && !registered.contains(*n))
+            .collect();
+        assert!(
+            undocumented.is_empty() && missing.is_empty(),
+            "docs/metrics.md: undocumented {undocumented:?}, not exported {missing:?}"
+        );
+    }
 
     #[test]
     fn a_vm_that_left_leaves_no_series() {

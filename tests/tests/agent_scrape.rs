@@ -153,6 +153,52 @@ fn prometheus_scrapes_the_agent_and_nothing_is_left_after_sigterm() {
         answer.lines().last().unwrap_or_default()
     );
 
+    // The scrape itself: promtool's lint passes on it, and every family in
+    // it is listed in docs/metrics.md.
+    let scrape = http_get_in(&host, api_port, "/metrics").expect("scrape");
+    let body = scrape
+        .split_once("\r\n\r\n")
+        .map_or(scrape.as_str(), |(_, b)| b);
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("feed promtool");
+    let lint = promtool.wait_with_output().expect("promtool");
+    assert!(
+        lint.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    let docs = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md"),
+    )
+    .expect("docs/metrics.md");
+    let families: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next())
+        .collect();
+    assert!(families.len() > 5, "{body}");
+    for f in &families {
+        assert!(
+            docs.contains(&format!("| `{f}` |")),
+            "{f} is exported but not in docs/metrics.md"
+        );
+    }
+    eprintln!(
+        "promtool check metrics passed on {} families, all documented",
+        families.len()
+    );
+
     // The missing QMP socket: a clear warning naming it, and the agent keeps running.
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
