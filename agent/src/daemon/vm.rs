@@ -438,6 +438,7 @@ fn guard_switchover(shared: &Arc<Shared>, name: &str, pid: u32, params: &mut Qem
             drain: guarantee.max(v.rates.get(class::MIGRATION, Direction::Egress)),
             backlog: 0.0,
             downtime_limit_s: params.downtime_limit_s.unwrap_or(QEMU_DOWNTIME_S),
+            dirty_rate: v.dirty_rates.last().copied().unwrap_or(0.0),
             held_s: v.switchover_held_s().unwrap_or(0.0),
         };
         if !stream.approaching(v.iteration) {
