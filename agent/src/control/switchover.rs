@@ -92,12 +92,17 @@ impl Stream {
     }
 }
 
-/// Whether `params` hold QEMU's switchover (the socket's backlog alone
-/// fills the downtime limit).
-pub fn holds(params: &QemuParams) -> bool {
-    params
-        .avail_switchover_bandwidth
-        .is_some_and(|b| b > 0.0 && b <= HOLD)
+/// Whether `params` hold QEMU's switchover: what remains would fit the
+/// downtime limit at the drain rate, so QEMU would switch by its own
+/// estimate, but not at the bandwidth the guard counts for the final pass
+/// (the socket's backlog takes the rest). A hold this long is what
+/// [`HOLD_MAX_S`] and escalation's lateness measure.
+pub fn holds(stream: &Stream, params: &QemuParams) -> bool {
+    let Some(avail) = params.avail_switchover_bandwidth.filter(|b| *b > 0.0) else {
+        return false;
+    };
+    let limit = stream.downtime_limit_s;
+    stream.remaining <= stream.drain * limit && stream.remaining > avail * limit
 }
 
 /// Adjusts `params` (the policy's) for a migration approaching its
@@ -123,7 +128,10 @@ pub fn guard(stream: &Stream, params: &mut QemuParams) -> Option<String> {
         ));
     }
     let target = TARGET_SHARE * drain * limit;
-    let floor = (MIN_PACE * drain).max(DIRTY_PACE * stream.dirty_rate);
+    // Never above the drain: above it the socket refills (seed001-heavy,
+    // where a pass's pages per second exceed the link as passes shorten:
+    // paced at the class ceiling, QEMU kept 1.5 MB queued and never switched).
+    let floor = (MIN_PACE * drain).max((DIRTY_PACE * stream.dirty_rate).min(drain));
     let pace = (drain - (backlog - target) / HORIZON_S).max(floor);
     let pace = params.max_bandwidth.map_or(pace, |policy| pace.min(policy));
     let avail = (drain - backlog / limit).max(HOLD);
@@ -168,9 +176,10 @@ mod tests {
             ..QemuParams::default()
         };
         // 2.4 MB queued: 1.3 s at 15 Mbit/s, over four times the limit.
-        assert!(guard(&stream(2_400_000.0), &mut p).is_some());
+        let s = stream(2_400_000.0);
+        assert!(guard(&s, &mut p).is_some());
         assert_eq!(p.avail_switchover_bandwidth, Some(HOLD));
-        assert!(holds(&p));
+        assert!(holds(&s, &p));
         assert_eq!(p.max_bandwidth, Some(MIN_PACE * 15.0 * MBIT));
     }
 
@@ -225,7 +234,7 @@ mod tests {
         };
         assert!(guard(&s, &mut p).is_some_and(|why| why.contains("own estimate")));
         assert_eq!(p.avail_switchover_bandwidth, Some(0.0));
-        assert!(!holds(&p));
+        assert!(!holds(&s, &p));
     }
 
     #[test]
@@ -238,6 +247,33 @@ mod tests {
         guard(&s, &mut p);
         let pace = p.max_bandwidth.expect("paced");
         assert!((pace - DIRTY_PACE * 12.0 * MBIT).abs() < 1.0, "{pace}");
+    }
+
+    #[test]
+    fn a_partial_hold_counts_as_held_and_a_high_dirty_rate_never_lifts_the_pace_above_the_drain() {
+        // seed001-heavy's end game: 1.6 MB left, 1.5 MB queued, 47.5 Mbit/s.
+        let s = Stream {
+            remaining: 1.6e6,
+            drain: 47.5 * MBIT,
+            backlog: 1.5e6,
+            dirty_rate: 60.0 * MBIT,
+            ..stream(0.0)
+        };
+        let mut p = QemuParams {
+            max_bandwidth: Some(52.25 * MBIT),
+            ..QemuParams::default()
+        };
+        guard(&s, &mut p);
+        let pace = p.max_bandwidth.expect("paced");
+        assert!(pace <= 47.5 * MBIT + 1.0, "{pace}");
+        // QEMU would switch at the drain (1.6 MB <= 1.78 MB), the guard's
+        // count keeps it from it: held, so the hold's clock runs.
+        assert!(holds(&s, &p));
+        let far = Stream {
+            remaining: 3e6,
+            ..s
+        };
+        assert!(!holds(&far, &p), "QEMU would not switch anyway");
     }
 
     #[test]

@@ -460,7 +460,7 @@ fn guard_switchover(shared: &Arc<Shared>, name: &str, pid: u32, params: &mut Qem
     // Escalation reads both: a switchover held for long is late.
     if let Some(v) = shared.state().vms.get_mut(name) {
         v.stream_backlog = backlog;
-        v.switchover_held_since = if switchover::holds(params) {
+        v.switchover_held_since = if switchover::holds(&stream, params) {
             v.switchover_held_since
                 .or_else(|| Some(std::time::Instant::now()))
         } else if params.avail_switchover_bandwidth == Some(0.0) {
