@@ -226,8 +226,17 @@ fn qmp_stalls_cuts_and_a_cancelled_migration_are_survived() {
         .enable_all()
         .build()
         .expect("runtime");
+    // QEMU's monitor does not answer while the VM is stopped for the
+    // switch, and the second migration may stop it for up to 10 s (seen: a
+    // query timed out after the default 5 s).
     let mut ctl = rt
-        .block_on(Qmp::connect(&src.qmp_ctl, QmpOptions::default()))
+        .block_on(Qmp::connect(
+            &src.qmp_ctl,
+            QmpOptions {
+                command_timeout: Duration::from_secs(30),
+                ..QmpOptions::default()
+            },
+        ))
         .expect("control QMP");
     if let Err(e) = rt.block_on(wait_for_events(&mut ctl)) {
         panic!(
