@@ -162,12 +162,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let _ = fs::remove_dir_all(&rules_dir);
 
-    util::step("kubectl-vmbw needs no eBPF toolchain, no libvirt, no agent (cargo tree)");
-    match plugin_stays_light(&root) {
-        Ok(()) => tally.checks_passed += 1,
-        Err(e) => tally.failed_steps.push(format!("kubectl-vmbw: {e:#}")),
-    }
-
     util::step("Debian package (cargo xtask deb --debug): installs, verifies, purges");
     match crate::deb::check() {
         Ok(()) => tally.checks_passed += 1,
@@ -247,8 +241,8 @@ const KUBERNETES_VERSIONS: &[&str] = &["1.31", "1.32", "1.33", "1.34"];
 
 /// The checks run before the tests: fmt, clippy, the eBPF build, the fuzz
 /// targets, kubernetes-validate per version, checkov, promtool's rule
-/// check and its rule tests, the plugin's dependencies, the Debian package.
-const CHECKS: u64 = 4 + KUBERNETES_VERSIONS.len() as u64 + 5;
+/// check and its rule tests, the Debian package.
+const CHECKS: u64 = 4 + KUBERNETES_VERSIONS.len() as u64 + 4;
 
 /// The manifests of deploy/base and of every overlay (an overlay only adds
 /// resources, so its files are what it changes), kustomizations aside.
@@ -286,47 +280,6 @@ fn rule_file_of(manifest: &str) -> Option<String> {
 }
 
 /// A check that is not a libtest run; counted apart from the tests.
-/// Crates that would make `cargo install --path plugin` need the eBPF
-/// toolchain (aya's build), libvirt-dev (virt-sys) or the agent itself.
-const HEAVY_CRATES: &[&str] = &["aya", "aya-obj", "virt", "virt-sys", "vmbw", "vmbw-ebpf"];
-
-/// `kubectl-vmbw`'s build graph (normal and build dependencies) holds none
-/// of [`HEAVY_CRATES`]: an operator installs it with stable Rust alone.
-fn plugin_stays_light(root: &std::path::Path) -> anyhow::Result<()> {
-    let out = Command::new(env!("CARGO"))
-        .current_dir(root)
-        .args([
-            "tree",
-            "--package",
-            "kubectl-vmbw",
-            "--edges",
-            "normal,build",
-        ])
-        .args(["--prefix", "none", "--format", "{p}"])
-        .output()
-        .context("cargo tree")?;
-    if !out.status.success() {
-        bail!(
-            "cargo tree failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let tree = String::from_utf8_lossy(&out.stdout);
-    let heavy: std::collections::BTreeSet<&str> = tree
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|name| HEAVY_CRATES.contains(name))
-        .collect();
-    if !heavy.is_empty() {
-        bail!("its dependencies include {heavy:?}");
-    }
-    println!(
-        "    {} crates, none of {HEAVY_CRATES:?}",
-        tree.lines().count()
-    );
-    Ok(())
-}
-
 fn check(tally: &mut Tally, name: &str, cmd: &mut Command) {
     util::step(name);
     match util::status(cmd) {
