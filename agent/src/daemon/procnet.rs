@@ -52,18 +52,12 @@ pub fn send_queue(pid: u32) -> Option<u64> {
 /// (getsockname/getpeername) and ioctl(SIOCOUTQ), the bytes written and
 /// not yet acknowledged (`tx_queue` in `/proc/PID/net/tcp`). Microseconds
 /// per socket, where one read of the TCP tables walks the kernel's whole
-/// established hash (3.3 ms on these machines: 8 migrations watched every
-/// 100 ms took 43% of a core in `cargo xtask bench agent-load`). None
+/// established hash (3.3 ms on these machines: in the first version of
+/// `cargo xtask bench agent-load`, 8 migrations watched every 100 ms took
+/// 43% of a core that way). None
 /// where the borrowing is refused: the caller reads the tables instead.
 fn tcp_by_fd(pid: u32) -> Option<Vec<(TcpConn, u64)>> {
-    let fds: Vec<i32> = std::fs::read_dir(Path::new("/proc").join(pid.to_string()).join("fd"))
-        .ok()?
-        .flatten()
-        .filter(|e| {
-            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:["))
-        })
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
+    let fds = socket_fds(pid)?;
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if pidfd < 0 {
@@ -72,7 +66,7 @@ fn tcp_by_fd(pid: u32) -> Option<Vec<(TcpConn, u64)>> {
     let pidfd = pidfd as i32;
     let mut out = Vec::new();
     let mut refused = false;
-    for fd in fds {
+    for (fd, _) in fds {
         // SAFETY: pidfd_getfd duplicates `fd` of the process into ours, or
         // returns -1; the copy is closed below.
         let sock = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) };
@@ -134,55 +128,45 @@ fn sockaddr(sock: i32, peer: bool) -> Option<SocketAddr> {
 
 /// The ends and SIOCOUTQ of `sock` if it is an established TCP socket.
 fn established_tcp(sock: i32) -> Option<(TcpConn, u64)> {
-    let outq = established_tcp_outq(sock)?;
-    let conn = TcpConn {
-        local: sockaddr(sock, false)?,
-        remote: sockaddr(sock, true)?,
-    };
-    Some((conn, outq))
-}
-
-/// SIOCOUTQ of `sock` if it is an established TCP socket.
-fn established_tcp_outq(sock: i32) -> Option<u64> {
-    let mut protocol: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: reads an int option into a buffer of that size.
-    let ok = unsafe {
-        libc::getsockopt(
-            sock,
-            libc::SOL_SOCKET,
-            libc::SO_PROTOCOL,
-            (&mut protocol as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    } == 0;
-    if !ok || protocol != libc::IPPROTO_TCP {
+    let protocol: libc::c_int = sockopt(sock, libc::SOL_SOCKET, libc::SO_PROTOCOL)?;
+    if protocol != libc::IPPROTO_TCP {
         return None;
     }
-    // SAFETY: tcp_info is plain data; the kernel fills at most `len` bytes.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: as above, into a buffer of `len` bytes.
-    let ok = unsafe {
-        libc::getsockopt(
-            sock,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    } == 0;
-    if !ok || info.tcpi_state != ESTABLISHED {
+    let info: libc::tcp_info = sockopt(sock, libc::IPPROTO_TCP, libc::TCP_INFO)?;
+    if info.tcpi_state != ESTABLISHED {
         return None;
     }
     let mut outq: libc::c_int = 0;
     // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int.
-    (unsafe { libc::ioctl(sock, libc::TIOCOUTQ, &mut outq) } == 0).then_some(outq.max(0) as u64)
+    if unsafe { libc::ioctl(sock, libc::TIOCOUTQ, &mut outq) } != 0 {
+        return None;
+    }
+    let conn = TcpConn {
+        local: sockaddr(sock, false)?,
+        remote: sockaddr(sock, true)?,
+    };
+    Some((conn, outq.max(0) as u64))
+}
+
+/// getsockopt(2) into a `T`: an int, or a plain-data struct such as
+/// `tcp_info` (the kernel fills at most its size).
+fn sockopt<T: Copy>(sock: i32, level: i32, name: i32) -> Option<T> {
+    // SAFETY: T is plain data (an int or a C struct); all-zero is valid.
+    let mut value: T = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `value`.
+    let rc =
+        unsafe { libc::getsockopt(sock, level, name, (&mut value as *mut T).cast(), &mut len) };
+    (rc == 0).then_some(value)
 }
 
 fn established_rows(pid: u32) -> Vec<Row> {
     let proc = Path::new("/proc").join(pid.to_string());
-    let inodes = socket_inodes(&proc.join("fd"));
+    let inodes: HashSet<u64> = socket_fds(pid)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, inode)| inode)
+        .collect();
     if inodes.is_empty() {
         return Vec::new();
     }
@@ -201,18 +185,25 @@ fn established_rows(pid: u32) -> Vec<Row> {
 
 const ESTABLISHED: u8 = 0x01;
 
-fn socket_inodes(fd_dir: &Path) -> HashSet<u64> {
-    let Ok(entries) = std::fs::read_dir(fd_dir) else {
-        return HashSet::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .filter_map(|target| {
-            let t = target.to_string_lossy().into_owned();
-            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-        })
-        .collect()
+/// `pid`'s socket fds with their inodes (`/proc/PID/fd/N` ->
+/// `socket:[INODE]`); None if its fd directory cannot be read.
+fn socket_fds(pid: u32) -> Option<Vec<(i32, u64)>> {
+    let dir = std::fs::read_dir(Path::new("/proc").join(pid.to_string()).join("fd")).ok()?;
+    Some(
+        dir.flatten()
+            .filter_map(|e| {
+                let fd = e.file_name().to_str()?.parse().ok()?;
+                let target = std::fs::read_link(e.path()).ok()?;
+                let t = target.to_string_lossy();
+                let inode = t
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse()
+                    .ok()?;
+                Some((fd, inode))
+            })
+            .collect(),
+    )
 }
 
 /// One line of `/proc/net/tcp{,6}`.
