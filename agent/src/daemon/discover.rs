@@ -23,12 +23,10 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, warn};
 
-use super::{register_vm, state::Shared, state::VmState, vm};
+use super::{register_vm, spawn_follow, state::Shared, state::VmState};
 use crate::{
     config::{LibvirtEntry, VmEntry},
-    datapath::Mac,
     libvirt::{DomainChange, DomainWatch, RunningDomain},
-    qemu::MonitorConfig,
 };
 
 /// How long a stopped domain's task may still run to record its
@@ -37,12 +35,11 @@ pub const GRACE: Duration = Duration::from_secs(5);
 
 /// A discovered VM the agent follows.
 struct Followed {
-    slot: u32,
     task: JoinHandle<()>,
     stop: watch::Sender<bool>,
-    /// Tap ifindexes and MACs registered in the datapath for it.
+    /// Tap ifindexes registered in the datapath for it (its MACs and slot
+    /// are in its state's entry).
     taps: Vec<u32>,
-    macs: Vec<Mac>,
     /// When libvirt reported it gone.
     gone_at: Option<Instant>,
 }
@@ -61,11 +58,10 @@ pub fn spawn_libvirt(
             shared,
             uri,
             uplink,
+            next_slot: *slots.start(),
             slots,
-            next_slot: 0,
             followed: BTreeMap::new(),
         };
-        d.next_slot = *d.slots.start();
         let mut check = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -109,7 +105,6 @@ impl Discovered {
             self.shared.metrics.error("discovery");
             return;
         };
-        let macs: Vec<Mac> = dom.macs.iter().filter_map(|m| m.parse().ok()).collect();
         let entry = VmEntry {
             libvirt: Some(LibvirtEntry {
                 uri: self.uri.clone(),
@@ -117,7 +112,7 @@ impl Discovered {
                 pid_file: None,
             }),
             qmp: None,
-            macs: macs.clone(),
+            macs: dom.macs.iter().filter_map(|m| m.parse().ok()).collect(),
             taps: dom.taps.clone(),
             ..VmEntry::qmp(dom.name.clone(), "")
         };
@@ -126,41 +121,29 @@ impl Discovered {
             if let Err(e) = dp.reset_vm_counters(slot) {
                 warn!(domain = %dom.name, slot, error = %e, "zeroing the slot's counters");
             }
-            if let Err(e) = register_vm(&mut dp, slot, &entry) {
+            register_vm(&mut dp, slot, &entry).unwrap_or_else(|e| {
                 warn!(domain = %dom.name, error = %e, "libvirt: registering the domain's addresses");
                 self.shared.metrics.error("discovery");
-            }
-            dom.taps.iter().filter_map(|t| ifindex(t)).collect()
-        };
-        let Some(telemetry) = entry.telemetry() else {
-            return;
+                Vec::new()
+            })
         };
         self.shared
             .state()
             .vms
             .insert(dom.name.clone(), VmState::new(slot, entry.clone()));
         let (stop, stop_rx) = watch::channel(false);
-        let cfg = MonitorConfig {
-            uplink: Some(self.uplink.clone()),
-            vm_ifaces: entry.taps.clone(),
-            ..MonitorConfig::default()
+        let Some(task) = spawn_follow(&self.shared, &entry, &self.uplink, stop_rx) else {
+            // Unreachable: the entry names its libvirt domain.
+            self.shared.state().vms.remove(&dom.name);
+            return;
         };
-        let task = tokio::spawn(vm::follow(
-            self.shared.clone(),
-            dom.name.clone(),
-            telemetry,
-            cfg,
-            stop_rx,
-        ));
         info!(domain = %dom.name, slot, taps = ?dom.taps, "libvirt: following domain");
         self.followed.insert(
             dom.name,
             Followed {
-                slot,
                 task,
                 stop,
                 taps,
-                macs,
                 gone_at: None,
             },
         );
@@ -197,19 +180,20 @@ impl Discovered {
         {
             task.abort();
         }
-        self.shared.state().vms.remove(name);
+        let left = self.shared.state().vms.remove(name);
         {
             let mut dp = self.shared.datapath();
             for idx in &f.taps {
                 let _ = dp.remove_vm_tap(*idx);
             }
-            for mac in &f.macs {
+            for mac in left.iter().flat_map(|v| &v.entry.macs) {
                 let _ = dp.remove_vm_mac(mac.octets());
             }
         }
         self.shared.metrics.forget_vm(name);
         self.shared.wake.notify_one();
-        info!(domain = %name, slot = f.slot, "libvirt: domain left; no longer followed");
+        let slot = left.map(|v| v.slot);
+        info!(domain = %name, slot, "libvirt: domain left; no longer followed");
     }
 
     async fn stop_all(&mut self) {
@@ -243,13 +227,6 @@ fn next_free(
     (0..n)
         .map(|i| first + (from + i) % n)
         .find(|s| !used.contains(s))
-}
-
-fn ifindex(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: a valid C string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (idx != 0).then_some(idx)
 }
 
 #[cfg(test)]

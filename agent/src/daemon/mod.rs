@@ -266,27 +266,37 @@ fn spawn_vm_tasks(
         .values()
         .map(|v| v.entry.clone())
         .collect();
-    let mut tasks = Vec::new();
-    for entry in entries {
-        let Some(telemetry) = entry.telemetry() else {
-            // Config validation makes this unreachable for [[vm]] entries.
-            warn!(vm = %entry.name, "neither `qmp` nor `libvirt`: not followed");
-            continue;
-        };
-        let cfg = MonitorConfig {
-            uplink: Some(uplink.to_owned()),
-            vm_ifaces: entry.taps.clone(),
-            ..MonitorConfig::default()
-        };
-        tasks.push(tokio::spawn(vm::follow(
-            shared.clone(),
-            entry.name.clone(),
-            telemetry,
-            cfg,
-            stopped.clone(),
-        )));
-    }
-    tasks
+    entries
+        .iter()
+        .filter_map(|entry| spawn_follow(shared, entry, uplink, stopped.clone()))
+        .collect()
+}
+
+/// The task that follows `entry`'s migrations until `stopped`; None (and a
+/// warning) for an entry with neither `qmp` nor `libvirt`.
+fn spawn_follow(
+    shared: &Arc<Shared>,
+    entry: &VmEntry,
+    uplink: &str,
+    stopped: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let Some(telemetry) = entry.telemetry() else {
+        // Config validation makes this unreachable for [[vm]] entries.
+        warn!(vm = %entry.name, "neither `qmp` nor `libvirt`: not followed");
+        return None;
+    };
+    let cfg = MonitorConfig {
+        uplink: Some(uplink.to_owned()),
+        vm_ifaces: entry.taps.clone(),
+        ..MonitorConfig::default()
+    };
+    Some(tokio::spawn(vm::follow(
+        shared.clone(),
+        entry.name.clone(),
+        telemetry,
+        cfg,
+        stopped,
+    )))
 }
 
 /// The control loop on its ticks and on the VM tasks' news, until SIGTERM
@@ -377,7 +387,10 @@ fn reload(
     }
 }
 
-fn register_vm(dp: &mut Datapath, slot: u32, entry: &VmEntry) -> Result<(), DaemonError> {
+/// Registers a VM's addresses and taps in slot `slot`; returns the
+/// ifindexes of the taps it found (a discovered VM's are unregistered by
+/// them when it leaves).
+fn register_vm(dp: &mut Datapath, slot: u32, entry: &VmEntry) -> Result<Vec<u32>, DaemonError> {
     let bad = |problem: String| DaemonError::Vm {
         vm: entry.name.clone(),
         problem,
@@ -388,6 +401,7 @@ fn register_vm(dp: &mut Datapath, slot: u32, entry: &VmEntry) -> Result<(), Daem
     for mac in &entry.macs {
         dp.add_vm_mac(slot, mac.octets())?;
     }
+    let mut taps = Vec::new();
     for tap in &entry.taps {
         let c = std::ffi::CString::new(tap.as_str()).map_err(|_| bad(format!("tap `{tap}`")))?;
         // SAFETY: a valid C string.
@@ -396,9 +410,10 @@ fn register_vm(dp: &mut Datapath, slot: u32, entry: &VmEntry) -> Result<(), Daem
             warn!(vm = %entry.name, tap, "tap not found (yet); its traffic is attributed by address only");
         } else {
             dp.add_vm_tap(slot, idx)?;
+            taps.push(idx);
         }
     }
-    Ok(())
+    Ok(taps)
 }
 
 /// QMP sockets matching `dir/prefix*suffix` (one `*` in the file name), as
