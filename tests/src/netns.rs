@@ -51,6 +51,17 @@ impl NetNs {
         enter(&self.path())
     }
 
+    /// A veth pair `name` / `<name>p`, both up: an uplink for an agent in
+    /// a namespace of its own (this kernel has no dummy devices).
+    pub fn veth_uplink(&self, name: &str) -> anyhow::Result<()> {
+        let peer = format!("{name}p");
+        self.ip(&["link", "add", name, "type", "veth", "peer", "name", &peer])?;
+        for dev in [name, peer.as_str()] {
+            self.ip(&["link", "set", dev, "up"])?;
+        }
+        Ok(())
+    }
+
     /// Runs `ip -n <ns> <args>`.
     pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
         run(Command::new("ip").arg("-n").arg(&self.name).args(args))

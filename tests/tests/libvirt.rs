@@ -299,11 +299,7 @@ struct AgentHost {
 impl AgentHost {
     fn new(rest: &str) -> AgentHost {
         let ns = NetNs::new().expect("netns");
-        ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"])
-            .expect("veth uplink");
-        for dev in ["up0", "up0p"] {
-            ns.ip(&["link", "set", dev, "up"]).expect("up");
-        }
+        ns.veth_uplink("up0").expect("veth uplink");
         let bpffs = BpffsMount::new().expect("bpffs");
         let run = RunDir::new().expect("run dir");
         let config = run.path().join("vmbw.toml");

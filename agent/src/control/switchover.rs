@@ -40,6 +40,9 @@ const NEXT_SWITCH_MARGIN: f64 = 3.0;
 /// QEMU is never paced below this multiple of the dirty rate: the guard
 /// must not stop the convergence it waits for.
 const DIRTY_PACE: f64 = 1.2;
+/// A hold is the guard counting the final pass below this share of the
+/// drain rate ([`holds`]).
+const HELD_SHARE: f64 = 0.9;
 /// The backlog aimed for, as a share of what the downtime limit carries
 /// at the drain rate: enough to keep the class busy between two updates.
 const TARGET_SHARE: f64 = 0.25;
@@ -104,9 +107,6 @@ pub fn holds(stream: &Stream, params: &QemuParams) -> bool {
         .avail_switchover_bandwidth
         .is_some_and(|b| b > 0.0 && b < HELD_SHARE * stream.drain)
 }
-
-/// See [`holds`].
-const HELD_SHARE: f64 = 0.9;
 
 /// Adjusts `params` (the policy's) for a migration approaching its
 /// switchover; returns why, or None if nothing changed.

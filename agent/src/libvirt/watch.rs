@@ -107,7 +107,7 @@ mod event {
     pub const CRASHED: i32 = 8;
 }
 
-/// What the event callback and the loop's timer share with the thread.
+/// What the lifecycle callback shares with the watch thread.
 struct Watcher {
     tx: UnboundedSender<DomainChange>,
     /// Started domains the callback saw; the thread reads their XML

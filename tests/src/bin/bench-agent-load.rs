@@ -456,10 +456,7 @@ fn main() -> anyhow::Result<()> {
     evaluation_traces()?;
 
     let ns = NetNs::new()?;
-    ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"])?;
-    for dev in ["up0", "up0p"] {
-        ns.ip(&["link", "set", dev, "up"])?;
-    }
+    ns.veth_uplink("up0")?;
     // The agent reads a VM's uplink counters in its QEMU's namespace
     // (/proc/PID/net/dev): the fake QEMUs start from here, inside it.
     ns.enter_for_good()?;
