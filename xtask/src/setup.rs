@@ -52,6 +52,13 @@ const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 /// The policy checker the test suite runs on deploy/ (PyPI), pinned. In
 /// its own virtualenv: its pins (botocore, ...) would fight other tools'.
 const CHECKOV: &str = "checkov==3.3.30";
+/// The schema checker for deploy/'s custom resources (npm), pinned: models
+/// generated from prometheus-operator's own CRDs, and a YAML parser.
+/// kubernetes-validate has schemas only for the built-in kinds.
+const CRD_MODELS: &[(&str, &str)] = &[
+    ("@kubernetes-models/prometheus-operator", "6.0.0"),
+    ("yaml", "2.9.1"),
+];
 
 /// Packages taken from bookworm-backports: QEMU 10 (the QEMU users run
 /// today; 7.2 in bookworm has a TCG dirty-tracking bug fixed in 9.0) and the
@@ -86,6 +93,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     cargo_deb()?;
     kubernetes_validate()?;
     checkov()?;
+    crd_models()?;
     if args.no_guest {
         step("guest kernel: skipped (--no-guest)");
     } else {
@@ -184,6 +192,42 @@ fn checkov() -> anyhow::Result<()> {
         .context("creating checkov's virtualenv (python3 -m venv)")?;
     util::run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", CHECKOV]))
         .context("installing checkov with pip")
+}
+
+/// The node_modules the custom-resource check (xtask/scripts/crd-check.mjs)
+/// imports from.
+pub fn crd_models_dir() -> anyhow::Result<PathBuf> {
+    Ok(util::cache_dir()?.join("crd-models/node_modules"))
+}
+
+/// The CRD models from the npm registry into their own prefix, with the
+/// machine's Node.js.
+fn crd_models() -> anyhow::Result<()> {
+    step("custom-resource schemas (npm: @kubernetes-models/prometheus-operator)");
+    let modules = crd_models_dir()?;
+    let installed = |name: &str| -> Option<String> {
+        let text = std::fs::read_to_string(modules.join(name).join("package.json")).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        json["version"].as_str().map(str::to_owned)
+    };
+    if CRD_MODELS
+        .iter()
+        .all(|(name, v)| installed(name).as_deref() == Some(*v))
+    {
+        println!("    present: {}", modules.display());
+        return Ok(());
+    }
+    if output(Command::new("node").arg("--version")).is_none() {
+        bail!("Node.js is missing (node --version failed); install Debian's nodejs and npm");
+    }
+    let prefix = modules.parent().context("the models' npm prefix")?;
+    util::run(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(prefix)
+            .args(CRD_MODELS.iter().map(|(name, v)| format!("{name}@{v}"))),
+    )
+    .context("installing the CRD models with npm")
 }
 
 /// QEMU and libvirt from bookworm-backports. Adds the suite to apt's sources

@@ -63,6 +63,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         return stress(args, rounds);
     }
     let root = util::workspace_root();
+    // A one-shot run gains nothing from incremental state, which nearly
+    // doubles target/ (CI's disk once ran out). Every cargo this run
+    // starts (checks, fuzz, deb, tests) inherits it.
+    // SAFETY: xtask is single-threaded here; nothing reads the
+    // environment concurrently.
+    unsafe { std::env::set_var("CARGO_INCREMENTAL", "0") };
+    report_disk(&root);
     if !args.no_setup {
         setup::run(&setup::Args::default())?;
     }
@@ -105,7 +112,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .push("fuzz targets: an input failed (see above)".into()),
         Err(e) => tally.failed_steps.push(format!("fuzz targets: {e:#}")),
     }
-    let manifests = deploy_manifests(&root)?;
+    let (custom, manifests): (Vec<_>, Vec<_>) = deploy_manifests(&root)?
+        .into_iter()
+        .partition(|p| is_custom_resource(p));
     for version in KUBERNETES_VERSIONS {
         check(
             &mut tally,
@@ -115,6 +124,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 .args(&manifests),
         );
     }
+
+    custom_resources(&mut tally, &custom)?;
 
     check(
         &mut tally,
@@ -216,7 +227,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("FAILED: {step}");
     }
     println!(
-        "checks: {} passed, {} failed (fmt, clippy, eBPF build, fuzz targets, deploy/ schemas, checkov, alert rules and their tests, the Debian package)",
+        "checks: {} passed, {} failed (fmt, clippy, eBPF build, fuzz targets, deploy/ schemas, custom resources, checkov, alert rules and their tests, the Debian package)",
         tally.checks_passed,
         CHECKS.saturating_sub(tally.checks_passed)
     );
@@ -240,9 +251,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 const KUBERNETES_VERSIONS: &[&str] = &["1.31", "1.32", "1.33", "1.34"];
 
 /// The checks run before the tests: fmt, clippy, the eBPF build, the fuzz
-/// targets, kubernetes-validate per version, checkov, promtool's rule
-/// check and its rule tests, the Debian package.
-const CHECKS: u64 = 4 + KUBERNETES_VERSIONS.len() as u64 + 4;
+/// targets, kubernetes-validate per version, the custom resources and the
+/// check that their checker can fail, checkov, promtool's rule check and
+/// its rule tests, the Debian package.
+const CHECKS: u64 = 4 + KUBERNETES_VERSIONS.len() as u64 + 2 + 4;
 
 /// The manifests of deploy/base and of every overlay (an overlay only adds
 /// resources, so its files are what it changes), kustomizations aside.
@@ -267,6 +279,67 @@ fn deploy_manifests(root: &std::path::Path) -> anyhow::Result<Vec<std::path::Pat
     Ok(files)
 }
 
+/// API groups of custom resources: kubernetes-validate has no schema for
+/// them, xtask/scripts/crd-check.mjs has.
+const CUSTOM_GROUPS: &[&str] = &["monitoring.coreos.com/"];
+
+fn is_custom_resource(manifest: &Path) -> bool {
+    fs::read_to_string(manifest).is_ok_and(|text| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("apiVersion:"))
+            .any(|v| CUSTOM_GROUPS.iter().any(|g| v.trim().starts_with(g)))
+    })
+}
+
+/// deploy/'s custom resources against the schemas generated from their
+/// CRDs; then a copy of the PodMonitor with a malformed `interval`, which
+/// must fail, so a checker that accepts everything cannot pass.
+fn custom_resources(tally: &mut Tally, files: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let script = util::workspace_root().join("xtask/scripts/crd-check.mjs");
+    let modules = setup::crd_models_dir()?;
+    let node = || {
+        let mut c = Command::new("node");
+        c.arg(&script).arg(&modules);
+        c
+    };
+    check(
+        tally,
+        "deploy/ custom resources against prometheus-operator's CRD schemas (crd-check.mjs)",
+        node().args(files),
+    );
+    let name = "the CRD check rejects a PodMonitor whose interval is not a duration";
+    let Some(podmonitor) = files
+        .iter()
+        .find(|p| fs::read_to_string(p).is_ok_and(|t| t.contains("kind: PodMonitor")))
+    else {
+        tally
+            .failed_steps
+            .push(format!("{name}: no PodMonitor in deploy/"));
+        return Ok(());
+    };
+    let dir = tempdir("vmbw-crd")?;
+    let bad = dir.join("podmonitor.yaml");
+    let text = fs::read_to_string(podmonitor)?;
+    let broken = text.replace("interval: 15s", "interval: 15 seconds");
+    util::step(name);
+    if broken == text {
+        tally.failed_steps.push(format!(
+            "{name}: {} has no `interval: 15s`",
+            podmonitor.display()
+        ));
+    } else {
+        fs::write(&bad, broken)?;
+        match util::status(node().arg(&bad)) {
+            Ok(s) if s.code() == Some(1) => tally.checks_passed += 1,
+            _ => tally
+                .failed_steps
+                .push(format!("{name}: the broken copy was not rejected")),
+        }
+    }
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// The Prometheus rule file inside a PrometheusRule manifest: its `spec:`
 /// block, de-indented (the manifest's spec is exactly a rule file).
 fn rule_file_of(manifest: &str) -> Option<String> {
@@ -285,6 +358,33 @@ fn check(tally: &mut Tally, name: &str, cmd: &mut Command) {
     match util::status(cmd) {
         Ok(s) if s.success() => tally.checks_passed += 1,
         Ok(_) | Err(_) => tally.failed_steps.push(name.to_owned()),
+    }
+}
+
+/// About what a clean `cargo xtask test` writes: target/ 2.7 GB and
+/// fuzz/target/ 2.3 GB measured, with room to spare.
+const LOW_DISK_GIB: u64 = 8;
+
+/// Prints the free space where target/ lives: a build that runs out of
+/// disk fails in whatever step it reached, so the number belongs at the
+/// top of the log.
+fn report_disk(root: &Path) {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1G"])
+        .arg(root)
+        .output();
+    if let Ok(out) = out
+        && let Some(gib) = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse::<u64>().ok())
+    {
+        println!("disk: {gib} GiB free under {}", root.display());
+        if gib < LOW_DISK_GIB {
+            println!(
+                "    warning: a clean run needs about {LOW_DISK_GIB} GiB (target/ and fuzz/target/)"
+            );
+        }
     }
 }
 
