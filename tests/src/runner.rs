@@ -105,6 +105,14 @@ pub struct RunResult {
     pub postcopy_s: f64,
     /// Seconds the guest was stopped (QEMU's downtime).
     pub stopped_s: f64,
+    /// Milliseconds from the source's last `STOP` event to the
+    /// destination's first `RESUME` after it (both QEMUs stamp events with
+    /// this host's clock). The same yardstick for every policy: QEMU's own
+    /// `downtime` ends at the source's completion, which with a return path
+    /// (post-copy armed) includes the destination's load and without one
+    /// does not. None when not converged or an event was missing.
+    #[serde(default)]
+    pub paused_ms: Option<f64>,
     /// Pages the destination fetched on demand in post-copy, and the bytes
     /// sent in post-copy (QEMU's `postcopy-requests`, `postcopy-bytes`).
     #[serde(default)]
@@ -227,8 +235,35 @@ struct Followed {
     postcopy_asked: bool,
     /// Whether the guest's subnet was moved to the destination.
     moved: bool,
+    /// Stop on the source to resume on the destination, ms.
+    paused_ms: Option<f64>,
     /// QEMU's final answer, whether it converged, and when it ended (s).
     end: Option<(vmbw::qemu::types::MigrationInfo, bool, f64)>,
+}
+
+/// How long the guest was paused at the switch-over: the source's last
+/// `STOP` event to the destination's first `RESUME` at or after it. Events
+/// queue on both control monitors from the start; the destination's
+/// `RESUME` may follow the source's completion by its load time.
+async fn paused_ms(v: &mut Followed) -> Option<f64> {
+    let mut stop = None;
+    while let Some(e) = v.ctl.try_event() {
+        if e.name == "STOP" {
+            stop = Some(e.timestamp);
+        }
+    }
+    let stop = stop?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match v.dst_ctl.next_event(left).await {
+            Ok(Some(e)) if e.name == "RESUME" && e.timestamp >= stop => {
+                return Some((e.timestamp - stop) * 1000.0);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// Runs one scenario under one policy: boots every VM, starts the agent on
@@ -303,6 +338,7 @@ pub fn run_one(
             postcopy_s: 0.0,
             postcopy_asked: false,
             moved: false,
+            paused_ms: None,
             end: None,
         });
     }
@@ -411,6 +447,7 @@ pub fn run_one(
                             .ok()
                             .and_then(|i| i.postcopy_blocktime);
                     }
+                    v.paused_ms = rt.block_on(paused_ms(v));
                     v.end = Some((info, true, started.elapsed().as_secs_f64()));
                 }
                 Some(MigrationStatus::Failed) | Some(MigrationStatus::Cancelled) => {
@@ -557,6 +594,7 @@ pub fn run_one(
             throttled_s: v.throttled_s,
             postcopy_s: v.postcopy_s,
             stopped_s: downtime_ms.unwrap_or(0.0) / 1000.0,
+            paused_ms: converged.then_some(v.paused_ms).flatten(),
             postcopy_requests: ram.and_then(|r| r.postcopy_requests),
             postcopy_bytes: ram.and_then(|r| r.postcopy_bytes),
             postcopy_blocked_ms: v.blocked_ms,
