@@ -175,6 +175,10 @@ impl ScenarioReport {
                     .iter()
                     .filter_map(|r| r.downtime_ms)
                     .max_by(f64::total_cmp),
+                paused_ms: vms
+                    .iter()
+                    .filter_map(|r| r.paused_ms)
+                    .max_by(f64::total_cmp),
             })
             .collect()
     }
@@ -216,6 +220,7 @@ impl ScenarioReport {
                             .filter_map(|r| r.downtime_ms)
                             .collect::<Vec<_>>(),
                     ),
+                    paused_ms: spread(&runs.iter().filter_map(|r| r.paused_ms).collect::<Vec<_>>()),
                     policy,
                     family,
                 }
@@ -229,6 +234,7 @@ struct Run {
     time_s: f64,
     sla_p5: Option<f64>,
     downtime_ms: Option<f64>,
+    paused_ms: Option<f64>,
 }
 
 /// One policy's figures over its repetitions.
@@ -241,6 +247,9 @@ pub struct PolicySummary {
     pub time_s: Option<(f64, f64, f64)>,
     pub sla_p5: Option<(f64, f64, f64)>,
     pub downtime_ms: Option<(f64, f64, f64)>,
+    /// STOP on the source to RESUME on the destination (the worst VM of a
+    /// run), ms.
+    pub paused_ms: Option<(f64, f64, f64)>,
 }
 
 /// RAM / (link − reservations), seconds.
@@ -298,11 +307,11 @@ pub fn markdown(rep: &ScenarioReport) -> String {
          Medians, (min–max) over the repetitions. SLA p5: the 5th percentile, over the \
          migration's seconds, of the application's goodput divided by min(demand, reservation). \
          A run of several VMs counts as converged when all did; its time is the makespan.\n\n\
-         | policy | family | converged | time s | SLA p5 | downtime ms |\n|---|---|---|---|---|---|\n"
+         | policy | family | converged | time s | SLA p5 | downtime ms | paused ms |\n|---|---|---|---|---|---|---|\n"
     ));
     for s in rep.summary() {
         out.push_str(&format!(
-            "| {} | {} | {}/{} | {} | {} | {} |\n",
+            "| {} | {} | {}/{} | {} | {} | {} | {} |\n",
             s.policy,
             family_name(s.family),
             s.converged,
@@ -310,6 +319,7 @@ pub fn markdown(rep: &ScenarioReport) -> String {
             fmt_spread(s.time_s, 1),
             fmt_spread(s.sla_p5, 2),
             fmt_spread(s.downtime_ms, 0),
+            fmt_spread(s.paused_ms, 0),
         ));
     }
     out.push_str(
@@ -836,16 +846,17 @@ pub fn load_all(dir: &Path) -> anyhow::Result<Vec<ScenarioReport>> {
 /// The index page: one row per scenario and policy, from the reports alone,
 /// plus the scenarios not yet run.
 /// A summary row's cells: policy | converged/runs | time | SLA p5 |
-/// downtime.
+/// downtime | paused.
 fn summary_cells(s: &PolicySummary) -> String {
     format!(
-        "{} | {}/{} | {} | {} | {}",
+        "{} | {}/{} | {} | {} | {} | {}",
         s.policy,
         s.converged,
         s.runs,
         fmt_spread(s.time_s, 1),
         fmt_spread(s.sla_p5, 2),
         fmt_spread(s.downtime_ms, 0),
+        fmt_spread(s.paused_ms, 0),
     )
 }
 
@@ -858,8 +869,8 @@ pub const README_END: &str = "<!-- end of results -->";
 /// linked to its page in `docs/bench`.
 pub fn readme_table(reports: &[ScenarioReport]) -> String {
     let mut out = String::from(
-        "| scenario (floor) | policy | converged | time s | SLA p5 | downtime ms |\n\
-         |---|---|---|---|---|---|\n",
+        "| scenario (floor) | policy | converged | time s | SLA p5 | downtime ms | paused ms |\n\
+         |---|---|---|---|---|---|---|\n",
     );
     for rep in reports {
         for (i, s) in rep.summary().iter().enumerate() {
@@ -895,9 +906,11 @@ pub fn index(reports: &[ScenarioReport], scenarios: &[(PathBuf, Scenario)]) -> S
          is run by `cargo xtask bench migration --scenario tests/scenarios/FILE` and stamped with \
          the commit and date it ran at. Medians, (min–max) over the repetitions. SLA p5: 5th \
          percentile over the migration's seconds of application goodput / min(demand, \
-         reservation). Floor: RAM / (link − reservation).\n\n\
-         | scenario | ran at | floor s | policy | converged | time s | SLA p5 | downtime ms |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         reservation). Floor: RAM / (link − reservation). Downtime: QEMU's own figure (the \
+         source's view); paused: the source's `STOP` event to the destination's `RESUME`, the \
+         same yardstick for every policy (– in reports run before it was measured).\n\n\
+         | scenario | ran at | floor s | policy | converged | time s | SLA p5 | downtime ms | paused ms |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     for rep in reports {
         let stem = rep.stem();
