@@ -4,7 +4,7 @@
 use std::{net::UdpSocket, time::Duration};
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use vmbw::datapath::{Datapath, PinDir, Urgency};
+use vmbw::datapath::{Datapath, Hook, PinDir, Urgency};
 use vmbw_tests::{NetNs, in_netns, privileged, require};
 
 const HOST_IP: &str = "198.18.0.1"; // RFC 2544 benchmarking range
@@ -44,6 +44,16 @@ fn exchange(tx: &UdpSocket, rx: &UdpSocket, to: &str, n: usize, size: usize) -> 
 
 #[test]
 fn counts_real_traffic_per_direction() {
+    counts_real_traffic(Hook::Auto);
+}
+
+/// The same on clsact + cls_bpf, the hook of kernels without TCX (< 6.6).
+#[test]
+fn counts_real_traffic_per_direction_on_cls_bpf() {
+    counts_real_traffic(Hook::ClsBpf);
+}
+
+fn counts_real_traffic(hook: Hook) {
     require!(privileged());
     let host = NetNs::new().expect("host namespace");
     let peer = NetNs::new().expect("peer namespace");
@@ -64,7 +74,27 @@ fn counts_real_traffic_per_direction() {
 
     let dp = in_netns(&host, || {
         let mut dp = Datapath::load(&PinDir::Ephemeral).expect("load datapath");
-        dp.attach("veth0").expect("attach to veth0");
+        dp.attach_with("veth0", hook).expect("attach to veth0");
+        if hook == Hook::ClsBpf {
+            // The programs sit in clsact, not in TCX.
+            for dir in ["egress", "ingress"] {
+                let filters = host
+                    .exec("tc", &["filter", "show", "dev", "veth0", dir])
+                    .expect("tc filter show");
+                eprintln!("tc filter show dev veth0 {dir}:\n{filters}");
+                assert!(
+                    filters.contains("bpf") && filters.contains("direct-action"),
+                    "{dir}: {filters}"
+                );
+            }
+            assert!(
+                SchedClassifier::query_tcx("veth0", TcAttachType::Egress)
+                    .expect("query tcx")
+                    .1
+                    .is_empty(),
+                "nothing in TCX"
+            );
+        }
         let sock = UdpSocket::bind((HOST_IP, PORT)).expect("bind host");
         let to_peer = format!("{PEER_IP}:{PORT}");
         let to_host = format!("{HOST_IP}:{PORT}");
@@ -197,6 +227,16 @@ fn sink(listener: std::net::TcpListener) -> std::thread::JoinHandle<u64> {
 
 #[test]
 fn classifies_concurrent_real_tcp_flows_within_one_percent() {
+    classifies_concurrent_real_tcp_flows(Hook::Auto);
+}
+
+/// The same on clsact + cls_bpf, the hook of kernels without TCX (< 6.6).
+#[test]
+fn classifies_concurrent_real_tcp_flows_on_cls_bpf() {
+    classifies_concurrent_real_tcp_flows(Hook::ClsBpf);
+}
+
+fn classifies_concurrent_real_tcp_flows(hook: Hook) {
     require!(privileged());
     let host = NetNs::new().expect("host namespace");
     let peer = NetNs::new().expect("peer namespace");
@@ -245,7 +285,7 @@ fn classifies_concurrent_real_tcp_flows_within_one_percent() {
     const VM: u32 = 1;
     let dp = in_netns(&host, || {
         let mut dp = Datapath::load(&PinDir::Ephemeral).expect("load");
-        dp.attach("veth0").expect("attach");
+        dp.attach_with("veth0", hook).expect("attach");
         dp.add_vm_ip(VM, "198.18.2.10".parse().expect("ip"))
             .expect("vm ip");
         let mig = std::net::TcpStream::connect("198.18.2.2:4444").expect("connect mig");
@@ -278,7 +318,36 @@ fn classifies_concurrent_real_tcp_flows_within_one_percent() {
     assert_eq!(mig_sink.join().expect("mig sink"), mig_bytes as u64);
     assert_eq!(app_sink.join().expect("app sink"), app_bytes as u64);
 
+    // The agent reads every slot in one batch. Per-key reads between two
+    // batches must lie between them (late ACKs may still be counted).
+    let first = dp.vm_counters_below(VM + 1).expect("batched counters");
     let c = dp.vm_counters(VM).expect("counters");
+    let per_key: Vec<_> = (0..VM)
+        .map(|slot| dp.vm_counters(slot).expect("counters"))
+        .collect();
+    let second = dp.vm_counters_below(VM + 1).expect("batched counters");
+    assert_eq!(first.len(), VM as usize + 1);
+    for (slot, one) in per_key.iter().chain([&c]).enumerate() {
+        let fields = |v: &vmbw::datapath::VmCounters| {
+            [v.other, v.migration, v.application]
+                .iter()
+                .flat_map(|k| [k.egress, k.ingress])
+                .flat_map(|x| [x.bytes, x.packets])
+                .collect::<Vec<u64>>()
+        };
+        let (lo, mid, hi) = (fields(&first[slot]), fields(one), fields(&second[slot]));
+        assert!(
+            lo.iter()
+                .zip(&mid)
+                .zip(&hi)
+                .all(|((l, m), h)| l <= m && m <= h),
+            "slot {slot}: batch {lo:?}, per key {mid:?}, batch {hi:?}"
+        );
+    }
+    assert!(
+        first[VM as usize].migration.egress.bytes > 0,
+        "the batch saw the traffic"
+    );
     for (what, counter, sent, stream) in [
         (
             "migration",

@@ -35,12 +35,13 @@ use aya::{
         links::{FdLink, LinkError, PinnedLink},
         tc,
         tc::SchedClassifierLink,
+        tc::{NlOptions, TcAttachOptions},
     },
     util::KernelVersion,
 };
 use vmbw_common::{Direction, program};
 
-pub use counters::{ClassCounters, DirectionCounters, VmCounters};
+pub use counters::{ClassCounters, DirectionCounters, VmCounters, batch_refused};
 pub use tables::{Mode, PortSide, Urgency};
 pub use test_run::{SkbIn, TestRunOutcome};
 
@@ -242,8 +243,13 @@ impl Datapath {
     /// link already pinned for this interface (a previous agent's) gets the
     /// new program swapped in atomically instead of a second attachment.
     pub fn attach(&mut self, iface: &str) -> Result<(), DatapathError> {
+        self.attach_with(iface, Hook::Auto)
+    }
+
+    /// [`attach`](Self::attach) through the given hook.
+    pub fn attach_with(&mut self, iface: &str, hook: Hook) -> Result<(), DatapathError> {
         let ifindex = ifindex(iface)?;
-        let tcx = has_tcx();
+        let tcx = hook == Hook::Auto && has_tcx();
         if !tcx {
             match tc::qdisc_add_clsact(iface) {
                 Ok(()) => {}
@@ -307,8 +313,15 @@ impl Datapath {
                         source: Box::new(source),
                     })?;
                 self.pinned.push((link_pin, pinned));
-            } else {
+            } else if tcx {
                 prog.attach(iface, attach_type).map_err(attach_err)?;
+            } else {
+                prog.attach_with_options(
+                    iface,
+                    attach_type,
+                    TcAttachOptions::Netlink(NlOptions::default()),
+                )
+                .map_err(attach_err)?;
             }
         }
         self.attached.push((iface.to_owned(), ifindex));
@@ -464,6 +477,17 @@ fn remove_pin_dir_contents(dir: &Path) -> Result<(), DatapathError> {
         std::fs::remove_file(&path).map_err(|source| DatapathError::Unpin { path, source })?;
     }
     Ok(())
+}
+
+/// How the programs hook into an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Hook {
+    /// TCX where the kernel has it (6.6+), else clsact + cls_bpf.
+    #[default]
+    Auto,
+    /// clsact + cls_bpf in direct-action mode even where TCX exists: the
+    /// path of kernels before 6.6, so that it is tested on newer ones.
+    ClsBpf,
 }
 
 /// TCX (kernel 6.6+) lets programs attach without a qdisc; aya picks it on
