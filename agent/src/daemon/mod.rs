@@ -105,21 +105,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let vms = known_vms(&cfg, &mut dp)?;
     let shaper = start_shaper(&cfg, &uplinks[0], link).await?;
     let shared = Arc::new(Shared {
-        state: Mutex::new(State {
-            started: Instant::now(),
-            ready: true,
-            node: cfg.discovery.node(),
-            mode: mode.to_string(),
-            policy: cfg.agent.policy.to_string(),
-            uplinks: uplinks.clone(),
-            link,
-            link_usage: 0.0,
-            discovery: discovery_names(&cfg),
-            vms,
-            escalating: cfg.policy().escalate.is_some(),
-            tick_period: Duration::from_millis(cfg.agent.tick_ms),
-            last_tick: None,
-        }),
+        state: Mutex::new(initial_state(&cfg, &uplinks, link, vms)),
         datapath: Arc::new(Mutex::new(dp)),
         metrics: Metrics::new()?,
         wake: tokio::sync::Notify::new(),
@@ -178,6 +164,30 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let shaper = control.shaper.take();
     drop(control);
     restore(shaper, shared, keep).await
+}
+
+/// The state before the first tick: the configured VMs, no usage yet.
+fn initial_state(
+    cfg: &Config,
+    uplinks: &[String],
+    link: f64,
+    vms: BTreeMap<String, VmState>,
+) -> State {
+    State {
+        started: Instant::now(),
+        ready: true,
+        node: cfg.discovery.node(),
+        mode: cfg.agent.mode.to_string(),
+        policy: cfg.agent.policy.to_string(),
+        uplinks: uplinks.to_vec(),
+        link,
+        link_usage: 0.0,
+        discovery: discovery_names(cfg),
+        vms,
+        escalating: cfg.policy().escalate.is_some(),
+        tick_period: Duration::from_millis(cfg.agent.tick_ms),
+        last_tick: None,
+    }
 }
 
 /// Loads (or adopts) the pinned datapath, attaches it to every uplink and
