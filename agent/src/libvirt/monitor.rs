@@ -95,6 +95,9 @@ pub struct LibvirtMonitor {
     cfg: LibvirtMonitorConfig,
     pub(super) pid: Option<u32>,
     ram_bytes: u64,
+    /// Guest RAM's resident size, for QEMU `pid` (when libvirt reports no
+    /// balloon usage).
+    resident: Option<hoststats::GuestResident>,
     uplink: Option<ProcNetDev>,
     pub(super) started: bool,
     open: Option<Open>,
@@ -152,6 +155,7 @@ impl LibvirtMonitor {
             cfg,
             pid,
             ram_bytes: 0,
+            resident: None,
             started: false,
             open: None,
             first_ms: None,
@@ -203,15 +207,17 @@ impl LibvirtMonitor {
     async fn reading(&mut self) -> Result<Reading, LibvirtError> {
         let stats = self.call(|d| d.stats()).await?;
         let prev = self.open.as_ref().map(|o| o.reading.clone());
+        if let Some(pid) = self.pid
+            && self.resident.as_ref().is_none_or(|r| r.pid() != pid)
+        {
+            self.resident = Some(hoststats::GuestResident::new(pid, self.ram_bytes));
+        }
         let mem_pct = stats
             .balloon_used_pct()
             .or_else(|| {
-                self.pid
-                    .and_then(|pid| {
-                        hoststats::guest_ram_resident(pid, self.ram_bytes)
-                            .ok()
-                            .flatten()
-                    })
+                self.resident
+                    .as_mut()
+                    .and_then(|r| r.read().ok().flatten())
                     .map(|r| 100.0 * r as f64 / self.ram_bytes.max(1) as f64)
             })
             .or(prev.as_ref().map(|p| p.mem_pct))

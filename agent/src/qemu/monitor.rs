@@ -273,6 +273,8 @@ pub struct MigrationMonitor {
     mem: MemorySource,
     last_balloon_pct: Option<f64>,
     mem_fallbacks: u64,
+    /// Guest RAM's resident size, when no balloon reports usage.
+    resident: hoststats::GuestResident,
     vm_counter: Option<Box<dyn ByteCounter>>,
     uplink_counter: Option<Box<dyn ByteCounter>>,
     events: bool,
@@ -371,6 +373,7 @@ impl MigrationMonitor {
             mem,
             last_balloon_pct: None,
             mem_fallbacks: 0,
+            resident: hoststats::GuestResident::new(pid, ram_bytes),
             vm_counter,
             uplink_counter,
             events,
@@ -788,12 +791,10 @@ impl MigrationMonitor {
             }
             self.mem_fallbacks += 1;
         }
-        let resident = hoststats::guest_ram_resident(self.pid, self.ram_bytes)?.ok_or(
-            MonitorError::NoMemorySource {
-                pid: self.pid,
-                ram_bytes: self.ram_bytes,
-            },
-        )?;
+        let resident = self.resident.read()?.ok_or(MonitorError::NoMemorySource {
+            pid: self.pid,
+            ram_bytes: self.ram_bytes,
+        })?;
         Ok(100.0 * resident as f64 / self.ram_bytes.max(1) as f64)
     }
 

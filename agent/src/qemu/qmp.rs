@@ -269,10 +269,11 @@ impl Qmp {
         arguments: Option<Value>,
     ) -> Result<T, QmpError> {
         let value = self.execute(command, arguments).await?;
-        let excerpt = excerpt(value.to_string().as_bytes());
-        serde_json::from_value(value).map_err(|e| QmpError::Decode {
+        // Decoded from a reference, so that the excerpt is written only
+        // for a reply that does not fit (every reply's was 1% of the agent).
+        T::deserialize(&value).map_err(|e| QmpError::Decode {
             command: command.to_owned(),
-            excerpt,
+            excerpt: excerpt(value.to_string().as_bytes()),
             source: Arc::new(e),
         })
     }
