@@ -60,6 +60,27 @@ impl VmCounters {
             _ => &mut self.other,
         }
     }
+
+    /// A VM's counters from one counter per (class, direction), in the
+    /// order of its slot's entries in [`map::COUNTERS`].
+    fn try_from_fn<E>(
+        mut counter: impl FnMut(u32, Direction) -> Result<Counter, E>,
+    ) -> Result<VmCounters, E> {
+        let mut out = VmCounters::default();
+        for c in [class::OTHER, class::MIGRATION, class::APPLICATION] {
+            for dir in Direction::ALL {
+                *out.class_mut(c).get_mut(dir) = counter(c, dir)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The sum of one entry's per-CPU values.
+fn sum<'a>(per_cpu: impl IntoIterator<Item = &'a Counter>) -> Counter {
+    let mut total = Counter::default();
+    per_cpu.into_iter().for_each(|c| total.add(c));
+    total
 }
 
 impl Datapath {
@@ -71,8 +92,7 @@ impl Datapath {
             let per_cpu = array
                 .get(&dir.index(), 0)
                 .map_err(map_err(map::DIR_COUNTERS, "read"))?;
-            let total = out.get_mut(dir);
-            per_cpu.iter().for_each(|c| total.add(c));
+            *out.get_mut(dir) = sum(per_cpu.iter());
         }
         Ok(out)
     }
@@ -83,17 +103,12 @@ impl Datapath {
             return Err(DatapathError::InvalidSlot(vm));
         }
         let array = self.per_cpu(map::COUNTERS)?;
-        let mut out = VmCounters::default();
-        for c in [class::OTHER, class::MIGRATION, class::APPLICATION] {
-            for dir in Direction::ALL {
-                let per_cpu = array
-                    .get(&counter_index(vm, c, dir.index()), 0)
-                    .map_err(map_err(map::COUNTERS, "read"))?;
-                let total = out.class_mut(c).get_mut(dir);
-                per_cpu.iter().for_each(|v| total.add(v));
-            }
-        }
-        Ok(out)
+        VmCounters::try_from_fn(|c, dir| {
+            let per_cpu = array
+                .get(&counter_index(vm, c, dir.index()), 0)
+                .map_err(map_err(map::COUNTERS, "read"))?;
+            Ok(sum(per_cpu.iter()))
+        })
     }
 
     /// The counters of every slot below `slots`, in one `bpf()` call
@@ -110,14 +125,12 @@ impl Datapath {
                     return Ok(entries
                         .chunks_exact(per_vm)
                         .map(|vm| {
-                            let mut out = VmCounters::default();
-                            for c in [class::OTHER, class::MIGRATION, class::APPLICATION] {
-                                for dir in Direction::ALL {
-                                    *out.class_mut(c).get_mut(dir) =
-                                        vm[counter_index(0, c, dir.index()) as usize];
-                                }
-                            }
-                            out
+                            let Ok(counters) = VmCounters::try_from_fn(|c, dir| {
+                                Ok::<_, std::convert::Infallible>(
+                                    vm[counter_index(0, c, dir.index()) as usize],
+                                )
+                            });
+                            counters
                         })
                         .collect());
                 }
@@ -136,10 +149,11 @@ impl Datapath {
             return Err(std::io::Error::other("no per-CPU counters map"));
         };
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        // Per-CPU values come one per possible CPU, each rounded up to 8 bytes.
-        const STRIDE: usize = std::mem::size_of::<Counter>().next_multiple_of(8);
+        // Per-CPU values come one per possible CPU, each rounded up to 8
+        // bytes: a Counter is a whole number of u64, so they are Counters.
+        const _: () = assert!(std::mem::size_of::<Counter>().is_multiple_of(8));
         let mut keys = vec![0u32; n];
-        let mut values = vec![0u64; n * cpus * STRIDE / 8];
+        let mut values = vec![Counter::default(); n * cpus];
         let mut out_batch = 0u32;
         let mut attr = BatchAttr {
             in_batch: 0,
@@ -174,22 +188,7 @@ impl Datapath {
                 "the batch copied {copied} of {n} entries"
             )));
         }
-        let words = cpus * STRIDE / 8;
-        Ok(values
-            .chunks_exact(words)
-            .map(|entry| {
-                let mut sum = Counter::default();
-                for cpu in entry.chunks_exact(STRIDE / 8) {
-                    sum.add(&Counter {
-                        bytes: cpu[0],
-                        packets: cpu[1],
-                        dropped_packets: cpu[2],
-                        dropped_bytes: cpu[3],
-                    });
-                }
-                sum
-            })
-            .collect())
+        Ok(values.chunks_exact(cpus).map(sum).collect())
     }
 
     /// Zeroes a VM slot's counters, for a slot given to another VM (its
