@@ -59,16 +59,16 @@ struct Tally {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    // A one-shot run gains nothing from incremental state, which nearly
+    // doubles target/ (CI's disk once ran out). Every cargo this run
+    // starts (checks, fuzz, deb, tests, stress rounds) inherits it.
+    // SAFETY: xtask is single-threaded here; nothing reads the
+    // environment concurrently.
+    unsafe { std::env::set_var("CARGO_INCREMENTAL", "0") };
     if let Some(rounds) = args.stress {
         return stress(args, rounds);
     }
     let root = util::workspace_root();
-    // A one-shot run gains nothing from incremental state, which nearly
-    // doubles target/ (CI's disk once ran out). Every cargo this run
-    // starts (checks, fuzz, deb, tests) inherits it.
-    // SAFETY: xtask is single-threaded here; nothing reads the
-    // environment concurrently.
-    unsafe { std::env::set_var("CARGO_INCREMENTAL", "0") };
     report_disk(&root);
     if !args.no_setup {
         setup::run(&setup::Args::default())?;
