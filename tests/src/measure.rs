@@ -1,6 +1,8 @@
 //! Shaping measurements shared by the integration tests and
 //! `cargo xtask bench shaping`: goodput through one class, two classes
-//! under contention with a live rate change, class-change latency.
+//! under contention with a live rate change, class-change latency; and
+//! the kernel's own counts the agent tests compare with QEMU's (TCP
+//! retransmissions, HTB class drops).
 
 use std::time::{Duration, Instant};
 
@@ -222,4 +224,91 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
     v[rank.min(v.len()) - 1]
+}
+
+/// `Tcp: RetransSegs` of namespace `ns` (/proc/net/snmp).
+pub fn retransmitted_segments(ns: &crate::NetNs) -> u64 {
+    let snmp = ns.exec("cat", &["/proc/net/snmp"]).unwrap_or_default();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RetransSegs")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Packets each HTB class on `dev` in namespace `ns` dropped at enqueue
+/// (its leaf was full), by class handle as tc prints it (`7662:22`).
+/// Read from tc's text output: this iproute2 prints no JSON for classes.
+fn class_drops_in(ns: &str, dev: &str) -> Vec<(String, u64)> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "tc", "-s", "class", "show", "dev", dev])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    crate::shaped::parse_tc_classes(&out)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| (c.handle, c.dropped))
+        .collect()
+}
+
+/// The handle of VM `slot`'s class `class`, as tc prints it.
+pub fn tc_class(slot: u32, class: TrafficClass) -> String {
+    let h = class_handle(slot as u16, class).unwrap_or(0);
+    format!("{:x}:{:x}", h >> 16, h & 0xffff)
+}
+
+/// Drops per HTB class on an interface, sampled every 100 ms on a thread
+/// from [`DropWatch::start`] to [`DropWatch::stop`]. A class's counter
+/// starts again at 0 when the class is replaced or removed (the agent
+/// removes a VM's classes when its migration ends), so drops are summed
+/// over the counter's runs, not read once at the end: a packet a class's
+/// queue refused just before the class went away is still counted.
+pub struct DropWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<std::collections::BTreeMap<String, u64>>,
+}
+
+impl DropWatch {
+    pub fn start(ns: &crate::NetNs, dev: &str) -> DropWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, ns, dev) = (stop.clone(), ns.name().to_owned(), dev.to_owned());
+        let thread = std::thread::spawn(move || {
+            let mut total: std::collections::BTreeMap<String, u64> = Default::default();
+            let mut last: std::collections::BTreeMap<String, u64> = Default::default();
+            loop {
+                let done = flag.load(std::sync::atomic::Ordering::Relaxed);
+                let now = class_drops_in(&ns, &dev);
+                // A class that is gone starts from 0 if it comes back.
+                last.retain(|h, _| now.iter().any(|(n, _)| n == h));
+                for (handle, drops) in now {
+                    let before = last.insert(handle.clone(), drops).unwrap_or(0);
+                    // A smaller count is a new class under the same handle.
+                    let new = if drops >= before {
+                        drops - before
+                    } else {
+                        drops
+                    };
+                    *total.entry(handle).or_default() += new;
+                }
+                if done {
+                    return total;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        DropWatch { stop, thread }
+    }
+
+    /// Stops sampling (after one last sample) and returns the drops per
+    /// class handle, as tc prints it.
+    pub fn stop(self) -> std::collections::BTreeMap<String, u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
 }

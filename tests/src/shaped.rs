@@ -149,6 +149,9 @@ pub struct TcClassLine {
     pub ceil_bps: u64,
     /// `Sent N bytes` from the statistics line.
     pub sent_bytes: u64,
+    /// `(dropped N, ...` from the statistics line: packets the class's
+    /// queue refused.
+    pub dropped: u64,
 }
 
 /// Parses `tc -s class show dev X` output (HTB classes only).
@@ -183,11 +186,15 @@ pub fn parse_tc_classes(out: &str) -> anyhow::Result<Vec<TcClassLine>> {
                 rate_bps,
                 ceil_bps,
                 sent_bytes: 0,
+                dropped: 0,
             });
         } else if words.first() == Some(&"Sent")
             && let Some(last) = classes.last_mut()
         {
             last.sent_bytes = words.get(1).and_then(|b| b.parse().ok()).unwrap_or(0);
+            last.dropped = after("(dropped")
+                .and_then(|d| d.trim_end_matches(',').parse().ok())
+                .unwrap_or(0);
         }
     }
     Ok(classes)
@@ -196,6 +203,19 @@ pub fn parse_tc_classes(out: &str) -> anyhow::Result<Vec<TcClassLine>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_a_class_and_its_statistics() {
+        let out = "class htb 1:2 root prio 0 rate 1Mbit ceil 2Mbit burst 1600b cburst 1600b \n \
+                   Sent 4200 bytes 7 pkt (dropped 3, overlimits 0 requeues 0) \n \
+                   backlog 0b 0p requeues 0\n";
+        let c = parse_tc_classes(out).expect("parsed");
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].rate_bps, c[0].ceil_bps, c[0].sent_bytes, c[0].dropped),
+            (1_000_000, 2_000_000, 4200, 3)
+        );
+    }
 
     #[test]
     fn parses_tc_rates() {

@@ -11,12 +11,13 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use vmbw::{
     api::{Explain, MigrationPhase, VmStatus},
     qemu::{Qmp, QmpOptions, types::MigrationStatus},
+    shaping::TrafficClass,
 };
 use vmbw_tests::{
     BpffsMount,
     agent::{self, Agent},
     guest::{self, Guest, Workload},
-    in_netns, privileged, require,
+    in_netns, measure, privileged, require,
     testbed::{DST_IP, GUEST_IP, MigrationTestbed, SINK_PORT, TAP, UPLINK, wait_for_events},
 };
 
@@ -42,47 +43,6 @@ fn tcx_programs(tb: &MigrationTestbed) -> (usize, usize) {
         };
         (n(TcAttachType::Egress), n(TcAttachType::Ingress))
     })
-}
-
-/// `Tcp: RetransSegs` of namespace `ns` (/proc/net/snmp).
-fn retransmitted_segments(ns: &vmbw_tests::NetNs) -> u64 {
-    let snmp = ns.exec("cat", &["/proc/net/snmp"]).unwrap_or_default();
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
-        return 0;
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "RetransSegs")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Packets each class on the uplink dropped at enqueue (its leaf was
-/// full), by class handle as tc prints it (`7662:22`).
-fn class_drops(tb: &MigrationTestbed) -> Vec<(String, u64)> {
-    let json = tb
-        .src
-        .exec("tc", &["-s", "-j", "class", "show", "dev", UPLINK])
-        .unwrap_or_default();
-    let classes: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap_or_default();
-    classes
-        .iter()
-        .filter_map(|c| {
-            Some((
-                c.get("handle")?.as_str()?.to_owned(),
-                c.get("stats")?.get("drops")?.as_u64()?,
-            ))
-        })
-        .collect()
-}
-
-/// The handle of VM `slot`'s migration class, as tc prints it.
-fn migration_class(slot: u32) -> String {
-    let h = vmbw::shaping::class_handle(slot as u16, vmbw::shaping::TrafficClass::Migration)
-        .unwrap_or(0);
-    format!("{:x}:{:x}", h >> 16, h & 0xffff)
 }
 
 fn root_qdisc(tb: &MigrationTestbed) -> String {
@@ -160,7 +120,12 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
         );
     }
     let cpu_before = agent.usage().map(|u| (u, Instant::now()));
-    let retrans_before = retransmitted_segments(&tb.src);
+    let retrans_before = measure::retransmitted_segments(&tb.src);
+    // Enqueue drops of the migration's class: the datapath counted those
+    // packets at TCX (before the qdisc), and TCP sends them again as new
+    // data, not as retransmissions. Sampled from the start, so drops
+    // under the first agent and just before the classes go count too.
+    let drop_watch = measure::DropWatch::start(&tb.src, UPLINK);
     rt.block_on(ctl.migrate(&tb.migration_uri()))
         .expect("migrate");
     let migration_started = Instant::now();
@@ -235,23 +200,14 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
     // Follow the migration to its end.
     let deadline = Instant::now() + Duration::from_secs(400);
     let mut max_iteration = 0;
-    // Enqueue drops of the migration's class: the datapath counted those
-    // packets at TCX (before the qdisc), and TCP sends them again as new
-    // data, not as retransmissions. Largest count seen per class.
-    let mut dropped = std::collections::BTreeMap::new();
+    let mut slot = None;
     let status = loop {
         let info = rt.block_on(ctl.query_migrate()).expect("query-migrate");
         for v in vms(&agent) {
             if let Some(m) = v.migration {
                 max_iteration = max_iteration.max(m.iteration);
             }
-            let class = migration_class(v.slot);
-            for (handle, drops) in class_drops(&tb) {
-                if handle == class {
-                    let d = dropped.entry(handle).or_insert(0);
-                    *d = drops.max(*d);
-                }
-            }
+            slot = Some(v.slot);
         }
         match info.status {
             Some(MigrationStatus::Completed)
@@ -313,9 +269,16 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
         .expect("metrics")
         .expect("migration packet counter");
     let payload = counted - packets * 66.0;
-    let retrans = retransmitted_segments(&tb.src).saturating_sub(retrans_before);
+    let retrans = measure::retransmitted_segments(&tb.src).saturating_sub(retrans_before);
     // A dropped packet is at most one GSO super-packet (64 KiB on veth).
-    let drops: u64 = dropped.values().sum();
+    let dropped = drop_watch.stop();
+    eprintln!("drops per class on {UPLINK}: {dropped:?}");
+    let class = slot.map(|s| measure::tc_class(s, TrafficClass::Migration));
+    let drops: u64 = dropped
+        .iter()
+        .filter(|(h, _)| Some(*h) == class.as_ref())
+        .map(|(_, d)| d)
+        .sum();
     let allowance = (retrans * 1448 + drops * 65_536) as f64 / transferred;
     let ratio = payload / transferred;
     eprintln!(
