@@ -49,6 +49,10 @@ tick_ms = 500
 iface = "eth0"
 # Link capacity N_t.
 link_mbit = 1000.0
+# "vxlan" when the VMs' traffic crosses this link inside VXLAN (a tunnelling
+# CNI): a promise (reserve_mbit) is then guaranteed with the tunnel's 50
+# bytes a frame on top. "none": plain frames.
+encapsulation = "none"
 
 [nrac]
 # Th_r: mean application throughput above which a VM is network-intensive.
@@ -122,7 +126,10 @@ qmp_glob = ""
 # as it starts and stops, without [[vm]] entries. A domain that also has a
 # [[vm]] entry (same name) is followed as that entry says (its reserve_mbit).
 libvirt = ""
-# Learn VMIs, migrations and virt-launcher pods from KubeVirt (in-cluster).
+# Learn VMIs, migrations and virt-launcher pods from KubeVirt (in-cluster):
+# their addresses and virt-handler's migration proxy ports. A VMI whose
+# "namespace/name" is a [[vm]] entry's name is registered into that entry's
+# slot, so the control loop follows and shapes it as the entry says.
 kubevirt = false
 # This node's name, as Kubernetes knows it (KubeVirt discovery watches only
 # this node's VMIs and launcher pods). Empty: $NODE_NAME (the DaemonSet sets
@@ -287,6 +294,32 @@ impl Default for NamedPolicy {
 pub struct Uplink {
     pub iface: String,
     pub link_mbit: f64,
+    /// How the VMs' traffic is wrapped on this link (a tunnelling CNI).
+    #[serde(default)]
+    pub encapsulation: Encapsulation,
+}
+
+/// `uplink.encapsulation`: the tunnel the VMs' packets cross this uplink
+/// in, whose headers HTB counts on top of every frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encapsulation {
+    /// Plain frames (direct routing, a bridge, a migration network).
+    #[default]
+    None,
+    /// VXLAN (Flannel, Calico VXLAN, Cilium's tunnel mode): outer
+    /// Ethernet, IPv4, UDP and VXLAN headers, 50 bytes a frame.
+    Vxlan,
+}
+
+impl Encapsulation {
+    /// Bytes the tunnel adds to each frame on the wire.
+    pub fn overhead_bytes(self) -> f64 {
+        match self {
+            Encapsulation::None => 0.0,
+            Encapsulation::Vxlan => 50.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -485,6 +518,7 @@ impl Default for Config {
             uplink: vec![Uplink {
                 iface: "eth0".into(),
                 link_mbit: 1000.0,
+                encapsulation: Encapsulation::None,
             }],
             nrac: NracSection::default(),
             bda: BdaSection::default(),

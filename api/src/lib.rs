@@ -195,6 +195,12 @@ pub struct MigrationStatus {
     /// the first decision).
     #[serde(default)]
     pub converging: Option<bool>,
+    /// Seconds left before the migration's starter gives up on it
+    /// (KubeVirt's `completionTimeoutPerGiB` × the guest's GiB, from the
+    /// `[[vm]]` entry or the VMI's `migrationConfiguration`); absent
+    /// without a deadline.
+    #[serde(default)]
+    pub deadline_left_seconds: Option<f64>,
     /// Bytes in QEMU's migration socket not yet acknowledged, as last read
     /// near the switchover (absent before).
     #[serde(default)]

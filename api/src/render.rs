@@ -157,6 +157,10 @@ pub fn render_vms(vms: &[VmStatus]) -> String {
         {
             eta.push_str(&format!(", held {held:.0} s"));
         }
+        // Beside the ETA, the starter's deadline (KubeVirt's timeout).
+        if let Some(left) = vm.migration.as_ref().and_then(|m| m.deadline_left_seconds) {
+            eta.push_str(&format!(" (deadline {left:.0} s)"));
+        }
         let (mig_tx, _) = class_rate(vm, TrafficClass::Migration);
         let (app_tx, app_rx) = class_rate(vm, TrafficClass::Application);
         t.row(vec![
@@ -280,6 +284,7 @@ mod tests {
                     armed: vec!["postcopy-ram".into()],
                     eta_seconds: Some(42.4),
                     converging: Some(true),
+                    deadline_left_seconds: Some(300.0),
                     stream_backlog_bytes: None,
                     switchover_held_seconds: None,
                 }),
@@ -339,7 +344,7 @@ mod tests {
                 "50.0 MiB",
                 "1200",
                 "-",
-                "42 s",
+                "42 s (deadline 300 s)",
                 "20.000 Mbit/s",
                 "-",
                 "10.000 Mbit/s",

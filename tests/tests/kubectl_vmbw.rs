@@ -73,6 +73,7 @@ fn vms() -> Vec<VmStatus> {
                 armed: vec![],
                 eta_seconds: None,
                 converging: Some(false),
+                deadline_left_seconds: None,
                 stream_backlog_bytes: None,
                 switchover_held_seconds: None,
             }),

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use super::{Decision, Inputs, mbit, nrac};
+use super::{Decision, Inputs, mbit};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Config {
@@ -109,7 +109,7 @@ impl Watchdog {
             // Steps already taken stay in force. More share halves only
             // what the application has above its promise (on the wire:
             // the promise is goodput, the class counts frames).
-            let promised = vm.reserve.unwrap_or(0.0) * nrac::FRAME_PER_GOODPUT;
+            let promised = vm.reserve.unwrap_or(0.0) * inputs.link.frame_per_goodput();
             for _ in 0..w.share_halvings {
                 let moved = (d.app_reserve - promised).max(0.0) / 2.0;
                 d.app_reserve -= moved;
@@ -207,6 +207,7 @@ mod tests {
             link: Link {
                 capacity: 100.0 * MBIT,
                 usage: 0.0,
+                encap_bytes: 0.0,
             },
             vms: vec![VmInputs {
                 name: "vm".into(),
@@ -309,7 +310,7 @@ mod tests {
             // The policy reserved 20, 15 of them promised: only 5 may go.
             let mut d = decision(50.0, 20.0);
             w.review(&inp, &mut d);
-            let wire = 15.0 * MBIT * nrac::FRAME_PER_GOODPUT;
+            let wire = 15.0 * MBIT * inp.link.frame_per_goodput();
             assert!(d.vms[0].app_reserve >= wire, "{:?}", d.vms[0]);
         }
         assert_eq!(w.taken("vm").first(), Some(&Step::MoreShare));

@@ -133,6 +133,7 @@ mod tests {
             link: Link {
                 capacity: 100.0 * MBIT,
                 usage: link_used * MBIT,
+                encap_bytes: 0.0,
             },
             vms: vec![v],
         };

@@ -566,6 +566,7 @@ mod tests {
             link: Link {
                 capacity: 30.0 * MBIT,
                 usage: 15.0 * MBIT,
+                encap_bytes: 0.0,
             },
             vms: vec![vm],
         };
@@ -852,6 +853,7 @@ mod tests {
             link: Link {
                 capacity: 30.0 * MBIT,
                 usage: 0.0,
+                encap_bytes: 0.0,
             },
             vms: vec![vm(3, 24.0, 10.0, ALL)],
         };

@@ -223,6 +223,7 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
             link: Link {
                 capacity: sc.link,
                 usage: sc.background + app_history.last().copied().unwrap_or(0.0),
+                encap_bytes: 0.0,
             },
             vms: vec![VmInputs {
                 name: "vm".into(),

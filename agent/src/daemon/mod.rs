@@ -110,6 +110,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         metrics: Metrics::new()?,
         wake: tokio::sync::Notify::new(),
         discovery_synced: Arc::new(std::sync::atomic::AtomicBool::new(!cfg.discovery.kubevirt)),
+        kubevirt: std::sync::OnceLock::new(),
     });
 
     let (stop, stopped) = watch::channel(false);
@@ -132,10 +133,14 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         first..=kubevirt_first - 1,
         &stopped,
     ));
-    let kubevirt = cfg
-        .discovery
-        .kubevirt
-        .then(|| spawn_kubevirt(&shared, cfg.discovery.node(), kubevirt_first));
+    let kubevirt = cfg.discovery.kubevirt.then(|| {
+        spawn_kubevirt(
+            &shared,
+            cfg.discovery.node(),
+            kubevirt_first,
+            pinned_slots(&shared),
+        )
+    });
 
     let enforcement = match mode {
         config::Mode::Edt => Enforcement::Edt,
@@ -149,6 +154,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         enforcement,
         link,
     );
+    control.encap_bytes = cfg.uplink[0].encapsulation.overhead_bytes();
     serve(&opts, &cfg, &mut control, &shared).await?;
 
     // Shutdown: stop the tasks, then put the host back (or leave it running).
@@ -493,13 +499,39 @@ fn spawn_libvirt_discovery(
     }
 }
 
+/// The slots of the VMs the agent follows from its start (`[[vm]]`
+/// entries), by name: a VMI of that `namespace/name` is registered there.
+fn pinned_slots(shared: &Shared) -> BTreeMap<String, u32> {
+    shared
+        .state()
+        .vms
+        .iter()
+        .map(|(name, vm)| (name.clone(), vm.slot))
+        .collect()
+}
+
 fn spawn_kubevirt(
     shared: &Arc<Shared>,
     node: String,
     first_slot: u32,
+    pinned: BTreeMap<String, u32>,
 ) -> tokio::task::JoinHandle<()> {
     let dp = shared.datapath.clone();
     let synced = shared.discovery_synced.clone();
+    let mut discovery = crate::kubevirt::watch::Discovery::new(
+        node,
+        first_slot..=crate::shaping::handles::MAX_VM_SLOT as u32,
+    )
+    .with_pinned(pinned);
+    // The routes of the agent's (the host's) network namespace.
+    match crate::kubevirt::HostRoutes::open() {
+        Ok(routes) => discovery = discovery.with_interfaces(Box::new(routes)),
+        Err(e) => {
+            warn!(error = %e, "no rtnetlink socket: launcher pods' host interfaces are not registered (their IPs are)")
+        }
+    }
+    let discovery = Arc::new(Mutex::new(discovery));
+    let _ = shared.kubevirt.set(discovery.clone());
     tokio::spawn(async move {
         let client = match kube::Client::try_default().await {
             Ok(c) => c,
@@ -508,18 +540,6 @@ fn spawn_kubevirt(
                 return;
             }
         };
-        let mut discovery = crate::kubevirt::watch::Discovery::new(
-            node,
-            first_slot..=crate::shaping::handles::MAX_VM_SLOT as u32,
-        );
-        // The routes of the agent's (the host's) network namespace.
-        match crate::kubevirt::HostRoutes::open() {
-            Ok(routes) => discovery = discovery.with_interfaces(Box::new(routes)),
-            Err(e) => {
-                warn!(error = %e, "no rtnetlink socket: launcher pods' host interfaces are not registered (their IPs are)")
-            }
-        }
-        let discovery = Arc::new(Mutex::new(discovery));
         if let Err(e) = crate::kubevirt::watch::run(client, discovery, dp, synced).await {
             error!(error = %e, "KubeVirt discovery stopped");
         }

@@ -40,6 +40,9 @@ pub struct Shared {
     /// KubeVirt discovery has applied its first full picture (true from
     /// the start when discovery is off).
     pub discovery_synced: Arc<std::sync::atomic::AtomicBool>,
+    /// KubeVirt discovery, when on: the control loop reads the terms of
+    /// the VMIs it follows from it.
+    pub kubevirt: std::sync::OnceLock<Arc<Mutex<crate::kubevirt::Discovery>>>,
 }
 
 impl Shared {
@@ -148,6 +151,20 @@ pub struct VmState {
     pub stream_backlog: u64,
     /// Since when pre-copy's switchover is held for that backlog.
     pub switchover_held_since: Option<std::time::Instant>,
+    /// What KubeVirt says of this VM (the VMI of the same
+    /// `namespace/name`), used where the `[[vm]]` entry says nothing.
+    pub cluster: ClusterTerms,
+}
+
+/// A VM's promise and migration terms as KubeVirt publishes them: the
+/// VMI's `vmbw.io/reserve-mbit` annotation and its migration's
+/// `migrationConfiguration`. Post-copy and auto-converge need nothing
+/// here: the agent reads what the migration armed from QEMU or libvirt,
+/// which arm only what the configuration allows.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ClusterTerms {
+    pub reserve_mbit: Option<f64>,
+    pub migration: crate::kubevirt::MigrationTerms,
 }
 
 /// A VM's throughput per traffic class and direction over the last tick,
@@ -206,6 +223,7 @@ impl VmState {
             ram_bytes: None,
             stream_backlog: 0,
             switchover_held_since: None,
+            cluster: ClusterTerms::default(),
         }
     }
 
@@ -246,14 +264,21 @@ impl VmState {
     /// VM's `completion_timeout_per_gib` (None without one, or before the
     /// guest's size is known).
     pub fn deadline_s(&self) -> Option<f64> {
-        let per_gib = self.entry.completion_timeout_per_gib?;
+        let per_gib = self
+            .entry
+            .completion_timeout_per_gib
+            .or(self.cluster.migration.completion_timeout_per_gib)?;
         let elapsed = self.migration_started?.elapsed().as_secs_f64();
         Some(per_gib * self.ram_bytes? / GIB - elapsed)
     }
 
-    /// The promise to the VM's application, bytes/s.
+    /// The promise to the VM's application, bytes/s: the entry's, else
+    /// the VMI's annotation.
     pub fn reserve(&self) -> Option<f64> {
-        self.entry.reserve_mbit.map(units::from_mbit)
+        self.entry
+            .reserve_mbit
+            .or(self.cluster.reserve_mbit)
+            .map(units::from_mbit)
     }
 
     pub fn qemu_params(&self) -> QemuParams {
@@ -321,7 +346,17 @@ pub fn handle(shared: &Arc<Shared>, path: &str) -> Response {
         },
         api::STATUS_PATH => json(serde_json::to_string(&status(&shared.state()))),
         api::VMS_PATH => json(serde_json::to_string(&vms(&shared.state()))),
-        api::FLOWS_PATH => json(serde_json::to_string(&flows(&shared.state()))),
+        api::FLOWS_PATH => {
+            let mut all = flows(&shared.state());
+            // What KubeVirt discovery registered (its own lock, taken
+            // after the state's is released).
+            if let Some(d) = shared.kubevirt.get()
+                && let Ok(d) = d.lock()
+            {
+                all.extend(d.flows());
+            }
+            json(serde_json::to_string(&all))
+        }
         api::CLASSES_PATH => json(serde_json::to_string(&classes(&shared.state()))),
         p if p.starts_with(api::EXPLAIN_PATH_PREFIX) => {
             let Some(vm) = api::explain_vm_from_path(p) else {
@@ -399,6 +434,7 @@ pub fn vms(s: &State) -> Vec<api::VmStatus> {
                     .as_ref()
                     .and_then(|d| d.forecast)
                     .map(|f| f.converging()),
+                deadline_left_seconds: v.deadline_s(),
                 stream_backlog_bytes: (v.stream_backlog > 0).then_some(v.stream_backlog),
                 switchover_held_seconds: v.switchover_held_s(),
             }),
@@ -552,6 +588,19 @@ mod tests {
             .and_then(|t| t.checked_sub(std::time::Duration::from_secs(10)));
         let left = v.deadline_s().expect("deadline");
         assert!((289.0..=290.0).contains(&left), "{left}");
+        // KubeVirt's terms apply where the entry says nothing.
+        let mut v = VmState::new(1, VmEntry::qmp("default/a", "/run/a.qmp"));
+        v.begin_migration();
+        v.ram_bytes = Some(GIB / 2.0);
+        v.cluster.migration.completion_timeout_per_gib = Some(800.0);
+        v.cluster.reserve_mbit = Some(10.0);
+        let left = v
+            .deadline_s()
+            .expect("deadline from migrationConfiguration");
+        assert!((399.0..=400.0).contains(&left), "{left}");
+        assert_eq!(v.reserve(), Some(units::from_mbit(10.0)));
+        v.entry.reserve_mbit = Some(5.0);
+        assert_eq!(v.reserve(), Some(units::from_mbit(5.0)), "the entry wins");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use vmbw_common::{Direction, class};
 
 use super::{
     enforce::enforce,
-    state::{APP_HISTORY, EXPLAIN_DEPTH, Shared, State, VmState, allocation},
+    state::{APP_HISTORY, ClusterTerms, EXPLAIN_DEPTH, Shared, State, VmState, allocation},
 };
 use crate::{
     api::{ExplainedDecision, MigrationPhase},
@@ -45,6 +45,8 @@ pub struct ControlLoop {
     pub enforcement: Enforcement,
     /// N_t, bytes/s.
     pub link: f64,
+    /// Tunnel bytes per frame on the uplink (`uplink.encapsulation`).
+    pub encap_bytes: f64,
     predictor: GreyGm1n,
     last_at: Instant,
     last_dir: DirectionCounters,
@@ -73,6 +75,7 @@ impl ControlLoop {
             shaper,
             enforcement,
             link,
+            encap_bytes: 0.0,
             predictor: GreyGm1n::default(),
             last_at: Instant::now(),
             last_dir: DirectionCounters::default(),
@@ -86,6 +89,7 @@ impl ControlLoop {
     /// One round: measure, decide, enforce, publish.
     pub async fn tick(&mut self) {
         let started = Instant::now();
+        self.cluster_terms();
         let measured = self.measure(started);
         let inputs = self.inputs(&measured);
         let decision = self.decide(&inputs);
@@ -97,6 +101,35 @@ impl ControlLoop {
         self.shared
             .metrics
             .netlink_requests(crate::shaping::requests_sent());
+    }
+
+    /// What KubeVirt says of the VMs the agent follows (their VMIs'
+    /// promises and migration terms), copied out of discovery first, then
+    /// into the state: never both locks at once.
+    fn cluster_terms(&self) {
+        let Some(discovery) = self.shared.kubevirt.get() else {
+            return;
+        };
+        let found: Vec<(String, ClusterTerms)> = match discovery.lock() {
+            Ok(d) => d
+                .vms()
+                .into_iter()
+                .map(|v| {
+                    let terms = ClusterTerms {
+                        reserve_mbit: v.reserve_mbit,
+                        migration: v.terms,
+                    };
+                    (v.name, terms)
+                })
+                .collect(),
+            Err(_) => return,
+        };
+        let mut state = self.shared.state();
+        for (name, terms) in found {
+            if let Some(v) = state.vms.get_mut(&name) {
+                v.cluster = terms;
+            }
+        }
     }
 
     /// Reads the datapath's counters (datapath lock only).
@@ -147,6 +180,7 @@ impl ControlLoop {
         let link = Link {
             capacity: self.link,
             usage: st.link_usage,
+            encap_bytes: self.encap_bytes,
         };
         let vms = st
             .vms

@@ -1,8 +1,9 @@
 //! Brings the datapath's tables to a [`Desired`] state: diffs it against
 //! what this applier registered before and makes only the changes.
 //!
-//! Each VMI gets a datapath slot, stable while the VMI is desired. A failed
-//! table write is reported and not recorded as applied, so the next
+//! Each VMI gets a datapath slot, stable while the VMI is desired: the
+//! slot of its `[[vm]]` entry when it has one ([`Applier::with_pinned`]),
+//! else a free one from the discovery's range. A failed table write is reported and not recorded as applied, so the next
 //! reconcile retries it.
 
 use std::{
@@ -87,6 +88,8 @@ pub struct ApplyReport {
 #[derive(Debug)]
 pub struct Applier {
     slots: RangeInclusive<u32>,
+    /// `namespace/name` -> the slot of the `[[vm]]` entry of that name.
+    pinned: BTreeMap<String, u32>,
     applied: BTreeMap<String, Applied>,
 }
 
@@ -103,8 +106,18 @@ impl Applier {
     pub fn new(slots: RangeInclusive<u32>) -> Self {
         Applier {
             slots,
+            pinned: BTreeMap::new(),
             applied: BTreeMap::new(),
         }
+    }
+
+    /// VMIs (`namespace/name`) that use a slot of their own outside the
+    /// range: a `[[vm]]` entry of that name, which says how to reach the
+    /// VM's QEMU (so the control loop follows it), while discovery
+    /// registers its flows into the same slot.
+    pub fn with_pinned(mut self, pinned: BTreeMap<String, u32>) -> Self {
+        self.pinned = pinned;
+        self
     }
 
     /// The slot of a VMI (`namespace/name`), if it has one.
@@ -225,7 +238,11 @@ impl Applier {
         }
         // Additions.
         for (key, want) in &desired.vms {
-            let slot = match self.slot(key).or_else(|| self.free_slot()) {
+            let slot = match self
+                .slot(key)
+                .or_else(|| self.pinned.get(key).copied())
+                .or_else(|| self.free_slot())
+            {
                 Some(s) => s,
                 None => {
                     report.errors.push(KubevirtError::NoFreeSlot {

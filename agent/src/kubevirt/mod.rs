@@ -26,7 +26,8 @@ use std::ops::RangeInclusive;
 
 pub use apply::{Applier, ApplyReport, Change};
 pub use objects::{
-    LauncherPod, ObjectError, RawObject, Vmi, Vmim, parse_launcher_pod, parse_vmi, parse_vmim,
+    LauncherPod, MigrationTerms, ObjectError, RawObject, Vmi, Vmim, parse_launcher_pod, parse_vmi,
+    parse_vmim,
 };
 pub use podnet::{HostIface, HostRoutes, PodInterfaces};
 pub use reconcile::{Desired, DesiredMigration, DesiredVm, PortClaim, Side, reconcile};

@@ -233,6 +233,25 @@ pub struct MigrationState {
     /// RFC 3339, as KubeVirt wrote it (ordering only).
     pub start_timestamp: Option<String>,
     pub end_timestamp: Option<String>,
+    /// `migrationConfiguration`: the terms KubeVirt set for this migration.
+    pub terms: MigrationTerms,
+}
+
+/// The terms of one migration as KubeVirt resolved them (the cluster's
+/// migration configuration with the matching MigrationPolicy applied),
+/// from `status.migrationState.migrationConfiguration`. KubeVirt's own
+/// defaults apply where a field is absent; vmbw assumes none of them.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct MigrationTerms {
+    /// `completionTimeoutPerGiB`: virt-launcher aborts the migration after
+    /// this many seconds per GiB of guest memory.
+    pub completion_timeout_per_gib: Option<f64>,
+    /// `progressTimeout`: ... or after this many seconds without progress.
+    pub progress_timeout_s: Option<f64>,
+    /// `allowPostCopy`: libvirt arms post-copy for the migration.
+    pub allow_post_copy: Option<bool>,
+    /// `allowAutoConverge`: libvirt arms auto-converge.
+    pub allow_auto_converge: Option<bool>,
 }
 
 /// A VirtualMachineInstance, the fields vmbw uses.
@@ -370,10 +389,22 @@ struct MigrationStateJson {
     abort_requested: bool,
     migration_uid: Option<String>,
     mode: Option<String>,
+    migration_configuration: MigrationConfigurationJson,
     // Newer KubeVirt (decentralised migration) also keeps per-side state;
     // the legacy fields above are still written, these are a fallback.
     source_state: Option<SideStateJson>,
     target_state: Option<SideStateJson>,
+}
+
+/// KubeVirt's `MigrationConfiguration` (types.go), the fields vmbw uses.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct MigrationConfigurationJson {
+    #[serde(rename = "completionTimeoutPerGiB")]
+    completion_timeout_per_gib: Option<i64>,
+    progress_timeout: Option<i64>,
+    allow_post_copy: Option<bool>,
+    allow_auto_converge: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -666,6 +697,7 @@ fn parse_migration(ctx: &Ctx, m: MigrationStateJson) -> Result<MigrationState, O
         });
     }
     ports.sort();
+    let c = m.migration_configuration;
     let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
     Ok(MigrationState {
         migration_uid: nonempty(m.migration_uid),
@@ -681,7 +713,19 @@ fn parse_migration(ctx: &Ctx, m: MigrationStateJson) -> Result<MigrationState, O
         mode: nonempty(m.mode),
         start_timestamp: nonempty(m.start_timestamp),
         end_timestamp: nonempty(m.end_timestamp),
+        terms: MigrationTerms {
+            completion_timeout_per_gib: positive(c.completion_timeout_per_gib),
+            progress_timeout_s: positive(c.progress_timeout),
+            allow_post_copy: c.allow_post_copy,
+            allow_auto_converge: c.allow_auto_converge,
+        },
     })
+}
+
+/// A timeout in seconds; KubeVirt's int64, which is never 0 or negative
+/// in a valid configuration (such a value is ignored, as absent).
+fn positive(v: Option<i64>) -> Option<f64> {
+    v.filter(|s| *s > 0).map(|s| s as f64)
 }
 
 /// An IP address, with or without a `/prefix` (KubeVirt reports both
@@ -721,6 +765,48 @@ mod tests {
         }
         let none = parse_vmi(&raw(json!({"metadata": {"name": "a"}, "status": {}})));
         assert_eq!(none.expect("a VMI").reserve_mbit, Ok(None));
+    }
+
+    #[test]
+    fn a_migration_s_terms_are_read_as_kubevirt_wrote_them() {
+        let recorded: Value = serde_json::from_str(include_str!(
+            "../../../tests/fixtures/kubevirt/vmi-migrating-node02-to-node01.json"
+        ))
+        .expect("fixture");
+        let terms = parse_vmi(&raw(recorded))
+            .expect("a VMI")
+            .migration
+            .expect("a migration")
+            .terms;
+        assert_eq!(
+            terms,
+            MigrationTerms {
+                completion_timeout_per_gib: Some(800.0),
+                progress_timeout_s: Some(150.0),
+                allow_post_copy: None,
+                allow_auto_converge: None,
+            }
+        );
+        let with = |c: Value| {
+            parse_vmi(&raw(json!({
+                "metadata": {"name": "a", "namespace": "ns"},
+                "status": {"migrationState": {"migrationConfiguration": c}}
+            })))
+            .expect("a VMI")
+            .migration
+            .expect("a migration")
+            .terms
+        };
+        let policy = with(json!({"allowPostCopy": true, "allowAutoConverge": false,
+                                 "completionTimeoutPerGiB": 150, "bandwidthPerMigration": "0"}));
+        assert_eq!(policy.allow_post_copy, Some(true));
+        assert_eq!(policy.allow_auto_converge, Some(false));
+        assert_eq!(policy.completion_timeout_per_gib, Some(150.0));
+        assert_eq!(
+            with(json!({"completionTimeoutPerGiB": 0})).completion_timeout_per_gib,
+            None
+        );
+        assert_eq!(with(json!({})), MigrationTerms::default());
     }
 
     #[test]

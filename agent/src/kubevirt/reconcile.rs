@@ -24,7 +24,7 @@ use std::{
     net::IpAddr,
 };
 
-use super::objects::{LauncherPod, MigrationPort, Vmi, Vmim};
+use super::objects::{LauncherPod, MigrationPort, MigrationTerms, Vmi, Vmim};
 use crate::api::{MigrationPhase, MigrationRole};
 
 /// Which end of a connection a migration port is (datapath `PortSide`).
@@ -65,6 +65,8 @@ pub struct DesiredMigration {
     /// the ports are known).
     pub claims: BTreeSet<PortClaim>,
     pub migration_uid: Option<String>,
+    /// The terms KubeVirt set for it (deadline, what it arms).
+    pub terms: MigrationTerms,
 }
 
 /// What this node's datapath should hold for one VMI.
@@ -184,6 +186,7 @@ fn migration_view(node: &str, vmi: &Vmi, vmims: &[Vmim]) -> Option<DesiredMigrat
             ports: Vec::new(),
             claims: BTreeSet::new(),
             migration_uid: pending.uid.clone(),
+            terms: MigrationTerms::default(),
         });
     };
     // The source is `sourceNode` (or, before virt-handler wrote it, the
@@ -256,6 +259,7 @@ fn migration_view(node: &str, vmi: &Vmi, vmims: &[Vmim]) -> Option<DesiredMigrat
         ports: state.ports.clone(),
         claims,
         migration_uid: state.migration_uid.clone(),
+        terms: state.terms,
     })
 }
 

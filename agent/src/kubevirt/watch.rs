@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     Applier, ApplyReport, KubevirtError,
-    objects::{self, ObjectError, RawObject},
+    objects::{self, MigrationTerms, ObjectError, RawObject},
     podnet::{HostIface, NoInterfaces, PodInterfaces},
     reconcile::{Desired, reconcile},
 };
@@ -143,6 +143,10 @@ pub struct DiscoveredVm {
     pub role: Option<MigrationRole>,
     pub phase: MigrationPhase,
     pub peer_node: Option<String>,
+    /// The VMI's promise to its application (annotation), Mbit/s.
+    pub reserve_mbit: Option<f64>,
+    /// The terms of its current (or last) migration.
+    pub terms: MigrationTerms,
 }
 
 /// This node's view of KubeVirt and the registrations made from it.
@@ -188,6 +192,14 @@ impl Discovery {
             interfaces: Box::new(NoInterfaces),
             iface_cache: BTreeMap::new(),
         }
+    }
+
+    /// VMIs (`namespace/name`) registered into a `[[vm]]` entry's slot
+    /// (see [`Applier::with_pinned`]).
+    pub fn with_pinned(mut self, pinned: BTreeMap<String, u32>) -> Self {
+        self.applier =
+            std::mem::replace(&mut self.applier, Applier::new(0..=0)).with_pinned(pinned);
+        self
     }
 
     /// Looks launcher pods' host-side interfaces up with `interfaces`.
@@ -388,6 +400,8 @@ impl Discovery {
                     .as_ref()
                     .map_or(MigrationPhase::None, |m| m.phase),
                 peer_node: vm.migration.as_ref().and_then(|m| m.peer_node.clone()),
+                reserve_mbit: vm.reserve_mbit,
+                terms: vm.migration.as_ref().map(|m| m.terms).unwrap_or_default(),
             })
             .collect()
     }
