@@ -199,7 +199,18 @@ impl FakeApi {
     /// Starts the server on 127.0.0.1 (a free port) in the current tokio
     /// runtime.
     pub async fn start() -> anyhow::Result<FakeApi> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        FakeApi::serve_on(TcpListener::bind("127.0.0.1:0").await?)
+    }
+
+    /// Like [`FakeApi::start`], on 127.0.0.1 inside `ns`: for an agent
+    /// that runs there (a namespace has its own loopback).
+    pub async fn start_in(ns: &crate::NetNs) -> anyhow::Result<FakeApi> {
+        let listener = crate::in_netns(ns, || std::net::TcpListener::bind("127.0.0.1:0"))?;
+        listener.set_nonblocking(true)?;
+        FakeApi::serve_on(TcpListener::from_std(listener)?)
+    }
+
+    fn serve_on(listener: TcpListener) -> anyhow::Result<FakeApi> {
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State::default()));
         let (events, _) = broadcast::channel(256);
@@ -236,6 +247,17 @@ impl FakeApi {
     /// A kube client pointed at this server (plain HTTP, no auth).
     pub fn client(&self) -> anyhow::Result<kube::Client> {
         Ok(kube::Client::try_from(self.config()?)?)
+    }
+
+    /// A kubeconfig for this server (plain HTTP, no credentials), for a
+    /// process such as the agent (`KUBECONFIG=<file>`).
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: {}\n\
+             users:\n- name: agent\n  user: {{}}\ncontexts:\n- name: stand-in\n  context:\n    \
+             cluster: stand-in\n    user: agent\n    namespace: default\ncurrent-context: stand-in\n",
+            self.url()
+        )
     }
 
     /// The client configuration for this server, in namespace "default".

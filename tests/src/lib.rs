@@ -9,7 +9,8 @@
 //!
 //! [`guest`] builds the test guest (kernel + initramfs with
 //! `vmbw-workload`), [`vm`] runs QEMU processes, [`testbed`] joins source
-//! and destination hosts through a rate-limited router for migrations.
+//! and destination hosts through a rate-limited router for migrations,
+//! [`overlay`] joins two KubeVirt-shaped nodes through VXLAN.
 
 pub mod agent;
 pub mod bpffs;
@@ -20,6 +21,7 @@ pub mod libvirtd;
 pub mod logs;
 pub mod measure;
 pub mod netns;
+pub mod overlay;
 pub mod policy;
 pub mod report;
 pub mod runner;

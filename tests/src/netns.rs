@@ -161,7 +161,8 @@ pub fn in_netns<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-fn enter(path: &PathBuf) -> anyhow::Result<()> {
+/// Moves the calling thread into the namespace at `path`.
+pub(crate) fn enter(path: &PathBuf) -> anyhow::Result<()> {
     let file = File::open(path)
         .map_err(|e| anyhow::anyhow!("opening namespace {}: {e}", path.display()))?;
     // SAFETY: setns on a valid fd; it changes only the calling thread.

@@ -680,6 +680,38 @@ async fn synced_means_the_first_lists_are_applied() {
     );
 }
 
+/// A VMI with a `[[vm]]` entry of its `namespace/name` is registered into
+/// that entry's slot (outside discovery's range), so the control loop that
+/// follows the entry's QEMU shapes the flows discovery learns; others get
+/// slots from the range.
+#[tokio::test]
+async fn a_vmi_named_by_a_vm_entry_uses_that_entry_s_slot() {
+    require!(privileged());
+    let pinned = [("default/testvmi".to_owned(), 900)].into_iter().collect();
+    let s = setup_with(
+        "node02",
+        &["vmi-running-node02.json"],
+        Discovery::new("node02", 1..=64).with_pinned(pinned),
+    )
+    .await
+    .expect("setup");
+    s.until("the VM's addresses", |d| {
+        d.flows().iter().any(|f| f.local == "192.168.2.107")
+    })
+    .await
+    .expect("addresses");
+    assert_eq!(s.slot().expect("slot"), 900);
+    assert_eq!(
+        s.run(900, Direction::Egress, &app_frame())
+            .expect("run")
+            .application
+            .egress
+            .packets,
+        1,
+        "the VM's traffic is counted in the pinned slot"
+    );
+}
+
 async fn wait_synced(s: &Setup, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
