@@ -142,7 +142,7 @@ pub struct VmState {
     /// The dirty rate sampled during the bulk pass, bytes/s.
     pub sampled_dirty_rate: Option<f64>,
     /// When the current migration started, and the guest's RAM as its
-    /// first sample showed (sent + remaining): its deadline's clock and
+    /// first sample showed (QEMU's `ram.total`): its deadline's clock and
     /// size.
     pub migration_started: Option<std::time::Instant>,
     pub ram_bytes: Option<f64>,

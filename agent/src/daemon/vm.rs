@@ -284,8 +284,14 @@ async fn follow_once<S: MigrationSource>(
                         v.samples += 1;
                         v.iteration = (s.iteration + s.syncs) as u32;
                         v.remaining = s.remaining_bytes;
-                        v.ram_bytes
-                            .get_or_insert((s.transferred_bytes + s.remaining_bytes) as f64);
+                        // The guest's RAM, which KubeVirt's deadline is per
+                        // GiB of; sent + remaining where the source has no
+                        // total (it undercounts: zero pages go as headers).
+                        let ram = match s.ram_total_bytes {
+                            0 => s.transferred_bytes + s.remaining_bytes,
+                            total => total,
+                        };
+                        v.ram_bytes.get_or_insert(ram as f64);
                         v.page_size = s.page_size as f64;
                         shared.metrics.migration_progress(
                             name,

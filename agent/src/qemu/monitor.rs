@@ -151,6 +151,8 @@ pub struct IterationSample {
     /// boundaries).
     pub sent_bytes: u64,
     pub remaining_bytes: u64,
+    /// Guest RAM being migrated (`ram.total`; libvirt's `memory_total`).
+    pub ram_total_bytes: u64,
     pub mbps: f64,
     pub expected_downtime_ms: Option<u64>,
 }
@@ -691,6 +693,7 @@ impl MigrationMonitor {
             transferred_bytes: ram.transferred,
             sent_bytes: ram.transferred.saturating_sub(b.transferred),
             remaining_bytes: ram.remaining,
+            ram_total_bytes: ram.total,
             mbps: ram.mbps,
             expected_downtime_ms: info.expected_downtime,
         };
