@@ -809,6 +809,43 @@ mod tests {
         assert_eq!(with(json!({})), MigrationTerms::default());
     }
 
+    /// KubeVirt's round-trip fixture as release 1.6 serialises a VMI
+    /// (every field set to a placeholder): skipped for its placeholder
+    /// addresses, naming the object and the field; with real values in the
+    /// fields vmbw needs, its migration's terms are read from 1.6's layout.
+    #[test]
+    fn kubevirt_1_6_s_round_trip_vmi_is_read_field_by_field() {
+        let mut v: Value = serde_json::from_str(include_str!(
+            "../../../tests/fixtures/kubevirt/vmi-apitesting-release-1.6.json"
+        ))
+        .expect("fixture");
+        let e = parse_vmi(&raw(v.clone())).expect_err("placeholders are not addresses");
+        let e = e.to_string();
+        assert!(
+            e.contains("namespaceValue/nameValue") && e.contains("is not an IP address"),
+            "{e}"
+        );
+        let state = &mut v["status"]["migrationState"];
+        state["targetNodeAddress"] = json!("10.244.2.10");
+        state["targetDirectMigrationNodePorts"] = json!({"45123": 49152});
+        v["status"]["interfaces"][0]["ipAddress"] = json!("10.244.1.20");
+        v["status"]["interfaces"][0]["ipAddresses"] = json!(["10.244.1.20"]);
+        v["status"]["interfaces"][0]["mac"] = json!("52:54:00:f4:01:14");
+        let vmi = parse_vmi(&raw(v)).expect("a VMI once the placeholders are values");
+        let m = vmi.migration.expect("a migration");
+        assert_eq!(m.ports.len(), 1);
+        assert_eq!(
+            m.terms,
+            MigrationTerms {
+                // -23 and -15 in the fixture: not timeouts.
+                completion_timeout_per_gib: None,
+                progress_timeout_s: None,
+                allow_post_copy: Some(true),
+                allow_auto_converge: Some(true),
+            }
+        );
+    }
+
     #[test]
     fn addresses() {
         assert_eq!(
