@@ -209,13 +209,8 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
             }
             slot = Some(v.slot);
         }
-        match info.status {
-            Some(MigrationStatus::Completed)
-            | Some(MigrationStatus::Failed)
-            | Some(MigrationStatus::Cancelled) => {
-                break info;
-            }
-            _ => {}
+        if info.status.as_ref().is_some_and(MigrationStatus::is_final) {
+            break info;
         }
         assert!(
             Instant::now() < deadline,

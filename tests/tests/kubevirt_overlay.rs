@@ -11,8 +11,8 @@
 //!
 //! Checked: the kernel's migration bytes, inside VXLAN, agree with QEMU's
 //! `transferred` within 1%; the migration class's HTB ceil and the root's
-//! cap (the link) hold within 3% while the migration fills what the
-//! application leaves; the application keeps its reservation; KubeVirt's deadline, from the VMI's
+//! cap (the link) hold within 3%, and the class gets its guarantee
+//! while the application keeps its reservation; KubeVirt's deadline, from the VMI's
 //! `migrationConfiguration`, is known to the agent and not overrun.
 
 use std::time::{Duration, Instant};
@@ -125,8 +125,13 @@ fn wait_for_flows(a: &Agent, what: &str, pred: impl Fn(&[FlowStatus]) -> bool) {
 /// One sample of the migration's class on the uplink.
 #[derive(Debug, Clone, Copy)]
 struct ClassSample {
-    at: Instant,
+    /// Just before and just after `tc` read the counters: on a loaded
+    /// machine the read itself can take a tenth of a second.
+    before: Instant,
+    after: Instant,
     sent: u64,
+    /// The migration class's guarantee (HTB rate) and ceiling.
+    rate_bps: u64,
     ceil_bps: u64,
     /// What the application's class sent.
     app_sent: u64,
@@ -273,16 +278,20 @@ fn a_kubevirt_migration_through_proxy_and_vxlan_is_counted_and_capped() {
     let give_up = Instant::now() + Duration::from_secs_f64(2.0 * kubevirt_deadline());
     let status = loop {
         let info = rt.block_on(ctl.query_migrate()).expect("query-migrate");
+        let before = Instant::now();
         let out = tb
             .node_a
             .exec("tc", &["-s", "class", "show", "dev", UPLINK])
             .unwrap_or_default();
+        let after = Instant::now();
         let classes = parse_tc_classes(&out).unwrap_or_default();
         let class = |h: &str| classes.iter().find(|c| c.handle == h);
         if let (Some(m), Some(a)) = (class(&mig_class), class(&app_class)) {
             samples.push(ClassSample {
-                at: Instant::now(),
+                before,
+                after,
                 sent: m.sent_bytes,
+                rate_bps: m.rate_bps,
                 ceil_bps: m.ceil_bps,
                 app_sent: a.sent_bytes,
             });
@@ -294,13 +303,8 @@ fn a_kubevirt_migration_through_proxy_and_vxlan_is_counted_and_capped() {
         {
             deadline_seen.get_or_insert((left, started.elapsed().as_secs_f64()));
         }
-        match info.status {
-            Some(
-                MigrationStatus::Completed | MigrationStatus::Failed | MigrationStatus::Cancelled,
-            ) => {
-                break info;
-            }
-            _ => {}
+        if info.status.as_ref().is_some_and(MigrationStatus::is_final) {
+            break info;
         }
         assert!(
             Instant::now() < give_up,
@@ -349,7 +353,7 @@ fn a_kubevirt_migration_through_proxy_and_vxlan_is_counted_and_capped() {
         1.01 + allowance
     );
 
-    // 2. The caps hold, over 2 s windows with one ceil: the migration
+    // 2. The caps hold, over 4 s windows with one allotment: the migration
     // class never sends above its ceil, and with the application's class
     // beside it the VM never exceeds the HTB root's cap (the link). A cap
     // never reached would hold trivially, so the link must also be full
@@ -357,21 +361,34 @@ fn a_kubevirt_migration_through_proxy_and_vxlan_is_counted_and_capped() {
     // the application leaves (NRAC lends the migration the whole link as
     // its ceil; the application's reservation is what limits it).
     let mut of_ceil = Vec::new();
+    let mut of_rate = Vec::new();
     let mut of_link = Vec::new();
-    for w in samples.windows(3).step_by(2) {
-        let (a, b) = (w[0], w[2]);
-        if a.ceil_bps != b.ceil_bps || w[1].ceil_bps != a.ceil_bps || a.ceil_bps == 0 {
+    // Each counter was read at some moment between a sample's `before`
+    // and `after`, so a window lasted between `b.before - a.after` and
+    // `b.after - a.before`: a cap is judged exceeded only if even the
+    // longest reading of the window exceeds it; the other figures use the
+    // midpoints.
+    let mut link_max = 0.0f64;
+    let mut ceil_max = 0.0f64;
+    for w in samples.windows(5).step_by(4) {
+        let (a, b) = (w[0], w[4]);
+        let same = |s: &ClassSample| (s.rate_bps, s.ceil_bps) == (a.rate_bps, a.ceil_bps);
+        if !w.iter().all(same) || a.ceil_bps == 0 || a.rate_bps == 0 {
             continue;
         }
-        let secs = (b.at - a.at).as_secs_f64();
-        let rate = |from: u64, to: u64| to.saturating_sub(from) as f64 * 8.0 / secs;
-        let migration = rate(a.sent, b.sent);
-        of_ceil.push(migration / a.ceil_bps as f64);
-        of_link.push((migration + rate(a.app_sent, b.app_sent)) / (LINK_MBIT * 1e6));
+        let mid = |s: &ClassSample| s.before + (s.after - s.before) / 2;
+        let longest = (b.after - a.before).as_secs_f64();
+        let midpoints = (mid(&b) - mid(&a)).as_secs_f64();
+        let bits = |from: u64, to: u64| to.saturating_sub(from) as f64 * 8.0;
+        let (migration, app) = (bits(a.sent, b.sent), bits(a.app_sent, b.app_sent));
+        let link = LINK_MBIT * 1e6;
+        ceil_max = ceil_max.max(migration / longest / a.ceil_bps as f64);
+        link_max = link_max.max((migration + app) / longest / link);
+        of_ceil.push(migration / midpoints / a.ceil_bps as f64);
+        of_rate.push(migration / midpoints / a.rate_bps as f64);
+        of_link.push((migration + app) / midpoints / link);
     }
-    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
-    let (ceil_max, link_max, link_median) =
-        (max(&of_ceil), max(&of_link), percentile(&of_link, 50.0));
+    let link_median = percentile(&of_link, 50.0);
     eprintln!(
         "migration class {mig_class}: {} windows; sent/ceil max {ceil_max:.3}, median {:.3}; \
          (migration + application)/link max {link_max:.3}, median {link_median:.3}; ceils {:?} kbit/s",
@@ -383,8 +400,8 @@ fn a_kubevirt_migration_through_proxy_and_vxlan_is_counted_and_capped() {
             .collect::<Vec<_>>()
     );
     assert!(
-        of_ceil.len() >= 5,
-        "too few windows with one ceil: {samples:?}"
+        of_ceil.len() >= 4,
+        "too few windows with one allotment: {samples:?}"
     );
     assert!(
         ceil_max <= 1.03,
@@ -397,6 +414,22 @@ fn a_kubevirt_migration_through_proxy_and_vxlan_is_counted_and_capped() {
     assert!(
         link_median >= 0.97,
         "the migration did not take what the application left: link used x{link_median:.3}"
+    );
+
+    // The migration class gets at least its guarantee (the link less the
+    // promise on the wire, less the urgent and default classes' shares,
+    // which it borrows while they are idle: seen x1.025).
+    let rate_median = percentile(&of_rate, 50.0);
+    eprintln!(
+        "migration class: sent/guarantee median {rate_median:.3}; guarantees {:?} kbit/s",
+        samples
+            .iter()
+            .map(|s| s.rate_bps / 1000)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        rate_median >= 0.97,
+        "the migration class did not get its guarantee: median x{rate_median:.3}"
     );
 
     // 3. The application keeps its promise (or what it asked for, if less).
