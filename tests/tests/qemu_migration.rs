@@ -185,7 +185,19 @@ fn monitor_samples_agree_with_qemu_on_a_real_migration() {
     );
     let ledger: Vec<u64> = o.ledger.values().copied().collect();
     assert!(ledger.windows(2).all(|w| w[0] <= w[1]), "{:?}", o.ledger);
-    assert!(o.ledger_spread <= 2, "ledger spread {}", o.ledger_spread);
+    // Within a sync the ledger may move by the pages the migration thread
+    // sends while QEMU's main thread reads the counters one by one (no
+    // lock): a page or two on an idle host, more when the reading thread
+    // is preempted (3 under `--stress`'s busy loops). Allowed: 2 pages
+    // plus what the stream sends in 20 ms at this migration's mean rate;
+    // a ledger off by an iteration's dirtying is thousands of pages.
+    let secs = total_s.max(0.1);
+    let allowed = 2 + (ram.pages_sent() as f64 / secs * 0.020).ceil() as u64;
+    assert!(
+        o.ledger_spread <= allowed,
+        "ledger spread {} pages (allowed {allowed})",
+        o.ledger_spread
+    );
     for s in samples.iter().filter(|s| s.iter_s >= 0.5) {
         assert!(
             s.dirty_pages_counted.is_some(),
