@@ -279,6 +279,26 @@ impl Agent {
         })??)
     }
 
+    /// The VMs the agent follows (`/api/v1/vms`); empty while it does not
+    /// answer.
+    pub fn vms(&self) -> Vec<vmbw::api::VmStatus> {
+        self.get_json(vmbw::api::VMS_PATH).unwrap_or_default()
+    }
+
+    /// The agent's flow table (`/api/v1/flows`); empty while it does not
+    /// answer.
+    pub fn flows(&self) -> Vec<vmbw::api::FlowStatus> {
+        self.get_json(vmbw::api::FLOWS_PATH).unwrap_or_default()
+    }
+
+    /// A 200 answer's JSON body, parsed.
+    fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
+        let (status, body) = self.get(path).ok()?;
+        (status == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
+    }
+
     /// The value of one metric line (`name{labels}`), if present.
     pub fn metric(&self, series: &str) -> anyhow::Result<Option<f64>> {
         let (_, body) = self.get("/metrics")?;

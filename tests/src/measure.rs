@@ -226,6 +226,15 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
     v[rank.min(v.len()) - 1]
 }
 
+/// The share of a migration's bytes (`transferred`) that the datapath may
+/// count on top of QEMU: it counts at TCX, before the qdisc, so segments
+/// TCP sent again (a full frame's payload each, 1448 bytes) and packets
+/// the class's queue refused (each at most one GSO super-packet, 64 KiB
+/// on veth; TCP offers it again as new data) are counted twice.
+pub fn counted_twice_share(retransmitted: u64, dropped: u64, transferred: f64) -> f64 {
+    (retransmitted * 1448 + dropped * 65_536) as f64 / transferred
+}
+
 /// `Tcp: RetransSegs` of namespace `ns` (/proc/net/snmp).
 pub fn retransmitted_segments(ns: &crate::NetNs) -> u64 {
     let snmp = ns.exec("cat", &["/proc/net/snmp"]).unwrap_or_default();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use vmbw::{
-    api::{Explain, MigrationPhase, VmStatus},
+    api::{Explain, MigrationPhase},
     qemu::{Qmp, QmpOptions, types::MigrationStatus},
     shaping::TrafficClass,
 };
@@ -25,14 +25,6 @@ use vmbw_tests::{
 /// long enough to kill and restart the agent in the middle.
 const LINK_MBIT: f64 = 50.0;
 const GUEST_MB: u32 = 128;
-
-fn vms(a: &Agent) -> Vec<VmStatus> {
-    a.get("/api/v1/vms")
-        .ok()
-        .and_then(|(s, b)| (s == 200).then_some(b))
-        .and_then(|b| serde_json::from_str(&b).ok())
-        .unwrap_or_default()
-}
 
 fn tcx_programs(tb: &MigrationTestbed) -> (usize, usize) {
     in_netns(&tb.src, || {
@@ -134,7 +126,7 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen_rate = false;
     while Instant::now() < deadline && !seen_rate {
-        seen_rate = vms(&agent).iter().any(|v| {
+        seen_rate = agent.vms().iter().any(|v| {
             v.migration
                 .as_ref()
                 .is_some_and(|m| m.phase == MigrationPhase::PreCopy)
@@ -203,7 +195,7 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
     let mut slot = None;
     let status = loop {
         let info = rt.block_on(ctl.query_migrate()).expect("query-migrate");
-        for v in vms(&agent) {
+        for v in agent.vms() {
             if let Some(m) = v.migration {
                 max_iteration = max_iteration.max(m.iteration);
             }
@@ -265,7 +257,6 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
         .expect("migration packet counter");
     let payload = counted - packets * 66.0;
     let retrans = measure::retransmitted_segments(&tb.src).saturating_sub(retrans_before);
-    // A dropped packet is at most one GSO super-packet (64 KiB on veth).
     let dropped = drop_watch.stop();
     eprintln!("drops per class on {UPLINK}: {dropped:?}");
     let class = slot.map(|s| measure::tc_class(s, TrafficClass::Migration));
@@ -274,7 +265,7 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
         .filter(|(h, _)| Some(*h) == class.as_ref())
         .map(|(_, d)| d)
         .sum();
-    let allowance = (retrans * 1448 + drops * 65_536) as f64 / transferred;
+    let allowance = measure::counted_twice_share(retrans, drops, transferred);
     let ratio = payload / transferred;
     eprintln!(
         "migration: {:.1} s, up to iteration {max_iteration}; QEMU transferred {transferred:.0} B, datapath counted {counted:.0} B in {packets:.0} packets, payload x{ratio:.4}, {retrans} segments retransmitted, {drops} packets dropped by the migration class's queue",

@@ -170,11 +170,7 @@ fn pump(
 }
 
 fn vm(agent: &Agent) -> Option<VmStatus> {
-    let (status, body) = agent.get("/api/v1/vms").ok()?;
-    let vms: Vec<VmStatus> = (status == 200)
-        .then(|| serde_json::from_str(&body).ok())
-        .flatten()?;
-    vms.into_iter().find(|v| v.name == "vm1")
+    agent.vms().into_iter().find(|v| v.name == "vm1")
 }
 
 /// Polls `f` every 100 ms for up to `within`.

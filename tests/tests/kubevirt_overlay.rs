@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use vmbw::{
-    api::{FlowMatch, FlowStatus, TrafficClass as ApiClass, VmStatus},
+    api::{FlowMatch, FlowStatus, TrafficClass as ApiClass},
     qemu::{Qmp, QmpOptions, types::MigrationStatus},
     shaping::TrafficClass,
 };
@@ -89,27 +89,11 @@ fn kubevirt_deadline() -> f64 {
     TIMEOUT_PER_GIB * GUEST_MB as f64 / 1024.0
 }
 
-fn vms(a: &Agent) -> Vec<VmStatus> {
-    a.get("/api/v1/vms")
-        .ok()
-        .and_then(|(s, b)| (s == 200).then_some(b))
-        .and_then(|b| serde_json::from_str(&b).ok())
-        .unwrap_or_default()
-}
-
-fn flows(a: &Agent) -> Vec<FlowStatus> {
-    a.get("/api/v1/flows")
-        .ok()
-        .and_then(|(s, b)| (s == 200).then_some(b))
-        .and_then(|b| serde_json::from_str(&b).ok())
-        .unwrap_or_default()
-}
-
 /// Waits up to 20 s for `pred` on the agent's flow table.
 fn wait_for_flows(a: &Agent, what: &str, pred: impl Fn(&[FlowStatus]) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let f = flows(a);
+        let f = a.flows();
         if pred(&f) {
             return;
         }
@@ -296,7 +280,8 @@ fn a_kubevirt_migration_through_proxy_and_vxlan_is_counted_and_capped() {
                 app_sent: a.sent_bytes,
             });
         }
-        if let Some(left) = vms(&agent)
+        if let Some(left) = agent
+            .vms()
             .iter()
             .find(|v| v.name == VM)
             .and_then(|v| v.migration.as_ref()?.deadline_left_seconds)
@@ -337,7 +322,7 @@ fn a_kubevirt_migration_through_proxy_and_vxlan_is_counted_and_capped() {
     let drops = dropped.get(&mig_class).copied().unwrap_or(0);
     // Segments TCP sent again and packets the class's queue refused are
     // real bytes at TCX that QEMU counts once (see tests/tests/agent.rs).
-    let allowance = (retrans * 1448 + drops * 65_536) as f64 / transferred;
+    let allowance = measure::counted_twice_share(retrans, drops, transferred);
     let ratio = payload / transferred;
     eprintln!(
         "migration through proxy and VXLAN: {:.1} s; QEMU transferred {transferred:.0} B, \
