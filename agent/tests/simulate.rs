@@ -62,11 +62,9 @@ fn on_the_real_sequential_trace_only_nrac_with_adamig_converges() {
         "downtime within the raised limit: {}",
         o.downtime_s
     );
-    assert!(
-        o.steps.iter().any(|s| s == "auto-converge"),
-        "{:?}",
-        o.steps
-    );
+    // AdaMig's first step does it (auto-converge followed it while the
+    // predictor read the passes after the bulk pass short: same time).
+    assert!(o.steps.iter().any(|s| s == "more-share"), "{:?}", o.steps);
 }
 
 #[test]

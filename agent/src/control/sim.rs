@@ -336,6 +336,10 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
             duration_s: dur,
             sent_bytes: Some(remaining),
             remaining_bytes: Some(dirtied * sc.page_size),
+            // As the agent has it: one sample, taken in the bulk pass.
+            sampled_dirty_pps: rows
+                .is_empty()
+                .then(|| sc.dirty.rate_at(t) * (1.0 - throttle)),
         });
         dirty_rate_history.push(dirtied * sc.page_size / dur);
         app_history.push(app);

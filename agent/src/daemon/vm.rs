@@ -274,7 +274,14 @@ async fn follow_once<S: MigrationSource>(
                         let predicted = v.predicted.get(&finished).copied();
                         shared.metrics.dirty_pages(name, s.dirty_pages, predicted);
                         v.sample_at = Some(std::time::Instant::now());
-                        v.rows.push(s.to_iteration());
+                        let mut it = s.to_iteration();
+                        if v.rows.is_empty() {
+                            // The rate sampled during the bulk pass.
+                            it.sampled_dirty_pps = v
+                                .sampled_dirty_rate
+                                .map(|bps| bps / s.page_size.max(1) as f64);
+                        }
+                        v.rows.push(it);
                         v.iter_s.push(s.iter_s);
                         v.dirty_rates.push(if s.iter_s > 0.0 {
                             s.dirty_pages * s.page_size as f64 / s.iter_s

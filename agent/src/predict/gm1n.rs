@@ -29,8 +29,8 @@
 //!   and the last value below.
 
 use super::{
-    DriverForecast, GreyGm11, Iteration, MIN_GREY_SAMPLES, PredictError, Prediction, Predictor,
-    Response, SERIES, check_history, fallback_last,
+    DriverForecast, GreyGm11, Iteration, MIN_GREY_SAMPLES, Physics, PredictError, Prediction,
+    Predictor, Response, SERIES, check_history, fallback_last,
     grey::{Gm1n, Gm11, ago, relational_grade, residual_correction},
 };
 
@@ -41,17 +41,21 @@ pub enum Driver {
     /// the predicted iteration is held or forecast ([`DriverForecast`]),
     /// except X5's: the duration of the iteration that just ended.
     Series(usize),
-    /// T̂: the iteration's expected duration as known when the iteration
-    /// before ended ([`Iteration::next_duration_s`]).
+    /// T̃: the iteration's expected duration as known when the iteration
+    /// before ended, calibrated on the migration's earlier iterations
+    /// ([`super::calibrated_next_duration`]).
     Duration,
-    /// P̂: pages at the previous iteration's dirty rate over T̂
-    /// ([`Iteration::next_pages_at_rate`]).
+    /// P̃: pages at the previous iteration's dirty rate over T̃
+    /// ([`super::Physics::pages_at_rate`]).
     PagesAtRate,
+    /// S̃: pages at the sampled write rate over the working set it implies
+    /// ([`super::Physics::sampled_set`]); P̃ where no rate was sampled.
+    SampledSet,
 }
 
 impl Driver {
-    /// Every driver: X2..X6, T̂, P̂.
-    pub const ALL: [Driver; 7] = [
+    /// Every driver: X2..X6, T̃, P̃, S̃.
+    pub const ALL: [Driver; 8] = [
         Driver::Series(1),
         Driver::Series(2),
         Driver::Series(3),
@@ -59,14 +63,16 @@ impl Driver {
         Driver::Series(5),
         Driver::Duration,
         Driver::PagesAtRate,
+        Driver::SampledSet,
     ];
 
-    /// As written in a prediction's `how`: `X3`, `T^`, `P^`.
+    /// As written in a prediction's `how`: `X3`, `T~`, `P~`, `S~`.
     pub fn name(self) -> String {
         match self {
             Driver::Series(i) => format!("X{}", i + 1),
-            Driver::Duration => "T^".into(),
-            Driver::PagesAtRate => "P^".into(),
+            Driver::Duration => "T~".into(),
+            Driver::PagesAtRate => "P~".into(),
+            Driver::SampledSet => "S~".into(),
         }
     }
 
@@ -76,12 +82,13 @@ impl Driver {
         !matches!(self, Driver::Series(_))
     }
 
-    /// A physics driver's value for the iteration after `prev`.
-    fn after(self, prev: &Iteration) -> Option<f64> {
+    /// A physics driver's value in `p`.
+    fn of(self, p: &Physics) -> Option<f64> {
         match self {
             Driver::Series(_) => None,
-            Driver::Duration => prev.next_duration_s(),
-            Driver::PagesAtRate => prev.next_pages_at_rate(),
+            Driver::Duration => Some(p.duration_s),
+            Driver::PagesAtRate => Some(p.pages_at_rate),
+            Driver::SampledSet => Some(p.sampled_set),
         }
     }
 }
@@ -157,8 +164,11 @@ struct Column {
 struct Window {
     x1: Vec<f64>,
     columns: Vec<Column>,
-    /// P̂ of the predicted iteration, if the telemetry has it.
-    next_pages_at_rate: Option<f64>,
+    /// The physics' own prediction (S̃, or P̃ without a sampled rate) for
+    /// each iteration of the window, if the telemetry has them all.
+    physics: Option<Column>,
+    /// Its prediction for the next iteration, if the telemetry has it.
+    physics_next: Option<f64>,
     /// The dirty-rate change (a factor) the window starts after, if any.
     cut: Option<f64>,
 }
@@ -170,10 +180,8 @@ impl GreyGm1n {
         let latest = &history[s - 1];
         // The physics drivers exist from the second iteration on; with
         // them the window leaves the bulk pass out.
-        let physics = self
-            .candidates
-            .iter()
-            .any(|d| d.is_physics() && d.after(latest).is_some());
+        let next = Physics::after(history);
+        let physics = next.is_some() && self.candidates.iter().any(|d| d.is_physics());
         let mut start = s
             .saturating_sub(self.window.max(MIN_GREY_SAMPLES))
             .max(usize::from(physics))
@@ -193,6 +201,21 @@ impl GreyGm1n {
             }
         }
         let h = &history[start..];
+        // Each iteration's physics as known when the one before ended,
+        // computed once for every physics column.
+        let known: Option<Vec<Physics>> =
+            next.and_then(|_| (start..s).map(|g| Physics::after(&history[..g])).collect());
+        let column = |driver: Driver| {
+            Some(Column {
+                driver,
+                values: known
+                    .as_ref()?
+                    .iter()
+                    .map(|p| driver.of(p))
+                    .collect::<Option<_>>()?,
+                next: driver.of(next.as_ref()?),
+            })
+        };
         let columns = self
             .candidates
             .iter()
@@ -205,20 +228,14 @@ impl GreyGm1n {
                     next: (i == PREV_DURATION && latest.duration_s > 0.0)
                         .then_some(latest.duration_s),
                 }),
-                _ => Some(Column {
-                    driver,
-                    values: (start..s)
-                        .map(|g| g.checked_sub(1).and_then(|p| driver.after(&history[p])))
-                        .collect::<Option<Vec<f64>>>()?,
-                    next: Some(driver.after(latest)?),
-                })
-                .filter(|c| c.values.iter().chain(&c.next).all(|v| v.is_finite())),
+                _ => column(driver),
             })
             .collect();
         Window {
             x1: h.iter().map(|r| r.x[0]).collect(),
             columns,
-            next_pages_at_rate: latest.next_pages_at_rate().filter(|v| v.is_finite()),
+            physics: column(Driver::SampledSet),
+            physics_next: next.map(|p| p.sampled_set),
             cut,
         }
     }
@@ -331,7 +348,7 @@ impl GreyGm1n {
             .then_some((value.max(0.0), correction.is_some()))
     }
 
-    /// How a prediction with these columns was made, e.g. `gm1n[T^,X5]+corr`.
+    /// How a prediction with these columns was made, e.g. `gm1n[T~,X5]+corr`.
     fn describe(w: &Window, chosen: &[usize], corrected: bool) -> String {
         let names: Vec<String> = chosen.iter().map(|&i| w.columns[i].driver.name()).collect();
         let corr = if corrected { "+corr" } else { "" };
@@ -368,8 +385,11 @@ impl Predictor for GreyGm1n {
 
     /// GM(1,N) when it earns its parameters: the drivers are chosen on the
     /// window, then a rolling-origin backtest over the window's last
-    /// iterations compares GM(1,N) with GM(1,1); GM(1,N) is used only if
-    /// its backtest error is not larger, and its prediction is plausible.
+    /// iterations compares GM(1,N) with GM(1,1) and with the physics alone
+    /// (S̃, or P̃ without a sampled rate), and the one with the smallest
+    /// error predicts (GM(1,N) on a tie; its prediction must be plausible).
+    /// Too short a window for a backtest: the physics when the telemetry
+    /// has it, GM(1,N) or GM(1,1) otherwise.
     fn predict(&self, history: &[Iteration]) -> Result<Prediction, PredictError> {
         check_history(history)?;
         let w = self.window(history);
@@ -377,14 +397,16 @@ impl Predictor for GreyGm1n {
         let cut = w
             .cut
             .map_or(String::new(), |f| format!(", dirty rate changed {f:.1}x"));
+        let physics = |why: &str| {
+            w.physics_next.map(|value| Prediction {
+                value: value.max(0.0),
+                how: format!("{} ({why}{cut})", Driver::SampledSet.name()),
+            })
+        };
         if n < MIN_GREY_SAMPLES {
-            return Ok(match w.next_pages_at_rate {
-                Some(value) => Prediction {
-                    value,
-                    how: format!("P^ (fallback: {n} samples{cut})"),
-                },
-                None => fallback_last(history, &format!("{n} samples{cut}")),
-            });
+            let why = format!("fallback: {n} samples");
+            return Ok(physics(&why)
+                .unwrap_or_else(|| fallback_last(history, &format!("{n} samples{cut}"))));
         }
         let gm11 = self.gm11();
         let via_gm11 = |why: &str| -> Result<Prediction, PredictError> {
@@ -396,28 +418,38 @@ impl Predictor for GreyGm1n {
         if chosen.is_empty() {
             // Too few samples for one driver (two equations per parameter)
             // or none informative: the physics needs no fit.
-            return match w.next_pages_at_rate {
-                Some(value) => Ok(Prediction {
-                    value,
-                    how: format!("P^ (fallback: no driver over {n} samples{cut})"),
-                }),
+            let why = format!("fallback: no driver over {n} samples");
+            return match physics(&why) {
+                Some(p) => Ok(p),
                 None => via_gm11("no usable driver"),
             };
         }
         let need = (chosen.len() + 3).max(MIN_GREY_SAMPLES);
-        let (mut err_n, mut err_1, mut tested) = (0.0, 0.0, 0);
+        let (mut err_n, mut err_1, mut err_p, mut tested) = (0.0, 0.0, 0.0, 0);
         for origin in n.saturating_sub(BACKTEST_ORIGINS).max(need)..n {
             let actual = w.x1[origin];
-            let Some((pn, _)) = self.fit_predict(&w, &chosen, origin) else {
-                err_n = f64::INFINITY;
-                break;
-            };
+            let pn = self
+                .fit_predict(&w, &chosen, origin)
+                .map_or(f64::INFINITY, |(v, _)| v);
             let p1 = gm11.predict_series(&w.x1[..origin])?.value;
             err_n += (pn - actual).abs();
             err_1 += (p1 - actual).abs();
+            err_p += w
+                .physics
+                .as_ref()
+                .map_or(f64::INFINITY, |c| (c.values[origin] - actual).abs());
             tested += 1;
         }
-        if err_n > err_1 {
+        if tested == 0 {
+            if let Some(p) = physics(&format!("fallback: no backtest over {n} samples")) {
+                return Ok(p);
+            }
+        } else if err_p < err_n.min(err_1) {
+            return Ok(physics(&format!(
+                "backtest over {tested}: err {err_p:.0} < gm1n {err_n:.0}, gm11 {err_1:.0}"
+            ))
+            .expect("a finite physics error means a physics column"));
+        } else if err_n > err_1 {
             return via_gm11(&format!(
                 "backtest over {tested}: gm1n err {err_n:.0} > gm11 err {err_1:.0}"
             ));
@@ -463,6 +495,7 @@ mod tests {
                     duration_s: t,
                     sent_bytes: Some(left),
                     remaining_bytes: Some(remaining),
+                    sampled_dirty_pps: None,
                 };
                 left = remaining;
                 prev_t = t;
@@ -485,8 +518,9 @@ mod tests {
     /// A constant dirty rate of 500 pages/s, and besides the dirty pages
     /// each iteration streams 0–16 MB of other data (say dirty disk blocks):
     /// durations, and X1 = rate · duration with them, follow those bytes,
-    /// not a geometric decay GM(1,1) could fit. X1(k) is exactly P̂(k), so
-    /// GM(1,N) on P̂ recovers it up to the ridge term's bias.
+    /// not a geometric decay GM(1,1) could fit. X1(k) is exactly P̃(k), so
+    /// the physics alone is exact and GM(1,N) on P̃ recovers it up to the
+    /// ridge term's bias; the backtest picks one of the two.
     #[test]
     fn pages_at_rate_driver_recovers_what_gm11_cannot() {
         let h = migrate(
@@ -501,13 +535,15 @@ mod tests {
         for k in 1..16 {
             let p = on_p.predict(&h[..k]).expect("predicts");
             let err = (p.value - h[k].x[0]).abs() / h[k].x[0];
-            // Up to 4 samples after the bulk pass: P̂ itself; from 5 on
-            // GM(1,N) fitted on P̂.
+            // Up to 4 samples after the bulk pass: P̃ itself; from 5 on
+            // P̃ or GM(1,N) fitted on it, never GM(1,1).
             let tol = if k < 6 { 1e-9 } else { 5e-3 };
             assert!(err < tol, "iteration {}: {} ({err})", k + 1, p.how);
-            if k >= 6 {
-                assert!(p.how.starts_with("gm1n[P^]"), "{}", p.how);
-            }
+            assert!(
+                p.how.starts_with("gm1n[P~]") || p.how.starts_with("S~"),
+                "{}",
+                p.how
+            );
         }
         let gm11 = mean_ape(&GreyGm11::default(), &h, 6..16);
         assert!(gm11 > 0.2, "GM(1,1) cannot follow it: {gm11}");
@@ -582,6 +618,7 @@ mod tests {
             .map(|it| Iteration {
                 sent_bytes: None,
                 remaining_bytes: None,
+                sampled_dirty_pps: None,
                 ..it
             })
             .collect();

@@ -66,6 +66,46 @@ impl WorkingSet {
         }
     }
 
+    /// The random-write working set that makes `rate` pages/s dirty
+    /// `dirtied` distinct pages in `t` seconds: `pages` solves
+    /// `pages · (1 − e^(−rate·t/pages)) = dirtied`. None when the pass
+    /// shows no saturation (`dirtied` ≥ `rate·t`: the rate is then no
+    /// better than the pass's own) or the figures are not positive and
+    /// finite.
+    ///
+    /// This is what a sampled write rate (QEMU's `calc-dirty-rate`, about
+    /// a second of page hashing) adds to one long pass: the pass alone
+    /// cannot tell a slow writer from a fast one whose writes overlap.
+    ///
+    /// Solved for `u = rate·t / pages` in `h(u) = (1 − e^(−u)) / u = c`,
+    /// `c = dirtied / (rate·t)`, by Newton's method: `h` is convex and
+    /// falls from 1, and `h(u) ≥ 1 − u/2` puts the root above
+    /// `u₀ = 2(1 − c)`, so the steps climb to it without overshooting.
+    pub fn from_rate(rate: f64, t: f64, dirtied: f64) -> Option<WorkingSet> {
+        let ok = |v: f64| v.is_finite() && v > 0.0;
+        let written = rate * t;
+        if !(ok(rate) && ok(t) && ok(dirtied)) || dirtied >= written * (1.0 - 1e-3) {
+            return None;
+        }
+        let c = dirtied / written;
+        let mut u = 2.0 * (1.0 - c);
+        for _ in 0..60 {
+            let e = (-u).exp();
+            let h = -(-u).exp_m1() / u;
+            let slope = (e * (u + 1.0) - 1.0) / (u * u);
+            let step = (h - c) / slope;
+            u -= step;
+            if step.abs() <= 1e-12 * u {
+                break;
+            }
+        }
+        Some(WorkingSet {
+            rate,
+            pages: written / u,
+            shape: Shape::Random,
+        })
+    }
+
     /// Fits `(seconds, distinct pages)` samples: for each working set on a
     /// grid, every sample gives the rate that explains it exactly; their
     /// median is that working set's rate, and the working set whose curve
@@ -177,6 +217,22 @@ mod tests {
             .expect("fits");
         assert_eq!(seq.shape, Shape::Sweep, "{seq:?}");
         assert!((fit.dirtied(1.0) / 400.0 - 1.0).abs() < 0.02, "{fit:?}");
+    }
+
+    #[test]
+    fn a_sampled_rate_and_one_pass_give_the_working_set() {
+        let truth = WorkingSet {
+            rate: 512.0,
+            pages: 16384.0,
+            shape: Shape::Random,
+        };
+        let ws = WorkingSet::from_rate(512.0, 38.4, truth.dirtied(38.4)).expect("saturated");
+        assert!((ws.pages / truth.pages - 1.0).abs() < 1e-6, "{ws:?}");
+        assert!((ws.dirtied(13.3) / truth.dirtied(13.3) - 1.0).abs() < 1e-6);
+        // A pass at or above the sampled rate shows no working set.
+        assert_eq!(WorkingSet::from_rate(512.0, 10.0, 5120.0), None);
+        assert_eq!(WorkingSet::from_rate(0.0, 10.0, 100.0), None);
+        assert_eq!(WorkingSet::from_rate(f64::NAN, 10.0, 100.0), None);
     }
 
     #[test]

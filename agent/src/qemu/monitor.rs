@@ -180,6 +180,9 @@ impl IterationSample {
             duration_s: self.iter_s,
             sent_bytes: Some(self.sent_bytes as f64),
             remaining_bytes: Some(self.remaining_bytes as f64),
+            // The agent samples the write rate itself (once, in the bulk
+            // pass) and adds it to the iteration it fell in.
+            sampled_dirty_pps: None,
         }
     }
 

@@ -270,6 +270,7 @@ fn score_trace(path: &Path, o: &Options) -> anyhow::Result<Option<TraceScores>> 
         .map(|r| Iteration {
             sent_bytes: None,
             remaining_bytes: None,
+            sampled_dirty_pps: None,
             ..*r
         })
         .collect();
