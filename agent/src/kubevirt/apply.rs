@@ -116,8 +116,13 @@ impl Applier {
     /// VM's QEMU (so the control loop follows it), while discovery
     /// registers its flows into the same slot.
     pub fn with_pinned(mut self, pinned: BTreeMap<String, u32>) -> Self {
-        self.pinned = pinned;
+        self.pin(pinned);
         self
+    }
+
+    /// As [`Applier::with_pinned`], in place.
+    pub fn pin(&mut self, pinned: BTreeMap<String, u32>) {
+        self.pinned = pinned;
     }
 
     /// The slot of a VMI (`namespace/name`), if it has one.

@@ -197,8 +197,7 @@ impl Discovery {
     /// VMIs (`namespace/name`) registered into a `[[vm]]` entry's slot
     /// (see [`Applier::with_pinned`]).
     pub fn with_pinned(mut self, pinned: BTreeMap<String, u32>) -> Self {
-        self.applier =
-            std::mem::replace(&mut self.applier, Applier::new(0..=0)).with_pinned(pinned);
+        self.applier.pin(pinned);
         self
     }
 
