@@ -145,8 +145,58 @@ pub struct Population {
     pub truth: Vec<Vec<f64>>,
 }
 
+/// Which VM population [`utilisation_population_of`] generates. The
+/// SICC paper gives only the moments (mean 30 %, standard deviation 15 %)
+/// and the two variance types; how the VMs' daily cycles relate to each
+/// other, which decides how many anti-correlated pairs exist, it leaves
+/// open. These populations vary exactly that.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PopulationKind {
+    /// The module docs' reading of the paper: every VM's daily cycle has a
+    /// uniformly random phase.
+    Paper,
+    /// Two groups, as a data centre of daytime services and nightly batch
+    /// jobs: half the VMs peak around one time of day (phase within ±π/8),
+    /// the other half twelve hours later. Pairs across the groups are
+    /// strongly anti-correlated.
+    DayNight,
+    /// The paper's VMs, but this share of them flat: no daily cycle, only
+    /// the minute-to-minute noise (w = 0). They correlate with nothing.
+    Flat { share: f64 },
+    /// Utilisation in three bands that match SICC's PRU edges (< 25,
+    /// 25-50, > 50 %): a third each with mean U[5, 12], U[18, 28] or
+    /// U[40, 55] and a standard deviation of a third of the mean (overall
+    /// mean ~26 %); phases uniformly random.
+    Bands,
+}
+
+impl PopulationKind {
+    /// As `vmbw plan-sim sicc --population` names it.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Paper => "paper".into(),
+            Self::DayNight => "day-night".into(),
+            Self::Flat { share } => format!("flat-{:.0}pct", share * 100.0),
+            Self::Bands => "bands".into(),
+        }
+    }
+}
+
 /// `n` VMs of the SICC scenario (see the module docs).
 pub fn utilisation_population(
+    n: usize,
+    period: usize,
+    history_days: usize,
+    seed: u64,
+) -> Population {
+    utilisation_population_of(PopulationKind::Paper, n, period, history_days, seed)
+}
+
+/// `n` VMs of population `kind`: per VM a mean μ, a standard deviation δ,
+/// the share w of the variance in the daily cycle and its phase φ, then
+/// the module docs' series.
+pub fn utilisation_population_of(
+    kind: PopulationKind,
     n: usize,
     period: usize,
     history_days: usize,
@@ -155,20 +205,40 @@ pub fn utilisation_population(
     let root = Rng::new(seed);
     let days = history_days + 1;
     let rho: f64 = 0.9;
+    let tau = std::f64::consts::TAU;
     let mut history = Vec::with_capacity(n);
     let mut truth = Vec::with_capacity(n);
     for vm in 0..n {
         let mut rng = root.fork(vm as u64);
-        let mu = rng.uniform(15.0, 45.0);
-        let delta = rng.uniform(10.0, 20.0);
-        let w = rng.uniform(0.5, 0.95);
-        let phase = rng.uniform(0.0, std::f64::consts::TAU);
+        // The paper's draws come first, in the same order for every kind,
+        // so that `Paper` stays the population it always was.
+        let mut mu = rng.uniform(15.0, 45.0);
+        let mut delta = rng.uniform(10.0, 20.0);
+        let mut w = rng.uniform(0.5, 0.95);
+        let mut phase = rng.uniform(0.0, tau);
+        match kind {
+            PopulationKind::Paper => {}
+            PopulationKind::DayNight => {
+                let group = (vm % 2) as f64;
+                phase = group * tau / 2.0 + rng.uniform(-tau / 16.0, tau / 16.0);
+            }
+            PopulationKind::Flat { share } => {
+                if rng.unit() < share {
+                    w = 0.0;
+                }
+            }
+            PopulationKind::Bands => {
+                let (lo, hi) = [(5.0, 12.0), (18.0, 28.0), (40.0, 55.0)][vm % 3];
+                mu = rng.uniform(lo, hi);
+                delta = mu / 3.0;
+            }
+        }
         let (wave, noise) = ((2.0 * w).sqrt(), (1.0 - w).sqrt());
         let innovation = (1.0 - rho * rho).sqrt();
         let mut eps = rng.normal();
         let mut series = Vec::with_capacity(days * period);
         for t in 0..days * period {
-            let daily = (std::f64::consts::TAU * (t % period) as f64 / period as f64 + phase).sin();
+            let daily = (tau * (t % period) as f64 / period as f64 + phase).sin();
             series.push((mu + delta * (wave * daily + noise * eps)).clamp(0.0, 100.0));
             eps = rho * eps + innovation * rng.normal();
         }
@@ -206,6 +276,40 @@ mod tests {
         for (h, l) in inv.hosts.iter().zip(inv.host_loads()) {
             assert!(l <= h.capacity);
         }
+    }
+
+    #[test]
+    fn the_populations_vary_what_they_say() {
+        let paper = utilisation_population(60, 96, 1, 3);
+        assert_eq!(
+            paper,
+            utilisation_population_of(PopulationKind::Paper, 60, 96, 1, 3)
+        );
+        let corr = |a: &[f64], b: &[f64]| stats::pearson(a, b);
+        // Day/night: VMs of one group move together, across groups apart.
+        let dn = utilisation_population_of(PopulationKind::DayNight, 40, 288, 2, 3);
+        let same = corr(&dn.history[0], &dn.history[2]);
+        let across = corr(&dn.history[0], &dn.history[1]);
+        assert!(same > 0.5 && across < -0.5, "{same} {across}");
+        // Flat: about the share has no daily cycle (day 1 against day 2:
+        // ~0 for noise alone, about w >= 0.5 with a cycle).
+        let flat = utilisation_population_of(PopulationKind::Flat { share: 0.5 }, 200, 288, 2, 3);
+        let flat_n = flat
+            .history
+            .iter()
+            .filter(|s| corr(&s[..288], &s[288..576]) < 0.25)
+            .count();
+        assert!((70..=130).contains(&flat_n), "{flat_n}");
+        // Bands: the three thirds' means are apart.
+        let bands = utilisation_population_of(PopulationKind::Bands, 90, 96, 1, 3);
+        let mean_of = |k: usize| {
+            let m: Vec<f64> = (k..90)
+                .step_by(3)
+                .map(|i| stats::mean(&bands.history[i]))
+                .collect();
+            stats::mean(&m)
+        };
+        assert!(mean_of(0) < 15.0 && (18.0..30.0).contains(&mean_of(1)) && mean_of(2) > 38.0);
     }
 
     #[test]

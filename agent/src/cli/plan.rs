@@ -45,6 +45,20 @@ pub enum PeakModelArg {
     Max,
 }
 
+/// `plan-sim sicc --population`: how the VMs' daily cycles relate
+/// (`vmbw_plan::sim::PopulationKind`).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PopulationArg {
+    /// The paper's moments, every daily cycle at a random phase.
+    Paper,
+    /// Half the VMs peak by day, half by night.
+    DayNight,
+    /// The paper's VMs, `--flat-share` of them without a daily cycle.
+    Flat,
+    /// Three utilisation bands matching SICC's PRU edges.
+    Bands,
+}
+
 impl From<PeakModelArg> for PeakModel {
     fn from(m: PeakModelArg) -> Self {
         match m {
@@ -230,6 +244,12 @@ enum Scenario {
         history_days: usize,
         #[arg(long, value_enum, default_value = "mean")]
         peak_model: PeakModelArg,
+        /// How the VMs' daily cycles relate to each other.
+        #[arg(long, value_enum, default_value = "paper")]
+        population: PopulationArg,
+        /// With `--population flat`: the share of VMs without a cycle.
+        #[arg(long, default_value_t = 0.3)]
+        flat_share: f64,
         #[arg(long)]
         json: bool,
     },
@@ -283,10 +303,26 @@ pub fn sim(args: &SimArgs) -> anyhow::Result<()> {
             period,
             history_days,
             peak_model,
+            population,
+            flat_share,
             json,
         } => {
             anyhow::ensure!(*history_days >= 1, "--history-days must be at least 1");
-            let population = sim::utilisation_population(*vms, *period, *history_days, *seed);
+            anyhow::ensure!(
+                (0.0..=1.0).contains(flat_share),
+                "--flat-share must be between 0 and 1, not {flat_share}"
+            );
+            let kind = match population {
+                PopulationArg::Paper => sim::PopulationKind::Paper,
+                PopulationArg::DayNight => sim::PopulationKind::DayNight,
+                PopulationArg::Flat => sim::PopulationKind::Flat { share: *flat_share },
+                PopulationArg::Bands => sim::PopulationKind::Bands,
+            };
+            let population =
+                sim::utilisation_population_of(kind, *vms, *period, *history_days, *seed);
+            if !*json {
+                println!("population: {} ({vms} VMs, seed {seed})", kind.name());
+            }
             let t = Instant::now();
             let forecasts: Vec<Vec<f64>> = population
                 .history
@@ -346,6 +382,7 @@ pub fn sim(args: &SimArgs) -> anyhow::Result<()> {
                     "{}",
                     json!({
                         "scenario": "sicc",
+                        "population": kind.name(),
                         "vms": vms,
                         "seed": seed,
                         "period": period,
