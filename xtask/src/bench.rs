@@ -52,11 +52,16 @@ const BENCHES: &[(&str, &str)] = &[
         "plan",
         "VMM-CFG and SICC papers' simulations, 10k-VM planning time (drives the release vmbw binary)",
     ),
+    (
+        "reproduce",
+        "the seed papers' claims beside ours: docs/reproduction/seed-NNN.json, docs/reproduction.md (seeds 002, 003 so far)",
+    ),
 ];
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     match args.name.as_str() {
         "plan" => crate::bench_plan::run(&args.rest),
+        "reproduce" => crate::reproduce::run(&args.rest),
         "migration" => crate::migration::bench(&args.rest),
         "report" => crate::migration::report(&args.rest),
         "agent-load" => {

@@ -95,7 +95,7 @@ pub fn run(rest: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_vmbw() -> anyhow::Result<PathBuf> {
+pub fn build_vmbw() -> anyhow::Result<PathBuf> {
     let out = Command::new(env!("CARGO"))
         .current_dir(util::workspace_root())
         .args([
@@ -123,7 +123,7 @@ fn build_vmbw() -> anyhow::Result<PathBuf> {
         .context("cargo did not report the vmbw executable")
 }
 
-fn vmbw_json(vmbw: &Path, args: &[String]) -> anyhow::Result<Value> {
+pub fn vmbw_json(vmbw: &Path, args: &[String]) -> anyhow::Result<Value> {
     let out = Command::new(vmbw)
         .args(args)
         .output()

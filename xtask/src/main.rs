@@ -12,6 +12,7 @@ mod bench_plan;
 mod deb;
 mod fuzz;
 mod migration;
+mod reproduce;
 mod setup;
 mod test;
 mod util;
