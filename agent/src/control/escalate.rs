@@ -397,15 +397,10 @@ fn plans_postcopy_after_pass(
 fn keep_in_force(e: &Escalation, d: &mut VmDecision) {
     if e.postcopy {
         d.qemu.start_postcopy = true;
-        // Post-copy's background push stays within what the migration may
-        // use, so that the pages the guest waits for do not queue behind
-        // it: its guarantee, and the VM's own application reservation,
-        // which from the switch is idle here (the application runs, and
-        // sends, on the destination host). The sooner the rest arrives,
-        // the fewer pages the guest stops for: greedy-30mbit-r10's guest
-        // was blocked on faults for 7 of its 8.6 s of post-copy with the
-        // push held to the guarantee (18 of 28.5 Mbit/s).
-        d.qemu.max_postcopy_bandwidth = e.postcopy_bandwidth.map(|b| b + d.app_reserve);
+        // Post-copy's background push stays within the migration's
+        // guarantee, so that the pages the guest waits for do not queue
+        // behind it.
+        d.qemu.max_postcopy_bandwidth = e.postcopy_bandwidth;
     }
     if e.throttle_pct > 0 {
         d.qemu.cpu_throttle_pct = Some(e.throttle_pct);
@@ -614,12 +609,6 @@ mod tests {
         let d = review(&mut esc, vm(3, 20.0, 12.0, ALL), 15.0);
         assert!(d.qemu.start_postcopy);
         assert_eq!(esc.switches.get(&Tool::PostCopy), Some(&1));
-        // The push may also take the VM's own application reservation,
-        // idle on this host once the guest runs on the destination.
-        let mut reserved = VmDecision::unenforced("vm");
-        reserved.app_reserve = 10.0 * MBIT;
-        keep_in_force(&esc.vms["vm"], &mut reserved);
-        assert_eq!(reserved.qemu.max_postcopy_bandwidth, Some(25.0 * MBIT));
     }
 
     #[test]
