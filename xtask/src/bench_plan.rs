@@ -140,6 +140,23 @@ pub fn vmbw_json(vmbw: &Path, args: &[String]) -> anyhow::Result<Value> {
     serde_json::from_str(line).with_context(|| format!("vmbw {} printed no JSON", args.join(" ")))
 }
 
+/// One `vmbw plan-sim vmm-cfg` run's JSON: `hosts` hosts, 3 VMs each.
+pub fn vmmcfg_run(vmbw: &Path, hosts: usize, seed: u64) -> anyhow::Result<Value> {
+    vmbw_json(
+        vmbw,
+        &[
+            "plan-sim",
+            "vmm-cfg",
+            "--hosts",
+            &hosts.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--json",
+        ]
+        .map(String::from),
+    )
+}
+
 fn num(v: &Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or(f64::NAN)
 }
@@ -170,19 +187,7 @@ fn vmmcfg_table(vmbw: &Path, runs: u64) -> anyhow::Result<Value> {
     for hosts in (10..=100).step_by(10) {
         let mut acc: Vec<Vec<f64>> = vec![Vec::new(); 12];
         for seed in 1..=runs {
-            let v = vmbw_json(
-                vmbw,
-                &[
-                    "plan-sim",
-                    "vmm-cfg",
-                    "--hosts",
-                    &hosts.to_string(),
-                    "--seed",
-                    &seed.to_string(),
-                    "--json",
-                ]
-                .map(String::from),
-            )?;
+            let v = vmmcfg_run(vmbw, hosts, seed)?;
             let moves = v["moves"].as_array().map_or(0, Vec::len) as f64;
             for (i, x) in [
                 num(&v, "overloaded_before"),
