@@ -157,6 +157,34 @@ pub fn vmmcfg_run(vmbw: &Path, hosts: usize, seed: u64) -> anyhow::Result<Value>
     )
 }
 
+/// One `vmbw plan-sim sicc` run's JSON.
+pub fn sicc_run(
+    vmbw: &Path,
+    population: &str,
+    extra: &[&str],
+    vms: usize,
+    seed: u64,
+    peak_model: &str,
+) -> anyhow::Result<Value> {
+    let mut args: Vec<String> = [
+        "plan-sim",
+        "sicc",
+        "--vms",
+        &vms.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--peak-model",
+        peak_model,
+        "--population",
+        population,
+        "--json",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    vmbw_json(vmbw, &args)
+}
+
 fn num(v: &Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or(f64::NAN)
 }
@@ -256,21 +284,7 @@ fn sicc_table(vmbw: &Path, vms: usize, runs: u64, model: &str) -> anyhow::Result
     let mut mae = Vec::new();
     for seed in 1..=runs {
         let started = Instant::now();
-        let v = vmbw_json(
-            vmbw,
-            &[
-                "plan-sim",
-                "sicc",
-                "--vms",
-                &vms.to_string(),
-                "--seed",
-                &seed.to_string(),
-                "--peak-model",
-                model,
-                "--json",
-            ]
-            .map(String::from),
-        )?;
+        let v = sicc_run(vmbw, "paper", &[], vms, seed, model)?;
         mae.push(num(&v, "forecast_mae"));
         for (a, algo) in algos.iter().enumerate() {
             let r = &v["results"][algo];

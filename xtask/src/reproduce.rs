@@ -190,34 +190,6 @@ const POPULATIONS: [(&str, &[&str]); 4] = [
     ("bands", &[]),
 ];
 
-/// One `vmbw plan-sim sicc` run's JSON.
-fn sicc_run(
-    vmbw: &Path,
-    population: &str,
-    extra: &[&str],
-    vms: usize,
-    seed: u64,
-    peak_model: &str,
-) -> anyhow::Result<Value> {
-    let mut args: Vec<String> = [
-        "plan-sim",
-        "sicc",
-        "--vms",
-        &vms.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--peak-model",
-        peak_model,
-        "--population",
-        population,
-        "--json",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    bench_plan::vmbw_json(vmbw, &args)
-}
-
 /// SICC against ICMA: 3000 VMs per population and CVM peak model, and the
 /// 195-VM case's mean PRU.
 fn seed_003(vmbw: &Path, runs: u64) -> anyhow::Result<Value> {
@@ -230,7 +202,7 @@ fn seed_003(vmbw: &Path, runs: u64) -> anyhow::Result<Value> {
             let (mut items, mut servers, mut icma_items, mut sicc_items) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for seed in 1..=runs {
-                let v = sicc_run(vmbw, population, extra, 3000, seed, model)?;
+                let v = bench_plan::sicc_run(vmbw, population, extra, 3000, seed, model)?;
                 let (i, s) = (&v["results"]["icma"], &v["results"]["sicc"]);
                 items.push(num(s, "cvms") / num(i, "cvms"));
                 servers.push(num(s, "servers") / num(i, "servers"));
@@ -260,7 +232,7 @@ fn seed_003(vmbw: &Path, runs: u64) -> anyhow::Result<Value> {
         ));
         let mut gain = Vec::new();
         for seed in 1..=small_runs {
-            let v = sicc_run(vmbw, population, extra, 195, seed, "mean")?;
+            let v = bench_plan::sicc_run(vmbw, population, extra, 195, seed, "mean")?;
             gain.push(
                 num(&v["results"]["sicc"], "mean_pru") / num(&v["results"]["icma"], "mean_pru")
                     - 1.0,
