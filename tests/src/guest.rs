@@ -40,6 +40,9 @@ pub const PROGRESS_MARKER: &str = "vmbw-workload: t=";
 /// What the workload prints when its self-check finds a page that lost a
 /// write (the same string as `CORRUPT_MARKER` in tests/workload's memory.rs).
 pub const CORRUPT_MARKER: &str = "VMBW-WORKLOAD-CORRUPT";
+/// In a report line of the workload whose self-check found every write of
+/// the pages it read (an eighth of the working set per report).
+pub const CLEAN_CHECK_MARKER: &str = "corrupt_pages=0";
 
 /// A bootable guest: kernel and initramfs.
 #[derive(Clone, Debug)]
@@ -109,7 +112,7 @@ impl Guest {
         }
         available().map_err(|e| anyhow::anyhow!(e))?;
         let dir = guest_dir()?;
-        let workload = build_workload(&dir.join("build"))?;
+        let workload = build_workload(&workload_target_dir(&dir))?;
         let image = initramfs(&dir, &workload)?;
         let initrd = dir.join("initramfs.cpio");
         write_if_changed(&initrd, &image)?;
@@ -120,6 +123,19 @@ impl Guest {
         *built = Some(g.clone());
         Ok(g)
     }
+}
+
+/// The workload's cargo target dir: one per source tree. Cargo keys its
+/// freshness by the package's path but names the binary by the package, so
+/// two trees sharing one target dir overwrite each other's binary, and the
+/// tree that built first then finds its own unit "fresh" and boots the
+/// other tree's workload. (That happened: a worktree at an older commit
+/// left a workload without self-checks, which this tree's guests then ran.)
+fn workload_target_dir(guest_dir: &Path) -> PathBuf {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    workspace_root().hash(&mut h);
+    guest_dir.join("build").join(format!("{:016x}", h.finish()))
 }
 
 /// The workspace root, where `cargo build -p vmbw-workload` runs.

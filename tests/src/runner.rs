@@ -510,10 +510,13 @@ pub fn run_one(
         .zip(runs)
         .map(|(v, runs)| {
             runs.map(|r| {
-                r && !pairs[v.index]
-                    .1
-                    .console()
-                    .contains(crate::guest::CORRUPT_MARKER)
+                // Intact: it runs and, if it writes a working set, its
+                // self-check ran (a guest without one proves nothing) and
+                // found no lost write.
+                let console = pairs[v.index].1.console();
+                let checked = !sc.vm[v.index].checks_itself()
+                    || console.contains(crate::guest::CLEAN_CHECK_MARKER);
+                r && checked && !console.contains(crate::guest::CORRUPT_MARKER)
             })
         })
         .collect();

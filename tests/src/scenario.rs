@@ -205,6 +205,12 @@ impl App {
 }
 
 impl VmSpec {
+    /// Whether the guest writes a working set, and so checks it for lost
+    /// writes (its report lines carry `corrupt_pages=`).
+    pub fn checks_itself(&self) -> bool {
+        self.wss_mb > 0 && self.dirty_mb_s > 0.0
+    }
+
     /// The application this VM runs.
     pub fn app(&self) -> anyhow::Result<App> {
         let kind = match &self.app {

@@ -463,7 +463,7 @@ fn intact_on_destination(dst: &mut vmbw_tests::vm::Vm, what: &str) -> usize {
         "{what}: the guest lost writes or crashed:\n{}",
         dst.console_tail(20)
     );
-    let checks = console.matches("corrupt_pages=0").count();
+    let checks = console.matches(guest::CLEAN_CHECK_MARKER).count();
     assert!(
         checks >= 8,
         "{what}: only {checks} clean self-checks on the destination"
