@@ -100,10 +100,8 @@ pub fn run(rest: &[String]) -> anyhow::Result<()> {
             let file = dir.join(format!("seed-{seed}.json"));
             let stamped = json!({
                 "seed": seed,
-                "commit": util::output(Command::new("git").args(["rev-parse", "HEAD"]))
-                    .unwrap_or_default(),
-                "date": util::output(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]))
-                    .unwrap_or_default(),
+                "commit": trimmed(Command::new("git").args(["rev-parse", "HEAD"])),
+                "date": trimmed(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
                 "command": format!("cargo xtask bench reproduce --seed {seed} --runs {}", o.runs),
                 "runs": o.runs,
                 "data": data,
@@ -127,6 +125,11 @@ pub fn run(rest: &[String]) -> anyhow::Result<()> {
         json!({"bench": "reproduce", "seeds_with_results": present})
     );
     Ok(())
+}
+
+/// A command's output without its trailing newline ("" if it failed).
+fn trimmed(cmd: &mut Command) -> String {
+    util::output(cmd).unwrap_or_default().trim().to_owned()
 }
 
 /// Median, minimum and maximum.
@@ -274,12 +277,13 @@ fn read_seed(dir: &Path, seed: &str) -> anyhow::Result<Option<Value>> {
 }
 
 fn stamp(v: &Value) -> String {
-    let commit = v["commit"].as_str().unwrap_or("?");
+    let field = |k: &str| v[k].as_str().unwrap_or("?").trim().to_owned();
+    let commit = field("commit");
     format!(
         "Ran at commit `{}` on {} with `{}`.",
         &commit[..commit.len().min(12)],
-        v["date"].as_str().unwrap_or("?"),
-        v["command"].as_str().unwrap_or("?")
+        field("date"),
+        field("command")
     )
 }
 
