@@ -185,7 +185,8 @@ pub fn sicc_run(
     vmbw_json(vmbw, &args)
 }
 
-fn num(v: &Value, key: &str) -> f64 {
+/// A number field of a JSON summary; NaN when absent.
+pub fn num(v: &Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or(f64::NAN)
 }
 
@@ -359,19 +360,7 @@ fn sicc_small(vmbw: &Path, runs: u64) -> anyhow::Result<Value> {
     let (mut icma, mut sicc, mut icma_n, mut sicc_n, mut bands) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), [0.0; 3]);
     for seed in 1..=runs {
-        let v = vmbw_json(
-            vmbw,
-            &[
-                "plan-sim",
-                "sicc",
-                "--vms",
-                "195",
-                "--seed",
-                &seed.to_string(),
-                "--json",
-            ]
-            .map(String::from),
-        )?;
+        let v = sicc_run(vmbw, "paper", &[], 195, seed, "mean")?;
         icma.push(num(&v["results"]["icma"], "mean_pru"));
         sicc.push(num(&v["results"]["sicc"], "mean_pru"));
         icma_n.push(num(&v["results"]["icma"], "cvms"));

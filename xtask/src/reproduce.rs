@@ -25,7 +25,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use crate::{bench_plan, util};
+use crate::{
+    bench_plan::{self, num},
+    util,
+};
 
 const SEEDS_RUN_HERE: [&str; 2] = ["002", "003"];
 
@@ -146,10 +149,6 @@ fn spread(xs: &[f64]) -> Value {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     };
     json!({"median": median, "min": v[0], "max": v[n - 1], "n": n})
-}
-
-fn num(v: &Value, key: &str) -> f64 {
-    v[key].as_f64().unwrap_or(f64::NAN)
 }
 
 /// VMM-CFG, the paper's §4.1 data centre: overloaded hosts and the load
