@@ -280,7 +280,7 @@ impl Metrics {
         set("guarantee", d.migration_rate.unwrap_or(0.0));
         set("ceiling", d.migration_ceil.unwrap_or(0.0));
         set("reservation", d.app_reserve);
-        if let Some(f) = &d.forecast {
+        if let Some(f) = &d.published_forecast() {
             self.converging
                 .with_label_values(&[vm])
                 .set(if f.converging() { 1.0 } else { 0.0 });

@@ -22,7 +22,7 @@ use std::{future::Future, time::Duration};
 use crate::{
     control::{Armed, QemuParams},
     qemu::{
-        Capability, IterationSample, MigrationMonitor, QmpError, monitor::MonitorError,
+        Capability, IterationSample, MigrationMonitor, Progress, QmpError, monitor::MonitorError,
         types::MigrationStatus,
     },
 };
@@ -152,6 +152,12 @@ pub trait MigrationSource: Send {
         want: &QemuParams,
         applied: &mut Applied,
     ) -> impl Future<Output = Result<Vec<Refused>, SourceError>> + Send;
+
+    /// Every poll's [`Progress`] while [`next_sample`](Self::next_sample)
+    /// waits; None where the source has none.
+    fn progress(&self) -> Option<tokio::sync::watch::Receiver<Option<Progress>>> {
+        None
+    }
 
     /// QEMU's process id (for learning its migration sockets from /proc).
     fn qemu_pid(&self) -> u32;
@@ -320,6 +326,10 @@ impl MigrationSource for MigrationMonitor {
         }
         applied.refused.extend(refused.iter().cloned());
         Ok(refused)
+    }
+
+    fn progress(&self) -> Option<tokio::sync::watch::Receiver<Option<Progress>>> {
+        Some(MigrationMonitor::progress(self))
     }
 
     fn qemu_pid(&self) -> u32 {

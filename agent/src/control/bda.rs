@@ -125,6 +125,7 @@ mod tests {
             deadline_s: None,
             stream_backlog: 0.0,
             switchover_held_s: 0.0,
+            drain_rate: None,
         }
     }
 

@@ -547,6 +547,7 @@ mod tests {
             deadline_s: None,
             stream_backlog: 0.0,
             switchover_held_s: 0.0,
+            drain_rate: None,
         }
     }
 
@@ -645,6 +646,7 @@ mod tests {
             deadline_s: Some(left),
             stream_backlog: 0.0,
             switchover_held_s: 0.0,
+            drain_rate: None,
             ..vm(2, 100.0, 2.0, ALL)
         };
         // 100 MB at 10 Mbit/s: ~84 s; 200 s left (160 usable): nothing to do.

@@ -83,6 +83,11 @@ pub struct Forecast {
     /// plan for a VM whose promised application sends); the figures are
     /// that plan's, not pre-copy's.
     pub postcopy_after_pass: bool,
+    /// The dirty rate forecast with, bytes/s (a working set's: that of
+    /// its first pass).
+    pub dirty_rate: f64,
+    /// QEMU's downtime limit forecast with, seconds.
+    pub downtime_limit_s: f64,
 }
 
 /// More passes than this and the forecast calls it "does not converge":
@@ -94,11 +99,27 @@ impl Forecast {
         self.eta_s.is_some()
     }
 
+    /// The same plan, dirty rate and downtime limit for `remaining` bytes
+    /// at `bandwidth` instead: what the migration is measured to get,
+    /// where the forecast counted on its guarantee.
+    pub fn at(&self, remaining: f64, bandwidth: f64) -> Forecast {
+        if self.postcopy_after_pass {
+            postcopy_after_pass(remaining, self.dirty_rate, bandwidth)
+        } else {
+            forecast(remaining, self.dirty_rate, bandwidth, self.downtime_limit_s)
+        }
+    }
+
     /// One line for a decision's reasons.
     pub fn describe(&self) -> String {
+        format!("forecast: {}", self.summary())
+    }
+
+    /// What it says, without the "forecast:" label.
+    pub fn summary(&self) -> String {
         if self.postcopy_after_pass {
             return format!(
-                "forecast: converges in {:.1} s with post-copy at the end of this pass \
+                "converges in {:.1} s with post-copy at the end of this pass \
                  (pre-copy alone: dirty/allotted = {:.2})",
                 self.eta_s.unwrap_or(f64::NAN),
                 self.ratio
@@ -106,12 +127,12 @@ impl Forecast {
         }
         match (self.eta_s, self.passes, self.downtime_s) {
             (Some(eta), Some(n), Some(dt)) => format!(
-                "forecast: converges in {eta:.1} s ({n} more pass(es), dirty/allotted = {:.2}, downtime {:.0} ms)",
+                "converges in {eta:.1} s ({n} more pass(es), dirty/allotted = {:.2}, downtime {:.0} ms)",
                 self.ratio,
                 dt * 1000.0
             ),
             _ => format!(
-                "forecast: does not converge under this allotment (dirty/allotted = {:.2})",
+                "does not converge under this allotment (dirty/allotted = {:.2})",
                 self.ratio
             ),
         }
@@ -151,14 +172,17 @@ pub fn forecast_with(
             downtime_s: None,
             ratio: f64::INFINITY,
             postcopy_after_pass: false,
+            dirty_rate: dirtied(1.0).max(0.0),
+            downtime_limit_s,
         };
     }
     let first = remaining / bandwidth;
-    let ratio = if first > 0.0 {
-        dirtied(first).max(0.0) / first / bandwidth
+    let dirty_rate = if first > 0.0 {
+        dirtied(first).max(0.0) / first
     } else {
-        dirtied(1.0).max(0.0) / bandwidth
+        dirtied(1.0).max(0.0)
     };
+    let ratio = dirty_rate / bandwidth;
     let mut x = remaining;
     let mut eta = 0.0;
     for pass in 1..=MAX_PASSES {
@@ -170,6 +194,8 @@ pub fn forecast_with(
                 downtime_s: Some(t),
                 ratio,
                 postcopy_after_pass: false,
+                dirty_rate,
+                downtime_limit_s,
             };
         }
         let next = dirtied(t).max(0.0);
@@ -185,6 +211,8 @@ pub fn forecast_with(
         downtime_s: None,
         ratio,
         postcopy_after_pass: false,
+        dirty_rate,
+        downtime_limit_s,
     }
 }
 
@@ -206,6 +234,8 @@ pub fn postcopy_after_pass(remaining: f64, dirty_rate: f64, bandwidth: f64) -> F
         downtime_s: Some(0.0),
         ratio: dirty_rate.max(0.0) / bandwidth,
         postcopy_after_pass: true,
+        dirty_rate: dirty_rate.max(0.0),
+        downtime_limit_s: 0.0,
     }
 }
 
@@ -275,6 +305,20 @@ mod tests {
         assert!(f.postcopy_after_pass && f.converging());
         assert!(f.describe().contains("post-copy at the end of this pass"));
         assert!(!postcopy_after_pass(1.0, 0.0, 0.0).converging());
+    }
+
+    #[test]
+    fn a_forecast_moved_to_the_measured_rate_keeps_its_plan() {
+        // Planned on a 5 MB/s guarantee; the class borrows up to 10.
+        let pre = forecast(100.0 * MB, 2.0 * MB, 5.0 * MB, 0.3);
+        let at = pre.at(100.0 * MB, 10.0 * MB);
+        assert_eq!(at, forecast(100.0 * MB, 2.0 * MB, 10.0 * MB, 0.3));
+        assert!(at.eta_s < pre.eta_s);
+        let post = postcopy_after_pass(100.0 * MB, 15.0 * MB, 5.0 * MB);
+        let at = post.at(50.0 * MB, 10.0 * MB);
+        assert!(at.postcopy_after_pass);
+        // 5 s for the pass, then the 75 MB it dirtied: 12.5 s.
+        assert!((at.eta_s.expect("converges") - 12.5).abs() < 1e-9);
     }
 
     #[test]

@@ -93,6 +93,10 @@ pub struct VmInputs {
     /// Seconds pre-copy's switchover has been held because that backlog
     /// alone fills the downtime limit ([`switchover`]); 0 when not held.
     pub switchover_held_s: f64,
+    /// How fast QEMU works through `remaining`, bytes/s, measured over its
+    /// last polls within one pass (zero pages drain faster than the wire
+    /// carries them); None until measured.
+    pub drain_rate: Option<f64>,
 }
 
 /// What the migration's starter armed (capabilities can only be set
@@ -192,8 +196,14 @@ pub struct VmDecision {
     /// Held at the floor because the link is short (NRAC step 8).
     pub delayed: bool,
     pub qemu: QemuParams,
-    /// When the migration is expected to finish under this decision.
+    /// When the migration finishes under this decision, counting on its
+    /// guarantee: what escalation plans with.
     pub forecast: Option<forecast::Forecast>,
+    /// The same forecast at the rate QEMU is measured to work through what
+    /// it has left (a guarantee is a floor: the class borrows what others
+    /// leave): what the agent publishes as the ETA. None before there is a
+    /// measurement.
+    pub expected: Option<forecast::Forecast>,
     pub reasons: Vec<Reason>,
 }
 
@@ -208,8 +218,15 @@ impl VmDecision {
             delayed: false,
             qemu: QemuParams::default(),
             forecast: None,
+            expected: None,
             reasons: Vec::new(),
         }
+    }
+
+    /// The forecast to publish (ETA, converging): the measured one where
+    /// there is one, else the planning one.
+    pub fn published_forecast(&self) -> Option<forecast::Forecast> {
+        self.expected.or(self.forecast)
     }
 
     pub fn why(&mut self, reason: impl Into<String>) {

@@ -243,6 +243,7 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
                 deadline_s: None,
                 stream_backlog: 0.0,
                 switchover_held_s: 0.0,
+                drain_rate: None,
             }],
         };
         let decision = controller.decide(&inputs);

@@ -19,6 +19,7 @@ use crate::{
     datapath::{Datapath, VmCounters},
     metrics::Metrics,
     predict::Iteration,
+    qemu::Drain,
 };
 
 use super::{http::Response, procnet::TcpConn};
@@ -151,6 +152,8 @@ pub struct VmState {
     pub stream_backlog: u64,
     /// Since when pre-copy's switchover is held for that backlog.
     pub switchover_held_since: Option<std::time::Instant>,
+    /// How fast QEMU works through `remaining`, from every poll.
+    pub drain: Drain,
     /// What KubeVirt says of this VM (the VMI of the same
     /// `namespace/name`), used where the `[[vm]]` entry says nothing.
     pub cluster: ClusterTerms,
@@ -223,6 +226,7 @@ impl VmState {
             ram_bytes: None,
             stream_backlog: 0,
             switchover_held_since: None,
+            drain: Drain::default(),
             cluster: ClusterTerms::default(),
         }
     }
@@ -251,6 +255,7 @@ impl VmState {
         self.ram_bytes = None;
         self.stream_backlog = 0;
         self.switchover_held_since = None;
+        self.drain = Drain::default();
     }
 
     /// Seconds the switchover has been held for QEMU's socket backlog;
@@ -427,12 +432,12 @@ pub fn vms(s: &State) -> Vec<api::VmStatus> {
                 eta_seconds: v
                     .decision
                     .as_ref()
-                    .and_then(|d| d.forecast)
+                    .and_then(|d| d.published_forecast())
                     .and_then(|f| f.eta_s),
                 converging: v
                     .decision
                     .as_ref()
-                    .and_then(|d| d.forecast)
+                    .and_then(|d| d.published_forecast())
                     .map(|f| f.converging()),
                 deadline_left_seconds: v.deadline_s(),
                 stream_backlog_bytes: (v.stream_backlog > 0).then_some(v.stream_backlog),

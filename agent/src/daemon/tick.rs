@@ -269,6 +269,7 @@ impl ControlLoop {
             deadline_s: v.deadline_s(),
             stream_backlog: v.stream_backlog as f64,
             switchover_held_s: v.switchover_held_s().unwrap_or(0.0),
+            drain_rate: v.drain.rate(),
         }
     }
 
@@ -405,7 +406,7 @@ impl ControlLoop {
                 named.insert("deadline_left_seconds".to_owned(), left);
             }
         }
-        if let Some(f) = &d.forecast {
+        if let Some(f) = &d.published_forecast() {
             named.insert(
                 "forecast_converging".to_owned(),
                 if f.converging() { 1.0 } else { 0.0 },

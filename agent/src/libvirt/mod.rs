@@ -91,7 +91,7 @@ pub use self::{
 use crate::{
     control::{Armed, QemuParams},
     migration::{Applied, MigrationEnd, MigrationSource, Refused, SourceError},
-    qemu::IterationSample,
+    qemu::{IterationSample, Progress},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -283,6 +283,10 @@ impl MigrationSource for LibvirtMonitor {
         }
         applied.refused.extend(refused.iter().cloned());
         Ok(refused)
+    }
+
+    fn progress(&self) -> Option<tokio::sync::watch::Receiver<Option<Progress>>> {
+        Some(self.progress.subscribe())
     }
 
     fn qemu_pid(&self) -> u32 {

@@ -21,7 +21,7 @@ use super::{
 use crate::{
     migration::MigrationEnd,
     qemu::{
-        IterationSample,
+        IterationSample, Progress,
         hoststats::{self, ByteCounter as _, ProcNetDev},
         types::MigrationStatus,
     },
@@ -116,6 +116,7 @@ pub struct LibvirtMonitor {
     last_job: Option<JobSnapshot>,
     pub(super) end: Option<MigrationEnd>,
     next_poll: Instant,
+    pub(super) progress: tokio::sync::watch::Sender<Option<Progress>>,
 }
 
 impl LibvirtMonitor {
@@ -169,6 +170,7 @@ impl LibvirtMonitor {
             last_job: None,
             end: None,
             next_poll: Instant::now(),
+            progress: tokio::sync::watch::Sender::new(None),
         };
         m.ram_bytes = m.call(|d| d.ram_bytes()).await?;
         Ok(m)
@@ -266,6 +268,11 @@ impl LibvirtMonitor {
             return Ok(()); // set-up: no sync yet
         }
         self.started = true;
+        self.progress.send_replace(Some(Progress {
+            remaining: job.remaining_bytes,
+            sync: job.iteration,
+            at: Instant::now(),
+        }));
         self.ledger
             .entry(job.iteration)
             .or_insert_with(|| job.ledger());

@@ -26,5 +26,7 @@ pub mod trace;
 pub mod types;
 
 pub use commands::Capability;
-pub use monitor::{IterationSample, MigrationMonitor, MigrationOutcome, MonitorConfig};
+pub use monitor::{
+    Drain, IterationSample, MigrationMonitor, MigrationOutcome, MonitorConfig, Progress,
+};
 pub use qmp::{Qmp, QmpError, QmpOptions};

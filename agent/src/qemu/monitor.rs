@@ -111,6 +111,65 @@ impl std::fmt::Display for MemorySource {
     }
 }
 
+/// What a migration still has to send, as one poll of its source saw it.
+/// Samples come once a pass; these come with every poll, so that what
+/// the agent forecasts moves while a long pass runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    /// Bytes QEMU still has to send (`ram.remaining`).
+    pub remaining: u64,
+    /// The pass it belongs to (QEMU's dirty-sync count; libvirt's
+    /// `memory_iteration`): `remaining` grows again only when it changes.
+    pub sync: u64,
+    pub at: Instant,
+}
+
+/// How fast a migration works through what it has left, from successive
+/// [`Progress`] readings within one pass: bytes of `remaining` per second.
+/// Zero pages go as headers, so this runs ahead of the wire rate while a
+/// pass meets untouched memory; it is what an ETA in `remaining` units
+/// needs.
+#[derive(Clone, Debug, Default)]
+pub struct Drain {
+    last: Option<Progress>,
+    /// (seconds, bytes drained) per interval between two readings.
+    window: VecDeque<(f64, f64)>,
+}
+
+impl Drain {
+    /// Seconds of readings the rate is averaged over.
+    pub const WINDOW_S: f64 = 10.0;
+    /// Seconds of readings needed before there is a rate.
+    pub const MIN_S: f64 = 2.0;
+
+    pub fn observe(&mut self, p: Progress) {
+        if let Some(last) = self.last
+            && last.sync == p.sync
+            && p.remaining <= last.remaining
+            && p.at > last.at
+        {
+            let dt = (p.at - last.at).as_secs_f64();
+            self.window
+                .push_back((dt, (last.remaining - p.remaining) as f64));
+            let mut span: f64 = self.window.iter().map(|(t, _)| t).sum();
+            while span - self.window[0].0 >= Self::WINDOW_S {
+                span -= self.window[0].0;
+                self.window.pop_front();
+            }
+        }
+        self.last = Some(p);
+    }
+
+    /// Bytes/s over the window; None before [`Self::MIN_S`] of readings.
+    pub fn rate(&self) -> Option<f64> {
+        let (t, b) = self
+            .window
+            .iter()
+            .fold((0.0, 0.0), |(t, b), (dt, db)| (t + dt, b + db));
+        (t >= Self::MIN_S).then(|| b / t)
+    }
+}
+
 /// One finished pre-copy iteration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IterationSample {
@@ -293,6 +352,7 @@ pub struct MigrationMonitor {
     page_size: u64,
     last_rate: u64,
     last_progress: Option<MigrationInfo>,
+    progress: tokio::sync::watch::Sender<Option<Progress>>,
     ready: VecDeque<IterationSample>,
     held: Option<IterationSample>,
     samples: u64,
@@ -392,6 +452,7 @@ impl MigrationMonitor {
             page_size: 4096,
             last_rate: 0,
             last_progress: None,
+            progress: tokio::sync::watch::Sender::new(None),
             ready: VecDeque::new(),
             held: None,
             samples: 0,
@@ -477,6 +538,12 @@ impl MigrationMonitor {
     /// The next finished iteration; `Ok(None)` once the migration has ended
     /// (then [`outcome`](Self::outcome) says how). Waits as long as the
     /// migration runs: wrap it in a timeout if that must be bounded.
+    /// Every poll's [`Progress`], as it comes (polls run while
+    /// [`Self::next_sample`] waits for a pass to end).
+    pub fn progress(&self) -> tokio::sync::watch::Receiver<Option<Progress>> {
+        self.progress.subscribe()
+    }
+
     pub async fn next_sample(&mut self) -> Result<Option<IterationSample>, MonitorError> {
         let mut reconnects = 0;
         loop {
@@ -569,6 +636,11 @@ impl MigrationMonitor {
     fn observe(&mut self, info: &MigrationInfo) {
         let Some(ram) = &info.ram else { return };
         self.last_progress = Some(info.clone());
+        self.progress.send_replace(Some(Progress {
+            remaining: ram.remaining,
+            sync: ram.dirty_sync_count,
+            at: Instant::now(),
+        }));
         if let Some(p) = ram.page_size.filter(|p| *p > 0) {
             self.page_size = p;
         }

@@ -183,6 +183,8 @@ async fn fake_qemu(listener: UnixListener, phases: Vec<Phase>, mut drive: mpsc::
 struct Run {
     samples: Vec<IterationSample>,
     outcome: super::monitor::MigrationOutcome,
+    /// Every distinct (sync, pages left) the progress channel carried.
+    progress: Vec<(u64, u64)>,
 }
 
 /// Runs the script; `steps` says how many phases each advance moves.
@@ -199,6 +201,19 @@ async fn run(events: bool, steps: &[usize]) -> Run {
         ..MonitorConfig::default()
     };
     let mut mon = MigrationMonitor::new(qmp, cfg).await.expect("monitor");
+    let mut rx = mon.progress();
+    let progress = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while rx.changed().await.is_ok() {
+            if let Some(p) = *rx.borrow_and_update() {
+                let v = (p.sync, p.remaining / PAGE);
+                if seen.last() != Some(&v) {
+                    seen.push(v);
+                }
+            }
+        }
+        seen
+    });
     if events {
         assert!(mon.enable_events().await.expect("events"));
     }
@@ -224,9 +239,12 @@ async fn run(events: bool, steps: &[usize]) -> Run {
     tokio::time::timeout(Duration::from_secs(10), follow)
         .await
         .expect("the monitor finishes");
+    let outcome = mon.outcome().cloned().expect("outcome");
+    drop(mon);
     Run {
         samples,
-        outcome: mon.outcome().cloned().expect("outcome"),
+        outcome,
+        progress: progress.await.expect("progress task"),
     }
 }
 
@@ -277,6 +295,41 @@ async fn events_give_exact_iterations_and_hold_back_stop_and_copy() {
     assert_eq!(r.outcome.ledger_spread, 0);
     assert_eq!(r.outcome.ledger.get(&1), Some(&1000));
     assert_eq!(r.outcome.ledger.get(&5), Some(&1425));
+    // Every poll's bytes-left, the middle of the bulk pass included (the
+    // samples bring it only when a pass ends).
+    assert_eq!(
+        r.progress,
+        vec![(1, 1000), (1, 400), (2, 300), (3, 150), (4, 30), (5, 0)],
+        "{:?}",
+        r.progress
+    );
+}
+
+#[test]
+fn drain_counts_bytes_left_going_down_within_a_pass() {
+    use super::monitor::{Drain, Progress};
+    let t0 = tokio::time::Instant::now();
+    let at = |s: f64| t0 + Duration::from_secs_f64(s);
+    let p = |sync, remaining, s| Progress {
+        remaining,
+        sync,
+        at: at(s),
+    };
+    let mut d = Drain::default();
+    d.observe(p(1, 10_000_000, 0.0));
+    d.observe(p(1, 9_000_000, 1.0));
+    assert_eq!(d.rate(), None, "one second is not enough to tell");
+    d.observe(p(1, 8_000_000, 2.0));
+    assert_eq!(d.rate(), Some(1_000_000.0));
+    // A sync adds what was dirtied: not a negative drain, and not counted.
+    d.observe(p(2, 9_500_000, 3.0));
+    d.observe(p(2, 6_500_000, 4.0));
+    assert_eq!(d.rate(), Some(5_000_000.0 / 3.0));
+    // Only the last ten seconds count.
+    for s in 5..=16 {
+        d.observe(p(2, 6_500_000 - 250_000 * (s - 4), s as f64));
+    }
+    assert_eq!(d.rate(), Some(250_000.0));
 }
 
 #[tokio::test]

@@ -186,6 +186,7 @@ fn eta_scores(
             deadline_s: None,
             stream_backlog: 0.0,
             switchover_held_s: 0.0,
+            drain_rate: None,
         };
         let f = forecast::forecast(
             vm.remaining,
