@@ -179,6 +179,7 @@ impl ScenarioReport {
                     .iter()
                     .filter_map(|r| r.paused_ms)
                     .max_by(f64::total_cmp),
+                steal_pct: vms[0].host_steal_pct,
             })
             .collect()
     }
@@ -221,6 +222,7 @@ impl ScenarioReport {
                             .collect::<Vec<_>>(),
                     ),
                     paused_ms: spread(&runs.iter().filter_map(|r| r.paused_ms).collect::<Vec<_>>()),
+                    steal_pct: spread(&runs.iter().filter_map(|r| r.steal_pct).collect::<Vec<_>>()),
                     policy,
                     family,
                 }
@@ -235,6 +237,7 @@ struct Run {
     sla_p5: Option<f64>,
     downtime_ms: Option<f64>,
     paused_ms: Option<f64>,
+    steal_pct: Option<f64>,
 }
 
 /// One policy's figures over its repetitions.
@@ -250,6 +253,9 @@ pub struct PolicySummary {
     /// STOP on the source to RESUME on the destination (the worst VM of a
     /// run), ms.
     pub paused_ms: Option<(f64, f64, f64)>,
+    /// CPU time the hypervisor took from the testbed machine during the
+    /// runs, %.
+    pub steal_pct: Option<(f64, f64, f64)>,
 }
 
 /// RAM / (link − reservations), seconds.
@@ -306,12 +312,15 @@ pub fn markdown(rep: &ScenarioReport) -> String {
         "\n![migration time against SLA p5]({stem}.svg)\n\n\
          Medians, (min–max) over the repetitions. SLA p5: the 5th percentile, over the \
          migration's seconds, of the application's goodput divided by min(demand, reservation). \
-         A run of several VMs counts as converged when all did; its time is the makespan.\n\n\
-         | policy | family | converged | time s | SLA p5 | downtime ms | paused ms |\n|---|---|---|---|---|---|---|\n"
+         A run of several VMs counts as converged when all did; its time is the makespan. \
+         CPU stolen: the share of this machine's CPU time its hypervisor took while the \
+         migrations ran (a loaded host wakes every thread late, post-copy's page faults \
+         included; – where it was not recorded).\n\n\
+         | policy | family | converged | time s | SLA p5 | downtime ms | paused ms | CPU stolen % |\n|---|---|---|---|---|---|---|---|\n"
     ));
     for s in rep.summary() {
         out.push_str(&format!(
-            "| {} | {} | {}/{} | {} | {} | {} | {} |\n",
+            "| {} | {} | {}/{} | {} | {} | {} | {} | {} |\n",
             s.policy,
             family_name(s.family),
             s.converged,
@@ -320,6 +329,7 @@ pub fn markdown(rep: &ScenarioReport) -> String {
             fmt_spread(s.sla_p5, 2),
             fmt_spread(s.downtime_ms, 0),
             fmt_spread(s.paused_ms, 0),
+            fmt_spread(s.steal_pct, 0),
         ));
     }
     out.push_str(

@@ -123,6 +123,12 @@ pub struct RunResult {
     /// destination, over the whole post-copy phase.
     #[serde(default)]
     pub postcopy_blocked_ms: Option<u64>,
+    /// CPU time the hypervisor took from this machine while the run's
+    /// migrations ran, % of all CPU time (/proc/stat's `steal`): a loaded
+    /// host delays every thread's wake-up, post-copy's page faults
+    /// included. None where the kernel does not count it.
+    #[serde(default)]
+    pub host_steal_pct: Option<f64>,
     /// The agent's completion forecast scored against what happened, at
     /// 25%, 50% and 75% of the migration's time (converged runs only).
     #[serde(default)]
@@ -346,6 +352,7 @@ pub fn run_one(
     // give it a few control ticks of the applications' traffic.
     std::thread::sleep(Duration::from_secs(5));
     let started = Instant::now();
+    let cpu_at_start = cpu_ticks();
     for v in vms.iter_mut() {
         rt.block_on(v.ctl.migrate(&v.uri))?;
     }
@@ -488,6 +495,9 @@ pub fn run_one(
         }
     }
     let makespan = started.elapsed().as_secs_f64();
+    let host_steal_pct = cpu_at_start
+        .zip(cpu_ticks())
+        .and_then(|(before, after)| steal_pct(before, after));
     // A migration that completed must leave a guest that still runs its
     // workload on the destination (it prints a line every second) and whose
     // working set lost no write (each second the workload checks an eighth
@@ -601,6 +611,7 @@ pub fn run_one(
             postcopy_requests: ram.and_then(|r| r.postcopy_requests),
             postcopy_bytes: ram.and_then(|r| r.postcopy_bytes),
             postcopy_blocked_ms: v.blocked_ms,
+            host_steal_pct,
             eta_error: if *converged {
                 score_eta(&v.forecasts, *ended_s)
             } else {
@@ -782,6 +793,33 @@ fn timeline(
         .collect()
 }
 
+/// This machine's CPU time so far, as /proc/stat's first line counts it:
+/// (stolen by the hypervisor, all), in clock ticks.
+pub fn cpu_ticks() -> Option<(u64, u64)> {
+    parse_cpu_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already in user and nice).
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    (ticks.len() == 8).then(|| (ticks[7], ticks.iter().sum()))
+}
+
+/// Stolen share of the CPU time between two [`cpu_ticks`] readings, %.
+pub fn steal_pct(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
+    let all = after.1.checked_sub(before.1).filter(|t| *t > 0)?;
+    let stolen = after.0.checked_sub(before.0)?;
+    Some(100.0 * stolen as f64 / all as f64)
+}
+
 /// The SLA figures of a timeline.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sla {
@@ -955,6 +993,20 @@ mod tests {
         assert_eq!(spread(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
         assert_eq!(spread(&[4.0, 1.0]), Some((2.5, 1.0, 4.0)));
         assert_eq!(spread(&[]), None);
+    }
+
+    #[test]
+    fn steal_is_the_stolen_share_of_all_cpu_time_between_two_readings() {
+        let at = |user: u64, idle: u64, steal: u64| {
+            format!("cpu  {user} 0 10 {idle} 0 0 0 {steal} 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
+        };
+        let before = parse_cpu_ticks(&at(100, 800, 100)).expect("parses");
+        assert_eq!(before, (100, 1010));
+        let after = parse_cpu_ticks(&at(150, 950, 150)).expect("parses");
+        assert_eq!(steal_pct(before, after), Some(20.0));
+        assert_eq!(steal_pct(after, after), None, "no time passed");
+        assert_eq!(parse_cpu_ticks("cpu  1 2 3\n"), None, "too few fields");
+        assert_eq!(parse_cpu_ticks("intr 1 2\n"), None);
     }
 
     #[test]
