@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use crate::{setup, util};
 
 /// Builds the agent and the testbed runner, then runs the runner.
-fn testbed(args: &[String]) -> anyhow::Result<()> {
+pub(crate) fn testbed(args: &[String]) -> anyhow::Result<()> {
     if !util::is_root() && args.first().is_some_and(|a| a == "run") {
         bail!("the testbed needs root (network namespaces, BPF, tc, QEMU taps)");
     }
