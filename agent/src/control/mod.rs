@@ -195,6 +195,11 @@ pub struct VmDecision {
     pub priority: u32,
     /// Held at the floor because the link is short (NRAC step 8).
     pub delayed: bool,
+    /// Left only the floor because the migrations before it take all that
+    /// is free (a quiet VM behind another quiet one's bulk pass); unlike a
+    /// delayed one it may borrow what they leave. Either way it waits its
+    /// turn: its forecast at the floor is a queue's, not a failure's.
+    pub queued: bool,
     pub qemu: QemuParams,
     /// When the migration finishes under this decision, counting on its
     /// guarantee: what escalation plans with.
@@ -216,6 +221,7 @@ impl VmDecision {
             app_reserve: 0.0,
             priority: 0,
             delayed: false,
+            queued: false,
             qemu: QemuParams::default(),
             forecast: None,
             expected: None,
@@ -227,6 +233,12 @@ impl VmDecision {
     /// there is one, else the planning one.
     pub fn published_forecast(&self) -> Option<forecast::Forecast> {
         self.expected.or(self.forecast)
+    }
+
+    /// Whether it waits behind other migrations ([`Self::delayed`] or
+    /// [`Self::queued`]).
+    pub fn waits_its_turn(&self) -> bool {
+        self.delayed || self.queued
     }
 
     pub fn why(&mut self, reason: impl Into<String>) {

@@ -218,7 +218,18 @@ pub fn decide(cfg: &Config, inputs: &Inputs) -> Decision {
                 mbit(cfg.network_intensive),
                 mbit(reserves[i])
             ));
-            if serialise {
+            if (serialise || left < need) && rank > 0 && left < floor {
+                // Another quiet migration before it took what is free:
+                // its turn comes when that one ends.
+                short = true;
+                d.queued = true;
+                d.why(format!(
+                    "the migrations before it take all that is free: waits its turn at the floor, \
+                     borrowing what they leave (needs {})",
+                    mbit(need)
+                ));
+                left
+            } else if serialise {
                 short = true;
                 d.why(format!(
                     "free {} < what all migrations need ({}): takes all that is free and goes first",
@@ -488,6 +499,9 @@ mod tests {
         );
         assert!((rate(&d, "bulk") - 1.5).abs() < 1e-9);
         assert_eq!(b.migration_ceil, Some(30.0 * MBIT));
+        // It waits its turn (escalation must not take the floor for its
+        // allotment), but is not capped like a delayed one.
+        assert!(b.queued && !b.delayed && !n.queued);
         // With room for both (the bulk pass over, 4 Mbit/s dirtying), each
         // gets gamma*D_e and nobody waits.
         (bulk.iteration, bulk.remaining, bulk.predicted_dirty_pages) =
