@@ -258,6 +258,16 @@ impl VmState {
         self.drain = Drain::default();
     }
 
+    /// The migration runs in post-copy from now. What is left then drains
+    /// at post-copy's pace (its push is capped, pages the guest asks for
+    /// come besides), so pre-copy's drain readings are dropped.
+    pub fn enter_postcopy(&mut self) {
+        if self.phase != MigrationPhase::PostCopy {
+            self.phase = MigrationPhase::PostCopy;
+            self.drain = Drain::default();
+        }
+    }
+
     /// Seconds the switchover has been held for QEMU's socket backlog;
     /// None when it is not held.
     pub fn switchover_held_s(&self) -> Option<f64> {
@@ -606,6 +616,38 @@ mod tests {
         assert_eq!(v.reserve(), Some(units::from_mbit(10.0)));
         v.entry.reserve_mbit = Some(5.0);
         assert_eq!(v.reserve(), Some(units::from_mbit(5.0)), "the entry wins");
+    }
+
+    #[test]
+    fn post_copy_measures_its_own_drain() {
+        use crate::qemu::Progress;
+        let mut v = VmState::new(1, VmEntry::qmp("a", "/run/a.qmp"));
+        v.begin_migration();
+        let t0 = tokio::time::Instant::now();
+        for (s, left) in [(0u64, 30_000_000u64), (2, 20_000_000), (3, 15_000_000)] {
+            v.drain.observe(Progress {
+                remaining: left,
+                sync: 1,
+                at: t0 + std::time::Duration::from_secs(s),
+            });
+        }
+        assert_eq!(v.drain.rate(), Some(5_000_000.0));
+        v.enter_postcopy();
+        assert_eq!(v.phase, MigrationPhase::PostCopy);
+        assert_eq!(v.drain.rate(), None, "pre-copy's pace is not post-copy's");
+        // Entering again (the sample that reports it) keeps what was measured.
+        v.drain.observe(Progress {
+            remaining: 10_000_000,
+            sync: 1,
+            at: t0 + std::time::Duration::from_secs(4),
+        });
+        v.drain.observe(Progress {
+            remaining: 4_000_000,
+            sync: 1,
+            at: t0 + std::time::Duration::from_secs(6),
+        });
+        v.enter_postcopy();
+        assert_eq!(v.drain.rate(), Some(3_000_000.0));
     }
 
     #[test]

@@ -316,7 +316,7 @@ async fn follow_once<S: MigrationSource>(
                             s.expected_downtime_ms.map(Duration::from_millis),
                         );
                         if s.status == MigrationStatus::PostcopyActive {
-                            v.phase = MigrationPhase::PostCopy;
+                            v.enter_postcopy();
                         }
                     }
                 }
@@ -432,7 +432,7 @@ async fn await_decision_and_apply<S: MigrationSource>(
     if now.start_postcopy && !then.start_postcopy {
         info!("switched to post-copy");
         if let Some(v) = shared.state().vms.get_mut(name) {
-            v.phase = MigrationPhase::PostCopy;
+            v.enter_postcopy();
         }
         if pid != 0 {
             tokio::spawn(register_urgent_flow(shared.clone(), name.to_owned(), pid));
