@@ -543,14 +543,6 @@ impl Drop for Watch {
     }
 }
 
-/// Registers QEMU's TCP streams while the migration runs: looks every 100
-/// ms for the first 5 s until the stream is found (it opens just after the
-/// start; what it sends before it is registered counts as "other": 100 ms
-/// is 0.6 MB at 50 Mbit/s), then every 2 s for streams opened later
-/// (multifd opens its channels with the first; post-copy's preempt channel
-/// has its own quick scan, [`URGENT_SCAN`]). A look reads every fd link of
-/// QEMU's process ([`procnet::established`]): at 500 ms for 8 migrations it
-/// was a tenth of the agent's CPU in `bench agent-load`.
 /// Copies every poll's bytes-left into the VM's state and measures how
 /// fast they drain, until the migration ends. A pass's end also brings
 /// them, with its sample; this keeps them fresh in between (the demo's
@@ -573,6 +565,14 @@ async fn follow_progress(
     }
 }
 
+/// Registers QEMU's TCP streams while the migration runs: looks every 100
+/// ms for the first 5 s until the stream is found (it opens just after the
+/// start; what it sends before it is registered counts as "other": 100 ms
+/// is 0.6 MB at 50 Mbit/s), then every 2 s for streams opened later
+/// (multifd opens its channels with the first; post-copy's preempt channel
+/// has its own quick scan, [`URGENT_SCAN`]). A look reads every fd link of
+/// QEMU's process ([`procnet::established`]): at 500 ms for 8 migrations it
+/// was a tenth of the agent's CPU in `bench agent-load`.
 async fn watch_flows(shared: Arc<Shared>, name: String, pid: u32) {
     for round in 0u32.. {
         register_flows(&shared, &name, pid);
