@@ -200,11 +200,7 @@ fn seed_001(runs: u64) -> anyhow::Result<Value> {
     migration::testbed(&args)?;
     let mut rows = Vec::new();
     for (workload, stem) in SEED_001_SCENARIOS {
-        let file = out.join(format!("{stem}.json"));
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading {}", file.display()))?;
-        let report: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a scenario report", file.display()))?;
+        let report = read_json(&out.join(format!("{stem}.json")), "a scenario report")?;
         rows.extend(seed_001_rows(workload, stem, &report));
     }
     Ok(json!({ "rows": rows }))
@@ -359,11 +355,14 @@ fn read_seed(dir: &Path, seed: &str) -> anyhow::Result<Option<Value>> {
     if !file.exists() {
         return Ok(None);
     }
+    read_json(&file, "a result file").map(Some)
+}
+
+/// A JSON file, with its name in the error; `what` says what it should be.
+fn read_json(file: &Path, what: &str) -> anyhow::Result<Value> {
     let text =
-        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .with_context(|| format!("{}: not a result file", file.display()))
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not {what}", file.display()))
 }
 
 fn stamp(v: &Value) -> String {
