@@ -20,7 +20,9 @@
 //! its bulk pass would end at the link rate (unless `--max-secs`), and
 //! QEMU's `calc-dirty-rate` is sampled every ~1.1 s meanwhile
 //! (`sampled_dirty_bps`: the samples' mean over each iteration, empty when
-//! none fell in it).
+//! none fell in it). Beside each corpus trace, `progress/NAME.csv` keeps
+//! every sample and what QEMU had left to send every ~275 ms, so that a
+//! forecast can be scored inside the bulk pass too.
 
 use std::{
     path::{Path, PathBuf},
@@ -563,6 +565,7 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
     };
     let uri = tb.migration_uri();
     let sampled = std::cell::RefCell::new(Vec::<(f64, f64)>::new());
+    let progress = std::cell::RefCell::new(Vec::<Poll>::new());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -580,11 +583,25 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
             // Corpus traces: the guest's dirty rate, sampled by QEMU
             // (page hashing, independent of the migration's dirty log)
             // until the migration ends or is cancelled.
+            // Between the samples, every ~275 ms: what is left to send
+            // (the progress sidecar; see [`write_progress`]).
             while sc.corpus.is_some() && started.elapsed() < max && !runner::interrupted() {
                 if ctl.calc_dirty_rate(1000, 16384).await.is_err() {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(1100)).await;
+                for _ in 0..4 {
+                    tokio::time::sleep(Duration::from_millis(275)).await;
+                    if let Ok(info) = ctl.query_migrate().await
+                        && let (Some(ram), Some(ms)) = (info.ram, info.total_time)
+                    {
+                        progress.borrow_mut().push(Poll {
+                            t_s: ms as f64 / 1000.0,
+                            sync: ram.dirty_sync_count,
+                            remaining: ram.remaining,
+                            transferred: ram.transferred,
+                        });
+                    }
+                }
                 if let Ok(info) = ctl.query_dirty_rate().await
                     && info.status == "measured"
                     && let Some(mib) = info.dirty_rate
@@ -633,11 +650,67 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
         .with_context(|| format!("appending to {}", out.display()))?;
     if sc.corpus.is_some() {
         add_sampled_column(out, &sampled.borrow())?;
+        write_progress(out, &progress.borrow(), &sampled.borrow())?;
     }
     // Cross-check what was written.
     let t = vmbw::qemu::trace::read_path(out)?;
     eprintln!("    wrote {} rows to {}", t.rows.len(), out.display());
     Ok(())
+}
+
+/// One `query-migrate` reply while the migration ran.
+struct Poll {
+    /// QEMU's `total-time`: seconds since the migration started.
+    t_s: f64,
+    sync: u64,
+    remaining: u64,
+    transferred: u64,
+}
+
+/// Writes the progress sidecar of the trace at `path` to
+/// `progress/NAME.csv` beside it: every poll of what was left to send and
+/// every dirty-rate sample, in time order. A trace row says only how a
+/// pass ended; with this, a forecast can be scored while the long bulk
+/// pass still runs, from what the agent would have known then (issue
+/// [4/8]). Format: docs/trace-format.md.
+fn write_progress(path: &Path, polls: &[Poll], samples: &[(f64, f64)]) -> anyhow::Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        bail!("{}: not a file path", path.display());
+    };
+    let dir = dir.join("progress");
+    std::fs::create_dir_all(&dir)?;
+    let mut rows: Vec<(f64, String)> = polls
+        .iter()
+        .map(|p| {
+            (
+                p.t_s,
+                format!(
+                    "{:.3},poll,{},{},{},",
+                    p.t_s, p.sync, p.remaining, p.transferred
+                ),
+            )
+        })
+        .chain(
+            samples
+                .iter()
+                .map(|(t, bps)| (*t, format!("{t:.3},sample,,,,{bps:.0}"))),
+        )
+        .collect();
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut text = format!(
+        "# vmbw progress sidecar of ../{}: what QEMU had left to send, polled \
+         (query-migrate) every ~275 ms, and QEMU's calc-dirty-rate samples \
+         (1 s, page hashing; t_s is the measurement's middle)\n\
+         # t_s: seconds since the migration started (QEMU's total-time for polls)\n\
+         t_s,kind,dirty_sync_count,remaining_bytes,transferred_bytes,sampled_dirty_bps\n",
+        name.to_string_lossy()
+    );
+    for (_, row) in rows {
+        text.push_str(&row);
+        text.push('\n');
+    }
+    let out = dir.join(name);
+    std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))
 }
 
 /// Appends the `sampled_dirty_bps` column to the trace at `path`: per row,
