@@ -227,6 +227,7 @@ mod tests {
                 stream_backlog: 0.0,
                 switchover_held_s: 0.0,
                 drain_rate: None,
+                pass_elapsed_s: 0.0,
             }],
         }
     }

@@ -187,6 +187,7 @@ impl Escalator {
                 // What will happen, not what pre-copy alone would do.
                 d.forecast = Some(forecast::postcopy_after_pass(
                     vm.remaining,
+                    vm.pass_elapsed_s,
                     forecast::dirty_rate(vm),
                     bandwidth,
                 ));
@@ -548,6 +549,7 @@ mod tests {
             stream_backlog: 0.0,
             switchover_held_s: 0.0,
             drain_rate: None,
+            pass_elapsed_s: 0.0,
         }
     }
 
@@ -647,6 +649,7 @@ mod tests {
             stream_backlog: 0.0,
             switchover_held_s: 0.0,
             drain_rate: None,
+            pass_elapsed_s: 0.0,
             ..vm(2, 100.0, 2.0, ALL)
         };
         // 100 MB at 10 Mbit/s: ~84 s; 200 s left (160 usable): nothing to do.

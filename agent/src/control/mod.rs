@@ -97,6 +97,10 @@ pub struct VmInputs {
     /// last polls within one pass (zero pages drain faster than the wire
     /// carries them); None until measured.
     pub drain_rate: Option<f64>,
+    /// Seconds the current pass has run: what the guest dirtied meanwhile
+    /// is sent in the next pass ([`forecast::forecast_in_pass`]); 0 when
+    /// not known.
+    pub pass_elapsed_s: f64,
 }
 
 /// What the migration's starter armed (capabilities can only be set

@@ -310,6 +310,7 @@ mod tests {
             stream_backlog: 0.0,
             switchover_held_s: 0.0,
             drain_rate: Some(drain_mbit * MBIT),
+            pass_elapsed_s: 0.0,
         }
     }
 

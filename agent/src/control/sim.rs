@@ -244,6 +244,7 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
                 stream_backlog: 0.0,
                 switchover_held_s: 0.0,
                 drain_rate: None,
+                pass_elapsed_s: 0.0,
             }],
         };
         let decision = controller.decide(&inputs);

@@ -146,6 +146,9 @@ pub struct VmState {
     /// first sample showed (QEMU's `ram.total`): its deadline's clock and
     /// size.
     pub migration_started: Option<std::time::Instant>,
+    /// When the current pre-copy pass began (the migration's start for the
+    /// bulk pass, then each pass's closing sample).
+    pub pass_started: Option<std::time::Instant>,
     pub ram_bytes: Option<f64>,
     /// Bytes queued in QEMU's migration socket, as last read near the
     /// switchover (0 before).
@@ -223,6 +226,7 @@ impl VmState {
             armed: Armed::default(),
             sampled_dirty_rate: None,
             migration_started: None,
+            pass_started: None,
             ram_bytes: None,
             stream_backlog: 0,
             switchover_held_since: None,
@@ -252,6 +256,7 @@ impl VmState {
         self.armed = Armed::default();
         self.sampled_dirty_rate = None;
         self.migration_started = Some(std::time::Instant::now());
+        self.pass_started = self.migration_started;
         self.ram_bytes = None;
         self.stream_backlog = 0;
         self.switchover_held_since = None;
@@ -266,6 +271,11 @@ impl VmState {
             self.phase = MigrationPhase::PostCopy;
             self.drain = Drain::default();
         }
+    }
+
+    /// Seconds the current pre-copy pass has run (0 when not known).
+    pub fn pass_elapsed_s(&self) -> f64 {
+        self.pass_started.map_or(0.0, |t| t.elapsed().as_secs_f64())
     }
 
     /// Seconds the switchover has been held for QEMU's socket backlog;

@@ -283,6 +283,7 @@ async fn follow_once<S: MigrationSource>(
                         let predicted = v.predicted.get(&finished).copied();
                         shared.metrics.dirty_pages(name, s.dirty_pages, predicted);
                         v.sample_at = Some(std::time::Instant::now());
+                        v.pass_started = v.sample_at;
                         let mut it = s.to_iteration();
                         if v.rows.is_empty() {
                             // The rate sampled during the bulk pass.

@@ -15,12 +15,14 @@
 //! gm1n's median WAPE on the steady (not bursty, not on/off) traces.
 //!
 //! Besides one step, the whole remaining migration: on each trace whose
-//! migration completed, at 25, 50 and 75% of its duration, the control
-//! loop's completion forecast (`control::forecast`: what is left, the
-//! dirty rate from gm1n's prediction as escalation uses it, the bytes the
-//! last pass sent per second, the 300 ms limit) from the rows known by then,
-//! against the time it really took; "bulk" where the bulk pass had not
-//! ended (no forecast is made then). The last line is JSON.
+//! migration completed, at 25, 50 and 75% of its duration, completion
+//! forecasts ([`FORECASTS`], `control::forecast`: what is left, the dirty
+//! rate from gm1n's prediction as escalation uses it, the rate QEMU drains
+//! what is left, the 300 ms limit) from what was known by then, against
+//! the time it really took. With a progress sidecar (docs/trace-format.md)
+//! they are made at the last poll before the point, bulk pass included;
+//! without one at the end of the last pass before it ("bulk" while the
+//! bulk pass ran). The last line is JSON.
 //!
 //! Options: `--window N` (grey models' window, default 8), `--from K`
 //! (first iteration predicted, 1-based, default 2), `--dir CORPUS=PATH`
@@ -36,7 +38,7 @@ use serde_json::json;
 use vmbw::{
     control::{Armed, VmInputs, forecast},
     predict::{Iteration, MODELS, Wss, eval, model},
-    qemu::trace,
+    qemu::{Drain, Progress, trace},
 };
 
 /// Families whose dirtying or traffic switches on and off.
@@ -111,23 +113,91 @@ struct TraceScores {
 /// At 25/50/75% of a migration: the forecasts (s, None = "does not
 /// converge") of each forecast model ([`FORECASTS`]) and the actual s, or
 /// None while the bulk pass ran.
-type EtaAt = [Option<([Option<f64>; 2], f64)>; 3];
+type EtaAt = [Option<([Option<f64>; FORECASTS.len()], f64)>; 3];
 
-/// The completion forecasts compared: the control loop's (a constant dirty
-/// rate) and one whose passes dirty a fitted working set
-/// (`predict::wss`).
-const FORECASTS: [&str; 2] = ["rate", "working set"];
+/// The completion forecasts compared: a constant dirty rate over what is
+/// left of the current pass (`forecast::forecast`), the same with passes
+/// that dirty a fitted working set (`predict::wss`), and the control
+/// loop's: the constant rate counting what the current pass already left
+/// dirty too (`forecast::forecast_in_pass`; the same as the first at a
+/// pass's end).
+const FORECASTS: [&str; 3] = ["rate", "working set", "rate, whole pass"];
 
 /// QEMU's default downtime limit (the recordings keep it).
 const DOWNTIME_LIMIT_S: f64 = 0.3;
 /// A completion forecast within this relative error counts as right.
 const ETA_TOLERANCE: f64 = 0.2;
 
+/// A trace's progress sidecar (`progress/NAME.csv` beside it,
+/// docs/trace-format.md): what QEMU had left to send, polled while the
+/// migration ran, and the dirty-rate samples, each in time order.
+#[derive(Default)]
+struct Sidecar {
+    /// (seconds since the start, pass, bytes left).
+    polls: Vec<(f64, u64, u64)>,
+    /// (seconds since the start, bytes/s).
+    samples: Vec<(f64, f64)>,
+}
+
+/// The sidecar of the trace at `path`, if it has one.
+fn read_sidecar(path: &Path) -> anyhow::Result<Option<Sidecar>> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(None);
+    };
+    let file = dir.join("progress").join(name);
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let mut out = Sidecar::default();
+    let mut header = false;
+    for (n, line) in text.lines().enumerate() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        if !header {
+            header = true;
+            continue;
+        }
+        let at = || format!("{}:{}", file.display(), n + 1);
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 6 {
+            bail!("{}: expected 6 fields, found {}", at(), f.len());
+        }
+        let t: f64 = f[0].parse().with_context(|| format!("{}: t_s", at()))?;
+        match f[1] {
+            "poll" => out.polls.push((
+                t,
+                f[2].parse()
+                    .with_context(|| format!("{}: dirty_sync_count", at()))?,
+                f[3].parse()
+                    .with_context(|| format!("{}: remaining_bytes", at()))?,
+            )),
+            "sample" => out.samples.push((
+                t,
+                f[5].parse()
+                    .with_context(|| format!("{}: sampled_dirty_bps", at()))?,
+            )),
+            other => bail!("{}: unknown kind {other:?} (poll or sample)", at()),
+        }
+    }
+    Ok(Some(out))
+}
+
 /// The completion forecasts of a completed migration `t` (see the module's
 /// docs); None if it did not complete.
+///
+/// With a progress sidecar the forecast is made at the last poll before
+/// each point, as the agent makes it (`policy::expect_all`): what is left
+/// then, at the rate QEMU was measured to drain it ([`Drain`]), with the
+/// latest dirty-rate sample standing in while the bulk pass runs. Without
+/// one, only at the end of the last pass before the point, at the rate the
+/// pass sent ("bulk" while the bulk pass ran).
 fn eta_scores(
     t: &trace::Trace,
     rows: &[Iteration],
+    sidecar: Option<&Sidecar>,
     window: usize,
 ) -> anyhow::Result<Option<EtaAt>> {
     let total = t.comments.iter().find_map(|c| {
@@ -141,52 +211,97 @@ fn eta_scores(
         return Ok(None);
     };
     let gm1n = model("gm1n", window).context("gm1n")?;
+    let ended = |r: &trace::TraceRow, now: f64| t.extra_f64(r, "end_s").is_some_and(|e| e <= now);
     let mut out = [None; 3];
     for (slot, share) in out.iter_mut().zip([0.25, 0.5, 0.75]) {
         let at = share * total;
-        // The rows ended by then.
-        let known = t
-            .rows
-            .iter()
-            .take_while(|r| t.extra_f64(r, "end_s").is_some_and(|e| e <= at))
-            .count();
-        if known == 0 {
-            continue;
-        }
-        let last = &t.rows[known - 1];
-        let now = t.extra_f64(last, "end_s").unwrap_or(at);
+        // When the forecast is made, what is left then, how fast it
+        // drains and the latest sampled dirty rate.
+        let (now, remaining, drain, sampled) = match sidecar {
+            Some(sc) => {
+                let polls: Vec<_> = sc.polls.iter().take_while(|p| p.0 <= at).collect();
+                let Some(&&(now, _, left)) = polls.last() else {
+                    continue;
+                };
+                let base = tokio::time::Instant::now();
+                let mut drain = Drain::default();
+                for &&(t_s, sync, remaining) in &polls {
+                    drain.observe(Progress {
+                        remaining,
+                        sync,
+                        at: base + std::time::Duration::from_secs_f64(t_s),
+                    });
+                }
+                let sampled = sc
+                    .samples
+                    .iter()
+                    .take_while(|s| s.0 <= now)
+                    .last()
+                    .map(|s| s.1);
+                (now, left as f64, drain.rate(), sampled)
+            }
+            None => {
+                let known = t.rows.iter().take_while(|r| ended(r, at)).count();
+                if known == 0 {
+                    continue;
+                }
+                let last = &t.rows[known - 1];
+                let now = t.extra_f64(last, "end_s").unwrap_or(at);
+                (
+                    now,
+                    rows[known - 1].remaining_bytes.unwrap_or(0.0),
+                    None,
+                    None,
+                )
+            }
+        };
+        // The passes ended by then.
+        let known = t.rows.iter().take_while(|r| ended(r, now)).count();
         let actual = total - now;
+        let page = t.rows.first().map_or(4096.0, |r| r.page_size as f64);
         // What the last pass really sent per second (QEMU's `mbps` counts
         // writes into its socket's buffer, above the link's rate).
-        let bandwidth = match rows[known - 1].sent_bytes {
-            Some(sent) if last.iter_s > 0.0 => sent / last.iter_s,
-            _ => t.extra_f64(last, "mbps").unwrap_or(0.0) * 1e6 / 8.0,
+        let sent = known.checked_sub(1).and_then(|k| {
+            let last = &t.rows[k];
+            match rows[k].sent_bytes {
+                Some(sent) if last.iter_s > 0.0 => Some(sent / last.iter_s),
+                _ => t.extra_f64(last, "mbps").map(|m| m * 1e6 / 8.0),
+            }
+        });
+        let Some(bandwidth) = drain.or(sent).filter(|b| *b > 0.0) else {
+            continue;
         };
-        let predicted = gm1n.predict(&rows[..known])?.value;
+        let (predicted, iteration_s) = match known {
+            0 => (0.0, 0.0),
+            k => (gm1n.predict(&rows[..k])?.value, t.rows[k - 1].iter_s),
+        };
+        // How long the current pass has run by then.
+        let pass_start = known
+            .checked_sub(1)
+            .and_then(|k| t.extra_f64(&t.rows[k], "end_s"))
+            .unwrap_or(0.0);
         let vm = VmInputs {
             name: String::new(),
             predicted_dirty_pages: predicted,
-            iteration_s: last.iter_s,
-            page_size: last.page_size as f64,
+            iteration_s,
+            page_size: page,
             app_history: Vec::new(),
-            remaining: rows[known - 1].remaining_bytes.unwrap_or(0.0),
-            iteration: last.iteration as u32 + 1,
+            remaining,
+            iteration: known as u32 + 1,
             downtime_limit_s: DOWNTIME_LIMIT_S,
             dirty_rate_history: rows[..known]
                 .iter()
-                .map(|r| {
-                    r.dirty_rate()
-                        .map_or(0.0, |pps| pps * last.page_size as f64)
-                })
+                .map(|r| r.dirty_rate().map_or(0.0, |pps| pps * page))
                 .collect(),
             reserve: None,
             armed: Armed::default(),
             postcopy: false,
-            sampled_dirty_rate: None,
+            sampled_dirty_rate: sampled,
             deadline_s: None,
             stream_backlog: 0.0,
             switchover_held_s: 0.0,
-            drain_rate: None,
+            drain_rate: drain,
+            pass_elapsed_s: now - pass_start,
         };
         let f = forecast::forecast(
             vm.remaining,
@@ -194,7 +309,6 @@ fn eta_scores(
             bandwidth,
             DOWNTIME_LIMIT_S,
         );
-        let page = last.page_size as f64;
         let ws = match Wss::fit(&rows[..known], window) {
             Some(ws) => {
                 forecast::forecast_with(
@@ -205,10 +319,17 @@ fn eta_scores(
                 )
                 .eta_s
             }
-            // One pass known: the rate's forecast stands in.
+            // Fewer than two passes known: the rate's forecast stands in.
             None => f.eta_s,
         };
-        *slot = Some(([f.eta_s, ws], actual));
+        let whole = forecast::forecast_in_pass(
+            vm.remaining,
+            vm.pass_elapsed_s,
+            forecast::dirty_rate(&vm),
+            bandwidth,
+            DOWNTIME_LIMIT_S,
+        );
+        *slot = Some(([f.eta_s, ws, whole.eta_s], actual));
     }
     Ok(Some(out))
 }
@@ -277,7 +398,8 @@ fn score_trace(path: &Path, o: &Options) -> anyhow::Result<Option<TraceScores>> 
         .collect();
     let nine = score_models(&bare, &["gm1n", "gm11"], first, o.window)?
         .map(|m| (m["gm1n"].wape, m["gm11"].wape));
-    let eta = eta_scores(&t, &rows, o.window)?;
+    let sidecar = read_sidecar(path)?;
+    let eta = eta_scores(&t, &rows, sidecar.as_ref(), o.window)?;
     Ok(Some(TraceScores {
         name,
         family,
@@ -437,13 +559,13 @@ fn report(corpus: &str, dir: &Path, scored: &[TraceScores]) -> serde_json::Value
         "completion forecast on completed migrations, per forecast model ({}): forecast s / actual s (error)",
         FORECASTS.join(", ")
     );
-    let mut within = [[0usize; 3]; 2];
+    let mut within = [[0usize; 3]; FORECASTS.len()];
     let mut made = [0usize; 3];
     for s in scored {
         let Some(eta) = &s.eta else { continue };
         println!("  {}", s.name);
         for (m, model) in FORECASTS.iter().enumerate() {
-            print!("    {model:<12}");
+            print!("    {model:<17}");
             for (k, cell) in eta.iter().enumerate() {
                 match cell {
                     None => print!(" {:>24}", "bulk"),
