@@ -127,6 +127,7 @@ mod tests {
             switchover_held_s: 0.0,
             drain_rate: None,
             pass_elapsed_s: 0.0,
+            send_rate: None,
         }
     }
 

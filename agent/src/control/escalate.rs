@@ -591,6 +591,7 @@ mod tests {
             switchover_held_s: 0.0,
             drain_rate: None,
             pass_elapsed_s: 0.0,
+            send_rate: None,
         }
     }
 
@@ -707,6 +708,7 @@ mod tests {
             switchover_held_s: 0.0,
             drain_rate: None,
             pass_elapsed_s: 0.0,
+            send_rate: None,
             ..vm(2, 100.0, 2.0, ALL)
         };
         // 100 MB at 10 Mbit/s: ~84 s; 200 s left (160 usable): nothing to do.

@@ -97,6 +97,9 @@ pub struct VmInputs {
     /// last polls within one pass (zero pages drain faster than the wire
     /// carries them); None until measured.
     pub drain_rate: Option<f64>,
+    /// How fast QEMU sends, bytes/s, measured over the same polls: the
+    /// rate of passes that carry dirtied pages only; None until measured.
+    pub send_rate: Option<f64>,
     /// Seconds the current pass has run: what the guest dirtied meanwhile
     /// is sent in the next pass ([`forecast::forecast_in_pass`]); 0 when
     /// not known.

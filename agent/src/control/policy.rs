@@ -184,10 +184,12 @@ fn expect_all(inputs: &Inputs, d: &mut Decision) {
             continue;
         };
         let Some(f) = vd.forecast else { continue };
-        let e = f.at(vm.remaining, drain);
+        let later = vm.send_rate.filter(|r| *r > 0.0).unwrap_or(drain);
+        let e = f.at(vm.remaining, drain, later);
         vd.why(format!(
-            "expected at the {} QEMU is measured to drain: {}",
+            "expected at the {} QEMU is measured to drain (later passes at the {} it sends): {}",
             mbit(drain),
+            mbit(later),
             e.summary()
         ));
         vd.expected = Some(e);
@@ -229,7 +231,7 @@ fn queue_behind(inputs: &Inputs, d: &mut Decision) {
         let Some(plan) = vd.forecast.filter(|_| turn_rate > 0.0) else {
             return;
         };
-        let mut own = plan.at(vm.remaining, turn_rate);
+        let mut own = plan.at(vm.remaining, turn_rate, turn_rate);
         let Some(own_eta) = own.eta_s else {
             return;
         };
@@ -311,6 +313,7 @@ mod tests {
             switchover_held_s: 0.0,
             drain_rate: Some(drain_mbit * MBIT),
             pass_elapsed_s: 0.0,
+            send_rate: None,
         }
     }
 

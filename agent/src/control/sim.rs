@@ -245,6 +245,7 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
                 switchover_held_s: 0.0,
                 drain_rate: None,
                 pass_elapsed_s: 0.0,
+                send_rate: None,
             }],
         };
         let decision = controller.decide(&inputs);

@@ -637,6 +637,7 @@ mod tests {
         for (s, left) in [(0u64, 30_000_000u64), (2, 20_000_000), (3, 15_000_000)] {
             v.drain.observe(Progress {
                 remaining: left,
+                transferred: 0,
                 sync: 1,
                 at: t0 + std::time::Duration::from_secs(s),
             });
@@ -648,11 +649,13 @@ mod tests {
         // Entering again (the sample that reports it) keeps what was measured.
         v.drain.observe(Progress {
             remaining: 10_000_000,
+            transferred: 0,
             sync: 1,
             at: t0 + std::time::Duration::from_secs(4),
         });
         v.drain.observe(Progress {
             remaining: 4_000_000,
+            transferred: 0,
             sync: 1,
             at: t0 + std::time::Duration::from_secs(6),
         });

@@ -270,6 +270,7 @@ impl ControlLoop {
             stream_backlog: v.stream_backlog as f64,
             switchover_held_s: v.switchover_held_s().unwrap_or(0.0),
             drain_rate: v.drain.rate(),
+            send_rate: v.drain.send_rate(),
             pass_elapsed_s: v.pass_elapsed_s(),
         }
     }

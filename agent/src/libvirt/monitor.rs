@@ -270,6 +270,7 @@ impl LibvirtMonitor {
         self.started = true;
         self.progress.send_replace(Some(Progress {
             remaining: job.remaining_bytes,
+            transferred: job.processed_bytes,
             sync: job.iteration,
             at: Instant::now(),
         }));

@@ -118,6 +118,10 @@ impl std::fmt::Display for MemorySource {
 pub struct Progress {
     /// Bytes QEMU still has to send (`ram.remaining`).
     pub remaining: u64,
+    /// Bytes QEMU has sent so far (`ram.transferred`; libvirt's
+    /// `data_processed`): written into its socket, so a window of them is
+    /// the wire's rate.
+    pub transferred: u64,
     /// The pass it belongs to (QEMU's dirty-sync count; libvirt's
     /// `memory_iteration`): `remaining` grows again only when it changes.
     pub sync: u64,
@@ -128,12 +132,14 @@ pub struct Progress {
 /// [`Progress`] readings within one pass: bytes of `remaining` per second.
 /// Zero pages go as headers, so this runs ahead of the wire rate while a
 /// pass meets untouched memory; it is what an ETA in `remaining` units
-/// needs.
+/// needs. Beside it, the rate QEMU sends at ([`Self::send_rate`]): what
+/// later passes, of dirtied pages only, drain at.
 #[derive(Clone, Debug, Default)]
 pub struct Drain {
     last: Option<Progress>,
-    /// (seconds, bytes drained) per interval between two readings.
-    window: VecDeque<(f64, f64)>,
+    /// (seconds, bytes drained, bytes sent) per interval between two
+    /// readings.
+    window: VecDeque<(f64, f64, f64)>,
 }
 
 impl Drain {
@@ -149,9 +155,12 @@ impl Drain {
             && p.at > last.at
         {
             let dt = (p.at - last.at).as_secs_f64();
-            self.window
-                .push_back((dt, (last.remaining - p.remaining) as f64));
-            let mut span: f64 = self.window.iter().map(|(t, _)| t).sum();
+            self.window.push_back((
+                dt,
+                (last.remaining - p.remaining) as f64,
+                p.transferred.saturating_sub(last.transferred) as f64,
+            ));
+            let mut span: f64 = self.window.iter().map(|(t, _, _)| t).sum();
             while span - self.window[0].0 >= Self::WINDOW_S {
                 span -= self.window[0].0;
                 self.window.pop_front();
@@ -162,10 +171,20 @@ impl Drain {
 
     /// Bytes/s over the window; None before [`Self::MIN_S`] of readings.
     pub fn rate(&self) -> Option<f64> {
+        self.over_window(|(_, drained, _)| drained)
+    }
+
+    /// Bytes/s QEMU sent over the same window; None before
+    /// [`Self::MIN_S`] of readings.
+    pub fn send_rate(&self) -> Option<f64> {
+        self.over_window(|(_, _, sent)| sent)
+    }
+
+    fn over_window(&self, bytes: impl Fn((f64, f64, f64)) -> f64) -> Option<f64> {
         let (t, b) = self
             .window
             .iter()
-            .fold((0.0, 0.0), |(t, b), (dt, db)| (t + dt, b + db));
+            .fold((0.0, 0.0), |(t, b), &w| (t + w.0, b + bytes(w)));
         (t >= Self::MIN_S).then(|| b / t)
     }
 }
@@ -638,6 +657,7 @@ impl MigrationMonitor {
         self.last_progress = Some(info.clone());
         self.progress.send_replace(Some(Progress {
             remaining: ram.remaining,
+            transferred: ram.transferred,
             sync: ram.dirty_sync_count,
             at: Instant::now(),
         }));

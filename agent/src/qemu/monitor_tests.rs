@@ -310,8 +310,10 @@ fn drain_counts_bytes_left_going_down_within_a_pass() {
     use super::monitor::{Drain, Progress};
     let t0 = tokio::time::Instant::now();
     let at = |s: f64| t0 + Duration::from_secs_f64(s);
-    let p = |sync, remaining, s| Progress {
+    let p = |sync, remaining: u64, s| Progress {
         remaining,
+        // Sends 1 MB/s.
+        transferred: (s * 1e6) as u64,
         sync,
         at: at(s),
     };
@@ -321,6 +323,7 @@ fn drain_counts_bytes_left_going_down_within_a_pass() {
     assert_eq!(d.rate(), None, "one second is not enough to tell");
     d.observe(p(1, 8_000_000, 2.0));
     assert_eq!(d.rate(), Some(1_000_000.0));
+    assert_eq!(d.send_rate(), Some(1_000_000.0));
     // A sync adds what was dirtied: not a negative drain, and not counted.
     d.observe(p(2, 9_500_000, 3.0));
     d.observe(p(2, 6_500_000, 4.0));
@@ -330,6 +333,9 @@ fn drain_counts_bytes_left_going_down_within_a_pass() {
         d.observe(p(2, 6_500_000 - 250_000 * (s - 4), s as f64));
     }
     assert_eq!(d.rate(), Some(250_000.0));
+    // Sending at 1 MB/s while the bytes left go down by 0.25 MB/s: pages
+    // written again as fast as they go.
+    assert_eq!(d.send_rate(), Some(1_000_000.0));
 }
 
 #[tokio::test]

@@ -133,8 +133,8 @@ const ETA_TOLERANCE: f64 = 0.2;
 /// migration ran, and the dirty-rate samples, each in time order.
 #[derive(Default)]
 struct Sidecar {
-    /// (seconds since the start, pass, bytes left).
-    polls: Vec<(f64, u64, u64)>,
+    /// (seconds since the start, pass, bytes left, bytes sent).
+    polls: Vec<(f64, u64, u64, u64)>,
     /// (seconds since the start, bytes/s).
     samples: Vec<(f64, f64)>,
 }
@@ -173,6 +173,8 @@ fn read_sidecar(path: &Path) -> anyhow::Result<Option<Sidecar>> {
                     .with_context(|| format!("{}: dirty_sync_count", at()))?,
                 f[3].parse()
                     .with_context(|| format!("{}: remaining_bytes", at()))?,
+                f[4].parse()
+                    .with_context(|| format!("{}: transferred_bytes", at()))?,
             )),
             "sample" => out.samples.push((
                 t,
@@ -190,10 +192,12 @@ fn read_sidecar(path: &Path) -> anyhow::Result<Option<Sidecar>> {
 ///
 /// With a progress sidecar the forecast is made at the last poll before
 /// each point, as the agent makes it (`policy::expect_all`): what is left
-/// then, at the rate QEMU was measured to drain it ([`Drain`]), with the
-/// latest dirty-rate sample standing in while the bulk pass runs. Without
+/// then, at the rate QEMU was measured to drain it ([`Drain`]) and later
+/// passes at the rate it sent, with the dirty-rate sample standing in
+/// while the bulk pass runs. Without
 /// one, only at the end of the last pass before the point, at the rate the
-/// pass sent ("bulk" while the bulk pass ran).
+/// pass sent ("bulk" while the bulk pass ran). Like the agent, it knows
+/// the first dirty-rate sample only.
 fn eta_scores(
     t: &trace::Trace,
     rows: &[Iteration],
@@ -216,29 +220,26 @@ fn eta_scores(
     for (slot, share) in out.iter_mut().zip([0.25, 0.5, 0.75]) {
         let at = share * total;
         // When the forecast is made, what is left then, how fast it
-        // drains and the latest sampled dirty rate.
-        let (now, remaining, drain, sampled) = match sidecar {
+        // drains and the sampled dirty rate.
+        let (now, remaining, drain, send, sampled) = match sidecar {
             Some(sc) => {
                 let polls: Vec<_> = sc.polls.iter().take_while(|p| p.0 <= at).collect();
-                let Some(&&(now, _, left)) = polls.last() else {
+                let Some(&&(now, _, left, _)) = polls.last() else {
                     continue;
                 };
                 let base = tokio::time::Instant::now();
                 let mut drain = Drain::default();
-                for &&(t_s, sync, remaining) in &polls {
+                for &&(t_s, sync, remaining, transferred) in &polls {
                     drain.observe(Progress {
                         remaining,
+                        transferred,
                         sync,
                         at: base + std::time::Duration::from_secs_f64(t_s),
                     });
                 }
-                let sampled = sc
-                    .samples
-                    .iter()
-                    .take_while(|s| s.0 <= now)
-                    .last()
-                    .map(|s| s.1);
-                (now, left as f64, drain.rate(), sampled)
+                // The agent samples once, at the start.
+                let sampled = sc.samples.first().filter(|s| s.0 <= now).map(|s| s.1);
+                (now, left as f64, drain.rate(), drain.send_rate(), sampled)
             }
             None => {
                 let known = t.rows.iter().take_while(|r| ended(r, at)).count();
@@ -250,6 +251,7 @@ fn eta_scores(
                 (
                     now,
                     rows[known - 1].remaining_bytes.unwrap_or(0.0),
+                    None,
                     None,
                     None,
                 )
@@ -271,6 +273,8 @@ fn eta_scores(
         let Some(bandwidth) = drain.or(sent).filter(|b| *b > 0.0) else {
             continue;
         };
+        // Later passes carry dirtied pages only, at the rate QEMU sends.
+        let later = send.or(sent).filter(|b| *b > 0.0).unwrap_or(bandwidth);
         let (predicted, iteration_s) = match known {
             0 => (0.0, 0.0),
             k => (gm1n.predict(&rows[..k])?.value, t.rows[k - 1].iter_s),
@@ -301,6 +305,7 @@ fn eta_scores(
             stream_backlog: 0.0,
             switchover_held_s: 0.0,
             drain_rate: drain,
+            send_rate: send,
             pass_elapsed_s: now - pass_start,
         };
         let f = forecast::forecast(
@@ -327,6 +332,7 @@ fn eta_scores(
             vm.pass_elapsed_s,
             forecast::dirty_rate(&vm),
             bandwidth,
+            later,
             DOWNTIME_LIMIT_S,
         );
         *slot = Some(([f.eta_s, ws, whole.eta_s], actual));
