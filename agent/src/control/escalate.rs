@@ -187,7 +187,6 @@ impl Escalator {
                 // What will happen, not what pre-copy alone would do.
                 d.forecast = Some(forecast::postcopy_after_pass(
                     vm.remaining,
-                    vm.pass_elapsed_s,
                     forecast::dirty_rate(vm),
                     bandwidth,
                 ));
