@@ -453,13 +453,25 @@ fn guard_switchover(shared: &Arc<Shared>, name: &str, pid: u32, params: &mut Qem
         let Some(guarantee) = v.decision.as_ref().and_then(|d| d.migration_rate) else {
             return;
         };
+        // A class cannot drain faster than its ceiling. A rate measured
+        // over a tick that came right after another can read far above it
+        // (218 Mbit/s on a 28.5 Mbit/s link, concurrent-30mbit at db65f22:
+        // QEMU's final pass let through behind 1.6 MB, paused 2.7 s).
+        let ceil = v
+            .decision
+            .as_ref()
+            .and_then(|d| d.migration_ceil)
+            .unwrap_or(f64::INFINITY)
+            .max(guarantee);
         if v.phase == MigrationPhase::PostCopy {
             v.switchover_held_since = None;
             return;
         }
         let stream = switchover::Stream {
             remaining: v.remaining as f64,
-            drain: guarantee.max(v.rates.get(class::MIGRATION, Direction::Egress)),
+            drain: guarantee
+                .max(v.rates.get(class::MIGRATION, Direction::Egress))
+                .min(ceil),
             backlog: 0.0,
             downtime_limit_s: params.downtime_limit_s.unwrap_or(QEMU_DOWNTIME_S),
             dirty_rate: v.dirty_rates.last().copied().unwrap_or(0.0),
