@@ -118,16 +118,7 @@ mod tests {
             iteration,
             downtime_limit_s: 0.3,
             dirty_rate_history: history_mbit.iter().map(|m| m * MBIT).collect(),
-            reserve: None,
-            armed: Default::default(),
-            postcopy: false,
-            sampled_dirty_rate: None,
-            deadline_s: None,
-            stream_backlog: 0.0,
-            switchover_held_s: 0.0,
-            drain_rate: None,
-            pass_elapsed_s: 0.0,
-            send_rate: None,
+            ..VmInputs::unknown("")
         }
     }
 

@@ -546,14 +546,7 @@ mod tests {
             dirty_rate_history: vec![],
             reserve: Some(15.0 * MBIT),
             armed,
-            postcopy: false,
-            sampled_dirty_rate: None,
-            deadline_s: None,
-            stream_backlog: 0.0,
-            switchover_held_s: 0.0,
-            drain_rate: None,
-            pass_elapsed_s: 0.0,
-            send_rate: None,
+            ..VmInputs::unknown("vm")
         }
     }
 

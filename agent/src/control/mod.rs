@@ -119,6 +119,35 @@ pub struct Armed {
     pub auto_converge: bool,
 }
 
+#[cfg(test)]
+impl VmInputs {
+    /// A migration with nothing known yet (tests set what they need with
+    /// `..VmInputs::unknown(name)`): 4 KiB pages, QEMU's 300 ms limit.
+    pub(crate) fn unknown(name: &str) -> VmInputs {
+        VmInputs {
+            name: name.into(),
+            predicted_dirty_pages: 0.0,
+            iteration_s: 0.0,
+            page_size: 4096.0,
+            app_history: Vec::new(),
+            remaining: 0.0,
+            iteration: 1,
+            downtime_limit_s: 0.3,
+            dirty_rate_history: Vec::new(),
+            reserve: None,
+            armed: Armed::default(),
+            postcopy: false,
+            sampled_dirty_rate: None,
+            deadline_s: None,
+            stream_backlog: 0.0,
+            switchover_held_s: 0.0,
+            drain_rate: None,
+            pass_elapsed_s: 0.0,
+            send_rate: None,
+        }
+    }
+}
+
 impl VmInputs {
     /// D_e(n, i) = D_p(n, i)·page_size / T(i): the dirty rate as bandwidth.
     pub fn dirty_rate(&self) -> f64 {

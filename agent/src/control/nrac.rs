@@ -323,16 +323,7 @@ mod tests {
             iteration: 3,
             downtime_limit_s: 0.3,
             dirty_rate_history: vec![dirty_mbit * MBIT; 2],
-            reserve: None,
-            armed: Default::default(),
-            postcopy: false,
-            sampled_dirty_rate: None,
-            deadline_s: None,
-            stream_backlog: 0.0,
-            switchover_held_s: 0.0,
-            drain_rate: None,
-            pass_elapsed_s: 0.0,
-            send_rate: None,
+            ..VmInputs::unknown("")
         }
     }
 

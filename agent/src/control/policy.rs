@@ -295,25 +295,14 @@ mod tests {
         drain_mbit: f64,
     ) -> VmInputs {
         VmInputs {
-            name: name.into(),
             predicted_dirty_pages: dirty_mbit * MBIT / 4096.0,
             iteration_s: 1.0,
-            page_size: 4096.0,
             app_history: vec![0.0; 5],
             remaining,
             iteration,
-            downtime_limit_s: 0.3,
             dirty_rate_history: vec![dirty_mbit * MBIT; iteration.saturating_sub(1) as usize],
-            reserve: None,
-            armed: Default::default(),
-            postcopy: false,
-            sampled_dirty_rate: None,
-            deadline_s: None,
-            stream_backlog: 0.0,
-            switchover_held_s: 0.0,
             drain_rate: Some(drain_mbit * MBIT),
-            pass_elapsed_s: 0.0,
-            send_rate: None,
+            ..VmInputs::unknown(name)
         }
     }
 
