@@ -643,11 +643,6 @@ mod tests {
     fn a_deadline_raises_the_guarantee_within_what_is_not_promised_or_escalates() {
         let with_deadline = |left: f64| VmInputs {
             deadline_s: Some(left),
-            stream_backlog: 0.0,
-            switchover_held_s: 0.0,
-            drain_rate: None,
-            pass_elapsed_s: 0.0,
-            send_rate: None,
             ..vm(2, 100.0, 2.0, ALL)
         };
         // 100 MB at 10 Mbit/s: ~84 s; 200 s left (160 usable): nothing to do.

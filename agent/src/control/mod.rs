@@ -119,11 +119,11 @@ pub struct Armed {
     pub auto_converge: bool,
 }
 
-#[cfg(test)]
 impl VmInputs {
-    /// A migration with nothing known yet (tests set what they need with
-    /// `..VmInputs::unknown(name)`): 4 KiB pages, QEMU's 300 ms limit.
-    pub(crate) fn unknown(name: &str) -> VmInputs {
+    /// A migration with nothing known yet, to set what is known on with
+    /// `..VmInputs::unknown(name)`: 4 KiB pages, QEMU's 300 ms limit, no
+    /// promise, nothing armed, nothing measured.
+    pub fn unknown(name: &str) -> VmInputs {
         VmInputs {
             name: name.into(),
             predicted_dirty_pages: 0.0,

@@ -240,12 +240,7 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
                 postcopy: false,
                 // What calc-dirty-rate would measure: the dirty process now.
                 sampled_dirty_rate: Some(sc.dirty.rate_at(t) * sc.page_size * (1.0 - throttle)),
-                deadline_s: None,
-                stream_backlog: 0.0,
-                switchover_held_s: 0.0,
-                drain_rate: None,
-                pass_elapsed_s: 0.0,
-                send_rate: None,
+                ..VmInputs::unknown("vm")
             }],
         };
         let decision = controller.decide(&inputs);

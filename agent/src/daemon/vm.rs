@@ -453,6 +453,10 @@ fn guard_switchover(shared: &Arc<Shared>, name: &str, pid: u32, params: &mut Qem
         let Some(guarantee) = v.decision.as_ref().and_then(|d| d.migration_rate) else {
             return;
         };
+        if v.phase == MigrationPhase::PostCopy {
+            v.switchover_held_since = None;
+            return;
+        }
         // A class cannot drain faster than its ceiling. A rate measured
         // over a tick that came right after another can read far above it
         // (218 Mbit/s on a 28.5 Mbit/s link, concurrent-30mbit at db65f22:
@@ -463,10 +467,6 @@ fn guard_switchover(shared: &Arc<Shared>, name: &str, pid: u32, params: &mut Qem
             .and_then(|d| d.migration_ceil)
             .unwrap_or(f64::INFINITY)
             .max(guarantee);
-        if v.phase == MigrationPhase::PostCopy {
-            v.switchover_held_since = None;
-            return;
-        }
         let stream = switchover::Stream {
             remaining: v.remaining as f64,
             drain: guarantee

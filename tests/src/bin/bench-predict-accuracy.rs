@@ -36,7 +36,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::json;
 use vmbw::{
-    control::{Armed, VmInputs, forecast},
+    control::{VmInputs, forecast},
     predict::{Iteration, MODELS, Wss, eval, model},
     qemu::{Drain, Progress, trace},
 };
@@ -285,11 +285,9 @@ fn eta_scores(
             .and_then(|k| t.extra_f64(&t.rows[k], "end_s"))
             .unwrap_or(0.0);
         let vm = VmInputs {
-            name: String::new(),
             predicted_dirty_pages: predicted,
             iteration_s,
             page_size: page,
-            app_history: Vec::new(),
             remaining,
             iteration: known as u32 + 1,
             downtime_limit_s: DOWNTIME_LIMIT_S,
@@ -297,16 +295,11 @@ fn eta_scores(
                 .iter()
                 .map(|r| r.dirty_rate().map_or(0.0, |pps| pps * page))
                 .collect(),
-            reserve: None,
-            armed: Armed::default(),
-            postcopy: false,
             sampled_dirty_rate: sampled,
-            deadline_s: None,
-            stream_backlog: 0.0,
-            switchover_held_s: 0.0,
             drain_rate: drain,
             send_rate: send,
             pass_elapsed_s: now - pass_start,
+            ..VmInputs::unknown("")
         };
         let f = forecast::forecast(
             vm.remaining,
