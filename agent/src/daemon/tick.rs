@@ -35,6 +35,12 @@ pub const QEMU_DOWNTIME_S: f64 = 0.3;
 /// An unchanged allotment is checked against the kernel this often (one
 /// netlink dump): a tree someone deleted or changed is put back.
 const TREE_RECHECK: Duration = Duration::from_secs(5);
+/// Rates are measured over at least this long. A tick woken right after
+/// another (a VM task's news) keeps the rates it had: the bytes a shaped,
+/// bursty stream moved in a few milliseconds, divided by those
+/// milliseconds, read as several times the link (a 218 Mbit/s "drain" on a
+/// 30 Mbit/s link once held a switch-over for 2.7 s).
+const MIN_RATE_INTERVAL: Duration = Duration::from_millis(250);
 
 pub struct ControlLoop {
     pub shared: Arc<Shared>,
@@ -48,6 +54,7 @@ pub struct ControlLoop {
     /// Tunnel bytes per frame on the uplink (`uplink.encapsulation`).
     pub encap_bytes: f64,
     predictor: GreyGm1n,
+    /// When the rates were last measured (the counters below were read).
     last_at: Instant,
     last_dir: DirectionCounters,
     last_vm: BTreeMap<String, VmCounters>,
@@ -134,8 +141,11 @@ impl ControlLoop {
 
     /// Reads the datapath's counters (datapath lock only).
     fn measure(&mut self, now: Instant) -> Measured {
-        let dt = now.duration_since(self.last_at).as_secs_f64().max(0.05);
-        self.last_at = now;
+        let since = now.saturating_duration_since(self.last_at);
+        let fresh = since >= MIN_RATE_INTERVAL;
+        if fresh {
+            self.last_at = now;
+        }
         let slots: Vec<(String, u32)> = self
             .shared
             .state()
@@ -160,7 +170,7 @@ impl ControlLoop {
             }
         };
         Measured {
-            dt,
+            dt: fresh.then_some(since.as_secs_f64()),
             slots,
             uplink,
             vms,
@@ -170,13 +180,15 @@ impl ControlLoop {
     /// Turns the counters into rates and histories, and gathers what the
     /// policy needs about each migrating VM.
     fn inputs(&mut self, m: &Measured) -> Inputs {
-        let uplink_egress = per_second(m.uplink.egress.bytes, self.last_dir.egress.bytes, m.dt);
-        self.last_dir = m.uplink;
         let shared = self.shared.clone();
         let mut st = shared.state();
-        let migration_egress = self.record_traffic(&mut st, m);
-        // N_u: everything but the migrations.
-        st.link_usage = (uplink_egress - migration_egress).max(0.0);
+        if let Some(dt) = m.dt {
+            let uplink_egress = per_second(m.uplink.egress.bytes, self.last_dir.egress.bytes, dt);
+            self.last_dir = m.uplink;
+            let migration_egress = self.record_traffic(&mut st, m, dt);
+            // N_u: everything but the migrations.
+            st.link_usage = (uplink_egress - migration_egress).max(0.0);
+        }
         let link = Link {
             capacity: self.link,
             usage: st.link_usage,
@@ -193,7 +205,7 @@ impl ControlLoop {
 
     /// Each VM's class rates and application history from its counters;
     /// returns the migrations' egress, bytes/s.
-    fn record_traffic(&mut self, st: &mut State, m: &Measured) -> f64 {
+    fn record_traffic(&mut self, st: &mut State, m: &Measured, dt: f64) -> f64 {
         let mut migration_egress = 0.0;
         for (name, c) in &m.vms {
             let seen = self.last_vm.get(name).copied();
@@ -204,7 +216,7 @@ impl ControlLoop {
             for cl in [class::OTHER, class::MIGRATION, class::APPLICATION] {
                 for d in Direction::ALL {
                     let (now, before) = (c.class(cl).get(d), prev.class(cl).get(d));
-                    let r = per_second(now.bytes, before.bytes, m.dt);
+                    let r = per_second(now.bytes, before.bytes, dt);
                     // A quiet class whose series already say so is left
                     // alone: most VMs are quiet most of the time, and the
                     // label lookups were 4% of the agent's CPU with 64.
@@ -458,8 +470,9 @@ impl ControlLoop {
 
 /// One tick's counter readings.
 struct Measured {
-    /// Seconds since the previous tick.
-    dt: f64,
+    /// Seconds the counters moved over since the rates were last measured;
+    /// None when that is under [`MIN_RATE_INTERVAL`] (the rates stand).
+    dt: Option<f64>,
     /// Every VM's slot.
     slots: Vec<(String, u32)>,
     uplink: DirectionCounters,
