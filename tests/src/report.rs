@@ -63,6 +63,10 @@ impl Stamp {
     }
 }
 
+fn one_vcpu() -> u32 {
+    1
+}
+
 /// One scenario's report, as committed in JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenarioReport {
@@ -70,6 +74,9 @@ pub struct ScenarioReport {
     pub file: String,
     pub description: String,
     pub link_mbit: f64,
+    /// Each guest's vCPUs (reports from before this field: 1).
+    #[serde(default = "one_vcpu")]
+    pub vcpus: u32,
     pub repetitions: u32,
     pub policies: Vec<String>,
     /// RAM / (link − reservations): one pass over guest memory at what the
@@ -97,6 +104,7 @@ impl ScenarioReport {
             file: file.display().to_string(),
             description: sc.description.clone(),
             link_mbit: sc.link_mbit,
+            vcpus: sc.vcpus,
             repetitions: sc.repetitions,
             policies: sc.policies.clone(),
             physical_floor_s: physical_floor_s(sc),
@@ -285,12 +293,14 @@ pub fn fmt_spread(s: Option<(f64, f64, f64)>, digits: usize) -> String {
 pub fn markdown(rep: &ScenarioReport) -> String {
     let stem = rep.stem();
     let mut out = format!(
-        "# {}\n\n{}\n\n- scenario file: `{}`; link {} Mbit/s; {} repetitions per policy\n\
+        "# {}\n\n{}\n\n- scenario file: `{}`; link {} Mbit/s; {} vCPU(s) per guest; \
+         {} repetitions per policy\n\
          - ran at commit `{}` on {}; {}; kernel {}\n",
         rep.scenario,
         rep.description,
         rep.file,
         rep.link_mbit,
+        rep.vcpus,
         rep.repetitions,
         rep.stamp.commit,
         rep.stamp.date,

@@ -285,7 +285,8 @@ pub fn run_one(
 ) -> anyhow::Result<Vec<RunResult>> {
     let bench = BenchPolicy::parse(policy)?;
     // 0 = unlimited: the router shapes nothing; the agent is told 10 Gbit/s.
-    let tb = MigrationTestbed::with_guests(sc.link_mbit.max(0.0), sc.vm.len())?;
+    let mut tb = MigrationTestbed::with_guests(sc.link_mbit.max(0.0), sc.vm.len())?;
+    tb.vcpus = sc.vcpus;
     let mut boots = Vec::new();
     for (vm, slot) in sc.vm.iter().zip(&tb.guests) {
         boots.push((vm.workload_for(slot)?, vm.memory_mb));

@@ -7,6 +7,7 @@
 //! timeout_s = 300         # a migration still running then is cancelled
 //! repetitions = 3
 //! policies = ["default", "static:64MiB", "nrac", "bda", "nrac+adamig"]
+//! vcpus = 2               # each guest's vCPUs (default 1)
 //! [[vm]]
 //! memory_mb = 160
 //! workload = "mem-rand"   # idle | cpu | mem-seq | mem-rand | burst | hot
@@ -51,6 +52,11 @@ pub struct Scenario {
     #[serde(default = "one")]
     pub repetitions: u32,
     pub policies: Vec<String>,
+    /// Each guest's vCPUs. With two, the workload's dirtier and its
+    /// application run on their own vCPUs, as they would in a VM sized
+    /// for its job: a post-copy fault of one then stalls only that one.
+    #[serde(default = "one")]
+    pub vcpus: u32,
     pub vm: Vec<VmSpec>,
 }
 
@@ -113,6 +119,12 @@ impl Scenario {
         for p in &self.policies {
             crate::policy::BenchPolicy::parse(p).with_context(|| format!("policy `{p}`"))?;
         }
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
+            bail!(
+                "vcpus: 1 to {MAX_VCPUS} ({} given): every vCPU is a TCG thread on this host",
+                self.vcpus
+            );
+        }
         if self.vm.is_empty() || self.vm.len() > MAX_VMS {
             bail!(
                 "1 to {MAX_VMS} [[vm]] entries per scenario ({} given): every guest is a TCG QEMU on this host",
@@ -142,6 +154,9 @@ impl Scenario {
 /// The most VMs one scenario may migrate at once: each is a TCG QEMU on
 /// the source and one on the destination, and this is a small machine.
 pub const MAX_VMS: usize = 8;
+
+/// The most vCPUs per guest.
+pub const MAX_VCPUS: u32 = 4;
 
 /// What the guest's application does.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -421,5 +436,13 @@ app_mbit = 10
         ))
         .expect_err("no wss");
         assert!(format!("{e:#}").contains("wss_mb"));
+        let vm = "[[vm]]\nmemory_mb = 128\nworkload = \"idle\"\n";
+        assert_eq!(parse(&format!("{base}{vm}")).expect("default").vcpus, 1);
+        assert_eq!(
+            parse(&format!("{base}vcpus = 2\n{vm}")).expect("two").vcpus,
+            2
+        );
+        let e = parse(&format!("{base}vcpus = 0\n{vm}")).expect_err("no vCPU");
+        assert!(format!("{e:#}").contains("vcpus"), "{e:#}");
     }
 }

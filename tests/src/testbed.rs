@@ -124,6 +124,8 @@ pub struct MigrationTestbed {
     pub guests: Vec<GuestSlot>,
     /// Boot guests with `pti=on` (the QEMU 7.2 workaround in [`Vm::spawn`]).
     pub pti: bool,
+    /// Each guest's vCPUs.
+    pub vcpus: u32,
 }
 
 impl MigrationTestbed {
@@ -147,6 +149,7 @@ impl MigrationTestbed {
             run: RunDir::new()?,
             guests: (0..guests).map(GuestSlot::new).collect(),
             pti: true,
+            vcpus: 1,
         };
         tb.router.veth_to(
             ("to-src", &format!("{ROUTER_SRC_IP}/24")),
@@ -231,6 +234,7 @@ impl MigrationTestbed {
         let mut spec = VmSpec::new(name, mem_mb, workload.clone());
         spec.net = Some(slot.net());
         spec.pti = self.pti;
+        spec.vcpus = self.vcpus;
         spec
     }
 

@@ -201,6 +201,13 @@ fn run(
         let fresh = ScenarioReport::new(sc, path, stamp.clone(), results);
         let rep = match merge {
             true => match ScenarioReport::load(out, &fresh.stem())? {
+                Some(old) if old.vcpus != fresh.vcpus => bail!(
+                    "{}: its report's guests had {} vCPU(s), this scenario's have {}; \
+                     rows from two guests would not compare: run every policy without --merge",
+                    sc.name,
+                    old.vcpus,
+                    fresh.vcpus
+                ),
                 Some(old) => old.merged(all, &sc.policies, stamp.clone(), fresh.results),
                 None => fresh,
             },
