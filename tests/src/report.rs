@@ -889,18 +889,19 @@ pub const README_END: &str = "<!-- end of results -->";
 /// linked to its page in `docs/bench`.
 pub fn readme_table(reports: &[ScenarioReport]) -> String {
     let mut out = String::from(
-        "| scenario (floor) | policy | converged | time s | SLA p5 | downtime ms | paused ms |\n\
+        "| scenario (floor; guest) | policy | converged | time s | SLA p5 | downtime ms | paused ms |\n\
          |---|---|---|---|---|---|---|\n",
     );
     for rep in reports {
         for (i, s) in rep.summary().iter().enumerate() {
             let name = if i == 0 {
                 format!(
-                    "[{}](docs/bench/{}.md) ({})",
+                    "[{}](docs/bench/{}.md) ({}; {})",
                     rep.scenario,
                     rep.stem(),
                     rep.physical_floor_s
-                        .map_or("no floor".into(), |f| format!("{f:.0} s"))
+                        .map_or("no floor".into(), |f| format!("{f:.0} s")),
+                    vcpus(rep.vcpus)
                 )
             } else {
                 String::new()
@@ -909,6 +910,11 @@ pub fn readme_table(reports: &[ScenarioReport]) -> String {
         }
     }
     out
+}
+
+/// "1 vCPU", "2 vCPUs".
+fn vcpus(n: u32) -> String {
+    format!("{n} vCPU{}", if n == 1 { "" } else { "s" })
 }
 
 /// `readme` with the block between [`README_BEGIN`] and [`README_END`]
@@ -929,13 +935,13 @@ pub fn index(reports: &[ScenarioReport], scenarios: &[(PathBuf, Scenario)]) -> S
          reservation). Floor: RAM / (link − reservation). Downtime: QEMU's own figure (the \
          source's view); paused: the source's `STOP` event to the destination's `RESUME`, the \
          same yardstick for every policy (– in reports run before it was measured).\n\n\
-         | scenario | ran at | floor s | policy | converged | time s | SLA p5 | downtime ms | paused ms |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         | scenario | ran at | vCPUs | floor s | policy | converged | time s | SLA p5 | downtime ms | paused ms |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for rep in reports {
         let stem = rep.stem();
         for (i, s) in rep.summary().iter().enumerate() {
-            let (name, at, floor) = if i == 0 {
+            let (name, at, vcpus, floor) = if i == 0 {
                 (
                     format!("[{}]({stem}.md)", rep.scenario),
                     format!(
@@ -943,6 +949,7 @@ pub fn index(reports: &[ScenarioReport], scenarios: &[(PathBuf, Scenario)]) -> S
                         rep.stamp.commit,
                         rep.stamp.date.get(..10).unwrap_or("")
                     ),
+                    rep.vcpus.to_string(),
                     rep.physical_floor_s
                         .map_or("–".into(), |f| format!("{f:.0}")),
                 )
@@ -950,7 +957,7 @@ pub fn index(reports: &[ScenarioReport], scenarios: &[(PathBuf, Scenario)]) -> S
                 Default::default()
             };
             out.push_str(&format!(
-                "| {name} | {at} | {floor} | {} |\n",
+                "| {name} | {at} | {vcpus} | {floor} | {} |\n",
                 summary_cells(s)
             ));
         }
