@@ -175,7 +175,9 @@ fn agent_follows_a_migration_survives_sigkill_and_restores_on_sigterm() {
     );
     assert!(
         sink_dead > 100_000,
-        "application traffic stalled without the agent"
+        "application traffic stalled without the agent:\n{}\nthe guest's console:\n{}",
+        agent.log_text(),
+        src.console_tail(12)
     );
     assert_eq!(tcx_programs(&tb), (1, 1), "pinned programs stay attached");
     assert_eq!(root_qdisc(&tb), "htb", "the HTB tree stays");

@@ -213,6 +213,14 @@ impl ControlLoop {
             let Some(v) = st.vms.get_mut(name) else {
                 continue;
             };
+            if seen.is_none() {
+                // First sight: no rate yet. A zero in the application's
+                // history would read as an idle application, and a
+                // migration starting now would be given its bandwidth.
+                v.counters = *c;
+                self.last_vm.insert(name.clone(), *c);
+                continue;
+            }
             for cl in [class::OTHER, class::MIGRATION, class::APPLICATION] {
                 for d in Direction::ALL {
                     let (now, before) = (c.class(cl).get(d), prev.class(cl).get(d));
