@@ -345,11 +345,31 @@ fn controls_take_effect_and_a_cancel_ends_the_monitor() {
             let t1 = at(&ctl.query_migrate().await.expect("query"));
             t1.saturating_sub(t0) as f64 / secs as f64
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let fast = rate(&mut ctl, 2).await;
-        ctl.set_max_bandwidth(1 << 20).await.expect("max-bandwidth");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let slow = rate(&mut ctl, 3).await;
+        // The control side measures, caps and cancels while the monitor
+        // follows, as the agent's does: it polls all along, so it has seen
+        // the counters before the cancel. (Followed only after the cancel,
+        // its first poll raced QEMU to the end of the cancel, and a
+        // cancelled migration reports no counters.)
+        let control = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let fast = rate(&mut ctl, 2).await;
+            ctl.set_max_bandwidth(1 << 20).await.expect("max-bandwidth");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let slow = rate(&mut ctl, 3).await;
+            ctl.migrate_cancel().await.expect("cancel");
+            (fast, slow)
+        };
+        let mut samples = 0;
+        let follow = async {
+            while mon.next_sample().await.expect("monitor").is_some() {
+                samples += 1;
+            }
+        };
+        let ((fast, slow), followed) = tokio::join!(
+            control,
+            tokio::time::timeout(Duration::from_secs(60), follow)
+        );
+        followed.expect("the monitor sees the cancel");
         eprintln!("transfer rate {fast:.0} B/s at link speed, {slow:.0} B/s capped at 1 MiB/s");
         let link = LINK_MBIT * 1e6 / 8.0;
         assert!(fast > 0.5 * link, "uncapped: {fast} B/s");
@@ -357,17 +377,6 @@ fn controls_take_effect_and_a_cancel_ends_the_monitor() {
             slow > 0.5 * (1 << 20) as f64 && slow < 1.5 * (1 << 20) as f64,
             "capped at 1 MiB/s: {slow} B/s"
         );
-
-        ctl.migrate_cancel().await.expect("cancel");
-        let mut samples = 0;
-        let follow = async {
-            while mon.next_sample().await.expect("monitor").is_some() {
-                samples += 1;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), follow)
-            .await
-            .expect("the monitor sees the cancel");
         let o = mon.outcome().expect("outcome");
         assert_eq!(o.status, MigrationStatus::Cancelled, "{o:?}");
         let last = o.last_progress.as_ref().and_then(|i| i.ram.as_ref());
