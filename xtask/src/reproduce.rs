@@ -110,6 +110,16 @@ pub fn run(rest: &[String]) -> anyhow::Result<()> {
         let dir = results_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for seed in &o.seeds {
+            // Stamped when the runs begin: the checkout may move on while
+            // they run (seed 000 takes over an hour).
+            let commit = trimmed(Command::new("git").args(["rev-parse", "HEAD"]));
+            let dirty = !trimmed(Command::new("git").args([
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+            ]))
+            .is_empty();
+            let date = trimmed(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]));
             let data = match seed.as_str() {
                 "000" => seed_000(o.runs)?,
                 "001" => seed_001(o.runs)?,
@@ -120,8 +130,8 @@ pub fn run(rest: &[String]) -> anyhow::Result<()> {
             let file = dir.join(format!("seed-{seed}.json"));
             let stamped = json!({
                 "seed": seed,
-                "commit": trimmed(Command::new("git").args(["rev-parse", "HEAD"])),
-                "date": trimmed(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
+                "commit": if dirty { format!("{commit}+dirty") } else { commit },
+                "date": date,
                 "command": format!("cargo xtask bench reproduce --seed {seed} --runs {}", o.runs),
                 "runs": o.runs,
                 "data": data,
@@ -441,9 +451,13 @@ fn read_json(file: &Path, what: &str) -> anyhow::Result<Value> {
 fn stamp(v: &Value) -> String {
     let field = |k: &str| v[k].as_str().unwrap_or("?").trim().to_owned();
     let commit = field("commit");
+    let (hash, dirty) = match commit.strip_suffix("+dirty") {
+        Some(h) => (h, "+dirty"),
+        None => (commit.as_str(), ""),
+    };
     format!(
-        "Ran at commit `{}` on {} with `{}`.",
-        &commit[..commit.len().min(12)],
+        "Ran at commit `{}{dirty}` on {} with `{}`.",
+        &hash[..hash.len().min(12)],
         field("date"),
         field("command")
     )
