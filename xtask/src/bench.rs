@@ -54,7 +54,7 @@ const BENCHES: &[(&str, &str)] = &[
     ),
     (
         "reproduce",
-        "the seed papers' claims beside ours: docs/reproduction/seed-NNN.json, docs/reproduction.md (seeds 002, 003 so far)",
+        "the seed papers' claims beside ours: docs/reproduction/seed-NNN.json, docs/reproduction.md (seeds 000-003; 000 and 001 migrate real guests: root, long)",
     ),
 ];
 
