@@ -208,19 +208,20 @@ impl ControlLoop {
     fn record_traffic(&mut self, st: &mut State, m: &Measured, dt: f64) -> f64 {
         let mut migration_egress = 0.0;
         for (name, c) in &m.vms {
-            let seen = self.last_vm.get(name).copied();
-            let prev = seen.unwrap_or(*c);
             let Some(v) = st.vms.get_mut(name) else {
                 continue;
             };
-            if seen.is_none() {
-                // First sight: no rate yet. A zero in the application's
-                // history would read as an idle application, and a
-                // migration starting now would be given its bandwidth.
-                v.counters = *c;
-                self.last_vm.insert(name.clone(), *c);
-                continue;
-            }
+            v.counters = *c;
+            let prev = match self.last_vm.get_mut(name) {
+                Some(last) => std::mem::replace(last, *c),
+                None => {
+                    // First sight: no rate yet. A zero in the application's
+                    // history would read as an idle application, and a
+                    // migration starting now would be given its bandwidth.
+                    self.last_vm.insert(name.clone(), *c);
+                    continue;
+                }
+            };
             for cl in [class::OTHER, class::MIGRATION, class::APPLICATION] {
                 for d in Direction::ALL {
                     let (now, before) = (c.class(cl).get(d), prev.class(cl).get(d));
@@ -228,7 +229,7 @@ impl ControlLoop {
                     // A quiet class whose series already say so is left
                     // alone: most VMs are quiet most of the time, and the
                     // label lookups were 4% of the agent's CPU with 64.
-                    let unchanged = seen.is_some() && now == before && v.rates.get(cl, d) == 0.0;
+                    let unchanged = now == before && v.rates.get(cl, d) == 0.0;
                     v.rates.set(cl, d, r);
                     if !unchanged {
                         self.shared.metrics.class_traffic(name, cl, d, now, r);
@@ -240,13 +241,6 @@ impl ControlLoop {
                 .push_back(v.rates.get(class::APPLICATION, Direction::Egress));
             while v.app_history.len() > APP_HISTORY {
                 v.app_history.pop_front();
-            }
-            v.counters = *c;
-            match self.last_vm.get_mut(name) {
-                Some(last) => *last = *c,
-                None => {
-                    self.last_vm.insert(name.clone(), *c);
-                }
             }
         }
         // VMs that left (discovery removes them) start afresh if they return.

@@ -457,10 +457,12 @@ fn guard_switchover(shared: &Arc<Shared>, name: &str, pid: u32, params: &mut Qem
             v.switchover_held_since = None;
             return;
         }
-        // A class cannot drain faster than its ceiling. A rate measured
-        // over a tick that came right after another can read far above it
-        // (218 Mbit/s on a 28.5 Mbit/s link, concurrent-30mbit at db65f22:
-        // QEMU's final pass let through behind 1.6 MB, paused 2.7 s).
+        // A class cannot drain faster than its ceiling, whatever a rate
+        // measured over a bursty interval says. Rates are measured over at
+        // least 250 ms since 8b3d2ae; before, a tick right after another
+        // read 218 Mbit/s on a 28.5 Mbit/s link (concurrent-30mbit at
+        // db65f22: QEMU's final pass let through behind 1.6 MB, paused
+        // 2.7 s).
         let ceil = v
             .decision
             .as_ref()
