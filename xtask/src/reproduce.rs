@@ -239,20 +239,27 @@ fn seed_000(runs: u64) -> anyhow::Result<Value> {
         for workload in SEED_000_WORKLOADS {
             let stem = format!("seed000-{l}-{workload}");
             let report = read_json(&out.join(format!("{stem}.json")), "a scenario report")?;
-            for mut row in policy_rows(&stem, &report, &SEED_000_POLICIES) {
-                row["link"] = json!(link);
-                row["workload"] = json!(workload);
-                rows.push(row);
-            }
+            rows.extend(policy_rows(
+                &stem,
+                &report,
+                &SEED_000_POLICIES,
+                &[("link", link), ("workload", workload)],
+            ));
         }
     }
     Ok(json!({ "rows": rows }))
 }
 
-/// One row per policy of a scenario report: its runs, how many converged,
-/// the converged runs' figures, and every run's total time (`all_total_s`;
-/// a run that did not converge ran to the timeout).
-fn policy_rows(stem: &str, report: &Value, policies: &[&str]) -> Vec<Value> {
+/// One row per policy of a scenario report, with `labels` (e.g. the
+/// workload) as fields: its runs, how many converged, the converged runs'
+/// figures, and every run's total time (`all_total_s`; a run that did not
+/// converge ran to the timeout).
+fn policy_rows(
+    stem: &str,
+    report: &Value,
+    policies: &[&str],
+    labels: &[(&str, &str)],
+) -> Vec<Value> {
     let results = report["results"].as_array().cloned().unwrap_or_default();
     policies
         .iter()
@@ -269,7 +276,7 @@ fn policy_rows(stem: &str, report: &Value, policies: &[&str]) -> Vec<Value> {
             let field =
                 |k: &str| -> Vec<f64> { done.iter().filter_map(|r| r[k].as_f64()).collect() };
             let all: Vec<f64> = runs.iter().filter_map(|r| r["total_s"].as_f64()).collect();
-            json!({
+            let mut row = json!({
                 "scenario": stem,
                 "policy": policy,
                 "runs": runs.len(),
@@ -278,7 +285,11 @@ fn policy_rows(stem: &str, report: &Value, policies: &[&str]) -> Vec<Value> {
                 "all_total_s": spread(&all),
                 "downtime_ms": spread(&field("downtime_ms")),
                 "paused_ms": spread(&field("paused_ms")),
-            })
+            });
+            for (key, value) in labels {
+                row[*key] = json!(value);
+            }
+            row
         })
         .collect()
 }
@@ -312,13 +323,7 @@ fn seed_001(runs: u64) -> anyhow::Result<Value> {
 
 /// [`policy_rows`] for seed 001's policies, labelled with the workload.
 fn seed_001_rows(workload: &str, stem: &str, report: &Value) -> Vec<Value> {
-    policy_rows(stem, report, &SEED_001_POLICIES)
-        .into_iter()
-        .map(|mut row| {
-            row["workload"] = json!(workload);
-            row
-        })
-        .collect()
+    policy_rows(stem, report, &SEED_001_POLICIES, &[("workload", workload)])
 }
 
 /// VMM-CFG, the paper's §4.1 data centre: overloaded hosts and the load
@@ -893,11 +898,12 @@ mod tests {
                     };
                     let report =
                         json!({"results": [run("default", 40.0), run("nrac", 40.0 * nrac)]});
-                    for mut row in policy_rows(&stem, &report, &SEED_000_POLICIES) {
-                        row["link"] = json!(link);
-                        row["workload"] = json!(workload);
-                        rows.push(row);
-                    }
+                    rows.extend(policy_rows(
+                        &stem,
+                        &report,
+                        &SEED_000_POLICIES,
+                        &[("link", link), ("workload", workload)],
+                    ));
                 }
             }
             json!({"seed": "000", "commit": "0123456789abcdef", "date": "d", "command": "c",
