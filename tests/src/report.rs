@@ -63,10 +63,6 @@ impl Stamp {
     }
 }
 
-fn one_vcpu() -> u32 {
-    1
-}
-
 /// One scenario's report, as committed in JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenarioReport {
@@ -75,7 +71,7 @@ pub struct ScenarioReport {
     pub description: String,
     pub link_mbit: f64,
     /// Each guest's vCPUs (reports from before this field: 1).
-    #[serde(default = "one_vcpu")]
+    #[serde(default = "crate::scenario::one")]
     pub vcpus: u32,
     pub repetitions: u32,
     pub policies: Vec<String>,
@@ -293,14 +289,14 @@ pub fn fmt_spread(s: Option<(f64, f64, f64)>, digits: usize) -> String {
 pub fn markdown(rep: &ScenarioReport) -> String {
     let stem = rep.stem();
     let mut out = format!(
-        "# {}\n\n{}\n\n- scenario file: `{}`; link {} Mbit/s; {} vCPU(s) per guest; \
+        "# {}\n\n{}\n\n- scenario file: `{}`; link {} Mbit/s; {} per guest; \
          {} repetitions per policy\n\
          - ran at commit `{}` on {}; {}; kernel {}\n",
         rep.scenario,
         rep.description,
         rep.file,
         rep.link_mbit,
-        rep.vcpus,
+        vcpus(rep.vcpus),
         rep.repetitions,
         rep.stamp.commit,
         rep.stamp.date,

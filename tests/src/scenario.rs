@@ -86,7 +86,9 @@ pub struct VmSpec {
 fn default_timeout() -> f64 {
     300.0
 }
-fn one() -> u32 {
+/// Serde's default for counts that start at one (also a report's vCPUs
+/// from before it recorded them).
+pub(crate) fn one() -> u32 {
     1
 }
 fn default_on() -> u64 {
