@@ -76,8 +76,11 @@ initial_mbit = 268.435456
 # Passes over which the remaining set must shrink by min_progress.
 window = 1
 min_progress = 0.1
-# Whether the watchdog may switch a migration to post-copy.
-allow_postcopy = false
+# Whether the watchdog may switch a migration to post-copy. It fires only
+# what the migration's starter armed (postcopy-ram on both sides; for its
+# throttle steps, auto-converge held inert at cpu-throttle 1%): see
+# [escalate] below for how to arm them, and post-copy's risk.
+allow_postcopy = true
 # Upper bound for a raised downtime limit, milliseconds.
 max_downtime_ms = 2000
 

@@ -77,9 +77,6 @@ impl Applied {
             downtime_limit_s: want.downtime_limit_s.filter(|dt| {
                 !self.is_refused("downtime-limit") && self.params.downtime_limit_s != Some(*dt)
             }),
-            auto_converge: want.auto_converge.filter(|ac| {
-                !self.is_refused("auto-converge") && self.params.auto_converge != Some(*ac)
-            }),
             start_postcopy: want.start_postcopy
                 && !self.params.start_postcopy
                 && !self.is_refused("post-copy"),
@@ -279,17 +276,6 @@ impl MigrationSource for MigrationMonitor {
                 Err(e) => refused.push(refusal("downtime-limit", e)?),
             }
         }
-        if let Some(ac) = todo.auto_converge {
-            // QEMU changes capabilities only between migrations: during
-            // one it answers with an error, reported as refused.
-            match qmp
-                .set_capabilities(&[(Capability::AutoConverge, ac)])
-                .await
-            {
-                Ok(()) => applied.params.auto_converge = Some(ac),
-                Err(e) => refused.push(refusal("auto-converge", e)?),
-            }
-        }
         if let Some(pct) = todo.cpu_throttle_pct {
             match qmp.set_cpu_throttle(pct).await {
                 Ok(()) => applied.params.cpu_throttle_pct = Some(pct),
@@ -357,7 +343,7 @@ mod tests {
         let want = QemuParams {
             max_bandwidth: Some(1005.0),
             downtime_limit_s: Some(0.6),
-            auto_converge: Some(true),
+            cpu_throttle_pct: Some(20),
             start_postcopy: true,
             ..QemuParams::default()
         };
@@ -367,7 +353,7 @@ mod tests {
             params: QemuParams {
                 max_bandwidth: Some(1000.0),
                 downtime_limit_s: Some(0.3),
-                auto_converge: Some(true),
+                cpu_throttle_pct: Some(20),
                 start_postcopy: false,
                 ..QemuParams::default()
             },
@@ -377,7 +363,7 @@ mod tests {
             param: "post-copy",
             reason: "no".into(),
         });
-        // Bandwidth within 1%, auto-converge already on, post-copy refused:
+        // Bandwidth within 1%, the throttle already set, post-copy refused:
         // only the new downtime limit.
         assert_eq!(
             applied.pending(&want),

@@ -8,8 +8,8 @@
 //! | `static:RATE` | QEMU `max-bandwidth` = RATE for the whole migration | KubeVirt `bandwidthPerMigration` |
 //! | `autoconverge` | `auto-converge` on from the start, QEMU's own throttle steps | KubeVirt `allowAutoConverge` (libvirt `VIR_MIGRATE_AUTO_CONVERGE`) |
 //! | `postcopy-after:S` | `postcopy-ram` on both sides from the start; `migrate-start-postcopy` once S seconds have passed | KubeVirt `allowPostCopy`, which switches when its completion timeout passes |
-//! | `nrac`, `bda`, `…+adamig` | vmbw's agent enforcing (HTB) | — |
-//! | `…+escalate` | the agent enforcing, with post-copy (and its preempt channel) and auto-converge armed at the start, auto-converge held inert (throttle 1%) until the agent raises it | what vmbw tells operators to arm: `allowPostCopy` + `allowAutoConverge` |
+//! | `nrac`, `bda` | vmbw's agent enforcing (HTB) | — |
+//! | `…+adamig`, `…+escalate` | the agent enforcing, with post-copy (and its preempt channel) and auto-converge armed at the start, auto-converge held inert (throttle 1%) until the agent raises it | what vmbw tells operators to arm: `allowPostCopy` + `allowAutoConverge` |
 //!
 //! Every peer policy runs with the agent in observe mode, so that vmbw's
 //! counters measure it like the others; `static:RATE` is set by the agent
@@ -92,17 +92,20 @@ impl BenchPolicy {
     }
 
     pub fn arms_autoconverge(&self) -> bool {
-        matches!(self, BenchPolicy::AutoConverge) || self.escalates()
+        matches!(self, BenchPolicy::AutoConverge) || self.fires_armed_tools()
     }
 
-    /// Whether the agent escalates: it then fires the tools armed for it.
-    pub fn escalates(&self) -> bool {
-        matches!(self, BenchPolicy::Agent { spec, .. } if spec.escalate.is_some())
+    /// Whether the agent escalates (AdaMig's watchdog or vmbw's
+    /// escalation): it then fires the tools armed for it, which the
+    /// testbed arms as vmbw tells operators to (auto-converge inert).
+    pub fn fires_armed_tools(&self) -> bool {
+        matches!(self, BenchPolicy::Agent { spec, .. }
+            if spec.escalate.is_some() || spec.adamig.is_some())
     }
 
     /// Whether `postcopy-ram` is set on both sides before the start.
     pub fn arms_postcopy(&self) -> bool {
-        self.postcopy_after().is_some() || self.escalates()
+        self.postcopy_after().is_some() || self.fires_armed_tools()
     }
 
     /// When to start post-copy, if this policy arms it.
@@ -131,11 +134,13 @@ mod tests {
             (p.agent_policy(), p.family()),
             ("static:2MiB", Family::Peer)
         );
-        let p = BenchPolicy::parse("nrac+adamig").expect("nrac");
+        let p = BenchPolicy::parse("nrac").expect("nrac");
         assert!(p.enforcing() && p.family() == Family::Vmbw);
         assert!(!p.arms_postcopy() && !p.arms_autoconverge());
+        let p = BenchPolicy::parse("nrac+adamig").expect("adamig");
+        assert!(p.fires_armed_tools() && p.arms_postcopy() && p.arms_autoconverge());
         let p = BenchPolicy::parse("nrac+escalate").expect("escalate");
-        assert!(p.enforcing() && p.escalates() && p.arms_postcopy() && p.arms_autoconverge());
+        assert!(p.enforcing() && p.fires_armed_tools() && p.arms_postcopy() && p.arms_autoconverge());
         assert_eq!(p.postcopy_after(), None);
         assert_eq!(
             BenchPolicy::parse("default").expect("d").family(),

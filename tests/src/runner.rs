@@ -56,6 +56,19 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
+/// A run's guest did not boot or start its workload, before any migration
+/// began: a fault of this machine (a TCG guest starved of its timer, seen
+/// as an RCU stall on its console), not of the policy, so the run may be
+/// tried again.
+#[derive(Debug)]
+pub struct GuestBootFailed;
+
+impl std::fmt::Display for GuestBootFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the guest did not boot before its migration")
+    }
+}
+
 /// One VM's figures in one run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResult {
@@ -293,8 +306,9 @@ pub fn run_one(
     }
     let sinks = tb.start_sinks()?;
     // Destinations wait (`-incoming defer`) until the runner has armed them.
-    let mut pairs =
-        tb.boot_all_deferred(guest, &boots, Duration::from_secs(240 * sc.vm.len() as u64))?;
+    let mut pairs = tb
+        .boot_all_deferred(guest, &boots, Duration::from_secs(240 * sc.vm.len() as u64))
+        .context(GuestBootFailed)?;
 
     let bpffs = BpffsMount::new()?;
     let run = tb.run.path();
@@ -717,7 +731,7 @@ async fn arm(
         // background push. The peer arms what KubeVirt's allowPostCopy
         // arms: postcopy-ram alone.
         let mut caps = vec![(Capability::PostcopyRam, true)];
-        if policy.escalates() {
+        if policy.fires_armed_tools() {
             caps.push((Capability::PostcopyPreempt, true));
         }
         src.set_capabilities(&caps).await?;
@@ -728,7 +742,7 @@ async fn arm(
     if policy.arms_autoconverge() {
         src.set_capabilities(&[(Capability::AutoConverge, true)])
             .await?;
-        if policy.escalates() {
+        if policy.fires_armed_tools() {
             // Armed but inert: QEMU throttles at most 1% until the agent
             // raises the ceiling.
             src.set_cpu_throttle(1).await?;

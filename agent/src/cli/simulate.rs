@@ -46,7 +46,7 @@ pub struct SimulateArgs {
     /// Bandwidth promised to the application, Mbit/s (its SLA).
     #[arg(long)]
     reserve_mbit: Option<f64>,
-    /// Tools armed at the start, for `…+escalate` (repeatable):
+    /// Tools armed at the start, for `…+adamig` and `…+escalate` (repeatable):
     /// postcopy, auto-converge.
     #[arg(long = "armed", value_parser = ["postcopy", "auto-converge"])]
     armed: Vec<String>,

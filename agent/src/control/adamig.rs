@@ -4,9 +4,18 @@
 //!
 //! 1. more share: the application's reservation is halved and the
 //!    migration gets the difference (within the policy's floor/cap);
-//! 2. auto-converge (QEMU throttles the vCPUs);
+//! 2. auto-converge: QEMU throttles the vCPUs, from QEMU's own first step
+//!    (20%); raised by QEMU's increment (10 points) on each further stalled
+//!    pass while post-copy is not available;
 //! 3. post-copy, when allowed;
 //! 4. a higher downtime limit, doubled each time up to a maximum.
+//!
+//! Auto-converge and post-copy are capabilities, which QEMU lets no one
+//! change once a migration runs ("There's a migration process in
+//! progress", QEMU 10.0.2): the paper changed QEMU itself, vmbw fires only
+//! what the migration's starter armed ([`super::Armed`]; auto-converge
+//! armed and held inert at a 1% throttle, `postcopy-ram` on both sides).
+//! A step whose tool is not armed is skipped, never requested.
 //!
 //! "Not converging" means: after the bulk pass, the remaining bytes did not
 //! shrink by at least `min_progress` over the last `window` iterations, or
@@ -23,7 +32,7 @@ pub struct Config {
     pub window: usize,
     /// Required relative shrink of `remaining` over the window.
     pub min_progress: f64,
-    /// Whether post-copy may be used.
+    /// Whether post-copy may be used (when armed).
     pub allow_postcopy: bool,
     /// Upper bound for the raised downtime limit (seconds).
     pub max_downtime_s: f64,
@@ -36,7 +45,7 @@ impl Default for Config {
         Config {
             window: 1,
             min_progress: 0.1,
-            allow_postcopy: false,
+            allow_postcopy: true,
             max_downtime_s: 2.0,
         }
     }
@@ -68,8 +77,16 @@ struct Watch {
     last_iteration: u32,
     taken: Vec<Step>,
     share_halvings: u32,
+    /// vCPU throttle set, percent (0 = none).
+    throttle_pct: u8,
     downtime_s: Option<f64>,
 }
+
+/// QEMU's own auto-converge steps (`cpu-throttle-initial`,
+/// `cpu-throttle-increment` and `max-cpu-throttle` defaults).
+const THROTTLE_FIRST: u8 = 20;
+const THROTTLE_STEP: u8 = 10;
+const THROTTLE_MAX: u8 = 99;
 
 /// The watchdog's state across iterations, per VM.
 #[derive(Debug, Clone, Default)]
@@ -117,8 +134,8 @@ impl Watchdog {
                     *r += moved;
                 }
             }
-            if w.taken.contains(&Step::AutoConverge) {
-                d.qemu.auto_converge = Some(true);
+            if w.throttle_pct > 0 {
+                d.qemu.cpu_throttle_pct = Some(w.throttle_pct);
             }
             if let Some(dt) = w.downtime_s {
                 d.qemu.downtime_limit_s = Some(dt);
@@ -126,7 +143,8 @@ impl Watchdog {
             if let (Some(r), ceil) = (d.migration_rate, d.migration_ceil) {
                 d.enforce(r, ceil.unwrap_or(r));
             }
-            if !new_iteration || vm.iteration <= 1 {
+            // In post-copy the migration ends by itself.
+            if !new_iteration || vm.iteration <= 1 || vm.postcopy {
                 continue;
             }
             let stalled = w.remaining.len() > self.cfg.window && {
@@ -151,6 +169,9 @@ impl Watchdog {
                     mbit(d.migration_rate.unwrap_or(0.0))
                 )
             };
+            let postcopy_left = self.cfg.allow_postcopy
+                && vm.armed.postcopy
+                && !w.taken.contains(&Step::PostCopy);
             let next = [
                 Step::MoreShare,
                 Step::AutoConverge,
@@ -160,12 +181,18 @@ impl Watchdog {
             .into_iter()
             .find(|s| match s {
                 Step::MoreShare => d.app_reserve > promised && w.share_halvings < 2,
-                Step::AutoConverge => !w.taken.contains(s),
-                Step::PostCopy => self.cfg.allow_postcopy && !w.taken.contains(s),
+                Step::AutoConverge => {
+                    vm.armed.auto_converge
+                        && w.throttle_pct < THROTTLE_MAX
+                        && (w.throttle_pct == 0 || !postcopy_left)
+                }
+                Step::PostCopy => postcopy_left,
                 Step::DowntimeLimit => w.downtime_s.is_none_or(|t| t < self.cfg.max_downtime_s),
             });
             let Some(step) = next else {
-                d.why(format!("adamig: {why}; every step already taken"));
+                d.why(format!(
+                    "adamig: {why}; every armed step already taken"
+                ));
                 continue;
             };
             match step {
@@ -177,7 +204,14 @@ impl Watchdog {
                         d.enforce(r + moved, d.migration_ceil.unwrap_or(r + moved));
                     }
                 }
-                Step::AutoConverge => d.qemu.auto_converge = Some(true),
+                Step::AutoConverge => {
+                    w.throttle_pct = if w.throttle_pct == 0 {
+                        THROTTLE_FIRST
+                    } else {
+                        (w.throttle_pct + THROTTLE_STEP).min(THROTTLE_MAX)
+                    };
+                    d.qemu.cpu_throttle_pct = Some(w.throttle_pct);
+                }
                 Step::PostCopy => d.qemu.start_postcopy = true,
                 Step::DowntimeLimit => {
                     let t = (w.downtime_s.unwrap_or(vm.downtime_limit_s) * 2.0)
@@ -190,7 +224,14 @@ impl Watchdog {
                 w.taken.push(step);
             }
             *self.switches.entry(step).or_default() += 1;
-            d.why(format!("adamig: {why}: escalate to {}", step.as_str()));
+            let detail = match step {
+                Step::AutoConverge => format!(" ({}% vCPU throttle)", w.throttle_pct),
+                _ => String::new(),
+            };
+            d.why(format!(
+                "adamig: {why}: escalate to {}{detail}",
+                step.as_str()
+            ));
         }
     }
 }
@@ -198,7 +239,7 @@ impl Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{Link, VmDecision, VmInputs};
+    use crate::control::{Armed, Link, VmDecision, VmInputs};
 
     use crate::api::BYTES_PER_MBIT as MBIT;
 
@@ -242,57 +283,83 @@ mod tests {
         }
     }
 
+    const ARMED: Armed = Armed {
+        postcopy: true,
+        postcopy_preempt: true,
+        auto_converge: true,
+    };
+
     #[test]
     fn escalates_one_step_per_iteration_in_order() {
-        let cfg = Config {
-            allow_postcopy: true,
-            ..Config::default()
-        };
-        let mut w = Watchdog::new(cfg);
+        let mut w = Watchdog::new(Config::default());
         let mut last = decision(0.0, 0.0);
+        let mut postcopy = false;
         // Remaining stuck at 5e8: from iteration 2 on it stalls.
         for it in 1..=8u32 {
+            let mut inp = inputs(it, 5e8, 10.0);
+            inp.vms[0].armed = ARMED;
+            inp.vms[0].postcopy = postcopy;
             let mut d = decision(50.0, 20.0);
-            w.review(&inputs(it, 5e8, 10.0), &mut d);
+            w.review(&inp, &mut d);
             // A second review in the same iteration changes nothing more.
             let before = w.taken("vm").len();
-            w.review(&inputs(it, 5e8, 10.0), &mut decision(50.0, 20.0));
+            w.review(&inp, &mut decision(50.0, 20.0));
             assert_eq!(w.taken("vm").len(), before);
+            postcopy |= d.vms[0].qemu.start_postcopy;
             last = d;
         }
+        // Once in post-copy the migration ends by itself: nothing more.
         assert_eq!(
             w.taken("vm"),
-            &[
-                Step::MoreShare,
-                Step::AutoConverge,
-                Step::PostCopy,
-                Step::DowntimeLimit
-            ]
+            &[Step::MoreShare, Step::AutoConverge, Step::PostCopy]
         );
         let d = &last.vms[0];
         // Two halvings: reserve 20 -> 5, migration 50 -> 65.
         assert!((d.app_reserve / MBIT - 5.0).abs() < 1e-9);
         assert!((d.migration_rate.expect("rate") / MBIT - 65.0).abs() < 1e-9);
-        assert_eq!(d.qemu.auto_converge, Some(true));
-        // Downtime doubled from 0.3 s, then capped at 2 s.
-        assert!(d.qemu.downtime_limit_s.expect("raised") <= 2.0);
+        // QEMU's first throttle step, kept in force.
+        assert_eq!(d.qemu.cpu_throttle_pct, Some(THROTTLE_FIRST));
         assert_eq!(w.switches.get(&Step::MoreShare), Some(&2));
     }
 
     #[test]
-    fn dirty_rate_above_allotment_triggers_without_post_copy_when_not_allowed() {
+    fn tools_not_armed_are_never_requested() {
         let mut w = Watchdog::new(Config::default());
         let mut d = decision(10.0, 0.0);
         w.review(&inputs(1, 1e9, 50.0), &mut d); // bulk pass: never
-        let mut d2 = decision(10.0, 0.0);
-        w.review(&inputs(2, 9e8, 50.0), &mut d2);
-        // No reservation to take: first step is auto-converge.
-        assert_eq!(w.taken("vm"), &[Step::AutoConverge]);
-        for it in 3..6 {
-            w.review(&inputs(it, 9e8, 50.0), &mut decision(10.0, 0.0));
+        for it in 2..6 {
+            let mut d = decision(10.0, 0.0);
+            w.review(&inputs(it, 9e8, 50.0), &mut d);
+            let q = d.vms[0].qemu;
+            assert_eq!(q.cpu_throttle_pct, None);
+            assert!(!q.start_postcopy);
         }
-        assert!(!w.taken("vm").contains(&Step::PostCopy));
-        assert!(w.taken("vm").contains(&Step::DowntimeLimit));
+        // No reservation to take, nothing armed: only the downtime limit.
+        assert_eq!(w.taken("vm"), &[Step::DowntimeLimit]);
+    }
+
+    #[test]
+    fn without_post_copy_the_throttle_climbs_qemu_s_steps_then_downtime() {
+        let cfg = Config {
+            allow_postcopy: false,
+            ..Config::default()
+        };
+        let mut w = Watchdog::new(cfg);
+        let mut throttles = Vec::new();
+        for it in 1..=12u32 {
+            let mut inp = inputs(it, 9e8, 50.0);
+            inp.vms[0].armed = ARMED;
+            let mut d = decision(10.0, 0.0);
+            w.review(&inp, &mut d);
+            assert!(!d.vms[0].qemu.start_postcopy, "denied by configuration");
+            throttles.push(d.vms[0].qemu.cpu_throttle_pct.unwrap_or(0));
+        }
+        assert_eq!(
+            throttles,
+            [0, 20, 30, 40, 50, 60, 70, 80, 90, 99, 99, 99],
+            "{throttles:?}"
+        );
+        assert_eq!(w.taken("vm"), &[Step::AutoConverge, Step::DowntimeLimit]);
     }
 
     #[test]

@@ -189,8 +189,6 @@ pub struct QemuParams {
     pub max_bandwidth: Option<f64>,
     /// `downtime-limit`, seconds.
     pub downtime_limit_s: Option<f64>,
-    /// Capability `auto-converge`.
-    pub auto_converge: Option<bool>,
     /// Switch to post-copy now (`migrate-start-postcopy`).
     pub start_postcopy: bool,
     /// Auto-converge's vCPU throttle ceiling, percent (sets

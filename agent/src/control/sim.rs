@@ -245,15 +245,8 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
         };
         let decision = controller.decide(&inputs);
         let d = &decision.vms[0];
-        if d.qemu.auto_converge == Some(true) {
-            throttle = if throttle == 0.0 {
-                0.2
-            } else {
-                (throttle + 0.1f64).min(0.99)
-            };
-        }
-        // Escalation's throttle: QEMU applies the raised ceiling at its
-        // next trigger, i.e. from this pass on.
+        // The throttle AdaMig or escalation set: QEMU applies the raised
+        // ceiling at its next trigger, i.e. from this pass on.
         if let Some(pct) = d.qemu.cpu_throttle_pct
             && sc.armed.auto_converge
         {
@@ -571,8 +564,12 @@ mod tests {
         // A hot guest (2.5 MiB/s) on a 30 Mbit link with a 15 Mbit app: the
         // migration's share stays below the dirty rate, the dirty set
         // plateaus at the working set; the watchdog takes share from the
-        // reservation and throttles the guest.
-        let sc = scenario(2.5, 30.0, 15.0);
+        // reservation and throttles the guest (auto-converge armed).
+        let mut sc = scenario(2.5, 30.0, 15.0);
+        sc.armed = Armed {
+            auto_converge: true,
+            ..Armed::default()
+        };
         let plain = run(&sc, "nrac");
         let ada = run(&sc, "nrac+adamig");
         assert!(

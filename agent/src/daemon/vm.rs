@@ -414,9 +414,6 @@ async fn await_decision_and_apply<S: MigrationSource>(
     {
         info!(downtime_limit_ms = dt * 1000.0, "QEMU downtime-limit set");
     }
-    if now.auto_converge != then.auto_converge {
-        info!(auto_converge = ?now.auto_converge, "QEMU auto-converge set");
-    }
     if now.cpu_throttle_pct != then.cpu_throttle_pct
         && let Some(p) = now.cpu_throttle_pct
     {

@@ -241,14 +241,6 @@ impl MigrationSource for LibvirtMonitor {
                 Err(e) => refused.push(refusal("downtime-limit", e)?),
             }
         }
-        if todo.auto_converge.is_some() {
-            refused.push(Refused {
-                param: "auto-converge",
-                reason: "libvirt sets auto-converge only when a migration starts \
-                         (VIR_MIGRATE_AUTO_CONVERGE); it cannot be switched during one"
-                    .into(),
-            });
-        }
         if todo.cpu_throttle_pct.is_some() {
             refused.push(Refused {
                 param: "cpu-throttle",

@@ -152,8 +152,17 @@ fn run(
                     began.elapsed().as_secs_f64() / 60.0,
                     sc.name
                 );
-                let started = Instant::now();
-                match runner::run_one(&guest, sc, policy, rep, &out.join("logs")) {
+                let mut started = Instant::now();
+                let mut tried = runner::run_one(&guest, sc, policy, rep, &out.join("logs"));
+                if let Err(e) = &tried
+                    && e.downcast_ref::<runner::GuestBootFailed>().is_some()
+                    && !runner::interrupted()
+                {
+                    eprintln!("    -> {e:#}\n    -> trying once more (no migration had begun)");
+                    started = Instant::now();
+                    tried = runner::run_one(&guest, sc, policy, rep, &out.join("logs"));
+                }
+                match tried {
                     Ok(rs) => {
                         for r in rs {
                             eprintln!(
