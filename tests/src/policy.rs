@@ -140,7 +140,9 @@ mod tests {
         let p = BenchPolicy::parse("nrac+adamig").expect("adamig");
         assert!(p.fires_armed_tools() && p.arms_postcopy() && p.arms_autoconverge());
         let p = BenchPolicy::parse("nrac+escalate").expect("escalate");
-        assert!(p.enforcing() && p.fires_armed_tools() && p.arms_postcopy() && p.arms_autoconverge());
+        assert!(
+            p.enforcing() && p.fires_armed_tools() && p.arms_postcopy() && p.arms_autoconverge()
+        );
         assert_eq!(p.postcopy_after(), None);
         assert_eq!(
             BenchPolicy::parse("default").expect("d").family(),

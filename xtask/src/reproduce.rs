@@ -92,9 +92,9 @@ fn parse(rest: &[String]) -> anyhow::Result<Options> {
                 o.workloads = Some(n);
             }
             "--render-only" => o.render_only = true,
-            other => bail!(
-                "unknown option {other} (known: --seed, --runs, --workloads, --render-only)"
-            ),
+            other => {
+                bail!("unknown option {other} (known: --seed, --runs, --workloads, --render-only)")
+            }
         }
     }
     if o.seeds.is_empty() {
@@ -110,7 +110,10 @@ fn results_dir() -> PathBuf {
 pub fn run(rest: &[String]) -> anyhow::Result<()> {
     let o = parse(rest)?;
     if !o.render_only {
-        if let Some(s) = o.seeds.iter().find(|s| ["000", "001", "004"].contains(&s.as_str()))
+        if let Some(s) = o
+            .seeds
+            .iter()
+            .find(|s| ["000", "001", "004"].contains(&s.as_str()))
             && !util::is_root()
         {
             bail!("--seed {s} migrates real QEMU guests on the testbed, which needs root");
@@ -436,7 +439,11 @@ fn seed_004(
         (w, p)
     };
     for (i, (wss, rate, stem)) in todo.iter().copied().enumerate() {
-        util::step(&format!("seed 004: workload {} of {}: {stem}", i + 1, todo.len()));
+        util::step(&format!(
+            "seed 004: workload {} of {}: {stem}",
+            i + 1,
+            todo.len()
+        ));
         let out = testbed_runs(
             &format!("seed-004/{stem}"),
             &[stem.as_str()],
@@ -744,8 +751,8 @@ fn section_004(v: Option<Value>) -> String {
          `nrac+adamig` (`agent/src/control/adamig.rs`): when a pass does not shrink what \
          is left by 10%, it escalates one step per pass: more share (nothing here: no \
          application), QEMU's vCPU throttle steps (20%, then +10 points), post-copy, a \
-         larger downtime limit. The paper changed QEMU to switch methods mid-migration; \
-         QEMU 10 fixes capabilities when a migration starts, so the testbed arms \
+         larger downtime limit. The paper's QEMU-based solution switches methods \
+         mid-migration; QEMU 10 fixes capabilities when a migration starts, so the testbed arms \
          auto-converge (held at 1%) and post-copy at the start, and AdaMig fires them. \
          Beside it: stock QEMU (`default`), QEMU's auto-converge from the start \
          (KubeVirt `allowAutoConverge`) and post-copy after KubeVirt's completion timeout \
@@ -781,7 +788,11 @@ fn section_004(v: Option<Value>) -> String {
         " {} of {} workloads run (the testbed's binaries at {}).\n\n",
         run.len(),
         workloads.len(),
-        if commits.is_empty() { "?".to_owned() } else { commits.join(", ") }
+        if commits.is_empty() {
+            "?".to_owned()
+        } else {
+            commits.join(", ")
+        }
     );
     s += "Each cell: runs converged, and the median (min–max) time of those that did.\n\n\
           | working set MiB | dirty MiB/s (x link) |";
@@ -808,12 +819,15 @@ fn section_004(v: Option<Value>) -> String {
     }
     // Success ratio: converged runs over all runs, per policy.
     let ratio = |p: &str| -> Option<f64> {
-        let (ok, all) = run.iter().filter_map(|w| row(&w.2, p)).fold((0, 0), |(o, a), r| {
-            (
-                o + r["converged"].as_u64().unwrap_or(0),
-                a + r["runs"].as_u64().unwrap_or(0),
-            )
-        });
+        let (ok, all) = run
+            .iter()
+            .filter_map(|w| row(&w.2, p))
+            .fold((0, 0), |(o, a), r| {
+                (
+                    o + r["converged"].as_u64().unwrap_or(0),
+                    a + r["runs"].as_u64().unwrap_or(0),
+                )
+            });
         (all > 0).then(|| ok as f64 / all as f64)
     };
     s += "| **success ratio** | |";
@@ -853,7 +867,10 @@ fn section_004(v: Option<Value>) -> String {
         );
         return s;
     }
-    let (d, a) = (ratio("default").unwrap_or(0.0), ratio("nrac+adamig").unwrap_or(0.0));
+    let (d, a) = (
+        ratio("default").unwrap_or(0.0),
+        ratio("nrac+adamig").unwrap_or(0.0),
+    );
     let success = a >= 0.9 && d <= 0.5;
     let time = best.is_some_and(|b| b.1 >= 0.4);
     let verdict = match (success, time) {
@@ -891,7 +908,10 @@ fn join_nums(xs: &[u32], sep: &str, last: &str) -> String {
         [x] => x.to_string(),
         [init @ .., x] => format!(
             "{}{last}{x}",
-            init.iter().map(u32::to_string).collect::<Vec<_>>().join(sep)
+            init.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(sep)
         ),
     }
 }

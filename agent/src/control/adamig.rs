@@ -12,10 +12,11 @@
 //!
 //! Auto-converge and post-copy are capabilities, which QEMU lets no one
 //! change once a migration runs ("There's a migration process in
-//! progress", QEMU 10.0.2): the paper changed QEMU itself, vmbw fires only
-//! what the migration's starter armed ([`super::Armed`]; auto-converge
-//! armed and held inert at a 1% throttle, `postcopy-ram` on both sides).
-//! A step whose tool is not armed is skipped, never requested.
+//! progress", QEMU 10.0.2). The paper's solution is built into QEMU;
+//! vmbw, outside it, fires only what the migration's starter armed
+//! ([`super::Armed`]: auto-converge held inert at a 1% throttle,
+//! `postcopy-ram` on both sides). A step whose tool is not armed is
+//! skipped, never requested.
 //!
 //! "Not converging" means: after the bulk pass, the remaining bytes did not
 //! shrink by at least `min_progress` over the last `window` iterations, or
@@ -169,9 +170,8 @@ impl Watchdog {
                     mbit(d.migration_rate.unwrap_or(0.0))
                 )
             };
-            let postcopy_left = self.cfg.allow_postcopy
-                && vm.armed.postcopy
-                && !w.taken.contains(&Step::PostCopy);
+            let postcopy_left =
+                self.cfg.allow_postcopy && vm.armed.postcopy && !w.taken.contains(&Step::PostCopy);
             let next = [
                 Step::MoreShare,
                 Step::AutoConverge,
@@ -190,9 +190,7 @@ impl Watchdog {
                 Step::DowntimeLimit => w.downtime_s.is_none_or(|t| t < self.cfg.max_downtime_s),
             });
             let Some(step) = next else {
-                d.why(format!(
-                    "adamig: {why}; every armed step already taken"
-                ));
+                d.why(format!("adamig: {why}; every armed step already taken"));
                 continue;
             };
             match step {
