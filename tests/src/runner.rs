@@ -911,8 +911,8 @@ async fn query_migrate(v: &mut Followed) -> anyhow::Result<vmbw::qemu::types::Mi
 
 /// The escalation steps the agent logged for `vm`, split into those that
 /// took effect and those QEMU refused (the agent logs each refusal with the
-/// parameter it concerned, named like the step), plus the runner's own
-/// refused actions.
+/// parameter it concerned, named like the step) or that were never carried
+/// out, plus the runner's own refused actions.
 fn steps_taken(log: &str, vm: &str, events: &[(f64, String)]) -> (Vec<String>, Vec<String>) {
     let of_vm = |l: &str| {
         l.match_indices(&format!("vm={vm}")).any(|(i, m)| {
@@ -945,6 +945,11 @@ fn steps_taken(log: &str, vm: &str, events: &[(f64, String)]) -> (Vec<String>, V
         .filter(|l| l.contains("QEMU parameter not applied") && of_vm(l))
         .filter_map(|l| Some((field(l, "param")?, field(l, "reason").unwrap_or_default())))
         .collect();
+    // Post-copy is one command, sent when the VM's task next applies a
+    // decision: a step decided is taken only once the agent switched.
+    let switched = log
+        .lines()
+        .any(|l| l.contains("switched to post-copy") && of_vm(l));
     let (mut taken, mut refused) = (Vec::new(), Vec::new());
     for step in log
         .lines()
@@ -954,6 +959,11 @@ fn steps_taken(log: &str, vm: &str, events: &[(f64, String)]) -> (Vec<String>, V
     {
         match refusals.iter().find(|(p, _)| *p == step) {
             Some((_, why)) => refused.push(format!("{step}: {why}")),
+            None if step == "post-copy" && !switched => refused.push(
+                "post-copy: decided, but the agent never switched (no `switched to post-copy` \
+                 in its log)"
+                    .into(),
+            ),
             None => taken.push(step),
         }
     }
@@ -1126,6 +1136,8 @@ mod tests {
 2026-11-30T07:00:02Z  WARN vm{vm=vm0}: vmbw::daemon::vm: QEMU parameter not applied (not retried in this migration) param=\"auto-converge\" reason=QEMU refused it: QEMU refused `migrate-set-capabilities`: GenericError: There's a migration process in progress source=\"qmp\"
 2026-11-30T07:00:03Z  INFO vmbw::daemon::tick: adamig escalation vm=vm10 step=\"downtime-limit\"
 2026-11-30T07:00:04Z  INFO vmbw::daemon::tick: escalation vm=vm2 step=\"post-copy\"
+2026-11-30T07:00:05Z  INFO vm{vm=vm2}: vmbw::daemon::vm: switched to post-copy
+2026-11-30T07:00:06Z  INFO vmbw::daemon::tick: adamig escalation vm=vm3 step=\"post-copy\"
 ";
         let (taken, refused) = steps_taken(log, "vm0", &[(30.0, "post-copy".into())]);
         assert_eq!(taken, ["more-share", "post-copy"]);
@@ -1139,5 +1151,9 @@ mod tests {
         assert!(taken.is_empty(), "vm10's step is not vm1's: {taken:?}");
         let (taken, _) = steps_taken(log, "vm2", &[]);
         assert_eq!(taken, ["post-copy"]);
+        // Decided, never switched: not taken.
+        let (taken, refused) = steps_taken(log, "vm3", &[]);
+        assert!(taken.is_empty(), "{taken:?}");
+        assert!(refused[0].starts_with("post-copy: decided"), "{refused:?}");
     }
 }

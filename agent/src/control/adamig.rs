@@ -138,6 +138,12 @@ impl Watchdog {
             if w.throttle_pct > 0 {
                 d.qemu.cpu_throttle_pct = Some(w.throttle_pct);
             }
+            // Every decision asks for the switch until it happened: the
+            // VM's task applies the decision current when its migration
+            // next reports, not each tick's.
+            if w.taken.contains(&Step::PostCopy) && !vm.postcopy {
+                d.qemu.start_postcopy = true;
+            }
             if let Some(dt) = w.downtime_s {
                 d.qemu.downtime_limit_s = Some(dt);
             }
@@ -299,10 +305,14 @@ mod tests {
             inp.vms[0].postcopy = postcopy;
             let mut d = decision(50.0, 20.0);
             w.review(&inp, &mut d);
-            // A second review in the same iteration changes nothing more.
+            // A second review in the same iteration takes no new step, and
+            // still asks for what was fired: the VM's task may apply
+            // either decision.
             let before = w.taken("vm").len();
-            w.review(&inp, &mut decision(50.0, 20.0));
+            let mut again = decision(50.0, 20.0);
+            w.review(&inp, &mut again);
             assert_eq!(w.taken("vm").len(), before);
+            assert_eq!(again.vms[0].qemu, d.vms[0].qemu, "iteration {it}");
             postcopy |= d.vms[0].qemu.start_postcopy;
             last = d;
         }
