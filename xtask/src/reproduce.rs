@@ -849,21 +849,27 @@ fn section_004(v: Option<Value>) -> String {
         })
         .collect();
     let best = cuts.iter().max_by(|a, b| a.1.total_cmp(&b.1));
+    let on = |n: usize| format!("{n} workload{}", if n == 1 { "" } else { "s" });
     s += &match best {
+        Some((w, c)) if *c >= 0.0 => format!(
+            "Time, where both stock QEMU and AdaMig converged ({}): AdaMig's median is \
+             shorter than default's by up to {:.1}% ({w}).\n\n",
+            on(cuts.len()),
+            100.0 * c
+        ),
         Some((w, c)) => format!(
-            "Time, where both stock QEMU and AdaMig converged ({} workloads): AdaMig's median \
-             is {} than default's by up to {:.1}% ({w}).\n\n",
-            cuts.len(),
-            if *c >= 0.0 { "shorter" } else { "longer" },
-            100.0 * c.abs()
+            "Time, where both stock QEMU and AdaMig converged ({}): AdaMig's median is \
+             longer than default's on every one; least, by {:.1}% ({w}).\n\n",
+            on(cuts.len()),
+            -100.0 * c
         ),
         None => "Time: no workload on which both stock QEMU and AdaMig converged.\n\n".into(),
     };
     if run.len() < workloads.len() {
         s += &format!(
-            "**Not complete:** {} workloads still to run (`sudo cargo xtask bench reproduce \
+            "**Not complete:** {} still to run (`sudo cargo xtask bench reproduce \
              --seed 004` runs the missing ones); the verdict waits for them.\n\n",
-            workloads.len() - run.len()
+            on(workloads.len() - run.len())
         );
         return s;
     }
