@@ -567,6 +567,11 @@ fn seed_003(vmbw: &Path, runs: u64) -> anyhow::Result<Value> {
     Ok(json!({ "consolidation": cells, "small": small }))
 }
 
+/// A [`spread`]'s median; None for an empty one (no values).
+fn median_of(v: &Value) -> Option<f64> {
+    (!v.is_null()).then(|| num(v, "median"))
+}
+
 /// `median (min–max)` of a [`spread`], with `f` formatting each.
 fn fmt_spread(v: &Value, f: impl Fn(f64) -> String) -> String {
     if v.is_null() {
@@ -675,11 +680,7 @@ fn section_000(v: Option<Value>) -> String {
                     fmt_spread(&r["all_total_s"], f1)
                 )
             };
-            let median = |r: &Value| {
-                let c = &r["all_total_s"];
-                (!c.is_null()).then(|| num(c, "median"))
-            };
-            let ratio = match (median(d), median(n)) {
+            let ratio = match (median_of(&d["all_total_s"]), median_of(&n["all_total_s"])) {
                 (Some(a), Some(b)) if a > 0.0 => Some(b / a),
                 _ => None,
             };
@@ -839,12 +840,11 @@ fn section_004(v: Option<Value>) -> String {
     }
     s += "\n\n";
     // Time: AdaMig against default where both converged.
-    let median = |r: &Value| (!r["total_s"].is_null()).then(|| num(&r["total_s"], "median"));
     let cuts: Vec<(String, f64)> = run
         .iter()
         .filter_map(|(wss, rate, stem)| {
-            let d = median(row(stem, "default")?)?;
-            let a = median(row(stem, "nrac+adamig")?)?;
+            let d = median_of(&row(stem, "default")?["total_s"])?;
+            let a = median_of(&row(stem, "nrac+adamig")?["total_s"])?;
             (d > 0.0).then(|| (format!("{wss} MiB at {rate} MiB/s"), 1.0 - a / d))
         })
         .collect();
@@ -964,9 +964,7 @@ fn section_001(v: Option<Value>) -> String {
     let median = |workload: &str, policy: &str, k: &str| -> Option<f64> {
         rows.iter()
             .find(|r| r["workload"] == workload && r["policy"] == policy)
-            .map(|r| &r[k])
-            .filter(|c| !c.is_null())
-            .map(|c| num(c, "median"))
+            .and_then(|r| median_of(&r[k]))
     };
     let change = |workload: &str, k: &str| -> Option<f64> {
         let (bda, default) = (median(workload, "bda", k)?, median(workload, "default", k)?);
