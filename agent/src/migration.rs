@@ -136,7 +136,8 @@ pub trait MigrationSource: Send {
 
     /// The guest's dirty rate, bytes/s, measured over about a second
     /// while the bulk pass runs (before the first dirty sync QEMU gives
-    /// none); None where the source cannot measure it.
+    /// none), averaged with the pass's measurements before it; None where
+    /// the source cannot measure it.
     fn sample_dirty_rate(
         &mut self,
     ) -> impl Future<Output = Result<Option<f64>, SourceError>> + Send;
@@ -216,28 +217,7 @@ impl MigrationSource for MigrationMonitor {
     }
 
     async fn sample_dirty_rate(&mut self) -> Result<Option<f64>, SourceError> {
-        const MS: u64 = 1000;
-        let qmp = self.qmp();
-        // A QEMU without calc-dirty-rate (< 5.2), or with another
-        // measurement running, answers with an error: no sample.
-        if let Err(e) = qmp.calc_dirty_rate(MS, 16384).await {
-            return if e.is_connection_lost() {
-                Err(MonitorError::Qmp(e).into())
-            } else {
-                Ok(None)
-            };
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(MS + 100)).await;
-        for _ in 0..20 {
-            let info = qmp.query_dirty_rate().await.map_err(MonitorError::Qmp)?;
-            if info.status == "measured" {
-                return Ok(info
-                    .dirty_rate
-                    .map(|mib| mib.max(0) as f64 * 1024.0 * 1024.0));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        Ok(None)
+        Ok(self.sample_bulk_pass(true).await?)
     }
 
     async fn apply(

@@ -104,6 +104,11 @@ pub struct VmInputs {
     /// is sent in the next pass ([`forecast::forecast_in_pass`]); 0 when
     /// not known.
     pub pass_elapsed_s: f64,
+    /// The guest's used memory, bytes (its balloon's total − available,
+    /// or the resident part of its RAM): no pass can leave more of it
+    /// dirty ([`forecast::dirtied`]). The published ETA is bounded by it;
+    /// the plan the decisions rest on is not. None = not known.
+    pub used_memory: Option<f64>,
 }
 
 /// What the migration's starter armed (capabilities can only be set
@@ -143,6 +148,7 @@ impl VmInputs {
             switchover_held_s: 0.0,
             drain_rate: None,
             pass_elapsed_s: 0.0,
+            used_memory: None,
             send_rate: None,
         }
     }

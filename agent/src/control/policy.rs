@@ -185,9 +185,12 @@ fn expect_all(inputs: &Inputs, d: &mut Decision) {
         };
         let Some(f) = vd.forecast else { continue };
         let later = vm.send_rate.filter(|r| *r > 0.0).unwrap_or(drain);
-        let e = f.at(vm.remaining, drain, later);
+        let e = f.at(vm.remaining, drain, later, vm.used_memory);
+        let bound = vm.used_memory.map_or(String::new(), |b| {
+            format!(", no pass leaving more than the guest's {:.0} MB in use dirty", b / 1e6)
+        });
         vd.why(format!(
-            "expected at the {} QEMU is measured to drain (later passes at the {} it sends): {}",
+            "expected at the {} QEMU is measured to drain (later passes at the {} it sends{bound}): {}",
             mbit(drain),
             mbit(later),
             e.summary()
@@ -231,7 +234,7 @@ fn queue_behind(inputs: &Inputs, d: &mut Decision) {
         let Some(plan) = vd.forecast.filter(|_| turn_rate > 0.0) else {
             return;
         };
-        let mut own = plan.at(vm.remaining, turn_rate, turn_rate);
+        let mut own = plan.at(vm.remaining, turn_rate, turn_rate, vm.used_memory);
         let Some(own_eta) = own.eta_s else {
             return;
         };

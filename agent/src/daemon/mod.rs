@@ -304,6 +304,7 @@ fn spawn_follow(
     let cfg = MonitorConfig {
         uplink: Some(uplink.to_owned()),
         vm_ifaces: entry.taps.clone(),
+        sample_bulk_pass: true,
         ..MonitorConfig::default()
     };
     Some(tokio::spawn(vm::follow(

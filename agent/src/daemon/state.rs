@@ -140,8 +140,13 @@ pub struct VmState {
     pub refused: Vec<String>,
     /// What the current migration's starter armed.
     pub armed: Armed,
-    /// The dirty rate sampled during the bulk pass, bytes/s.
+    /// The guest's dirty rate during the bulk pass, bytes/s: the mean of
+    /// QEMU's `calc-dirty-rate` samples so far (QEMU reports no rate
+    /// before the pass ends).
     pub sampled_dirty_rate: Option<f64>,
+    /// The guest's used memory, bytes: what no pass can leave more dirty
+    /// than (`control::forecast::dirtied`).
+    pub used_memory: Option<f64>,
     /// When the current migration started, and the guest's RAM as its
     /// first sample showed (QEMU's `ram.total`): its deadline's clock and
     /// size.
@@ -225,6 +230,7 @@ impl VmState {
             refused: Vec::new(),
             armed: Armed::default(),
             sampled_dirty_rate: None,
+            used_memory: None,
             migration_started: None,
             pass_started: None,
             ram_bytes: None,
@@ -255,6 +261,7 @@ impl VmState {
         self.refused.clear();
         self.armed = Armed::default();
         self.sampled_dirty_rate = None;
+        self.used_memory = None;
         self.migration_started = Some(std::time::Instant::now());
         self.pass_started = self.migration_started;
         self.ram_bytes = None;
@@ -640,6 +647,8 @@ mod tests {
                 transferred: 0,
                 sync: 1,
                 at: t0 + std::time::Duration::from_secs(s),
+                bulk_dirty_rate: None,
+                used_memory: None,
             });
         }
         assert_eq!(v.drain.rate(), Some(5_000_000.0));
@@ -652,12 +661,16 @@ mod tests {
             transferred: 0,
             sync: 1,
             at: t0 + std::time::Duration::from_secs(4),
+            bulk_dirty_rate: None,
+            used_memory: None,
         });
         v.drain.observe(Progress {
             remaining: 4_000_000,
             transferred: 0,
             sync: 1,
             at: t0 + std::time::Duration::from_secs(6),
+            bulk_dirty_rate: None,
+            used_memory: None,
         });
         v.enter_postcopy();
         assert_eq!(v.drain.rate(), Some(3_000_000.0));

@@ -286,6 +286,7 @@ impl ControlLoop {
             drain_rate: v.drain.rate(),
             send_rate: v.drain.send_rate(),
             pass_elapsed_s: v.pass_elapsed_s(),
+            used_memory: v.used_memory,
         }
     }
 

@@ -233,7 +233,9 @@ async fn follow_once<S: MigrationSource>(
     });
     await_decision_and_apply(shared, name, source, &mut applied).await;
     // The bulk pass gives no dirty rate until it ends: measure one now
-    // (about a second), so that the forecast knows early.
+    // (about a second), so that the forecast knows early. A QMP source
+    // goes on measuring from its polls while the pass lasts; their mean
+    // comes with its progress (`follow_progress`).
     match source.sample_dirty_rate().await {
         Ok(Some(rate)) => {
             // What is left of the bulk pass: the forecast needs it, and
@@ -309,6 +311,7 @@ async fn follow_once<S: MigrationSource>(
                             total => total,
                         };
                         v.ram_bytes.get_or_insert(ram as f64);
+                        v.used_memory = Some(s.mem_usage_pct / 100.0 * ram as f64);
                         v.page_size = s.page_size as f64;
                         shared.metrics.migration_progress(
                             name,
@@ -573,6 +576,12 @@ async fn follow_progress(
         {
             v.remaining = p.remaining;
             v.drain.observe(p);
+            if p.bulk_dirty_rate.is_some() && v.rows.is_empty() {
+                v.sampled_dirty_rate = p.bulk_dirty_rate;
+            }
+            if let Some(used) = p.used_memory {
+                v.used_memory = Some(used as f64);
+            }
         }
     }
 }

@@ -273,6 +273,8 @@ impl LibvirtMonitor {
             transferred: job.processed_bytes,
             sync: job.iteration,
             at: Instant::now(),
+            bulk_dirty_rate: None,
+            used_memory: None,
         }));
         self.ledger
             .entry(job.iteration)

@@ -97,6 +97,9 @@ enum Drive {
     Advance(usize),
 }
 
+/// calc-dirty-rate asked for after the bulk pass had clearly ended.
+static LATE_ASKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Serves one connection: answers the monitor's queries from the current
 /// phase and moves on when told.
 async fn fake_qemu(listener: UnixListener, phases: Vec<Phase>, mut drive: mpsc::Receiver<Drive>) {
@@ -126,6 +129,9 @@ async fn fake_qemu(listener: UnixListener, phases: Vec<Phase>, mut drive: mpsc::
     // stands in for a vCPU thread.
     let tid = std::process::id();
     let mut driven = true;
+    // calc-dirty-rate measurements asked for; each finds 2 or 4 MiB/s in
+    // turn.
+    let mut measured = 0u64;
     loop {
         tokio::select! {
             line = lines.recv() => {
@@ -147,6 +153,17 @@ async fn fake_qemu(listener: UnixListener, phases: Vec<Phase>, mut drive: mpsc::
                     "migrate-set-capabilities" => { events = true; json!({}) }
                     "query-migrate" => migrate_info(p),
                     "query-status" => json!({"status": p.vm, "running": p.vm == "running"}),
+                    "calc-dirty-rate" => {
+                        // A poll may still have seen sync 1 as it moved on:
+                        // only from sync 3 on is it late for sure.
+                        if p.sync >= 3 {
+                            LATE_ASKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        measured += 1;
+                        json!({})
+                    }
+                    "query-dirty-rate" => json!({"status": "measured",
+                                                 "dirty-rate": if measured % 2 == 1 { 2 } else { 4 }}),
                     other => panic!("unexpected command {other}"),
                 };
                 w.write_all(&out(json!({"return": ret, "id": id}))).await.expect("reply");
@@ -185,10 +202,20 @@ struct Run {
     outcome: super::monitor::MigrationOutcome,
     /// Every distinct (sync, pages left) the progress channel carried.
     progress: Vec<(u64, u64)>,
+    /// The bulk pass's dirty rate and the used memory, as the last
+    /// progress carried them.
+    bulk: (Option<f64>, Option<u64>),
 }
 
 /// Runs the script; `steps` says how many phases each advance moves.
 async fn run(events: bool, steps: &[usize]) -> Run {
+    let steps: Vec<(u64, usize)> = steps.iter().map(|&n| (150, n)).collect();
+    run_timed(events, &steps, false).await
+}
+
+/// As [`run`], each advance `(ms, n)` after `ms` milliseconds; with
+/// `sample_bulk`, the monitor measures the bulk pass's dirty rate.
+async fn run_timed(events: bool, steps: &[(u64, usize)], sample_bulk: bool) -> Run {
     let path: SocketFile = socket_path();
     let listener = UnixListener::bind(&*path).expect("bind");
     let (drive, rx) = mpsc::channel(8);
@@ -198,30 +225,33 @@ async fn run(events: bool, steps: &[usize]) -> Run {
         .expect("connect");
     let cfg = MonitorConfig {
         poll_interval: Duration::from_millis(20),
+        sample_bulk_pass: sample_bulk,
         ..MonitorConfig::default()
     };
     let mut mon = MigrationMonitor::new(qmp, cfg).await.expect("monitor");
     let mut rx = mon.progress();
     let progress = tokio::spawn(async move {
         let mut seen = Vec::new();
+        let mut bulk = (None, None);
         while rx.changed().await.is_ok() {
             if let Some(p) = *rx.borrow_and_update() {
                 let v = (p.sync, p.remaining / PAGE);
                 if seen.last() != Some(&v) {
                     seen.push(v);
                 }
+                bulk = (p.bulk_dirty_rate, p.used_memory);
             }
         }
-        seen
+        (seen, bulk)
     });
     if events {
         assert!(mon.enable_events().await.expect("events"));
     }
     let steps = steps.to_vec();
     tokio::spawn(async move {
-        for n in steps {
+        for (ms, n) in steps {
             // Long enough for several polls per phase.
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
             if drive.send(Drive::Advance(n)).await.is_err() {
                 return;
             }
@@ -241,11 +271,38 @@ async fn run(events: bool, steps: &[usize]) -> Run {
         .expect("the monitor finishes");
     let outcome = mon.outcome().cloned().expect("outcome");
     drop(mon);
+    let (progress, bulk) = progress.await.expect("progress task");
     Run {
         samples,
         outcome,
-        progress: progress.await.expect("progress task"),
+        progress,
+        bulk,
     }
+}
+
+#[tokio::test]
+async fn the_bulk_pass_is_sampled_back_to_back_and_averaged() {
+    // A 4.5 s bulk pass: the monitor measures from its polls (about 1.1 s
+    // each), the fake finding 2 and 4 MiB/s in turn, and stops when the
+    // pass ends.
+    let steps = [(150, 1), (150, 1), (4500, 1), (150, 1), (150, 1), (150, 1)];
+    let r = run_timed(true, &steps, true).await;
+    assert_eq!(
+        LATE_ASKS.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "measured after the bulk pass"
+    );
+    assert_eq!(r.samples.len(), 3);
+    let (rate, used) = r.bulk;
+    let mib = 1024.0 * 1024.0;
+    let rate = rate.expect("sampled") / mib;
+    // Two to four measurements: 3 (an even number), or (2 + 4 + 2) / 3.
+    assert!(rate == 3.0 || (rate - 8.0 / 3.0).abs() < 1e-9, "{rate}");
+    // 40% of the guest's 1000 pages in use (the fake balloon).
+    assert_eq!(used, Some(400 * PAGE));
+    // Off (the default), nothing is asked for.
+    let r = run(true, &[1, 1, 1, 1, 1, 1]).await;
+    assert_eq!(r.bulk.0, None);
 }
 
 #[tokio::test]
@@ -316,6 +373,8 @@ fn drain_counts_bytes_left_going_down_within_a_pass() {
         transferred: (s * 1e6) as u64,
         sync,
         at: at(s),
+        bulk_dirty_rate: None,
+        used_memory: None,
     };
     let mut d = Drain::default();
     d.observe(p(1, 10_000_000, 0.0));

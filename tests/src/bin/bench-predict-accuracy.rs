@@ -120,8 +120,17 @@ type EtaAt = [Option<([Option<f64>; FORECASTS.len()], f64)>; 3];
 /// that dirty a fitted working set (`predict::wss`), and the control
 /// loop's: the constant rate counting what the current pass already left
 /// dirty too (`forecast::forecast_in_pass`; the same as the first at a
-/// pass's end).
-const FORECASTS: [&str; 3] = ["rate", "working set", "rate, whole pass"];
+/// pass's end), as the agent made it until 2026-12-01 (the bulk pass's
+/// first dirty-rate sample, nothing bounding what a pass leaves dirty)
+/// and as it makes it now (the mean of the bulk pass's samples so far;
+/// no pass leaves more than the guest's used memory dirty,
+/// `forecast::dirtied`).
+const FORECASTS: [&str; 4] = [
+    "rate",
+    "working set",
+    "rate, whole pass",
+    "whole pass, bounded",
+];
 
 /// QEMU's default downtime limit (the recordings keep it).
 const DOWNTIME_LIMIT_S: f64 = 0.3;
@@ -194,10 +203,10 @@ fn read_sidecar(path: &Path) -> anyhow::Result<Option<Sidecar>> {
 /// each point, as the agent makes it (`policy::expect_all`): what is left
 /// then, at the rate QEMU was measured to drain it ([`Drain`]) and later
 /// passes at the rate it sent, with the dirty-rate sample standing in
-/// while the bulk pass runs. Without
-/// one, only at the end of the last pass before the point, at the rate the
-/// pass sent ("bulk" while the bulk pass ran). Like the agent, it knows
-/// the first dirty-rate sample only.
+/// while the bulk pass runs (the samples' mean so far, or the first sample
+/// only for the agent's old rule). Without one, only at the end of the
+/// last pass before the point, at the rate the pass sent ("bulk" while the
+/// bulk pass ran).
 fn eta_scores(
     t: &trace::Trace,
     rows: &[Iteration],
@@ -215,13 +224,18 @@ fn eta_scores(
         return Ok(None);
     };
     let gm1n = model("gm1n", window).context("gm1n")?;
+    // The guest's RAM, from the header's "guest RAM N MiB".
+    let guest_ram = t.comments.iter().find_map(|c| {
+        let mib = c.split("guest RAM ").nth(1)?.split(' ').next()?;
+        mib.parse::<f64>().ok().map(|m| m * 1024.0 * 1024.0)
+    });
     let ended = |r: &trace::TraceRow, now: f64| t.extra_f64(r, "end_s").is_some_and(|e| e <= now);
     let mut out = [None; 3];
     for (slot, share) in out.iter_mut().zip([0.25, 0.5, 0.75]) {
         let at = share * total;
         // When the forecast is made, what is left then, how fast it
         // drains and the sampled dirty rate.
-        let (now, remaining, drain, send, sampled) = match sidecar {
+        let (now, remaining, drain, send, first, sampled) = match sidecar {
             Some(sc) => {
                 let polls: Vec<_> = sc.polls.iter().take_while(|p| p.0 <= at).collect();
                 let Some(&&(now, _, left, _)) = polls.last() else {
@@ -235,11 +249,27 @@ fn eta_scores(
                         transferred,
                         sync,
                         at: base + std::time::Duration::from_secs_f64(t_s),
+                        bulk_dirty_rate: None,
+                        used_memory: None,
                     });
                 }
-                // The agent samples once, at the start.
-                let sampled = sc.samples.first().filter(|s| s.0 <= now).map(|s| s.1);
-                (now, left as f64, drain.rate(), drain.send_rate(), sampled)
+                // The agent measures back to back while the bulk pass
+                // runs and forecasts with the mean.
+                let bulk_end = t
+                    .rows
+                    .first()
+                    .and_then(|r| t.extra_f64(r, "end_s"))
+                    .unwrap_or(f64::INFINITY);
+                let taken: Vec<f64> = sc
+                    .samples
+                    .iter()
+                    .take_while(|s| s.0 <= now.min(bulk_end))
+                    .map(|s| s.1)
+                    .collect();
+                let sampled =
+                    (!taken.is_empty()).then(|| taken.iter().sum::<f64>() / taken.len() as f64);
+                let first = sc.samples.first().filter(|s| s.0 <= now).map(|s| s.1);
+                (now, left as f64, drain.rate(), drain.send_rate(), first, sampled)
             }
             None => {
                 let known = t.rows.iter().take_while(|r| ended(r, at)).count();
@@ -254,11 +284,19 @@ fn eta_scores(
                     None,
                     None,
                     None,
+                    None,
                 )
             }
         };
         // The passes ended by then.
         let known = t.rows.iter().take_while(|r| ended(r, now)).count();
+        // The guest's used memory: the agent reads it as the pass runs;
+        // the trace has it at each pass's end, and it hardly moves (the
+        // corpus's guests: 60-78%, the same over a migration).
+        let used_memory = guest_ram.map(|ram| {
+            let row = &t.rows[known.min(t.rows.len() - 1)];
+            row.mem_usage_pct / 100.0 * ram
+        });
         let actual = total - now;
         let page = t.rows.first().map_or(4096.0, |r| r.page_size as f64);
         // What the last pass really sent per second (QEMU's `mbps` counts
@@ -299,6 +337,7 @@ fn eta_scores(
             drain_rate: drain,
             send_rate: send,
             pass_elapsed_s: now - pass_start,
+            used_memory,
             ..VmInputs::unknown("")
         };
         let f = forecast::forecast(
@@ -320,15 +359,29 @@ fn eta_scores(
             // Fewer than two passes known: the rate's forecast stands in.
             None => f.eta_s,
         };
+        let old = VmInputs {
+            sampled_dirty_rate: first,
+            ..vm.clone()
+        };
         let whole = forecast::forecast_in_pass(
+            old.remaining,
+            old.pass_elapsed_s,
+            forecast::dirty_rate(&old),
+            bandwidth,
+            later,
+            DOWNTIME_LIMIT_S,
+            None,
+        );
+        let bounded = forecast::forecast_in_pass(
             vm.remaining,
             vm.pass_elapsed_s,
             forecast::dirty_rate(&vm),
             bandwidth,
             later,
             DOWNTIME_LIMIT_S,
+            vm.used_memory,
         );
-        *slot = Some(([f.eta_s, ws, whole.eta_s], actual));
+        *slot = Some(([f.eta_s, ws, whole.eta_s, bounded.eta_s], actual));
     }
     Ok(Some(out))
 }
@@ -564,7 +617,7 @@ fn report(corpus: &str, dir: &Path, scored: &[TraceScores]) -> serde_json::Value
         let Some(eta) = &s.eta else { continue };
         println!("  {}", s.name);
         for (m, model) in FORECASTS.iter().enumerate() {
-            print!("    {model:<17}");
+            print!("    {model:<20}");
             for (k, cell) in eta.iter().enumerate() {
                 match cell {
                     None => print!(" {:>24}", "bulk"),
