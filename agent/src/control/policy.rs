@@ -185,8 +185,8 @@ fn expect_all(inputs: &Inputs, d: &mut Decision) {
         };
         let Some(f) = vd.forecast else { continue };
         let later = vm.send_rate.filter(|r| *r > 0.0).unwrap_or(drain);
-        let e = f.at(vm.remaining, drain, later, vm.used_memory);
-        let bound = vm.used_memory.map_or(String::new(), |b| {
+        let e = f.at(vm.remaining, drain, later, vm.working_set_bound());
+        let bound = vm.working_set_bound().map_or(String::new(), |b| {
             format!(", no pass leaving more than the guest's {:.0} MB in use dirty", b / 1e6)
         });
         vd.why(format!(
@@ -234,7 +234,7 @@ fn queue_behind(inputs: &Inputs, d: &mut Decision) {
         let Some(plan) = vd.forecast.filter(|_| turn_rate > 0.0) else {
             return;
         };
-        let mut own = plan.at(vm.remaining, turn_rate, turn_rate, vm.used_memory);
+        let mut own = plan.at(vm.remaining, turn_rate, turn_rate, vm.working_set_bound());
         let Some(own_eta) = own.eta_s else {
             return;
         };

@@ -379,7 +379,7 @@ fn eta_scores(
             bandwidth,
             later,
             DOWNTIME_LIMIT_S,
-            vm.used_memory,
+            vm.working_set_bound(),
         );
         *slot = Some(([f.eta_s, ws, whole.eta_s, bounded.eta_s], actual));
     }
