@@ -613,6 +613,9 @@ fn report(corpus: &str, dir: &Path, scored: &[TraceScores]) -> serde_json::Value
     );
     let mut within = [[0usize; 3]; FORECASTS.len()];
     let mut made = [0usize; 3];
+    // Every forecast's absolute relative error, per model ("never" for
+    // a migration that completed counts as infinitely wrong).
+    let mut errors: Vec<Vec<f64>> = vec![Vec::new(); FORECASTS.len()];
     for s in scored {
         let Some(eta) = &s.eta else { continue };
         println!("  {}", s.name);
@@ -626,9 +629,13 @@ fn report(corpus: &str, dir: &Path, scored: &[TraceScores]) -> serde_json::Value
                             made[k] += 1;
                         }
                         match forecasts[m] {
-                            None => print!(" {:>24}", format!("never / {actual:.1}")),
+                            None => {
+                                errors[m].push(f64::INFINITY);
+                                print!(" {:>24}", format!("never / {actual:.1}"));
+                            }
                             Some(f) => {
                                 let err = (f - actual) / actual.max(1e-9);
+                                errors[m].push(err.abs());
                                 if err.abs() <= ETA_TOLERANCE {
                                     within[m][k] += 1;
                                 }
@@ -644,20 +651,32 @@ fn report(corpus: &str, dir: &Path, scored: &[TraceScores]) -> serde_json::Value
             println!();
         }
     }
+    let median_error: Vec<Option<f64>> = errors
+        .into_iter()
+        .map(|mut v| {
+            // Infinities sort last: a "never" is the worst error.
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0)
+        })
+        .collect();
     for (m, model) in FORECASTS.iter().enumerate() {
         println!(
-            "  {model}: within ±{:.0}% at 25% {}/{}, at 50% {}/{}, at 75% {}/{} (forecasts made)",
+            "  {model}: within ±{:.0}% at 25% {}/{}, at 50% {}/{}, at 75% {}/{} (forecasts made); \
+             median absolute error {}",
             ETA_TOLERANCE * 100.0,
             within[m][0],
             made[0],
             within[m][1],
             made[1],
             within[m][2],
-            made[2]
+            made[2],
+            median_error[m].map_or("-".into(), |e| format!("{:.0}%", e * 100.0))
         );
     }
     json!({
         "eta_within_20pct": FORECASTS.iter().enumerate().map(|(m, model)| (model.to_string(), json!({"at25": [within[m][0], made[0]], "at50": [within[m][1], made[1]], "at75": [within[m][2], made[2]]}))).collect::<serde_json::Map<String, serde_json::Value>>(),
+        "eta_median_abs_error": FORECASTS.iter().zip(&median_error).map(|(model, e)| (model.to_string(), json!(e.filter(|e| e.is_finite())))).collect::<serde_json::Map<String, serde_json::Value>>(),
         "traces": scored.len(),
         "median_wape": medians,
         "best": best_count,
