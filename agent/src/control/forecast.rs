@@ -396,14 +396,19 @@ mod tests {
         // writing 2 MB/s over at most 32 MB: 84 MB written by the pass's
         // end, but no more than 32 MB of it can be dirty.
         let w = Some(32.0 * MB);
-        assert!((dirtied(2.0 * MB, 42.0, w) - 32.0 * MB * (1.0 - (-84.0f64 / 32.0).exp())).abs() < 1.0);
+        assert!(
+            (dirtied(2.0 * MB, 42.0, w) - 32.0 * MB * (1.0 - (-84.0f64 / 32.0).exp())).abs() < 1.0
+        );
         assert!(dirtied(2.0 * MB, 42.0, w) < 32.0 * MB);
         // A short pass dirties at the rate.
         assert!((dirtied(2.0 * MB, 0.1, w) / (0.2 * MB) - 1.0).abs() < 0.01);
         assert_eq!(dirtied(2.0 * MB, 42.0, None), 84.0 * MB);
         let bound = forecast_in_pass(20.0 * MB, 40.0, 2.0 * MB, 10.0 * MB, 5.0 * MB, 0.3, w);
         let free = forecast_in_pass(20.0 * MB, 40.0, 2.0 * MB, 10.0 * MB, 5.0 * MB, 0.3, None);
-        let (b, f) = (bound.eta_s.expect("converges"), free.eta_s.expect("converges"));
+        let (b, f) = (
+            bound.eta_s.expect("converges"),
+            free.eta_s.expect("converges"),
+        );
         // 2 s, then under 32 MB at 5 MB/s (ρ 0.4): under 2 + 6.4/0.6 s.
         assert!(b < 2.0 + 32.0 / 5.0 / 0.6, "{b}");
         assert!(b < f, "{b} {f}");

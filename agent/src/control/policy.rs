@@ -187,7 +187,10 @@ fn expect_all(inputs: &Inputs, d: &mut Decision) {
         let later = vm.send_rate.filter(|r| *r > 0.0).unwrap_or(drain);
         let e = f.at(vm.remaining, drain, later, vm.working_set_bound());
         let bound = vm.working_set_bound().map_or(String::new(), |b| {
-            format!(", no pass leaving more than the guest's {:.0} MB in use dirty", b / 1e6)
+            format!(
+                ", no pass leaving more than the guest's {:.0} MB in use dirty",
+                b / 1e6
+            )
         });
         vd.why(format!(
             "expected at the {} QEMU is measured to drain (later passes at the {} it sends{bound}): {}",

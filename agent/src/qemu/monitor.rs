@@ -716,7 +716,11 @@ impl MigrationMonitor {
                     self.read_used_memory().await?;
                 }
                 let ms = BulkSampler::MEASURE.as_millis() as u64;
-                match self.qmp.calc_dirty_rate(ms, BulkSampler::PAGES_PER_GIB).await {
+                match self
+                    .qmp
+                    .calc_dirty_rate(ms, BulkSampler::PAGES_PER_GIB)
+                    .await
+                {
                     Ok(()) => self.bulk.asked = Some(Instant::now()),
                     Err(e) if e.is_connection_lost() => return Err(e.into()),
                     Err(e) => {

@@ -269,7 +269,14 @@ fn eta_scores(
                 let sampled =
                     (!taken.is_empty()).then(|| taken.iter().sum::<f64>() / taken.len() as f64);
                 let first = sc.samples.first().filter(|s| s.0 <= now).map(|s| s.1);
-                (now, left as f64, drain.rate(), drain.send_rate(), first, sampled)
+                (
+                    now,
+                    left as f64,
+                    drain.rate(),
+                    drain.send_rate(),
+                    first,
+                    sampled,
+                )
             }
             None => {
                 let known = t.rows.iter().take_while(|r| ended(r, at)).count();
