@@ -768,7 +768,7 @@ impl MigrationMonitor {
     async fn read_used_memory(&mut self) -> Result<(), MonitorError> {
         match self.memory_pct().await {
             Ok(pct) => {
-                self.used_memory = Some((pct / 100.0 * self.ram_bytes as f64).round() as u64);
+                self.set_used_memory(pct);
                 Ok(())
             }
             Err(MonitorError::Qmp(e)) if e.is_connection_lost() => Err(MonitorError::Qmp(e)),
@@ -777,6 +777,11 @@ impl MigrationMonitor {
                 Ok(())
             }
         }
+    }
+
+    /// Keeps X2's reading (`pct` of the guest's RAM) as bytes used.
+    fn set_used_memory(&mut self, pct: f64) {
+        self.used_memory = Some((pct / 100.0 * self.ram_bytes as f64).round() as u64);
     }
 
     /// Records the ledger value (pages sent + pages dirty) for the sync
@@ -999,7 +1004,7 @@ impl MigrationMonitor {
             None => None,
         };
         let mem_pct = self.memory_pct().await?;
-        self.used_memory = Some((mem_pct / 100.0 * self.ram_bytes as f64).round() as u64);
+        self.set_used_memory(mem_pct);
         Ok(HostSnapshot {
             at: Instant::now(),
             vcpu_ns,
