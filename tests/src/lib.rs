@@ -26,6 +26,7 @@ pub mod policy;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod sender;
 pub mod shaped;
 pub mod skip;
 pub mod tcp;

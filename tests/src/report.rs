@@ -394,6 +394,7 @@ pub fn markdown(rep: &ScenarioReport) -> String {
         ));
     }
     out.push_str(&forecast_table(rep));
+    out.push_str(&sender_table(rep));
     out.push_str(&format!(
         "\n## Escalations\n\nWhat each run's escalations did: steps QEMU accepted, and refusals as refusals.\n\n\
          ![per-second timeline]({stem}-timeline.svg)\n\n"
@@ -462,6 +463,49 @@ fn vm_policy_pairs<'a>(results: impl Iterator<Item = &'a RunResult>) -> Vec<(Str
 /// seconds left, at 25%, 50% and 75% of each converged migration's time;
 /// "never" counts forecasts of "does not converge" for a migration that
 /// did.
+/// The application's side of the SLA: seconds the guest itself sent too
+/// little, split by why (its writes blocked: the network pushed back; or
+/// not: its vCPU did not run the sender), beside the seconds the sink
+/// scored below 95%. Sums over the repetitions.
+fn sender_table(rep: &ScenarioReport) -> String {
+    let told: Vec<&RunResult> = rep
+        .results
+        .iter()
+        .filter(|r| r.sender.is_some_and(|s| s.seconds > 0))
+        .collect();
+    if told.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\n## The sender's side\n\nFrom the guest's own per-second reports, summed over the \
+         repetitions: on-phase seconds in which the guest wrote less than 95% of \
+         min(demand, reservation), split into seconds whose socket writes blocked for 100 ms \
+         or more (the network pushed back) and the rest (the sender was not running: a busy \
+         or stolen vCPU). A sink second below 95% that the guest did not offer is not the \
+         network's doing.\n\n\
+         | VM | policy | guest seconds | short | of which blocked | not blocked | sink seconds below 95% |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for (vm, policy) in vm_policy_pairs(told.iter().copied()) {
+        let rs: Vec<&RunResult> = told
+            .iter()
+            .copied()
+            .filter(|r| r.vm == vm && r.policy == policy)
+            .collect();
+        let sum = |f: &dyn Fn(&crate::sender::SenderTally) -> usize| -> usize {
+            rs.iter().filter_map(|r| r.sender.as_ref()).map(f).sum()
+        };
+        let (short, blocked) = (sum(&|t| t.short), sum(&|t| t.blocked));
+        out.push_str(&format!(
+            "| {vm} | {policy} | {} | {short} | {blocked} | {} | {} |\n",
+            sum(&|t| t.seconds),
+            short - blocked,
+            rs.iter().map(|r| r.below_95_s).sum::<usize>(),
+        ));
+    }
+    out
+}
+
 fn forecast_table(rep: &ScenarioReport) -> String {
     let scored: Vec<&RunResult> = rep
         .results

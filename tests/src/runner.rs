@@ -155,6 +155,15 @@ pub struct RunResult {
     pub refused: Vec<String>,
     /// Per-second timeline from the migration's start.
     pub timeline: Vec<Second>,
+    /// The guest's own account of its sending (rate and on/off
+    /// applications): how many of its seconds fell short and why. None for
+    /// runs recorded before the workload reported it.
+    #[serde(default)]
+    pub sender: Option<crate::sender::SenderTally>,
+    /// The workload's per-second reports over the migration, timed from
+    /// its start on the guest's clock (to within a second).
+    #[serde(default)]
+    pub sender_timeline: Vec<crate::sender::SenderSecond>,
     /// What happened when: `(seconds from the start, what)`.
     pub events: Vec<(f64, String)>,
 }
@@ -366,6 +375,12 @@ pub fn run_one(
     // An agent on a host has been watching long before a migration starts:
     // give it a few control ticks of the applications' traffic.
     std::thread::sleep(Duration::from_secs(5));
+    // Where the migration starts on each guest's own clock, to read its
+    // per-second sending reports against.
+    let guest_t0: Vec<Option<f64>> = pairs
+        .iter()
+        .map(|(src, _)| crate::sender::last_guest_t(&src.console()))
+        .collect();
     let started = Instant::now();
     let cpu_at_start = cpu_ticks();
     for v in vms.iter_mut() {
@@ -584,6 +599,18 @@ pub fn run_one(
         let app_bytes: u64 = seconds.iter().map(|(_, b)| b).sum();
         let scored_s = seconds.len().max(1) as f64;
         let (steps, refused) = steps_taken(&log, &v.name, &v.events);
+        let (src, dst) = &pairs[v.index];
+        let mut reports = crate::sender::reports(&src.console());
+        reports.extend(crate::sender::reports(&dst.console()));
+        let sender = guest_t0[v.index].map(|t0| {
+            let to = t0 + ended_s;
+            let tally = crate::sender::tally(&reports, &app, spec.reserve_mbit, t0, to);
+            reports.retain(|r| r.guest_t_s > t0 && r.guest_t_s <= to + 1.0);
+            for r in &mut reports {
+                r.guest_t_s -= t0;
+            }
+            tally
+        });
         let downtime_ms = converged
             .then_some(info.downtime)
             .flatten()
@@ -637,6 +664,12 @@ pub fn run_one(
             steps,
             refused,
             timeline,
+            sender,
+            sender_timeline: if sender.is_some() {
+                reports
+            } else {
+                Vec::new()
+            },
             events: v.events.clone(),
         });
     }

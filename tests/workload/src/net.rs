@@ -47,6 +47,10 @@ pub fn run(args: &Args) -> Result<(), String> {
     let mut report_at = start + args.report;
     let (mut sent, mut errors, mut credit) = (0u64, 0u64, 0u64);
     let mut last_error = String::new();
+    // Why a second fell short, from the sender's side: time spent in socket
+    // writes (a full send buffer: the network is not draining) and the
+    // longest oversleep past TICK (the vCPU was not running this thread).
+    let (mut write_time, mut late) = (Duration::ZERO, Duration::ZERO);
     loop {
         credit += pacer.take();
         if greedy {
@@ -54,7 +58,10 @@ pub fn run(args: &Args) -> Result<(), String> {
             credit = credit.min(64 * args.packet as u64);
         }
         while credit >= args.packet as u64 {
-            match send(&mut conn, sink, &payload) {
+            let writing = Instant::now();
+            let result = send(&mut conn, sink, &payload);
+            write_time += writing.elapsed();
+            match result {
                 Ok(()) => {
                     sent += payload.len() as u64;
                     credit -= payload.len() as u64;
@@ -72,10 +79,12 @@ pub fn run(args: &Args) -> Result<(), String> {
         let now = Instant::now();
         if now >= report_at {
             println!(
-                "vmbw-workload: t={:.1}s sent_bytes={} rate_mbit={:.2} errors={}{}",
+                "vmbw-workload: t={:.1}s sent_bytes={} rate_mbit={:.2} write_ms={} late_ms={} errors={}{}",
                 now.duration_since(start).as_secs_f64(),
                 sent,
                 sent as f64 * 8.0 / 1e6 / args.report.as_secs_f64(),
+                write_time.as_millis(),
+                late.as_millis(),
                 errors,
                 if errors > 0 {
                     format!(" last_error=\"{last_error}\"")
@@ -85,10 +94,13 @@ pub fn run(args: &Args) -> Result<(), String> {
             );
             sent = 0;
             errors = 0;
+            (write_time, late) = (Duration::ZERO, Duration::ZERO);
             report_at += args.report;
         }
         if !greedy || !pacer.is_on() {
+            let sleeping = Instant::now();
             std::thread::sleep(TICK);
+            late = late.max(sleeping.elapsed().saturating_sub(TICK));
         }
     }
 }
