@@ -14,9 +14,12 @@ use crate::{guest::PROGRESS_MARKER, scenario::App};
 pub struct SenderSecond {
     /// The guest's clock at the report, seconds since the workload started.
     pub guest_t_s: f64,
-    /// What the guest wrote in the second before it, Mbit/s.
+    /// Seconds since the report before (about one; more when a socket
+    /// write blocked past the report's time).
+    pub secs: f64,
+    /// What the guest wrote in that interval, Mbit/s.
     pub mbit: f64,
-    /// Milliseconds of that second spent in socket writes.
+    /// Milliseconds of that interval spent in socket writes.
     pub write_ms: u64,
     /// The longest oversleep past the sender's tick, ms.
     pub late_ms: u64,
@@ -37,6 +40,7 @@ pub fn reports(console: &str) -> Vec<SenderSecond> {
             };
             Some(SenderSecond {
                 guest_t_s,
+                secs: field("secs")?.parse().ok()?,
                 mbit: field("rate_mbit")?.parse().ok()?,
                 write_ms: field("write_ms")?.parse().ok()?,
                 late_ms: field("late_ms")?.parse().ok()?,
@@ -90,14 +94,14 @@ pub fn on_share(app: &App, from: f64, to: f64) -> Option<f64> {
 /// How the guest's own sending measured up over a migration.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct SenderTally {
-    /// Guest seconds wholly in an on phase (every second for a rate
-    /// application).
+    /// Report intervals (about a second each) wholly in an on phase (every
+    /// one for a rate application).
     pub seconds: usize,
-    /// Of those, seconds in which the guest wrote less than 95% of
+    /// Of those, intervals in which the guest wrote less than 95% of
     /// min(demand, reservation).
     pub short: usize,
-    /// Of the short seconds, those in which writes blocked for at least a
-    /// tenth of the second: the network pushed back.
+    /// Of the short intervals, those in which writes blocked for at least a
+    /// tenth of the time: the network pushed back.
     pub blocked: usize,
 }
 
@@ -122,16 +126,17 @@ pub fn tally(
     let mut t = SenderTally::default();
     for r in reports
         .iter()
-        .filter(|r| r.guest_t_s - 1.0 >= from && r.guest_t_s <= to)
+        .filter(|r| r.guest_t_s - r.secs >= from && r.guest_t_s <= to)
     {
-        // The report's second, as printed (0.1 s): allow for that rounding.
-        if on_share(app, r.guest_t_s - 0.95, r.guest_t_s - 0.05) != Some(1.0) {
+        // The interval as printed (0.01 s): allow for that rounding.
+        let (begin, end) = (r.guest_t_s - r.secs + 0.02, r.guest_t_s - 0.02);
+        if end <= begin || on_share(app, begin, end) != Some(1.0) {
             continue;
         }
         t.seconds += 1;
         if r.mbit < 0.95 * target {
             t.short += 1;
-            if r.write_ms >= 100 {
+            if r.write_ms as f64 >= 100.0 * r.secs {
                 t.blocked += 1;
             }
         }
@@ -145,10 +150,10 @@ mod tests {
 
     const CONSOLE: &str = "\
 vmbw-workload: mode=net proto=tcp rate_mbit=20
-vmbw-workload: t=1.0s sent_bytes=2500000 rate_mbit=20.00 write_ms=3 late_ms=1 errors=0
+vmbw-workload: t=1.00s secs=1.00 sent_bytes=2500000 rate_mbit=20.00 write_ms=3 late_ms=1 errors=0
 vmbw-workload: t=1.0s pages_written=1024 dirty_mbps=4.00 total_pages=1 active_mb=4 corrupt_pages=0
-vmbw-workload: t=2.0s sent_bytes=2000000 rate_mbit=16.00 write_ms=2 late_ms=240 errors=0
-vmbw-workload: t=3.0s sent_bytes=2000000 rate_mbit=16.00 write_ms=400 late_ms=2 errors=0
+vmbw-workload: t=2.00s secs=1.00 sent_bytes=2000000 rate_mbit=16.00 write_ms=2 late_ms=240 errors=0
+vmbw-workload: t=3.50s secs=1.50 sent_bytes=3000000 rate_mbit=16.00 write_ms=600 late_ms=2 errors=0
 vmbw-workload: t=4.0s sent_bytes=2500000 rate_mbit=20.00 errors=0
 ";
 
@@ -157,7 +162,7 @@ vmbw-workload: t=4.0s sent_bytes=2500000 rate_mbit=20.00 errors=0
         let r = reports(CONSOLE);
         assert_eq!(r.len(), 3, "{r:?}");
         assert_eq!(r[1].late_ms, 240);
-        assert_eq!(r[2].write_ms, 400);
+        assert_eq!((r[2].secs, r[2].write_ms), (1.5, 600));
         assert_eq!(last_guest_t(CONSOLE), Some(4.0));
     }
 

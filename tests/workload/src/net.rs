@@ -44,7 +44,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     };
     let mut pacer = Pacer::new(bytes_per_sec, args.app_on, args.app_off);
     let start = Instant::now();
-    let mut report_at = start + args.report;
+    let (mut reported, mut report_at) = (start, start + args.report);
     let (mut sent, mut errors, mut credit) = (0u64, 0u64, 0u64);
     let mut last_error = String::new();
     // Why a second fell short, from the sender's side: time spent in socket
@@ -75,14 +75,22 @@ pub fn run(args: &Args) -> Result<(), String> {
                     }
                 }
             }
+            // Blocked writes must not hold the report back: what is left
+            // of the credit is sent right after it.
+            if Instant::now() >= report_at {
+                break;
+            }
         }
         let now = Instant::now();
         if now >= report_at {
+            // Over the interval since the last report: a write that blocked
+            // can make it longer than --report-secs.
+            let secs = now.duration_since(reported).as_secs_f64();
             println!(
-                "vmbw-workload: t={:.1}s sent_bytes={} rate_mbit={:.2} write_ms={} late_ms={} errors={}{}",
+                "vmbw-workload: t={:.2}s secs={secs:.2} sent_bytes={} rate_mbit={:.2} write_ms={} late_ms={} errors={}{}",
                 now.duration_since(start).as_secs_f64(),
                 sent,
-                sent as f64 * 8.0 / 1e6 / args.report.as_secs_f64(),
+                sent as f64 * 8.0 / 1e6 / secs,
                 write_time.as_millis(),
                 late.as_millis(),
                 errors,
@@ -95,7 +103,10 @@ pub fn run(args: &Args) -> Result<(), String> {
             sent = 0;
             errors = 0;
             (write_time, late) = (Duration::ZERO, Duration::ZERO);
-            report_at += args.report;
+            reported = now;
+            while report_at <= now {
+                report_at += args.report;
+            }
         }
         if !greedy || !pacer.is_on() {
             let sleeping = Instant::now();
