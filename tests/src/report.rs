@@ -479,10 +479,11 @@ fn sender_table(rep: &ScenarioReport) -> String {
     let mut out = String::from(
         "\n## The sender's side\n\nFrom the guest's own per-second reports, summed over the \
          repetitions: on-phase seconds in which the guest wrote less than 95% of \
-         min(demand, reservation), split into seconds whose socket writes blocked for 100 ms \
-         or more (the network pushed back) and the rest (the sender was not running: a busy \
-         or stolen vCPU). A sink second below 95% that the guest did not offer is not the \
-         network's doing.\n\n\
+         min(demand, reservation), split by where the sending thread's time went (the guest \
+         kernel's schedstat): blocked in socket writes for a tenth of the interval or more \
+         (the network pushed back), or not (it was on a CPU or waiting for one: the guest \
+         could not send faster). A sink second below 95% that the guest did not offer is \
+         not the network's doing.\n\n\
          | VM | policy | guest seconds | short | of which blocked | not blocked | sink seconds below 95% |\n\
          |---|---|---|---|---|---|---|\n",
     );

@@ -1,9 +1,9 @@
 //! The application's side of a shortfall. The sink sees what arrived; the
-//! guest's workload reports, every second, what it managed to write and why
-//! it wrote less: time blocked in socket writes (the network was not
-//! draining) or oversleeping its 5 ms tick (its vCPU was not running). A
-//! second in which the sink saw too little is the policy's fault only if
-//! the guest offered enough.
+//! guest's workload reports, about every second, what it managed to write,
+//! and where its sending thread's time went: on a CPU, waiting for one,
+//! asleep between paced writes, and the rest, blocked in socket writes
+//! (the network was not draining). A second in which the sink saw too
+//! little is the policy's doing only if the guest offered enough.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,10 +19,21 @@ pub struct SenderSecond {
     pub secs: f64,
     /// What the guest wrote in that interval, Mbit/s.
     pub mbit: f64,
-    /// Milliseconds of that interval spent in socket writes.
-    pub write_ms: u64,
+    /// The sending thread's time on a CPU and in the run queue, ms (the
+    /// guest kernel's schedstat).
+    pub cpu_ms: u64,
+    pub runq_ms: u64,
+    /// Its time asleep between paced writes, ms.
+    pub sleep_ms: u64,
     /// The longest oversleep past the sender's tick, ms.
     pub late_ms: u64,
+}
+
+impl SenderSecond {
+    /// What is left of the interval: blocked in socket writes, ms.
+    pub fn blocked_ms(&self) -> f64 {
+        (self.secs * 1000.0 - (self.cpu_ms + self.runq_ms + self.sleep_ms) as f64).max(0.0)
+    }
 }
 
 /// The network reports in a console, in order (other modes' lines and
@@ -42,7 +53,9 @@ pub fn reports(console: &str) -> Vec<SenderSecond> {
                 guest_t_s,
                 secs: field("secs")?.parse().ok()?,
                 mbit: field("rate_mbit")?.parse().ok()?,
-                write_ms: field("write_ms")?.parse().ok()?,
+                cpu_ms: field("cpu_ms")?.parse().ok()?,
+                runq_ms: field("runq_ms")?.parse().ok()?,
+                sleep_ms: field("sleep_ms")?.parse().ok()?,
                 late_ms: field("late_ms")?.parse().ok()?,
             })
         })
@@ -136,7 +149,7 @@ pub fn tally(
         t.seconds += 1;
         if r.mbit < 0.95 * target {
             t.short += 1;
-            if r.write_ms as f64 >= 100.0 * r.secs {
+            if r.blocked_ms() >= 100.0 * r.secs {
                 t.blocked += 1;
             }
         }
@@ -150,10 +163,10 @@ mod tests {
 
     const CONSOLE: &str = "\
 vmbw-workload: mode=net proto=tcp rate_mbit=20
-vmbw-workload: t=1.00s secs=1.00 sent_bytes=2500000 rate_mbit=20.00 write_ms=3 late_ms=1 errors=0
+vmbw-workload: t=1.00s secs=1.00 sent_bytes=2500000 rate_mbit=20.00 cpu_ms=400 runq_ms=10 sleep_ms=580 late_ms=1 errors=0
 vmbw-workload: t=1.0s pages_written=1024 dirty_mbps=4.00 total_pages=1 active_mb=4 corrupt_pages=0
-vmbw-workload: t=2.00s secs=1.00 sent_bytes=2000000 rate_mbit=16.00 write_ms=2 late_ms=240 errors=0
-vmbw-workload: t=3.50s secs=1.50 sent_bytes=3000000 rate_mbit=16.00 write_ms=600 late_ms=2 errors=0
+vmbw-workload: t=2.00s secs=1.00 sent_bytes=2000000 rate_mbit=16.00 cpu_ms=900 runq_ms=60 sleep_ms=30 late_ms=240 errors=0
+vmbw-workload: t=3.50s secs=1.50 sent_bytes=3000000 rate_mbit=16.00 cpu_ms=500 runq_ms=0 sleep_ms=300 late_ms=2 errors=0
 vmbw-workload: t=4.0s sent_bytes=2500000 rate_mbit=20.00 errors=0
 ";
 
@@ -162,7 +175,8 @@ vmbw-workload: t=4.0s sent_bytes=2500000 rate_mbit=20.00 errors=0
         let r = reports(CONSOLE);
         assert_eq!(r.len(), 3, "{r:?}");
         assert_eq!(r[1].late_ms, 240);
-        assert_eq!((r[2].secs, r[2].write_ms), (1.5, 600));
+        assert_eq!(r[1].blocked_ms(), 10.0);
+        assert_eq!((r[2].secs, r[2].blocked_ms()), (1.5, 700.0));
         assert_eq!(last_guest_t(CONSOLE), Some(4.0));
     }
 
