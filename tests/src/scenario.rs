@@ -24,7 +24,10 @@
 //! Applications: `rate` streams `app_mbit` over TCP; `greedy` is a bulk TCP
 //! sender that takes all it can (its demand is unbounded: only the
 //! reservation says what it is owed); `onoff` streams `app_mbit` for
-//! `on_ms`, then pauses `off_ms`. `reserve_mbit` is the bandwidth promised
+//! `on_ms`, then pauses `off_ms`. Each writes 16 KiB at a time, and reports
+//! every second what it wrote and where its sending thread's time went
+//! ([`crate::sender`]): a second the guest did not offer is not the
+//! network's fault. `reserve_mbit` is the bandwidth promised
 //! to the application: the benchmark scores every policy against
 //! min(demand, reservation), and vmbw's agent reads it from its own per-VM
 //! configuration, as an operator would set it.
