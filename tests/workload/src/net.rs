@@ -79,7 +79,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             // Blocked writes must not hold the report back: what is left
             // of the credit is sent right after it.
             writes += 1;
-            if writes % 16 == 0 && Instant::now() >= report_at {
+            if writes.is_multiple_of(16) && Instant::now() >= report_at {
                 break;
             }
         }
