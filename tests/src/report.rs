@@ -459,14 +459,10 @@ fn vm_policy_pairs<'a>(results: impl Iterator<Item = &'a RunResult>) -> Vec<(Str
     pairs
 }
 
-/// How well the agent forecast completion: (forecast − actual) / actual
-/// seconds left, at 25%, 50% and 75% of each converged migration's time;
-/// "never" counts forecasts of "does not converge" for a migration that
-/// did.
 /// The application's side of the SLA: seconds the guest itself sent too
 /// little, split by why (its writes blocked: the network pushed back; or
-/// not: its vCPU did not run the sender), beside the seconds the sink
-/// scored below 95%. Sums over the repetitions.
+/// not: it could not send faster), beside the seconds the sink scored
+/// below 95%. Sums over the repetitions.
 fn sender_table(rep: &ScenarioReport) -> String {
     let told: Vec<&RunResult> = rep
         .results
@@ -507,6 +503,10 @@ fn sender_table(rep: &ScenarioReport) -> String {
     out
 }
 
+/// How well the agent forecast completion: (forecast − actual) / actual
+/// seconds left, at 25%, 50% and 75% of each converged migration's time;
+/// "never" counts forecasts of "does not converge" for a migration that
+/// did.
 fn forecast_table(rep: &ScenarioReport) -> String {
     let scored: Vec<&RunResult> = rep
         .results

@@ -821,13 +821,7 @@ fn timeline(
                 app.demand_at(mid, 0.6)
             });
             let target = demand
-                .map(|d| {
-                    if reserve_mbit > 0.0 {
-                        d.min(reserve_mbit)
-                    } else {
-                        d
-                    }
-                })
+                .map(|d| sla_target(d, reserve_mbit))
                 .filter(|t| t.is_finite() && *t > 0.0);
             Second {
                 t_s,
@@ -866,6 +860,16 @@ pub fn steal_pct(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
     let all = after.1.checked_sub(before.1).filter(|t| *t > 0)?;
     let stolen = after.0.checked_sub(before.0)?;
     Some(100.0 * stolen as f64 / all as f64)
+}
+
+/// What an application is owed: its demand, capped by its reservation
+/// when it has one (0 = none).
+pub fn sla_target(demand_mbit: f64, reserve_mbit: f64) -> f64 {
+    if reserve_mbit > 0.0 {
+        demand_mbit.min(reserve_mbit)
+    } else {
+        demand_mbit
+    }
 }
 
 /// The SLA figures of a timeline.

@@ -43,8 +43,7 @@ pub fn reports(console: &str) -> Vec<SenderSecond> {
         .lines()
         .filter_map(|l| l.strip_prefix(PROGRESS_MARKER))
         .filter_map(|rest| {
-            let mut words = rest.split_whitespace();
-            let guest_t_s = words.next()?.strip_suffix('s')?.parse().ok()?;
+            let guest_t_s = guest_t(rest)?;
             let field = |key: &str| {
                 rest.split_whitespace()
                     .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
@@ -69,13 +68,16 @@ pub fn last_guest_t(console: &str) -> Option<f64> {
         .lines()
         .rev()
         .filter_map(|l| l.strip_prefix(PROGRESS_MARKER))
-        .find_map(|rest| {
-            rest.split_whitespace()
-                .next()?
-                .strip_suffix('s')?
-                .parse()
-                .ok()
-        })
+        .find_map(guest_t)
+}
+
+/// The guest clock a progress line starts with (`5.00s ...`), seconds.
+fn guest_t(rest: &str) -> Option<f64> {
+    rest.split_whitespace()
+        .next()?
+        .strip_suffix('s')?
+        .parse()
+        .ok()
 }
 
 /// Share of the guest-clock interval `[from, to]` in which `app` wants to
@@ -131,11 +133,7 @@ pub fn tally(
         App::Rate(m) | App::OnOff { mbit: m, .. } => m,
         App::None | App::Greedy => return SenderTally::default(),
     };
-    let target = if reserve_mbit > 0.0 {
-        asked.min(reserve_mbit)
-    } else {
-        asked
-    };
+    let target = crate::runner::sla_target(asked, reserve_mbit);
     let mut t = SenderTally::default();
     for r in reports
         .iter()
