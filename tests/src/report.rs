@@ -479,9 +479,11 @@ fn sender_table(rep: &ScenarioReport) -> String {
          kernel's schedstat): blocked in socket writes for a tenth of the interval or more \
          (the network pushed back), or not (it was on a CPU or waiting for one: the guest \
          could not send faster). A sink second below 95% that the guest did not offer is \
-         not the network's doing.\n\n\
-         | VM | policy | guest seconds | short | of which blocked | not blocked | sink seconds below 95% |\n\
-         |---|---|---|---|---|---|---|\n",
+         not the network's doing. The guest's TCP counters tell what the network did: \
+         seconds with a retransmission timeout (its sender silent for 200 ms or more) and \
+         segments sent again (– where the reports predate them).\n\n\
+         | VM | policy | guest seconds | short | of which blocked | not blocked | sink seconds below 95% | seconds with a TCP timeout | segments sent again |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     for (vm, policy) in vm_policy_pairs(told.iter().copied()) {
         let rs: Vec<&RunResult> = told
@@ -493,11 +495,26 @@ fn sender_table(rep: &ScenarioReport) -> String {
             rs.iter().filter_map(|r| r.sender.as_ref()).map(f).sum()
         };
         let (short, blocked) = (sum(&|t| t.short), sum(&|t| t.blocked));
+        // Summed where the reports carry them.
+        let some = |f: &dyn Fn(&crate::sender::SenderTally) -> Option<u64>| -> String {
+            let known: Vec<u64> = rs
+                .iter()
+                .filter_map(|r| r.sender.as_ref())
+                .filter_map(f)
+                .collect();
+            if known.is_empty() {
+                "–".into()
+            } else {
+                known.iter().sum::<u64>().to_string()
+            }
+        };
         out.push_str(&format!(
-            "| {vm} | {policy} | {} | {short} | {blocked} | {} | {} |\n",
+            "| {vm} | {policy} | {} | {short} | {blocked} | {} | {} | {} | {} |\n",
             sum(&|t| t.seconds),
             short - blocked,
             rs.iter().map(|r| r.below_95_s).sum::<usize>(),
+            some(&|t| t.rto_seconds.map(|n| n as u64)),
+            some(&|t| t.retrans),
         ));
     }
     out

@@ -27,6 +27,13 @@ pub struct SenderSecond {
     pub sleep_ms: u64,
     /// The longest oversleep past the sender's tick, ms.
     pub late_ms: u64,
+    /// The guest's TCP segments sent again, and its retransmission
+    /// timeouts, in the interval (None in reports from before these were
+    /// printed).
+    #[serde(default)]
+    pub retrans: Option<u64>,
+    #[serde(default)]
+    pub rto: Option<u64>,
 }
 
 impl SenderSecond {
@@ -56,6 +63,8 @@ pub fn reports(console: &str) -> Vec<SenderSecond> {
                 runq_ms: field("runq_ms")?.parse().ok()?,
                 sleep_ms: field("sleep_ms")?.parse().ok()?,
                 late_ms: field("late_ms")?.parse().ok()?,
+                retrans: field("retrans").and_then(|v| v.parse().ok()),
+                rto: field("rto").and_then(|v| v.parse().ok()),
             })
         })
         .collect()
@@ -118,6 +127,13 @@ pub struct SenderTally {
     /// Of the short intervals, those in which writes blocked for at least a
     /// tenth of the time: the network pushed back.
     pub blocked: usize,
+    /// Intervals with at least one TCP retransmission timeout (the
+    /// guest's sender silent for 200 ms or more), and the segments it
+    /// sent again; None when the reports do not say.
+    #[serde(default)]
+    pub rto_seconds: Option<usize>,
+    #[serde(default)]
+    pub retrans: Option<u64>,
 }
 
 /// Tallies `reports` between guest times `from` and `to` against what
@@ -145,6 +161,12 @@ pub fn tally(
             continue;
         }
         t.seconds += 1;
+        if let Some(n) = r.rto {
+            *t.rto_seconds.get_or_insert(0) += usize::from(n > 0);
+        }
+        if let Some(n) = r.retrans {
+            *t.retrans.get_or_insert(0) += n;
+        }
         if r.mbit < 0.95 * target {
             t.short += 1;
             if r.blocked_ms() >= 100.0 * r.secs {
@@ -164,7 +186,7 @@ vmbw-workload: mode=net proto=tcp rate_mbit=20
 vmbw-workload: t=1.00s secs=1.00 sent_bytes=2500000 rate_mbit=20.00 cpu_ms=400 runq_ms=10 sleep_ms=580 late_ms=1 errors=0
 vmbw-workload: t=1.0s pages_written=1024 dirty_mbps=4.00 total_pages=1 active_mb=4 corrupt_pages=0
 vmbw-workload: t=2.00s secs=1.00 sent_bytes=2000000 rate_mbit=16.00 cpu_ms=900 runq_ms=60 sleep_ms=30 late_ms=240 errors=0
-vmbw-workload: t=3.50s secs=1.50 sent_bytes=3000000 rate_mbit=16.00 cpu_ms=500 runq_ms=0 sleep_ms=300 late_ms=2 errors=0
+vmbw-workload: t=3.50s secs=1.50 sent_bytes=3000000 rate_mbit=16.00 cpu_ms=500 runq_ms=0 sleep_ms=300 late_ms=2 retrans=7 rto=1 errors=0
 vmbw-workload: t=4.0s sent_bytes=2500000 rate_mbit=20.00 errors=0
 ";
 
@@ -175,6 +197,9 @@ vmbw-workload: t=4.0s sent_bytes=2500000 rate_mbit=20.00 errors=0
         assert_eq!(r[1].late_ms, 240);
         assert_eq!(r[1].blocked_ms(), 10.0);
         assert_eq!((r[2].secs, r[2].blocked_ms()), (1.5, 700.0));
+        // TCP's counters, where the line has them.
+        assert_eq!((r[1].retrans, r[1].rto), (None, None));
+        assert_eq!((r[2].retrans, r[2].rto), (Some(7), Some(1)));
         assert_eq!(last_guest_t(CONSOLE), Some(4.0));
     }
 
@@ -200,7 +225,9 @@ vmbw-workload: t=4.0s sent_bytes=2500000 rate_mbit=20.00 errors=0
             SenderTally {
                 seconds: 3,
                 short: 2,
-                blocked: 1
+                blocked: 1,
+                rto_seconds: Some(1),
+                retrans: Some(7),
             }
         );
         // A reservation below the demand lowers the bar.

@@ -138,7 +138,7 @@ async fn follow_with<S, F, Fut>(
             Err(e) => {
                 // Say each distinct problem once, not every retry.
                 if e != last_error {
-                    warn!(source = what, error = %e, "QEMU not reachable or migration follow failed; retrying");
+                    warn!(source = what, error = %crate::errors::chain(&e), "QEMU not reachable or migration follow failed; retrying");
                     shared.metrics.error("qemu");
                     last_error = e;
                 }
@@ -208,11 +208,15 @@ async fn follow_once<S: MigrationSource>(
                             warn!(param = r.param, reason = %r.reason, "auto-converge could not be held inert");
                         }
                     }
-                    Err(e) => warn!(error = %e, "holding auto-converge inert"),
+                    Err(e) => {
+                        warn!(error = %crate::errors::chain(&e), "holding auto-converge inert")
+                    }
                 }
             }
         }
-        Err(e) => warn!(error = %e, "reading what the migration armed; assuming nothing"),
+        Err(e) => {
+            warn!(error = %crate::errors::chain(&e), "reading what the migration armed; assuming nothing")
+        }
     }
     // QEMU opens its migration stream(s) just after the start and may open
     // more (multifd): watch its sockets while the migration runs.
@@ -254,7 +258,7 @@ async fn follow_once<S: MigrationSource>(
             await_decision_and_apply(shared, name, source, &mut applied).await;
         }
         Ok(None) => {}
-        Err(e) => warn!(error = %e, "sampling the dirty rate"),
+        Err(e) => warn!(error = %crate::errors::chain(&e), "sampling the dirty rate"),
     }
     loop {
         let sample = tokio::select! {
@@ -397,7 +401,7 @@ async fn await_decision_and_apply<S: MigrationSource>(
             }
         }
         Err(e) => {
-            warn!(error = %e, "applying QEMU parameters");
+            warn!(error = %crate::errors::chain(&e), "applying QEMU parameters");
             shared.metrics.error("qemu-control");
         }
     }
@@ -526,7 +530,7 @@ async fn drain_before_switch<S: MigrationSource>(
         ..*params
     };
     if let Err(e) = source.apply(&hold, applied).await {
-        warn!(error = %e, "holding the migration stream before post-copy; switching now");
+        warn!(error = %crate::errors::chain(&e), "holding the migration stream before post-copy; switching now");
         return *params;
     }
     let started = tokio::time::Instant::now();
@@ -644,7 +648,7 @@ fn register_flows(shared: &Arc<Shared>, name: &str, pid: u32) -> usize {
                 Ok(()) => {
                     info!(local = %c.local, remote = %c.remote, urgent, "migration flow registered")
                 }
-                Err(e) => warn!(error = %e, "registering a migration flow"),
+                Err(e) => warn!(error = %crate::errors::chain(&e), "registering a migration flow"),
             }
         }
     }
@@ -681,7 +685,7 @@ fn unregister_flows(shared: &Arc<Shared>, name: &str) {
             (c.remote.ip(), c.remote.port()),
             6,
         ) {
-            warn!(error = %e, "removing a migration flow");
+            warn!(error = %crate::errors::chain(&e), "removing a migration flow");
         }
     }
 }

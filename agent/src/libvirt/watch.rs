@@ -74,7 +74,9 @@ impl DomainWatch {
         let thread = std::thread::Builder::new()
             .name("vmbw-libvirt-watch".into())
             .spawn(move || run(&uri, &tx, &flag))
-            .map_err(|e| warn!(error = %e, "no thread for libvirt discovery"))
+            .map_err(
+                |e| warn!(error = %crate::errors::chain(&e), "no thread for libvirt discovery"),
+            )
             .ok();
         DomainWatch {
             changes,
@@ -143,7 +145,9 @@ impl Watcher {
             match running_domain(&dom) {
                 Ok(d) => now.push(d),
                 // Gone between the list and the XML.
-                Err(e) => debug!(error = %e, "libvirt: a listed domain vanished"),
+                Err(e) => {
+                    debug!(error = %crate::errors::chain(&e), "libvirt: a listed domain vanished")
+                }
             }
         }
         let gone: Vec<String> = {
@@ -169,7 +173,7 @@ fn run(uri: &str, tx: &UnboundedSender<DomainChange>, stop: &AtomicBool) {
     LOOP.call_once(|| {
         virt::error::clear_error_callback();
         if let Err(e) = virt::event::event_register_default_impl() {
-            warn!(error = %e, "libvirt's event loop could not be registered");
+            warn!(error = %crate::errors::chain(&e), "libvirt's event loop could not be registered");
         }
     });
     let watcher = Arc::new(Watcher {
@@ -187,7 +191,7 @@ fn run(uri: &str, tx: &UnboundedSender<DomainChange>, stop: &AtomicBool) {
             Ok(c) => c,
             Err(e) => {
                 if first {
-                    warn!(uri, error = %e, "libvirt discovery: cannot connect yet; retrying");
+                    warn!(uri, error = %crate::errors::chain(&e), "libvirt discovery: cannot connect yet; retrying");
                 }
                 first = false;
                 sleep_unless(stop, RECONNECT);
@@ -198,7 +202,7 @@ fn run(uri: &str, tx: &UnboundedSender<DomainChange>, stop: &AtomicBool) {
         info!(uri, "libvirt discovery: connected, following domains");
         let callback = register(&conn, &watcher);
         if let Err(e) = watcher.relist(&conn) {
-            warn!(error = %e, "libvirt discovery: listing domains");
+            warn!(error = %crate::errors::chain(&e), "libvirt discovery: listing domains");
         }
         let mut listed = Instant::now();
         while !stop.load(Ordering::Relaxed) && !tx.is_closed() {
@@ -214,7 +218,9 @@ fn run(uri: &str, tx: &UnboundedSender<DomainChange>, stop: &AtomicBool) {
                     .and_then(|d| running_domain(&d))
                 {
                     Ok(d) => watcher.running(d),
-                    Err(e) => debug!(domain = %name, error = %e, "libvirt: started, then gone"),
+                    Err(e) => {
+                        debug!(domain = %name, error = %crate::errors::chain(&e), "libvirt: started, then gone")
+                    }
                 }
             }
             if !conn.is_alive().unwrap_or(false) {
@@ -223,7 +229,7 @@ fn run(uri: &str, tx: &UnboundedSender<DomainChange>, stop: &AtomicBool) {
             }
             if listed.elapsed() >= RELIST {
                 if let Err(e) = watcher.relist(&conn) {
-                    warn!(error = %e, "libvirt discovery: listing domains");
+                    warn!(error = %crate::errors::chain(&e), "libvirt discovery: listing domains");
                 }
                 listed = Instant::now();
             }

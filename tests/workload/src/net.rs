@@ -53,6 +53,11 @@ pub fn run(args: &Args) -> Result<(), String> {
     // rest of the interval it spent blocked in socket writes: the network
     // was not draining.
     let mut cpu_at_report = thread_schedstat();
+    // The guest's TCP losses over the interval (system-wide counters;
+    // the workload's stream is the guest's only TCP traffic): segments
+    // sent again, and retransmission timeouts (the sender silent for at
+    // least 200 ms).
+    let mut tcp_at_report = tcp_losses();
     let (mut slept, mut late) = (Duration::ZERO, Duration::ZERO);
     loop {
         credit += pacer.take();
@@ -89,6 +94,14 @@ pub fn run(args: &Args) -> Result<(), String> {
             // can make it longer than --report-secs.
             let secs = now.duration_since(reported).as_secs_f64();
             let cpu = thread_schedstat();
+            let tcp = tcp_losses();
+            let (retrans, timeouts) = match (tcp, tcp_at_report) {
+                (Some(now), Some(then)) => (
+                    now.0.saturating_sub(then.0).to_string(),
+                    now.1.saturating_sub(then.1).to_string(),
+                ),
+                _ => ("-".into(), "-".into()),
+            };
             let (run_ms, queued_ms) = match (cpu, cpu_at_report) {
                 (Some(now), Some(then)) => (
                     (now.0.saturating_sub(then.0) / 1_000_000).to_string(),
@@ -97,7 +110,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                 _ => ("-".into(), "-".into()),
             };
             println!(
-                "vmbw-workload: t={:.2}s secs={secs:.2} sent_bytes={} rate_mbit={:.2} cpu_ms={run_ms} runq_ms={queued_ms} sleep_ms={} late_ms={} errors={}{}",
+                "vmbw-workload: t={:.2}s secs={secs:.2} sent_bytes={} rate_mbit={:.2} cpu_ms={run_ms} runq_ms={queued_ms} sleep_ms={} late_ms={} retrans={retrans} rto={timeouts} errors={}{}",
                 now.duration_since(start).as_secs_f64(),
                 sent,
                 sent as f64 * 8.0 / 1e6 / secs,
@@ -113,7 +126,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             sent = 0;
             errors = 0;
             (slept, late) = (Duration::ZERO, Duration::ZERO);
-            (reported, cpu_at_report) = (now, cpu);
+            (reported, cpu_at_report, tcp_at_report) = (now, cpu, tcp);
             while report_at <= now {
                 report_at += args.report;
             }
@@ -134,6 +147,25 @@ fn thread_schedstat() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     let mut fields = text.split_whitespace().map(str::parse::<u64>);
     Some((fields.next()?.ok()?, fields.next()?.ok()?))
+}
+
+/// The guest's TCP `RetransSegs` (`/proc/net/snmp`) and `TCPTimeouts`
+/// (`/proc/net/netstat`); None where either cannot be read.
+fn tcp_losses() -> Option<(u64, u64)> {
+    Some((
+        proc_counter("/proc/net/snmp", "Tcp:", "RetransSegs")?,
+        proc_counter("/proc/net/netstat", "TcpExt:", "TCPTimeouts")?,
+    ))
+}
+
+/// One counter of a `/proc/net` table: a line of names after `prefix`,
+/// then a line of values after it.
+fn proc_counter(path: &str, prefix: &str, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut rows = text.lines().filter(|l| l.starts_with(prefix));
+    let (names, values) = (rows.next()?, rows.next()?);
+    let at = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 fn send(conn: &mut Conn, sink: SocketAddr, payload: &[u8]) -> Result<(), String> {
