@@ -6,7 +6,7 @@ use std::error::Error;
 /// `e` and every error under it, joined by ": " (as anyhow's `{:#}`
 /// prints), e.g. `reconciling the HTB tree: adding a leaf qdisc to
 /// 7662:22: Specified qdisc kind is unknown`.
-pub fn chain(e: &(dyn Error + 'static)) -> String {
+pub fn chain(e: &dyn Error) -> String {
     let mut out = e.to_string();
     let mut next = e.source();
     while let Some(cause) = next {

@@ -138,7 +138,7 @@ async fn follow_with<S, F, Fut>(
             Err(e) => {
                 // Say each distinct problem once, not every retry.
                 if e != last_error {
-                    warn!(source = what, error = %crate::errors::chain(&e), "QEMU not reachable or migration follow failed; retrying");
+                    warn!(source = what, error = %e, "QEMU not reachable or migration follow failed; retrying");
                     shared.metrics.error("qemu");
                     last_error = e;
                 }
