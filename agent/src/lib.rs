@@ -10,7 +10,6 @@
 //!   and escalation; a pre-copy simulator.
 //! - [`daemon`]: `vmbw agent`: start-up, per-VM tasks, control loop, shutdown.
 //! - [`datapath`]: the eBPF tc programs: classification, counters, HTB/EDT.
-//! - [`errors`]: an error with its causes, for logs.
 //! - [`kubevirt`]: KubeVirt discovery: this node's VMIs and migrations.
 //! - [`libvirt`]: migration statistics and control through libvirt (feature).
 //! - [`metrics`]: the agent's Prometheus metrics.
@@ -29,7 +28,6 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
-pub mod errors;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod kubevirt;

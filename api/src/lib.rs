@@ -11,6 +11,7 @@
 //! controller computes it), sizes in bytes, times in seconds. The tables show
 //! Mbit/s.
 
+pub mod errors;
 pub mod listen;
 pub mod render;
 pub mod units;

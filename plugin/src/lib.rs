@@ -280,7 +280,7 @@ async fn ask(
     .await;
     let (status, vms, classes, error) = match answer {
         Ok((s, v, c)) => (Some(s), v, c, None),
-        Err(e) => (None, vec![], None, Some(error_chain(&e))),
+        Err(e) => (None, vec![], None, Some(vmbw_api::errors::chain(&e))),
     };
     AgentReport {
         node: agent.node,
@@ -339,17 +339,6 @@ fn encode<T: Serialize>(v: &T, output: Output) -> Result<String, KubectlError> {
         s.push('\n');
     }
     Ok(s)
-}
-
-/// An error with its causes, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let _ = write!(s, ": {c}");
-        cause = c.source();
-    }
-    s
 }
 
 /// An agent pod and its node.

@@ -119,10 +119,10 @@ impl Discovered {
         let taps = {
             let mut dp = self.shared.datapath();
             if let Err(e) = dp.reset_vm_counters(slot) {
-                warn!(domain = %dom.name, slot, error = %crate::errors::chain(&e), "zeroing the slot's counters");
+                warn!(domain = %dom.name, slot, error = %crate::api::errors::chain(&e), "zeroing the slot's counters");
             }
             register_vm(&mut dp, slot, &entry).unwrap_or_else(|e| {
-                warn!(domain = %dom.name, error = %crate::errors::chain(&e), "libvirt: registering the domain's addresses");
+                warn!(domain = %dom.name, error = %crate::api::errors::chain(&e), "libvirt: registering the domain's addresses");
                 self.shared.metrics.error("discovery");
                 Vec::new()
             })

@@ -101,7 +101,7 @@ impl Server {
                         let h = handler.clone();
                         tokio::spawn(async move { serve_one(conn, h).await });
                     }
-                    Err(e) => tracing::warn!(error = %crate::errors::chain(&e), "accepting an API connection"),
+                    Err(e) => tracing::warn!(error = %crate::api::errors::chain(&e), "accepting an API connection"),
                 },
             }
         }

@@ -353,7 +353,7 @@ async fn restore(
             shaper.detach();
             info!("HTB tree left in place (keep_on_exit)");
         } else if let Err(e) = shaper.cleanup().await {
-            error!(error = %crate::errors::chain(&e), "restoring the original root qdisc");
+            error!(error = %crate::api::errors::chain(&e), "restoring the original root qdisc");
         } else {
             info!("original root qdisc restored");
         }
@@ -398,7 +398,7 @@ fn reload(
             info!(policy = %cfg.agent.policy, tick_ms = cfg.agent.tick_ms, "SIGHUP: configuration reloaded");
         }
         Err(e) => {
-            error!(error = %crate::errors::chain(&e), "SIGHUP: configuration rejected, keeping the running one");
+            error!(error = %crate::api::errors::chain(&e), "SIGHUP: configuration rejected, keeping the running one");
             shared.metrics.error("config");
         }
     }
@@ -528,7 +528,7 @@ fn spawn_kubevirt(
     match crate::kubevirt::HostRoutes::open() {
         Ok(routes) => discovery = discovery.with_interfaces(Box::new(routes)),
         Err(e) => {
-            warn!(error = %crate::errors::chain(&e), "no rtnetlink socket: launcher pods' host interfaces are not registered (their IPs are)")
+            warn!(error = %crate::api::errors::chain(&e), "no rtnetlink socket: launcher pods' host interfaces are not registered (their IPs are)")
         }
     }
     let discovery = Arc::new(Mutex::new(discovery));
@@ -537,12 +537,12 @@ fn spawn_kubevirt(
         let client = match kube::Client::try_default().await {
             Ok(c) => c,
             Err(e) => {
-                error!(error = %crate::errors::chain(&e), "KubeVirt discovery: no Kubernetes client (in-cluster config or kubeconfig)");
+                error!(error = %crate::api::errors::chain(&e), "KubeVirt discovery: no Kubernetes client (in-cluster config or kubeconfig)");
                 return;
             }
         };
         if let Err(e) = crate::kubevirt::watch::run(client, discovery, dp, synced).await {
-            error!(error = %crate::errors::chain(&e), "KubeVirt discovery stopped");
+            error!(error = %crate::api::errors::chain(&e), "KubeVirt discovery stopped");
         }
     })
 }

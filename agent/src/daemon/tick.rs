@@ -155,7 +155,7 @@ impl ControlLoop {
             .collect();
         let dp = self.shared.datapath();
         let uplink = dp.counters().unwrap_or_else(|e| {
-            warn!(error = %crate::errors::chain(&e), "reading uplink counters");
+            warn!(error = %crate::api::errors::chain(&e), "reading uplink counters");
             self.last_dir
         });
         let below = slots.iter().map(|(_, s)| s + 1).max().unwrap_or(0);
@@ -165,7 +165,7 @@ impl ControlLoop {
                 .filter_map(|(n, s)| all.get(*s as usize).map(|c| (n.clone(), *c)))
                 .collect(),
             Err(e) => {
-                warn!(error = %crate::errors::chain(&e), "reading the VMs' counters");
+                warn!(error = %crate::api::errors::chain(&e), "reading the VMs' counters");
                 Vec::new()
             }
         };
@@ -318,7 +318,7 @@ impl ControlLoop {
             }
             Ok(a) => a,
             Err(e) => {
-                warn!(error = %crate::errors::chain(&e), "planning enforcement");
+                warn!(error = %crate::api::errors::chain(&e), "planning enforcement");
                 metrics.error("enforce");
                 return;
             }
@@ -327,7 +327,7 @@ impl ControlLoop {
         match enforce(&allotment, &all, shaper, &self.shared.datapath).await {
             Ok(done) => {
                 for e in &done.steering_errors {
-                    warn!(error = %crate::errors::chain(&e), "steering");
+                    warn!(error = %crate::api::errors::chain(&e), "steering");
                 }
                 if allotment.reservations_scaled < 1.0 {
                     warn!(
@@ -348,7 +348,7 @@ impl ControlLoop {
                 self.applied_at = Some(Instant::now());
             }
             Err(e) => {
-                warn!(error = %crate::errors::chain(&e), "enforcing");
+                warn!(error = %crate::api::errors::chain(&e), "enforcing");
                 metrics.error(e.metric_label());
             }
         }

@@ -209,13 +209,13 @@ async fn follow_once<S: MigrationSource>(
                         }
                     }
                     Err(e) => {
-                        warn!(error = %crate::errors::chain(&e), "holding auto-converge inert")
+                        warn!(error = %crate::api::errors::chain(&e), "holding auto-converge inert")
                     }
                 }
             }
         }
         Err(e) => {
-            warn!(error = %crate::errors::chain(&e), "reading what the migration armed; assuming nothing")
+            warn!(error = %crate::api::errors::chain(&e), "reading what the migration armed; assuming nothing")
         }
     }
     // QEMU opens its migration stream(s) just after the start and may open
@@ -258,7 +258,7 @@ async fn follow_once<S: MigrationSource>(
             await_decision_and_apply(shared, name, source, &mut applied).await;
         }
         Ok(None) => {}
-        Err(e) => warn!(error = %crate::errors::chain(&e), "sampling the dirty rate"),
+        Err(e) => warn!(error = %crate::api::errors::chain(&e), "sampling the dirty rate"),
     }
     loop {
         let sample = tokio::select! {
@@ -401,7 +401,7 @@ async fn await_decision_and_apply<S: MigrationSource>(
             }
         }
         Err(e) => {
-            warn!(error = %crate::errors::chain(&e), "applying QEMU parameters");
+            warn!(error = %crate::api::errors::chain(&e), "applying QEMU parameters");
             shared.metrics.error("qemu-control");
         }
     }
@@ -530,7 +530,7 @@ async fn drain_before_switch<S: MigrationSource>(
         ..*params
     };
     if let Err(e) = source.apply(&hold, applied).await {
-        warn!(error = %crate::errors::chain(&e), "holding the migration stream before post-copy; switching now");
+        warn!(error = %crate::api::errors::chain(&e), "holding the migration stream before post-copy; switching now");
         return *params;
     }
     let started = tokio::time::Instant::now();
@@ -648,7 +648,9 @@ fn register_flows(shared: &Arc<Shared>, name: &str, pid: u32) -> usize {
                 Ok(()) => {
                     info!(local = %c.local, remote = %c.remote, urgent, "migration flow registered")
                 }
-                Err(e) => warn!(error = %crate::errors::chain(&e), "registering a migration flow"),
+                Err(e) => {
+                    warn!(error = %crate::api::errors::chain(&e), "registering a migration flow")
+                }
             }
         }
     }
@@ -685,7 +687,7 @@ fn unregister_flows(shared: &Arc<Shared>, name: &str) {
             (c.remote.ip(), c.remote.port()),
             6,
         ) {
-            warn!(error = %crate::errors::chain(&e), "removing a migration flow");
+            warn!(error = %crate::api::errors::chain(&e), "removing a migration flow");
         }
     }
 }

@@ -136,7 +136,7 @@ impl Datapath {
                 }
                 Err(e) => {
                     BATCH_REFUSED.store(true, Ordering::Relaxed);
-                    tracing::info!(error = %crate::errors::chain(&e), "BPF_MAP_LOOKUP_BATCH refused; reading counters per key");
+                    tracing::info!(error = %crate::api::errors::chain(&e), "BPF_MAP_LOOKUP_BATCH refused; reading counters per key");
                 }
             }
         }

@@ -283,7 +283,7 @@ impl Discovery {
                 None => match self.interfaces.interface_of(*ip) {
                     Ok(i) => i,
                     Err(e) => {
-                        warn!(pod = %pod.key(), %ip, error = %crate::errors::chain(&e), "looking up the pod's host interface");
+                        warn!(pod = %pod.key(), %ip, error = %crate::api::errors::chain(&e), "looking up the pod's host interface");
                         None
                     }
                 },
@@ -353,7 +353,7 @@ impl Discovery {
         self.iface_cache.retain(|(id, _), _| live.contains(id));
         for (e, tag) in &skipped {
             if self.reported.insert(tag.clone()) {
-                warn!(error = %crate::errors::chain(&e), "skipping a malformed KubeVirt object");
+                warn!(error = %crate::api::errors::chain(&e), "skipping a malformed KubeVirt object");
             }
         }
         self.desired = reconcile(&self.node, &vmis, &vmims, &pods);
@@ -370,7 +370,7 @@ impl Discovery {
             info!(change = ?c, "datapath registration");
         }
         for e in &report.errors {
-            warn!(error = %crate::errors::chain(&e), "datapath registration failed; retried on the next change");
+            warn!(error = %crate::api::errors::chain(&e), "datapath registration failed; retried on the next change");
         }
         report
     }
@@ -506,7 +506,7 @@ pub async fn run(
                             info!(kind = kind.as_str(), "watch expired (410); listing again");
                         }
                         Err(e) => {
-                            warn!(kind = kind.as_str(), error = %crate::errors::chain(&e), "watch error; retrying");
+                            warn!(kind = kind.as_str(), error = %crate::api::errors::chain(&e), "watch error; retrying");
                             d.watch_failed(kind, format!("{}: {e}", kind.as_str()));
                         }
                     }

@@ -75,7 +75,7 @@ impl DomainWatch {
             .name("vmbw-libvirt-watch".into())
             .spawn(move || run(&uri, &tx, &flag))
             .map_err(
-                |e| warn!(error = %crate::errors::chain(&e), "no thread for libvirt discovery"),
+                |e| warn!(error = %crate::api::errors::chain(&e), "no thread for libvirt discovery"),
             )
             .ok();
         DomainWatch {
@@ -146,7 +146,7 @@ impl Watcher {
                 Ok(d) => now.push(d),
                 // Gone between the list and the XML.
                 Err(e) => {
-                    debug!(error = %crate::errors::chain(&e), "libvirt: a listed domain vanished")
+                    debug!(error = %crate::api::errors::chain(&e), "libvirt: a listed domain vanished")
                 }
             }
         }
@@ -173,7 +173,7 @@ fn run(uri: &str, tx: &UnboundedSender<DomainChange>, stop: &AtomicBool) {
     LOOP.call_once(|| {
         virt::error::clear_error_callback();
         if let Err(e) = virt::event::event_register_default_impl() {
-            warn!(error = %crate::errors::chain(&e), "libvirt's event loop could not be registered");
+            warn!(error = %crate::api::errors::chain(&e), "libvirt's event loop could not be registered");
         }
     });
     let watcher = Arc::new(Watcher {
@@ -191,7 +191,7 @@ fn run(uri: &str, tx: &UnboundedSender<DomainChange>, stop: &AtomicBool) {
             Ok(c) => c,
             Err(e) => {
                 if first {
-                    warn!(uri, error = %crate::errors::chain(&e), "libvirt discovery: cannot connect yet; retrying");
+                    warn!(uri, error = %crate::api::errors::chain(&e), "libvirt discovery: cannot connect yet; retrying");
                 }
                 first = false;
                 sleep_unless(stop, RECONNECT);
@@ -202,7 +202,7 @@ fn run(uri: &str, tx: &UnboundedSender<DomainChange>, stop: &AtomicBool) {
         info!(uri, "libvirt discovery: connected, following domains");
         let callback = register(&conn, &watcher);
         if let Err(e) = watcher.relist(&conn) {
-            warn!(error = %crate::errors::chain(&e), "libvirt discovery: listing domains");
+            warn!(error = %crate::api::errors::chain(&e), "libvirt discovery: listing domains");
         }
         let mut listed = Instant::now();
         while !stop.load(Ordering::Relaxed) && !tx.is_closed() {
@@ -219,7 +219,7 @@ fn run(uri: &str, tx: &UnboundedSender<DomainChange>, stop: &AtomicBool) {
                 {
                     Ok(d) => watcher.running(d),
                     Err(e) => {
-                        debug!(domain = %name, error = %crate::errors::chain(&e), "libvirt: started, then gone")
+                        debug!(domain = %name, error = %crate::api::errors::chain(&e), "libvirt: started, then gone")
                     }
                 }
             }
@@ -229,7 +229,7 @@ fn run(uri: &str, tx: &UnboundedSender<DomainChange>, stop: &AtomicBool) {
             }
             if listed.elapsed() >= RELIST {
                 if let Err(e) = watcher.relist(&conn) {
-                    warn!(error = %crate::errors::chain(&e), "libvirt discovery: listing domains");
+                    warn!(error = %crate::api::errors::chain(&e), "libvirt discovery: listing domains");
                 }
                 listed = Instant::now();
             }

@@ -630,10 +630,10 @@ impl MigrationMonitor {
                         });
                     }
                     reconnects += 1;
-                    tracing::warn!(error = %crate::errors::chain(&e), attempt = reconnects, "QMP connection lost; reconnecting");
+                    tracing::warn!(error = %crate::api::errors::chain(&e), attempt = reconnects, "QMP connection lost; reconnecting");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     if let Err(e) = self.qmp.reconnect().await {
-                        tracing::warn!(error = %crate::errors::chain(&e), "reconnect failed");
+                        tracing::warn!(error = %crate::api::errors::chain(&e), "reconnect failed");
                     }
                 }
                 Err(e) => return Err(e),
@@ -725,7 +725,7 @@ impl MigrationMonitor {
                     Err(e) if e.is_connection_lost() => return Err(e.into()),
                     Err(e) => {
                         self.bulk.refused += 1;
-                        tracing::debug!(error = %crate::errors::chain(&e), "calc-dirty-rate refused");
+                        tracing::debug!(error = %crate::api::errors::chain(&e), "calc-dirty-rate refused");
                         break;
                     }
                 }
@@ -773,7 +773,7 @@ impl MigrationMonitor {
             }
             Err(MonitorError::Qmp(e)) if e.is_connection_lost() => Err(MonitorError::Qmp(e)),
             Err(e) => {
-                tracing::debug!(error = %crate::errors::chain(&e), "reading the guest's used memory");
+                tracing::debug!(error = %crate::api::errors::chain(&e), "reading the guest's used memory");
                 Ok(())
             }
         }

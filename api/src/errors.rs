@@ -1,5 +1,6 @@
-//! An error with its causes, for logs: a warning that says "reconciling
-//! the HTB tree" and not why is of no use to an operator.
+//! An error with its causes, on one line: for the agent's logs (a warning
+//! that says "reconciling the HTB tree" and not why is of no use to an
+//! operator) and the kubectl plugin's status column.
 
 use std::error::Error;
 
