@@ -95,20 +95,8 @@ pub fn run(args: &Args) -> Result<(), String> {
             let secs = now.duration_since(reported).as_secs_f64();
             let cpu = thread_schedstat();
             let tcp = tcp_losses();
-            let (retrans, timeouts) = match (tcp, tcp_at_report) {
-                (Some(now), Some(then)) => (
-                    now.0.saturating_sub(then.0).to_string(),
-                    now.1.saturating_sub(then.1).to_string(),
-                ),
-                _ => ("-".into(), "-".into()),
-            };
-            let (run_ms, queued_ms) = match (cpu, cpu_at_report) {
-                (Some(now), Some(then)) => (
-                    (now.0.saturating_sub(then.0) / 1_000_000).to_string(),
-                    (now.1.saturating_sub(then.1) / 1_000_000).to_string(),
-                ),
-                _ => ("-".into(), "-".into()),
-            };
+            let (retrans, timeouts) = deltas(tcp, tcp_at_report, 1);
+            let (run_ms, queued_ms) = deltas(cpu, cpu_at_report, 1_000_000);
             println!(
                 "vmbw-workload: t={:.2}s secs={secs:.2} sent_bytes={} rate_mbit={:.2} cpu_ms={run_ms} runq_ms={queued_ms} sleep_ms={} late_ms={} retrans={retrans} rto={timeouts} errors={}{}",
                 now.duration_since(start).as_secs_f64(),
@@ -138,6 +126,18 @@ pub fn run(args: &Args) -> Result<(), String> {
             slept += took;
             late = late.max(took.saturating_sub(TICK));
         }
+    }
+}
+
+/// How far a pair of counters moved since `then`, each divided by `unit`,
+/// as printed: "-" where either reading is missing.
+fn deltas(now: Option<(u64, u64)>, then: Option<(u64, u64)>, unit: u64) -> (String, String) {
+    match (now, then) {
+        (Some(now), Some(then)) => (
+            (now.0.saturating_sub(then.0) / unit).to_string(),
+            (now.1.saturating_sub(then.1) / unit).to_string(),
+        ),
+        _ => ("-".into(), "-".into()),
     }
 }
 
