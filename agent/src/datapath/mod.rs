@@ -339,7 +339,14 @@ impl Datapath {
     /// keeps a persistent datapath running for the next agent.
     pub fn remove(mut self) -> Result<(), DatapathError> {
         for (path, link) in self.pinned.drain(..) {
-            // Unpinning leaves an FdLink whose drop detaches the program.
+            // Detach first, explicitly: dropping the last reference would
+            // detach too, but a bpffs pin's reference goes only when its
+            // inode is freed after an RCU grace period, so the program
+            // could still be on the interface when this returns.
+            detach_link(&path).map_err(|source| DatapathError::Unpin {
+                path: path.clone(),
+                source,
+            })?;
             let fd_link = link
                 .unpin()
                 .map_err(|source| DatapathError::Unpin { path, source })?;
@@ -422,6 +429,59 @@ fn unmount_private_bpffs(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+/// Detaches the link pinned at `path` from its hook now (`BPF_LINK_DETACH`,
+/// Linux 5.9), whoever else still holds a reference to it.
+fn detach_link(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    #[repr(C)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+    }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let attr = ObjGetAttr {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+    };
+    // SAFETY: `attr` is the BPF_OBJ_GET layout of `union bpf_attr`, its
+    // path a valid C string that outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const ObjGetAttr,
+            std::mem::size_of::<ObjGetAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let link_fd: u32 = std::os::fd::AsRawFd::as_raw_fd(&fd) as u32;
+    // SAFETY: BPF_LINK_DETACH reads one u32, the link's fd, which `fd`
+    // keeps open for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &link_fd as *const u32,
+            std::mem::size_of::<u32>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Opens a pinned link, or `None` if nothing is pinned there.
