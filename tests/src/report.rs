@@ -285,6 +285,47 @@ pub fn fmt_spread(s: Option<(f64, f64, f64)>, digits: usize) -> String {
     }
 }
 
+/// How the runs timed the application's per-second goodput: by kernel
+/// receive time (runs that also kept the read times) or, in runs made
+/// before that, by when the sink's thread read the bytes.
+fn goodput_timing(rep: &ScenarioReport) -> String {
+    let runs = rep.results.len();
+    let stamped: Vec<&RunResult> = rep
+        .results
+        .iter()
+        .filter(|r| r.timeline.iter().any(|s| s.app_read_mbit.is_some()))
+        .collect();
+    if runs == 0 {
+        return String::new();
+    }
+    if stamped.is_empty() {
+        return "- application goodput timed by when the sink read it (these runs predate \
+                receive timestamps; a sink thread kept waiting for a CPU moves bytes into \
+                the next second)\n"
+            .into();
+    }
+    let (mut shifted, mut worst) = (0, 0.0f64);
+    for s in stamped.iter().flat_map(|r| r.timeline.iter()) {
+        if let Some(read) = s.app_read_mbit {
+            let d = (read - s.app_mbit).abs();
+            if d > 0.05 * s.app_mbit.max(1.0) {
+                shifted += 1;
+            }
+            worst = worst.max(d);
+        }
+    }
+    let which = if stamped.len() == runs {
+        "every run".to_owned()
+    } else {
+        format!("{} of {runs} runs", stamped.len())
+    };
+    format!(
+        "- application goodput timed by the kernel's receive timestamps ({which}); \
+         timed by when the sink's thread read it instead, {shifted} seconds would differ \
+         by more than 5% (at most {worst:.2} Mbit/s)\n"
+    )
+}
+
 /// The scenario's markdown page.
 pub fn markdown(rep: &ScenarioReport) -> String {
     let stem = rep.stem();
@@ -314,6 +355,7 @@ pub fn markdown(rep: &ScenarioReport) -> String {
             "- physical floor RAM / (link − reservation): {f:.1} s\n"
         ));
     }
+    out.push_str(&goodput_timing(rep));
     out.push_str(&format!(
         "\n![migration time against SLA p5]({stem}.svg)\n\n\
          Medians, (min–max) over the repetitions. SLA p5: the 5th percentile, over the \
@@ -1050,6 +1092,35 @@ mod tests {
         ScenarioReport::load(&dir, stem)
             .expect("readable")
             .expect("a committed report")
+    }
+
+    #[test]
+    fn the_page_says_how_goodput_was_timed_and_how_far_reads_lagged() {
+        let mut rep = committed("onoff-30mbit-r10");
+        rep.results.truncate(1);
+        for s in &mut rep.results[0].timeline {
+            s.app_read_mbit = None;
+        }
+        assert!(
+            goodput_timing(&rep).contains("predate"),
+            "{}",
+            goodput_timing(&rep)
+        );
+        let n = rep.results[0].timeline.len();
+        assert!(n > 2);
+        for (i, s) in rep.results[0].timeline.iter_mut().enumerate() {
+            s.app_mbit = 10.0;
+            // One second read 1.3 Mbit/s late, repaid in the next.
+            s.app_read_mbit = Some(match i {
+                1 => 8.7,
+                2 => 11.3,
+                _ => 10.0,
+            });
+        }
+        let line = goodput_timing(&rep);
+        assert!(line.contains("every run"), "{line}");
+        assert!(line.contains("2 seconds would differ"), "{line}");
+        assert!(line.contains("at most 1.30 Mbit/s"), "{line}");
     }
 
     #[test]

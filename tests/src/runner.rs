@@ -210,7 +210,13 @@ pub fn score_eta(forecasts: &[(f64, Option<f64>)], total_s: f64) -> Vec<EtaScore
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Second {
     pub t_s: f64,
+    /// What reached the application's receiver in this second (kernel
+    /// receive time).
     pub app_mbit: f64,
+    /// What the receiver's thread read in this second: differs from
+    /// `app_mbit` when the host kept that thread waiting for a CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_read_mbit: Option<f64>,
     pub migration_mbit: f64,
     /// What the application was owed in this second (None: not scored).
     pub target_mbit: Option<f64>,
@@ -587,9 +593,11 @@ pub fn run_one(
         let app = spec.app()?;
         let end = started + Duration::from_secs_f64(*ended_s);
         let seconds = sink.per_second(started, end);
+        let read_seconds = sink.per_second_read(started, end);
         let timeline = timeline(
             &v.polls,
             &seconds,
+            &read_seconds,
             sink.first_byte(),
             &app,
             spec.reserve_mbit,
@@ -791,6 +799,7 @@ async fn arm(
 fn timeline(
     polls: &[Poll],
     seconds: &[(Instant, u64)],
+    read_seconds: &[(Instant, u64)],
     first_byte: Option<Instant>,
     app: &App,
     reserve_mbit: f64,
@@ -812,7 +821,8 @@ fn timeline(
     };
     seconds
         .iter()
-        .map(|&(at, bytes)| {
+        .enumerate()
+        .map(|(i, &(at, bytes))| {
             let t_s = at.duration_since(started).as_secs_f64();
             let poll = polls.iter().rev().find(|p| p.t_s <= t_s + 1.0);
             // The application's phase is counted from its first byte.
@@ -826,6 +836,7 @@ fn timeline(
             Second {
                 t_s,
                 app_mbit: units::mbit(bytes as f64),
+                app_read_mbit: read_seconds.get(i).map(|(_, b)| units::mbit(*b as f64)),
                 migration_mbit: units::mbit((sent_at(t_s + 1.0) - sent_at(t_s)).max(0.0)),
                 target_mbit: target,
                 throttle_pct: poll.map_or(0, |p| p.throttle_pct),
@@ -1043,6 +1054,7 @@ mod tests {
         Second {
             t_s: 0.0,
             app_mbit: app,
+            app_read_mbit: None,
             migration_mbit: 0.0,
             target_mbit: target,
             throttle_pct: 0,
@@ -1114,7 +1126,7 @@ mod tests {
             on_ms: 2000,
             off_ms: 2000,
         };
-        let t = timeline(&polls, &seconds, Some(t0), &app, 10.0, t0);
+        let t = timeline(&polls, &seconds, &[], Some(t0), &app, 10.0, t0);
         assert_eq!(t.len(), 8);
         for s in &t {
             assert!((s.migration_mbit - 8.0).abs() < 1e-6, "{s:?}");
@@ -1137,7 +1149,7 @@ mod tests {
                 )
             })
             .collect();
-        let t = timeline(&polls, &seconds, Some(t0), &app, 10.0, t0);
+        let t = timeline(&polls, &seconds, &[], Some(t0), &app, 10.0, t0);
         let targets: Vec<Option<f64>> = t.iter().map(|s| s.target_mbit).collect();
         assert_eq!(
             targets,

@@ -21,14 +21,14 @@
 //! guest's addresses above.
 
 use std::{
-    io::Read as _,
     net::{TcpListener, UdpSocket},
+    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -424,6 +424,13 @@ pub async fn wait_for_events(ctl: &mut vmbw::qemu::Qmp) -> anyhow::Result<()> {
 
 /// Receives and discards UDP datagrams and TCP streams, counting bytes in
 /// all and per second since it started.
+///
+/// A second's bytes are those the kernel received in it (the receive
+/// timestamp of the last packet each read returns, `SO_TIMESTAMPNS`), not
+/// those the sink's thread happened to read in it: on a loaded host that
+/// thread can wait for a CPU for a tenth of a second, and reading late would
+/// move bytes the network delivered in time into the next second. The
+/// read-time counts are kept too, to show how far the two differ.
 pub struct Sink {
     stop: Arc<AtomicBool>,
     counts: Arc<Counts>,
@@ -436,26 +443,99 @@ const SINK_SECONDS: usize = 3 * 3600;
 
 struct Counts {
     started: Instant,
+    /// The wall clock at `started`: receive timestamps are wall-clock time.
+    started_wall: SystemTime,
     total: AtomicU64,
+    /// Bytes per second of arrival (kernel receive time).
     per_second: Vec<AtomicU64>,
+    /// Bytes per second of reading (when the sink's thread got them).
+    per_second_read: Vec<AtomicU64>,
     /// Nanoseconds after `started` of the first byte + 1 (0 = none yet).
     first_byte_ns: AtomicU64,
 }
 
 impl Counts {
-    fn add(&self, n: usize) {
+    fn add(&self, n: usize, received: Option<SystemTime>) {
         let at = self.started.elapsed();
+        let arrived = received
+            .and_then(|r| r.duration_since(self.started_wall).ok())
+            .map_or(at, |a| a.min(at));
         self.total.fetch_add(n as u64, Ordering::Relaxed);
-        if let Some(bin) = self.per_second.get(at.as_secs() as usize) {
-            bin.fetch_add(n as u64, Ordering::Relaxed);
+        for (bins, t) in [(&self.per_second, arrived), (&self.per_second_read, at)] {
+            if let Some(bin) = bins.get(t.as_secs() as usize) {
+                bin.fetch_add(n as u64, Ordering::Relaxed);
+            }
         }
         let _ = self.first_byte_ns.compare_exchange(
             0,
-            at.as_nanos() as u64 + 1,
+            arrived.as_nanos() as u64 + 1,
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
     }
+}
+
+/// Asks the kernel to timestamp what `fd` receives.
+fn enable_rx_timestamps(fd: &impl AsRawFd) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket fd and a c_int option value that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One `recvmsg` into `buf`: the bytes read and, if the kernel gave one, the
+/// receive time of the last packet they came from.
+fn recv_stamped(fd: &impl AsRawFd, buf: &mut [u8]) -> std::io::Result<(usize, Option<SystemTime>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // Room for one SCM_TIMESTAMPNS (a timespec), u64-aligned.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: the header points at `buf` and `control`, both live and
+    // sized as declared for the call.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut stamp = None;
+    // SAFETY: walking the control messages the kernel wrote into `control`
+    // with the libc CMSG helpers, reading a timespec only from a
+    // SCM_TIMESTAMPNS message, which carries one.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                let ts: libc::timespec =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::timespec);
+                if ts.tv_sec > 0 {
+                    stamp = Some(
+                        SystemTime::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+                    );
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((n as usize, stamp))
 }
 
 impl Sink {
@@ -469,13 +549,17 @@ impl Sink {
             ))
         })?;
         let stop = Arc::new(AtomicBool::new(false));
+        let bins = || (0..SINK_SECONDS).map(|_| AtomicU64::new(0)).collect();
         let counts = Arc::new(Counts {
             started: Instant::now(),
+            started_wall: SystemTime::now(),
             total: AtomicU64::new(0),
-            per_second: (0..SINK_SECONDS).map(|_| AtomicU64::new(0)).collect(),
+            per_second: bins(),
+            per_second_read: bins(),
             first_byte_ns: AtomicU64::new(0),
         });
         udp.set_read_timeout(Some(Duration::from_millis(200)))?;
+        enable_rx_timestamps(&udp).context("timestamping the UDP sink")?;
         tcp.set_nonblocking(true)?;
         let mut threads = Vec::new();
         {
@@ -483,8 +567,8 @@ impl Sink {
             threads.push(std::thread::spawn(move || {
                 let mut buf = vec![0u8; 65536];
                 while !stop.load(Ordering::Relaxed) {
-                    if let Ok(n) = udp.recv(&mut buf) {
-                        counts.add(n);
+                    if let Ok((n, at)) = recv_stamped(&udp, &mut buf) {
+                        counts.add(n, at);
                     }
                 }
             }));
@@ -497,13 +581,16 @@ impl Sink {
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok((c, _)) = tcp.accept()
                         && c.set_read_timeout(Some(Duration::from_millis(20))).is_ok()
+                        && enable_rx_timestamps(&c).is_ok()
                     {
                         conns.push(c);
                     }
-                    conns.retain_mut(|c| match c.read(&mut buf) {
-                        Ok(0) => false,
-                        Ok(n) => {
-                            counts.add(n);
+                    // Small reads: each is binned by its last packet's
+                    // arrival, 13 ms of data at 10 Mbit/s.
+                    conns.retain_mut(|c| match recv_stamped(c, &mut buf[..16384]) {
+                        Ok((0, _)) => false,
+                        Ok((n, at)) => {
+                            counts.add(n, at);
                             true
                         }
                         Err(e) => matches!(
@@ -547,6 +634,16 @@ impl Sink {
     /// next second boundary of the sink's clock) until `to` (rounded down),
     /// with the instant each second began.
     pub fn per_second(&self, from: Instant, to: Instant) -> Vec<(Instant, u64)> {
+        self.seconds(&self.counts.per_second, from, to)
+    }
+
+    /// As [`per_second`](Self::per_second), by when the sink's thread read
+    /// the bytes rather than when they arrived.
+    pub fn per_second_read(&self, from: Instant, to: Instant) -> Vec<(Instant, u64)> {
+        self.seconds(&self.counts.per_second_read, from, to)
+    }
+
+    fn seconds(&self, bins: &[AtomicU64], from: Instant, to: Instant) -> Vec<(Instant, u64)> {
         let since = |t: Instant| t.saturating_duration_since(self.counts.started);
         let first = since(from).as_secs_f64().ceil() as usize;
         let last = (since(to).as_secs() as usize).min(SINK_SECONDS);
@@ -554,7 +651,7 @@ impl Sink {
             .map(|i| {
                 (
                     self.counts.started + Duration::from_secs(i as u64),
-                    self.counts.per_second[i].load(Ordering::Relaxed),
+                    bins[i].load(Ordering::Relaxed),
                 )
             })
             .collect()
@@ -573,6 +670,31 @@ impl Drop for Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_read_is_timed_by_when_the_bytes_arrived() {
+        use std::io::Write as _;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut tx =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (rx, _) = listener.accept().expect("accept");
+        enable_rx_timestamps(&rx).expect("SO_TIMESTAMPNS");
+        let before = SystemTime::now();
+        tx.write_all(&[7u8; 1000]).expect("send");
+        // The reader is late: the bytes wait in the socket.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut buf = [0u8; 4096];
+        let (n, at) = recv_stamped(&rx, &mut buf).expect("recv");
+        let read = SystemTime::now();
+        assert_eq!(n, 1000);
+        let at = at.expect("a receive timestamp");
+        let lag = read.duration_since(at).expect("received before read");
+        assert!(
+            lag >= Duration::from_millis(250),
+            "timed {lag:?} before the read"
+        );
+        assert!(at >= before, "stamped before it was sent");
+    }
 
     #[test]
     fn slot_zero_is_the_single_guest_and_slots_do_not_collide() {
