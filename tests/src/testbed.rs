@@ -559,7 +559,10 @@ impl Sink {
             first_byte_ns: AtomicU64::new(0),
         });
         udp.set_read_timeout(Some(Duration::from_millis(200)))?;
+        // Asked for now, on the listener too (accepted sockets inherit it):
+        // the kernel turns stamping on a moment after the first socket asks.
         enable_rx_timestamps(&udp).context("timestamping the UDP sink")?;
+        enable_rx_timestamps(&tcp).context("timestamping the TCP sink")?;
         tcp.set_nonblocking(true)?;
         let mut threads = Vec::new();
         {
@@ -675,15 +678,28 @@ mod tests {
     fn a_late_read_is_timed_by_when_the_bytes_arrived() {
         use std::io::Write as _;
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        enable_rx_timestamps(&listener).expect("SO_TIMESTAMPNS");
         let mut tx =
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (rx, _) = listener.accept().expect("accept");
-        enable_rx_timestamps(&rx).expect("SO_TIMESTAMPNS");
+        let mut buf = [0u8; 4096];
+        // The kernel starts stamping a moment after the first socket asks
+        // (a static key flipped from a workqueue): wait for a stamped byte.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            tx.write_all(&[1]).expect("send");
+            let (n, at) = recv_stamped(&rx, &mut buf).expect("recv");
+            assert_eq!(n, 1);
+            if at.is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no receive timestamp in 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let before = SystemTime::now();
         tx.write_all(&[7u8; 1000]).expect("send");
         // The reader is late: the bytes wait in the socket.
         std::thread::sleep(Duration::from_millis(300));
-        let mut buf = [0u8; 4096];
         let (n, at) = recv_stamped(&rx, &mut buf).expect("recv");
         let read = SystemTime::now();
         assert_eq!(n, 1000);
