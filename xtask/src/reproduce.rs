@@ -10,16 +10,17 @@
 //!
 //! Seeds run by this command so far: 002 (VMM-CFG) and 003 (SICC), the
 //! planning simulations (`vmbw plan-sim`, release build; no root, minutes),
-//! 001 (BDA) and 000 (NRAC), real migrations on the testbed (root; about
-//! half an hour and about 80 minutes at 3 runs), and 004 (AdaMig), fifteen
-//! workloads of real migrations (root; about 15 minutes each at 3 runs).
-//! Seed 004's file grows one workload at a time, so that it can be filled
-//! across sessions: a run skips the workloads the file already has.
+//! 001 (BDA), real migrations on the testbed (root; about half an hour at
+//! 3 runs), and 000 (NRAC, twelve cells, 2 to 12 minutes each) and 004
+//! (AdaMig, fifteen workloads, about 15 minutes each), real migrations
+//! too. The files of 000 and 004 grow one scenario at a time, so that they
+//! can be filled across sessions: a run skips the scenarios the file
+//! already has, and each row says the commit it ran at.
 //!
 //! Options (after `--`): `--seed NNN` (repeatable; default 002 and 003),
 //! `--runs N` (repetitions per cell, default 3, at least 3),
-//! `--workloads N` (seed 004: run at most N of the workloads still
-//! missing, then stop), `--render-only` (rebuild the report from the
+//! `--workloads N` (seeds 000 and 004: run at most N of the scenarios
+//! still missing, then stop), `--render-only` (rebuild the report from the
 //! files, run nothing).
 
 use std::{
@@ -43,7 +44,8 @@ const SEEDS_BY_DEFAULT: [&str; 2] = ["002", "003"];
 struct Options {
     seeds: Vec<String>,
     runs: u64,
-    /// Seed 004: at most this many missing workloads per invocation.
+    /// Seeds 000 and 004: at most this many missing scenarios per
+    /// invocation.
     workloads: Option<usize>,
     render_only: bool,
 }
@@ -151,15 +153,18 @@ pub fn run(rest: &[String]) -> anyhow::Result<()> {
                 })
             };
             let data = match seed.as_str() {
-                "000" => seed_000(o.runs)?,
-                "001" => seed_001(o.runs)?,
-                "002" => seed_002(planner()?, o.runs)?,
-                "003" => seed_003(planner()?, o.runs)?,
+                // Written after each scenario, so that what ran is kept.
+                "000" => {
+                    seed_000(o.runs, o.workloads, &file, stamped)?;
+                    continue;
+                }
                 "004" => {
-                    // Written after each workload, so that what ran is kept.
                     seed_004(o.runs, o.workloads, &file, stamped)?;
                     continue;
                 }
+                "001" => seed_001(o.runs)?,
+                "002" => seed_002(planner()?, o.runs)?,
+                "003" => seed_003(planner()?, o.runs)?,
                 _ => unreachable!("checked when parsed"),
             };
             write_json(&file, &stamped(data))?;
@@ -248,37 +253,131 @@ const SEED_000_WORKLOADS: [&str; 4] = ["idle", "cpu", "mem", "net"];
 /// NRAC against KVM's default pre-copy (the paper's §6 comparison).
 const SEED_000_POLICIES: [&str; 2] = ["default", "nrac"];
 
+/// Seed 000's twelve cells, link by workload, as [`Cell`]s.
+fn seed_000_cells() -> Vec<Cell> {
+    SEED_000_LINKS
+        .iter()
+        .flat_map(|(link, l)| {
+            SEED_000_WORKLOADS.iter().map(move |w| Cell {
+                stem: format!("seed000-{l}-{w}"),
+                labels: vec![("link", json!(link)), ("workload", json!(w))],
+            })
+        })
+        .collect()
+}
+
 /// NRAC against stock pre-copy on the twelve cells, `runs` repetitions
 /// each: how many converged, and the total time of every run (a run that
-/// did not converge counts at its timeout, and is marked so).
-fn seed_000(runs: u64) -> anyhow::Result<Value> {
-    util::step(&format!(
-        "seed 000: NRAC and default on idle, cpu, mem and net VMs at unlimited, 50 and 30 Mbit/s, {runs} runs each"
-    ));
-    let stems: Vec<String> = SEED_000_LINKS
-        .iter()
-        .flat_map(|(_, l)| {
-            SEED_000_WORKLOADS
-                .iter()
-                .map(move |w| format!("seed000-{l}-{w}"))
+/// did not converge counts at its timeout, and is marked so). Resumable
+/// like seed 004: each cell is written as it completes.
+fn seed_000(
+    runs: u64,
+    limit: Option<usize>,
+    file: &Path,
+    stamped: impl Fn(Value) -> Value,
+) -> anyhow::Result<()> {
+    run_missing(
+        "seed 000: NRAC and default on idle, cpu, mem and net VMs at unlimited, 50 and 30 Mbit/s \
+         (up to 12 minutes a cell)",
+        &seed_000_cells(),
+        &SEED_000_POLICIES,
+        runs,
+        limit,
+        file,
+        stamped,
+    )
+}
+
+/// One scenario of a seed's population, and the fields its rows carry
+/// besides [`policy_rows`]' own.
+struct Cell {
+    stem: String,
+    labels: Vec<(&'static str, Value)>,
+}
+
+/// The cells `rows` lack a row of `runs` repetitions for, for some policy.
+fn missing_cells<'c>(
+    cells: &'c [Cell],
+    policies: &[&str],
+    rows: &[Value],
+    runs: u64,
+) -> Vec<&'c Cell> {
+    let has = |stem: &str| {
+        policies.iter().all(|p| {
+            rows.iter().any(|r| {
+                r["scenario"] == stem && r["policy"] == *p && r["runs"].as_u64() >= Some(runs)
+            })
         })
-        .collect();
-    let refs: Vec<&str> = stems.iter().map(String::as_str).collect();
-    let out = testbed_runs("seed-000", &refs, &SEED_000_POLICIES, runs)?;
-    let mut rows = Vec::new();
-    for (link, l) in SEED_000_LINKS {
-        for workload in SEED_000_WORKLOADS {
-            let stem = format!("seed000-{l}-{workload}");
-            let report = read_json(&out.join(format!("{stem}.json")), "a scenario report")?;
-            rows.extend(policy_rows(
-                &stem,
-                &report,
-                &SEED_000_POLICIES,
-                &[("link", link), ("workload", workload)],
-            ));
+    };
+    cells.iter().filter(|c| !has(&c.stem)).collect()
+}
+
+/// Runs the cells `file` does not have yet (at most `limit`), one
+/// scenario at a time, and rewrites `file` (through `stamped`) after each,
+/// so that a session that ends keeps every cell it finished. Each row
+/// carries the scenario report's stamp as `ran`.
+fn run_missing(
+    what: &str,
+    cells: &[Cell],
+    policies: &[&str],
+    runs: u64,
+    limit: Option<usize>,
+    file: &Path,
+    stamped: impl Fn(Value) -> Value,
+) -> anyhow::Result<()> {
+    let mut rows: Vec<Value> = if file.exists() {
+        read_json(file, "a result file")?["data"]["rows"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let missing = missing_cells(cells, policies, &rows, runs);
+    let todo = &missing[..limit.unwrap_or(missing.len()).min(missing.len())];
+    util::step(&format!(
+        "{what}, {runs} runs each: {} of {} scenarios still to run, running {} now",
+        missing.len(),
+        cells.len(),
+        todo.len()
+    ));
+    let order = |r: &Value| {
+        let c = cells.iter().position(|c| r["scenario"] == c.stem.as_str());
+        let p = policies.iter().position(|p| r["policy"] == *p);
+        (c, p)
+    };
+    for (i, cell) in todo.iter().enumerate() {
+        let stem = cell.stem.as_str();
+        util::step(&format!("scenario {} of {}: {stem}", i + 1, todo.len()));
+        let out = testbed_runs(
+            &format!("{}/{stem}", file_stem(file)),
+            &[stem],
+            policies,
+            runs,
+        )?;
+        let report = read_json(&out.join(format!("{stem}.json")), "a scenario report")?;
+        let mut new = policy_rows(stem, &report, policies, &[]);
+        for r in &mut new {
+            for (key, value) in &cell.labels {
+                r[*key] = value.clone();
+            }
+            r["ran"] = report["stamp"].clone();
         }
+        rows.retain(|r| r["scenario"] != stem);
+        rows.extend(new);
+        rows.sort_by_key(order);
+        write_json(file, &stamped(json!({ "rows": rows })))?;
     }
-    Ok(json!({ "rows": rows }))
+    if !file.exists() {
+        write_json(file, &stamped(json!({ "rows": rows })))?;
+    }
+    Ok(())
+}
+
+/// `docs/reproduction/seed-004.json` -> `seed-004`.
+fn file_stem(file: &Path) -> String {
+    file.file_stem()
+        .map_or("seed".into(), |s| s.to_string_lossy().into_owned())
 }
 
 /// One row per policy of a scenario report, with `labels` (e.g. the
@@ -389,83 +488,33 @@ fn seed_004_workloads() -> Vec<(u32, u32, String)> {
         .collect()
 }
 
-/// The workloads `rows` lack a row of `runs` repetitions for, for some
-/// policy.
-fn seed_004_missing<'w>(
-    workloads: &'w [(u32, u32, String)],
-    rows: &[Value],
-    runs: u64,
-) -> Vec<&'w (u32, u32, String)> {
-    let has = |stem: &str| {
-        SEED_004_POLICIES.iter().all(|p| {
-            rows.iter().any(|r| {
-                r["scenario"] == stem && r["policy"] == *p && r["runs"].as_u64() >= Some(runs)
-            })
+/// Seed 004's workloads as [`Cell`]s.
+fn seed_004_cells() -> Vec<Cell> {
+    seed_004_workloads()
+        .into_iter()
+        .map(|(wss, rate, stem)| Cell {
+            stem,
+            labels: vec![("wss_mb", json!(wss)), ("dirty_mb_s", json!(rate))],
         })
-    };
-    workloads.iter().filter(|w| !has(&w.2)).collect()
+        .collect()
 }
 
-/// Runs the workloads `file` does not have yet (at most `limit`), one
-/// scenario at a time, and rewrites `file` (through `stamped`) after each,
-/// so that a session that ends keeps every workload it finished.
+/// Runs the workloads `file` does not have yet (at most `limit`).
 fn seed_004(
     runs: u64,
     limit: Option<usize>,
     file: &Path,
     stamped: impl Fn(Value) -> Value,
 ) -> anyhow::Result<()> {
-    let workloads = seed_004_workloads();
-    let mut rows: Vec<Value> = if file.exists() {
-        read_json(file, "a result file")?["data"]["rows"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    let missing = seed_004_missing(&workloads, &rows, runs);
-    let todo = &missing[..limit.unwrap_or(missing.len()).min(missing.len())];
-    util::step(&format!(
-        "seed 004: AdaMig, default and the peers on {} workloads, {runs} runs each: {} still \
-         to run, running {} now (about 15 minutes each)",
-        workloads.len(),
-        missing.len(),
-        todo.len()
-    ));
-    let order = |r: &Value| {
-        let w = workloads.iter().position(|w| r["scenario"] == w.2.as_str());
-        let p = SEED_004_POLICIES.iter().position(|p| r["policy"] == *p);
-        (w, p)
-    };
-    for (i, (wss, rate, stem)) in todo.iter().copied().enumerate() {
-        util::step(&format!(
-            "seed 004: workload {} of {}: {stem}",
-            i + 1,
-            todo.len()
-        ));
-        let out = testbed_runs(
-            &format!("seed-004/{stem}"),
-            &[stem.as_str()],
-            &SEED_004_POLICIES,
-            runs,
-        )?;
-        let report = read_json(&out.join(format!("{stem}.json")), "a scenario report")?;
-        let mut new = policy_rows(stem, &report, &SEED_004_POLICIES, &[]);
-        for r in &mut new {
-            r["wss_mb"] = json!(wss);
-            r["dirty_mb_s"] = json!(rate);
-            r["ran"] = report["stamp"].clone();
-        }
-        rows.retain(|r| r["scenario"] != stem.as_str());
-        rows.extend(new);
-        rows.sort_by_key(order);
-        write_json(file, &stamped(json!({ "rows": rows })))?;
-    }
-    if !file.exists() {
-        write_json(file, &stamped(json!({ "rows": rows })))?;
-    }
-    Ok(())
+    run_missing(
+        "seed 004: AdaMig, default and the peers (about 15 minutes a workload)",
+        &seed_004_cells(),
+        &SEED_004_POLICIES,
+        runs,
+        limit,
+        file,
+        stamped,
+    )
 }
 
 /// VMM-CFG, the paper's §4.1 data centre: overloaded hosts and the load
@@ -653,10 +702,12 @@ fn section_000(v: Option<Value>) -> String {
          the cell says how many converged.\n\n",
     );
     let Some(v) = v else {
-        s += "**Not run yet:** `sudo cargo xtask bench reproduce --seed 000`.\n\n";
+        s += "**Not run yet:** `sudo cargo xtask bench reproduce --seed 000` (2 to 12 minutes \
+              per cell; `--workloads N` runs N cells at a time).\n\n";
         return s;
     };
     s += &stamp(&v);
+    s += &format!(" The testbed's binaries at {}.", ran_commits(&v));
     s += "\n\n| link | VM | default: converged, time s | NRAC: converged, time s | NRAC / default time | the paper |\n|---|---|---|---|---|---|\n";
     let rows = v["data"]["rows"].as_array().cloned().unwrap_or_default();
     let f1 = |x: f64| format!("{x:.1}");
@@ -717,6 +768,17 @@ fn section_000(v: Option<Value>) -> String {
             );
         }
     }
+    let all = SEED_000_LINKS.len() * SEED_000_WORKLOADS.len();
+    if cells < all {
+        s += &format!(
+            "\n**Not complete:** {} of {all} cells run, {} still to run (`sudo cargo xtask \
+             bench reproduce --seed 000` runs the missing ones); so far the paper's statement \
+             holds in {agree} of {cells}. The verdict waits for every cell.\n\n",
+            cells,
+            all - cells
+        );
+        return s;
+    }
     let verdict = if cells > 0 && agree == cells {
         "**reproduced**"
     } else if agree * 2 >= cells && cells > 0 {
@@ -734,6 +796,25 @@ fn section_000(v: Option<Value>) -> String {
         }
     );
     s
+}
+
+/// The commits the rows of a resumable seed's file ran at (`ran`), e.g.
+/// "`0123456789ab`, `fedcba987654`".
+fn ran_commits(v: &Value) -> String {
+    let mut commits: Vec<String> = v["data"]["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["ran"]["commit"].as_str())
+        .map(|c| format!("`{}`", &c[..c.len().min(12)]))
+        .collect();
+    commits.sort();
+    commits.dedup();
+    if commits.is_empty() {
+        "?".to_owned()
+    } else {
+        commits.join(", ")
+    }
 }
 
 fn section_004(v: Option<Value>) -> String {
@@ -778,22 +859,11 @@ fn section_004(v: Option<Value>) -> String {
         .iter()
         .filter(|w| SEED_004_POLICIES.iter().all(|p| row(&w.2, p).is_some()))
         .collect();
-    let mut commits: Vec<String> = rows
-        .iter()
-        .filter_map(|r| r["ran"]["commit"].as_str())
-        .map(|c| format!("`{}`", &c[..c.len().min(12)]))
-        .collect();
-    commits.sort();
-    commits.dedup();
     s += &format!(
         " {} of {} workloads run (the testbed's binaries at {}).\n\n",
         run.len(),
         workloads.len(),
-        if commits.is_empty() {
-            "?".to_owned()
-        } else {
-            commits.join(", ")
-        }
+        ran_commits(&v)
     );
     s += "Each cell: runs converged, and the median (min–max) time of those that did.\n\n\
           | working set MiB | dirty MiB/s (x link) |";
@@ -1281,9 +1351,15 @@ mod tests {
         assert!(s.contains("10 workloads still to run"), "{s}");
         assert!(!s.contains("reproduced"), "{s}");
         let rows = v["data"]["rows"].as_array().cloned().unwrap_or_default();
-        let workloads = seed_004_workloads();
-        assert_eq!(seed_004_missing(&workloads, &rows, 3).len(), 10);
-        assert_eq!(seed_004_missing(&workloads, &rows, 4).len(), 15);
+        let cells = seed_004_cells();
+        assert_eq!(
+            missing_cells(&cells, &SEED_004_POLICIES, &rows, 3).len(),
+            10
+        );
+        assert_eq!(
+            missing_cells(&cells, &SEED_004_POLICIES, &rows, 4).len(),
+            15
+        );
         // All fifteen: default 4 of 15 (26.7%), AdaMig 14 of 15 (93.3%),
         // half default's time where both converge: the paper's claims.
         let s = section_004(Some(seed_004_file(15, 4)));
@@ -1337,6 +1413,16 @@ mod tests {
         assert!(s.contains("holds in 6 of 12 cells"), "{s}");
         assert!(s.contains("unlimited idle"), "{s}");
         assert!(section_000(None).contains("Not run yet"));
+        // Five cells so far: what ran, no verdict, and what is missing.
+        let mut part = file(0.8);
+        let rows = part["data"]["rows"].as_array_mut().expect("rows");
+        rows.truncate(2 * 5);
+        let s = section_000(Some(part.clone()));
+        assert!(s.contains("5 of 12 cells run, 7 still to run"), "{s}");
+        assert!(!s.contains("reproduced"), "{s}");
+        let rows = part["data"]["rows"].as_array().cloned().unwrap_or_default();
+        let cells = seed_000_cells();
+        assert_eq!(missing_cells(&cells, &SEED_000_POLICIES, &rows, 1).len(), 7);
     }
 
     #[test]
