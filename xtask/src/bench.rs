@@ -46,7 +46,7 @@ const BENCHES: &[(&str, &str)] = &[
     ),
     (
         "report",
-        "rebuilds docs/bench/README.md, the index of the per-scenario migration reports",
+        "rebuilds docs/bench/README.md, the index of the per-scenario migration reports, README's results table and docs/reproduction.md",
     ),
     (
         "plan",

@@ -55,12 +55,16 @@ pub fn demo() -> anyhow::Result<()> {
     ])
 }
 
-/// `cargo xtask bench report`: rebuilds docs/bench/README.md from the
-/// per-scenario JSON reports.
+/// `cargo xtask bench report`: rebuilds docs/bench/README.md, each
+/// scenario's page and README's results table from the per-scenario JSON
+/// reports, then docs/reproduction.md, which cites some of them.
 pub fn report(rest: &[String]) -> anyhow::Result<()> {
     let mut args = vec!["report".to_owned()];
     args.extend(rest.iter().cloned());
-    testbed(&args)
+    testbed(&args)?;
+    // Seed 000's section cites the concurrent scenarios' reports.
+    println!("wrote {}", crate::reproduce::write_report()?.display());
+    Ok(())
 }
 
 /// `cargo xtask bench migration [--scenario FILE ...] [--policy P ...]

@@ -170,10 +170,7 @@ pub fn run(rest: &[String]) -> anyhow::Result<()> {
             write_json(&file, &stamped(data))?;
         }
     }
-    let report = util::workspace_root().join("docs/reproduction.md");
-    let text = render(&results_dir())?;
-    std::fs::write(&report, &text).with_context(|| format!("writing {}", report.display()))?;
-    println!("wrote {}", report.display());
+    println!("wrote {}", write_report()?.display());
     let present: Vec<String> = ["000", "001", "002", "003", "004"]
         .iter()
         .filter(|s| results_dir().join(format!("seed-{s}.json")).exists())
@@ -664,6 +661,15 @@ fn stamp(v: &Value) -> String {
     )
 }
 
+/// Rebuilds `docs/reproduction.md` from the result files (and the
+/// migration benchmark's concurrent reports, which seed 000 cites).
+pub fn write_report() -> anyhow::Result<PathBuf> {
+    let report = util::workspace_root().join("docs/reproduction.md");
+    let text = render(&results_dir())?;
+    std::fs::write(&report, &text).with_context(|| format!("writing {}", report.display()))?;
+    Ok(report)
+}
+
 /// The report, from the result files in `dir`.
 pub fn render(dir: &Path) -> anyhow::Result<String> {
     let mut out = String::from(
@@ -673,7 +679,7 @@ pub fn render(dir: &Path) -> anyhow::Result<String> {
          it ran with); the papers' figures are quoted from their text. Medians, (min–max) \
          over the repetitions.\n\n",
     );
-    out += &section_000(read_seed(dir, "000")?);
+    out += &section_000(read_seed(dir, "000")?, &concurrent_reports()?);
     out += &section_001(read_seed(dir, "001")?);
     out += &section_002(read_seed(dir, "002")?);
     out += &section_003(read_seed(dir, "003")?);
@@ -681,7 +687,80 @@ pub fn render(dir: &Path) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn section_000(v: Option<Value>) -> String {
+/// The migration benchmark's reports with several VMs migrated at once
+/// (`docs/bench/`), which seed 000's section reads for NRAC and default on
+/// concurrent migrations: (report stem, report).
+const SEED_000_CONCURRENT: [&str; 2] = ["concurrent-30mbit", "concurrent4-30mbit"];
+
+fn concurrent_reports() -> anyhow::Result<Vec<(String, Value)>> {
+    let dir = util::workspace_root().join("docs/bench");
+    let mut out = Vec::new();
+    for stem in SEED_000_CONCURRENT {
+        let file = dir.join(format!("{stem}.json"));
+        if file.exists() {
+            out.push((stem.to_owned(), read_json(&file, "a scenario report")?));
+        }
+    }
+    Ok(out)
+}
+
+/// Seed 000's policies on one concurrent report: per policy, the runs in
+/// which every VM converged, the VMs that converged over all runs, and the
+/// makespan of every run (a run cut at the timeout counts at it).
+fn concurrent_rows(stem: &str, report: &Value) -> String {
+    let results = report["results"].as_array().cloned().unwrap_or_default();
+    let mut s = String::new();
+    for policy in SEED_000_POLICIES {
+        let mine: Vec<&Value> = results.iter().filter(|r| r["policy"] == policy).collect();
+        let mut reps: Vec<u64> = mine
+            .iter()
+            .filter_map(|r| r["repetition"].as_u64())
+            .collect();
+        reps.sort_unstable();
+        reps.dedup();
+        if reps.is_empty() {
+            continue;
+        }
+        let of = |rep: u64| {
+            mine.iter()
+                .filter(move |r| r["repetition"].as_u64() == Some(rep))
+        };
+        let all_done = reps
+            .iter()
+            .filter(|&&rep| of(rep).all(|r| r["converged"].as_bool() == Some(true)))
+            .count();
+        let vms_done = mine
+            .iter()
+            .filter(|r| r["converged"].as_bool() == Some(true))
+            .count();
+        let makespans: Vec<f64> = reps
+            .iter()
+            .filter_map(|&rep| {
+                of(rep)
+                    .filter_map(|r| r["makespan_s"].as_f64())
+                    .reduce(f64::max)
+            })
+            .collect();
+        let commit = report["policy_stamps"][policy]["commit"]
+            .as_str()
+            .or(report["stamp"]["commit"].as_str())
+            .unwrap_or("?");
+        s += &format!(
+            "| [{}](bench/{stem}.md) | {} | {}/{} | {}/{} | {} | `{}` |\n",
+            report["scenario"].as_str().unwrap_or(stem),
+            if policy == "nrac" { "NRAC" } else { policy },
+            all_done,
+            reps.len(),
+            vms_done,
+            mine.len(),
+            fmt_spread(&spread(&makespans), |x| format!("{x:.1}")),
+            &commit[..commit.len().min(12)],
+        );
+    }
+    s
+}
+
+fn section_000(v: Option<Value>, concurrent: &[(String, Value)]) -> String {
     let mut s = String::from(
         "## 000 NRAC: network-aware bandwidth allocation\n\n\
          **Paper (§2, §6, Figs. 6–8):** KVM, 4 GiB 4-core VMs on shared storage: idle, \
@@ -697,10 +776,24 @@ fn section_000(v: Option<Value>) -> String {
          32 MiB written at random at 2 MiB/s; network VM: 16 MiB at 0.5 MiB/s and a 15 \
          Mbit/s TCP stream; idle and CPU VMs as named. NRAC is `nrac` (no escalation), \
          the agent's per-iteration allocation of §5. One VM at a time, as the paper \
-         migrates them; concurrent migrations are not part of this run. A run that does \
+         migrates them (several at once: below, from the migration benchmark). A run that does \
          not converge stops at the scenario's 150 s timeout; its time counts as 150 s and \
          the cell says how many converged.\n\n",
     );
+    if !concurrent.is_empty() {
+        s += "**Concurrent migrations** (the paper migrates one VM at a time and makes no \
+              claim on several at once): NRAC and default in the migration benchmark's \
+              scenarios with several VMs migrated together (`docs/bench/`, 2-vCPU guests, \
+              each with its own timeout). Runs in which every VM converged, VMs converged \
+              over all runs, and the makespan of every run (a run cut at its timeout \
+              counts at it).\n\n\
+              | scenario | policy | runs, all converged | VMs converged | makespan s | ran at |\n\
+              |---|---|---|---|---|---|\n";
+        for (stem, report) in concurrent {
+            s += &concurrent_rows(stem, report);
+        }
+        s += "\n";
+    }
     let Some(v) = v else {
         s += "**Not run yet:** `sudo cargo xtask bench reproduce --seed 000` (2 to 12 minutes \
               per cell; `--workloads N` runs N cells at a time).\n\n";
@@ -1399,7 +1492,7 @@ mod tests {
                    "data": {"rows": rows}})
         };
         // As fast everywhere: the unlimited cells and 50 Mbit idle/cpu agree.
-        let s = section_000(Some(file(1.0)));
+        let s = section_000(Some(file(1.0)), &[]);
         assert!(s.contains("holds in 6 of 12 cells"), "{s}");
         assert!(s.contains("**partly reproduced**"), "{s}");
         assert!(
@@ -1409,20 +1502,68 @@ mod tests {
             "{s}"
         );
         // 20% faster everywhere: the unlimited and 50 Mbit idle/cpu cells differ.
-        let s = section_000(Some(file(0.8)));
+        let s = section_000(Some(file(0.8)), &[]);
         assert!(s.contains("holds in 6 of 12 cells"), "{s}");
         assert!(s.contains("unlimited idle"), "{s}");
-        assert!(section_000(None).contains("Not run yet"));
+        assert!(section_000(None, &[]).contains("Not run yet"));
         // Five cells so far: what ran, no verdict, and what is missing.
         let mut part = file(0.8);
         let rows = part["data"]["rows"].as_array_mut().expect("rows");
         rows.truncate(2 * 5);
-        let s = section_000(Some(part.clone()));
+        let s = section_000(Some(part.clone()), &[]);
         assert!(s.contains("5 of 12 cells run, 7 still to run"), "{s}");
         assert!(!s.contains("reproduced"), "{s}");
         let rows = part["data"]["rows"].as_array().cloned().unwrap_or_default();
         let cells = seed_000_cells();
         assert_eq!(missing_cells(&cells, &SEED_000_POLICIES, &rows, 1).len(), 7);
+    }
+
+    #[test]
+    fn concurrent_runs_count_when_every_vm_converged_and_their_makespan() {
+        let r = |policy: &str, rep: u64, vm: &str, ok: bool, makespan: f64| {
+            json!({"policy": policy, "repetition": rep, "vm": vm, "converged": ok,
+                   "makespan_s": makespan})
+        };
+        let report = json!({
+        "scenario": "two VMs", "stamp": {"commit": "0123456789abcdef0"},
+        "policy_stamps": {"nrac": {"commit": "fedcba9876543210f"}},
+        "results": [
+            r("default", 1, "vm0", false, 240.0), r("default", 1, "vm1", false, 240.0),
+            r("default", 2, "vm0", true, 230.0), r("default", 2, "vm1", false, 240.0),
+            r("nrac", 1, "vm0", true, 100.0), r("nrac", 1, "vm1", true, 120.0),
+            r("nrac", 2, "vm0", true, 90.0), r("nrac", 2, "vm1", false, 240.0),
+            r("nrac+escalate", 1, "vm0", true, 50.0),
+        ]});
+        let s = concurrent_rows("concurrent-30mbit", &report);
+        assert!(
+            s.contains("| [two VMs](bench/concurrent-30mbit.md) | default | 0/2 | 1/4 | 240.0 | `0123456789ab` |"),
+            "{s}"
+        );
+        // Runs' makespans are their slowest VM's: 120 and 240.
+        assert!(
+            s.contains("| NRAC | 1/2 | 3/4 | 180.0 (120.0–240.0) | `fedcba987654` |"),
+            "{s}"
+        );
+        assert!(!s.contains("escalate"), "{s}");
+        let page = section_000(None, &[("concurrent-30mbit".into(), report)]);
+        assert!(page.contains("**Concurrent migrations**"), "{page}");
+    }
+
+    /// What is committed is what the committed result files render to:
+    /// no figure of docs/reproduction.md is typed in or left stale
+    /// (`cargo xtask bench report` or `... reproduce --render-only`
+    /// rebuild it).
+    #[test]
+    fn the_committed_report_is_rendered_from_the_committed_files() {
+        let committed =
+            std::fs::read_to_string(util::workspace_root().join("docs/reproduction.md"))
+                .expect("docs/reproduction.md");
+        let rendered = render(&results_dir()).expect("renders");
+        assert!(
+            committed == rendered,
+            "docs/reproduction.md is out of step with docs/reproduction/ and docs/bench/: \
+             run `cargo xtask bench reproduce -- --render-only`"
+        );
     }
 
     #[test]
