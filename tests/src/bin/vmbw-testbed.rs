@@ -274,16 +274,29 @@ fn index(dir: &Path, scenario_dir: &Path) -> anyhow::Result<()> {
     // The project README's results table, when run from the checkout.
     let readme = Path::new("README.md");
     if let Ok(text) = std::fs::read_to_string(readme) {
-        match report::with_readme_table(&text, &report::readme_table(&reports)) {
-            Some(new) if new != text => {
-                std::fs::write(readme, new).context("writing README.md")?;
-                println!("updated README.md's results table");
-            }
-            Some(_) => {}
-            None => eprintln!(
-                "README.md has no results markers ({}); its table was not updated",
-                report::README_BEGIN
+        let mut new = text.clone();
+        for (what, begin, end, block) in [
+            (
+                "results table",
+                report::README_BEGIN,
+                report::README_END,
+                report::readme_table(&reports),
             ),
+            (
+                "scorecard",
+                report::SCORECARD_BEGIN,
+                report::SCORECARD_END,
+                report::scorecard(&reports),
+            ),
+        ] {
+            match report::with_block(&new, begin, end, &block) {
+                Some(t) => new = t,
+                None => eprintln!("README.md has no {what} markers ({begin}); it was not updated"),
+            }
+        }
+        if new != text {
+            std::fs::write(readme, new).context("writing README.md")?;
+            println!("updated README.md's results table and scorecard");
         }
     }
     println!(
