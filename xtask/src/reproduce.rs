@@ -154,12 +154,8 @@ pub fn run(rest: &[String]) -> anyhow::Result<()> {
             };
             let data = match seed.as_str() {
                 // Written after each scenario, so that what ran is kept.
-                "000" => {
-                    seed_000(o.runs, o.workloads, &file, stamped)?;
-                    continue;
-                }
-                "004" => {
-                    seed_004(o.runs, o.workloads, &file, stamped)?;
+                s if let Some((what, cells, policies)) = resumable(s) => {
+                    run_missing(what, &cells, policies, o.runs, o.workloads, &file, stamped)?;
                     continue;
                 }
                 "001" => seed_001(o.runs)?,
@@ -261,28 +257,6 @@ fn seed_000_cells() -> Vec<Cell> {
             })
         })
         .collect()
-}
-
-/// NRAC against stock pre-copy on the twelve cells, `runs` repetitions
-/// each: how many converged, and the total time of every run (a run that
-/// did not converge counts at its timeout, and is marked so). Resumable
-/// like seed 004: each cell is written as it completes.
-fn seed_000(
-    runs: u64,
-    limit: Option<usize>,
-    file: &Path,
-    stamped: impl Fn(Value) -> Value,
-) -> anyhow::Result<()> {
-    run_missing(
-        "seed 000: NRAC and default on idle, cpu, mem and net VMs at unlimited, 50 and 30 Mbit/s \
-         (up to 12 minutes a cell)",
-        &seed_000_cells(),
-        &SEED_000_POLICIES,
-        runs,
-        limit,
-        file,
-        stamped,
-    )
 }
 
 /// One scenario of a seed's population, and the fields its rows carry
@@ -496,22 +470,28 @@ fn seed_004_cells() -> Vec<Cell> {
         .collect()
 }
 
-/// Runs the workloads `file` does not have yet (at most `limit`).
-fn seed_004(
-    runs: u64,
-    limit: Option<usize>,
-    file: &Path,
-    stamped: impl Fn(Value) -> Value,
-) -> anyhow::Result<()> {
-    run_missing(
-        "seed 004: AdaMig, default and the peers (about 15 minutes a workload)",
-        &seed_004_cells(),
-        &SEED_004_POLICIES,
-        runs,
-        limit,
-        file,
-        stamped,
-    )
+/// The seeds whose runs fill their file a scenario at a time: what the
+/// step says, the scenarios, and the policies run on each.
+///
+/// - 000: NRAC against stock pre-copy on the twelve cells: how many
+///   converged, and the total time of every run (a run that did not
+///   converge counts at its timeout, and is marked so).
+/// - 004: AdaMig, stock QEMU and the peers on the fifteen workloads.
+fn resumable(seed: &str) -> Option<(&'static str, Vec<Cell>, &'static [&'static str])> {
+    match seed {
+        "000" => Some((
+            "seed 000: NRAC and default on idle, cpu, mem and net VMs at unlimited, 50 and \
+             30 Mbit/s (up to 12 minutes a cell)",
+            seed_000_cells(),
+            &SEED_000_POLICIES,
+        )),
+        "004" => Some((
+            "seed 004: AdaMig, default and the peers (about 15 minutes a workload)",
+            seed_004_cells(),
+            &SEED_004_POLICIES,
+        )),
+        _ => None,
+    }
 }
 
 /// VMM-CFG, the paper's §4.1 data centre: overloaded hosts and the load
