@@ -1017,12 +1017,6 @@ fn vcpus(n: u32) -> String {
     format!("{n} vCPU{}", if n == 1 { "" } else { "s" })
 }
 
-/// `readme` with the block between [`README_BEGIN`] and [`README_END`]
-/// replaced by `table`; None when the markers are missing.
-pub fn with_readme_table(readme: &str, table: &str) -> Option<String> {
-    with_block(readme, README_BEGIN, README_END, table)
-}
-
 /// `text` with what lies between the markers `begin` and `end` replaced by
 /// `block`; None when a marker is missing.
 pub fn with_block(text: &str, begin: &str, end: &str, block: &str) -> Option<String> {
@@ -1066,9 +1060,10 @@ fn timed_by(rep: &ScenarioReport, policy: &str) -> &'static str {
 
 /// vmbw's default policy against what an operator already has, one row per
 /// report that ran it: its runs converged, time and × the floor, SLA p5,
-/// QEMU's downtime and the guest's pause, and the fastest peer policy (stock QEMU or a platform's option)
-/// that converged in every run and, where there is an application, kept
-/// the promise (median SLA p5 >= [`SLA_KEPT`]), with vmbw's time over it.
+/// QEMU's downtime and the guest's pause, and the fastest peer policy
+/// (stock QEMU or a platform's option) that converged in every run and,
+/// where there is an application, kept the promise (median SLA p5 >=
+/// [`SLA_KEPT`]), with vmbw's time over it.
 pub fn scorecard(reports: &[ScenarioReport]) -> String {
     let mut out = format!(
         "| scenario | `{VMBW_POLICY}` converged | time s | × floor | SLA p5 | downtime ms | paused ms | \
@@ -1229,7 +1224,7 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let reports = load_all(&root.join("docs/bench")).expect("the committed reports");
         let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
-        let want = with_readme_table(&readme, &readme_table(&reports))
+        let want = with_block(&readme, README_BEGIN, README_END, &readme_table(&reports))
             .and_then(|r| with_block(&r, SCORECARD_BEGIN, SCORECARD_END, &scorecard(&reports)))
             .expect("README has the results and scorecard markers");
         assert!(
