@@ -1175,6 +1175,14 @@ pub fn index(reports: &[ScenarioReport], scenarios: &[(PathBuf, Scenario)]) -> S
         out.push_str("\n## Not run yet\n\n");
         out.push_str(&missing.join("\n"));
         out.push('\n');
+        let reproduced = |n: &str| n.starts_with("seed000-") || n.starts_with("seed004-");
+        if scenarios.iter().any(|(_, sc)| reproduced(&sc.name)) {
+            out.push_str(
+                "\nThe `seed000-*` and `seed004-*` scenarios are two seed papers' setups: \
+                 `sudo cargo xtask bench reproduce --seed 000|004 [--workloads N]` runs the \
+                 missing ones a few at a time and publishes each report here as it finishes.\n",
+            );
+        }
     }
     out
 }
