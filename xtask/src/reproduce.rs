@@ -20,8 +20,10 @@
 //! Options (after `--`): `--seed NNN` (repeatable; default 002 and 003),
 //! `--runs N` (repetitions per cell, default 3, at least 3),
 //! `--workloads N` (seeds 000 and 004: run at most N of the scenarios
-//! still missing, then stop), `--render-only` (rebuild the report from the
-//! files, run nothing).
+//! still missing, then stop), `--since COMMIT` (seeds 000 and 004: a
+//! scenario whose rows ran at a commit that does not contain COMMIT counts
+//! as missing, so that results of older code are run again),
+//! `--render-only` (rebuild the report from the files, run nothing).
 
 use std::{
     path::{Path, PathBuf},
@@ -47,6 +49,9 @@ struct Options {
     /// Seeds 000 and 004: at most this many missing scenarios per
     /// invocation.
     workloads: Option<usize>,
+    /// Seeds 000 and 004: rows run at a commit without this one in its
+    /// history count as missing.
+    since: Option<String>,
     render_only: bool,
 }
 
@@ -55,6 +60,7 @@ fn parse(rest: &[String]) -> anyhow::Result<Options> {
         seeds: Vec::new(),
         runs: 3,
         workloads: None,
+        since: None,
         render_only: false,
     };
     let mut it = rest.iter();
@@ -93,9 +99,26 @@ fn parse(rest: &[String]) -> anyhow::Result<Options> {
                 anyhow::ensure!(n >= 1, "--workloads must be at least 1");
                 o.workloads = Some(n);
             }
+            "--since" => {
+                let v = value()?;
+                let full = trimmed(Command::new("git").args([
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    &format!("{v}^{{commit}}"),
+                ]));
+                anyhow::ensure!(
+                    !full.is_empty(),
+                    "--since {v}: not a commit of this repository"
+                );
+                o.since = Some(full);
+            }
             "--render-only" => o.render_only = true,
             other => {
-                bail!("unknown option {other} (known: --seed, --runs, --workloads, --render-only)")
+                bail!(
+                    "unknown option {other} (known: --seed, --runs, --workloads, --since, \
+                     --render-only)"
+                )
             }
         }
     }
@@ -155,7 +178,12 @@ pub fn run(rest: &[String]) -> anyhow::Result<()> {
             let data = match seed.as_str() {
                 // Written after each scenario, so that what ran is kept.
                 s if let Some((what, cells, policies)) = resumable(s) => {
-                    run_missing(what, &cells, policies, o.runs, o.workloads, &file, stamped)?;
+                    let todo = Todo {
+                        runs: o.runs,
+                        limit: o.workloads,
+                        since: o.since.as_deref(),
+                    };
+                    run_missing(what, &cells, policies, &todo, &file, stamped)?;
                     continue;
                 }
                 "001" => seed_001(o.runs)?,
@@ -272,21 +300,49 @@ struct Cell {
     labels: Vec<(&'static str, Value)>,
 }
 
-/// The cells `rows` lack a row of `runs` repetitions for, for some policy.
+/// What [`run_missing`] runs: `runs` repetitions per policy, at most
+/// `limit` scenarios, and again those whose rows ran before `since`.
+struct Todo<'a> {
+    runs: u64,
+    limit: Option<usize>,
+    since: Option<&'a str>,
+}
+
+/// The cells `rows` lack a row of `runs` repetitions for, for some policy,
+/// or (with `since`) have one run at a commit that `current` says is older.
 fn missing_cells<'c>(
     cells: &'c [Cell],
     policies: &[&str],
     rows: &[Value],
     runs: u64,
+    current: impl Fn(&Value) -> bool,
 ) -> Vec<&'c Cell> {
     let has = |stem: &str| {
         policies.iter().all(|p| {
             rows.iter().any(|r| {
-                r["scenario"] == stem && r["policy"] == *p && r["runs"].as_u64() >= Some(runs)
+                r["scenario"] == stem
+                    && r["policy"] == *p
+                    && r["runs"].as_u64() >= Some(runs)
+                    && current(r)
             })
         })
     };
     cells.iter().filter(|c| !has(&c.stem)).collect()
+}
+
+/// Whether a row ran at a commit that has `since` in its history (a row
+/// without its commit has not).
+fn ran_since(row: &Value, since: &str) -> bool {
+    let Some(commit) = row["ran"]["commit"].as_str() else {
+        return false;
+    };
+    let commit = commit.trim_end_matches("+dirty");
+    Command::new("git")
+        .args(["merge-base", "--is-ancestor", since, commit])
+        .current_dir(util::workspace_root())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Runs the cells `file` does not have yet (at most `limit`), one
@@ -297,11 +353,11 @@ fn run_missing(
     what: &str,
     cells: &[Cell],
     policies: &[&str],
-    runs: u64,
-    limit: Option<usize>,
+    todo: &Todo,
     file: &Path,
     stamped: impl Fn(Value) -> Value,
 ) -> anyhow::Result<()> {
+    let runs = todo.runs;
     let mut rows: Vec<Value> = if file.exists() {
         read_json(file, "a result file")?["data"]["rows"]
             .as_array()
@@ -310,7 +366,10 @@ fn run_missing(
     } else {
         Vec::new()
     };
-    let missing = missing_cells(cells, policies, &rows, runs);
+    let missing = missing_cells(cells, policies, &rows, runs, |r| {
+        todo.since.is_none_or(|since| ran_since(r, since))
+    });
+    let limit = todo.limit;
     let todo = &missing[..limit.unwrap_or(missing.len()).min(missing.len())];
     util::step(&format!(
         "{what}, {runs} runs each: {} of {} scenarios still to run, running {} now",
@@ -1487,13 +1546,20 @@ mod tests {
         assert!(!s.contains("reproduced"), "{s}");
         let rows = v["data"]["rows"].as_array().cloned().unwrap_or_default();
         let cells = seed_004_cells();
+        let all = |_: &Value| true;
         assert_eq!(
-            missing_cells(&cells, &SEED_004_POLICIES, &rows, 3).len(),
+            missing_cells(&cells, &SEED_004_POLICIES, &rows, 3, all).len(),
             10
         );
         assert_eq!(
-            missing_cells(&cells, &SEED_004_POLICIES, &rows, 4).len(),
+            missing_cells(&cells, &SEED_004_POLICIES, &rows, 4, all).len(),
             15
+        );
+        // With --since, a workload whose rows ran at older code is missing.
+        let first = |r: &Value| r["scenario"] != "seed004-w16-r2";
+        assert_eq!(
+            missing_cells(&cells, &SEED_004_POLICIES, &rows, 3, first).len(),
+            11
         );
         // All fifteen: default 4 of 15 (26.7%), AdaMig 14 of 15 (93.3%),
         // half default's time where both converge: the paper's claims.
@@ -1557,7 +1623,21 @@ mod tests {
         assert!(!s.contains("reproduced"), "{s}");
         let rows = part["data"]["rows"].as_array().cloned().unwrap_or_default();
         let cells = seed_000_cells();
-        assert_eq!(missing_cells(&cells, &SEED_000_POLICIES, &rows, 1).len(), 7);
+        assert_eq!(
+            missing_cells(&cells, &SEED_000_POLICIES, &rows, 1, |_| true).len(),
+            7
+        );
+    }
+
+    #[test]
+    fn since_counts_a_row_only_if_its_commit_contains_that_one() {
+        let head = trimmed(Command::new("git").args(["rev-parse", "HEAD"]));
+        let row = |commit: &str| json!({"ran": {"commit": commit}});
+        assert!(ran_since(&row(&head), &head));
+        assert!(ran_since(&row(&format!("{head}+dirty")), &head));
+        // Not a commit at all, and a row that does not say.
+        assert!(!ran_since(&row("0123456789abcdef"), &head));
+        assert!(!ran_since(&json!({}), &head));
     }
 
     #[test]
