@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// Where and on what a report was made.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stamp {
     pub commit: String,
     pub date: String,
@@ -132,7 +132,32 @@ impl ScenarioReport {
             }
         }
         self.policies = list;
+        self.retire_stamp();
         self
+    }
+
+    /// Once every policy with results has been re-run (`policy_stamps`),
+    /// the report's own stamp dates nothing in it any more: the earliest
+    /// re-run's takes its place, and the policies run then lose their
+    /// separate line.
+    fn retire_stamp(&mut self) {
+        let covered = self
+            .results
+            .iter()
+            .all(|r| self.policy_stamps.contains_key(&r.policy));
+        let Some(first) = self
+            .policy_stamps
+            .values()
+            .min_by(|a, b| a.date.cmp(&b.date))
+            .cloned()
+        else {
+            return;
+        };
+        if !covered || self.results.is_empty() {
+            return;
+        }
+        self.policy_stamps.retain(|_, st| *st != first);
+        self.stamp = first;
     }
 
     /// Reads the report of `stem` in `dir`, if there is one.
@@ -143,9 +168,16 @@ impl ScenarioReport {
         }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text)
-            .map(Some)
-            .with_context(|| format!("{}: not a scenario report", path.display()))
+        Self::parse(&text, &path).map(Some)
+    }
+
+    /// A report from its JSON `text` (read from `path`), its stamps tidied
+    /// ([`Self::retire_stamp`]).
+    fn parse(text: &str, path: &Path) -> anyhow::Result<ScenarioReport> {
+        let mut rep: ScenarioReport = serde_json::from_str(text)
+            .with_context(|| format!("{}: not a scenario report", path.display()))?;
+        rep.retire_stamp();
+        Ok(rep)
     }
 
     /// The report's file name without extension: the scenario file's stem
@@ -957,8 +989,7 @@ pub fn load_all(dir: &Path) -> anyhow::Result<Vec<ScenarioReport>> {
         .map(|f| {
             let text =
                 std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-            serde_json::from_str(&text)
-                .with_context(|| format!("{}: not a scenario report", f.display()))
+            ScenarioReport::parse(&text, f)
         })
         .collect()
 }
@@ -1291,7 +1322,9 @@ mod tests {
 
     #[test]
     fn merging_replaces_only_the_rerun_policy_and_keeps_both_stamps() {
-        let old = committed("onoff-30mbit-r10");
+        let mut old = committed("onoff-30mbit-r10");
+        // As if every policy ran at once (the committed one may be merged).
+        old.policy_stamps.clear();
         let others: Vec<String> = old
             .results
             .iter()
@@ -1339,5 +1372,36 @@ mod tests {
             page.contains("`nrac` re-run at commit `abcdef012345`"),
             "{page}"
         );
+        // Every other policy re-run later: the first stamp dates nothing.
+        let later = |commit: &str, date: &str| Stamp {
+            commit: commit.into(),
+            date: date.into(),
+            ..merged.stamp.clone()
+        };
+        let rest: Vec<String> = all.iter().filter(|p| *p != "nrac").cloned().collect();
+        let rerun = |ps: &[String]| -> Vec<RunResult> {
+            merged
+                .results
+                .iter()
+                .filter(|r| ps.contains(&r.policy))
+                .cloned()
+                .collect()
+        };
+        let stamp2 = later("fedcba987654", "2026-11-30T11:00:00Z");
+        let again = merged
+            .clone()
+            .merged(&all, &rest[..1], stamp2.clone(), rerun(&rest[..1]));
+        assert_eq!(
+            again.stamp.commit, first_stamp,
+            "not every policy re-run yet"
+        );
+        let done = merged
+            .clone()
+            .merged(&all, &rest, stamp2.clone(), rerun(&rest));
+        assert_eq!(done.results.len(), merged.results.len());
+        assert_eq!(done.stamp.commit, "abcdef012345");
+        assert_eq!(done.policy_stamps.len(), rest.len());
+        assert!(done.policy_stamps.values().all(|st| *st == stamp2));
+        assert!(!markdown(&done).contains(&first_stamp));
     }
 }
