@@ -141,23 +141,24 @@ impl ScenarioReport {
     /// re-run's takes its place, and the policies run then lose their
     /// separate line.
     fn retire_stamp(&mut self) {
-        let covered = self
-            .results
-            .iter()
-            .all(|r| self.policy_stamps.contains_key(&r.policy));
-        let Some(first) = self
+        let covered = !self.results.is_empty()
+            && self
+                .results
+                .iter()
+                .all(|r| self.policy_stamps.contains_key(&r.policy));
+        if !covered {
+            return;
+        }
+        // Some: every result's policy has a stamp, and there are results.
+        if let Some(first) = self
             .policy_stamps
             .values()
             .min_by(|a, b| a.date.cmp(&b.date))
             .cloned()
-        else {
-            return;
-        };
-        if !covered || self.results.is_empty() {
-            return;
+        {
+            self.policy_stamps.retain(|_, st| *st != first);
+            self.stamp = first;
         }
-        self.policy_stamps.retain(|_, st| *st != first);
-        self.stamp = first;
     }
 
     /// Reads the report of `stem` in `dir`, if there is one.

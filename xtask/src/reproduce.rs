@@ -26,6 +26,7 @@
 //! `--render-only` (rebuild the report from the files, run nothing).
 
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -330,19 +331,29 @@ fn missing_cells<'c>(
     cells.iter().filter(|c| !has(&c.stem)).collect()
 }
 
-/// Whether a row ran at a commit that has `since` in its history (a row
-/// without its commit has not).
-fn ran_since(row: &Value, since: &str) -> bool {
-    let Some(commit) = row["ran"]["commit"].as_str() else {
-        return false;
-    };
-    let commit = commit.trim_end_matches("+dirty");
-    Command::new("git")
-        .args(["merge-base", "--is-ancestor", since, commit])
-        .current_dir(util::workspace_root())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// The commits `rows` ran at (`ran.commit`, `+dirty` kept) that have
+/// `since` in their history: one `git merge-base` per distinct commit.
+fn commits_since(rows: &[Value], since: &str) -> BTreeSet<String> {
+    let ran: BTreeSet<&str> = rows
+        .iter()
+        .filter_map(|r| r["ran"]["commit"].as_str())
+        .collect();
+    ran.into_iter()
+        .filter(|commit| {
+            Command::new("git")
+                .args([
+                    "merge-base",
+                    "--is-ancestor",
+                    since,
+                    commit.trim_end_matches("+dirty"),
+                ])
+                .current_dir(util::workspace_root())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Runs the cells `file` does not have yet (at most `limit`), one
@@ -353,11 +364,11 @@ fn run_missing(
     what: &str,
     cells: &[Cell],
     policies: &[&str],
-    todo: &Todo,
+    plan: &Todo,
     file: &Path,
     stamped: impl Fn(Value) -> Value,
 ) -> anyhow::Result<()> {
-    let runs = todo.runs;
+    let runs = plan.runs;
     let mut rows: Vec<Value> = if file.exists() {
         read_json(file, "a result file")?["data"]["rows"]
             .as_array()
@@ -366,11 +377,15 @@ fn run_missing(
     } else {
         Vec::new()
     };
+    let current = plan.since.map(|since| commits_since(&rows, since));
     let missing = missing_cells(cells, policies, &rows, runs, |r| {
-        todo.since.is_none_or(|since| ran_since(r, since))
+        current.as_ref().is_none_or(|fresh| {
+            r["ran"]["commit"]
+                .as_str()
+                .is_some_and(|c| fresh.contains(c))
+        })
     });
-    let limit = todo.limit;
-    let todo = &missing[..limit.unwrap_or(missing.len()).min(missing.len())];
+    let todo = &missing[..plan.limit.unwrap_or(missing.len()).min(missing.len())];
     util::step(&format!(
         "{what}, {runs} runs each: {} of {} scenarios still to run, running {} now",
         missing.len(),
@@ -1632,12 +1647,18 @@ mod tests {
     #[test]
     fn since_counts_a_row_only_if_its_commit_contains_that_one() {
         let head = trimmed(Command::new("git").args(["rev-parse", "HEAD"]));
+        let dirty = format!("{head}+dirty");
         let row = |commit: &str| json!({"ran": {"commit": commit}});
-        assert!(ran_since(&row(&head), &head));
-        assert!(ran_since(&row(&format!("{head}+dirty")), &head));
-        // Not a commit at all, and a row that does not say.
-        assert!(!ran_since(&row("0123456789abcdef"), &head));
-        assert!(!ran_since(&json!({}), &head));
+        // Not a commit at all, and a row that does not say, are left out.
+        let rows = [
+            row(&head),
+            row(&dirty),
+            row("0123456789abcdef"),
+            json!({}),
+            row(&head),
+        ];
+        let want: BTreeSet<String> = [head.clone(), dirty].into_iter().collect();
+        assert_eq!(commits_since(&rows, &head), want);
     }
 
     #[test]
