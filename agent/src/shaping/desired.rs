@@ -207,6 +207,16 @@ impl DesiredTree {
         u32::try_from(bytes.clamp(16 * frame, 1000 * frame)).unwrap_or(u32::MAX)
     }
 
+    /// The byte limit of an application class's leaf: [`APP_QUEUE_TIME_MS`]
+    /// at the class's own rate, at least 16 frames, never more than
+    /// [`Self::queue_bytes`].
+    pub fn app_queue_bytes(&self, app: &ClassSpec, mtu: u32) -> u32 {
+        let frame = u64::from(frame_len(mtu));
+        let bytes = app.rate.bytes_per_sec() * APP_QUEUE_TIME_MS / 1000;
+        let most = u64::from(self.queue_bytes(mtu));
+        u32::try_from(bytes.max(16 * frame).min(most)).unwrap_or(u32::MAX)
+    }
+
     /// Every class of the tree with its parent and kernel parameters, root
     /// first, for a device with the given MTU.
     pub fn classes(&self, mtu: u32) -> Vec<DesiredClass> {
@@ -215,13 +225,13 @@ impl DesiredTree {
                 handle: handles::root_class(),
                 parent: handles::root_qdisc(),
                 params: class_params(&ClassSpec::fixed(self.link), mtu),
-                leaf: false,
+                leaf: None,
             },
             DesiredClass {
                 handle: handles::default_class(),
                 parent: handles::root_class(),
                 params: class_params(&self.default, mtu),
-                leaf: false,
+                leaf: None,
             },
         ];
         if let Some(urgent) = &self.urgent {
@@ -229,17 +239,22 @@ impl DesiredTree {
                 handle: handles::urgent_class(),
                 parent: handles::root_class(),
                 params: class_params(urgent, mtu),
-                leaf: true,
+                leaf: Some(self.queue_bytes(mtu)),
             });
         }
         for (slot, vm) in &self.vms {
             for class in TrafficClass::ALL {
                 if let Some(handle) = handles::class_handle(*slot, class) {
+                    let spec = vm.get(class);
+                    let queue = match class {
+                        TrafficClass::Migration => self.queue_bytes(mtu),
+                        TrafficClass::Application => self.app_queue_bytes(spec, mtu),
+                    };
                     out.push(DesiredClass {
                         handle,
                         parent: handles::root_class(),
-                        params: class_params(vm.get(class), mtu),
-                        leaf: true,
+                        params: class_params(spec, mtu),
+                        leaf: Some(queue),
                     });
                 }
             }
@@ -284,8 +299,9 @@ pub struct DesiredClass {
     pub handle: u32,
     pub parent: u32,
     pub params: HtbClassParams,
-    /// A VM class (steered into by the datapath; gets an fq leaf in EDT mode).
-    pub leaf: bool,
+    /// A class the datapath steers into has a leaf: a FIFO of this many
+    /// bytes, or fq in EDT mode.
+    pub leaf: Option<u32>,
 }
 
 /// A desired state the kernel cannot or should not be given.
@@ -320,6 +336,15 @@ pub const BURST_TIME_US: u64 = 2_000;
 /// to ride out TCP's bursts, far less than the second and more that a
 /// 1000-frame queue holds on a slow link.
 pub const QUEUE_TIME_MS: u64 = 50;
+/// How much queue an application class may hold, in time at its own
+/// guaranteed rate. A greedy sender keeps its class's FIFO full (cubic
+/// backs off to ~0.7 of it), and a lost segment holds every byte behind
+/// it at the receiver until the retransmission has waited through that
+/// queue: with 50 ms at a 30 Mbit/s link, 136 ms at a 10 Mbit/s class,
+/// one such wait per on-phase moved ~0.5 Mbit/s of an on/off
+/// application's goodput into the next second (SLA p5 0.94 at ba1762e).
+/// 30 ms still covers the guest's own stalls: its TSO packets are ~6 KB.
+pub const APP_QUEUE_TIME_MS: u64 = 30;
 /// HTB's largest quantum before it warns "quantum of class is big".
 pub const MAX_QUANTUM: u32 = 200_000;
 

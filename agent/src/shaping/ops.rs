@@ -141,17 +141,11 @@ pub struct Ops {
 
 /// The operations that turn `observed` into `desired`. With `fq`
 /// (EDT mode on a kernel that has fq) VM classes get fq leaves; without,
-/// byte-bounded FIFOs ([`DesiredTree::queue_bytes`]). Order: deletions,
+/// byte-bounded FIFOs ([`DesiredTree::queue_bytes`], shorter for
+/// applications: [`DesiredTree::app_queue_bytes`]). Order: deletions,
 /// in-place changes (root first), additions, then leaves.
 pub fn diff(observed: &ObservedTree, desired: &DesiredTree, mtu: u32, fq: bool) -> Ops {
     let wanted = desired.classes(mtu);
-    let leaf_kind = if fq {
-        LeafKind::Fq
-    } else {
-        LeafKind::Fifo {
-            limit_bytes: desired.queue_bytes(mtu),
-        }
-    };
     let wanted_handles: Vec<u32> = wanted.iter().map(|c| c.handle).collect();
     let mut out = Ops::default();
     let (mut deletes, mut changes, mut adds, mut leaves) = (vec![], vec![], vec![], vec![]);
@@ -182,9 +176,14 @@ pub fn diff(observed: &ObservedTree, desired: &DesiredTree, mtu: u32, fq: bool) 
             Some(have) if have.params != want.params => changes.push(Op::Change(*want)),
             Some(_) => {}
         }
-        if !want.leaf {
+        let Some(limit_bytes) = want.leaf else {
             continue;
-        }
+        };
+        let leaf_kind = if fq {
+            LeafKind::Fq
+        } else {
+            LeafKind::Fifo { limit_bytes }
+        };
         let leaf = observed
             .classes
             .get(&want.handle)
@@ -240,7 +239,7 @@ mod tests {
                     leaf: Some(Leaf {
                         kind: leaf_kind.into(),
                         handle: 0x8001_0000 + ((i as u32) << 16),
-                        limit_bytes: (leaf_kind == "bfifo").then(|| t.queue_bytes(1500)),
+                        limit_bytes: (leaf_kind == "bfifo").then_some(c.leaf).flatten(),
                     }),
                     bytes: 0,
                     packets: 0,
@@ -265,20 +264,22 @@ mod tests {
             handles,
             [0x7662_0001, 0x7662_0002, 0x7662_0011, 0x7662_0012]
         );
-        // 50 ms at 100 Mbit/s.
-        let kind = LeafKind::Fifo {
-            limit_bytes: 625_000,
-        };
+        // The migration's: 50 ms at the 100 Mbit/s link; the
+        // application's: 30 ms at its own 30 Mbit/s.
         assert_eq!(
             leaves,
             [
                 Op::Leaf {
                     class: 0x7662_0011,
-                    kind
+                    kind: LeafKind::Fifo {
+                        limit_bytes: 625_000
+                    },
                 },
                 Op::Leaf {
                     class: 0x7662_0012,
-                    kind
+                    kind: LeafKind::Fifo {
+                        limit_bytes: 112_500
+                    },
                 }
             ]
         );
@@ -293,6 +294,23 @@ mod tests {
     }
 
     #[test]
+    fn an_application_queue_is_30_ms_of_its_own_rate_within_16_frames_and_the_link_s() {
+        let link = Rate::mbit(30);
+        let tree = DesiredTree::new(link, ClassSpec::borrowing(Rate::mbit(1), link));
+        let app = |mbit| ClassSpec::borrowing(Rate::mbit(mbit), link);
+        // 10 Mbit/s: 37.5 KB, where the link's 50 ms would be 136 ms of it.
+        assert_eq!(tree.app_queue_bytes(&app(10), 1500), 37_500);
+        assert_eq!(tree.app_queue_bytes(&app(1), 1500), 16 * 1514);
+        assert_eq!(
+            tree.app_queue_bytes(&app(30), 1500),
+            112_500,
+            "30 ms of the whole link is below the link's 50 ms"
+        );
+        let tiny = DesiredTree::new(Rate::mbit(1), ClassSpec::borrowing(Rate::mbit(1), link));
+        assert_eq!(tiny.app_queue_bytes(&app(1), 1500), tiny.queue_bytes(1500));
+    }
+
+    #[test]
     fn htb_s_own_leaf_or_a_stale_limit_is_replaced() {
         let d = desired();
         let p = diff(&observed_from(&d, "pfifo"), &d, 1500, false);
@@ -304,7 +322,7 @@ mod tests {
         let p = diff(&observed_from(&d, "bfifo"), &slower, 1500, false);
         assert!(
             p.ops.contains(&Op::Leaf {
-                class: 0x7662_0012,
+                class: 0x7662_0011,
                 kind: LeafKind::Fifo {
                     limit_bytes: 312_500
                 }
@@ -419,9 +437,20 @@ mod tests {
         let back = diff(&with_fq, &d, 1500, false);
         assert_eq!(
             back.ops,
-            leaves(LeafKind::Fifo {
-                limit_bytes: d.queue_bytes(1500)
-            })
+            [
+                Op::Leaf {
+                    class: 0x7662_0011,
+                    kind: LeafKind::Fifo {
+                        limit_bytes: d.queue_bytes(1500)
+                    },
+                },
+                Op::Leaf {
+                    class: 0x7662_0012,
+                    kind: LeafKind::Fifo {
+                        limit_bytes: 112_500
+                    },
+                },
+            ]
         );
     }
 
@@ -458,7 +487,7 @@ mod tests {
                 handle: 0x8001_0000 + ((i as u32) << 16),
                 parent: c.handle,
                 kind: "bfifo".into(),
-                options: Some(tca::fifo_options(d.queue_bytes(1500))),
+                options: Some(tca::fifo_options(c.leaf.unwrap_or(d.queue_bytes(1500)))),
                 bytes: 0,
                 packets: 0,
             });
