@@ -340,10 +340,14 @@ pub const QUEUE_TIME_MS: u64 = 50;
 /// guaranteed rate. A greedy sender keeps its class's FIFO full (cubic
 /// backs off to ~0.7 of it), and a lost segment holds every byte behind
 /// it at the receiver until the retransmission has waited through that
-/// queue: with 50 ms at a 30 Mbit/s link, 136 ms at a 10 Mbit/s class,
-/// one such wait per on-phase moved ~0.5 Mbit/s of an on/off
-/// application's goodput into the next second (SLA p5 0.94 at ba1762e).
-/// 30 ms still covers the guest's own stalls: its TSO packets are ~6 KB.
+/// queue. With 50 ms of the testbed's 28.5 Mbit/s uplink (178 KB, 136 ms
+/// at a 10.46 Mbit/s class) one such wait per on-phase moved ~0.5 Mbit
+/// of an on/off application's goodput into the next second (SLA p5 0.94
+/// at ba1762e; 0.99 with 30 ms). The guest's TSO packets averaged ~6 KB
+/// in that queue; one of 64 KiB does not fit a queue below ~68 KB and is
+/// dropped whole, which is part of why its sender retransmits ~10x more
+/// (~2% of its segments, inside its own guarantee). While the class
+/// borrows above its rate the queue drains faster than this.
 pub const APP_QUEUE_TIME_MS: u64 = 30;
 /// HTB's largest quantum before it warns "quantum of class is big".
 pub const MAX_QUANTUM: u32 = 200_000;

@@ -82,7 +82,7 @@ pub struct ReconcileReport {
     pub added: usize,
     pub changed: usize,
     pub deleted: usize,
-    /// Leaf qdiscs switched (to fq or back).
+    /// Leaf qdiscs set: switched (to fq or back), or a FIFO's limit changed.
     pub leaves: usize,
     /// Classes in vmbw's qdisc that vmbw did not make (left alone).
     pub foreign: Vec<u32>,
@@ -373,7 +373,9 @@ impl Shaper {
 
     /// Changes one VM class in place with a single netlink round trip
     /// (no dump, no diff): the fast path for per-iteration rate updates.
-    /// The caller keeps its [`DesiredTree`] in step for later reconciles.
+    /// The caller keeps its [`DesiredTree`] in step for later reconciles,
+    /// which also bring an application class's leaf limit in step with
+    /// its new rate.
     #[instrument(skip(self, spec), fields(iface = %self.link.name, vm = slot, class = %class, rate = %spec.rate))]
     pub async fn set_class(
         &self,

@@ -127,7 +127,9 @@ pub enum Op {
     Change(DesiredClass),
     /// Delete a class vmbw no longer wants.
     Delete { handle: u32 },
-    /// Give a class its leaf qdisc (replacing the one it has).
+    /// Give a class its leaf qdisc: a new one when the kind differs (the
+    /// old queue is dropped), in place when only a FIFO's limit changes
+    /// (an application class's limit follows its rate).
     Leaf { class: u32, kind: LeafKind },
 }
 
@@ -357,6 +359,25 @@ mod tests {
             }
             other => panic!("expected a change, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn an_application_s_new_rate_changes_its_class_and_its_leaf_s_limit() {
+        let d = desired();
+        let have = observed_from(&d, "bfifo");
+        let mut want = d.clone();
+        if let Some(vm) = want.vms.get_mut(&0) {
+            vm.application = ClassSpec::borrowing(Rate::mbit(10), Rate::mbit(100));
+        }
+        let app = class_handle(0, TrafficClass::Application);
+        let p = diff(&have, &want, 1500, false);
+        assert_eq!(p.ops.len(), 2, "{p:?}");
+        assert!(matches!(&p.ops[0], Op::Change(c) if Some(c.handle) == app));
+        // 30 ms at 10 Mbit/s.
+        assert!(matches!(
+            &p.ops[1],
+            Op::Leaf { class, kind: LeafKind::Fifo { limit_bytes: 37_500 } } if Some(*class) == app
+        ));
     }
 
     #[test]
