@@ -100,7 +100,11 @@ fn class_tree_reads_back_identically_in_tc() {
     let most = desired.queue_bytes(mtu);
     for (c, limit) in want.iter().filter_map(|c| Some((c, c.leaf?))) {
         assert!(limit <= most, "{limit} > {most}");
-        let leaf = format!("parent {} limit {limit}b", display_handle(c.handle));
+        let leaf = format!(
+            "parent {} limit {}",
+            display_handle(c.handle),
+            tc_size(limit)
+        );
         assert!(
             qdiscs
                 .lines()
@@ -120,6 +124,20 @@ fn class_tree_reads_back_identically_in_tc() {
         "{again:?}"
     );
     link.rt.block_on(shaper.cleanup()).expect("cleanup");
+}
+
+/// A size as tc prints it (iproute2's `sprint_size`): whole MiB or KiB
+/// when within 1 KiB or 16 bytes of one, else bytes.
+fn tc_size(bytes: u32) -> String {
+    let b = f64::from(bytes);
+    let (kib, mib) = ((b / 1024.0).round(), (b / 1048576.0).round());
+    if b >= 1048576.0 && (mib * 1048576.0 - b).abs() < 1024.0 {
+        format!("{mib}Mb")
+    } else if b >= 1024.0 && (kib * 1024.0 - b).abs() < 16.0 {
+        format!("{kib}Kb")
+    } else {
+        format!("{bytes}b")
+    }
 }
 
 /// The tree for single-class goodput: VM 0's application class at `rate`,

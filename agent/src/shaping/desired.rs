@@ -208,13 +208,12 @@ impl DesiredTree {
     }
 
     /// The byte limit of an application class's leaf: [`APP_QUEUE_TIME_MS`]
-    /// at the class's own rate, at least 16 frames, never more than
-    /// [`Self::queue_bytes`].
+    /// at the class's own rate, but room for at least one whole GSO packet
+    /// ([`gso_packet_bytes`]), never more than [`Self::queue_bytes`].
     pub fn app_queue_bytes(&self, app: &ClassSpec, mtu: u32) -> u32 {
-        let frame = u64::from(frame_len(mtu));
         let bytes = app.rate.bytes_per_sec() * APP_QUEUE_TIME_MS / 1000;
         let most = u64::from(self.queue_bytes(mtu));
-        u32::try_from(bytes.max(16 * frame).min(most)).unwrap_or(u32::MAX)
+        u32::try_from(bytes.max(gso_packet_bytes(mtu)).min(most)).unwrap_or(u32::MAX)
     }
 
     /// Every class of the tree with its parent and kernel parameters, root
@@ -344,10 +343,11 @@ pub const QUEUE_TIME_MS: u64 = 50;
 /// at a 10.46 Mbit/s class) one such wait per on-phase moved ~0.5 Mbit
 /// of an on/off application's goodput into the next second (SLA p5 0.94
 /// at ba1762e; 0.99 with 30 ms). The guest's TSO packets averaged ~6 KB
-/// in that queue; one of 64 KiB does not fit a queue below ~68 KB and is
-/// dropped whole, which is part of why its sender retransmits ~10x more
-/// (~2% of its segments, inside its own guarantee). While the class
-/// borrows above its rate the queue drains faster than this.
+/// in that queue, but a sender's GSO packets can reach 64 KiB, so the
+/// queue never holds less than one of them ([`gso_packet_bytes`]). The
+/// application's sender retransmits ~10x more (~2% of its segments,
+/// inside its own guarantee). While the class borrows above its rate the
+/// queue drains faster than this.
 pub const APP_QUEUE_TIME_MS: u64 = 30;
 /// HTB's largest quantum before it warns "quantum of class is big".
 pub const MAX_QUANTUM: u32 = 200_000;
@@ -355,6 +355,16 @@ pub const MAX_QUANTUM: u32 = 200_000;
 /// Ethernet frame size for an MTU (what HTB counts per packet).
 pub fn frame_len(mtu: u32) -> u32 {
     mtu.saturating_add(14)
+}
+
+/// What one 64 KiB TCP GSO packet counts for in a qdisc: its segments'
+/// frames (MSS = MTU − 52: IPv4 and TCP with timestamps). HTB does not
+/// split GSO packets, and a `bfifo` drops a packet larger than its room
+/// even when it is empty: with a 37.5 KB limit a host-local TCP sender,
+/// whose packets grow to 64 KiB, fell to 0.06 of its 10 Mbit/s.
+pub fn gso_packet_bytes(mtu: u32) -> u64 {
+    let mss = u64::from(mtu.saturating_sub(52).max(1));
+    65_536u64.div_ceil(mss) * u64::from(frame_len(mtu))
 }
 
 /// Burst in bytes for a rate: `BURST_TIME_US` worth of it, but at least 16

@@ -210,7 +210,7 @@ pub fn diff(observed: &ObservedTree, desired: &DesiredTree, mtu: u32, fq: bool) 
 mod tests {
     use super::*;
     use crate::shaping::{
-        desired::{ClassSpec, Rate, VmShaping},
+        desired::{ClassSpec, Rate, VmShaping, gso_packet_bytes},
         handles::{TrafficClass, class_handle, default_class, root_class, root_qdisc},
     };
 
@@ -296,13 +296,18 @@ mod tests {
     }
 
     #[test]
-    fn an_application_queue_is_30_ms_of_its_own_rate_within_16_frames_and_the_link_s() {
+    fn an_application_queue_is_30_ms_of_its_own_rate_within_a_gso_packet_and_the_link_s() {
         let link = Rate::mbit(30);
         let tree = DesiredTree::new(link, ClassSpec::borrowing(Rate::mbit(1), link));
         let app = |mbit| ClassSpec::borrowing(Rate::mbit(mbit), link);
-        // 10 Mbit/s: 37.5 KB, where the link's 50 ms would be 136 ms of it.
-        assert_eq!(tree.app_queue_bytes(&app(10), 1500), 37_500);
-        assert_eq!(tree.app_queue_bytes(&app(1), 1500), 16 * 1514);
+        // A 64 KiB GSO packet: 46 segments of 1448 bytes, 46 frames.
+        assert_eq!(gso_packet_bytes(1500), 46 * 1514);
+        assert_eq!(gso_packet_bytes(9000), 8 * 9014);
+        // 10 Mbit/s: 30 ms is 37.5 KB, less than one GSO packet.
+        assert_eq!(tree.app_queue_bytes(&app(10), 1500), 46 * 1514);
+        assert_eq!(tree.app_queue_bytes(&app(1), 1500), 46 * 1514);
+        // 20 Mbit/s: 75 KB.
+        assert_eq!(tree.app_queue_bytes(&app(20), 1500), 75_000);
         assert_eq!(
             tree.app_queue_bytes(&app(30), 1500),
             112_500,
@@ -367,16 +372,16 @@ mod tests {
         let have = observed_from(&d, "bfifo");
         let mut want = d.clone();
         if let Some(vm) = want.vms.get_mut(&0) {
-            vm.application = ClassSpec::borrowing(Rate::mbit(10), Rate::mbit(100));
+            vm.application = ClassSpec::borrowing(Rate::mbit(20), Rate::mbit(100));
         }
         let app = class_handle(0, TrafficClass::Application);
         let p = diff(&have, &want, 1500, false);
         assert_eq!(p.ops.len(), 2, "{p:?}");
         assert!(matches!(&p.ops[0], Op::Change(c) if Some(c.handle) == app));
-        // 30 ms at 10 Mbit/s.
+        // 30 ms at 20 Mbit/s.
         assert!(matches!(
             &p.ops[1],
-            Op::Leaf { class, kind: LeafKind::Fifo { limit_bytes: 37_500 } } if Some(*class) == app
+            Op::Leaf { class, kind: LeafKind::Fifo { limit_bytes: 75_000 } } if Some(*class) == app
         ));
     }
 
