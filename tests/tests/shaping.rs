@@ -96,7 +96,8 @@ fn class_tree_reads_back_identically_in_tc() {
     );
     // Every VM class queues at most 50 ms of the line (here the 1000-frame
     // ceiling), not the device's txqueuelen of packets; an application
-    // class 30 ms of its own rate (VM 7's: the 16-frame floor).
+    // class 30 ms of its own rate, but one whole GSO packet at least
+    // (VM 7's 1.5 Mbit/s: that floor).
     let most = desired.queue_bytes(mtu);
     for (c, limit) in want.iter().filter_map(|c| Some((c, c.leaf?))) {
         assert!(limit <= most, "{limit} > {most}");
