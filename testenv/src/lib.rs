@@ -2,7 +2,10 @@
 //! test guest's kernel modules and where built artefacts are cached. No
 //! dependencies, so xtask builds it without the eBPF toolchain.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 /// Guest kernel modules in load order: virtio networking (the order the
 /// Debian cloud kernel needs), then the balloon driver that reports guest
@@ -103,6 +106,30 @@ pub fn sweep_stale_namespaces() -> Vec<String> {
     removed
 }
 
+/// What benchmark and reproduction runs write into the checkout: reports
+/// under `docs/` and README's results table.
+pub const RESULT_PATHS: &[&str] = &["docs", "README.md"];
+
+/// Whether the git checkout at `dir` has uncommitted changes outside
+/// [`RESULT_PATHS`], i.e. whether code that differs from `HEAD` could have
+/// produced a result. Results stamp `<commit>+dirty` when it does; a run's
+/// own reports, written by the run before it, do not count. True when git
+/// cannot tell (no git, not a checkout): a stamp must not claim a clean
+/// commit it cannot vouch for.
+pub fn checkout_is_dirty(dir: &Path) -> bool {
+    let mut cmd = Command::new("git");
+    cmd.arg("-C")
+        .arg(dir)
+        .args(["status", "--porcelain", "--untracked-files=no", "--", ":(top)"]);
+    for path in RESULT_PATHS {
+        cmd.arg(format!(":(top,exclude){path}"));
+    }
+    match cmd.output() {
+        Ok(out) if out.status.success() => !out.stdout.is_empty(),
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +164,40 @@ mod tests {
         let _ = std::fs::remove_dir(&live);
         assert!(removed.contains(&stale) && stale_gone, "{removed:?}");
         assert!(live_kept && !removed.contains(&live), "{removed:?}");
+    }
+
+    /// A change to a report leaves the checkout clean; a change to code, or
+    /// a directory that is no checkout, makes it dirty.
+    #[test]
+    fn a_checkout_is_dirty_for_code_not_for_reports() {
+        let dir = std::env::temp_dir().join(format!("vmbw-testenv-git-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("docs")).expect("dir");
+        let git = |args: &[&str]| {
+            let ok = Command::new("git")
+                .arg("-C")
+                .arg(&dir)
+                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "git {args:?}");
+        };
+        assert!(checkout_is_dirty(&dir), "not a checkout yet");
+        git(&["init", "-q"]);
+        for (file, text) in [("docs/r.md", "a"), ("README.md", "a"), ("code.rs", "a")] {
+            std::fs::write(dir.join(file), text).expect("write");
+        }
+        git(&["add", "."]);
+        git(&["commit", "-q", "-m", "x"]);
+        assert!(!checkout_is_dirty(&dir));
+        std::fs::write(dir.join("docs/r.md"), "b").expect("write");
+        std::fs::write(dir.join("README.md"), "b").expect("write");
+        let reports_only = checkout_is_dirty(&dir);
+        std::fs::write(dir.join("code.rs"), "b").expect("write");
+        let with_code = checkout_is_dirty(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!reports_only, "report changes counted as dirty");
+        assert!(with_code, "a code change went unnoticed");
     }
 }

@@ -33,8 +33,8 @@ pub struct Stamp {
 }
 
 impl Stamp {
-    /// The checkout's commit (`+dirty` when it has uncommitted changes), the
-    /// UTC date, and the QEMU and kernel versions.
+    /// The checkout's commit (`+dirty` when code, not only reports, has
+    /// uncommitted changes), the UTC date, and the QEMU and kernel versions.
     pub fn now() -> Stamp {
         let out = |cmd: &str, args: &[&str]| {
             std::process::Command::new(cmd)
@@ -45,7 +45,7 @@ impl Stamp {
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
                 .unwrap_or_else(|| "unknown".into())
         };
-        let dirty = !out("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+        let dirty = vmbw_testenv::checkout_is_dirty(std::path::Path::new("."));
         Stamp {
             commit: format!(
                 "{}{}",

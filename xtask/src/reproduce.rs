@@ -158,12 +158,8 @@ pub fn run(rest: &[String]) -> anyhow::Result<()> {
             // Stamped when the runs begin: the checkout may move on while
             // they run (seed 000 takes over an hour).
             let commit = trimmed(Command::new("git").args(["rev-parse", "HEAD"]));
-            let dirty = !trimmed(Command::new("git").args([
-                "status",
-                "--porcelain",
-                "--untracked-files=no",
-            ]))
-            .is_empty();
+            // Reports written by the seeds before this one do not count.
+            let dirty = vmbw_testenv::checkout_is_dirty(Path::new("."));
             let date = trimmed(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]));
             let file = dir.join(format!("seed-{seed}.json"));
             let stamped = |data: Value| {
