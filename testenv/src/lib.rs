@@ -118,9 +118,13 @@ pub const RESULT_PATHS: &[&str] = &["docs", "README.md"];
 /// commit it cannot vouch for.
 pub fn checkout_is_dirty(dir: &Path) -> bool {
     let mut cmd = Command::new("git");
-    cmd.arg("-C")
-        .arg(dir)
-        .args(["status", "--porcelain", "--untracked-files=no", "--", ":(top)"]);
+    cmd.arg("-C").arg(dir).args([
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ":(top)",
+    ]);
     for path in RESULT_PATHS {
         cmd.arg(format!(":(top,exclude){path}"));
     }
