@@ -57,6 +57,85 @@ pub fn send_queue(pid: u32) -> Option<u64> {
 /// 43% of a core that way). None
 /// where the borrowing is refused: the caller reads the tables instead.
 fn tcp_by_fd(pid: u32) -> Option<Vec<(TcpConn, u64)>> {
+    let mut out = Vec::new();
+    for_each_socket(pid, |sock| {
+        if let Some(found) = established_tcp(sock) {
+            out.push(found);
+        }
+    })?;
+    Some(out)
+}
+
+/// Bounds what each of `pid`'s established TCP streams may hold, in flight
+/// and unsent together, to about `bytes` (SO_SNDBUF; the kernel doubles it
+/// for its bookkeeping and stops tuning the buffer itself): the writer then
+/// blocks, or poll(2) calls the socket not writable, until the link has
+/// taken what is queued. Nothing queued is dropped; the queue only drains
+/// down to the bound. Returns each stream's buffer before, for
+/// [`restore_send_buffers`]; None where the sockets cannot be borrowed (see
+/// [`tcp_by_fd`]).
+pub fn cap_send_buffers(pid: u32, bytes: u32) -> Option<Vec<(TcpConn, libc::c_int)>> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let mut before = Vec::new();
+    for_each_socket(pid, |sock| {
+        let Some((conn, _)) = established_tcp(sock) else {
+            return;
+        };
+        let Some(was) = sockopt::<libc::c_int>(sock, libc::SOL_SOCKET, libc::SO_SNDBUF) else {
+            return;
+        };
+        if set_send_buffer(sock, value) {
+            before.push((conn, was));
+        }
+    })?;
+    Some(before)
+}
+
+/// Gives `pid`'s streams back the send buffers [`cap_send_buffers`] found
+/// (streams closed since are skipped). Returns how many were restored.
+pub fn restore_send_buffers(pid: u32, before: &[(TcpConn, libc::c_int)]) -> usize {
+    let mut restored = 0;
+    let _ = for_each_socket(pid, |sock| {
+        let Some((conn, _)) = established_tcp(sock) else {
+            return;
+        };
+        if let Some((_, was)) = before.iter().find(|(c, _)| *c == conn)
+            // getsockopt reports the doubled size the kernel keeps.
+            && set_send_buffer(sock, was / 2)
+        {
+            restored += 1;
+        }
+    });
+    restored
+}
+
+/// Sets SO_SNDBUF, as SO_SNDBUFFORCE first: that may exceed
+/// `net.core.wmem_max` (208 KiB by default), which an autotuned buffer
+/// being given back may well do; it needs CAP_NET_ADMIN, which the agent
+/// has.
+fn set_send_buffer(sock: i32, bytes: libc::c_int) -> bool {
+    [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF]
+        .into_iter()
+        .any(|name| {
+            // SAFETY: the kernel reads one int from `bytes`.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock,
+                    libc::SOL_SOCKET,
+                    name,
+                    (&bytes as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            rc == 0
+        })
+}
+
+/// Calls `each` with a borrowed copy of every socket fd of `pid`
+/// (pidfd_getfd(2)): the copy shares the socket, so what is set on it holds
+/// for `pid` too. None where the borrowing is refused; an fd closed
+/// meanwhile is skipped.
+fn for_each_socket(pid: u32, mut each: impl FnMut(i32)) -> Option<()> {
     let fds = socket_fds(pid)?;
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
@@ -64,7 +143,6 @@ fn tcp_by_fd(pid: u32) -> Option<Vec<(TcpConn, u64)>> {
         return None;
     }
     let pidfd = pidfd as i32;
-    let mut out = Vec::new();
     let mut refused = false;
     for (fd, _) in fds {
         // SAFETY: pidfd_getfd duplicates `fd` of the process into ours, or
@@ -79,15 +157,13 @@ fn tcp_by_fd(pid: u32) -> Option<Vec<(TcpConn, u64)>> {
             continue;
         }
         let sock = sock as i32;
-        if let Some(found) = established_tcp(sock) {
-            out.push(found);
-        }
+        each(sock);
         // SAFETY: our own copy.
         unsafe { libc::close(sock) };
     }
     // SAFETY: our own pidfd.
     unsafe { libc::close(pidfd) };
-    (!refused).then_some(out)
+    (!refused).then_some(())
 }
 
 fn sockaddr(sock: i32, peer: bool) -> Option<SocketAddr> {
@@ -305,6 +381,70 @@ mod tests {
             "bytes wait in the send queue: {by_fd:?}"
         );
         assert_eq!(by_fd, table, "the sockets' own view = /proc/PID/net/tcp");
+    }
+
+    #[test]
+    fn a_capped_stream_queues_little_and_gets_its_buffer_back() {
+        use std::{io::Write as _, os::fd::AsRawFd as _};
+        let _one = OWN_SOCKETS.lock().unwrap_or_else(|p| p.into_inner());
+        const CAP: u32 = 32 * 1024;
+        let sndbuf = |sock: i32| sockopt::<libc::c_int>(sock, libc::SOL_SOCKET, libc::SO_SNDBUF);
+        // A reader that never reads: once its buffer is full, everything
+        // written waits in the writer's queue, as far as its buffer lets.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let mut tx =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (_rx, _) = listener.accept().expect("accept");
+        tx.set_nonblocking(true).expect("nonblocking");
+        let fd = tx.as_raw_fd();
+        // Room for 1 MiB queued (2 MiB kept), above any cap worth testing.
+        assert!(set_send_buffer(fd, 1 << 20), "SO_SNDBUF");
+        let roomy = sndbuf(fd).expect("SO_SNDBUF");
+        let queued = |tx: &std::net::TcpStream| {
+            let mut q: libc::c_int = 0;
+            // SAFETY: SIOCOUTQ writes one int.
+            let rc = unsafe { libc::ioctl(tx.as_raw_fd(), libc::TIOCOUTQ, &mut q) };
+            assert_eq!(rc, 0, "SIOCOUTQ");
+            q.max(0) as u64
+        };
+        let fill = |tx: &mut std::net::TcpStream| {
+            let chunk = vec![0u8; 16 * 1024];
+            // Until the socket says "full", twice: the reader's buffer
+            // takes what is in flight in between.
+            for _ in 0..2 {
+                while tx.write(&chunk).is_ok() {}
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        };
+
+        let pid = std::process::id();
+        let before = cap_send_buffers(pid, CAP).expect("pidfd_getfd on our own process");
+        let ours = before
+            .iter()
+            .find(|(c, _)| c.local == tx.local_addr().expect("local"))
+            .expect("our stream was capped");
+        assert_eq!(ours.1, roomy, "what it had before");
+        // Set through the borrowed copy, it holds on our own socket.
+        assert_eq!(sndbuf(fd), Some(2 * CAP as libc::c_int));
+        fill(&mut tx);
+        let capped = queued(&tx);
+        // The kernel checks the buffer before it fills each new segment,
+        // so one more (64 KiB at most on loopback) may go in.
+        let bound = 2 * u64::from(CAP) + 64 * 1024;
+        assert!(capped <= bound, "capped: {capped} B queued");
+
+        assert!(
+            restore_send_buffers(pid, &before) >= 2,
+            "both ends are ours"
+        );
+        assert_eq!(sndbuf(fd), Some(roomy));
+        fill(&mut tx);
+        let uncapped = queued(&tx);
+        assert!(
+            uncapped > bound,
+            "given back its buffer, only {uncapped} B queued (capped: {capped})"
+        );
+        assert_eq!(cap_send_buffers(u32::MAX, CAP), None, "a missing pid");
     }
 
     #[test]

@@ -37,8 +37,20 @@ const RETRY: Duration = Duration::from_secs(2);
 /// bytes only when its buffer is flushed (every 32 pages), so each window
 /// still sends ~130 KB (measured: `ram.transferred` grew 1.3 MB/s through
 /// a hold at this rate). The hold drains only a migration whose share is
-/// well above that.
+/// well above that: so the hold also bounds what QEMU's streams may queue
+/// ([`HOLD_SEND_BUFFER`]).
 const DRAIN_RATE: f64 = 1000.0;
+/// What QEMU's migration streams may queue, in flight and unsent, through
+/// the hold and the switch (SO_SNDBUF, which the kernel doubles): QEMU's
+/// writes then wait for the link instead of piling up in the socket, and
+/// the backlog drains. Measured before it existed (greedy application with
+/// 20 Mbit/s promised at 30, `nrac+escalate`, QEMU 10.0.2): 0.4-1.1 MB
+/// were still queued when the 3 s hold ended, and the guest stood 486-520
+/// ms between the source's stop and the destination's resume. With it (the
+/// same scenario): 1.25 MB queued at the hold's start, 36 KB 1.4 s later,
+/// and the guest paused 186 ms. 16 KiB: the queue then stays under
+/// [`DRAINED`], about 60 ms at 8.5 Mbit/s.
+const HOLD_SEND_BUFFER: u32 = 16 * 1024;
 /// Queued bytes that count as drained (a few dozen full-size segments).
 const DRAINED: u64 = 64 * 1024;
 /// Longest hold before switching anyway.
@@ -383,10 +395,10 @@ async fn await_decision_and_apply<S: MigrationSource>(
     if !switching && pid != 0 && source.sets_switchover_bandwidth() {
         guard_switchover(shared, name, pid, &mut params);
     }
-    let params = if switching && pid != 0 {
+    let (params, held_buffers) = if switching && pid != 0 {
         drain_before_switch(source, applied, &params, pid).await
     } else {
-        params
+        (params, Vec::new())
     };
     match source.apply(&params, applied).await {
         Ok(refused) => {
@@ -404,6 +416,10 @@ async fn await_decision_and_apply<S: MigrationSource>(
             warn!(error = %crate::api::errors::chain(&e), "applying QEMU parameters");
             shared.metrics.error("qemu-control");
         }
+    }
+    if !held_buffers.is_empty() {
+        // Switched (or refused): post-copy's pages queue as before the hold.
+        procnet::restore_send_buffers(pid, &held_buffers);
     }
     let (now, then) = (&applied.params, &was.params);
     if now.max_bandwidth != then.max_bandwidth
@@ -515,15 +531,16 @@ fn guard_switchover(shared: &Arc<Shared>, name: &str, pid: u32, params: &mut Qem
 }
 
 /// Holds the migration stream until QEMU's sockets have sent what they
-/// hold (or [`DRAIN_MAX`] passed) and returns `params` to switch with: the
-/// hold stays in force through the switch, after which QEMU paces itself
-/// by `max-postcopy-bandwidth` instead.
+/// hold (or [`DRAIN_MAX`] passed) and returns `params` to switch with, and
+/// the send buffers to give back once switched: the hold (QEMU's rate and
+/// its sockets' bounded buffers) stays in force through the switch, after
+/// which QEMU paces itself by `max-postcopy-bandwidth` instead.
 async fn drain_before_switch<S: MigrationSource>(
     source: &mut S,
     applied: &mut Applied,
     params: &QemuParams,
     pid: u32,
-) -> QemuParams {
+) -> (QemuParams, Vec<(procnet::TcpConn, libc::c_int)>) {
     let hold = QemuParams {
         max_bandwidth: Some(DRAIN_RATE),
         start_postcopy: false,
@@ -531,8 +548,9 @@ async fn drain_before_switch<S: MigrationSource>(
     };
     if let Err(e) = source.apply(&hold, applied).await {
         warn!(error = %crate::api::errors::chain(&e), "holding the migration stream before post-copy; switching now");
-        return *params;
+        return (*params, Vec::new());
     }
+    let buffers = procnet::cap_send_buffers(pid, HOLD_SEND_BUFFER).unwrap_or_default();
     let started = tokio::time::Instant::now();
     let queued_at_start = procnet::send_queue(pid);
     let mut queued = queued_at_start;
@@ -544,12 +562,14 @@ async fn drain_before_switch<S: MigrationSource>(
         queued_before = queued_at_start,
         queued_after = queued,
         drain_ms = started.elapsed().as_millis() as u64,
+        streams_capped = buffers.len(),
         "migration stream drained before post-copy"
     );
-    QemuParams {
+    let params = QemuParams {
         max_bandwidth: Some(DRAIN_RATE),
         ..*params
-    }
+    };
+    (params, buffers)
 }
 
 /// A task watching one migration (its flows, its progress), stopped when
