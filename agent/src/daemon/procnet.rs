@@ -212,16 +212,20 @@ fn established_tcp(sock: i32) -> Option<(TcpConn, u64)> {
     if info.tcpi_state != ESTABLISHED {
         return None;
     }
-    let mut outq: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int.
-    if unsafe { libc::ioctl(sock, libc::TIOCOUTQ, &mut outq) } != 0 {
-        return None;
-    }
+    let outq = queued(sock)?;
     let conn = TcpConn {
         local: sockaddr(sock, false)?,
         remote: sockaddr(sock, true)?,
     };
-    Some((conn, outq.max(0) as u64))
+    Some((conn, outq))
+}
+
+/// Bytes written to TCP socket `sock` and not yet acknowledged, sent or
+/// not (ioctl SIOCOUTQ, `tx_queue` in `/proc/net/tcp`).
+fn queued(sock: i32) -> Option<u64> {
+    let mut outq: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int.
+    (unsafe { libc::ioctl(sock, libc::TIOCOUTQ, &mut outq) } == 0).then(|| outq.max(0) as u64)
 }
 
 /// getsockopt(2) into a `T`: an int, or a plain-data struct such as
@@ -400,13 +404,6 @@ mod tests {
         // Room for 1 MiB queued (2 MiB kept), above any cap worth testing.
         assert!(set_send_buffer(fd, 1 << 20), "SO_SNDBUF");
         let roomy = sndbuf(fd).expect("SO_SNDBUF");
-        let queued = |tx: &std::net::TcpStream| {
-            let mut q: libc::c_int = 0;
-            // SAFETY: SIOCOUTQ writes one int.
-            let rc = unsafe { libc::ioctl(tx.as_raw_fd(), libc::TIOCOUTQ, &mut q) };
-            assert_eq!(rc, 0, "SIOCOUTQ");
-            q.max(0) as u64
-        };
         let fill = |tx: &mut std::net::TcpStream| {
             let chunk = vec![0u8; 16 * 1024];
             // Until the socket says "full", twice: the reader's buffer
@@ -427,7 +424,7 @@ mod tests {
         // Set through the borrowed copy, it holds on our own socket.
         assert_eq!(sndbuf(fd), Some(2 * CAP as libc::c_int));
         fill(&mut tx);
-        let capped = queued(&tx);
+        let capped = queued(fd).expect("SIOCOUTQ");
         // The kernel checks the buffer before it fills each new segment,
         // so one more (64 KiB at most on loopback) may go in.
         let bound = 2 * u64::from(CAP) + 64 * 1024;
@@ -439,7 +436,7 @@ mod tests {
         );
         assert_eq!(sndbuf(fd), Some(roomy));
         fill(&mut tx);
-        let uncapped = queued(&tx);
+        let uncapped = queued(fd).expect("SIOCOUTQ");
         assert!(
             uncapped > bound,
             "given back its buffer, only {uncapped} B queued (capped: {capped})"
