@@ -305,9 +305,9 @@ async fn follow_once<S: MigrationSource>(
                         let mut it = s.to_iteration();
                         if v.rows.is_empty() {
                             // The rate sampled during the bulk pass.
-                            it.sampled_dirty_pps = v
-                                .sampled_dirty_rate
-                                .map(|bps| bps / s.page_size.max(1) as f64);
+                            it.sampled_dirty_pps = v.sampled_dirty_rate.and_then(|bps| {
+                                crate::predict::sampled_pages_per_s(bps, s.page_size as f64)
+                            });
                         }
                         v.rows.push(it);
                         v.iter_s.push(s.iter_s);

@@ -107,10 +107,9 @@ impl Trace {
                     remaining_bytes: self
                         .extra_f64(row, "remaining_bytes")
                         .filter(|v| v.is_finite() && *v >= 0.0),
-                    sampled_dirty_pps: self
-                        .extra_f64(row, "sampled_dirty_bps")
-                        .filter(|v| v.is_finite() && *v >= 0.0 && row.page_size > 0)
-                        .map(|bps| bps / row.page_size as f64),
+                    sampled_dirty_pps: self.extra_f64(row, "sampled_dirty_bps").and_then(|bps| {
+                        crate::predict::sampled_pages_per_s(bps, row.page_size as f64)
+                    }),
                 }
             })
             .collect()
