@@ -49,6 +49,10 @@ pub struct Iteration {
     /// ([`sampled_pages_per_s`]); `None` when no sample fell in the
     /// iteration.
     pub sampled_dirty_pps: Option<f64>,
+    /// Pages of guest memory in use when the iteration ended (the
+    /// balloon's total − available, or the resident part of the guest's
+    /// RAM without one); `None` when the guest's RAM size is unknown.
+    pub used_pages: Option<f64>,
 }
 
 /// What QEMU's page-sampling `calc-dirty-rate` loses on average by
@@ -89,6 +93,7 @@ impl From<Row> for Iteration {
             sent_bytes: None,
             remaining_bytes: None,
             sampled_dirty_pps: None,
+            used_pages: None,
         }
     }
 }
@@ -196,7 +201,14 @@ impl Physics {
         let pages_at_rate = latest.dirty_rate()? * duration_s;
         let sampled_set = latest
             .sampled_dirty_pps
-            .and_then(|rate| wss::WorkingSet::from_rate(rate, latest.duration_s, latest.x[0]))
+            .and_then(|rate| {
+                wss::WorkingSet::from_rate_within(
+                    rate,
+                    latest.duration_s,
+                    latest.x[0],
+                    latest.used_pages,
+                )
+            })
             .map_or(pages_at_rate, |ws| ws.dirtied(duration_s));
         let p = Physics {
             duration_s,
@@ -650,6 +662,7 @@ mod tests {
             sent_bytes: Some(8e6),
             remaining_bytes: Some(4e6),
             sampled_dirty_pps: None,
+            used_pages: None,
         };
         assert_eq!(it.bandwidth(), Some(4e6));
         assert_eq!(it.next_duration_s(), Some(1.0));
@@ -702,6 +715,7 @@ mod tests {
                 sent_bytes: Some(sent),
                 remaining_bytes: Some(next_left),
                 sampled_dirty_pps: None,
+                used_pages: None,
             });
             left = next_left;
         }
@@ -736,6 +750,7 @@ mod tests {
             sent_bytes: Some(20.0 * 4e6),
             remaining_bytes: Some(2.0 * 4e6),
             sampled_dirty_pps: Some(500.0),
+            used_pages: None,
         };
         let p = Physics::after(&[long]).expect("telemetry");
         assert!((p.duration_s - 2.0).abs() < 1e-9);
@@ -747,6 +762,7 @@ mod tests {
         // Without a sample: P̃.
         let unsampled = Iteration {
             sampled_dirty_pps: None,
+            used_pages: None,
             ..long
         };
         let p = Physics::after(&[unsampled]).expect("telemetry");

@@ -305,6 +305,10 @@ impl IterationSample {
             // The agent samples the write rate itself (once, in the bulk
             // pass) and adds it to the iteration it fell in.
             sampled_dirty_pps: None,
+            used_pages: (self.ram_total_bytes > 0 && self.page_size > 0).then(|| {
+                self.mem_usage_pct.clamp(0.0, 100.0) / 100.0 * self.ram_total_bytes as f64
+                    / self.page_size as f64
+            }),
         }
     }
 

@@ -82,13 +82,27 @@ impl Trace {
         row.extra.get(i)?.trim().parse().ok()
     }
 
+    /// The guest's RAM, bytes, from the header line `vmbw record` writes
+    /// ("...; guest RAM N MiB; ..."); `None` when no comment says.
+    pub fn guest_ram_bytes(&self) -> Option<f64> {
+        self.comments.iter().find_map(|c| {
+            let mib = c.split("guest RAM ").nth(1)?.split(' ').next()?;
+            mib.parse::<f64>()
+                .ok()
+                .filter(|m| m.is_finite() && *m > 0.0)
+                .map(|m| m * 1024.0 * 1024.0)
+        })
+    }
+
     /// The rows as the predictors see them. Bytes sent in an iteration are
     /// the growth of `transferred_bytes` since the row before (since 0 for
     /// the first: QEMU counts per migration); with `remaining_bytes` they
     /// give the physics drivers. Traces without those columns (or with an
-    /// empty or decreasing value) leave them out.
+    /// empty or decreasing value) leave them out. Used pages are X2 of the
+    /// RAM [`Trace::guest_ram_bytes`] finds.
     pub fn iterations(&self) -> Vec<Iteration> {
         let mut prev_transferred = Some(0.0);
+        let ram = self.guest_ram_bytes();
         self.rows
             .iter()
             .map(|row| {
@@ -109,6 +123,9 @@ impl Trace {
                         .filter(|v| v.is_finite() && *v >= 0.0),
                     sampled_dirty_pps: self.extra_f64(row, "sampled_dirty_bps").and_then(|bps| {
                         crate::predict::sampled_pages_per_s(bps, row.page_size as f64)
+                    }),
+                    used_pages: ram.filter(|_| row.page_size > 0).map(|ram| {
+                        row.mem_usage_pct.clamp(0.0, 100.0) / 100.0 * ram / row.page_size as f64
                     }),
                 }
             })

@@ -225,10 +225,7 @@ fn eta_scores(
     };
     let gm1n = model("gm1n", window).context("gm1n")?;
     // The guest's RAM, from the header's "guest RAM N MiB".
-    let guest_ram = t.comments.iter().find_map(|c| {
-        let mib = c.split("guest RAM ").nth(1)?.split(' ').next()?;
-        mib.parse::<f64>().ok().map(|m| m * 1024.0 * 1024.0)
-    });
+    let guest_ram = t.guest_ram_bytes();
     let ended = |r: &trace::TraceRow, now: f64| t.extra_f64(r, "end_s").is_some_and(|e| e <= now);
     let mut out = [None; 3];
     for (slot, share) in out.iter_mut().zip([0.25, 0.5, 0.75]) {
@@ -452,6 +449,7 @@ fn score_trace(path: &Path, o: &Options) -> anyhow::Result<Option<TraceScores>> 
             sent_bytes: None,
             remaining_bytes: None,
             sampled_dirty_pps: None,
+            used_pages: None,
             ..*r
         })
         .collect();
