@@ -123,6 +123,11 @@ impl WorkingSet {
     /// 0.41-0.68 of the used memory for the random, bursty and
     /// application workloads and at 0.96-1.05 for the three sequential
     /// sweeps, whose next pass it then read 17-25% short.
+    ///
+    /// The used memory leaves out the guest's page cache (the balloon
+    /// counts it as available), so a guest that dirties much cache may be
+    /// read as a sweep; a sweep predicts more pages than random writes
+    /// would, not fewer.
     pub fn from_rate_within(
         rate: f64,
         t: f64,
