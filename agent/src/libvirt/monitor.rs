@@ -430,6 +430,7 @@ impl LibvirtMonitor {
             sent_bytes: job.processed_bytes.saturating_sub(open.processed),
             remaining_bytes: job.remaining_bytes,
             ram_total_bytes: job.total_bytes,
+            guest_ram_bytes: job.total_bytes,
             mbps: units::mbit(job.bytes_per_sec as f64),
             expected_downtime_ms: job.expected_downtime_ms,
         })

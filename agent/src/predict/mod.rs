@@ -49,10 +49,21 @@ pub struct Iteration {
     /// ([`sampled_pages_per_s`]); `None` when no sample fell in the
     /// iteration.
     pub sampled_dirty_pps: Option<f64>,
-    /// Pages of guest memory in use when the iteration ended (the
-    /// balloon's total − available, or the resident part of the guest's
-    /// RAM without one); `None` when the guest's RAM size is unknown.
+    /// Pages of guest memory in use when the iteration ended: X2 of the
+    /// guest's RAM ([`used_pages`]); `None` when the RAM size is unknown
+    /// or X2 reads nothing.
     pub used_pages: Option<f64>,
+}
+
+/// X2 (`mem_pct`, percent) of `ram_bytes` as pages: what
+/// [`Iteration::used_pages`] holds. X2 is the balloon's (total −
+/// available) / total, or the resident part of the guest's RAM without a
+/// balloon; its total is the guest's own, a little below its RAM, so this
+/// reads a little high. None when a figure is not finite and positive.
+pub fn used_pages(mem_pct: f64, ram_bytes: f64, page_size: f64) -> Option<f64> {
+    let ok = |v: f64| v.is_finite() && v > 0.0;
+    (ok(mem_pct) && ok(ram_bytes) && ok(page_size))
+        .then(|| mem_pct.min(100.0) / 100.0 * ram_bytes / page_size)
 }
 
 /// What QEMU's page-sampling `calc-dirty-rate` loses on average by
@@ -77,8 +88,8 @@ pub const SAMPLED_RATE_ROUNDING_LOSS: f64 = 0.25 * 1024.0 * 1024.0;
 /// saturation and predicts the next pass short: on the tuning traces the
 /// pass after the bulk pass was predicted 1-31% short on 11 of 12 with
 /// the readings as they are, and within -9..+7% on the nine that are not
-/// a sequential sweep with the loss put back (the sweeps stay 17-25%
-/// short: a sweep does not saturate the way random writes do).
+/// a sequential sweep with the loss put back (the sweeps, still 17-25%
+/// short, are [`wss::WorkingSet::from_rate_within`]'s to read).
 pub fn sampled_pages_per_s(reading_bps: f64, page_size: f64) -> Option<f64> {
     (reading_bps.is_finite() && reading_bps >= 0.0 && page_size > 0.0)
         .then(|| (reading_bps + SAMPLED_RATE_ROUNDING_LOSS) / page_size)
@@ -156,6 +167,9 @@ pub fn calibrated_next_duration(history: &[Iteration]) -> Option<f64> {
         .last()?
         .next_duration_s()
         .filter(|t| t.is_finite())?;
+    if let Some(t) = after_alike(history) {
+        return Some(t);
+    }
     let s = history.len();
     let (mut missed, mut pairs) = (0.0, 0);
     for i in s.saturating_sub(DURATION_WINDOW).max(2)..s {
@@ -168,9 +182,6 @@ pub fn calibrated_next_duration(history: &[Iteration]) -> Option<f64> {
             pairs += 1;
         }
     }
-    if let Some(t) = after_alike(history) {
-        return Some(t);
-    }
     if pairs < DURATION_MIN_PAIRS {
         return Some(t_hat);
     }
@@ -178,12 +189,15 @@ pub fn calibrated_next_duration(history: &[Iteration]) -> Option<f64> {
 }
 
 /// Passes that sent within this many bytes of each other are alike
-/// ([`after_alike`]): a quarter of the 128 KiB steps tail passes send in.
+/// ([`after_alike`]): a quarter of the step between what tail passes
+/// sent in rand-l20 of the tuning set (389, 517, 906 KiB: 128 KiB
+/// apart, or three steps).
 const ALIKE_BYTES: f64 = 32.0 * 1024.0;
 /// How far back [`after_alike`] looks, in passes.
 const ALIKE_WINDOW: usize = 16;
 /// Alike passes needed, and how far the durations after them may spread
-/// (longest over shortest: under one whole step of the tail's lengths).
+/// (longest over shortest): 1.5 rejects one length against twice it
+/// (0.19 against 0.38 s), the mix the pattern must not hide.
 const ALIKE_MIN: usize = 2;
 const ALIKE_SPREAD: f64 = 1.5;
 
@@ -194,20 +208,20 @@ const ALIKE_SPREAD: f64 = 1.5;
 ///
 /// Why: near the downtime limit passes last whole multiples of one
 /// length (rand-l20 of the tuning set: 0.19 or 0.38 s, sending 389, 517
-/// or 906 KB), and which comes next follows from what the pass before
+/// or 906 KiB), and which comes next follows from what the pass before
 /// sent, not from what is left over QEMU's threshold: there, after every
-/// pass that sent 389 KB came a 0.38 s one, after 517 or 906 KB a 0.19 s
+/// pass that sent 389 KiB came a 0.38 s one, after 517 or 906 KiB a 0.19 s
 /// one. T̂ and its mean offset land between the two. On the tuning set
 /// this took rand-l20 from 15.3 to 9.4% WAPE and app-l30 from 15.6 to
 /// 13.4%, and cost app-l50 (17.2 to 18.3%) and rand-l50 (6.1 to 6.9%).
 fn after_alike(history: &[Iteration]) -> Option<f64> {
     let s = history.len();
-    let latest = history.last()?.sent_bytes?;
+    let latest = history.last()?.sent_bytes.filter(|b| *b > 0.0)?;
     let mut after: Vec<f64> = (s.saturating_sub(ALIKE_WINDOW).max(1)..s.saturating_sub(1))
         .filter(|&j| {
             history[j]
                 .sent_bytes
-                .is_some_and(|b| (b - latest).abs() <= ALIKE_BYTES)
+                .is_some_and(|b| b > 0.0 && (b - latest).abs() <= ALIKE_BYTES)
         })
         .map(|j| history[j + 1].duration_s)
         .filter(|t| t.is_finite() && *t > 0.0)
@@ -237,8 +251,10 @@ pub struct Physics {
     pub pages_at_rate: f64,
     /// S̃: the pages the guest dirties in T̃ if it keeps writing at the rate
     /// QEMU sampled during the latest iteration, over the working set that
-    /// rate and the latest pass imply ([`wss::WorkingSet::from_rate`]); P̃
-    /// when the iteration has no sample or shows no saturation.
+    /// rate and the latest pass imply ([`wss::WorkingSet::from_rate`]; for
+    /// the bulk pass [`wss::WorkingSet::from_rate_within`], which may read
+    /// it as a sweep); P̃ when the iteration has no sample or shows no
+    /// saturation.
     ///
     /// Why: a long pass counts each page once however often it was
     /// written, so its X1 / T understates what a shorter pass will see.
@@ -254,15 +270,13 @@ impl Physics {
         let latest = history.last()?;
         let duration_s = calibrated_next_duration(history)?;
         let pages_at_rate = latest.dirty_rate()? * duration_s;
+        // Only the bulk pass (the first) is read against the used memory:
+        // a later pass that barely saturates implies a set of any size.
+        let used_pages = latest.used_pages.filter(|_| history.len() == 1);
         let sampled_set = latest
             .sampled_dirty_pps
             .and_then(|rate| {
-                wss::WorkingSet::from_rate_within(
-                    rate,
-                    latest.duration_s,
-                    latest.x[0],
-                    latest.used_pages,
-                )
+                wss::WorkingSet::from_rate_within(rate, latest.duration_s, latest.x[0], used_pages)
             })
             .map_or(pages_at_rate, |ws| ws.dirtied(duration_s));
         let p = Physics {
@@ -349,6 +363,7 @@ pub fn check_history(history: &[Iteration]) -> Result<(), PredictError> {
             ("sent_bytes", it.sent_bytes),
             ("remaining_bytes", it.remaining_bytes),
             ("sampled_dirty_pps", it.sampled_dirty_pps),
+            ("used_pages", it.used_pages),
         ] {
             if let Some(value) = value.filter(|v| bad(*v)) {
                 return Err(PredictError::BadTelemetry {
@@ -739,21 +754,24 @@ mod tests {
         assert!(p.how.contains("fallback"), "{}", p.how);
     }
 
-    /// A tail like rand-l20's: a pass that sent 389 KB is followed by a
-    /// 0.38 s pass, one that sent 517 or 906 KB by a 0.19 s one, though
-    /// about 700 KB is left each time. T̃ follows the pattern once two
-    /// alike passes were seen; where the passes after alike ones
-    /// disagree, it is the calibrated T̂ again.
+    /// A tail like rand-l20's: a pass that sent 389 KiB is followed by a
+    /// 0.38 s pass, one that sent 517 or 906 KiB by a 0.19 s one, though
+    /// about 700 KiB is left each time. T̃ follows the pattern once two
+    /// alike passes were seen; not where the passes after alike ones
+    /// disagree, nor from the bulk pass or passes out of the window.
     #[test]
     fn a_tail_pass_lasts_as_long_as_those_after_alike_passes() {
-        let kb = 1024.0;
-        let pass = |sent_kb: f64, t: f64| Iteration {
+        let kib = 1024.0;
+        let pass = |sent_kib: f64, t: f64| Iteration {
             x: [100.0, 50.0, 80.0, 0.0, 1.0, 2e7],
             duration_s: t,
-            sent_bytes: Some(sent_kb * kb),
-            remaining_bytes: Some(700.0 * kb),
+            sent_bytes: Some(sent_kib * kib),
+            remaining_bytes: Some(700.0 * kib),
             sampled_dirty_pps: None,
             used_pages: None,
+        };
+        let tail = |passes: &[(f64, f64)]| -> Vec<Iteration> {
+            passes.iter().map(|&(sent, t)| pass(sent, t)).collect()
         };
         let mut h = vec![pass(40_000.0, 16.0)];
         for sent in [
@@ -765,13 +783,83 @@ mod tests {
             h.push(pass(sent, t));
             let want = if sent == 389.0 { 0.38 } else { 0.19 };
             let got = calibrated_next_duration(&h).expect("telemetry");
-            assert!((got - want).abs() < 1e-9, "after {sent} KB: {got}");
+            assert!((got - want).abs() < 1e-9, "after {sent} KiB: {got}");
         }
-        // 389 KB once followed by 0.19 s, once by 0.38 s: no pattern.
+        // The pass before the latest one counts: its follower is known.
+        let short = tail(&[
+            (40_000.0, 16.0),
+            (389.0, 0.19),
+            (389.0, 0.38),
+            (389.0, 0.38),
+        ]);
+        assert_eq!(after_alike(&short), Some(0.38));
+        // 389 KiB once followed by 0.19 s, once by 0.38 s: no pattern.
         let mut mixed = h[..5].to_vec();
         mixed.push(pass(389.0, 0.19));
         mixed.push(pass(389.0, 0.19));
         assert_eq!(after_alike(&mixed), None);
+        // The bulk pass is not a tail pass, even when it sent as much.
+        let bulk = tail(&[(389.0, 16.0), (906.0, 0.38), (389.0, 0.19), (389.0, 0.38)]);
+        assert_eq!(after_alike(&bulk), None);
+        // Alike passes older than the window are forgotten.
+        let mut old = tail(&[
+            (40_000.0, 16.0),
+            (389.0, 0.19),
+            (389.0, 0.19),
+            (389.0, 0.19),
+        ]);
+        for k in 0..ALIKE_WINDOW {
+            old.push(pass(2000.0 + 100.0 * k as f64, 0.19));
+        }
+        old.push(pass(389.0, 0.5));
+        assert_eq!(after_alike(&old), None);
+        assert_eq!(after_alike(&old[..4]), Some(0.19));
+        // A pass that sent nothing (QEMU reported no RAM section) is alike
+        // to none, not even to a pass that sent little.
+        let nothing = tail(&[(40_000.0, 16.0), (0.0, 0.19), (0.0, 0.19), (10.0, 0.19)]);
+        assert_eq!(after_alike(&nothing), None);
+        assert_eq!(after_alike(&nothing[..3]), None);
+    }
+
+    /// X2 of the guest's RAM in pages; nothing from a bad figure.
+    #[test]
+    fn used_pages_are_x2_of_the_ram() {
+        let ram = 128.0 * 1024.0 * 1024.0;
+        assert_eq!(used_pages(50.0, ram, 4096.0), Some(16384.0));
+        assert_eq!(used_pages(150.0, ram, 4096.0), Some(32768.0));
+        for (pct, ram, page) in [
+            (0.0, ram, 4096.0),
+            (f64::NAN, ram, 4096.0),
+            (50.0, 0.0, 4096.0),
+        ] {
+            assert_eq!(used_pages(pct, ram, page), None, "{pct} {ram} {page}");
+        }
+        assert_eq!(used_pages(50.0, ram, 0.0), None);
+    }
+
+    /// The used memory is read only against the bulk pass: the same
+    /// figures on a later pass keep the random working set.
+    #[test]
+    fn only_the_bulk_pass_is_read_as_a_sweep() {
+        let bulk = Iteration {
+            x: [4096.0, 50.0, 80.0, 0.0, 0.0, 2e7],
+            duration_s: 60.0,
+            sent_bytes: Some(40e6),
+            remaining_bytes: Some(10e6),
+            sampled_dirty_pps: Some(100.0),
+            used_pages: Some(4500.0),
+        };
+        // T̂ = 10e6 / (40e6 / 60) = 15 s: a sweep dirties 100 · 15 pages.
+        let sweep = Physics::after(&[bulk]).expect("physics");
+        assert!((sweep.sampled_set - 1500.0).abs() < 1e-6, "{sweep:?}");
+        let random = wss::WorkingSet::from_rate(100.0, 60.0, 4096.0).expect("saturates");
+        let later = Physics::after(&[bulk, bulk]).expect("physics");
+        let t = later.duration_s;
+        assert!(
+            (later.sampled_set - random.dirtied(t)).abs() < 1e-6,
+            "{later:?}"
+        );
+        assert!(later.sampled_set < 100.0 * t * 0.95, "{later:?}");
     }
 
     /// QEMU reads 1.2 MiB/s as 1: the rate handed to the predictors is the

@@ -222,7 +222,11 @@ mod tests {
         assert_eq!(sweep.shape, Shape::Sweep);
         assert_eq!(sweep.dirtied(10.0), 1000.0);
         assert_eq!(sweep.dirtied(60.0), 4096.0);
-        for used in [Some(40000.0), None] {
+        // Either side of 0.85 of the used memory.
+        let edge = random.pages / SWEEP_SHARE_OF_USED;
+        let just_over = WorkingSet::from_rate_within(100.0, 60.0, 4096.0, Some(edge * 0.999));
+        assert_eq!(just_over.map(|w| w.shape), Some(Shape::Sweep));
+        for used in [Some(edge * 1.001), Some(40000.0), None] {
             let kept = WorkingSet::from_rate_within(100.0, 60.0, 4096.0, used).expect("fits");
             assert_eq!(kept, random, "{used:?}");
         }

@@ -275,6 +275,11 @@ pub struct IterationSample {
     pub remaining_bytes: u64,
     /// Guest RAM being migrated (`ram.total`; libvirt's `memory_total`).
     pub ram_total_bytes: u64,
+    /// The guest's RAM as configured (QMP: `query-memory-size-summary`'s
+    /// base memory, what a trace's header states; libvirt: the job's
+    /// total, which also counts video RAM and ROMs): what X2 is a share
+    /// of when the predictors turn it into used pages.
+    pub guest_ram_bytes: u64,
     pub mbps: f64,
     pub expected_downtime_ms: Option<u64>,
 }
@@ -305,10 +310,11 @@ impl IterationSample {
             // The agent samples the write rate itself (once, in the bulk
             // pass) and adds it to the iteration it fell in.
             sampled_dirty_pps: None,
-            used_pages: (self.ram_total_bytes > 0 && self.page_size > 0).then(|| {
-                self.mem_usage_pct.clamp(0.0, 100.0) / 100.0 * self.ram_total_bytes as f64
-                    / self.page_size as f64
-            }),
+            used_pages: crate::predict::used_pages(
+                self.mem_usage_pct,
+                self.guest_ram_bytes as f64,
+                self.page_size as f64,
+            ),
         }
     }
 
@@ -929,6 +935,7 @@ impl MigrationMonitor {
             sent_bytes: ram.transferred.saturating_sub(b.transferred),
             remaining_bytes: ram.remaining,
             ram_total_bytes: ram.total,
+            guest_ram_bytes: self.ram_bytes,
             mbps: ram.mbps,
             expected_downtime_ms: info.expected_downtime,
         };

@@ -124,8 +124,8 @@ impl Trace {
                     sampled_dirty_pps: self.extra_f64(row, "sampled_dirty_bps").and_then(|bps| {
                         crate::predict::sampled_pages_per_s(bps, row.page_size as f64)
                     }),
-                    used_pages: ram.filter(|_| row.page_size > 0).map(|ram| {
-                        row.mem_usage_pct.clamp(0.0, 100.0) / 100.0 * ram / row.page_size as f64
+                    used_pages: ram.and_then(|ram| {
+                        crate::predict::used_pages(row.mem_usage_pct, ram, row.page_size as f64)
                     }),
                 }
             })
@@ -448,6 +448,25 @@ mod tests {
         assert_eq!(t.extra_f64(&t.rows[0], "counted"), Some(7.0));
         assert_eq!(t.extra_f64(&t.rows[0], "note"), None);
         assert_eq!(t.rows[0].x()[0], 1234.0);
+    }
+
+    /// The header's RAM (as `vmbw record` writes it) turns X2 into used
+    /// pages, and a sampled rate gets its rounding back; without the
+    /// header line there are no used pages.
+    #[test]
+    fn iterations_take_used_pages_from_the_header_s_ram() {
+        let body = format!("{HEADER},sampled_dirty_bps\n1,10,50,5,0,0,0,0.5,4096,1048576\n");
+        let with = format!("# QEMU 10.0.2; guest RAM 128 MiB; 1 vCPU(s)\n{body}");
+        let t = parse(&with, "t").expect("parses");
+        assert_eq!(t.guest_ram_bytes(), Some(128.0 * 1024.0 * 1024.0));
+        let it = t.iterations();
+        assert_eq!(it[0].used_pages, Some(16384.0));
+        assert_eq!(it[0].sampled_dirty_pps, Some(320.0));
+        let without = parse(&body, "t").expect("parses");
+        assert_eq!(without.guest_ram_bytes(), None);
+        assert_eq!(without.iterations()[0].used_pages, None);
+        let odd = parse(&format!("# guest RAM lots MiB\n{body}"), "t").expect("parses");
+        assert_eq!(odd.guest_ram_bytes(), None);
     }
 
     #[test]

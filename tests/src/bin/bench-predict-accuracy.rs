@@ -26,7 +26,9 @@
 //!
 //! Options: `--window N` (grey models' window, default 8), `--from K`
 //! (first iteration predicted, 1-based, default 2), `--dir CORPUS=PATH`
-//! (repeatable; replaces the default corpora).
+//! (repeatable; replaces the default corpora), `--agent-view` (the
+//! predictors get a sampled dirty rate for the bulk pass only, as the
+//! agent has it: it samples while that pass runs, the recorder all along).
 
 use std::{
     collections::BTreeMap,
@@ -52,6 +54,7 @@ const MIN_SCORED: usize = 3;
 struct Options {
     window: usize,
     from: usize,
+    agent_view: bool,
     corpora: Vec<(String, PathBuf)>,
 }
 
@@ -60,6 +63,7 @@ fn parse_args() -> anyhow::Result<Options> {
     let mut o = Options {
         window: 8,
         from: 2,
+        agent_view: false,
         corpora: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -68,6 +72,7 @@ fn parse_args() -> anyhow::Result<Options> {
         match a.as_str() {
             "--window" => o.window = value()?.parse().context("--window")?,
             "--from" => o.from = value()?.parse().context("--from")?,
+            "--agent-view" => o.agent_view = true,
             "--dir" => {
                 let v = value()?;
                 let (name, path) = v
@@ -77,7 +82,7 @@ fn parse_args() -> anyhow::Result<Options> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: bench-predict-accuracy [--window N] [--from K] [--dir CORPUS=PATH ...]"
+                    "usage: bench-predict-accuracy [--window N] [--from K] [--agent-view] [--dir CORPUS=PATH ...]"
                 );
                 std::process::exit(0);
             }
@@ -418,6 +423,7 @@ fn main() -> anyhow::Result<()> {
             "bench": "predict-accuracy",
             "window": o.window,
             "from": o.from,
+            "agent_view": o.agent_view,
             "corpora": summary,
         })
     );
@@ -426,7 +432,12 @@ fn main() -> anyhow::Result<()> {
 
 fn score_trace(path: &Path, o: &Options) -> anyhow::Result<Option<TraceScores>> {
     let t = trace::read_path(path)?;
-    let rows = t.iterations();
+    let mut rows = t.iterations();
+    if o.agent_view {
+        for r in rows.iter_mut().skip(1) {
+            r.sampled_dirty_pps = None;
+        }
+    }
     let first = o.from.max(2) - 1;
     let family = t
         .comments
