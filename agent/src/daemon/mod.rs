@@ -305,6 +305,7 @@ fn spawn_follow(
         uplink: Some(uplink.to_owned()),
         vm_ifaces: entry.taps.clone(),
         sample_bulk_pass: true,
+        sample_later_passes: true,
         ..MonitorConfig::default()
     };
     Some(tokio::spawn(vm::follow(

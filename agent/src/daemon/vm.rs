@@ -303,7 +303,7 @@ async fn follow_once<S: MigrationSource>(
                         v.sample_at = Some(std::time::Instant::now());
                         v.pass_started = v.sample_at;
                         let mut it = s.to_iteration();
-                        if v.rows.is_empty() {
+                        if v.rows.is_empty() && it.sampled_dirty_pps.is_none() {
                             // The rate sampled during the bulk pass.
                             it.sampled_dirty_pps = v.sampled_dirty_rate.and_then(|bps| {
                                 crate::predict::sampled_pages_per_s(bps, s.page_size as f64)

@@ -433,6 +433,7 @@ impl LibvirtMonitor {
             guest_ram_bytes: job.total_bytes,
             mbps: units::mbit(job.bytes_per_sec as f64),
             expected_downtime_ms: job.expected_downtime_ms,
+            sampled_dirty_bps: None,
         })
     }
 

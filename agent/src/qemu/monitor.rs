@@ -79,6 +79,11 @@ pub struct MonitorConfig {
     /// Off by default: a recorder sampling on its own would find QEMU's
     /// one measurement slot taken.
     pub sample_bulk_pass: bool,
+    /// With [`Self::sample_bulk_pass`], go on measuring while the later
+    /// pre-copy passes run, and give each pass the mean of what was
+    /// measured during it ([`IterationSample::sampled_dirty_bps`]), as the
+    /// recorder of the prediction corpus does.
+    pub sample_later_passes: bool,
 }
 
 impl Default for MonitorConfig {
@@ -90,6 +95,7 @@ impl Default for MonitorConfig {
             balloon_poll_secs: 1,
             reconnect_attempts: 3,
             sample_bulk_pass: false,
+            sample_later_passes: false,
         }
     }
 }
@@ -155,6 +161,12 @@ struct BulkSampler {
     rates: Vec<f64>,
     /// Refusals in a row (a QEMU older than 5.2 refuses every time).
     refused: u32,
+    /// What the measurements collected since the last pass boundary
+    /// found, bytes/s: the current pass's ([`IterationSample::sampled_dirty_bps`]).
+    pass: Vec<f64>,
+    /// The bulk pass has ended: later measurements count for their pass
+    /// only, not for [`Self::mean`].
+    bulk_over: bool,
 }
 
 impl BulkSampler {
@@ -168,8 +180,19 @@ impl BulkSampler {
     const GIVE_UP: u32 = 3;
 
     fn mean(&self) -> Option<f64> {
-        (!self.rates.is_empty()).then(|| self.rates.iter().sum::<f64>() / self.rates.len() as f64)
+        mean(&self.rates)
     }
+
+    /// The mean of the current pass's measurements, and a new pass.
+    fn close_pass(&mut self) -> Option<f64> {
+        let m = mean(&self.pass);
+        self.pass.clear();
+        m
+    }
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
 /// How fast a migration works through what it has left, from successive
@@ -282,6 +305,11 @@ pub struct IterationSample {
     pub guest_ram_bytes: u64,
     pub mbps: f64,
     pub expected_downtime_ms: Option<u64>,
+    /// The guest's write rate as QEMU's `calc-dirty-rate` measured it
+    /// during the iteration (measurements collected before its closing
+    /// boundary, whole MiB/s each), bytes/s; None where none was made
+    /// ([`MonitorConfig::sample_later_passes`]).
+    pub sampled_dirty_bps: Option<f64>,
 }
 
 /// Names of the trace columns after the standard nine, as
@@ -307,9 +335,9 @@ impl IterationSample {
             duration_s: self.iter_s,
             sent_bytes: Some(self.sent_bytes as f64),
             remaining_bytes: Some(self.remaining_bytes as f64),
-            // The agent samples the write rate itself (once, in the bulk
-            // pass) and adds it to the iteration it fell in.
-            sampled_dirty_pps: None,
+            sampled_dirty_pps: self
+                .sampled_dirty_bps
+                .and_then(|bps| crate::predict::sampled_pages_per_s(bps, self.page_size as f64)),
             used_pages: crate::predict::used_pages(
                 self.mem_usage_pct,
                 self.guest_ram_bytes as f64,
@@ -706,6 +734,12 @@ impl MigrationMonitor {
             self.finish().await?;
         } else if self.cfg.sample_bulk_pass && sync <= 1 {
             self.sample_bulk_pass(false).await?;
+        } else if self.cfg.sample_bulk_pass
+            && self.cfg.sample_later_passes
+            && status == MigrationStatus::Active
+        {
+            self.bulk.bulk_over = true;
+            self.sample_bulk_pass(false).await?;
         }
         Ok(())
     }
@@ -753,8 +787,11 @@ impl MigrationMonitor {
             }
             let info = self.qmp.query_dirty_rate().await?;
             if info.status == "measured" {
-                let mib = info.dirty_rate.unwrap_or(0).max(0) as f64;
-                self.bulk.rates.push(mib * 1024.0 * 1024.0);
+                let rate = info.dirty_rate.unwrap_or(0).max(0) as f64 * 1024.0 * 1024.0;
+                if !self.bulk.bulk_over {
+                    self.bulk.rates.push(rate);
+                }
+                self.bulk.pass.push(rate);
                 self.bulk.asked = None;
                 self.bulk.refused = 0;
                 self.read_used_memory().await?;
@@ -938,6 +975,7 @@ impl MigrationMonitor {
             guest_ram_bytes: self.ram_bytes,
             mbps: ram.mbps,
             expected_downtime_ms: info.expected_downtime,
+            sampled_dirty_bps: self.bulk.close_pass(),
         };
         if sample.syncs > 1 {
             tracing::warn!(

@@ -4,7 +4,13 @@
 //! the stop-and-copy interval held back, merged samples when syncs are
 //! missed. The real-QEMU test is `vmbw-tests/tests/qemu_migration.rs`.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use serde_json::{Value, json};
 use tokio::{
@@ -97,12 +103,16 @@ enum Drive {
     Advance(usize),
 }
 
-/// calc-dirty-rate asked for after the bulk pass had clearly ended.
-static LATE_ASKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// Serves one connection: answers the monitor's queries from the current
 /// phase and moves on when told.
-async fn fake_qemu(listener: UnixListener, phases: Vec<Phase>, mut drive: mpsc::Receiver<Drive>) {
+/// `late` counts calc-dirty-rate asked for after the bulk pass had
+/// clearly ended (one counter per fake: tests run side by side).
+async fn fake_qemu(
+    listener: UnixListener,
+    phases: Vec<Phase>,
+    mut drive: mpsc::Receiver<Drive>,
+    late: Arc<AtomicU64>,
+) {
     let (stream, _) = listener.accept().await.expect("accept");
     let (r, mut w) = stream.into_split();
     let (line_tx, mut lines) = mpsc::unbounded_channel::<String>();
@@ -157,7 +167,7 @@ async fn fake_qemu(listener: UnixListener, phases: Vec<Phase>, mut drive: mpsc::
                         // A poll may still have seen sync 1 as it moved on:
                         // only from sync 3 on is it late for sure.
                         if p.sync >= 3 {
-                            LATE_ASKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            late.fetch_add(1, Ordering::Relaxed);
                         }
                         measured += 1;
                         json!({})
@@ -205,6 +215,8 @@ struct Run {
     /// The bulk pass's dirty rate and the used memory, as the last
     /// progress carried them.
     bulk: (Option<f64>, Option<u64>),
+    /// calc-dirty-rate asked for from the third sync on.
+    late_asks: u64,
 }
 
 /// Runs the script; `steps` says how many phases each advance moves.
@@ -216,16 +228,24 @@ async fn run(events: bool, steps: &[usize]) -> Run {
 /// As [`run`], each advance `(ms, n)` after `ms` milliseconds; with
 /// `sample_bulk`, the monitor measures the bulk pass's dirty rate.
 async fn run_timed(events: bool, steps: &[(u64, usize)], sample_bulk: bool) -> Run {
+    run_sampled(events, steps, sample_bulk, false).await
+}
+
+/// As [`run_timed`]; with `later` too, the monitor goes on measuring after
+/// the bulk pass.
+async fn run_sampled(events: bool, steps: &[(u64, usize)], sample_bulk: bool, later: bool) -> Run {
     let path: SocketFile = socket_path();
     let listener = UnixListener::bind(&*path).expect("bind");
     let (drive, rx) = mpsc::channel(8);
-    tokio::spawn(fake_qemu(listener, script(), rx));
+    let late = Arc::new(AtomicU64::new(0));
+    tokio::spawn(fake_qemu(listener, script(), rx, late.clone()));
     let qmp = Qmp::connect(&*path, QmpOptions::default())
         .await
         .expect("connect");
     let cfg = MonitorConfig {
         poll_interval: Duration::from_millis(20),
         sample_bulk_pass: sample_bulk,
+        sample_later_passes: later,
         ..MonitorConfig::default()
     };
     let mut mon = MigrationMonitor::new(qmp, cfg).await.expect("monitor");
@@ -277,6 +297,7 @@ async fn run_timed(events: bool, steps: &[(u64, usize)], sample_bulk: bool) -> R
         outcome,
         progress,
         bulk,
+        late_asks: late.load(Ordering::Relaxed),
     }
 }
 
@@ -287,11 +308,7 @@ async fn the_bulk_pass_is_sampled_back_to_back_and_averaged() {
     // pass ends.
     let steps = [(150, 1), (150, 1), (4500, 1), (150, 1), (150, 1), (150, 1)];
     let r = run_timed(true, &steps, true).await;
-    assert_eq!(
-        LATE_ASKS.load(std::sync::atomic::Ordering::Relaxed),
-        0,
-        "measured after the bulk pass"
-    );
+    assert_eq!(r.late_asks, 0, "measured after the bulk pass");
     assert_eq!(r.samples.len(), 3);
     let (rate, used) = r.bulk;
     let mib = 1024.0 * 1024.0;
@@ -303,6 +320,37 @@ async fn the_bulk_pass_is_sampled_back_to_back_and_averaged() {
     // Off (the default), nothing is asked for.
     let r = run(true, &[1, 1, 1, 1, 1, 1]).await;
     assert_eq!(r.bulk.0, None);
+}
+
+#[tokio::test]
+async fn later_passes_get_their_own_measurements() {
+    // A 3 s bulk pass, then a 3 s second pass: each holds at least
+    // one measurement (about 1.1 s each), and each pass's sample carries
+    // the mean of those collected during it. The bulk pass's mean, which
+    // the forecast uses, keeps the bulk pass's alone.
+    let steps = [(150, 1), (150, 1), (3000, 1), (3000, 1), (150, 1), (150, 1)];
+    let r = run_sampled(true, &steps, true, true).await;
+    assert_eq!(r.samples.len(), 3);
+    let mib = 1024.0 * 1024.0;
+    let per_pass: Vec<Option<f64>> = r
+        .samples
+        .iter()
+        .map(|s| s.sampled_dirty_bps.map(|b| b / mib))
+        .collect();
+    for (i, rate) in per_pass.iter().take(2).enumerate() {
+        let rate = rate.unwrap_or_else(|| panic!("pass {}: no measurement: {per_pass:?}", i + 1));
+        // Each measurement finds 2 or 4 MiB/s.
+        assert!((2.0..=4.0).contains(&rate), "pass {}: {rate}", i + 1);
+    }
+    assert_eq!(r.bulk.0.map(|b| b / mib), per_pass[0]);
+    // The predictors get it as pages/s, with the rounding put back.
+    let it = r.samples[1].to_iteration();
+    let want = (per_pass[1].expect("measured") + 0.25) * mib / PAGE as f64;
+    assert_eq!(it.sampled_dirty_pps, Some(want));
+    // Without `later`, passes after the bulk pass carry none.
+    let r = run_sampled(true, &steps, true, false).await;
+    assert!(r.samples[0].sampled_dirty_bps.is_some());
+    assert_eq!(r.samples[1].sampled_dirty_bps, None);
 }
 
 #[tokio::test]
