@@ -248,6 +248,20 @@ fn testbed_runs(
 ) -> anyhow::Result<PathBuf> {
     let out = util::workspace_root().join("target/reproduce").join(name);
     let _ = std::fs::remove_dir_all(&out);
+    migration::testbed(&testbed_args(stems, policies, runs, &out, false))?;
+    Ok(out)
+}
+
+/// `vmbw-testbed run` on the scenarios `stems` with `policies`, `runs`
+/// repetitions each, its reports into `out` (merged into the reports
+/// there with `merge`).
+fn testbed_args(
+    stems: &[&str],
+    policies: &[&str],
+    runs: u64,
+    out: &Path,
+    merge: bool,
+) -> Vec<String> {
     let mut args = vec!["run".to_owned()];
     for stem in stems {
         args.extend(["--scenario".into(), format!("tests/scenarios/{stem}.toml")]);
@@ -255,14 +269,12 @@ fn testbed_runs(
     for p in policies {
         args.extend(["--policy".into(), (*p).into()]);
     }
-    args.extend([
-        "--repetitions".into(),
-        runs.to_string(),
-        "--out".into(),
-        out.display().to_string(),
-    ]);
-    migration::testbed(&args)?;
-    Ok(out)
+    args.extend(["--repetitions".into(), runs.to_string()]);
+    if merge {
+        args.push("--merge".into());
+    }
+    args.extend(["--out".into(), out.display().to_string()]);
+    args
 }
 
 /// Seed 000's cells: the paper's three links (§2: unlimited, 50 and 30
@@ -420,22 +432,7 @@ fn run_missing(
 /// into the same report.
 fn testbed_merge(stem: &str, policies: &[&str], runs: u64) -> anyhow::Result<Value> {
     let bench = bench_dir();
-    let mut args = vec![
-        "run".to_owned(),
-        "--scenario".into(),
-        format!("tests/scenarios/{stem}.toml"),
-    ];
-    for p in policies {
-        args.extend(["--policy".into(), (*p).into()]);
-    }
-    args.extend([
-        "--repetitions".into(),
-        runs.to_string(),
-        "--merge".into(),
-        "--out".into(),
-        bench.display().to_string(),
-    ]);
-    migration::testbed(&args)?;
+    migration::testbed(&testbed_args(&[stem], policies, runs, &bench, true))?;
     read_json(&bench.join(format!("{stem}.json")), "a scenario report")
 }
 
