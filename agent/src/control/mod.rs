@@ -79,8 +79,9 @@ pub struct VmInputs {
     pub armed: Armed,
     /// The migration already runs in post-copy.
     pub postcopy: bool,
-    /// The guest's dirty rate sampled during the bulk pass (QEMU's
-    /// `calc-dirty-rate`), bytes/s.
+    /// The guest's dirty rate as QEMU's `calc-dirty-rate` last measured
+    /// it, bytes/s: the mean of the bulk pass's samples so far while it
+    /// runs, then that of the last finished pass that had samples.
     pub sampled_dirty_rate: Option<f64>,
     /// Seconds left before the migration's starter gives up on it
     /// (KubeVirt's `completionTimeoutPerGiB` × the guest's GiB, counted

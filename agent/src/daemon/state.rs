@@ -140,9 +140,10 @@ pub struct VmState {
     pub refused: Vec<String>,
     /// What the current migration's starter armed.
     pub armed: Armed,
-    /// The guest's dirty rate during the bulk pass, bytes/s: the mean of
-    /// QEMU's `calc-dirty-rate` samples so far (QEMU reports no rate
-    /// before the pass ends).
+    /// The guest's dirty rate as QEMU's `calc-dirty-rate` last measured
+    /// it, bytes/s: during the bulk pass the mean of its samples so far
+    /// (QEMU reports no rate before the pass ends), then the mean of the
+    /// last finished pass that had samples.
     pub sampled_dirty_rate: Option<f64>,
     /// The guest's used memory, bytes: what no pass can leave more dirty
     /// than (`control::forecast::dirtied`).

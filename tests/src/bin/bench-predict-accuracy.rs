@@ -127,9 +127,9 @@ type EtaAt = [Option<([Option<f64>; FORECASTS.len()], f64)>; 3];
 /// dirty too (`forecast::forecast_in_pass`; the same as the first at a
 /// pass's end), as the agent made it until 2026-12-01 (the bulk pass's
 /// first dirty-rate sample, nothing bounding what a pass leaves dirty)
-/// and as it makes it now (the mean of the bulk pass's samples so far;
-/// no pass leaves more than the guest's used memory dirty,
-/// `forecast::dirtied`).
+/// and as it makes it now (the mean of the bulk pass's samples so far,
+/// then of the last finished pass's; no pass leaves more than the
+/// guest's used memory dirty, `forecast::dirtied`).
 const FORECASTS: [&str; 4] = [
     "rate",
     "working set",
@@ -201,15 +201,27 @@ fn read_sidecar(path: &Path) -> anyhow::Result<Option<Sidecar>> {
     Ok(Some(out))
 }
 
+/// The mean of the dirty-rate samples taken from `from` to `to` seconds
+/// (a pass's: those before its closing boundary, as the agent files them).
+fn mean_sample(samples: &[(f64, f64)], from: f64, to: f64) -> Option<f64> {
+    let taken: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.0 > from && s.0 <= to)
+        .map(|s| s.1)
+        .collect();
+    (!taken.is_empty()).then(|| taken.iter().sum::<f64>() / taken.len() as f64)
+}
+
 /// The completion forecasts of a completed migration `t` (see the module's
 /// docs); None if it did not complete.
 ///
 /// With a progress sidecar the forecast is made at the last poll before
 /// each point, as the agent makes it (`policy::expect_all`): what is left
 /// then, at the rate QEMU was measured to drain it ([`Drain`]) and later
-/// passes at the rate it sent, with the dirty-rate sample standing in
-/// while the bulk pass runs (the samples' mean so far, or the first sample
-/// only for the agent's old rule). Without one, only at the end of the
+/// passes at the rate it sent, with the dirty-rate samples counted (the
+/// bulk pass's mean so far, then the last finished pass's mean; for the
+/// agent's old rule the first sample, in the first two passes only).
+/// Without one, only at the end of the
 /// last pass before the point, at the rate the pass sent ("bulk" while the
 /// bulk pass ran).
 fn eta_scores(
@@ -255,21 +267,23 @@ fn eta_scores(
                         used_memory: None,
                     });
                 }
-                // The agent measures back to back while the bulk pass
-                // runs and forecasts with the mean.
-                let bulk_end = t
+                // The agent measures back to back and forecasts with the
+                // mean of the bulk pass's samples so far while it runs,
+                // then with that of the last finished pass that had any
+                // (`VmInputs::sampled_dirty_rate`).
+                let ends: Vec<f64> = t
                     .rows
-                    .first()
-                    .and_then(|r| t.extra_f64(r, "end_s"))
-                    .unwrap_or(f64::INFINITY);
-                let taken: Vec<f64> = sc
-                    .samples
                     .iter()
-                    .take_while(|s| s.0 <= now.min(bulk_end))
-                    .map(|s| s.1)
+                    .filter_map(|r| t.extra_f64(r, "end_s"))
+                    .take_while(|e| *e <= now)
                     .collect();
-                let sampled =
-                    (!taken.is_empty()).then(|| taken.iter().sum::<f64>() / taken.len() as f64);
+                let sampled = match ends.len() {
+                    0 => mean_sample(&sc.samples, 0.0, now),
+                    k => (0..k).rev().find_map(|i| {
+                        let start = i.checked_sub(1).map_or(0.0, |j| ends[j]);
+                        mean_sample(&sc.samples, start, ends[i])
+                    }),
+                };
                 let first = sc.samples.first().filter(|s| s.0 <= now).map(|s| s.1);
                 (
                     now,
@@ -369,7 +383,7 @@ fn eta_scores(
             None => f.eta_s,
         };
         let old = VmInputs {
-            sampled_dirty_rate: first,
+            sampled_dirty_rate: first.filter(|_| known <= 1),
             ..vm.clone()
         };
         let whole = forecast::forecast_in_pass(
