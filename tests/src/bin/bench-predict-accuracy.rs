@@ -14,6 +14,12 @@
 //! often each model is best, gm1n's worst ratio to the best baseline, and
 //! gm1n's median WAPE on the steady (not bursty, not on/off) traces.
 //!
+//! Beside the models, a diagnostic that is not one (column `T known`):
+//! each iteration's pages as the previous iteration's rate (pages / its
+//! duration) times the iteration's own recorded duration, which no model
+//! knows beforehand. What gm1n errs beyond it is mostly how long the
+//! pass lasts, not how fast the guest writes.
+//!
 //! Besides one step, the whole remaining migration: on each trace whose
 //! migration completed, at 25, 50 and 75% of its duration, completion
 //! forecasts ([`FORECASTS`], `control::forecast`: what is left, the dirty
@@ -111,6 +117,9 @@ struct TraceScores {
     models: BTreeMap<String, eval::Scores>,
     /// gm1n and gm11 WAPE with only the nine standard columns.
     nine: Option<(f64, f64)>,
+    /// WAPE of the diagnostic that knows each pass's duration
+    /// ([`known_duration`]), on the same iterations.
+    known_duration: f64,
     /// Completion forecasts of a completed migration.
     eta: Option<EtaAt>,
 }
@@ -464,9 +473,10 @@ fn score_trace(path: &Path, o: &Options) -> anyhow::Result<Option<TraceScores>> 
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let Some(models) = score_models(&rows, MODELS, first, o.window)? else {
+    let Some((models, common)) = score_models(&rows, MODELS, first, o.window)? else {
         return Ok(None);
     };
+    let known_duration = eval::score(&known_duration(&rows), &rows, &common).wape;
     // The same iterations without the telemetry beyond the nine columns.
     let bare: Vec<Iteration> = rows
         .iter()
@@ -479,7 +489,7 @@ fn score_trace(path: &Path, o: &Options) -> anyhow::Result<Option<TraceScores>> 
         })
         .collect();
     let nine = score_models(&bare, &["gm1n", "gm11"], first, o.window)?
-        .map(|m| (m["gm1n"].wape, m["gm11"].wape));
+        .map(|(m, _)| (m["gm1n"].wape, m["gm11"].wape));
     let sidecar = read_sidecar(path)?;
     let eta = eta_scores(&t, &rows, sidecar.as_ref(), o.window)?;
     Ok(Some(TraceScores {
@@ -488,18 +498,41 @@ fn score_trace(path: &Path, o: &Options) -> anyhow::Result<Option<TraceScores>> 
         rows: rows.len(),
         models,
         nine,
+        known_duration,
         eta,
     }))
 }
 
+/// The diagnostic of the module's docs: row k's pages as row k−1's rate
+/// times row k's recorded duration (from row 1 on; none where a duration
+/// is unknown).
+fn known_duration(rows: &[Iteration]) -> eval::Run {
+    let predicted: Vec<Option<f64>> = (0..rows.len())
+        .map(|k| {
+            let (prev, this) = (rows.get(k.checked_sub(1)?)?, &rows[k]);
+            (prev.duration_s > 0.0 && this.duration_s > 0.0)
+                .then(|| prev.x[0] / prev.duration_s * this.duration_s)
+        })
+        .collect();
+    eval::Run {
+        model: "T known".into(),
+        how: vec![None; predicted.len()],
+        predicted,
+    }
+}
+
+/// Model -> its scores.
+type Scored = BTreeMap<String, eval::Scores>;
+
 /// Every model in `names` one step ahead from row `first`, scored on the
-/// iterations all of them predicted; None if there are none.
+/// iterations all of them predicted (returned too); None if there are
+/// too few.
 fn score_models(
     rows: &[Iteration],
     names: &[&str],
     first: usize,
     window: usize,
-) -> anyhow::Result<Option<BTreeMap<String, eval::Scores>>> {
+) -> anyhow::Result<Option<(Scored, Vec<usize>)>> {
     let mut runs = Vec::new();
     for name in names {
         let m = model(name, window).with_context(|| format!("model {name}"))?;
@@ -509,11 +542,11 @@ fn score_models(
     if common.len() < MIN_SCORED {
         return Ok(None);
     }
-    Ok(Some(
-        runs.iter()
-            .map(|r| (r.model.clone(), eval::score(r, rows, &common)))
-            .collect(),
-    ))
+    let scores = runs
+        .iter()
+        .map(|r| (r.model.clone(), eval::score(r, rows, &common)))
+        .collect();
+    Ok(Some((scores, common)))
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -541,7 +574,10 @@ fn report(corpus: &str, dir: &Path, scored: &[TraceScores]) -> serde_json::Value
     for m in MODELS {
         print!(" {m:>7}");
     }
-    println!(" {:>9} {:>9}  best", "gm1n/9col", "gm11/9col");
+    println!(
+        " {:>9} {:>9} {:>7}  best",
+        "gm1n/9col", "gm11/9col", "T known"
+    );
     let mut best_count: BTreeMap<&str, usize> = BTreeMap::new();
     let mut gm1n_ratio = Vec::new();
     let mut nine_rel = Vec::new();
@@ -556,6 +592,7 @@ fn report(corpus: &str, dir: &Path, scored: &[TraceScores]) -> serde_json::Value
             Some((g, g11)) => print!(" {g:>9.1} {g11:>9.1}"),
             None => print!(" {:>9} {:>9}", "-", "-"),
         }
+        print!(" {:>7.1}", s.known_duration);
         let lowest = MODELS
             .iter()
             .map(|m| wape(m))
@@ -602,7 +639,13 @@ fn report(corpus: &str, dir: &Path, scored: &[TraceScores]) -> serde_json::Value
     for m in MODELS {
         print!(" {:>7.1}", medians[*m].as_f64().unwrap_or(f64::NAN));
     }
-    println!();
+    let known_duration = median(scored.iter().map(|s| s.known_duration).collect());
+    println!(
+        " {:>9} {:>9} {:>7.1}",
+        "",
+        "",
+        known_duration.unwrap_or(f64::NAN)
+    );
     let steady = median(
         scored
             .iter()
@@ -714,5 +757,6 @@ fn report(corpus: &str, dir: &Path, scored: &[TraceScores]) -> serde_json::Value
         "gm1n_worst_ratio_to_best_baseline": worst_ratio.map(|(t, r)| json!({"trace": t, "ratio": r})),
         "gm1n_worst_ratio_to_gm11_nine_columns": worst_nine.map(|(t, r)| json!({"trace": t, "ratio": r})),
         "gm1n_median_wape_steady": steady,
+        "median_wape_duration_known": known_duration,
     })
 }
