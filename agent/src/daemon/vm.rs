@@ -292,6 +292,7 @@ async fn follow_once<S: MigrationSource>(
                     mem_pct = s.mem_usage_pct,
                     cpu_pct = s.cpu_usage_pct,
                     vm_net_bps = s.vm_net_bps,
+                    sampled_dirty_mbit = s.sampled_dirty_bps.map(units::mbit),
                     "iteration finished"
                 );
                 {
