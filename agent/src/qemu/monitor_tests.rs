@@ -326,8 +326,9 @@ async fn the_bulk_pass_is_sampled_back_to_back_and_averaged() {
 async fn later_passes_get_their_own_measurements() {
     // A 3 s bulk pass, then a 3 s second pass: each holds at least
     // one measurement (about 1.1 s each), and each pass's sample carries
-    // the mean of those collected during it. The bulk pass's mean, which
-    // the forecast uses, keeps the bulk pass's alone.
+    // the mean of those collected during it. The bulk pass's running
+    // mean, which the forecast uses while that pass runs, keeps the bulk
+    // pass's alone.
     let steps = [(150, 1), (150, 1), (3000, 1), (3000, 1), (150, 1), (150, 1)];
     let r = run_sampled(true, &steps, true, true).await;
     assert_eq!(r.samples.len(), 3);
