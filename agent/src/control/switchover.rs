@@ -13,9 +13,6 @@
 //! draining ~15 Mbit/s while QEMU was allowed 31.
 //!
 //! So once a migration approaches its switchover, vmbw
-//! - bounds the send buffers of QEMU's sockets to about the backlog it
-//!   aims for ([`send_buffer`]), so that no more than that can be written
-//!   and unacknowledged (the socket's queue and the class's together);
 //! - paces QEMU at the class's drain rate minus what brings the backlog
 //!   down to a small target within a second (QEMU then neither refills
 //!   the socket nor leaves the class idle), and
@@ -23,11 +20,10 @@
 //!   `avail-switchover-bandwidth` = drain − backlog / downtime limit, so
 //!   that the backlog and the last dirty pages together fit the limit.
 //!
-//! The pacing and `avail-switchover-bandwidth` only where vmbw reaches QEMU
-//! over QMP: libvirt has no call for `avail-switchover-bandwidth`, and the
-//! pacing alone does not help (the backlog measured on the testbed was in
-//! flight, in the path's queues, and did not drain while QEMU was paced at
-//! half the class's rate). The send buffers are bounded for both.
+//! Only where vmbw reaches QEMU over QMP: libvirt has no call for
+//! `avail-switchover-bandwidth`, and the pacing alone does not help (the
+//! backlog measured on the testbed was in flight, in the path's queues,
+//! and did not drain while QEMU was paced at half the class's rate).
 
 use super::{QemuParams, mbit};
 
@@ -65,30 +61,6 @@ const MIN_PACE: f64 = 0.5;
 /// expected downtime into INT64_MIN, seen on the testbed). At 1000 bytes/s
 /// the 300 ms limit admits 300 bytes: held.
 const HOLD: f64 = 1000.0;
-
-/// The least send buffer the guard leaves QEMU's sockets, bytes: one
-/// 64 KiB GSO packet, which HTB does not split.
-const MIN_SEND_BUFFER: f64 = 64.0 * 1024.0;
-
-/// The send buffer (`SO_SNDBUF`) that keeps QEMU's backlog near the
-/// guard's target ([`TARGET_SHARE`] of what the downtime limit carries at
-/// the drain rate), at least [`MIN_SEND_BUFFER`].
-///
-/// Why: pacing QEMU does not drain bytes already in flight (module docs),
-/// and `avail-switchover-bandwidth` only lets QEMU count them; a send
-/// buffer bounds written-but-unacknowledged bytes, the socket's queue and
-/// the class's together, so the final pass cannot queue behind more than
-/// that. The hold before post-copy does the same with 16 KiB. It also
-/// reaches migrations libvirt started, whose QEMU takes no
-/// `avail-switchover-bandwidth` from vmbw.
-pub fn send_buffer(stream: &Stream) -> u32 {
-    let bytes = (TARGET_SHARE * stream.drain * stream.downtime_limit_s).max(MIN_SEND_BUFFER);
-    if bytes.is_finite() {
-        bytes.min(f64::from(u32::MAX)) as u32
-    } else {
-        MIN_SEND_BUFFER as u32
-    }
-}
 
 /// The migration stream as the agent measures it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -198,28 +170,6 @@ mod tests {
             dirty_rate: 0.0,
             held_s: 0.0,
         }
-    }
-
-    /// A class draining 15 Mbit/s under a 300 ms limit: QEMU's sockets may
-    /// hold a quarter of the 562 KB the limit carries; a slow class still
-    /// gets one 64 KiB packet's room, and nonsense gets that too.
-    #[test]
-    fn the_send_buffer_holds_the_target_backlog_and_one_packet_at_least() {
-        let s = stream(0.0);
-        let want = 0.25 * 15.0 * MBIT * 0.3;
-        assert_eq!(send_buffer(&s), want as u32);
-        let slow = Stream { drain: MBIT, ..s };
-        assert_eq!(send_buffer(&slow), 64 * 1024);
-        let odd = Stream {
-            drain: f64::NAN,
-            ..s
-        };
-        assert_eq!(send_buffer(&odd), 64 * 1024);
-        let huge = Stream {
-            drain: f64::INFINITY,
-            ..s
-        };
-        assert_eq!(send_buffer(&huge), 64 * 1024);
     }
 
     #[test]

@@ -94,9 +94,6 @@ pub fn cap_send_buffers(pid: u32, bytes: u32) -> Option<Vec<(TcpConn, libc::c_in
 /// Gives `pid`'s streams back the send buffers [`cap_send_buffers`] found
 /// (streams closed since are skipped). Returns how many were restored.
 pub fn restore_send_buffers(pid: u32, before: &[(TcpConn, libc::c_int)]) -> usize {
-    if before.is_empty() {
-        return 0;
-    }
     let mut restored = 0;
     let _ = for_each_socket(pid, |sock| {
         let Some((conn, _)) = established_tcp(sock) else {

@@ -161,9 +161,6 @@ pub struct VmState {
     pub stream_backlog: u64,
     /// Since when pre-copy's switchover is held for that backlog.
     pub switchover_held_since: Option<std::time::Instant>,
-    /// QEMU's migration sockets' send buffers as they were before the
-    /// switchover guard bounded them (empty while it does not).
-    pub guard_send_buffers: Vec<(super::procnet::TcpConn, libc::c_int)>,
     /// How fast QEMU works through `remaining`, from every poll.
     pub drain: Drain,
     /// What KubeVirt says of this VM (the VMI of the same
@@ -240,7 +237,6 @@ impl VmState {
             ram_bytes: None,
             stream_backlog: 0,
             switchover_held_since: None,
-            guard_send_buffers: Vec::new(),
             drain: Drain::default(),
             cluster: ClusterTerms::default(),
         }
@@ -272,8 +268,6 @@ impl VmState {
         self.ram_bytes = None;
         self.stream_backlog = 0;
         self.switchover_held_since = None;
-        // The last migration's sockets are gone.
-        self.guard_send_buffers.clear();
         self.drain = Drain::default();
     }
 

@@ -398,14 +398,8 @@ async fn await_decision_and_apply<S: MigrationSource>(
     let switching = applied.pending(&params).start_postcopy;
     let pid = source.qemu_pid();
     let mut params = params;
-    if !switching && pid != 0 {
-        guard_switchover(
-            shared,
-            name,
-            pid,
-            &mut params,
-            source.sets_switchover_bandwidth(),
-        );
+    if !switching && pid != 0 && source.sets_switchover_bandwidth() {
+        guard_switchover(shared, name, pid, &mut params);
     }
     let (params, held_buffers) = if switching && pid != 0 {
         drain_before_switch(source, applied, &params, pid).await
@@ -473,32 +467,22 @@ async fn await_decision_and_apply<S: MigrationSource>(
     }
 }
 
-/// Guards a pre-copy migration near its switchover so that its final pass
-/// does not wait behind QEMU's socket backlog ([`switchover`]): bounds the
-/// send buffers of QEMU's sockets ([`switchover::send_buffer`]) and, where
-/// vmbw sets QEMU's parameters itself (`pace`: QMP, not libvirt), paces
-/// QEMU and tells it the bandwidth its final pass will have. The buffers
-/// are given back when the migration moves away from its switchover or
-/// into post-copy. Only for migrations the policy enforces (it knows
-/// their class).
-fn guard_switchover(
-    shared: &Arc<Shared>,
-    name: &str,
-    pid: u32,
-    params: &mut QemuParams,
-    pace: bool,
-) {
-    let (stream, give_back) = {
+/// Paces a pre-copy migration near its switchover so that its final pass
+/// does not wait behind QEMU's socket backlog ([`switchover`]). Only for
+/// migrations the policy enforces (it knows their class).
+fn guard_switchover(shared: &Arc<Shared>, name: &str, pid: u32, params: &mut QemuParams) {
+    let stream = {
         let mut st = shared.state();
         let Some(v) = st.vms.get_mut(name) else {
             return;
         };
         let Some(guarantee) = v.decision.as_ref().and_then(|d| d.migration_rate) else {
-            let give_back = std::mem::take(&mut v.guard_send_buffers);
-            drop(st);
-            procnet::restore_send_buffers(pid, &give_back);
             return;
         };
+        if v.phase == MigrationPhase::PostCopy {
+            v.switchover_held_since = None;
+            return;
+        }
         // A class cannot drain faster than its ceiling, whatever a rate
         // measured over a bursty interval says. Rates are measured over at
         // least 250 ms since 8b3d2ae; before, a tick right after another
@@ -521,38 +505,12 @@ fn guard_switchover(
             dirty_rate: v.dirty_rates.last().copied().unwrap_or(0.0),
             held_s: v.switchover_held_s().unwrap_or(0.0),
         };
-        if v.phase == MigrationPhase::PostCopy || !stream.approaching(v.iteration) {
+        if !stream.approaching(v.iteration) {
             v.switchover_held_since = None;
-            (None, std::mem::take(&mut v.guard_send_buffers))
-        } else {
-            (Some((stream, v.guard_send_buffers.is_empty())), Vec::new())
+            return;
         }
+        stream
     };
-    if !give_back.is_empty() {
-        let n = procnet::restore_send_buffers(pid, &give_back);
-        debug!(sockets = n, "switchover guard: send buffers given back");
-    }
-    let Some((stream, bound)) = stream else {
-        return;
-    };
-    if bound {
-        let bytes = switchover::send_buffer(&stream);
-        if let Some(was) = procnet::cap_send_buffers(pid, bytes)
-            && !was.is_empty()
-        {
-            info!(
-                sockets = was.len(),
-                send_buffer_kib = bytes / 1024,
-                "switchover guard: QEMU's send buffers bounded"
-            );
-            if let Some(v) = shared.state().vms.get_mut(name) {
-                v.guard_send_buffers = was;
-            }
-        }
-    }
-    if !pace {
-        return;
-    }
     let Some(backlog) = procnet::send_queue(pid) else {
         return;
     };
