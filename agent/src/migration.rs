@@ -22,8 +22,9 @@ use std::{future::Future, time::Duration};
 use crate::{
     control::{Armed, QemuParams},
     qemu::{
-        Capability, IterationSample, MigrationMonitor, Progress, QmpError, monitor::MonitorError,
-        types::MigrationStatus,
+        Capability, IterationSample, MigrationMonitor, Progress, QmpError,
+        monitor::MonitorError,
+        types::{MigrationParameters, MigrationStatus},
     },
 };
 
@@ -103,6 +104,52 @@ pub struct MigrationEnd {
     pub samples: u64,
 }
 
+/// What to give back of `starting` (QEMU's parameters before vmbw changed
+/// any): the parameters `applied` set, at their starting values, added to
+/// `given` (what earlier connections to the same migration set).
+pub fn to_give_back(
+    applied: &QemuParams,
+    starting: &MigrationParameters,
+    given: &MigrationParameters,
+) -> MigrationParameters {
+    let pick = |set: bool, start: Option<u64>, given: Option<u64>| given.or(start.filter(|_| set));
+    let pick8 = |set: bool, start: Option<u8>, given: Option<u8>| given.or(start.filter(|_| set));
+    let throttled = applied.cpu_throttle_pct.is_some();
+    MigrationParameters {
+        max_bandwidth: pick(
+            applied.max_bandwidth.is_some(),
+            starting.max_bandwidth,
+            given.max_bandwidth,
+        ),
+        downtime_limit: pick(
+            applied.downtime_limit_s.is_some(),
+            starting.downtime_limit,
+            given.downtime_limit,
+        ),
+        cpu_throttle_initial: pick8(
+            throttled,
+            starting.cpu_throttle_initial,
+            given.cpu_throttle_initial,
+        ),
+        cpu_throttle_increment: pick8(
+            throttled,
+            starting.cpu_throttle_increment,
+            given.cpu_throttle_increment,
+        ),
+        max_cpu_throttle: pick8(throttled, starting.max_cpu_throttle, given.max_cpu_throttle),
+        max_postcopy_bandwidth: pick(
+            applied.max_postcopy_bandwidth.is_some(),
+            starting.max_postcopy_bandwidth,
+            given.max_postcopy_bandwidth,
+        ),
+        avail_switchover_bandwidth: pick(
+            applied.avail_switchover_bandwidth.is_some(),
+            starting.avail_switchover_bandwidth,
+            given.avail_switchover_bandwidth,
+        ),
+    }
+}
+
 /// Whether a bandwidth decision differs enough from the applied one to be
 /// worth a control command (1 %).
 pub fn bandwidth_changed(applied: Option<f64>, want: f64) -> bool {
@@ -150,6 +197,30 @@ pub trait MigrationSource: Send {
         want: &QemuParams,
         applied: &mut Applied,
     ) -> impl Future<Output = Result<Vec<Refused>, SourceError>> + Send;
+
+    /// QEMU's migration parameters as the migration's starter left them,
+    /// read before vmbw changes any, for [`give_back`](Self::give_back);
+    /// None where the source gives them back itself. libvirt does: it
+    /// reads them when a migration job starts and sets them again when the
+    /// job ends (`qemuMigrationParamsReset`).
+    fn starting_parameters(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<MigrationParameters>, SourceError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Sets `params` again once the migration ended. QEMU keeps its
+    /// migration parameters from one migration to the next, so a retry
+    /// would otherwise start under this one's caps and holds (e.g. an
+    /// `avail-switchover-bandwidth` of 1000 bytes/s keeps it from ever
+    /// switching over).
+    fn give_back(
+        &mut self,
+        params: &MigrationParameters,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send {
+        let _ = params;
+        async { Ok(()) }
+    }
 
     /// Every poll's [`Progress`] while [`next_sample`](Self::next_sample)
     /// waits; None where the source has none.
@@ -294,6 +365,23 @@ impl MigrationSource for MigrationMonitor {
         Ok(refused)
     }
 
+    async fn starting_parameters(&mut self) -> Result<Option<MigrationParameters>, SourceError> {
+        let params = self
+            .qmp()
+            .query_migrate_parameters()
+            .await
+            .map_err(MonitorError::Qmp)?;
+        Ok(Some(params))
+    }
+
+    async fn give_back(&mut self, params: &MigrationParameters) -> Result<(), SourceError> {
+        self.qmp()
+            .set_migrate_parameters(params)
+            .await
+            .map_err(MonitorError::Qmp)?;
+        Ok(())
+    }
+
     fn progress(&self) -> Option<tokio::sync::watch::Receiver<Option<Progress>>> {
         Some(MigrationMonitor::progress(self))
     }
@@ -352,6 +440,53 @@ mod tests {
                 ..QemuParams::default()
             }
         );
+    }
+
+    #[test]
+    fn what_vmbw_set_is_given_back_at_its_starting_value() {
+        let starting = MigrationParameters {
+            max_bandwidth: Some(134_217_728),
+            downtime_limit: Some(10_000),
+            cpu_throttle_initial: Some(20),
+            cpu_throttle_increment: Some(10),
+            max_cpu_throttle: Some(99),
+            max_postcopy_bandwidth: Some(0),
+            avail_switchover_bandwidth: Some(0),
+        };
+        // One connection paced QEMU and held its switchover...
+        let first = QemuParams {
+            max_bandwidth: Some(4e6),
+            avail_switchover_bandwidth: Some(1000.0),
+            ..QemuParams::default()
+        };
+        let given = to_give_back(&first, &starting, &MigrationParameters::default());
+        assert_eq!(
+            given,
+            MigrationParameters {
+                max_bandwidth: Some(134_217_728),
+                avail_switchover_bandwidth: Some(0),
+                ..MigrationParameters::default()
+            }
+        );
+        // ...the next (after a reconnect) throttled the vCPUs: both parts
+        // go back; the downtime limit, never touched, stays the starter's.
+        let second = QemuParams {
+            cpu_throttle_pct: Some(1),
+            ..QemuParams::default()
+        };
+        let given = to_give_back(&second, &starting, &given);
+        assert_eq!(given.max_bandwidth, Some(134_217_728));
+        assert_eq!(given.avail_switchover_bandwidth, Some(0));
+        assert_eq!(
+            (
+                given.cpu_throttle_initial,
+                given.cpu_throttle_increment,
+                given.max_cpu_throttle
+            ),
+            (Some(20), Some(10), Some(99))
+        );
+        assert_eq!(given.downtime_limit, None);
+        assert_eq!(given.max_postcopy_bandwidth, None);
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //!    task takes up the migration again once QEMU answers;
 //! 2. the relay closes the connection mid-migration: the agent reconnects
 //!    and follows the same migration on;
-//! 3. the migration is cancelled: the agent records it as failed and
-//!    lifts its allocation; a new migration to a fresh destination is
-//!    followed to completion.
+//! 3. the migration is cancelled: the agent records it as failed, lifts
+//!    its allocation and gives QEMU back the migration parameters it
+//!    changed; a new migration to a fresh destination is followed to
+//!    completion, and its parameters are given back too.
 
 use std::{
     io::{Read, Write},
@@ -185,6 +186,19 @@ fn until<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     None
 }
 
+/// Polls `f` every 100 ms for up to `within`; its last `Err` if it never
+/// returned `Ok`.
+fn until_ok<T, E>(within: Duration, mut f: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let deadline = Instant::now() + within;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 /// QEMU's transferred bytes, by the test's own control monitor.
 fn transferred(rt: &tokio::runtime::Runtime, ctl: &mut Qmp) -> (Option<MigrationStatus>, u64) {
     let info = rt.block_on(ctl.query_migrate()).expect("query-migrate");
@@ -259,6 +273,11 @@ fn qmp_stalls_cuts_and_a_cancelled_migration_are_survived() {
             agent.log_text()
         );
     }
+    // What the migration's starter left; the agent gives back what it
+    // changes once a migration ends (QEMU keeps them for the next).
+    let starting = rt
+        .block_on(ctl.query_migrate_parameters())
+        .expect("query-migrate-parameters");
     rt.block_on(ctl.migrate(&tb.migration_uri()))
         .expect("migrate");
     let decided = |agent: &Agent| {
@@ -365,6 +384,22 @@ fn qmp_stalls_cuts_and_a_cancelled_migration_are_survived() {
             vm(&agent)
         )
     });
+    let given_back = |ctl: &mut Qmp| {
+        let now = rt
+            .block_on(ctl.query_migrate_parameters())
+            .expect("query-migrate-parameters");
+        (now.max_bandwidth == starting.max_bandwidth
+            && now.avail_switchover_bandwidth == starting.avail_switchover_bandwidth)
+            .then_some(())
+            .ok_or(now)
+    };
+    if let Err(now) = until_ok(Duration::from_secs(10), || given_back(&mut ctl)) {
+        panic!(
+            "the cancelled migration's parameters were given back: {now:?}, started with \
+             {starting:?}\n{}",
+            agent.log_text()
+        );
+    }
     let app_before = sink.bytes();
     std::thread::sleep(Duration::from_secs(2));
     assert!(
@@ -388,15 +423,24 @@ fn qmp_stalls_cuts_and_a_cancelled_migration_are_survived() {
     assert!(dst_ctl.is_some(), "the fresh destination's monitor answers");
     rt.block_on(ctl.migrate(&tb.migration_uri()))
         .expect("the second migration starts");
-    let end = until(Duration::from_secs(400), || {
+    let end = until_ok(Duration::from_secs(400), || {
         let info = rt.block_on(ctl.query_migrate()).expect("query-migrate");
-        matches!(
+        if matches!(
             info.status,
             Some(MigrationStatus::Completed | MigrationStatus::Failed | MigrationStatus::Cancelled)
-        )
-        .then_some(info)
+        ) {
+            Ok(info)
+        } else {
+            Err(Box::new(info))
+        }
     });
-    let end = end.expect("the second migration ends within 400 s");
+    let end = end.unwrap_or_else(|last| {
+        let params = rt.block_on(ctl.query_migrate_parameters());
+        panic!(
+            "the second migration ends within 400 s; last: {last:?}\nparameters: {params:?}\n{}",
+            agent.log_text()
+        )
+    });
     assert_eq!(
         end.status,
         Some(MigrationStatus::Completed),
@@ -416,6 +460,13 @@ fn qmp_stalls_cuts_and_a_cancelled_migration_are_survived() {
         vm(&agent),
         agent.log_text()
     );
+    if let Err(now) = until_ok(Duration::from_secs(10), || given_back(&mut ctl)) {
+        panic!(
+            "the completed migration's parameters were given back: {now:?}, started with \
+             {starting:?}\n{}",
+            agent.log_text()
+        );
+    }
     assert_eq!(
         agent
             .signal(libc::SIGTERM, Duration::from_secs(15))

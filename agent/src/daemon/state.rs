@@ -19,11 +19,14 @@ use crate::{
     datapath::{Datapath, VmCounters},
     metrics::Metrics,
     predict::Iteration,
-    qemu::Drain,
+    qemu::{Drain, types::MigrationParameters},
 };
 
 use super::{http::Response, procnet::TcpConn};
 
+/// QEMU's default downtime limit, seconds: what a migration has when its
+/// starter's is not known and the policy leaves it alone.
+pub const QEMU_DOWNTIME_S: f64 = 0.3;
 /// Decisions kept per VM for `explain`.
 pub const EXPLAIN_DEPTH: usize = 32;
 /// Application throughput samples kept per VM (NRAC's Net_vm history).
@@ -163,6 +166,12 @@ pub struct VmState {
     pub switchover_held_since: Option<std::time::Instant>,
     /// How fast QEMU works through `remaining`, from every poll.
     pub drain: Drain,
+    /// QEMU's migration parameters as the current migration's starter left
+    /// them (QMP sources), and the part of them vmbw changed: given back
+    /// when the migration ends. Kept across reconnects to the same
+    /// migration (QEMU then has vmbw's values, not the starter's).
+    pub starting_params: Option<MigrationParameters>,
+    pub give_back: MigrationParameters,
     /// What KubeVirt says of this VM (the VMI of the same
     /// `namespace/name`), used where the `[[vm]]` entry says nothing.
     pub cluster: ClusterTerms,
@@ -238,6 +247,8 @@ impl VmState {
             stream_backlog: 0,
             switchover_held_since: None,
             drain: Drain::default(),
+            starting_params: None,
+            give_back: MigrationParameters::default(),
             cluster: ClusterTerms::default(),
         }
     }
@@ -316,6 +327,23 @@ impl VmState {
 
     pub fn qemu_params(&self) -> QemuParams {
         self.decision.as_ref().map(|d| d.qemu).unwrap_or_default()
+    }
+
+    /// The downtime limit QEMU works to without vmbw's: the one the
+    /// migration's starter set, else QEMU's default.
+    pub fn starting_downtime_limit_s(&self) -> f64 {
+        self.starting_params
+            .as_ref()
+            .and_then(|p| p.downtime_limit)
+            .map_or(QEMU_DOWNTIME_S, |ms| ms as f64 / 1000.0)
+    }
+
+    /// The downtime limit QEMU works to now: the policy's, else the
+    /// starter's.
+    pub fn downtime_limit_s(&self) -> f64 {
+        self.qemu_params()
+            .downtime_limit_s
+            .unwrap_or_else(|| self.starting_downtime_limit_s())
     }
 
     fn allocation(&self) -> Allocation {

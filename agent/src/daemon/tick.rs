@@ -30,8 +30,6 @@ use crate::{
     shaping::{Enforcement, Shaper},
 };
 
-/// QEMU's default downtime limit, seconds (until the policy raises it).
-pub const QEMU_DOWNTIME_S: f64 = 0.3;
 /// An unchanged allotment is checked against the kernel this often (one
 /// netlink dump): a tree someone deleted or changed is put back.
 const TREE_RECHECK: Duration = Duration::from_secs(5);
@@ -274,7 +272,7 @@ impl ControlLoop {
             app_history: v.app_history.iter().copied().collect(),
             remaining: v.remaining as f64,
             iteration: v.iteration,
-            downtime_limit_s: v.qemu_params().downtime_limit_s.unwrap_or(QEMU_DOWNTIME_S),
+            downtime_limit_s: v.downtime_limit_s(),
             dirty_rate_history: v.dirty_rates.clone(),
             reserve: v.reserve(),
             armed: v.armed,

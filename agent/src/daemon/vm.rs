@@ -17,9 +17,8 @@ use crate::{
     api::MigrationPhase,
     config::Telemetry,
     control::{QemuParams, switchover},
-    daemon::tick::QEMU_DOWNTIME_S,
     datapath::Urgency,
-    migration::{Applied, MigrationSource},
+    migration::{Applied, MigrationSource, to_give_back},
     qemu::{MigrationMonitor, MonitorConfig, Qmp, QmpOptions, types::MigrationStatus},
 };
 
@@ -179,7 +178,8 @@ async fn follow_once<S: MigrationSource>(
             _ = shutdown.changed() => return Ok(()),
             r = source.wait_for_start(Duration::from_secs(5)) => match r {
                 Ok(true) => break,
-                Ok(false) => continue,
+                // One ended while the connection was down.
+                Ok(false) => give_back(shared, name, source, None).await,
                 Err(e) => return Err(e.to_string()),
             },
         }
@@ -193,6 +193,25 @@ async fn follow_once<S: MigrationSource>(
         }
     }
     let mut applied = Applied::default();
+    // What the starter set, unless an earlier connection to this same
+    // migration read it (QEMU has vmbw's values now).
+    let known = shared
+        .state()
+        .vms
+        .get(name)
+        .is_some_and(|v| v.starting_params.is_some());
+    if !known {
+        match source.starting_parameters().await {
+            Ok(params) => {
+                if let Some(v) = shared.state().vms.get_mut(name) {
+                    v.starting_params = params;
+                }
+            }
+            Err(e) => {
+                warn!(error = %crate::api::errors::chain(&e), "reading QEMU's migration parameters; vmbw's will stay after the migration")
+            }
+        }
+    }
     match source.armed().await {
         Ok(armed) => {
             info!(?armed, "armed at the start");
@@ -278,6 +297,8 @@ async fn follow_once<S: MigrationSource>(
                 drop(flow_watch);
                 drop(progress_watch);
                 unregister_flows(shared, name);
+                // Fail open: QEMU paces itself as its starter set it.
+                give_back(shared, name, source, Some(&applied)).await;
                 return Ok(());
             }
             s = source.next_sample() => s.map_err(|e| e.to_string())?,
@@ -354,6 +375,7 @@ async fn follow_once<S: MigrationSource>(
                 drop(flow_watch);
                 drop(progress_watch);
                 unregister_flows(shared, name);
+                give_back(shared, name, source, Some(&applied)).await;
                 let mut st = shared.state();
                 if let Some(v) = st.vms.get_mut(name) {
                     v.phase = if status == Some(MigrationStatus::Completed) {
@@ -406,7 +428,13 @@ async fn await_decision_and_apply<S: MigrationSource>(
     } else {
         (params, Vec::new())
     };
-    match source.apply(&params, applied).await {
+    let result = source.apply(&params, applied).await;
+    if let Some(v) = shared.state().vms.get_mut(name)
+        && let Some(starting) = &v.starting_params
+    {
+        v.give_back = to_give_back(&applied.params, starting, &v.give_back);
+    }
+    match result {
         Ok(refused) => {
             for r in &refused {
                 warn!(param = r.param, reason = %r.reason, source = source.kind(), "QEMU parameter not applied (not retried in this migration)");
@@ -467,6 +495,40 @@ async fn await_decision_and_apply<S: MigrationSource>(
     }
 }
 
+/// Sets back the QEMU parameters vmbw changed in the migration that just
+/// ended (`applied`: this connection's; earlier connections' are in the
+/// VM's state) to what its starter had left, and forgets them.
+async fn give_back<S: MigrationSource>(
+    shared: &Arc<Shared>,
+    name: &str,
+    source: &mut S,
+    applied: Option<&Applied>,
+) {
+    let params = {
+        let mut st = shared.state();
+        let Some(v) = st.vms.get_mut(name) else {
+            return;
+        };
+        let Some(starting) = v.starting_params.take() else {
+            return;
+        };
+        let given = std::mem::take(&mut v.give_back);
+        applied.map_or(given.clone(), |a| {
+            to_give_back(&a.params, &starting, &given)
+        })
+    };
+    if params == Default::default() {
+        return;
+    }
+    match source.give_back(&params).await {
+        Ok(()) => info!(?params, "QEMU's migration parameters given back"),
+        Err(e) => {
+            warn!(error = %crate::api::errors::chain(&e), ?params, "giving QEMU's migration parameters back");
+            shared.metrics.error("qemu-control");
+        }
+    }
+}
+
 /// Paces a pre-copy migration near its switchover so that its final pass
 /// does not wait behind QEMU's socket backlog ([`switchover`]). Only for
 /// migrations the policy enforces (it knows their class).
@@ -501,7 +563,9 @@ fn guard_switchover(shared: &Arc<Shared>, name: &str, pid: u32, params: &mut Qem
                 .max(v.rates.get(class::MIGRATION, Direction::Egress))
                 .min(ceil),
             backlog: 0.0,
-            downtime_limit_s: params.downtime_limit_s.unwrap_or(QEMU_DOWNTIME_S),
+            downtime_limit_s: params
+                .downtime_limit_s
+                .unwrap_or_else(|| v.starting_downtime_limit_s()),
             dirty_rate: v.dirty_rates.last().copied().unwrap_or(0.0),
             held_s: v.switchover_held_s().unwrap_or(0.0),
         };

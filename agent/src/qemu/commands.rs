@@ -90,6 +90,18 @@ impl Qmp {
             .map(drop)
     }
 
+    /// Sets every parameter `params` has (the others stay as they are).
+    pub async fn set_migrate_parameters(
+        &mut self,
+        params: &MigrationParameters,
+    ) -> Result<(), QmpError> {
+        let value = serde_json::to_value(params).unwrap_or_else(|_| json!({}));
+        if value.as_object().is_none_or(|o| o.is_empty()) {
+            return Ok(());
+        }
+        self.set_parameters(value).await
+    }
+
     /// Caps the migration stream, bytes per second. Takes effect on the
     /// running migration.
     pub async fn set_max_bandwidth(&mut self, bytes_per_sec: u64) -> Result<(), QmpError> {

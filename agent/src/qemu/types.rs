@@ -4,7 +4,7 @@
 //! version decodes as far as it can. Names follow QEMU's qapi schema
 //! (`qapi/migration.json`, `qapi/machine.json`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// An integer QEMU may report as negative where it means "unknown".
@@ -225,16 +225,30 @@ impl std::fmt::Display for VersionInfo {
     }
 }
 
-/// `query-migrate-parameters`: the parameters vmbw sets.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+/// `query-migrate-parameters`: the parameters vmbw sets. Serialised, the
+/// fields that are set make a `migrate-set-parameters` call.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "kebab-case")]
 pub struct MigrationParameters {
     /// Bytes per second.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bandwidth: Option<u64>,
     /// Milliseconds.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_limit: Option<u64>,
+    /// Auto-converge's first throttle, its step and its ceiling, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttle_initial: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttle_increment: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpu_throttle: Option<u8>,
+    /// Bytes per second (0: no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_postcopy_bandwidth: Option<u64>,
+    /// Bytes per second (0: the bandwidth QEMU measures; QEMU >= 8.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avail_switchover_bandwidth: Option<u64>,
 }
 
 /// `query-dirty-rate`'s answer, the fields vmbw reads.
@@ -339,6 +353,43 @@ impl QmpEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migration_parameters_decode_qemu_10_and_set_only_what_they_have() {
+        // QEMU 10.0.2's reply on a fresh VM (-machine none), abridged.
+        let p: MigrationParameters = serde_json::from_str(
+            r#"{"cpu-throttle-tailslow": false, "cpu-throttle-initial": 20,
+                "avail-switchover-bandwidth": 0, "downtime-limit": 300,
+                "vcpu-dirty-limit": 1, "max-cpu-throttle": 99,
+                "max-postcopy-bandwidth": 0, "max-bandwidth": 134217728,
+                "cpu-throttle-increment": 10, "multifd-channels": 2}"#,
+        )
+        .expect("decodes");
+        assert_eq!(p.max_bandwidth, Some(134_217_728));
+        assert_eq!(p.downtime_limit, Some(300));
+        assert_eq!(
+            (
+                p.cpu_throttle_initial,
+                p.cpu_throttle_increment,
+                p.max_cpu_throttle
+            ),
+            (Some(20), Some(10), Some(99))
+        );
+        assert_eq!(p.avail_switchover_bandwidth, Some(0));
+        // QEMU 7.2 has no avail-switchover-bandwidth.
+        let old: MigrationParameters =
+            serde_json::from_str(r#"{"max-bandwidth": 33554432}"#).expect("decodes");
+        assert_eq!(old.avail_switchover_bandwidth, None);
+        let set = MigrationParameters {
+            max_bandwidth: Some(1),
+            avail_switchover_bandwidth: Some(0),
+            ..MigrationParameters::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&set).expect("encodes"),
+            serde_json::json!({"max-bandwidth": 1, "avail-switchover-bandwidth": 0})
+        );
+    }
 
     #[test]
     fn decodes_qemu_7_2_query_migrate_and_ignores_unknown_fields() {
