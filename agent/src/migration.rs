@@ -112,40 +112,34 @@ pub fn to_give_back(
     starting: &MigrationParameters,
     given: &MigrationParameters,
 ) -> MigrationParameters {
-    let pick = |set: bool, start: Option<u64>, given: Option<u64>| given.or(start.filter(|_| set));
-    let pick8 = |set: bool, start: Option<u8>, given: Option<u8>| given.or(start.filter(|_| set));
-    let throttled = applied.cpu_throttle_pct.is_some();
+    fn pick<T: Copy>(set: bool, start: Option<T>, given: Option<T>) -> Option<T> {
+        given.or(start.filter(|_| set))
+    }
+    let (a, s, g) = (applied, starting, given);
+    let throttled = a.cpu_throttle_pct.is_some();
     MigrationParameters {
-        max_bandwidth: pick(
-            applied.max_bandwidth.is_some(),
-            starting.max_bandwidth,
-            given.max_bandwidth,
-        ),
+        max_bandwidth: pick(a.max_bandwidth.is_some(), s.max_bandwidth, g.max_bandwidth),
         downtime_limit: pick(
-            applied.downtime_limit_s.is_some(),
-            starting.downtime_limit,
-            given.downtime_limit,
+            a.downtime_limit_s.is_some(),
+            s.downtime_limit,
+            g.downtime_limit,
         ),
-        cpu_throttle_initial: pick8(
+        cpu_throttle_initial: pick(throttled, s.cpu_throttle_initial, g.cpu_throttle_initial),
+        cpu_throttle_increment: pick(
             throttled,
-            starting.cpu_throttle_initial,
-            given.cpu_throttle_initial,
+            s.cpu_throttle_increment,
+            g.cpu_throttle_increment,
         ),
-        cpu_throttle_increment: pick8(
-            throttled,
-            starting.cpu_throttle_increment,
-            given.cpu_throttle_increment,
-        ),
-        max_cpu_throttle: pick8(throttled, starting.max_cpu_throttle, given.max_cpu_throttle),
+        max_cpu_throttle: pick(throttled, s.max_cpu_throttle, g.max_cpu_throttle),
         max_postcopy_bandwidth: pick(
-            applied.max_postcopy_bandwidth.is_some(),
-            starting.max_postcopy_bandwidth,
-            given.max_postcopy_bandwidth,
+            a.max_postcopy_bandwidth.is_some(),
+            s.max_postcopy_bandwidth,
+            g.max_postcopy_bandwidth,
         ),
         avail_switchover_bandwidth: pick(
-            applied.avail_switchover_bandwidth.is_some(),
-            starting.avail_switchover_bandwidth,
-            given.avail_switchover_bandwidth,
+            a.avail_switchover_bandwidth.is_some(),
+            s.avail_switchover_bandwidth,
+            g.avail_switchover_bandwidth,
         ),
     }
 }
