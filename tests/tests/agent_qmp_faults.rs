@@ -176,14 +176,7 @@ fn vm(agent: &Agent) -> Option<VmStatus> {
 
 /// Polls `f` every 100 ms for up to `within`.
 fn until<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    None
+    until_ok(within, || f().ok_or(())).ok()
 }
 
 /// Polls `f` every 100 ms for up to `within`; its last `Err` if it never

@@ -179,7 +179,7 @@ async fn follow_once<S: MigrationSource>(
             r = source.wait_for_start(Duration::from_secs(5)) => match r {
                 Ok(true) => break,
                 // One ended while the connection was down.
-                Ok(false) => give_back(shared, name, source, None).await,
+                Ok(false) => give_back(shared, name, source).await,
                 Err(e) => return Err(e.to_string()),
             },
         }
@@ -298,7 +298,7 @@ async fn follow_once<S: MigrationSource>(
                 drop(progress_watch);
                 unregister_flows(shared, name);
                 // Fail open: QEMU paces itself as its starter set it.
-                give_back(shared, name, source, Some(&applied)).await;
+                give_back(shared, name, source).await;
                 return Ok(());
             }
             s = source.next_sample() => s.map_err(|e| e.to_string())?,
@@ -375,7 +375,7 @@ async fn follow_once<S: MigrationSource>(
                 drop(flow_watch);
                 drop(progress_watch);
                 unregister_flows(shared, name);
-                give_back(shared, name, source, Some(&applied)).await;
+                give_back(shared, name, source).await;
                 let mut st = shared.state();
                 if let Some(v) = st.vms.get_mut(name) {
                     v.phase = if status == Some(MigrationStatus::Completed) {
@@ -496,26 +496,18 @@ async fn await_decision_and_apply<S: MigrationSource>(
 }
 
 /// Sets back the QEMU parameters vmbw changed in the migration that just
-/// ended (`applied`: this connection's; earlier connections' are in the
-/// VM's state) to what its starter had left, and forgets them.
-async fn give_back<S: MigrationSource>(
-    shared: &Arc<Shared>,
-    name: &str,
-    source: &mut S,
-    applied: Option<&Applied>,
-) {
+/// ended (`VmState::give_back`, recorded after every apply, on every
+/// connection to it) to what its starter had left, and forgets them.
+async fn give_back<S: MigrationSource>(shared: &Arc<Shared>, name: &str, source: &mut S) {
     let params = {
         let mut st = shared.state();
         let Some(v) = st.vms.get_mut(name) else {
             return;
         };
-        let Some(starting) = v.starting_params.take() else {
+        if v.starting_params.take().is_none() {
             return;
-        };
-        let given = std::mem::take(&mut v.give_back);
-        applied.map_or(given.clone(), |a| {
-            to_give_back(&a.params, &starting, &given)
-        })
+        }
+        std::mem::take(&mut v.give_back)
     };
     if params == Default::default() {
         return;
