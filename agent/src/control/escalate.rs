@@ -209,18 +209,22 @@ impl Escalator {
                 // The starter's deadline does not wait for the pass to end.
             } else if vm.iteration <= 1 {
                 // The bulk pass: reviewed once its dirty rate is sampled,
-                // and only for a VM without a promise. Switching early
+                // and only for a VM whose application neither has a
+                // promise nor was measured sending. Switching early
                 // resends the least, but hands the guest over with the most
                 // pages still to fetch: a promised application waits for
                 // the pass to end, when only the pages dirtied since are
                 // missing. Whether it sends at this moment does not
                 // matter: an on/off application found in its off phase was
                 // switched at 0.8 s and then got nothing for 34 s
-                // (onoff-30mbit-r10, SLA p5 0.00).
+                // (onoff-30mbit-r10, SLA p5 0.00). An application without a
+                // promise that was measured sending waits too
+                // ([`sends`]).
                 if e.bulk_reviewed
                     || vm.sampled_dirty_rate.is_none()
                     || d.forecast.is_none()
                     || promised(vm)
+                    || sends(vm)
                 {
                     continue;
                 }
@@ -372,9 +376,9 @@ impl Config {
 }
 
 /// Whether escalation's plan for `vm` is post-copy at the end of its bulk
-/// pass: its promised application sends (so it is not switched during the
-/// pass), post-copy is armed and allowed, and pre-copy's forecast `f` is
-/// late.
+/// pass: its application is promised or was measured sending (so it is
+/// not switched during the pass), post-copy is armed and allowed, and
+/// pre-copy's forecast `f` is late.
 fn plans_postcopy_after_pass(
     cfg: &Config,
     vm: &VmInputs,
@@ -387,7 +391,7 @@ fn plans_postcopy_after_pass(
         && !vm.postcopy
         && !e.postcopy
         && !d.waits_its_turn()
-        && promised(vm)
+        && (promised(vm) || sends(vm))
         && cfg.allow_postcopy
         && vm.armed.postcopy
         && cfg.late(&f, forecast::floor_s(vm.remaining, bandwidth))
@@ -419,6 +423,22 @@ fn keep_in_force(e: &Escalation, d: &mut VmDecision) {
 /// release of its promise).
 fn promised(vm: &VmInputs) -> bool {
     vm.reserve.is_some_and(|r| r > 0.0)
+}
+
+/// An application measured at this rate or more (bytes/s) at any point of
+/// the agent's window counts as sending: 1 Mbit/s, well above the
+/// keep-alives and DNS of a guest that serves nothing.
+const SENDS_BPS: f64 = 125_000.0;
+
+/// Whether the VM's application was measured sending, promise or not.
+/// NRAC keeps the bandwidth it measures for such an application, so the
+/// bulk pass does not hand its guest over with most of its memory still
+/// to fetch: seed000-50mbit-net (one vCPU, a 15 Mbit/s stream, no promise)
+/// was switched 1.1 s into its bulk pass in one run of three and its
+/// application then got nothing for 19 s (SLA p5 0.00); the runs that
+/// waited for the pass's end scored 0.996.
+fn sends(vm: &VmInputs) -> bool {
+    vm.app_history.iter().any(|b| *b >= SENDS_BPS)
 }
 
 /// Every tool with its cost, or why it cannot be used now.
@@ -635,8 +655,26 @@ mod tests {
         let mut esc = Escalator::new(Config::default());
         let mut sending = vm(1, 100.0, 0.0, ALL);
         sending.sampled_dirty_rate = Some(40.0 * MBIT);
-        let d = review(&mut esc, sending, 15.0);
+        let d = review(&mut esc, sending.clone(), 15.0);
         assert!(!d.qemu.start_postcopy, "{:?}", d.reasons);
+        // So does one without a promise that was measured sending, and
+        // its forecast is that plan.
+        let mut esc = Escalator::new(Config::default());
+        let unpromised = VmInputs {
+            reserve: None,
+            ..sending
+        };
+        let d = review(&mut esc, unpromised.clone(), 15.0);
+        assert!(!d.qemu.start_postcopy, "{:?}", d.reasons);
+        assert!(d.forecast.is_some_and(|f| f.postcopy_after_pass));
+        // Keep-alives (0.1 Mbit/s) are not an application that sends.
+        let mut esc = Escalator::new(Config::default());
+        let idle = VmInputs {
+            app_history: vec![0.1 * MBIT; 5],
+            ..unpromised
+        };
+        let d = review(&mut esc, idle, 15.0);
+        assert!(d.qemu.start_postcopy, "{:?}", d.reasons);
     }
 
     #[test]
@@ -874,6 +912,7 @@ mod tests {
         let mut esc = Escalator::new(Config::default());
         let mut bulk = vm(1, 100.0, 8.0, ALL);
         bulk.reserve = None;
+        bulk.app_history = vec![0.0; 5];
         bulk.sampled_dirty_rate = Some(8.0 * MBIT);
         let queued = |q: bool, guarantee_mbit: f64| {
             let mut d = VmDecision::unenforced("vm");

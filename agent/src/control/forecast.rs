@@ -15,9 +15,10 @@
 //! one), and says so.
 //!
 //! Where escalation already knows what it will do, the forecast is that
-//! plan's: a VM whose promised application sends is switched to post-copy
-//! at the end of its bulk pass if pre-copy would be late, so its forecast
-//! is [`postcopy_after_pass`] (this pass, then what it dirtied, once).
+//! plan's: a VM whose application is promised or sends is switched to
+//! post-copy at the end of its bulk pass if pre-copy would be late, so its
+//! forecast is [`postcopy_after_pass`] (this pass, then what it dirtied,
+//! once).
 
 use super::{Link, VmDecision, VmInputs};
 
@@ -92,8 +93,8 @@ pub struct Forecast {
     /// ρ = D/B: how much each pass shrinks (< 1 converges).
     pub ratio: f64,
     /// The plan is post-copy at the end of the current pass (escalation's
-    /// plan for a VM whose promised application sends); the figures are
-    /// that plan's, not pre-copy's.
+    /// plan for a VM whose application is promised or sends); the figures
+    /// are that plan's, not pre-copy's.
     pub postcopy_after_pass: bool,
     /// The dirty rate forecast with, bytes/s (a working set's: that of
     /// its first pass).
