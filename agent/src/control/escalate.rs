@@ -223,8 +223,7 @@ impl Escalator {
                 if e.bulk_reviewed
                     || vm.sampled_dirty_rate.is_none()
                     || d.forecast.is_none()
-                    || promised(vm)
-                    || sends(vm)
+                    || waits_for_bulk_pass_end(vm)
                 {
                     continue;
                 }
@@ -391,7 +390,7 @@ fn plans_postcopy_after_pass(
         && !vm.postcopy
         && !e.postcopy
         && !d.waits_its_turn()
-        && (promised(vm) || sends(vm))
+        && waits_for_bulk_pass_end(vm)
         && cfg.allow_postcopy
         && vm.armed.postcopy
         && cfg.late(&f, forecast::floor_s(vm.remaining, bandwidth))
@@ -439,6 +438,14 @@ const SENDS_BPS: f64 = 125_000.0;
 /// waited for the pass's end scored 0.996.
 fn sends(vm: &VmInputs) -> bool {
     vm.app_history.iter().any(|b| *b >= SENDS_BPS)
+}
+
+/// Whether a late bulk pass of `vm` goes to post-copy only at its end,
+/// never during it: its application is promised or was measured sending.
+/// The bulk-pass review and the forecast of that plan
+/// ([`plans_postcopy_after_pass`]) both ask this.
+fn waits_for_bulk_pass_end(vm: &VmInputs) -> bool {
+    promised(vm) || sends(vm)
 }
 
 /// Every tool with its cost, or why it cannot be used now.
