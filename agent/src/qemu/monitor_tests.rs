@@ -435,15 +435,48 @@ fn drain_counts_bytes_left_going_down_within_a_pass() {
     // A sync adds what was dirtied: not a negative drain, and not counted.
     d.observe(p(2, 9_500_000, 3.0));
     d.observe(p(2, 6_500_000, 4.0));
-    assert_eq!(d.rate(), Some(5_000_000.0 / 3.0));
+    // One second into the new pass: the rate QEMU sends at stands in, not
+    // the last pass's drain.
+    assert_eq!(d.rate(), Some(1_000_000.0));
+    d.observe(p(2, 3_500_000, 5.0));
+    assert_eq!(d.rate(), Some(3_000_000.0), "this pass's two seconds");
     // Only the last ten seconds count.
-    for s in 5..=16 {
-        d.observe(p(2, 6_500_000 - 250_000 * (s - 4), s as f64));
+    for s in 6..=17 {
+        d.observe(p(2, 3_500_000 - 250_000 * (s - 5), s as f64));
     }
     assert_eq!(d.rate(), Some(250_000.0));
     // Sending at 1 MB/s while the bytes left go down by 0.25 MB/s: pages
     // written again as fast as they go.
     assert_eq!(d.send_rate(), Some(1_000_000.0));
+}
+
+#[test]
+fn a_new_pass_does_not_inherit_the_bulk_pass_drain() {
+    use super::monitor::{Drain, Progress};
+    let t0 = tokio::time::Instant::now();
+    let p = |sync, remaining: u64, transferred: u64, s: f64| Progress {
+        remaining,
+        transferred,
+        sync,
+        at: t0 + Duration::from_secs_f64(s),
+        bulk_dirty_rate: None,
+        used_memory: None,
+    };
+    // The bulk pass's last ten seconds: zero pages, 8 MB of what is left
+    // per second for the 6 MB/s sent.
+    let mut d = Drain::default();
+    for s in 0..=10 {
+        let s = s as f64;
+        d.observe(p(1, 100_000_000 - (8e6 * s) as u64, (6e6 * s) as u64, s));
+    }
+    assert_eq!(d.rate(), Some(8e6));
+    // The next pass holds dirtied pages only: what is left goes at the
+    // rate sent, from its first reading on.
+    d.observe(p(2, 40_000_000, 66_000_000, 11.0));
+    d.observe(p(2, 34_000_000, 72_000_000, 12.0));
+    assert_eq!(d.rate(), Some(6e6));
+    d.observe(p(2, 28_000_000, 78_000_000, 13.0));
+    assert_eq!(d.rate(), Some(6e6));
 }
 
 #[tokio::test]
