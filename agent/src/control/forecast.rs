@@ -69,6 +69,10 @@ pub fn of(vm: &VmInputs, d: &VmDecision, link: &Link, in_postcopy: bool) -> Opti
 /// migration the forecast fell 31% short on rand-l30 and rand-l50 with
 /// the bulk pass's sample counted only in the first two passes
 /// (within ±20% on 2 of 7 traces; 5 of 7 with the last pass's).
+/// A sampled rate is the samples' mean, or where their trend had taken it
+/// when they climbed or fell through the pass
+/// ([`crate::predict::sampled_trend_end`]): a ramping guest is forecast at
+/// the rate it reached, not at its average so far.
 pub fn dirty_rate(vm: &VmInputs) -> f64 {
     if vm.postcopy {
         // The guest runs on the destination: what it writes there is

@@ -81,7 +81,9 @@ pub struct VmInputs {
     pub postcopy: bool,
     /// The guest's dirty rate as QEMU's `calc-dirty-rate` last measured
     /// it, bytes/s: the mean of the bulk pass's samples so far while it
-    /// runs, then that of the last finished pass that had samples.
+    /// runs, then that of the last finished pass that had samples; where
+    /// the samples trend, where their line ends instead
+    /// ([`crate::predict::sampled_trend_end`]).
     pub sampled_dirty_rate: Option<f64>,
     /// Seconds left before the migration's starter gives up on it
     /// (KubeVirt's `completionTimeoutPerGiB` × the guest's GiB, counted

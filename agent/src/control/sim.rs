@@ -331,6 +331,7 @@ pub fn simulate(scenario: &Scenario, spec: &Spec, name: &str) -> Outcome {
             sampled_dirty_pps: rows
                 .is_empty()
                 .then(|| sc.dirty.rate_at(t) * (1.0 - throttle)),
+            sampled_end_pps: None,
             used_pages: None,
         });
         dirty_rate_history.push(dirtied * sc.page_size / dur);

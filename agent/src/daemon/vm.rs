@@ -331,9 +331,10 @@ async fn follow_once<S: MigrationSource>(
                                 crate::predict::sampled_pages_per_s(bps, s.page_size as f64)
                             });
                         }
-                        if let Some(bps) = s.sampled_dirty_bps {
-                            // This pass's own measurement: the forecast's
-                            // from now on (`control::forecast::dirty_rate`).
+                        if let Some(bps) = s.sampled_dirty_end_bps.or(s.sampled_dirty_bps) {
+                            // This pass's own measurement (where it ended,
+                            // if it trended): the forecast's from now on
+                            // (`control::forecast::dirty_rate`).
                             v.sampled_dirty_rate = Some(bps);
                         }
                         v.rows.push(it);

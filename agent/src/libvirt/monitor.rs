@@ -434,6 +434,7 @@ impl LibvirtMonitor {
             mbps: units::mbit(job.bytes_per_sec as f64),
             expected_downtime_ms: job.expected_downtime_ms,
             sampled_dirty_bps: None,
+            sampled_dirty_end_bps: None,
         })
     }
 

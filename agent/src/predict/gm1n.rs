@@ -496,6 +496,7 @@ mod tests {
                     sent_bytes: Some(left),
                     remaining_bytes: Some(remaining),
                     sampled_dirty_pps: None,
+                    sampled_end_pps: None,
                     used_pages: None,
                 };
                 left = remaining;
@@ -620,6 +621,7 @@ mod tests {
                 sent_bytes: None,
                 remaining_bytes: None,
                 sampled_dirty_pps: None,
+                sampled_end_pps: None,
                 used_pages: None,
                 ..it
             })

@@ -139,8 +139,10 @@ pub struct Progress {
     pub sync: u64,
     pub at: Instant,
     /// The guest's dirty rate in the bulk pass, bytes/s: the mean of what
-    /// `calc-dirty-rate` measured so far ([`MonitorConfig::sample_bulk_pass`]);
-    /// None before the first measurement or where none is made.
+    /// `calc-dirty-rate` measured so far ([`MonitorConfig::sample_bulk_pass`]),
+    /// or where their climb or fall has taken it by now when they trend
+    /// ([`crate::predict::sampled_trend_end`]); None before the first
+    /// measurement or where none is made.
     pub bulk_dirty_rate: Option<f64>,
     /// The guest's used memory, bytes, as last read (X2's source × RAM);
     /// None before the first reading.
@@ -162,8 +164,9 @@ struct BulkSampler {
     /// Refusals in a row (a QEMU older than 5.2 refuses every time).
     refused: u32,
     /// What the measurements collected since the last pass boundary
-    /// found, bytes/s: the current pass's ([`IterationSample::sampled_dirty_bps`]).
-    pass: Vec<f64>,
+    /// found, bytes/s, each with the middle of its measurement: the
+    /// current pass's ([`IterationSample::sampled_dirty_bps`]).
+    pass: Vec<(Instant, f64)>,
     /// The bulk pass has ended: later measurements count for their pass
     /// only, not for [`Self::mean`].
     bulk_over: bool,
@@ -183,11 +186,36 @@ impl BulkSampler {
         mean(&self.rates)
     }
 
-    /// The mean of the current pass's measurements, and a new pass.
-    fn close_pass(&mut self) -> Option<f64> {
-        let m = mean(&self.pass);
+    /// Where the current pass's measurements' climb or fall had taken the
+    /// rate by `now` ([`crate::predict::sampled_trend_end`]).
+    fn trend_at(&self, now: Instant) -> Option<f64> {
+        let timed: Vec<(f64, f64)> = self
+            .pass
+            .iter()
+            .map(|(at, rate)| (-now.saturating_duration_since(*at).as_secs_f64(), *rate))
+            .collect();
+        crate::predict::sampled_trend_end(&timed, 0.0)
+    }
+
+    /// The bulk pass's rate as the forecast reads it
+    /// ([`Progress::bulk_dirty_rate`]): where its measurements' trend has
+    /// taken it by `now`, else their mean.
+    fn bulk_rate(&self, now: Instant) -> Option<f64> {
+        let trend = if self.bulk_over {
+            None
+        } else {
+            self.trend_at(now)
+        };
+        trend.or_else(|| self.mean())
+    }
+
+    /// The mean of the current pass's measurements, where their trend
+    /// had taken the rate by `end`, and a new pass.
+    fn close_pass(&mut self, end: Instant) -> (Option<f64>, Option<f64>) {
+        let rates: Vec<f64> = self.pass.iter().map(|p| p.1).collect();
+        let trend = self.trend_at(end);
         self.pass.clear();
-        m
+        (mean(&rates), trend)
     }
 }
 
@@ -324,6 +352,10 @@ pub struct IterationSample {
     /// boundary, whole MiB/s each), bytes/s; None where none was made
     /// ([`MonitorConfig::sample_later_passes`]).
     pub sampled_dirty_bps: Option<f64>,
+    /// Where those measurements' climb or fall had taken the rate by the
+    /// iteration's end, bytes/s; None unless they moved significantly
+    /// ([`crate::predict::sampled_trend_end`]).
+    pub sampled_dirty_end_bps: Option<f64>,
 }
 
 /// Names of the trace columns after the standard nine, as
@@ -351,6 +383,9 @@ impl IterationSample {
             remaining_bytes: Some(self.remaining_bytes as f64),
             sampled_dirty_pps: self
                 .sampled_dirty_bps
+                .and_then(|bps| crate::predict::sampled_pages_per_s(bps, self.page_size as f64)),
+            sampled_end_pps: self
+                .sampled_dirty_end_bps
                 .and_then(|bps| crate::predict::sampled_pages_per_s(bps, self.page_size as f64)),
             used_pages: crate::predict::used_pages(
                 self.mem_usage_pct,
@@ -760,7 +795,8 @@ impl MigrationMonitor {
 
     /// One step of [`BulkSampler`]: asks for a measurement when none
     /// runs, collects one that has had its time. With `wait`, until one
-    /// is collected, refused or given up. Returns the mean so far. QEMU
+    /// is collected, refused or given up. Returns the rate so far
+    /// ([`Progress::bulk_dirty_rate`]). QEMU
     /// refusing is no error (another measurement may hold its one slot);
     /// a lost connection is.
     pub async fn sample_bulk_pass(&mut self, wait: bool) -> Result<Option<f64>, MonitorError> {
@@ -805,7 +841,7 @@ impl MigrationMonitor {
                 if !self.bulk.bulk_over {
                     self.bulk.rates.push(rate);
                 }
-                self.bulk.pass.push(rate);
+                self.bulk.pass.push((at + BulkSampler::MEASURE / 2, rate));
                 self.bulk.asked = None;
                 self.bulk.refused = 0;
                 self.read_used_memory().await?;
@@ -820,7 +856,7 @@ impl MigrationMonitor {
             }
             tokio::time::sleep(SETTLE).await;
         }
-        Ok(self.bulk.mean())
+        Ok(self.bulk.bulk_rate(Instant::now()))
     }
 
     /// Reads the guest's used memory ([`Progress::used_memory`]); a source
@@ -855,7 +891,7 @@ impl MigrationMonitor {
             transferred: ram.transferred,
             sync: ram.dirty_sync_count,
             at: Instant::now(),
-            bulk_dirty_rate: self.bulk.mean(),
+            bulk_dirty_rate: self.bulk.bulk_rate(Instant::now()),
             used_memory: self.used_memory,
         }));
         if let Some(p) = ram.page_size.filter(|p| *p > 0) {
@@ -966,6 +1002,7 @@ impl MigrationMonitor {
             (_, Some((_, _, at0))) => host.at.duration_since(at0).as_secs_f64(),
             _ => 0.0,
         };
+        let (sampled_dirty_bps, sampled_dirty_end_bps) = self.bulk.close_pass(host.at);
         let sample = IterationSample {
             iteration: b.sync,
             syncs: sync - b.sync,
@@ -989,7 +1026,8 @@ impl MigrationMonitor {
             guest_ram_bytes: self.ram_bytes,
             mbps: ram.mbps,
             expected_downtime_ms: info.expected_downtime,
-            sampled_dirty_bps: self.bulk.close_pass(),
+            sampled_dirty_bps,
+            sampled_dirty_end_bps,
         };
         if sample.syncs > 1 {
             tracing::warn!(

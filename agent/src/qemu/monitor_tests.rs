@@ -344,6 +344,8 @@ async fn later_passes_get_their_own_measurements() {
         assert!((2.0..=4.0).contains(&rate), "pass {}: {rate}", i + 1);
     }
     assert_eq!(r.bulk.0.map(|b| b / mib), per_pass[0]);
+    // 2 and 4 MiB/s in turn climb nowhere: no pass has a trend's end.
+    assert!(r.samples.iter().all(|s| s.sampled_dirty_end_bps.is_none()));
     // The predictors get it as pages/s, with the rounding put back.
     let it = r.samples[1].to_iteration();
     let want = (per_pass[1].expect("measured") + 0.25) * mib / PAGE as f64;

@@ -124,6 +124,11 @@ impl Trace {
                     sampled_dirty_pps: self.extra_f64(row, "sampled_dirty_bps").and_then(|bps| {
                         crate::predict::sampled_pages_per_s(bps, row.page_size as f64)
                     }),
+                    sampled_end_pps: self
+                        .extra_f64(row, "sampled_dirty_end_bps")
+                        .and_then(|bps| {
+                            crate::predict::sampled_pages_per_s(bps, row.page_size as f64)
+                        }),
                     used_pages: ram.and_then(|ram| {
                         crate::predict::used_pages(row.mem_usage_pct, ram, row.page_size as f64)
                     }),

@@ -25,6 +25,7 @@ fn main() {
                 // A sampled write rate above the pass's own: the working
                 // set is solved for on every row (the most expensive path).
                 sampled_dirty_pps: Some(dirty / duration_s * 1.2),
+                sampled_end_pps: None,
                 used_pages: None,
             }
         })

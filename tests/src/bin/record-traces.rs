@@ -10,13 +10,16 @@
 //! Options: `--link-mbit X` (default 30), `--mem-mb N` (default 160),
 //! `--max-secs N` (cancel a migration that has not converged, default 1200).
 //!
-//! `--corpus` records the prediction corpus instead (issue [4/8]): 24
+//! `--corpus` records the prediction corpus instead (issue [4/8]): 36
 //! traces on a grid of workload families x bottleneck (20/30/50 Mbit/s) x
 //! guest size, with and without an application stream, into
-//! `OUT/tuning/` and `OUT/evaluation/`. The split is by workload family and
-//! fixed here, before any tuning: random, sequential, bursty and
+//! `OUT/tuning/`, `OUT/evaluation/` and `OUT/holdout/`. The split is by
+//! workload family and fixed here: random, sequential, bursty and
 //! application-stream families tune; hot-set, growing, ramping and on/off
-//! application families evaluate. Each migration is cancelled 45 s after
+//! application families evaluated until 2026-12-04, when they had been
+//! looked into and joined the tuning side; four more families recorded
+//! then (a hot set in a growing set, a stream beside a ramping rate, a
+//! stream beside a hot set, a 256 MiB guest) are held out. Each migration is cancelled 45 s after
 //! its bulk pass would end at the link rate (unless `--max-secs`), and
 //! QEMU's `calc-dirty-rate` is sampled every ~1.1 s meanwhile
 //! (`sampled_dirty_bps`: the samples' mean over each iteration, empty when
@@ -47,7 +50,8 @@ struct Scenario {
     what: &'static str,
     workload: Workload,
     sink: bool,
-    /// Corpus traces: which set (`tuning`, `evaluation`) and family.
+    /// Corpus traces: which set (`tuning`, `evaluation`, `holdout`) and
+    /// family.
     corpus: Option<Corpus>,
 }
 
@@ -183,6 +187,14 @@ fn corpus_scenarios() -> Vec<Scenario> {
     let e = |family, link_mbit, mem_mb| {
         Some(Corpus {
             set: "evaluation",
+            family,
+            link_mbit,
+            mem_mb,
+        })
+    };
+    let h = |family, link_mbit, mem_mb| {
+        Some(Corpus {
+            set: "holdout",
             family,
             link_mbit,
             mem_mb,
@@ -378,6 +390,101 @@ fn corpus_scenarios() -> Vec<Scenario> {
                 .with("app-off-ms", 4000),
             true,
             e("onoff", 50.0, 128),
+        ),
+        // Holdout (recorded 2026-12-04, after the evaluation set had been
+        // looked into): features of both sets combined, and a larger
+        // guest. Scored, never tuned on.
+        sc(
+            "mix-l20",
+            "hot set in a growing set: 60% of 1.5 MiB/s on an eighth, random over 16 -> 64 MiB in 60 s",
+            mem("mem-rand", 64, 1.5)
+                .with("hot-pct", 60)
+                .with("grow-s", 60),
+            false,
+            h("mix", 20.0, 160),
+        ),
+        sc(
+            "mix-l30",
+            "hot set in a growing set: 50% of 2.5 MiB/s on an eighth, random over 24 -> 96 MiB in 40 s, 192 MiB guest",
+            mem("mem-rand", 96, 2.5)
+                .with("hot-pct", 50)
+                .with("grow-s", 40),
+            false,
+            h("mix", 30.0, 192),
+        ),
+        sc(
+            "mix-l50",
+            "hot set in a growing sweep: 40% of 4 MiB/s on an eighth, the rest sequential over 24 -> 96 MiB in 60 s, 192 MiB guest",
+            mem("mem-seq", 96, 4.0)
+                .with("hot-pct", 40)
+                .with("grow-s", 60),
+            false,
+            h("mix", 50.0, 192),
+        ),
+        sc(
+            "rampapp-l20",
+            "5 Mbit/s UDP stream beside a dirty rate ramping 0 -> 1.5 MiB/s over 60 s, random over 48 MiB",
+            app("udp", 5.0, 48, 1.5).with("ramp-s", 60),
+            true,
+            h("rampapp", 20.0, 128),
+        ),
+        sc(
+            "rampapp-l30",
+            "8 Mbit/s TCP stream beside a dirty rate ramping 0 -> 2.5 MiB/s over 40 s, random over 64 MiB",
+            app("tcp", 8.0, 64, 2.5).with("ramp-s", 40),
+            true,
+            h("rampapp", 30.0, 160),
+        ),
+        sc(
+            "rampapp-l50",
+            "15 Mbit/s UDP stream beside a dirty rate ramping 0 -> 4 MiB/s over 60 s, sequential over 64 MiB",
+            app("udp", 15.0, 64, 4.0)
+                .with("pattern", "seq")
+                .with("ramp-s", 60),
+            true,
+            h("rampapp", 50.0, 160),
+        ),
+        sc(
+            "hotapp-l20",
+            "5 Mbit/s TCP stream beside a hot set: 80% of 1.2 MiB/s on an eighth of 48 MiB",
+            app("tcp", 5.0, 48, 1.2).with("hot-pct", 80),
+            true,
+            h("hotapp", 20.0, 128),
+        ),
+        sc(
+            "hotapp-l30",
+            "10 Mbit/s UDP stream beside a hot set: 70% of 2 MiB/s on an eighth of 64 MiB",
+            app("udp", 10.0, 64, 2.0).with("hot-pct", 70),
+            true,
+            h("hotapp", 30.0, 160),
+        ),
+        sc(
+            "hotapp-l50",
+            "15 Mbit/s TCP stream beside a hot set: 60% of 3 MiB/s on an eighth of 96 MiB, 192 MiB guest",
+            app("tcp", 15.0, 96, 3.0).with("hot-pct", 60),
+            true,
+            h("hotapp", 50.0, 192),
+        ),
+        sc(
+            "big-l20",
+            "256 MiB guest: random dirtying, 128 MiB at 1.5 MiB/s",
+            mem("mem-rand", 128, 1.5),
+            false,
+            h("big", 20.0, 256),
+        ),
+        sc(
+            "big-l30",
+            "256 MiB guest: sequential dirtying, 128 MiB at 2 MiB/s",
+            mem("mem-seq", 128, 2.0),
+            false,
+            h("big", 30.0, 256),
+        ),
+        sc(
+            "big-l50",
+            "256 MiB guest: random dirtying, 160 MiB at 4 MiB/s",
+            mem("mem-rand", 160, 4.0),
+            false,
+            h("big", 50.0, 256),
         ),
     ]
 }
@@ -713,9 +820,12 @@ fn write_progress(path: &Path, polls: &[Poll], samples: &[(f64, f64)]) -> anyhow
     std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))
 }
 
-/// Appends the `sampled_dirty_bps` column to the trace at `path`: per row,
-/// the mean of the dirty-rate samples (seconds from the migration's start,
-/// bytes/s) that fell between the row's start (`end_s - iter_s`) and end.
+/// Appends the `sampled_dirty_bps` and `sampled_dirty_end_bps` columns to
+/// the trace at `path`: per row, the mean of the dirty-rate samples
+/// (seconds from the migration's start, bytes/s) that fell between the
+/// row's start (`end_s - iter_s`) and end, and where their trend had taken
+/// the rate by the end (`vmbw::predict::sampled_trend_end`; empty without
+/// one).
 fn add_sampled_column(path: &Path, samples: &[(f64, f64)]) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path)?;
     let mut out = String::new();
@@ -730,7 +840,9 @@ fn add_sampled_column(path: &Path, samples: &[(f64, f64)]) -> anyhow::Result<()>
             header = Some(line.split(',').map(str::to_owned).collect());
             out.push_str(&format!(
                 "# sampled_dirty_bps: mean of QEMU calc-dirty-rate samples (1 s, page hashing, \
-                 MiB/s resolution) within the iteration; {} samples in all\n{line},sampled_dirty_bps\n",
+                 MiB/s resolution) within the iteration; {} samples in all\n\
+                 # sampled_dirty_end_bps: where those samples' least-squares line ends, when its \
+                 slope is 3 or more standard errors from 0\n{line},sampled_dirty_bps,sampled_dirty_end_bps\n",
                 samples.len()
             ));
             continue;
@@ -740,22 +852,21 @@ fn add_sampled_column(path: &Path, samples: &[(f64, f64)]) -> anyhow::Result<()>
             let i = cols.iter().position(|c| c == name)?;
             fields.get(i)?.trim().parse().ok()
         };
-        let value = match (col("end_s"), col("iter_s")) {
+        let (mean, end) = match (col("end_s"), col("iter_s")) {
             (Some(end), Some(len)) => {
-                let inside: Vec<f64> = samples
+                let inside: Vec<(f64, f64)> = samples
                     .iter()
+                    .copied()
                     .filter(|(t, _)| *t > end - len && *t <= end)
-                    .map(|(_, r)| *r)
                     .collect();
-                if inside.is_empty() {
-                    String::new()
-                } else {
-                    format!("{:.0}", inside.iter().sum::<f64>() / inside.len() as f64)
-                }
+                let mean = (!inside.is_empty())
+                    .then(|| inside.iter().map(|s| s.1).sum::<f64>() / inside.len() as f64);
+                (mean, vmbw::predict::sampled_trend_end(&inside, end))
             }
-            _ => String::new(),
+            _ => (None, None),
         };
-        out.push_str(&format!("{line},{value}\n"));
+        let cell = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.0}"));
+        out.push_str(&format!("{line},{},{}\n", cell(mean), cell(end)));
     }
     std::fs::write(path, out).with_context(|| format!("rewriting {}", path.display()))
 }
