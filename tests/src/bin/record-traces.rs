@@ -842,8 +842,11 @@ fn add_sampled_column(path: &Path, samples: &[(f64, f64)]) -> anyhow::Result<()>
                 "# sampled_dirty_bps: mean of QEMU calc-dirty-rate samples (1 s, page hashing, \
                  MiB/s resolution) within the iteration; {} samples in all\n\
                  # sampled_dirty_end_bps: where those samples' least-squares line ends, when its \
-                 slope is 3 or more standard errors from 0\n{line},sampled_dirty_bps,sampled_dirty_end_bps\n",
-                samples.len()
+                 slope is {} or more standard errors from 0 over {} or more samples\n\
+                 {line},sampled_dirty_bps,sampled_dirty_end_bps\n",
+                samples.len(),
+                vmbw::predict::SAMPLED_TREND_T,
+                vmbw::predict::SAMPLED_TREND_MIN
             ));
             continue;
         };
