@@ -683,9 +683,13 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
         std::fs::read_to_string(guest::guest_dir()?.join("kernel-package")).unwrap_or_default();
     let mut comments = vec![format!("fixture {}: {}", sc.name, sc.what)];
     if let Some(c) = sc.corpus {
+        let split = if c.set == "holdout" {
+            "held out: recorded before the choices it scores, never tuned on"
+        } else {
+            "split by family before any tuning"
+        };
         comments.push(format!(
-            "corpus: {} set, family {} (split by family before any tuning; \
-             tests/fixtures/corpus/README.md)",
+            "corpus: {} set, family {} ({split}; tests/fixtures/corpus/README.md)",
             c.set, c.family
         ));
     }
