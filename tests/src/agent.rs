@@ -221,7 +221,8 @@ impl Agent {
             .arg(&bin)
             .args(["agent", "-c"])
             .arg(config)
-            .env("RUST_LOG", "info")
+            // The monitor's debug lines too: every dirty-rate reading.
+            .env("RUST_LOG", "info,vmbw::qemu::monitor=debug")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
