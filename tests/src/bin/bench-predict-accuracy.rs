@@ -141,8 +141,9 @@ type EtaAt = [Option<([Option<f64>; FORECASTS.len()], f64)>; 3];
 /// pass's end), as the agent made it until 2026-12-01 (the bulk pass's
 /// first dirty-rate sample, nothing bounding what a pass leaves dirty)
 /// and as it makes it now (the mean of the bulk pass's samples so far,
-/// then of the last finished pass's; no pass leaves more than the
-/// guest's used memory dirty, `forecast::dirtied`).
+/// then of the last finished pass's, or where they trended to
+/// ([`sampled_rate`]); no pass leaves more than the guest's used memory
+/// dirty, `forecast::dirtied`).
 const FORECASTS: [&str; 4] = [
     "rate",
     "working set",
