@@ -837,11 +837,12 @@ impl MigrationMonitor {
             }
             let info = self.qmp.query_dirty_rate().await?;
             if info.status == "measured" {
-                let rate = info.dirty_rate.unwrap_or(0).max(0) as f64 * 1024.0 * 1024.0;
+                let mib = info.dirty_rate.unwrap_or(0).max(0);
+                let rate = mib as f64 * 1024.0 * 1024.0;
                 // Each reading, so that a forecast can be followed back to
                 // what it was made from (the trend rule reads their order).
                 tracing::debug!(
-                    dirty_rate_mib = info.dirty_rate.unwrap_or(0),
+                    dirty_rate_mib = mib,
                     bulk_pass = !self.bulk.bulk_over,
                     "calc-dirty-rate measured"
                 );

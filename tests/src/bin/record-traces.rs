@@ -10,8 +10,8 @@
 //! Options: `--link-mbit X` (default 30), `--mem-mb N` (default 160),
 //! `--max-secs N` (cancel a migration that has not converged, default 1200).
 //!
-//! `--corpus` records the prediction corpus instead (issue [4/8]): 36
-//! traces on a grid of workload families x bottleneck (20/30/50 Mbit/s) x
+//! `--corpus` records the prediction corpus instead (issue [4/8]): 44
+//! traces on a grid of workload families x bottleneck (20-60 Mbit/s) x
 //! guest size, with and without an application stream, into
 //! `OUT/tuning/`, `OUT/evaluation/` and `OUT/holdout/`. The split is by
 //! workload family and fixed here: random, sequential, bursty and
@@ -19,7 +19,8 @@
 //! application families evaluated until 2026-12-04, when they had been
 //! looked into and joined the tuning side; four more families recorded
 //! then (a hot set in a growing set, a stream beside a ramping rate, a
-//! stream beside a hot set, a 256 MiB guest) are held out. Each migration is cancelled 45 s after
+//! stream beside a hot set, a 256 MiB guest) are held out. Each
+//! migration is cancelled 45 s after
 //! its bulk pass would end at the link rate (unless `--max-secs`), and
 //! QEMU's `calc-dirty-rate` is sampled every ~1.1 s meanwhile
 //! (`sampled_dirty_bps`: the samples' mean over each iteration, empty when
