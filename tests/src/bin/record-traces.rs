@@ -10,16 +10,19 @@
 //! Options: `--link-mbit X` (default 30), `--mem-mb N` (default 160),
 //! `--max-secs N` (cancel a migration that has not converged, default 1200).
 //!
-//! `--corpus` records the prediction corpus instead (issue [4/8]): 44
+//! `--corpus` records the prediction corpus instead (issue [4/8]): 56
 //! traces on a grid of workload families x bottleneck (20-60 Mbit/s) x
 //! guest size, with and without an application stream, into
-//! `OUT/tuning/`, `OUT/evaluation/` and `OUT/holdout/`. The split is by
+//! `OUT/tuning/`, `OUT/evaluation/`, `OUT/holdout/` and `OUT/holdout2/`. The split is by
 //! workload family and fixed here: random, sequential, bursty and
 //! application-stream families tune; hot-set, growing, ramping and on/off
 //! application families evaluated until 2026-12-04, when they had been
 //! looked into and joined the tuning side; four more families recorded
 //! then (a hot set in a growing set, a stream beside a ramping rate, a
-//! stream beside a hot set, a 256 MiB guest) are held out. Each
+//! stream beside a hot set, a 256 MiB guest) are held out; once those
+//! had been looked into, four more (a hot set in a 256 MiB guest, a hot
+//! set under a ramping rate, a stream beside a sequential sweep, a stream
+//! beside a growing set) are held out again as `holdout2`. Each
 //! migration is cancelled 45 s after
 //! its bulk pass would end at the link rate (unless `--max-secs`), and
 //! QEMU's `calc-dirty-rate` is sampled every ~1.1 s meanwhile
@@ -51,7 +54,8 @@ struct Scenario {
     what: &'static str,
     workload: Workload,
     sink: bool,
-    /// Corpus traces: which set (`tuning`, `evaluation`, `holdout`) and
+    /// Corpus traces: which set (`tuning`, `evaluation`, `holdout`,
+    /// `holdout2`) and
     /// family.
     corpus: Option<Corpus>,
 }
@@ -196,6 +200,14 @@ fn corpus_scenarios() -> Vec<Scenario> {
     let h = |family, link_mbit, mem_mb| {
         Some(Corpus {
             set: "holdout",
+            family,
+            link_mbit,
+            mem_mb,
+        })
+    };
+    let h2 = |family, link_mbit, mem_mb| {
+        Some(Corpus {
+            set: "holdout2",
             family,
             link_mbit,
             mem_mb,
@@ -553,6 +565,101 @@ fn corpus_scenarios() -> Vec<Scenario> {
             false,
             h("big", 60.0, 256),
         ),
+        // A second held-out set (2026-12-04, evening), recorded once
+        // `holdout/` had been looked into and before any model change
+        // made after that: four families no other set has, each at 30,
+        // 40 and 60 Mbit/s with dirty rates that let pre-copy converge,
+        // so the completion forecast has migrations to be scored on.
+        sc(
+            "hotbig-l30",
+            "256 MiB guest: hot set, 70% of 1.2 MiB/s on an eighth of 128 MiB",
+            mem("mem-rand", 128, 1.2).with("hot-pct", 70),
+            false,
+            h2("hotbig", 30.0, 256),
+        ),
+        sc(
+            "hotbig-l40",
+            "256 MiB guest: hot set, 70% of 1.6 MiB/s on an eighth of 128 MiB",
+            mem("mem-rand", 128, 1.6).with("hot-pct", 70),
+            false,
+            h2("hotbig", 40.0, 256),
+        ),
+        sc(
+            "hotbig-l60",
+            "256 MiB guest: hot set, 60% of 2.5 MiB/s on an eighth of 160 MiB",
+            mem("mem-rand", 160, 2.5).with("hot-pct", 60),
+            false,
+            h2("hotbig", 60.0, 256),
+        ),
+        sc(
+            "hotramp-l30",
+            "hot set under a ramping rate: 70% on an eighth of 64 MiB, 0 -> 1.5 MiB/s over 40 s",
+            mem("mem-rand", 64, 1.5)
+                .with("hot-pct", 70)
+                .with("ramp-s", 40),
+            false,
+            h2("hotramp", 30.0, 160),
+        ),
+        sc(
+            "hotramp-l40",
+            "hot set under a ramping rate: 60% on an eighth of 64 MiB, 0 -> 2 MiB/s over 40 s",
+            mem("mem-rand", 64, 2.0)
+                .with("hot-pct", 60)
+                .with("ramp-s", 40),
+            false,
+            h2("hotramp", 40.0, 160),
+        ),
+        sc(
+            "hotramp-l60",
+            "hot set under a ramping rate: 60% on an eighth of 96 MiB, 0 -> 3 MiB/s over 60 s, 192 MiB guest",
+            mem("mem-rand", 96, 3.0)
+                .with("hot-pct", 60)
+                .with("ramp-s", 60),
+            false,
+            h2("hotramp", 60.0, 192),
+        ),
+        sc(
+            "seqapp-l30",
+            "5 Mbit/s UDP stream beside a sequential sweep of 48 MiB at 1 MiB/s",
+            app("udp", 5.0, 48, 1.0).with("pattern", "seq"),
+            true,
+            h2("seqapp", 30.0, 128),
+        ),
+        sc(
+            "seqapp-l40",
+            "8 Mbit/s TCP stream beside a sequential sweep of 64 MiB at 1.5 MiB/s",
+            app("tcp", 8.0, 64, 1.5).with("pattern", "seq"),
+            true,
+            h2("seqapp", 40.0, 160),
+        ),
+        sc(
+            "seqapp-l60",
+            "15 Mbit/s UDP stream beside a sequential sweep of 96 MiB at 2.5 MiB/s, 192 MiB guest",
+            app("udp", 15.0, 96, 2.5).with("pattern", "seq"),
+            true,
+            h2("seqapp", 60.0, 192),
+        ),
+        sc(
+            "growapp-l30",
+            "5 Mbit/s TCP stream beside a growing set: random over 16 -> 64 MiB in 60 s at 1.2 MiB/s",
+            app("tcp", 5.0, 64, 1.2).with("grow-s", 60),
+            true,
+            h2("growapp", 30.0, 160),
+        ),
+        sc(
+            "growapp-l40",
+            "8 Mbit/s UDP stream beside a growing set: random over 16 -> 64 MiB in 40 s at 1.5 MiB/s",
+            app("udp", 8.0, 64, 1.5).with("grow-s", 40),
+            true,
+            h2("growapp", 40.0, 160),
+        ),
+        sc(
+            "growapp-l60",
+            "15 Mbit/s TCP stream beside a growing set: random over 24 -> 96 MiB in 60 s at 2.5 MiB/s, 192 MiB guest",
+            app("tcp", 15.0, 96, 2.5).with("grow-s", 60),
+            true,
+            h2("growapp", 60.0, 192),
+        ),
     ]
 }
 
@@ -684,7 +791,7 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
         std::fs::read_to_string(guest::guest_dir()?.join("kernel-package")).unwrap_or_default();
     let mut comments = vec![format!("fixture {}: {}", sc.name, sc.what)];
     if let Some(c) = sc.corpus {
-        let split = if c.set == "holdout" {
+        let split = if c.set.starts_with("holdout") {
             "held out: recorded before the choices it scores, never tuned on"
         } else {
             "split by family before any tuning"
