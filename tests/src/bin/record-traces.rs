@@ -10,10 +10,11 @@
 //! Options: `--link-mbit X` (default 30), `--mem-mb N` (default 160),
 //! `--max-secs N` (cancel a migration that has not converged, default 1200).
 //!
-//! `--corpus` records the prediction corpus instead (issue [4/8]): 56
+//! `--corpus` records the prediction corpus instead (issue [4/8]): 68
 //! traces on a grid of workload families x bottleneck (20-60 Mbit/s) x
 //! guest size, with and without an application stream, into
-//! `OUT/tuning/`, `OUT/evaluation/`, `OUT/holdout/` and `OUT/holdout2/`. The split is by
+//! `OUT/tuning/`, `OUT/evaluation/`, `OUT/holdout/`, `OUT/holdout2/` and
+//! `OUT/scale/` (1 GiB guests at ten times the rates). The split is by
 //! workload family and fixed here: random, sequential, bursty and
 //! application-stream families tune; hot-set, growing, ramping and on/off
 //! application families evaluated until 2026-12-04, when they had been
@@ -55,7 +56,7 @@ struct Scenario {
     workload: Workload,
     sink: bool,
     /// Corpus traces: which set (`tuning`, `evaluation`, `holdout`,
-    /// `holdout2`) and
+    /// `holdout2`, `scale`) and
     /// family.
     corpus: Option<Corpus>,
 }
@@ -208,6 +209,14 @@ fn corpus_scenarios() -> Vec<Scenario> {
     let h2 = |family, link_mbit, mem_mb| {
         Some(Corpus {
             set: "holdout2",
+            family,
+            link_mbit,
+            mem_mb,
+        })
+    };
+    let x = |family, link_mbit, mem_mb| {
+        Some(Corpus {
+            set: "scale",
             family,
             link_mbit,
             mem_mb,
@@ -660,6 +669,95 @@ fn corpus_scenarios() -> Vec<Scenario> {
             true,
             h2("growapp", 60.0, 192),
         ),
+        // Ten times the scale (2026-12-04, late): 1 GiB guests writing
+        // 10-30 MiB/s over 300 and 500 Mbit/s links, where QEMU's
+        // whole-MiB/s `calc-dirty-rate` readings are a few percent of the
+        // rate instead of a third of it. Six shapes the smaller sets
+        // have, none of these traces tuned on.
+        sc(
+            "xrand-l300",
+            "1 GiB guest: random dirtying, 384 MiB at 12 MiB/s",
+            mem("mem-rand", 384, 12.0),
+            false,
+            x("xrand", 300.0, 1024),
+        ),
+        sc(
+            "xrand-l500",
+            "1 GiB guest: random dirtying, 512 MiB at 24 MiB/s",
+            mem("mem-rand", 512, 24.0),
+            false,
+            x("xrand", 500.0, 1024),
+        ),
+        sc(
+            "xseq-l300",
+            "1 GiB guest: sequential dirtying, 384 MiB at 12 MiB/s",
+            mem("mem-seq", 384, 12.0),
+            false,
+            x("xseq", 300.0, 1024),
+        ),
+        sc(
+            "xseq-l500",
+            "1 GiB guest: sequential dirtying, 512 MiB at 20 MiB/s",
+            mem("mem-seq", 512, 20.0),
+            false,
+            x("xseq", 500.0, 1024),
+        ),
+        sc(
+            "xhot-l300",
+            "1 GiB guest: hot set, 70% of 15 MiB/s on an eighth of 512 MiB",
+            mem("mem-rand", 512, 15.0).with("hot-pct", 70),
+            false,
+            x("xhot", 300.0, 1024),
+        ),
+        sc(
+            "xhot-l500",
+            "1 GiB guest: hot set, 70% of 25 MiB/s on an eighth of 512 MiB",
+            mem("mem-rand", 512, 25.0).with("hot-pct", 70),
+            false,
+            x("xhot", 500.0, 1024),
+        ),
+        sc(
+            "xgrow-l300",
+            "1 GiB guest: random over 96 -> 384 MiB in 40 s at 12 MiB/s",
+            mem("mem-rand", 384, 12.0).with("grow-s", 40),
+            false,
+            x("xgrow", 300.0, 1024),
+        ),
+        sc(
+            "xgrow-l500",
+            "1 GiB guest: random over 128 -> 512 MiB in 40 s at 20 MiB/s",
+            mem("mem-rand", 512, 20.0).with("grow-s", 40),
+            false,
+            x("xgrow", 500.0, 1024),
+        ),
+        sc(
+            "xhotapp-l300",
+            "1 GiB guest: 40 Mbit/s TCP stream beside a hot set, 70% of 12 MiB/s on an eighth of 384 MiB",
+            app("tcp", 40.0, 384, 12.0).with("hot-pct", 70),
+            true,
+            x("xhotapp", 300.0, 1024),
+        ),
+        sc(
+            "xhotapp-l500",
+            "1 GiB guest: 60 Mbit/s UDP stream beside a hot set, 60% of 20 MiB/s on an eighth of 512 MiB",
+            app("udp", 60.0, 512, 20.0).with("hot-pct", 60),
+            true,
+            x("xhotapp", 500.0, 1024),
+        ),
+        sc(
+            "xseqapp-l300",
+            "1 GiB guest: 40 Mbit/s UDP stream beside a sequential sweep of 384 MiB at 10 MiB/s",
+            app("udp", 40.0, 384, 10.0).with("pattern", "seq"),
+            true,
+            x("xseqapp", 300.0, 1024),
+        ),
+        sc(
+            "xseqapp-l500",
+            "1 GiB guest: 60 Mbit/s TCP stream beside a sequential sweep of 512 MiB at 18 MiB/s",
+            app("tcp", 60.0, 512, 18.0).with("pattern", "seq"),
+            true,
+            x("xseqapp", 500.0, 1024),
+        ),
     ]
 }
 
@@ -791,7 +889,7 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
         std::fs::read_to_string(guest::guest_dir()?.join("kernel-package")).unwrap_or_default();
     let mut comments = vec![format!("fixture {}: {}", sc.name, sc.what)];
     if let Some(c) = sc.corpus {
-        let split = if c.set.starts_with("holdout") {
+        let split = if c.set.starts_with("holdout") || c.set == "scale" {
             "held out: recorded before the choices it scores, never tuned on"
         } else {
             "split by family before any tuning"
