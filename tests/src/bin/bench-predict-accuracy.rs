@@ -10,6 +10,8 @@
 //!   then looked into, so seen since;
 //! - `holdout2`: `tests/fixtures/corpus/holdout2`, QEMU 10, four more
 //!   families recorded once `holdout` was seen, and only reported;
+//! - `scale`: `tests/fixtures/corpus/scale`, QEMU 10, 1 GiB guests at ten
+//!   times the rates, only reported;
 //! - `qemu7.2`: `tests/fixtures/traces`, the older fixtures.
 //!
 //! Per trace: WAPE, MAPE and RMSE per model over the iterations every
@@ -109,6 +111,7 @@ fn parse_args() -> anyhow::Result<Options> {
             ("evaluation".into(), root.join("corpus/evaluation")),
             ("holdout".into(), root.join("corpus/holdout")),
             ("holdout2".into(), root.join("corpus/holdout2")),
+            ("scale".into(), root.join("corpus/scale")),
             ("qemu7.2".into(), root.join("traces")),
         ];
     }
