@@ -474,10 +474,12 @@ mod tests {
     const BW: f64 = 3.6e6;
 
     /// A pre-copy migration in its simplest physics: iteration k sends what
-    /// iteration k−1 left (all of RAM for the first) at `BW` bytes/s, so it
-    /// lasts `T = left / BW`; meanwhile the guest dirties `dirty(k, T)`
-    /// distinct pages; what is left after it is those pages plus
-    /// `extra(k)` bytes that are not dirty pages.
+    /// iteration k−1 left (all of RAM for the first) at `BW` bytes/s, the
+    /// passes after the bulk pass ending the prior's early-end offset
+    /// before they sent it all (as QEMU syncs early), so it lasts
+    /// `T = left / BW` (less that offset); meanwhile the guest dirties
+    /// `dirty(k, T)` distinct pages; what is left after it is those pages,
+    /// what it did not send, and `extra(k)` bytes that are not dirty pages.
     fn migrate(
         n: usize,
         dirty: impl Fn(usize, f64) -> f64,
@@ -487,13 +489,19 @@ mod tests {
         let mut prev_t = 0.0;
         (0..n)
             .map(|k| {
-                let t = left / BW;
+                let early = if k == 0 {
+                    0.0
+                } else {
+                    -super::super::DURATION_PRIOR_OFFSET_S
+                };
+                let t = left / BW - early;
+                let sent = t * BW;
                 let pages = dirty(k, t);
-                let remaining = pages * PAGE + extra(k);
+                let remaining = pages * PAGE + extra(k) + (left - sent);
                 let it = Iteration {
                     x: [pages, 60.0, 90.0, 0.0, prev_t, 3e7],
                     duration_s: t,
-                    sent_bytes: Some(left),
+                    sent_bytes: Some(sent),
                     remaining_bytes: Some(remaining),
                     sampled_dirty_pps: None,
                     sampled_end_pps: None,
@@ -590,13 +598,16 @@ mod tests {
 
     /// A burst stops: 1000 pages/s for six iterations, then 30. The window
     /// restarts after the change, and with one sample left the prediction
-    /// is the latest rate over the expected duration.
+    /// is the latest rate over the expected duration (T̂ less the early
+    /// end the passes showed).
     #[test]
     fn a_dirty_rate_change_restarts_the_window() {
         let h = migrate(8, |k, t| if k < 6 { 1000.0 * t } else { 30.0 * t }, |_| 0.0);
         let p = GreyGm1n::default().predict(&h[..7]).expect("predicts");
         let latest = &h[6];
-        let want = latest.next_pages_at_rate().expect("telemetry");
+        let t =
+            latest.next_duration_s().expect("telemetry") + super::super::DURATION_PRIOR_OFFSET_S;
+        let want = latest.dirty_rate().expect("a duration") * t;
         assert!(
             (p.value - want).abs() < 1e-9,
             "{} vs {want} ({})",
