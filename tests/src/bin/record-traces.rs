@@ -10,11 +10,12 @@
 //! Options: `--link-mbit X` (default 30), `--mem-mb N` (default 160),
 //! `--max-secs N` (cancel a migration that has not converged, default 1200).
 //!
-//! `--corpus` records the prediction corpus instead (issue [4/8]): 68
+//! `--corpus` records the prediction corpus instead (issue [4/8]): 80
 //! traces on a grid of workload families x bottleneck (20-60 Mbit/s) x
 //! guest size, with and without an application stream, into
-//! `OUT/tuning/`, `OUT/evaluation/`, `OUT/holdout/`, `OUT/holdout2/` and
-//! `OUT/scale/` (1 GiB guests at ten times the rates). The split is by
+//! `OUT/tuning/`, `OUT/evaluation/`, `OUT/holdout/`, `OUT/holdout2/`,
+//! `OUT/scale/` (1 GiB guests at ten times the rates), `OUT/holdout3/`
+//! and `OUT/scale2/` (recorded to report the pass-end prior on). The split is by
 //! workload family and fixed here: random, sequential, bursty and
 //! application-stream families tune; hot-set, growing, ramping and on/off
 //! application families evaluated until 2026-12-04, when they had been
@@ -56,7 +57,7 @@ struct Scenario {
     workload: Workload,
     sink: bool,
     /// Corpus traces: which set (`tuning`, `evaluation`, `holdout`,
-    /// `holdout2`, `scale`) and
+    /// `holdout2`, `scale`, `holdout3`, `scale2`) and
     /// family.
     corpus: Option<Corpus>,
 }
@@ -217,6 +218,22 @@ fn corpus_scenarios() -> Vec<Scenario> {
     let x = |family, link_mbit, mem_mb| {
         Some(Corpus {
             set: "scale",
+            family,
+            link_mbit,
+            mem_mb,
+        })
+    };
+    let h3 = |family, link_mbit, mem_mb| {
+        Some(Corpus {
+            set: "holdout3",
+            family,
+            link_mbit,
+            mem_mb,
+        })
+    };
+    let x2 = |family, link_mbit, mem_mb| {
+        Some(Corpus {
+            set: "scale2",
             family,
             link_mbit,
             mem_mb,
@@ -758,6 +775,93 @@ fn corpus_scenarios() -> Vec<Scenario> {
             true,
             x("xseqapp", 500.0, 1024),
         ),
+        // Recorded after the pass-end prior (3d29618) was chosen on every
+        // set above, to report it on: three more small shapes at 40 and
+        // 60 Mbit/s, and six at scale with other guest sizes and links.
+        sc(
+            "hotseq-l40",
+            "hot set beside a sweep: 60% of 1.5 MiB/s on an eighth of 64 MiB, the rest sequential",
+            mem("mem-seq", 64, 1.5).with("hot-pct", 60),
+            false,
+            h3("hotseq", 40.0, 160),
+        ),
+        sc(
+            "hotseq-l60",
+            "hot set beside a sweep: 60% of 2.5 MiB/s on an eighth of 96 MiB, the rest sequential, 192 MiB guest",
+            mem("mem-seq", 96, 2.5).with("hot-pct", 60),
+            false,
+            h3("hotseq", 60.0, 192),
+        ),
+        sc(
+            "rampseq-l40",
+            "sequential sweep of 64 MiB ramping 0 -> 2 MiB/s over 40 s",
+            mem("mem-seq", 64, 2.0).with("ramp-s", 40),
+            false,
+            h3("rampseq", 40.0, 160),
+        ),
+        sc(
+            "rampseq-l60",
+            "sequential sweep of 96 MiB ramping 0 -> 3 MiB/s over 40 s, 192 MiB guest",
+            mem("mem-seq", 96, 3.0).with("ramp-s", 40),
+            false,
+            h3("rampseq", 60.0, 192),
+        ),
+        sc(
+            "growseq-l40",
+            "growing sweep: 16 -> 64 MiB in 40 s at 1.5 MiB/s",
+            mem("mem-seq", 64, 1.5).with("grow-s", 40),
+            false,
+            h3("growseq", 40.0, 160),
+        ),
+        sc(
+            "growseq-l60",
+            "growing sweep: 24 -> 96 MiB in 40 s at 2.5 MiB/s, 192 MiB guest",
+            mem("mem-seq", 96, 2.5).with("grow-s", 40),
+            false,
+            h3("growseq", 60.0, 192),
+        ),
+        sc(
+            "xbig-l400",
+            "1.5 GiB guest: random dirtying, 768 MiB at 20 MiB/s",
+            mem("mem-rand", 768, 20.0),
+            false,
+            x2("xbig", 400.0, 1536),
+        ),
+        sc(
+            "xmid-l400",
+            "768 MiB guest: hot set, 60% of 15 MiB/s on an eighth of 384 MiB",
+            mem("mem-rand", 384, 15.0).with("hot-pct", 60),
+            false,
+            x2("xmid", 400.0, 768),
+        ),
+        sc(
+            "xramp-l400",
+            "1 GiB guest: random over 512 MiB ramping 0 -> 20 MiB/s over 20 s",
+            mem("mem-rand", 512, 20.0).with("ramp-s", 20),
+            false,
+            x2("xramp", 400.0, 1024),
+        ),
+        sc(
+            "xgrowapp-l400",
+            "1 GiB guest: 40 Mbit/s UDP stream beside a growing set, random over 96 -> 384 MiB in 30 s at 16 MiB/s",
+            app("udp", 40.0, 384, 16.0).with("grow-s", 30),
+            true,
+            x2("xgrowapp", 400.0, 1024),
+        ),
+        sc(
+            "xhotseq-l400",
+            "1 GiB guest: hot set beside a sweep, 60% of 18 MiB/s on an eighth of 512 MiB, the rest sequential",
+            mem("mem-seq", 512, 18.0).with("hot-pct", 60),
+            false,
+            x2("xhotseq", 400.0, 1024),
+        ),
+        sc(
+            "xrandapp-l400",
+            "1 GiB guest: 50 Mbit/s TCP stream beside random dirtying of 512 MiB at 15 MiB/s",
+            app("tcp", 50.0, 512, 15.0),
+            true,
+            x2("xrandapp", 400.0, 1024),
+        ),
     ]
 }
 
@@ -889,7 +993,7 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
         std::fs::read_to_string(guest::guest_dir()?.join("kernel-package")).unwrap_or_default();
     let mut comments = vec![format!("fixture {}: {}", sc.name, sc.what)];
     if let Some(c) = sc.corpus {
-        let split = if c.set.starts_with("holdout") || c.set == "scale" {
+        let split = if c.set.starts_with("holdout") || c.set.starts_with("scale") {
             "held out: recorded before the choices it scores, never tuned on"
         } else {
             "split by family before any tuning"
