@@ -11,7 +11,10 @@
 //! - `holdout2`: `tests/fixtures/corpus/holdout2`, QEMU 10, four more
 //!   families recorded once `holdout` was seen, and only reported;
 //! - `scale`: `tests/fixtures/corpus/scale`, QEMU 10, 1 GiB guests at ten
-//!   times the rates, only reported;
+//!   times the rates, scored once, then looked into;
+//! - `holdout3` and `scale2`: `tests/fixtures/corpus/{holdout3,scale2}`,
+//!   QEMU 10, small and scaled guests recorded after the last model
+//!   change, only reported;
 //! - `qemu7.2`: `tests/fixtures/traces`, the older fixtures.
 //!
 //! Per trace: WAPE, MAPE and RMSE per model over the iterations every
@@ -112,6 +115,8 @@ fn parse_args() -> anyhow::Result<Options> {
             ("holdout".into(), root.join("corpus/holdout")),
             ("holdout2".into(), root.join("corpus/holdout2")),
             ("scale".into(), root.join("corpus/scale")),
+            ("holdout3".into(), root.join("corpus/holdout3")),
+            ("scale2".into(), root.join("corpus/scale2")),
             ("qemu7.2".into(), root.join("traces")),
         ];
     }
