@@ -164,6 +164,18 @@ fn scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// A corpus set's trace maker: `(family, link Mbit/s, guest MiB)`.
+fn in_set(set: &'static str) -> impl Fn(&'static str, f64, u32) -> Option<Corpus> {
+    move |family, link_mbit, mem_mb| {
+        Some(Corpus {
+            set,
+            family,
+            link_mbit,
+            mem_mb,
+        })
+    }
+}
+
 /// The prediction corpus (see the module's docs): four families per set,
 /// each at 20, 30 and 50 Mbit/s. Dirty rates sit between a third and
 /// four fifths of the link's payload rate (~0.12 MiB/s per Mbit/s), so
@@ -183,62 +195,13 @@ fn corpus_scenarios() -> Vec<Scenario> {
             .with("wss-mb", wss)
             .with("dirty-mbps", mbps)
     };
-    let t = |family, link_mbit, mem_mb| {
-        Some(Corpus {
-            set: "tuning",
-            family,
-            link_mbit,
-            mem_mb,
-        })
-    };
-    let e = |family, link_mbit, mem_mb| {
-        Some(Corpus {
-            set: "evaluation",
-            family,
-            link_mbit,
-            mem_mb,
-        })
-    };
-    let h = |family, link_mbit, mem_mb| {
-        Some(Corpus {
-            set: "holdout",
-            family,
-            link_mbit,
-            mem_mb,
-        })
-    };
-    let h2 = |family, link_mbit, mem_mb| {
-        Some(Corpus {
-            set: "holdout2",
-            family,
-            link_mbit,
-            mem_mb,
-        })
-    };
-    let x = |family, link_mbit, mem_mb| {
-        Some(Corpus {
-            set: "scale",
-            family,
-            link_mbit,
-            mem_mb,
-        })
-    };
-    let h3 = |family, link_mbit, mem_mb| {
-        Some(Corpus {
-            set: "holdout3",
-            family,
-            link_mbit,
-            mem_mb,
-        })
-    };
-    let x2 = |family, link_mbit, mem_mb| {
-        Some(Corpus {
-            set: "scale2",
-            family,
-            link_mbit,
-            mem_mb,
-        })
-    };
+    let t = in_set("tuning");
+    let e = in_set("evaluation");
+    let h = in_set("holdout");
+    let h2 = in_set("holdout2");
+    let x = in_set("scale");
+    let h3 = in_set("holdout3");
+    let x2 = in_set("scale2");
     let sc = |name, what, workload, sink, corpus| Scenario {
         name,
         what,
