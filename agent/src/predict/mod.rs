@@ -234,9 +234,9 @@ pub(crate) const DURATION_PRIOR_OFFSET_S: f64 = -0.15;
 /// ([`Iteration::next_duration_s`]) errs: T̂ plus the mean of
 /// `T(i) − T̂(i)` over the last iterations (the bulk pass neither predicts
 /// nor is predicted here) once there are three such pairs, T̂ plus
-/// [`DURATION_PRIOR_OFFSET_S`] before. Floored at 5% of T̂. Where earlier passes that sent as much as the
-/// latest one were followed by passes of one length, that length instead
-/// ([`after_alike`]).
+/// [`DURATION_PRIOR_OFFSET_S`] before. Floored at 5% of T̂. Where earlier
+/// passes that sent as much as the latest one were followed by passes of
+/// one length, that length instead ([`after_alike`]).
 ///
 /// Why an offset: QEMU does not end a pass when it has sent what the sync
 /// before found; it syncs again as soon as its estimate of what is left
