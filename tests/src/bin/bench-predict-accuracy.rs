@@ -55,7 +55,7 @@ use anyhow::{Context as _, bail};
 use serde_json::json;
 use vmbw::{
     control::{VmInputs, forecast},
-    predict::{Iteration, MODELS, Wss, eval, model},
+    predict::{Iteration, MODELS, Wss, eval, model, wss},
     qemu::{Drain, Progress, trace},
 };
 
@@ -467,21 +467,12 @@ fn pass_two_known(
         return None;
     }
     let sampled = forecast::dirty_rate(vm);
-    let (rate, working_set) = if sampled * bulk_s > dirtied {
-        // forecast::dirtied grows with the working set: bisect it
-        // (geometrically, it spans orders of magnitude).
-        let (mut lo, mut hi) = (dirtied.max(1.0), 1e15);
-        for _ in 0..100 {
-            let mid = (lo * hi).sqrt();
-            if forecast::dirtied(sampled, bulk_s, Some(mid)) < dirtied {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        (sampled, Some(hi))
-    } else {
-        (dirtied / bulk_s, None)
+    // The working set that the sampled rate leaves `dirtied` in `bulk_s`
+    // (forecast::dirtied's curve, which `wss` solves; bytes serve as
+    // well as pages).
+    let (rate, working_set) = match wss::WorkingSet::from_rate(sampled, bulk_s, dirtied) {
+        Some(ws) => (sampled, Some(ws.pages)),
+        None => (dirtied / bulk_s, None),
     };
     forecast::forecast_in_pass(
         vm.remaining,
