@@ -650,7 +650,7 @@ fn corpus_scenarios() -> Vec<Scenario> {
             h2("growapp", 60.0, 192),
         ),
         // Ten times the scale (2026-12-04, late): 1 GiB guests writing
-        // 10-30 MiB/s over 300 and 500 Mbit/s links, where QEMU's
+        // 10-25 MiB/s over 300 and 500 Mbit/s links, where QEMU's
         // whole-MiB/s `calc-dirty-rate` readings are a few percent of the
         // rate instead of a third of it. Six shapes the smaller sets
         // have, none of these traces tuned on.
@@ -956,10 +956,11 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
         std::fs::read_to_string(guest::guest_dir()?.join("kernel-package")).unwrap_or_default();
     let mut comments = vec![format!("fixture {}: {}", sc.name, sc.what)];
     if let Some(c) = sc.corpus {
-        let split = if c.set.starts_with("holdout") || c.set.starts_with("scale") {
-            "held out: recorded before the choices it scores, never tuned on"
-        } else {
+        // Only the first two sets were split; every later one is held out.
+        let split = if matches!(c.set, "tuning" | "evaluation") {
             "split by family before any tuning"
+        } else {
+            "held out: recorded before the choices it scores, never tuned on"
         };
         comments.push(format!(
             "corpus: {} set, family {} ({split}; tests/fixtures/corpus/README.md)",
