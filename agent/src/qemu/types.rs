@@ -260,6 +260,10 @@ pub struct DirtyRateInfo {
     /// The estimate, MiB/s (once measured).
     #[serde(default)]
     pub dirty_rate: Option<i64>,
+    /// How long QEMU really measured, in the unit asked for
+    /// ([`crate::qemu::Qmp::query_dirty_rate`] asks for milliseconds).
+    #[serde(default)]
+    pub calc_time: Option<f64>,
 }
 
 /// One entry of `query-migrate-capabilities`.

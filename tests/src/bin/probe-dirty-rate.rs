@@ -148,16 +148,11 @@ async fn measure(qmp: &mut Qmp, step: &Step) -> anyhow::Result<Reading> {
         .await?;
     loop {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let v = qmp
-            .execute(
-                "query-dirty-rate",
-                Some(json!({ "calc-time-unit": "millisecond" })),
-            )
-            .await?;
-        if v["status"] == "measured" {
+        let info = qmp.query_dirty_rate().await?;
+        if info.status == "measured" {
             return Ok(Reading {
-                mibps: v["dirty-rate"].as_f64().context("no dirty-rate")?,
-                window_ms: v["calc-time"].as_f64().context("no calc-time")?,
+                mibps: info.dirty_rate.context("no dirty-rate")? as f64,
+                window_ms: info.calc_time.context("no calc-time")?,
             });
         }
     }
