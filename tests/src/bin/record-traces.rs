@@ -10,12 +10,15 @@
 //! Options: `--link-mbit X` (default 30), `--mem-mb N` (default 160),
 //! `--max-secs N` (cancel a migration that has not converged, default 1200).
 //!
-//! `--corpus` records the prediction corpus instead (issue [4/8]): 80
+//! `--corpus` records the prediction corpus instead (issue [4/8]): 101
 //! traces on a grid of workload families x bottleneck (20-60 Mbit/s) x
 //! guest size, with and without an application stream, into
 //! `OUT/tuning/`, `OUT/evaluation/`, `OUT/holdout/`, `OUT/holdout2/`,
 //! `OUT/scale/` (1 GiB guests at ten times the rates), `OUT/holdout3/`
-//! and `OUT/scale2/` (recorded to report the pass-end prior on). The split is by
+//! and `OUT/scale2/` (recorded to report the pass-end prior on), and
+//! `OUT/window/` (shapes the seen sets have, recorded with the long
+//! dirty-rate windows and zero-page counts, to choose on) and
+//! `OUT/holdout4/` (recorded after that choice, to report it). The split is by
 //! workload family and fixed here: random, sequential, bursty and
 //! application-stream families tune; hot-set, growing, ramping and on/off
 //! application families evaluated until 2026-12-04, when they had been
@@ -27,9 +30,9 @@
 //! beside a growing set) are held out again as `holdout2`. Each
 //! migration is cancelled 45 s after
 //! its bulk pass would end at the link rate (unless `--max-secs`), and
-//! QEMU's `calc-dirty-rate` is sampled every ~1.1 s meanwhile
-//! (`sampled_dirty_bps`: the samples' mean over each iteration, empty when
-//! none fell in it). Beside each corpus trace, `progress/NAME.csv` keeps
+//! QEMU's `calc-dirty-rate` is sampled back to back meanwhile, over 1 s
+//! and every sixth time over 4 s (since `window/`; `sampled_dirty_bps`:
+//! the 1 s samples' mean over each iteration, empty when none fell in it). Beside each corpus trace, `progress/NAME.csv` keeps
 //! every sample and what QEMU had left to send every ~275 ms, so that a
 //! forecast can be scored inside the bulk pass too.
 
@@ -202,6 +205,8 @@ fn corpus_scenarios() -> Vec<Scenario> {
     let x = in_set("scale");
     let h3 = in_set("holdout3");
     let x2 = in_set("scale2");
+    let w = in_set("window");
+    let h4 = in_set("holdout4");
     let sc = |name, what, workload, sink, corpus| Scenario {
         name,
         what,
@@ -825,6 +830,164 @@ fn corpus_scenarios() -> Vec<Scenario> {
             true,
             x2("xrandapp", 400.0, 1024),
         ),
+        // Recorded with the long dirty-rate windows, the zero-page counts
+        // and the guest's free memory in the sidecar (2026-12-04): shapes
+        // the seen sets have, to choose a bulk-pass forecast on.
+        sc(
+            "whot-l40",
+            "hot set: 70% of 1.5 MiB/s on an eighth of 64 MiB",
+            mem("mem-rand", 64, 1.5).with("hot-pct", 70),
+            false,
+            w("hot", 40.0, 160),
+        ),
+        sc(
+            "wrand-l40",
+            "random dirtying, 48 MiB at 1.5 MiB/s",
+            mem("mem-rand", 48, 1.5),
+            false,
+            w("rand", 40.0, 128),
+        ),
+        sc(
+            "wseq-l40",
+            "sequential dirtying, 64 MiB at 2 MiB/s",
+            mem("mem-seq", 64, 2.0),
+            false,
+            w("seq", 40.0, 160),
+        ),
+        sc(
+            "wapp-l40",
+            "8 Mbit/s UDP stream beside random dirtying of 32 MiB at 1 MiB/s",
+            app("udp", 8.0, 32, 1.0),
+            true,
+            w("app", 40.0, 128),
+        ),
+        sc(
+            "whotbig-l40",
+            "256 MiB guest: hot set, 70% of 1.6 MiB/s on an eighth of 128 MiB",
+            mem("mem-rand", 128, 1.6).with("hot-pct", 70),
+            false,
+            w("hotbig", 40.0, 256),
+        ),
+        sc(
+            "wgrow-l40",
+            "growing set: random over 16 -> 64 MiB in 40 s at 1.5 MiB/s",
+            mem("mem-rand", 64, 1.5).with("grow-s", 40),
+            false,
+            w("grow", 40.0, 160),
+        ),
+        sc(
+            "wxrand-l300",
+            "1 GiB guest: random dirtying, 384 MiB at 12 MiB/s",
+            mem("mem-rand", 384, 12.0),
+            false,
+            w("xrand", 300.0, 1024),
+        ),
+        sc(
+            "wxhot-l300",
+            "1 GiB guest: hot set, 70% of 15 MiB/s on an eighth of 512 MiB",
+            mem("mem-rand", 512, 15.0).with("hot-pct", 70),
+            false,
+            w("xhot", 300.0, 1024),
+        ),
+        sc(
+            "wxseq-l300",
+            "1 GiB guest: sequential dirtying, 384 MiB at 12 MiB/s",
+            mem("mem-seq", 384, 12.0),
+            false,
+            w("xseq", 300.0, 1024),
+        ),
+        // Recorded after the zero-page ETA was chosen on `window`, to
+        // report it on: shapes and sizes no set above has in this mix.
+        sc(
+            "hotapp-l50",
+            "10 Mbit/s UDP stream beside a hot set: 60% of 2 MiB/s on an eighth of 64 MiB",
+            app("udp", 10.0, 64, 2.0).with("hot-pct", 60),
+            true,
+            h4("hotapp", 50.0, 160),
+        ),
+        sc(
+            "randbig-l50",
+            "192 MiB guest: random dirtying, 96 MiB at 2.5 MiB/s",
+            mem("mem-rand", 96, 2.5),
+            false,
+            h4("randbig", 50.0, 192),
+        ),
+        sc(
+            "burstrand-l40",
+            "bursts of random dirtying: 3 MiB/s over 48 MiB, 2 s on, 2 s off",
+            mem("burst", 48, 3.0)
+                .with("on-ms", 2000)
+                .with("off-ms", 2000),
+            false,
+            h4("burstrand", 40.0, 160),
+        ),
+        sc(
+            "growhot-l50",
+            "growing set with a hot eighth: 60% of 2.5 MiB/s, random over 24 -> 96 MiB in 40 s, 192 MiB guest",
+            mem("mem-rand", 96, 2.5)
+                .with("hot-pct", 60)
+                .with("grow-s", 40),
+            false,
+            h4("growhot", 50.0, 192),
+        ),
+        sc(
+            "rampapp-l50",
+            "10 Mbit/s TCP stream beside random dirtying of 64 MiB ramping 0 -> 2.5 MiB/s over 40 s",
+            app("tcp", 10.0, 64, 2.5).with("ramp-s", 40),
+            true,
+            h4("rampapp", 50.0, 160),
+        ),
+        sc(
+            "seqbig-l60",
+            "192 MiB guest: sequential dirtying, 96 MiB at 3 MiB/s",
+            mem("mem-seq", 96, 3.0),
+            false,
+            h4("seqbig", 60.0, 192),
+        ),
+        sc(
+            "xrand-l400",
+            "1.25 GiB guest: random dirtying, 512 MiB at 16 MiB/s",
+            mem("mem-rand", 512, 16.0),
+            false,
+            h4("xrand", 400.0, 1280),
+        ),
+        sc(
+            "xhot-l400",
+            "1 GiB guest: hot set, 60% of 20 MiB/s on an eighth of 384 MiB",
+            mem("mem-rand", 384, 20.0).with("hot-pct", 60),
+            false,
+            h4("xhot", 400.0, 1024),
+        ),
+        sc(
+            "xseq-l500",
+            "1 GiB guest: sequential dirtying, 512 MiB at 24 MiB/s",
+            mem("mem-seq", 512, 24.0),
+            false,
+            h4("xseq", 500.0, 1024),
+        ),
+        sc(
+            "xgrow-l400",
+            "768 MiB guest: random over 96 -> 384 MiB in 30 s at 14 MiB/s",
+            mem("mem-rand", 384, 14.0).with("grow-s", 30),
+            false,
+            h4("xgrow", 400.0, 768),
+        ),
+        sc(
+            "xseqapp-l400",
+            "1 GiB guest: 50 Mbit/s UDP stream beside a sequential sweep of 384 MiB at 12 MiB/s",
+            app("udp", 50.0, 384, 12.0).with("pattern", "seq"),
+            true,
+            h4("xseqapp", 400.0, 1024),
+        ),
+        sc(
+            "xburst-l400",
+            "1 GiB guest: bursts of random dirtying, 30 MiB/s over 256 MiB, 2 s on, 2 s off",
+            mem("burst", 256, 30.0)
+                .with("on-ms", 2000)
+                .with("off-ms", 2000),
+            false,
+            h4("xburst", 400.0, 1024),
+        ),
     ]
 }
 
@@ -1015,7 +1178,7 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
         .collect(),
     };
     let uri = tb.migration_uri();
-    let sampled = std::cell::RefCell::new(Vec::<(f64, f64)>::new());
+    let sampled = std::cell::RefCell::new(Vec::<Sample>::new());
     let progress = std::cell::RefCell::new(Vec::<Poll>::new());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1036,20 +1199,39 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
             // until the migration ends or is cancelled.
             // Between the samples, every ~275 ms: what is left to send
             // (the progress sidecar; see [`write_progress`]).
+            let mut taken = 0usize;
             while sc.corpus.is_some() && started.elapsed() < max && !runner::interrupted() {
-                if ctl.calc_dirty_rate(1000, 16384).await.is_err() {
+                // Every LONG_EVERY-th sample spans LONG_WINDOW_MS: how much
+                // of what the guest writes in a second it writes again
+                // within a few (a working set's saturation).
+                let window_ms = if taken % LONG_EVERY == LONG_EVERY - 1 {
+                    LONG_WINDOW_MS
+                } else {
+                    1000
+                };
+                taken += 1;
+                let began = started.elapsed().as_secs_f64();
+                if ctl.calc_dirty_rate(window_ms, 16384).await.is_err() {
                     break;
                 }
-                for _ in 0..4 {
+                for _ in 0..(window_ms + 100).div_ceil(275) {
                     tokio::time::sleep(Duration::from_millis(275)).await;
                     if let Ok(info) = ctl.query_migrate().await
                         && let (Some(ram), Some(ms)) = (info.ram, info.total_time)
                     {
+                        let free = ctl
+                            .balloon_stats(BALLOON)
+                            .await
+                            .ok()
+                            .and_then(|b| b.stats.stat_free_memory);
                         progress.borrow_mut().push(Poll {
                             t_s: ms as f64 / 1000.0,
                             sync: ram.dirty_sync_count,
                             remaining: ram.remaining,
                             transferred: ram.transferred,
+                            normal: ram.normal,
+                            duplicate: ram.duplicate,
+                            free,
                         });
                     }
                 }
@@ -1057,11 +1239,12 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
                     && info.status == "measured"
                     && let Some(mib) = info.dirty_rate
                 {
-                    // The measurement's middle, from the migration's start.
-                    let at = started.elapsed().as_secs_f64() - 0.6;
-                    sampled
-                        .borrow_mut()
-                        .push((at, mib.max(0) as f64 * 1048576.0));
+                    sampled.borrow_mut().push(Sample {
+                        // The measurement's middle, from the migration's start.
+                        t_s: began + window_ms as f64 / 2000.0,
+                        bps: mib.max(0) as f64 * 1048576.0,
+                        window_s: window_ms as f64 / 1000.0,
+                    });
                 }
             }
             while started.elapsed() < max && !runner::interrupted() {
@@ -1109,6 +1292,17 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
     Ok(())
 }
 
+/// The guest's balloon device (tests/src/vm.rs), whose statistics say
+/// how much of its memory is free.
+const BALLOON: &str = "/machine/peripheral/balloon0";
+/// Every LONG_EVERY-th dirty-rate sample spans LONG_WINDOW_MS instead of
+/// one second. Measured with probe-dirty-rate on a 16 MiB set written at
+/// 6 MiB/s: 5 MiB in 1 s, 14 in 4 s, 12 in 8 s (QEMU's readings are whole
+/// MiB/s, so a window of T s reads in steps of T MiB: 4 s keeps the step
+/// small against the working sets the corpus writes).
+const LONG_EVERY: usize = 6;
+const LONG_WINDOW_MS: u64 = 4000;
+
 /// One `query-migrate` reply while the migration ran.
 struct Poll {
     /// QEMU's `total-time`: seconds since the migration started.
@@ -1116,6 +1310,20 @@ struct Poll {
     sync: u64,
     remaining: u64,
     transferred: u64,
+    /// Pages sent whole, and pages QEMU found all zeros (sent as a flag).
+    normal: u64,
+    duplicate: u64,
+    /// The guest's free memory (balloon `stat-free-memory`), bytes.
+    free: Option<u64>,
+}
+
+/// One `calc-dirty-rate` reading.
+#[derive(Clone, Copy)]
+struct Sample {
+    /// The measurement's middle, seconds since the migration started.
+    t_s: f64,
+    bps: f64,
+    window_s: f64,
 }
 
 /// Writes the progress sidecar of the trace at `path` to
@@ -1124,7 +1332,7 @@ struct Poll {
 /// pass ended; with this, a forecast can be scored while the long bulk
 /// pass still runs, from what the agent would have known then (issue
 /// [4/8]). Format: docs/trace-format.md.
-fn write_progress(path: &Path, polls: &[Poll], samples: &[(f64, f64)]) -> anyhow::Result<()> {
+fn write_progress(path: &Path, polls: &[Poll], samples: &[Sample]) -> anyhow::Result<()> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         bail!("{}: not a file path", path.display());
     };
@@ -1136,24 +1344,34 @@ fn write_progress(path: &Path, polls: &[Poll], samples: &[(f64, f64)]) -> anyhow
             (
                 p.t_s,
                 format!(
-                    "{:.3},poll,{},{},{},",
-                    p.t_s, p.sync, p.remaining, p.transferred
+                    "{:.3},poll,{},{},{},,{},{},{},",
+                    p.t_s,
+                    p.sync,
+                    p.remaining,
+                    p.transferred,
+                    p.normal,
+                    p.duplicate,
+                    p.free.map_or(String::new(), |f| f.to_string())
                 ),
             )
         })
-        .chain(
-            samples
-                .iter()
-                .map(|(t, bps)| (*t, format!("{t:.3},sample,,,,{bps:.0}"))),
-        )
+        .chain(samples.iter().map(|s| {
+            (
+                s.t_s,
+                format!("{:.3},sample,,,,{:.0},,,,{}", s.t_s, s.bps, s.window_s),
+            )
+        }))
         .collect();
     rows.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut text = format!(
         "# vmbw progress sidecar of ../{}: what QEMU had left to send, polled \
          (query-migrate) every ~275 ms, and QEMU's calc-dirty-rate samples \
-         (1 s, page hashing; t_s is the measurement's middle)\n\
+         (page hashing; t_s is the measurement's middle, window_s its length)\n\
          # t_s: seconds since the migration started (QEMU's total-time for polls)\n\
-         t_s,kind,dirty_sync_count,remaining_bytes,transferred_bytes,sampled_dirty_bps\n",
+         # normal_pages, zero_pages: QEMU's ram normal and duplicate counts; \
+         guest_free_bytes: the balloon's stat-free-memory\n\
+         t_s,kind,dirty_sync_count,remaining_bytes,transferred_bytes,sampled_dirty_bps,\
+         normal_pages,zero_pages,guest_free_bytes,window_s\n",
         name.to_string_lossy()
     );
     for (_, row) in rows {
@@ -1170,7 +1388,13 @@ fn write_progress(path: &Path, polls: &[Poll], samples: &[(f64, f64)]) -> anyhow
 /// row's start (`end_s - iter_s`) and end, and where their trend had taken
 /// the rate by the end (`vmbw::predict::sampled_trend_end`; empty without
 /// one).
-fn add_sampled_column(path: &Path, samples: &[(f64, f64)]) -> anyhow::Result<()> {
+fn add_sampled_column(path: &Path, samples: &[Sample]) -> anyhow::Result<()> {
+    // The columns keep the one-second readings the agent takes.
+    let samples: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.window_s == 1.0)
+        .map(|s| (s.t_s, s.bps))
+        .collect();
     let text = std::fs::read_to_string(path)?;
     let mut out = String::new();
     let mut header: Option<Vec<String>> = None;
