@@ -151,6 +151,9 @@ pub struct VmState {
     /// The guest's used memory, bytes: what no pass can leave more dirty
     /// than (`control::forecast::dirtied`).
     pub used_memory: Option<f64>,
+    /// Of `remaining`, the bytes the bulk pass will find all zeros
+    /// ([`crate::qemu::Progress::unsent_zero`]); None after it.
+    pub unsent_zero: Option<f64>,
     /// When the current migration started, and the guest's RAM as its
     /// first sample showed (QEMU's `ram.total`): its deadline's clock and
     /// size.
@@ -241,6 +244,7 @@ impl VmState {
             armed: Armed::default(),
             sampled_dirty_rate: None,
             used_memory: None,
+            unsent_zero: None,
             migration_started: None,
             pass_started: None,
             ram_bytes: None,
@@ -274,6 +278,7 @@ impl VmState {
         self.armed = Armed::default();
         self.sampled_dirty_rate = None;
         self.used_memory = None;
+        self.unsent_zero = None;
         self.migration_started = Some(std::time::Instant::now());
         self.pass_started = self.migration_started;
         self.ram_bytes = None;
@@ -678,6 +683,7 @@ mod tests {
                 at: t0 + std::time::Duration::from_secs(s),
                 bulk_dirty_rate: None,
                 used_memory: None,
+                unsent_zero: None,
             });
         }
         assert_eq!(v.drain.rate(), Some(5_000_000.0));
@@ -692,6 +698,7 @@ mod tests {
             at: t0 + std::time::Duration::from_secs(4),
             bulk_dirty_rate: None,
             used_memory: None,
+            unsent_zero: None,
         });
         v.drain.observe(Progress {
             remaining: 4_000_000,
@@ -700,6 +707,7 @@ mod tests {
             at: t0 + std::time::Duration::from_secs(6),
             bulk_dirty_rate: None,
             used_memory: None,
+            unsent_zero: None,
         });
         v.enter_postcopy();
         assert_eq!(v.drain.rate(), Some(3_000_000.0));

@@ -285,6 +285,7 @@ impl ControlLoop {
             send_rate: v.drain.send_rate(),
             pass_elapsed_s: v.pass_elapsed_s(),
             used_memory: v.used_memory,
+            unsent_zero: v.unsent_zero,
         }
     }
 

@@ -669,6 +669,7 @@ async fn follow_progress(
             if let Some(used) = p.used_memory {
                 v.used_memory = Some(used as f64);
             }
+            v.unsent_zero = p.unsent_zero.map(|z| z as f64);
         }
     }
 }

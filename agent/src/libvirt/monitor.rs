@@ -275,6 +275,7 @@ impl LibvirtMonitor {
             at: Instant::now(),
             bulk_dirty_rate: None,
             used_memory: None,
+            unsent_zero: None,
         }));
         self.ledger
             .entry(job.iteration)

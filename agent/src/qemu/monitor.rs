@@ -147,6 +147,25 @@ pub struct Progress {
     /// The guest's used memory, bytes, as last read (X2's source × RAM);
     /// None before the first reading.
     pub used_memory: Option<u64>,
+    /// Of `remaining`, the bytes the bulk pass will find all zeros: the
+    /// guest's free memory (its balloon's `stat-free-memory`) less the
+    /// zero pages QEMU has already met (`ram.duplicate`). QEMU sends a
+    /// zero page as a flag, so these cost the wire nothing: a 1 GiB guest
+    /// with half its memory never written drained its last 650 MB in
+    /// 1.1 s (tests/fixtures/corpus/scale/xrand-l300). Free memory is
+    /// what the guest never wrote or gave back: on the `window` corpus the
+    /// zero pages a bulk pass met were its free memory to within 2 MiB on
+    /// 8 of 9 guests (10.5 MiB fewer beside a UDP stream). None after the
+    /// bulk pass, whose dirtied pages are rarely zeros, and without a
+    /// balloon.
+    pub unsent_zero: Option<u64>,
+}
+
+/// [`Progress::unsent_zero`] from the guest's `free` bytes, the zero
+/// pages QEMU has met so far and the bytes it still has to send.
+pub fn unsent_zero(free: u64, zero_pages: u64, page_size: u64, remaining: u64) -> u64 {
+    free.saturating_sub(zero_pages.saturating_mul(page_size))
+        .min(remaining)
 }
 
 /// The guest's dirty rate through the bulk pass, which QEMU reports only
@@ -505,6 +524,8 @@ pub struct MigrationMonitor {
     progress: tokio::sync::watch::Sender<Option<Progress>>,
     bulk: BulkSampler,
     used_memory: Option<u64>,
+    /// The guest's free memory, bytes, as its balloon last said.
+    free_memory: Option<u64>,
     ready: VecDeque<IterationSample>,
     held: Option<IterationSample>,
     samples: u64,
@@ -607,6 +628,7 @@ impl MigrationMonitor {
             progress: tokio::sync::watch::Sender::new(None),
             bulk: BulkSampler::default(),
             used_memory: None,
+            free_memory: None,
             ready: VecDeque::new(),
             held: None,
             samples: 0,
@@ -894,6 +916,9 @@ impl MigrationMonitor {
     fn observe(&mut self, info: &MigrationInfo) {
         let Some(ram) = &info.ram else { return };
         self.last_progress = Some(info.clone());
+        if let Some(p) = ram.page_size.filter(|p| *p > 0) {
+            self.page_size = p;
+        }
         self.progress.send_replace(Some(Progress {
             remaining: ram.remaining,
             transferred: ram.transferred,
@@ -901,10 +926,11 @@ impl MigrationMonitor {
             at: Instant::now(),
             bulk_dirty_rate: self.bulk.bulk_rate(Instant::now()),
             used_memory: self.used_memory,
+            unsent_zero: self
+                .free_memory
+                .filter(|_| ram.dirty_sync_count <= 1)
+                .map(|free| unsent_zero(free, ram.duplicate, self.page_size, ram.remaining)),
         }));
-        if let Some(p) = ram.page_size.filter(|p| *p > 0) {
-            self.page_size = p;
-        }
         // QEMU stops reporting the rate (0) once the migration completed.
         if info.status != Some(MigrationStatus::Completed) {
             self.last_rate = ram.dirty_pages_rate;
@@ -1126,7 +1152,11 @@ impl MigrationMonitor {
     async fn memory_pct(&mut self) -> Result<f64, MonitorError> {
         if let MemorySource::Balloon { qom_path } = &self.mem {
             let path = qom_path.clone();
-            if let Some(p) = self.qmp.balloon_stats(&path).await?.used_pct() {
+            let stats = self.qmp.balloon_stats(&path).await?;
+            if let Some(free) = stats.stats.stat_free_memory {
+                self.free_memory = Some(free);
+            }
+            if let Some(p) = stats.used_pct() {
                 self.last_balloon_pct = Some(p);
                 return Ok(p);
             }

@@ -426,6 +426,7 @@ fn drain_counts_bytes_left_going_down_within_a_pass() {
         at: at(s),
         bulk_dirty_rate: None,
         used_memory: None,
+        unsent_zero: None,
     };
     let mut d = Drain::default();
     d.observe(p(1, 10_000_000, 0.0));
@@ -463,6 +464,7 @@ fn a_new_pass_does_not_inherit_the_bulk_pass_drain() {
         at: t0 + Duration::from_secs_f64(s),
         bulk_dirty_rate: None,
         used_memory: None,
+        unsent_zero: None,
     };
     // The bulk pass's last ten seconds: zero pages, 8 MB of what is left
     // per second for the 6 MB/s sent.
@@ -500,4 +502,19 @@ async fn polling_alone_finds_boundaries_and_merges_missed_syncs() {
         Some(4)
     );
     assert_eq!(r.outcome.status, MigrationStatus::Completed);
+}
+
+#[test]
+fn the_zero_pages_left_are_the_free_memory_not_yet_met() {
+    use super::monitor::unsent_zero;
+    // 545 MiB free, 15 MiB of zero pages met, 656 MiB left to send: 530
+    // MiB of it zeros (the window corpus's wxrand-l300 10 s in).
+    let mib = 1u64 << 20;
+    assert_eq!(
+        unsent_zero(545 * mib, 15 * mib / 4096, 4096, 656 * mib),
+        530 * mib
+    );
+    // Never more than is left, never below zero once all are met.
+    assert_eq!(unsent_zero(545 * mib, 0, 4096, 100 * mib), 100 * mib);
+    assert_eq!(unsent_zero(545 * mib, 547 * mib / 4096, 4096, 139 * mib), 0);
 }
