@@ -899,11 +899,11 @@ fn corpus_scenarios() -> Vec<Scenario> {
         // Recorded after the zero-page ETA was chosen on `window`, to
         // report it on: shapes and sizes no set above has in this mix.
         sc(
-            "hotapp-l50",
+            "hotstream-l50",
             "10 Mbit/s UDP stream beside a hot set: 60% of 2 MiB/s on an eighth of 64 MiB",
             app("udp", 10.0, 64, 2.0).with("hot-pct", 60),
             true,
-            h4("hotapp", 50.0, 160),
+            h4("hotstream", 50.0, 160),
         ),
         sc(
             "randbig-l50",
@@ -931,11 +931,11 @@ fn corpus_scenarios() -> Vec<Scenario> {
             h4("growhot", 50.0, 192),
         ),
         sc(
-            "rampapp-l50",
+            "rampstream-l50",
             "10 Mbit/s TCP stream beside random dirtying of 64 MiB ramping 0 -> 2.5 MiB/s over 40 s",
             app("tcp", 10.0, 64, 2.5).with("ramp-s", 40),
             true,
-            h4("rampapp", 50.0, 160),
+            h4("rampstream", 50.0, 160),
         ),
         sc(
             "seqbig-l60",
@@ -959,11 +959,11 @@ fn corpus_scenarios() -> Vec<Scenario> {
             h4("xhot", 400.0, 1024),
         ),
         sc(
-            "xseq-l500",
+            "xsweep-l500",
             "1 GiB guest: sequential dirtying, 512 MiB at 24 MiB/s",
             mem("mem-seq", 512, 24.0),
             false,
-            h4("xseq", 500.0, 1024),
+            h4("xsweep", 500.0, 1024),
         ),
         sc(
             "xgrow-l400",
@@ -1049,6 +1049,15 @@ fn main() -> anyhow::Result<()> {
         scenarios()
     };
     let known: Vec<&str> = all.iter().map(|s| s.name).collect();
+    // A name is a scenario's only handle (and its file's): two alike
+    // would record both.
+    if let Some(twice) = known
+        .iter()
+        .enumerate()
+        .find_map(|(i, n)| known[..i].contains(n).then_some(n))
+    {
+        bail!("scenario {twice} is listed twice");
+    }
     for name in &opts.only {
         if !known.contains(&name.as_str()) {
             bail!("unknown scenario {name}; known: {}", known.join(", "));
