@@ -116,6 +116,9 @@ pub struct VmInputs {
     /// ([`crate::qemu::Progress::unsent_zero`]); None = not known or
     /// after the bulk pass.
     pub unsent_zero: Option<f64>,
+    /// The working set the bulk pass's dirty-rate samples show, bytes
+    /// ([`crate::qemu::Progress::sampled_working_set`]); None = not shown.
+    pub sampled_working_set: Option<f64>,
 }
 
 /// What the migration's starter armed (capabilities can only be set
@@ -158,21 +161,29 @@ impl VmInputs {
             used_memory: None,
             send_rate: None,
             unsent_zero: None,
+            sampled_working_set: None,
         }
     }
 }
 
 impl VmInputs {
     /// What bounds the bytes a pass leaves dirty in the published ETA
-    /// ([`forecast::dirtied`]): the guest's used memory while the bulk
-    /// pass runs, whose dirty rate comes from second-long samples that
+    /// ([`forecast::dirtied`]): the guest's used memory, or the working
+    /// set its samples show when that is smaller
+    /// ([`VmInputs::sampled_working_set`]), while the bulk pass runs, whose dirty rate comes from second-long samples that
     /// cannot show pages written twice; None after it, when the passes'
     /// own measured rates show that already (bounded again, the tuning
     /// corpus's later-pass forecasts fell further short: seq-l50 at half
     /// its time -7% -> -41%). The plan the decisions rest on is never
     /// bounded.
     pub fn working_set_bound(&self) -> Option<f64> {
-        self.used_memory.filter(|_| self.iteration <= 1)
+        if self.iteration > 1 {
+            return None;
+        }
+        match (self.used_memory, self.sampled_working_set) {
+            (Some(used), Some(set)) => Some(used.min(set)),
+            (used, set) => used.or(set),
+        }
     }
 
     /// What QEMU still has to put on the wire: `remaining` less the zero

@@ -391,6 +391,28 @@ mod tests {
     }
 
     #[test]
+    fn the_sampled_working_set_bounds_the_bulk_pass_when_smaller() {
+        let vm = |used, set, iteration| VmInputs {
+            used_memory: used,
+            sampled_working_set: set,
+            iteration,
+            ..VmInputs::unknown("x")
+        };
+        assert_eq!(
+            vm(Some(654e6), Some(293e6), 1).working_set_bound(),
+            Some(293e6)
+        );
+        assert_eq!(
+            vm(Some(100e6), Some(293e6), 1).working_set_bound(),
+            Some(100e6)
+        );
+        assert_eq!(vm(None, Some(293e6), 1).working_set_bound(), Some(293e6));
+        assert_eq!(vm(Some(654e6), None, 1).working_set_bound(), Some(654e6));
+        // After the bulk pass the passes' own rates show it.
+        assert_eq!(vm(Some(654e6), Some(293e6), 2).working_set_bound(), None);
+    }
+
+    #[test]
     fn parses_policies_and_rates() {
         assert_eq!(
             Spec::parse("default").map(|s| s.policy),

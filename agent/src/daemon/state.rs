@@ -154,6 +154,9 @@ pub struct VmState {
     /// Of `remaining`, the bytes the bulk pass will find all zeros
     /// ([`crate::qemu::Progress::unsent_zero`]); None after it.
     pub unsent_zero: Option<f64>,
+    /// The working set the bulk pass's dirty-rate samples show, bytes
+    /// ([`crate::qemu::Progress::sampled_working_set`]); None after it.
+    pub sampled_working_set: Option<f64>,
     /// When the current migration started, and the guest's RAM as its
     /// first sample showed (QEMU's `ram.total`): its deadline's clock and
     /// size.
@@ -245,6 +248,7 @@ impl VmState {
             sampled_dirty_rate: None,
             used_memory: None,
             unsent_zero: None,
+            sampled_working_set: None,
             migration_started: None,
             pass_started: None,
             ram_bytes: None,
@@ -279,6 +283,7 @@ impl VmState {
         self.sampled_dirty_rate = None;
         self.used_memory = None;
         self.unsent_zero = None;
+        self.sampled_working_set = None;
         self.migration_started = Some(std::time::Instant::now());
         self.pass_started = self.migration_started;
         self.ram_bytes = None;
@@ -684,6 +689,7 @@ mod tests {
                 bulk_dirty_rate: None,
                 used_memory: None,
                 unsent_zero: None,
+                sampled_working_set: None,
             });
         }
         assert_eq!(v.drain.rate(), Some(5_000_000.0));
@@ -699,6 +705,7 @@ mod tests {
             bulk_dirty_rate: None,
             used_memory: None,
             unsent_zero: None,
+            sampled_working_set: None,
         });
         v.drain.observe(Progress {
             remaining: 4_000_000,
@@ -708,6 +715,7 @@ mod tests {
             bulk_dirty_rate: None,
             used_memory: None,
             unsent_zero: None,
+            sampled_working_set: None,
         });
         v.enter_postcopy();
         assert_eq!(v.drain.rate(), Some(3_000_000.0));

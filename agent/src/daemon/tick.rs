@@ -286,6 +286,7 @@ impl ControlLoop {
             pass_elapsed_s: v.pass_elapsed_s(),
             used_memory: v.used_memory,
             unsent_zero: v.unsent_zero,
+            sampled_working_set: v.sampled_working_set,
         }
     }
 

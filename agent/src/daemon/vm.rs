@@ -670,6 +670,7 @@ async fn follow_progress(
                 v.used_memory = Some(used as f64);
             }
             v.unsent_zero = p.unsent_zero.map(|z| z as f64);
+            v.sampled_working_set = p.sampled_working_set.map(|w| w as f64);
         }
     }
 }

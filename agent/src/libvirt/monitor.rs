@@ -276,6 +276,7 @@ impl LibvirtMonitor {
             bulk_dirty_rate: None,
             used_memory: None,
             unsent_zero: None,
+            sampled_working_set: None,
         }));
         self.ledger
             .entry(job.iteration)

@@ -159,6 +159,13 @@ pub struct Progress {
     /// bulk pass, whose dirtied pages are rarely zeros, and without a
     /// balloon.
     pub unsent_zero: Option<u64>,
+    /// The working set the bulk pass's dirty-rate samples show, bytes: a
+    /// second's writes against those of a [`BulkSampler::LONG`] window
+    /// ([`crate::predict::wss::WorkingSet::from_windows`]); None after
+    /// the bulk pass, before both kinds were measured, where the writes
+    /// do not overlap, or where QEMU's whole-MiB/s answers are too coarse
+    /// to tell.
+    pub sampled_working_set: Option<u64>,
 }
 
 /// [`Progress::unsent_zero`] from the guest's `free` bytes, the zero
@@ -189,6 +196,13 @@ struct BulkSampler {
     /// The bulk pass has ended: later measurements count for their pass
     /// only, not for [`Self::mean`].
     bulk_over: bool,
+    /// How long the running measurement hashes pages.
+    window: Duration,
+    /// Measurements asked for so far.
+    taken: u32,
+    /// What the bulk pass's [`Self::LONG`] measurements found, bytes/s:
+    /// kept apart from `rates`, which are a second's.
+    long: Vec<f64>,
 }
 
 impl BulkSampler {
@@ -196,13 +210,41 @@ impl BulkSampler {
     const MEASURE: Duration = Duration::from_millis(1000);
     /// Sampled pages per GiB of guest RAM (QEMU's most, 16384).
     const PAGES_PER_GIB: u32 = 16384;
-    /// A measurement not answered by then is given up.
-    const ABANDON: Duration = Duration::from_secs(5);
+    /// A measurement not answered this long after its window is given up.
+    const ABANDON: Duration = Duration::from_secs(4);
     /// Refusals in a row after which the pass is not sampled any more.
     const GIVE_UP: u32 = 3;
+    /// In the bulk pass every [`Self::LONG_EVERY`]-th measurement lasts
+    /// this long: how many of a second's writes land on pages written
+    /// again within a few seconds, the guest's working set
+    /// ([`crate::predict::wss::WorkingSet::from_windows`]).
+    const LONG: Duration = Duration::from_millis(4000);
+    const LONG_EVERY: u32 = 6;
 
     fn mean(&self) -> Option<f64> {
         mean(&self.rates)
+    }
+
+    /// How long the next measurement should last.
+    fn next_window(&self) -> Duration {
+        if !self.bulk_over && self.taken % Self::LONG_EVERY == Self::LONG_EVERY - 1 {
+            Self::LONG
+        } else {
+            Self::MEASURE
+        }
+    }
+
+    /// The working set the bulk pass's short and long measurements show
+    /// ([`Progress::sampled_working_set`]), bytes.
+    fn working_set(&self) -> Option<f64> {
+        if self.bulk_over {
+            return None;
+        }
+        crate::predict::wss::WorkingSet::from_windows(
+            self.mean()?,
+            mean(&self.long)?,
+            Self::LONG.as_secs_f64(),
+        )
     }
 
     /// Where the current pass's measurements' climb or fall had taken the
@@ -831,13 +873,18 @@ impl MigrationMonitor {
                 if self.used_memory.is_none() {
                     self.read_used_memory().await?;
                 }
-                let ms = BulkSampler::MEASURE.as_millis() as u64;
+                let window = self.bulk.next_window();
+                let ms = window.as_millis() as u64;
                 match self
                     .qmp
                     .calc_dirty_rate(ms, BulkSampler::PAGES_PER_GIB)
                     .await
                 {
-                    Ok(()) => self.bulk.asked = Some(Instant::now()),
+                    Ok(()) => {
+                        self.bulk.asked = Some(Instant::now());
+                        self.bulk.window = window;
+                        self.bulk.taken += 1;
+                    }
                     Err(e) if e.is_connection_lost() => return Err(e.into()),
                     Err(e) => {
                         self.bulk.refused += 1;
@@ -850,7 +897,8 @@ impl MigrationMonitor {
                 }
                 break;
             };
-            let due = at + BulkSampler::MEASURE + SETTLE;
+            let window = self.bulk.window;
+            let due = at + window + SETTLE;
             if Instant::now() < due {
                 if !wait {
                     break;
@@ -865,19 +913,28 @@ impl MigrationMonitor {
                 // what it was made from (the trend rule reads their order).
                 tracing::debug!(
                     dirty_rate_mib = mib,
+                    window_ms = window.as_millis() as u64,
                     bulk_pass = !self.bulk.bulk_over,
                     "calc-dirty-rate measured"
                 );
-                if !self.bulk.bulk_over {
-                    self.bulk.rates.push(rate);
+                if window != BulkSampler::MEASURE {
+                    // A long measurement says how writes overlap, not the
+                    // rate: it is kept apart (the bulk pass's only).
+                    if !self.bulk.bulk_over {
+                        self.bulk.long.push(rate);
+                    }
+                } else {
+                    if !self.bulk.bulk_over {
+                        self.bulk.rates.push(rate);
+                    }
+                    self.bulk.pass.push((at + window / 2, rate));
                 }
-                self.bulk.pass.push((at + BulkSampler::MEASURE / 2, rate));
                 self.bulk.asked = None;
                 self.bulk.refused = 0;
                 self.read_used_memory().await?;
                 break;
             }
-            if at.elapsed() >= BulkSampler::ABANDON {
+            if at.elapsed() >= window + BulkSampler::ABANDON {
                 self.bulk.asked = None;
                 break;
             }
@@ -930,6 +987,7 @@ impl MigrationMonitor {
                 .free_memory
                 .filter(|_| ram.dirty_sync_count <= 1)
                 .map(|free| unsent_zero(free, ram.duplicate, self.page_size, ram.remaining)),
+            sampled_working_set: self.bulk.working_set().map(|w| w.round() as u64),
         }));
         // QEMU stops reporting the rate (0) once the migration completed.
         if info.status != Some(MigrationStatus::Completed) {

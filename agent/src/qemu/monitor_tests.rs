@@ -427,6 +427,7 @@ fn drain_counts_bytes_left_going_down_within_a_pass() {
         bulk_dirty_rate: None,
         used_memory: None,
         unsent_zero: None,
+        sampled_working_set: None,
     };
     let mut d = Drain::default();
     d.observe(p(1, 10_000_000, 0.0));
@@ -465,6 +466,7 @@ fn a_new_pass_does_not_inherit_the_bulk_pass_drain() {
         bulk_dirty_rate: None,
         used_memory: None,
         unsent_zero: None,
+        sampled_working_set: None,
     };
     // The bulk pass's last ten seconds: zero pages, 8 MB of what is left
     // per second for the 6 MB/s sent.

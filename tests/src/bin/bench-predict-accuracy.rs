@@ -163,7 +163,9 @@ type EtaAt = [Option<([Option<f64>; FORECASTS.len()], f64)>; 3];
 /// and as it makes it now (the mean of the bulk pass's samples so far,
 /// then of the last finished pass's, or where they trended to
 /// ([`sampled_rate`]); no pass leaves more than the guest's used memory
-/// dirty, `forecast::dirtied`).
+/// dirty, `forecast::dirtied`, or than the working set its 1 s and 4 s
+/// samples show where the sidecar has both; the bulk pass's zero pages,
+/// where the sidecar has the guest's free memory, cost no time).
 ///
 /// The last is a diagnostic, not a forecast anyone can make
 /// ([`pass_two_known`]): the agent's rule told, in the bulk pass, what the
@@ -351,6 +353,7 @@ fn eta_scores(
         // When the forecast is made, what is left then, how fast it
         // drains and the sampled dirty rate.
         let mut zero_left = None;
+        let mut sampled_ws: Option<f64> = None;
         let (now, remaining, drain, send, first, sampled) = match sidecar {
             Some(sc) => {
                 let polls: Vec<_> = sc.polls.iter().take_while(|p| p.t <= at).collect();
@@ -365,6 +368,28 @@ fn eta_scores(
                     continue;
                 };
                 let page = t.rows.first().map_or(4096.0, |r| r.page_size as f64);
+                // As the agent's sampler finds it in the bulk pass
+                // (`Progress::sampled_working_set`): the means of the
+                // 1 s and the long measurements finished by now.
+                let done = |t: f64, w: f64| t + w / 2.0 <= now;
+                let short: Vec<f64> = sc
+                    .samples
+                    .iter()
+                    .filter(|x| done(x.0, 1.0))
+                    .map(|x| x.1)
+                    .collect();
+                let long: Vec<f64> = sc
+                    .long_samples
+                    .iter()
+                    .filter(|x| done(x.0, x.2))
+                    .map(|x| x.1)
+                    .collect();
+                if let (Some(&(_, _, window)), false, false) =
+                    (sc.long_samples.first(), short.is_empty(), long.is_empty())
+                {
+                    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+                    sampled_ws = wss::WorkingSet::from_windows(mean(&short), mean(&long), window);
+                }
                 // As the agent's monitor finds it (`Progress::unsent_zero`).
                 zero_left = zero
                     .zip(free)
@@ -380,6 +405,7 @@ fn eta_scores(
                         bulk_dirty_rate: None,
                         used_memory: None,
                         unsent_zero: None,
+                        sampled_working_set: None,
                     });
                 }
                 // The agent measures back to back and forecasts with the
@@ -477,6 +503,7 @@ fn eta_scores(
             pass_elapsed_s: now - pass_start,
             used_memory,
             unsent_zero: zero_left.filter(|_| known == 0),
+            sampled_working_set: sampled_ws.filter(|_| known == 0),
             ..VmInputs::unknown("")
         };
         let f = forecast::forecast(
