@@ -189,7 +189,11 @@ impl VmInputs {
     /// What QEMU still has to put on the wire: `remaining` less the zero
     /// pages the bulk pass will send as flags ([`VmInputs::unsent_zero`]).
     pub fn unsent_data(&self) -> f64 {
-        (self.remaining - self.unsent_zero.unwrap_or(0.0).max(0.0)).max(0.0)
+        let zero = self
+            .unsent_zero
+            .filter(|_| !self.postcopy && self.iteration <= 1)
+            .unwrap_or(0.0);
+        (self.remaining - zero.max(0.0)).max(0.0)
     }
 
     /// What is left of the current pass and the rate it goes at, for a
@@ -200,7 +204,10 @@ impl VmInputs {
     /// half its memory never written (the `window` corpus's wxrand-l300)
     /// the ETA at half time was +191% at the drain rate, 0% this way.
     pub fn pass_left(&self, drain: f64, send: f64) -> (f64, f64) {
-        match self.unsent_zero {
+        match self
+            .unsent_zero
+            .filter(|_| !self.postcopy && self.iteration <= 1)
+        {
             Some(_) => (self.unsent_data(), send),
             None => (self.remaining, drain),
         }

@@ -388,6 +388,16 @@ mod tests {
         let (counted, known) = (eta(None), eta(Some(550e6)));
         assert!((counted - 650e6 / 36e6).abs() < 0.5, "{counted}");
         assert!((known - 100e6 / 36e6).abs() < 0.5, "{known}");
+        // Switched to post-copy, the guest's free memory is no longer
+        // heard of: everything left is data (the demo's ETA read 0 s
+        // at three quarters before this).
+        let switched = VmInputs {
+            postcopy: true,
+            unsent_zero: Some(550e6),
+            ..vm("x", 1, 650e6, 0.0, 0.0)
+        };
+        assert_eq!(switched.unsent_data(), 650e6);
+        assert_eq!(switched.pass_left(30e6, 36e6), (650e6, 30e6));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! Options: `--link-mbit X` (default 30), `--mem-mb N` (default 160),
 //! `--max-secs N` (cancel a migration that has not converged, default 1200).
 //!
-//! `--corpus` records the prediction corpus instead (issue [4/8]): 101
+//! `--corpus` records the prediction corpus instead (issue [4/8]): 113
 //! traces on a grid of workload families x bottleneck (20-60 Mbit/s) x
 //! guest size, with and without an application stream, into
 //! `OUT/tuning/`, `OUT/evaluation/`, `OUT/holdout/`, `OUT/holdout2/`,
@@ -18,7 +18,8 @@
 //! and `OUT/scale2/` (recorded to report the pass-end prior on), and
 //! `OUT/window/` (shapes the seen sets have, recorded with the long
 //! dirty-rate windows and zero-page counts, to choose on) and
-//! `OUT/holdout4/` (recorded after that choice, to report it). The split is by
+//! `OUT/holdout4/` (recorded after that choice, to report it) and
+//! `OUT/holdout5/` (after the first long window moved forward). The split is by
 //! workload family and fixed here: random, sequential, bursty and
 //! application-stream families tune; hot-set, growing, ramping and on/off
 //! application families evaluated until 2026-12-04, when they had been
@@ -31,7 +32,8 @@
 //! migration is cancelled 45 s after
 //! its bulk pass would end at the link rate (unless `--max-secs`), and
 //! QEMU's `calc-dirty-rate` is sampled back to back meanwhile, over 1 s
-//! and every sixth time over 4 s (since `window/`; `sampled_dirty_bps`:
+//! and from the second on every sixth time over 4 s (since `window/`,
+//! where it was the sixth; `sampled_dirty_bps`:
 //! the 1 s samples' mean over each iteration, empty when none fell in it). Beside each corpus trace, `progress/NAME.csv` keeps
 //! every sample and what QEMU had left to send every ~275 ms, so that a
 //! forecast can be scored inside the bulk pass too.
@@ -207,6 +209,7 @@ fn corpus_scenarios() -> Vec<Scenario> {
     let x2 = in_set("scale2");
     let w = in_set("window");
     let h4 = in_set("holdout4");
+    let h5 = in_set("holdout5");
     let sc = |name, what, workload, sink, corpus| Scenario {
         name,
         what,
@@ -988,6 +991,96 @@ fn corpus_scenarios() -> Vec<Scenario> {
             false,
             h4("xburst", 400.0, 1024),
         ),
+        // Recorded after holdout4 was scored and the first long window
+        // moved from the sixth sample to the second, to report that.
+        sc(
+            "hotmid-l50",
+            "hot set: 60% of 2.5 MiB/s on an eighth of 96 MiB, 192 MiB guest",
+            mem("mem-rand", 96, 2.5).with("hot-pct", 60),
+            false,
+            h5("hotmid", 50.0, 192),
+        ),
+        sc(
+            "randtcp-l40",
+            "6 Mbit/s TCP stream beside random dirtying of 48 MiB at 1.5 MiB/s",
+            app("tcp", 6.0, 48, 1.5),
+            true,
+            h5("randtcp", 40.0, 160),
+        ),
+        sc(
+            "seqmid-l50",
+            "sequential dirtying, 64 MiB at 2.5 MiB/s",
+            mem("mem-seq", 64, 2.5),
+            false,
+            h5("seqmid", 50.0, 160),
+        ),
+        sc(
+            "growrand-l60",
+            "growing set: random over 32 -> 128 MiB in 40 s at 3 MiB/s, 224 MiB guest",
+            mem("mem-rand", 128, 3.0).with("grow-s", 40),
+            false,
+            h5("growrand", 60.0, 224),
+        ),
+        sc(
+            "hotramp2-l50",
+            "hot set under a ramping rate: 60% on an eighth of 64 MiB, 0 -> 2.5 MiB/s over 30 s",
+            mem("mem-rand", 64, 2.5)
+                .with("hot-pct", 60)
+                .with("ramp-s", 30),
+            false,
+            h5("hotramp2", 50.0, 160),
+        ),
+        sc(
+            "sequdp-l60",
+            "12 Mbit/s UDP stream beside a sequential sweep of 64 MiB at 2 MiB/s",
+            app("udp", 12.0, 64, 2.0).with("pattern", "seq"),
+            true,
+            h5("sequdp", 60.0, 160),
+        ),
+        sc(
+            "xhot2-l500",
+            "1 GiB guest: hot set, 70% of 24 MiB/s on an eighth of 512 MiB",
+            mem("mem-rand", 512, 24.0).with("hot-pct", 70),
+            false,
+            h5("xhot2", 500.0, 1024),
+        ),
+        sc(
+            "xhotbig-l400",
+            "1.5 GiB guest: hot set, 60% of 18 MiB/s on an eighth of 768 MiB",
+            mem("mem-rand", 768, 18.0).with("hot-pct", 60),
+            false,
+            h5("xhotbig", 400.0, 1536),
+        ),
+        sc(
+            "xrandmid-l300",
+            "768 MiB guest: random dirtying, 256 MiB at 10 MiB/s",
+            mem("mem-rand", 256, 10.0),
+            false,
+            h5("xrandmid", 300.0, 768),
+        ),
+        sc(
+            "xramp2-l400",
+            "1 GiB guest: sequential sweep of 384 MiB ramping 0 -> 20 MiB/s over 15 s",
+            mem("mem-seq", 384, 20.0).with("ramp-s", 15),
+            false,
+            h5("xramp2", 400.0, 1024),
+        ),
+        sc(
+            "xhottcp-l400",
+            "1 GiB guest: 40 Mbit/s TCP stream beside a hot set, 60% of 16 MiB/s on an eighth of 384 MiB",
+            app("tcp", 40.0, 384, 16.0).with("hot-pct", 60),
+            true,
+            h5("xhottcp", 400.0, 1024),
+        ),
+        sc(
+            "xgrowhot-l500",
+            "1 GiB guest: growing set with a hot eighth, 60% of 20 MiB/s, random over 128 -> 512 MiB in 30 s",
+            mem("mem-rand", 512, 20.0)
+                .with("hot-pct", 60)
+                .with("grow-s", 30),
+            false,
+            h5("xgrowhot", 500.0, 1024),
+        ),
     ]
 }
 
@@ -1210,10 +1303,11 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
             // (the progress sidecar; see [`write_progress`]).
             let mut taken = 0usize;
             while sc.corpus.is_some() && started.elapsed() < max && !runner::interrupted() {
-                // Every LONG_EVERY-th sample spans LONG_WINDOW_MS: how much
-                // of what the guest writes in a second it writes again
-                // within a few (a working set's saturation).
-                let window_ms = if taken % LONG_EVERY == LONG_EVERY - 1 {
+                // The second sample and every LONG_EVERY-th after it span
+                // LONG_WINDOW_MS (the sixth, each sixth, until holdout4):
+                // how much of what the guest writes in a second it writes
+                // again within a few (a working set's saturation).
+                let window_ms = if taken % LONG_EVERY == 1 {
                     LONG_WINDOW_MS
                 } else {
                     1000
@@ -1304,8 +1398,8 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
 /// The guest's balloon device (tests/src/vm.rs), whose statistics say
 /// how much of its memory is free.
 const BALLOON: &str = "/machine/peripheral/balloon0";
-/// Every LONG_EVERY-th dirty-rate sample spans LONG_WINDOW_MS instead of
-/// one second. Measured with probe-dirty-rate on a 16 MiB set written at
+/// The second dirty-rate sample and every LONG_EVERY-th after it span
+/// LONG_WINDOW_MS instead of one second. Measured with probe-dirty-rate on a 16 MiB set written at
 /// 6 MiB/s: 5 MiB in 1 s, 14 in 4 s, 12 in 8 s (QEMU's readings are whole
 /// MiB/s, so a window of T s reads in steps of T MiB: 4 s keeps the step
 /// small against the working sets the corpus writes).
