@@ -20,7 +20,9 @@
 //!   samples in their sidecars: the zero-page ETA was chosen on it;
 //! - `holdout4`: `tests/fixtures/corpus/holdout4`, the same recorded
 //!   after that choice (and after the 4 s windows' working set, chosen
-//!   on `window` too), only reported;
+//!   on `window` too), scored once, then looked into;
+//! - `holdout5`: `tests/fixtures/corpus/holdout5`, recorded after the
+//!   first 4 s window moved to the second sample, only reported;
 //! - `qemu7.2`: `tests/fixtures/traces`, the older fixtures.
 //!
 //! Per trace: WAPE, MAPE and RMSE per model over the iterations every
@@ -127,6 +129,7 @@ fn parse_args() -> anyhow::Result<Options> {
             ("scale2".into(), root.join("corpus/scale2")),
             ("window".into(), root.join("corpus/window")),
             ("holdout4".into(), root.join("corpus/holdout4")),
+            ("holdout5".into(), root.join("corpus/holdout5")),
             ("qemu7.2".into(), root.join("traces")),
         ];
     }
