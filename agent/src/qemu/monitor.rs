@@ -148,16 +148,19 @@ pub struct Progress {
     /// None before the first reading.
     pub used_memory: Option<u64>,
     /// Of `remaining`, the bytes the bulk pass will find all zeros: the
-    /// guest's free memory (its balloon's `stat-free-memory`) less the
-    /// zero pages QEMU has already met (`ram.duplicate`). QEMU sends a
-    /// zero page as a flag, so these cost the wire nothing: a 1 GiB guest
-    /// with half its memory never written drained its last 650 MB in
-    /// 1.1 s (tests/fixtures/corpus/scale/xrand-l300). Free memory is
-    /// what the guest never wrote or gave back: on the `window` corpus the
-    /// zero pages a bulk pass met were its free memory to within 2 MiB on
-    /// 8 of 9 guests (10.5 MiB fewer beside a UDP stream). None after the
-    /// bulk pass, whose dirtied pages are rarely zeros, and without a
-    /// balloon.
+    /// guest's free memory (its balloon's `stat-free-memory`) or the part
+    /// of its RAM it never touched (not resident in QEMU's process),
+    /// whichever is smaller, less the zero pages QEMU has already met
+    /// (`ram.duplicate`). QEMU sends a zero page as a flag, so these cost
+    /// the wire nothing: a 1 GiB guest with half its memory never written
+    /// drained its last 650 MB in 1.1 s (tests/fixtures/corpus/scale/
+    /// xrand-l300). On the `window` corpus the zero pages a bulk pass met
+    /// were its free memory to within 2 MiB on 8 of 9 guests; but a
+    /// guest that has freed pages it wrote (the demo's, streaming TCP)
+    /// has free memory that is not zeros, where the ETA then read 0 s
+    /// with 20 to go: memory it never touched cannot hold data. None
+    /// after the bulk pass, whose dirtied pages are rarely zeros, and
+    /// with neither figure.
     pub unsent_zero: Option<u64>,
     /// The working set the bulk pass's dirty-rate samples show, bytes: a
     /// second's writes against those of a [`BulkSampler::LONG`] window
@@ -168,11 +171,25 @@ pub struct Progress {
     pub sampled_working_set: Option<u64>,
 }
 
-/// [`Progress::unsent_zero`] from the guest's `free` bytes, the zero
-/// pages QEMU has met so far and the bytes it still has to send.
-pub fn unsent_zero(free: u64, zero_pages: u64, page_size: u64, remaining: u64) -> u64 {
-    free.saturating_sub(zero_pages.saturating_mul(page_size))
-        .min(remaining)
+/// [`Progress::unsent_zero`] from the guest's `free` bytes and its
+/// `untouched` ones (RAM not resident in QEMU), the zero pages QEMU has
+/// met so far and the bytes it still has to send; None with neither.
+pub fn unsent_zero(
+    free: Option<u64>,
+    untouched: Option<u64>,
+    zero_pages: u64,
+    page_size: u64,
+    remaining: u64,
+) -> Option<u64> {
+    let zeros = match (free, untouched) {
+        (Some(f), Some(u)) => f.min(u),
+        (f, u) => f.or(u)?,
+    };
+    Some(
+        zeros
+            .saturating_sub(zero_pages.saturating_mul(page_size))
+            .min(remaining),
+    )
 }
 
 /// The guest's dirty rate through the bulk pass, which QEMU reports only
@@ -571,6 +588,8 @@ pub struct MigrationMonitor {
     used_memory: Option<u64>,
     /// The guest's free memory, bytes, as its balloon last said.
     free_memory: Option<u64>,
+    /// Bytes of the guest's RAM not resident in QEMU: never touched.
+    untouched: Option<u64>,
     ready: VecDeque<IterationSample>,
     held: Option<IterationSample>,
     samples: u64,
@@ -674,6 +693,7 @@ impl MigrationMonitor {
             bulk: BulkSampler::default(),
             used_memory: None,
             free_memory: None,
+            untouched: None,
             ready: VecDeque::new(),
             held: None,
             samples: 0,
@@ -953,6 +973,11 @@ impl MigrationMonitor {
     /// that fails to answer leaves the last reading (a lost connection is
     /// an error).
     async fn read_used_memory(&mut self) -> Result<(), MonitorError> {
+        // What the guest never touched (its zero pages), for
+        // [`Progress::unsent_zero`]; unknown when the mapping is not found.
+        if let Ok(Some(resident)) = self.resident.read() {
+            self.untouched = Some(self.ram_bytes.saturating_sub(resident));
+        }
         match self.memory_pct().await {
             Ok(pct) => {
                 self.set_used_memory(pct);
@@ -986,15 +1011,21 @@ impl MigrationMonitor {
             at: Instant::now(),
             bulk_dirty_rate: self.bulk.bulk_rate(Instant::now()),
             used_memory: self.used_memory,
-            unsent_zero: self
-                .free_memory
-                .filter(|_| {
-                    // Pre-copy's bulk pass only: after a switch to
-                    // post-copy the sync count can still say 1, and the
-                    // source's balloon no longer hears from the guest.
-                    ram.dirty_sync_count <= 1 && info.status == Some(MigrationStatus::Active)
-                })
-                .map(|free| unsent_zero(free, ram.duplicate, self.page_size, ram.remaining)),
+            // Pre-copy's bulk pass only: after a switch to post-copy the
+            // sync count can still say 1, and the source's balloon no
+            // longer hears from the guest.
+            unsent_zero: (ram.dirty_sync_count <= 1
+                && info.status == Some(MigrationStatus::Active))
+            .then(|| {
+                unsent_zero(
+                    self.free_memory,
+                    self.untouched,
+                    ram.duplicate,
+                    self.page_size,
+                    ram.remaining,
+                )
+            })
+            .flatten(),
             sampled_working_set: self.bulk.working_set().map(|w| w.round() as u64),
         }));
         // QEMU stops reporting the rate (0) once the migration completed.

@@ -22,7 +22,10 @@
 //!   after that choice (and after the 4 s windows' working set, chosen
 //!   on `window` too), scored once, then looked into;
 //! - `holdout5`: `tests/fixtures/corpus/holdout5`, recorded after the
-//!   first 4 s window moved to the second sample, only reported;
+//!   first 4 s window moved to the second sample, scored once;
+//! - `holdout6`: `tests/fixtures/corpus/holdout6`, recorded after the
+//!   zeros left were bounded by the RAM the guest never touched too,
+//!   only reported;
 //! - `qemu7.2`: `tests/fixtures/traces`, the older fixtures.
 //!
 //! Per trace: WAPE, MAPE and RMSE per model over the iterations every
@@ -212,9 +215,11 @@ struct Poll {
     remaining: u64,
     transferred: u64,
     /// Pages found all zeros so far, and the guest's free memory in bytes
-    /// (since the `window` set).
+    /// (since the `window` set); the resident bytes of its RAM in QEMU's
+    /// process (since `wdemo-l30` and `holdout6`).
     zero: Option<u64>,
     free: Option<u64>,
+    resident: Option<u64>,
 }
 
 /// The sidecar of the trace at `path`, if it has one. Columns are found
@@ -255,33 +260,18 @@ fn read_sidecar(path: &Path) -> anyhow::Result<Option<Sidecar>> {
                 f.len()
             );
         }
-        let field = |name: &str| -> anyhow::Result<Option<&str>> {
-            Ok(cols
-                .iter()
+        let field = |name: &str| {
+            cols.iter()
                 .position(|c| *c == name)
                 .map(|i| f[i].trim())
-                .filter(|v| !v.is_empty()))
+                .filter(|v| !v.is_empty())
         };
-        let num = |name: &str| -> anyhow::Result<Option<f64>> {
-            field(name)?
-                .map(|v| {
-                    v.parse::<f64>()
-                        .with_context(|| format!("{}: {name}", at()))
-                })
-                .transpose()
-        };
-        let int = |name: &str| -> anyhow::Result<Option<u64>> {
-            field(name)?
-                .map(|v| {
-                    v.parse::<u64>()
-                        .with_context(|| format!("{}: {name}", at()))
-                })
-                .transpose()
-        };
+        let num = |name: &str| parse_cell::<f64>(field(name), name, &at);
+        let int = |name: &str| parse_cell::<u64>(field(name), name, &at);
         let need =
             |name: &str, v: Option<u64>| v.with_context(|| format!("{}: {name} is empty", at()));
         let t = num("t_s")?.with_context(|| format!("{}: t_s is empty", at()))?;
-        match field("kind")? {
+        match field("kind") {
             Some("poll") => out.polls.push(Poll {
                 t,
                 sync: need("dirty_sync_count", int("dirty_sync_count")?)?,
@@ -289,6 +279,7 @@ fn read_sidecar(path: &Path) -> anyhow::Result<Option<Sidecar>> {
                 transferred: need("transferred_bytes", int("transferred_bytes")?)?,
                 zero: int("zero_pages")?,
                 free: int("guest_free_bytes")?,
+                resident: int("guest_resident_bytes")?,
             }),
             Some("sample") => {
                 let bps = num("sampled_dirty_bps")?
@@ -302,6 +293,21 @@ fn read_sidecar(path: &Path) -> anyhow::Result<Option<Sidecar>> {
         }
     }
     Ok(Some(out))
+}
+
+/// A sidecar cell parsed as `T`; None when empty or absent, an error
+/// naming the file, line and column when it does not parse.
+fn parse_cell<T>(
+    cell: Option<&str>,
+    name: &str,
+    at: &dyn Fn() -> String,
+) -> anyhow::Result<Option<T>>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    cell.map(|v| v.parse::<T>().with_context(|| format!("{}: {name}", at())))
+        .transpose()
 }
 
 /// The dirty rate the agent reads from the samples taken from `from` to
@@ -366,6 +372,7 @@ fn eta_scores(
                     remaining: left,
                     zero,
                     free,
+                    resident,
                     ..
                 }) = polls.last()
                 else {
@@ -395,9 +402,14 @@ fn eta_scores(
                     sampled_ws = wss::WorkingSet::from_windows(mean(&short), mean(&long), window);
                 }
                 // As the agent's monitor finds it (`Progress::unsent_zero`).
+                let untouched = resident
+                    .zip(guest_ram)
+                    .map(|(r, ram)| (ram as u64).saturating_sub(r));
                 zero_left = zero
-                    .zip(free)
-                    .map(|(z, f)| vmbw::qemu::monitor::unsent_zero(f, z, page as u64, left) as f64);
+                    .and_then(|z| {
+                        vmbw::qemu::monitor::unsent_zero(free, untouched, z, page as u64, left)
+                    })
+                    .map(|z| z as f64);
                 let base = tokio::time::Instant::now();
                 let mut drain = Drain::default();
                 for p in &polls {

@@ -10,7 +10,7 @@
 //! Options: `--link-mbit X` (default 30), `--mem-mb N` (default 160),
 //! `--max-secs N` (cancel a migration that has not converged, default 1200).
 //!
-//! `--corpus` records the prediction corpus instead (issue [4/8]): 113
+//! `--corpus` records the prediction corpus instead (issue [4/8]): 127
 //! traces on a grid of workload families x bottleneck (20-60 Mbit/s) x
 //! guest size, with and without an application stream, into
 //! `OUT/tuning/`, `OUT/evaluation/`, `OUT/holdout/`, `OUT/holdout2/`,
@@ -19,7 +19,9 @@
 //! `OUT/window/` (shapes the seen sets have, recorded with the long
 //! dirty-rate windows and zero-page counts, to choose on) and
 //! `OUT/holdout4/` (recorded after that choice, to report it) and
-//! `OUT/holdout5/` (after the first long window moved forward). The split is by
+//! `OUT/holdout5/` (after the first long window moved forward) and
+//! `OUT/holdout6/` (after the zeros left were bounded by untouched RAM
+//! too). The split is by
 //! workload family and fixed here: random, sequential, bursty and
 //! application-stream families tune; hot-set, growing, ramping and on/off
 //! application families evaluated until 2026-12-04, when they had been
@@ -210,6 +212,7 @@ fn corpus_scenarios() -> Vec<Scenario> {
     let w = in_set("window");
     let h4 = in_set("holdout4");
     let h5 = in_set("holdout5");
+    let h6 = in_set("holdout6");
     let sc = |name, what, workload, sink, corpus| Scenario {
         name,
         what,
@@ -899,6 +902,20 @@ fn corpus_scenarios() -> Vec<Scenario> {
             false,
             w("xseq", 300.0, 1024),
         ),
+        sc(
+            "wdemo-l30",
+            "the demo's guest on one vCPU: 15 Mbit/s TCP stream beside random dirtying of 24 MiB at 1.5 MiB/s (recorded later, with resident memory: why the free memory overstated the zero pages)",
+            app("tcp", 15.0, 24, 1.5),
+            true,
+            w("demo", 30.0, 128),
+        ),
+        sc(
+            "wxres-l300",
+            "1 GiB guest: random dirtying, 384 MiB at 12 MiB/s (recorded later, with resident memory: whether memory never touched shows the zero pages)",
+            mem("mem-rand", 384, 12.0),
+            false,
+            w("xres", 300.0, 1024),
+        ),
         // Recorded after the zero-page ETA was chosen on `window`, to
         // report it on: shapes and sizes no set above has in this mix.
         sc(
@@ -1080,6 +1097,95 @@ fn corpus_scenarios() -> Vec<Scenario> {
                 .with("grow-s", 30),
             false,
             h5("xgrowhot", 500.0, 1024),
+        ),
+        // Recorded after the zeros left came to be bounded by the RAM the
+        // guest never touched too (resident memory in the sidecar), to
+        // report that.
+        sc(
+            "hotsmall-l40",
+            "hot set: 70% of 2 MiB/s on an eighth of 48 MiB",
+            mem("mem-rand", 48, 2.0).with("hot-pct", 70),
+            false,
+            h6("hotsmall", 40.0, 160),
+        ),
+        sc(
+            "randudp-l50",
+            "10 Mbit/s UDP stream beside random dirtying of 64 MiB at 2 MiB/s",
+            app("udp", 10.0, 64, 2.0),
+            true,
+            h6("randudp", 50.0, 160),
+        ),
+        sc(
+            "seqsmall-l40",
+            "sequential dirtying, 48 MiB at 1.5 MiB/s, 128 MiB guest",
+            mem("mem-seq", 48, 1.5),
+            false,
+            h6("seqsmall", 40.0, 128),
+        ),
+        sc(
+            "growseq2-l50",
+            "growing sweep: 32 -> 96 MiB in 30 s at 2.5 MiB/s, 192 MiB guest",
+            mem("mem-seq", 96, 2.5).with("grow-s", 30),
+            false,
+            h6("growseq2", 50.0, 192),
+        ),
+        sc(
+            "rampudp-l60",
+            "12 Mbit/s UDP stream beside random dirtying of 96 MiB ramping 0 -> 3 MiB/s over 30 s, 192 MiB guest",
+            app("udp", 12.0, 96, 3.0).with("ramp-s", 30),
+            true,
+            h6("rampudp", 60.0, 192),
+        ),
+        sc(
+            "hotseq2-l50",
+            "hot set beside a sweep: 70% of 2.5 MiB/s on an eighth of 96 MiB, the rest sequential, 192 MiB guest",
+            mem("mem-seq", 96, 2.5).with("hot-pct", 70),
+            false,
+            h6("hotseq2", 50.0, 192),
+        ),
+        sc(
+            "xrand3-l500",
+            "1 GiB guest: random dirtying, 448 MiB at 20 MiB/s",
+            mem("mem-rand", 448, 20.0),
+            false,
+            h6("xrand3", 500.0, 1024),
+        ),
+        sc(
+            "xhot3-l300",
+            "1 GiB guest: hot set, 60% of 12 MiB/s on an eighth of 384 MiB",
+            mem("mem-rand", 384, 12.0).with("hot-pct", 60),
+            false,
+            h6("xhot3", 300.0, 1024),
+        ),
+        sc(
+            "xseq3-l400",
+            "1.25 GiB guest: sequential dirtying, 448 MiB at 16 MiB/s",
+            mem("mem-seq", 448, 16.0),
+            false,
+            h6("xseq3", 400.0, 1280),
+        ),
+        sc(
+            "xgrow3-l400",
+            "1 GiB guest: random over 128 -> 448 MiB in 20 s at 16 MiB/s",
+            mem("mem-rand", 448, 16.0).with("grow-s", 20),
+            false,
+            h6("xgrow3", 400.0, 1024),
+        ),
+        sc(
+            "xrandudp-l400",
+            "768 MiB guest: 40 Mbit/s UDP stream beside random dirtying of 256 MiB at 12 MiB/s",
+            app("udp", 40.0, 256, 12.0),
+            true,
+            h6("xrandudp", 400.0, 768),
+        ),
+        sc(
+            "xhotramp-l500",
+            "1 GiB guest: hot set under a ramping rate, 60% on an eighth of 512 MiB, 0 -> 24 MiB/s over 15 s",
+            mem("mem-rand", 512, 24.0)
+                .with("hot-pct", 60)
+                .with("ramp-s", 15),
+            false,
+            h6("xhotramp", 500.0, 1024),
         ),
     ]
 }
@@ -1327,6 +1433,12 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
                             .await
                             .ok()
                             .and_then(|b| b.stats.stat_free_memory);
+                        let resident = vmbw::qemu::hoststats::guest_ram_resident(
+                            src.pid(),
+                            mem_mb as u64 * 1024 * 1024,
+                        )
+                        .ok()
+                        .flatten();
                         progress.borrow_mut().push(Poll {
                             t_s: ms as f64 / 1000.0,
                             sync: ram.dirty_sync_count,
@@ -1335,6 +1447,7 @@ fn record_one(guest: &Guest, sc: &Scenario, opts: &Options, out: &Path) -> anyho
                             normal: ram.normal,
                             duplicate: ram.duplicate,
                             free,
+                            resident,
                         });
                     }
                 }
@@ -1418,6 +1531,9 @@ struct Poll {
     duplicate: u64,
     /// The guest's free memory (balloon `stat-free-memory`), bytes.
     free: Option<u64>,
+    /// Resident bytes of the guest's RAM in QEMU's process: pages the
+    /// guest ever touched (since `holdout6`).
+    resident: Option<u64>,
 }
 
 /// One `calc-dirty-rate` reading.
@@ -1447,21 +1563,22 @@ fn write_progress(path: &Path, polls: &[Poll], samples: &[Sample]) -> anyhow::Re
             (
                 p.t_s,
                 format!(
-                    "{:.3},poll,{},{},{},,{},{},{},",
+                    "{:.3},poll,{},{},{},,{},{},{},,{}",
                     p.t_s,
                     p.sync,
                     p.remaining,
                     p.transferred,
                     p.normal,
                     p.duplicate,
-                    p.free.map_or(String::new(), |f| f.to_string())
+                    p.free.map_or(String::new(), |f| f.to_string()),
+                    p.resident.map_or(String::new(), |r| r.to_string())
                 ),
             )
         })
         .chain(samples.iter().map(|s| {
             (
                 s.t_s,
-                format!("{:.3},sample,,,,{:.0},,,,{}", s.t_s, s.bps, s.window_s),
+                format!("{:.3},sample,,,,{:.0},,,,{},", s.t_s, s.bps, s.window_s),
             )
         }))
         .collect();
@@ -1472,9 +1589,10 @@ fn write_progress(path: &Path, polls: &[Poll], samples: &[Sample]) -> anyhow::Re
          (page hashing; t_s is the measurement's middle, window_s its length)\n\
          # t_s: seconds since the migration started (QEMU's total-time for polls)\n\
          # normal_pages, zero_pages: QEMU's ram normal and duplicate counts; \
-         guest_free_bytes: the balloon's stat-free-memory\n\
+         guest_free_bytes: the balloon's stat-free-memory; guest_resident_bytes: \
+         resident bytes of the guest RAM mapping in QEMU's process\n\
          t_s,kind,dirty_sync_count,remaining_bytes,transferred_bytes,sampled_dirty_bps,\
-         normal_pages,zero_pages,guest_free_bytes,window_s\n",
+         normal_pages,zero_pages,guest_free_bytes,window_s,guest_resident_bytes\n",
         name.to_string_lossy()
     );
     for (_, row) in rows {
