@@ -133,6 +133,7 @@ fn parse_args() -> anyhow::Result<Options> {
             ("window".into(), root.join("corpus/window")),
             ("holdout4".into(), root.join("corpus/holdout4")),
             ("holdout5".into(), root.join("corpus/holdout5")),
+            ("holdout6".into(), root.join("corpus/holdout6")),
             ("qemu7.2".into(), root.join("traces")),
         ];
     }
