@@ -398,6 +398,14 @@ mod tests {
         };
         assert_eq!(switched.unsent_data(), 650e6);
         assert_eq!(switched.pass_left(30e6, 36e6), (650e6, 30e6));
+        // Zeros spread through the memory already read drain faster than
+        // the wire: with few known to come, the drain rate says more.
+        let spread = VmInputs {
+            unsent_zero: Some(1e6),
+            ..vm("x", 1, 40e6, 0.0, 0.0)
+        };
+        assert_eq!(spread.pass_left(2.4e6, 1.8e6), (40e6, 2.4e6));
+        assert_eq!(spread.pass_left(1.8e6, 1.8e6), (39e6, 1.8e6));
     }
 
     #[test]

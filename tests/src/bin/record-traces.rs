@@ -10,7 +10,7 @@
 //! Options: `--link-mbit X` (default 30), `--mem-mb N` (default 160),
 //! `--max-secs N` (cancel a migration that has not converged, default 1200).
 //!
-//! `--corpus` records the prediction corpus instead (issue [4/8]): 127
+//! `--corpus` records the prediction corpus instead (issue [4/8]): 139
 //! traces on a grid of workload families x bottleneck (20-60 Mbit/s) x
 //! guest size, with and without an application stream, into
 //! `OUT/tuning/`, `OUT/evaluation/`, `OUT/holdout/`, `OUT/holdout2/`,
@@ -21,7 +21,8 @@
 //! `OUT/holdout4/` (recorded after that choice, to report it) and
 //! `OUT/holdout5/` (after the first long window moved forward) and
 //! `OUT/holdout6/` (after the zeros left were bounded by untouched RAM
-//! too). The split is by
+//! too) and `OUT/holdout7/` (after the bulk pass's rest became the
+//! sooner of two readings). The split is by
 //! workload family and fixed here: random, sequential, bursty and
 //! application-stream families tune; hot-set, growing, ramping and on/off
 //! application families evaluated until 2026-12-04, when they had been
@@ -213,6 +214,7 @@ fn corpus_scenarios() -> Vec<Scenario> {
     let h4 = in_set("holdout4");
     let h5 = in_set("holdout5");
     let h6 = in_set("holdout6");
+    let h7 = in_set("holdout7");
     let sc = |name, what, workload, sink, corpus| Scenario {
         name,
         what,
@@ -1186,6 +1188,92 @@ fn corpus_scenarios() -> Vec<Scenario> {
                 .with("ramp-s", 15),
             false,
             h6("xhotramp", 500.0, 1024),
+        ),
+        // Recorded after the rest of the bulk pass came to be the sooner
+        // of the drain rate's and the data's at the send rate, to report it.
+        sc(
+            "hotbig7-l50",
+            "hot set: 60% of 2 MiB/s on an eighth of 128 MiB, 224 MiB guest",
+            mem("mem-rand", 128, 2.0).with("hot-pct", 60),
+            false,
+            h7("hotbig7", 50.0, 224),
+        ),
+        sc(
+            "randtcp7-l50",
+            "10 Mbit/s TCP stream beside random dirtying of 48 MiB at 2 MiB/s",
+            app("tcp", 10.0, 48, 2.0),
+            true,
+            h7("randtcp7", 50.0, 160),
+        ),
+        sc(
+            "seq7-l60",
+            "sequential dirtying, 80 MiB at 3 MiB/s, 192 MiB guest",
+            mem("mem-seq", 80, 3.0),
+            false,
+            h7("seq7", 60.0, 192),
+        ),
+        sc(
+            "grow7-l40",
+            "growing set: random over 16 -> 64 MiB in 30 s at 1.5 MiB/s",
+            mem("mem-rand", 64, 1.5).with("grow-s", 30),
+            false,
+            h7("grow7", 40.0, 160),
+        ),
+        sc(
+            "ramp7-l50",
+            "random dirtying of 64 MiB ramping 0 -> 2.5 MiB/s over 30 s",
+            mem("mem-rand", 64, 2.5).with("ramp-s", 30),
+            false,
+            h7("ramp7", 50.0, 160),
+        ),
+        sc(
+            "sequdp7-l50",
+            "8 Mbit/s UDP stream beside a sequential sweep of 48 MiB at 2 MiB/s",
+            app("udp", 8.0, 48, 2.0).with("pattern", "seq"),
+            true,
+            h7("sequdp7", 50.0, 160),
+        ),
+        sc(
+            "xrand7-l400",
+            "1 GiB guest: random dirtying, 320 MiB at 14 MiB/s",
+            mem("mem-rand", 320, 14.0),
+            false,
+            h7("xrand7", 400.0, 1024),
+        ),
+        sc(
+            "xhot7-l400",
+            "1.25 GiB guest: hot set, 70% of 18 MiB/s on an eighth of 512 MiB",
+            mem("mem-rand", 512, 18.0).with("hot-pct", 70),
+            false,
+            h7("xhot7", 400.0, 1280),
+        ),
+        sc(
+            "xseq7-l300",
+            "768 MiB guest: sequential dirtying, 256 MiB at 10 MiB/s",
+            mem("mem-seq", 256, 10.0),
+            false,
+            h7("xseq7", 300.0, 768),
+        ),
+        sc(
+            "xgrow7-l500",
+            "1 GiB guest: random over 96 -> 384 MiB in 20 s at 20 MiB/s",
+            mem("mem-rand", 384, 20.0).with("grow-s", 20),
+            false,
+            h7("xgrow7", 500.0, 1024),
+        ),
+        sc(
+            "xseqtcp7-l400",
+            "1 GiB guest: 40 Mbit/s TCP stream beside a sequential sweep of 384 MiB at 14 MiB/s",
+            app("tcp", 40.0, 384, 14.0).with("pattern", "seq"),
+            true,
+            h7("xseqtcp7", 400.0, 1024),
+        ),
+        sc(
+            "xramp7-l500",
+            "1 GiB guest: random over 512 MiB ramping 0 -> 24 MiB/s over 15 s",
+            mem("mem-rand", 512, 24.0).with("ramp-s", 15),
+            false,
+            h7("xramp7", 500.0, 1024),
         ),
     ]
 }
