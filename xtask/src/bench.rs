@@ -34,7 +34,7 @@ const BENCHES: &[(&str, &str)] = &[
     ),
     (
         "predict-accuracy",
-        "one-step dirty-page WAPE/MAPE/RMSE per model per real trace: tuning, evaluation, holdout, holdout2, scale, holdout3, scale2, window, holdout4, holdout5, holdout6 and QEMU 7.2 corpora",
+        "one-step dirty-page WAPE/MAPE/RMSE per model per real trace: tuning, evaluation, holdout, holdout2, scale, holdout3, scale2, window, holdout4, holdout5, holdout6, holdout7 and QEMU 7.2 corpora",
     ),
     (
         "shaping",

@@ -25,7 +25,9 @@
 //!   first 4 s window moved to the second sample, scored once;
 //! - `holdout6`: `tests/fixtures/corpus/holdout6`, recorded after the
 //!   zeros left were bounded by the RAM the guest never touched too,
-//!   only reported;
+//!   scored once;
+//! - `holdout7`: `tests/fixtures/corpus/holdout7`, recorded after the
+//!   bulk pass's rest became the sooner of two readings, only reported;
 //! - `qemu7.2`: `tests/fixtures/traces`, the older fixtures.
 //!
 //! Per trace: WAPE, MAPE and RMSE per model over the iterations every
@@ -134,6 +136,7 @@ fn parse_args() -> anyhow::Result<Options> {
             ("holdout4".into(), root.join("corpus/holdout4")),
             ("holdout5".into(), root.join("corpus/holdout5")),
             ("holdout6".into(), root.join("corpus/holdout6")),
+            ("holdout7".into(), root.join("corpus/holdout7")),
             ("qemu7.2".into(), root.join("traces")),
         ];
     }
