@@ -232,7 +232,8 @@ impl BulkSampler {
     /// Refusals in a row after which the pass is not sampled any more.
     const GIVE_UP: u32 = 3;
     /// In the bulk pass the second measurement and every
-    /// [`Self::LONG_EVERY`]-th after it last this long: how many of a
+    /// [`Self::LONG_EVERY`]-th after it last this long (where they can be
+    /// read, [`Self::next_window`]): how many of a
     /// second's writes land on pages written again within a few seconds,
     /// the guest's working set
     /// ([`crate::predict::wss::WorkingSet::from_windows`]). The second,
@@ -246,8 +247,16 @@ impl BulkSampler {
     }
 
     /// How long the next measurement should last.
+    /// Only while a second's measurements average what a long one must
+    /// read to be used ([`crate::predict::wss::MIN_LONG_WINDOW_BPS`]; a
+    /// long window reads no more than they do): below that it would
+    /// only cost the rate four seconds of measurements. The small guests
+    /// of the corpus and the demo never take one.
     fn next_window(&self) -> Duration {
-        if !self.bulk_over && self.taken % Self::LONG_EVERY == 1 {
+        let readable = self
+            .mean()
+            .is_some_and(|r| r >= crate::predict::wss::MIN_LONG_WINDOW_BPS);
+        if !self.bulk_over && readable && self.taken % Self::LONG_EVERY == 1 {
             Self::LONG
         } else {
             Self::MEASURE
