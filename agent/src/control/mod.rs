@@ -170,7 +170,8 @@ impl VmInputs {
     /// What bounds the bytes a pass leaves dirty in the published ETA
     /// ([`forecast::dirtied`]): the guest's used memory, or the working
     /// set its samples show when that is smaller
-    /// ([`VmInputs::sampled_working_set`]), while the bulk pass runs, whose dirty rate comes from second-long samples that
+    /// ([`VmInputs::sampled_working_set`]), while the bulk pass runs,
+    /// whose dirty rate comes from second-long samples that
     /// cannot show pages written twice; None after it, when the passes'
     /// own measured rates show that already (bounded again, the tuning
     /// corpus's later-pass forecasts fell further short: seq-l50 at half

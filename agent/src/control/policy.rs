@@ -193,12 +193,17 @@ fn expect_all(inputs: &Inputs, d: &mut Decision) {
                 b / 1e6
             )
         });
-        let zeros = vm.unsent_zero.map_or(String::new(), |z| {
-            format!(", its {:.0} MB of zero pages left at no cost", z / 1e6)
-        });
+        let now_is = if left < vm.remaining {
+            format!(
+                "this pass's data at the {} QEMU sends, its {:.0} MB of zero pages at no cost",
+                mbit(now),
+                (vm.remaining - left) / 1e6
+            )
+        } else {
+            format!("the {} QEMU is measured to drain", mbit(now))
+        };
         vd.why(format!(
-            "expected at the {} QEMU is measured to drain (later passes at the {} it sends{bound}{zeros}): {}",
-            mbit(now),
+            "expected at {now_is} (later passes at the {} it sends{bound}): {}",
             mbit(later),
             e.summary()
         ));
