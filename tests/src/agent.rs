@@ -221,8 +221,12 @@ impl Agent {
             .arg(&bin)
             .args(["agent", "-c"])
             .arg(config)
-            // The monitor's debug lines too: every dirty-rate reading.
-            .env("RUST_LOG", "info,vmbw::qemu::monitor=debug")
+            // The monitor's debug lines too: every dirty-rate reading;
+            // and the published ETA's inputs (control::policy).
+            .env(
+                "RUST_LOG",
+                "info,vmbw::qemu::monitor=debug,vmbw::control::policy=debug",
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

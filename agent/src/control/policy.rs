@@ -187,6 +187,22 @@ fn expect_all(inputs: &Inputs, d: &mut Decision) {
         let later = vm.send_rate.filter(|r| *r > 0.0).unwrap_or(drain);
         let (left, now) = vm.pass_left(drain, later);
         let e = f.at(left, now, later, vm.working_set_bound());
+        // What the published ETA was made from, to follow one back.
+        tracing::debug!(
+            vm = %vm.name,
+            iteration = vm.iteration,
+            remaining = vm.remaining,
+            left,
+            now,
+            drain,
+            later,
+            unsent_zero = vm.unsent_zero,
+            dirty_rate = f.dirty_rate,
+            postcopy_plan = f.postcopy_after_pass,
+            elapsed_s = vm.pass_elapsed_s,
+            eta_s = e.eta_s,
+            "published ETA"
+        );
         let bound = vm.working_set_bound().map_or(String::new(), |b| {
             format!(
                 ", no pass leaving more than the guest's {:.0} MB in use dirty",
