@@ -190,6 +190,10 @@ pub struct GuestResident {
     ram_bytes: u64,
     /// Process RSS minus guest RAM's at the last walk, and when.
     rest: Option<(u64, Instant)>,
+    /// When a walk last found no mapping of the guest's size: none is
+    /// looked for again before [`SMAPS_EVERY`] (the zero-page estimate
+    /// asks every second while a migration's bulk pass runs).
+    missing: Option<Instant>,
 }
 
 impl GuestResident {
@@ -198,6 +202,7 @@ impl GuestResident {
             pid,
             ram_bytes,
             rest: None,
+            missing: None,
         }
     }
 
@@ -214,7 +219,11 @@ impl GuestResident {
         {
             return Ok(Some(rss.saturating_sub(rest).min(self.ram_bytes)));
         }
+        if self.missing.is_some_and(|at| at.elapsed() < SMAPS_EVERY) {
+            return Ok(None);
+        }
         let guest = guest_ram_resident(self.pid, self.ram_bytes)?;
+        self.missing = guest.is_none().then(Instant::now);
         self.rest = match (guest, process_rss(self.pid)) {
             (Some(g), Ok(rss)) => Some((rss.saturating_sub(g), Instant::now())),
             _ => None,
@@ -260,6 +269,17 @@ mod tests {
     /// quarter then three quarters: the walk and the RSS-based reading in
     /// between both follow it (other test threads' allocations are the
     /// slack).
+    #[test]
+    fn a_missing_mapping_is_not_looked_for_every_time() {
+        // No mapping of this odd size: found missing once, then not
+        // walked for again until SMAPS_EVERY has passed.
+        let mut r = GuestResident::new(std::process::id(), 987_654_321 * 1024);
+        assert_eq!(r.read().expect("smaps"), None);
+        let at = r.missing.expect("noted");
+        assert_eq!(r.read().expect("cached"), None);
+        assert_eq!(r.missing, Some(at));
+    }
+
     #[test]
     fn guest_resident_follows_a_mapping_between_walks() {
         const SIZE: usize = 64 * 1024 * 1024 + 12 * 4096;
