@@ -190,11 +190,14 @@ impl VmInputs {
     /// What QEMU still has to put on the wire: `remaining` less the zero
     /// pages the bulk pass will send as flags ([`VmInputs::unsent_zero`]).
     pub fn unsent_data(&self) -> f64 {
-        let zero = self
-            .unsent_zero
-            .filter(|_| !self.postcopy && self.iteration <= 1)
-            .unwrap_or(0.0);
+        let zero = self.zeros_to_come().unwrap_or(0.0);
         (self.remaining - zero.max(0.0)).max(0.0)
+    }
+
+    /// [`VmInputs::unsent_zero`] while it holds: in pre-copy's bulk pass.
+    fn zeros_to_come(&self) -> Option<f64> {
+        self.unsent_zero
+            .filter(|_| !self.postcopy && self.iteration <= 1)
     }
 
     /// What is left of the current pass and the rate it goes at, for a
@@ -211,10 +214,7 @@ impl VmInputs {
     /// rate put it at +87% (1d4c9c1) where the drain rate had said +22%.
     pub fn pass_left(&self, drain: f64, send: f64) -> (f64, f64) {
         let drained = (self.remaining, drain);
-        match self
-            .unsent_zero
-            .filter(|_| !self.postcopy && self.iteration <= 1 && send > 0.0)
-        {
+        match self.zeros_to_come().filter(|_| send > 0.0) {
             Some(_) if drain <= 0.0 || self.unsent_data() / send < self.remaining / drain => {
                 (self.unsent_data(), send)
             }

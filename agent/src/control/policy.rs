@@ -262,12 +262,8 @@ fn queue_behind(inputs: &Inputs, d: &mut Decision) {
         let Some(plan) = vd.forecast.filter(|_| turn_rate > 0.0) else {
             return;
         };
-        let mut own = plan.at(
-            vm.unsent_data(),
-            turn_rate,
-            turn_rate,
-            vm.working_set_bound(),
-        );
+        let (left, rate) = vm.pass_left(turn_rate, turn_rate);
+        let mut own = plan.at(left, rate, turn_rate, vm.working_set_bound());
         let Some(own_eta) = own.eta_s else {
             return;
         };

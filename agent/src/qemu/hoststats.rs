@@ -265,10 +265,6 @@ fn parse_smaps_rss_of_size(text: &str, size_kb: u64) -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// A mapping of a size nothing else in this process has, touched a
-    /// quarter then three quarters: the walk and the RSS-based reading in
-    /// between both follow it (other test threads' allocations are the
-    /// slack).
     #[test]
     fn a_missing_mapping_is_not_looked_for_every_time() {
         // No mapping of this odd size: found missing once, then not
@@ -280,6 +276,10 @@ mod tests {
         assert_eq!(r.missing, Some(at));
     }
 
+    /// A mapping of a size nothing else in this process has, touched a
+    /// quarter then three quarters: the walk and the RSS-based reading in
+    /// between both follow it (other test threads' allocations are the
+    /// slack).
     #[test]
     fn guest_resident_follows_a_mapping_between_walks() {
         const SIZE: usize = 64 * 1024 * 1024 + 12 * 4096;

@@ -246,9 +246,9 @@ impl BulkSampler {
         mean(&self.rates)
     }
 
-    /// How long the next measurement should last.
-    /// Only while a second's measurements average what a long one must
-    /// read to be used ([`crate::predict::wss::MIN_LONG_WINDOW_BPS`]; a
+    /// How long the next measurement should last: [`Self::LONG`] at its
+    /// turn, but only while a second's measurements average what a long
+    /// one must read to be used ([`crate::predict::wss::MIN_LONG_WINDOW_BPS`]; a
     /// long window reads no more than they do): below that it would
     /// only cost the rate four seconds of measurements. The small guests
     /// of the corpus and the demo never take one.
@@ -983,8 +983,11 @@ impl MigrationMonitor {
     /// an error).
     async fn read_used_memory(&mut self) -> Result<(), MonitorError> {
         // What the guest never touched (its zero pages), for
-        // [`Progress::unsent_zero`]; unknown when the mapping is not found.
-        if let Ok(Some(resident)) = self.resident.read() {
+        // [`Progress::unsent_zero`], which only the bulk pass has;
+        // unknown when the mapping is not found.
+        if !self.bulk.bulk_over
+            && let Ok(Some(resident)) = self.resident.read()
+        {
             self.untouched = Some(self.ram_bytes.saturating_sub(resident));
         }
         match self.memory_pct().await {
