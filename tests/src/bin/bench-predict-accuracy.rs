@@ -72,6 +72,23 @@ use vmbw::{
     qemu::{Drain, Progress, trace},
 };
 
+/// The QEMU 10 sets under `tests/fixtures/corpus`, in the order they
+/// were recorded (the module's docs say what each is).
+const CORPUS_SETS: [&str; 12] = [
+    "tuning",
+    "evaluation",
+    "holdout",
+    "holdout2",
+    "scale",
+    "holdout3",
+    "scale2",
+    "window",
+    "holdout4",
+    "holdout5",
+    "holdout6",
+    "holdout7",
+];
+
 /// Families whose dirtying or traffic switches on and off (holdout4's
 /// two burst families joined when that set was first scored: counted as
 /// steady, its median was 10.5% instead of 8.9%).
@@ -124,21 +141,11 @@ fn parse_args() -> anyhow::Result<Options> {
         bail!("--window must be at least 2");
     }
     if o.corpora.is_empty() {
-        o.corpora = vec![
-            ("tuning".into(), root.join("corpus/tuning")),
-            ("evaluation".into(), root.join("corpus/evaluation")),
-            ("holdout".into(), root.join("corpus/holdout")),
-            ("holdout2".into(), root.join("corpus/holdout2")),
-            ("scale".into(), root.join("corpus/scale")),
-            ("holdout3".into(), root.join("corpus/holdout3")),
-            ("scale2".into(), root.join("corpus/scale2")),
-            ("window".into(), root.join("corpus/window")),
-            ("holdout4".into(), root.join("corpus/holdout4")),
-            ("holdout5".into(), root.join("corpus/holdout5")),
-            ("holdout6".into(), root.join("corpus/holdout6")),
-            ("holdout7".into(), root.join("corpus/holdout7")),
-            ("qemu7.2".into(), root.join("traces")),
-        ];
+        o.corpora = CORPUS_SETS
+            .iter()
+            .map(|set| (set.to_string(), root.join("corpus").join(set)))
+            .chain([("qemu7.2".into(), root.join("traces"))])
+            .collect();
     }
     Ok(o)
 }
