@@ -467,7 +467,7 @@ impl Predictor for GreyGm1n {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::predict::{DURATION_PRIOR_OFFSET_S, GreyGm11, Iteration};
+    use crate::predict::{GreyGm11, Iteration, duration_prior_offset_s};
 
     const PAGE: f64 = 4096.0;
     const RAM: f64 = 160.0 * 1024.0 * 1024.0;
@@ -492,7 +492,7 @@ mod tests {
                 let early = if k == 0 {
                     0.0
                 } else {
-                    -DURATION_PRIOR_OFFSET_S
+                    -duration_prior_offset_s(BW)
                 };
                 let t = left / BW - early;
                 let sent = t * BW;
@@ -605,7 +605,7 @@ mod tests {
         let h = migrate(8, |k, t| if k < 6 { 1000.0 * t } else { 30.0 * t }, |_| 0.0);
         let p = GreyGm1n::default().predict(&h[..7]).expect("predicts");
         let latest = &h[6];
-        let t = latest.next_duration_s().expect("telemetry") + DURATION_PRIOR_OFFSET_S;
+        let t = latest.next_duration_s().expect("telemetry") + duration_prior_offset_s(BW);
         let want = latest.dirty_rate().expect("a duration") * t;
         assert!(
             (p.value - want).abs() < 1e-9,

