@@ -10,7 +10,7 @@
 //! Options: `--link-mbit X` (default 30), `--mem-mb N` (default 160),
 //! `--max-secs N` (cancel a migration that has not converged, default 1200).
 //!
-//! `--corpus` records the prediction corpus instead (issue [4/8]): 139
+//! `--corpus` records the prediction corpus instead (issue [4/8]): 151
 //! traces on a grid of workload families x bottleneck (20-60 Mbit/s) x
 //! guest size, with and without an application stream, into
 //! `OUT/tuning/`, `OUT/evaluation/`, `OUT/holdout/`, `OUT/holdout2/`,
@@ -22,7 +22,8 @@
 //! `OUT/holdout5/` (after the first long window moved forward) and
 //! `OUT/holdout6/` (after the zeros left were bounded by untouched RAM
 //! too) and `OUT/holdout7/` (after the bulk pass's rest became the
-//! sooner of two readings). The split is by
+//! sooner of two readings) and `OUT/holdout8/` (after the prior early end
+//! of a pass came to follow the link rate). The split is by
 //! workload family and fixed here: random, sequential, bursty and
 //! application-stream families tune; hot-set, growing, ramping and on/off
 //! application families evaluated until 2026-12-04, when they had been
@@ -215,6 +216,7 @@ fn corpus_scenarios() -> Vec<Scenario> {
     let h5 = in_set("holdout5");
     let h6 = in_set("holdout6");
     let h7 = in_set("holdout7");
+    let h8 = in_set("holdout8");
     let sc = |name, what, workload, sink, corpus| Scenario {
         name,
         what,
@@ -1274,6 +1276,96 @@ fn corpus_scenarios() -> Vec<Scenario> {
             mem("mem-rand", 512, 24.0).with("ramp-s", 15),
             false,
             h7("xramp7", 500.0, 1024),
+        ),
+        // Recorded after the prior early end of a pass came to follow the
+        // link rate, to report it (and the completion forecast again).
+        sc(
+            "rand8-l40",
+            "random dirtying, 56 MiB at 1.8 MiB/s, 192 MiB guest",
+            mem("mem-rand", 56, 1.8),
+            false,
+            h8("rand8", 40.0, 192),
+        ),
+        sc(
+            "hotudp8-l50",
+            "6 Mbit/s UDP stream beside a hot set: 70% of 2 MiB/s on an eighth of 96 MiB",
+            app("udp", 6.0, 96, 2.0).with("hot-pct", 70),
+            true,
+            h8("hotudp8", 50.0, 192),
+        ),
+        sc(
+            "seq8-l50",
+            "sequential dirtying, 72 MiB at 2.5 MiB/s",
+            mem("mem-seq", 72, 2.5),
+            false,
+            h8("seq8", 50.0, 160),
+        ),
+        sc(
+            "grow8-l60",
+            "growing set: random over 24 -> 96 MiB in 30 s at 2.5 MiB/s, 224 MiB guest",
+            mem("mem-rand", 96, 2.5).with("grow-s", 30),
+            false,
+            h8("grow8", 60.0, 224),
+        ),
+        sc(
+            "ramptcp8-l50",
+            "8 Mbit/s TCP stream beside random dirtying of 64 MiB ramping 0 -> 2 MiB/s over 25 s",
+            app("tcp", 8.0, 64, 2.0).with("ramp-s", 25),
+            true,
+            h8("ramptcp8", 50.0, 160),
+        ),
+        sc(
+            "burst8-l40",
+            "bursts: 4 MiB/s over 64 MiB for 3 s, 3 s idle",
+            mem("burst", 64, 4.0)
+                .with("on-ms", 3000)
+                .with("off-ms", 3000),
+            false,
+            h8("burst8", 40.0, 160),
+        ),
+        sc(
+            "xrand8-l500",
+            "1 GiB guest: random dirtying, 256 MiB at 18 MiB/s",
+            mem("mem-rand", 256, 18.0),
+            false,
+            h8("xrand8", 500.0, 1024),
+        ),
+        sc(
+            "xhot8-l300",
+            "768 MiB guest: hot set, 60% of 10 MiB/s on an eighth of 384 MiB",
+            mem("mem-rand", 384, 10.0).with("hot-pct", 60),
+            false,
+            h8("xhot8", 300.0, 768),
+        ),
+        sc(
+            "xseq8-l400",
+            "1.25 GiB guest: sequential dirtying, 320 MiB at 14 MiB/s",
+            mem("mem-seq", 320, 14.0),
+            false,
+            h8("xseq8", 400.0, 1280),
+        ),
+        sc(
+            "xgrowtcp8-l400",
+            "1 GiB guest: 30 Mbit/s TCP stream beside random over 96 -> 384 MiB in 20 s at 16 MiB/s",
+            app("tcp", 30.0, 384, 16.0).with("grow-s", 20),
+            true,
+            h8("xgrowtcp8", 400.0, 1024),
+        ),
+        sc(
+            "xramp8-l400",
+            "1 GiB guest: sequential over 384 MiB ramping 0 -> 20 MiB/s over 15 s",
+            mem("mem-seq", 384, 20.0).with("ramp-s", 15),
+            false,
+            h8("xramp8", 400.0, 1024),
+        ),
+        sc(
+            "xonoff8-l500",
+            "1 GiB guest: on/off UDP stream, 40 Mbit/s 4 s on, 4 s off, beside random dirtying of 256 MiB at 16 MiB/s",
+            app("udp", 40.0, 256, 16.0)
+                .with("app-on-ms", 4000)
+                .with("app-off-ms", 4000),
+            true,
+            h8("xonoff8", 500.0, 1024),
         ),
     ]
 }
