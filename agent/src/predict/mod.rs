@@ -215,8 +215,8 @@ const DURATION_WINDOW: usize = 8;
 const DURATION_MIN_PAIRS: usize = 3;
 /// T̃'s offset until there are [`DURATION_MIN_PAIRS`] pairs to learn it
 /// from ([`duration_prior_offset_s`]): passes end this much early, less
-/// what the link's burst lets through, before the migration has shown by
-/// how much.
+/// the time some 0.4 MB take at the pass's rate, before the migration
+/// has shown by how much.
 const EARLY_END_S: f64 = 0.26;
 const EARLY_END_BURST_BYTES: f64 = 0.4e6;
 
@@ -225,15 +225,17 @@ const EARLY_END_BURST_BYTES: f64 = 0.4e6;
 /// 1.5 MB/s.
 ///
 /// Why: QEMU syncs once what it estimates is left drops under what it
-/// could send within the downtime limit (300 ms by default), that
-/// estimate being its bandwidth over the last ~100 ms; a link that lets
-/// a burst through at once makes it think the pass is further along.
-/// Over every pass after the bulk pass in the sets seen by 2026-12-05
+/// could send within the downtime limit (300 ms by default) at the
+/// bandwidth it measured over its last ~100 ms. Over every pass after the bulk pass in the sets seen by 2026-12-05
 /// (tuning .. holdout7, 1 428 passes), the median early end was 0.10 s
 /// at 2-3 MB/s, 0.15 at 3-5, 0.18 at 6, 0.20 at 7 and 0.25-0.26 s at
 /// 31-60 MB/s: a constant (the −0.15 s before) is 0.1 s off at both
 /// ends, which weighs most on the 1 GiB guests' short migrations, mostly
-/// over before three pairs exist.
+/// over before three pairs exist. What the 0.4 MB are is not known: not
+/// the links' `tbf` burst, which is 10 ms of their rate
+/// (tests/src/testbed.rs); they may be bytes QEMU counts beside the RAM
+/// left, or the send buffers its bandwidth reading includes. On another
+/// link they may differ, and three passes replace the prior there too.
 pub(crate) fn duration_prior_offset_s(bandwidth: f64) -> f64 {
     -(EARLY_END_S - EARLY_END_BURST_BYTES / bandwidth).max(0.0)
 }
