@@ -10,7 +10,7 @@
 //! Options: `--link-mbit X` (default 30), `--mem-mb N` (default 160),
 //! `--max-secs N` (cancel a migration that has not converged, default 1200).
 //!
-//! `--corpus` records the prediction corpus instead (issue [4/8]): 151
+//! `--corpus` records the prediction corpus instead (issue [4/8]): 163
 //! traces on a grid of workload families x bottleneck (20-60 Mbit/s) x
 //! guest size, with and without an application stream, into
 //! `OUT/tuning/`, `OUT/evaluation/`, `OUT/holdout/`, `OUT/holdout2/`,
@@ -23,7 +23,8 @@
 //! `OUT/holdout6/` (after the zeros left were bounded by untouched RAM
 //! too) and `OUT/holdout7/` (after the bulk pass's rest became the
 //! sooner of two readings) and `OUT/holdout8/` (after the prior early end
-//! of a pass came to follow the link rate). The split is by
+//! of a pass came to follow the link rate) and `OUT/holdout9/` (a second
+//! look at that rule, with nothing changed since holdout8). The split is by
 //! workload family and fixed here: random, sequential, bursty and
 //! application-stream families tune; hot-set, growing, ramping and on/off
 //! application families evaluated until 2026-12-04, when they had been
@@ -217,6 +218,7 @@ fn corpus_scenarios() -> Vec<Scenario> {
     let h6 = in_set("holdout6");
     let h7 = in_set("holdout7");
     let h8 = in_set("holdout8");
+    let h9 = in_set("holdout9");
     let sc = |name, what, workload, sink, corpus| Scenario {
         name,
         what,
@@ -1366,6 +1368,98 @@ fn corpus_scenarios() -> Vec<Scenario> {
                 .with("app-off-ms", 4000),
             true,
             h8("xonoff8", 500.0, 1024),
+        ),
+        // Recorded with nothing changed since holdout8, to see its result
+        // a second time on migrations no rule was chosen on.
+        sc(
+            "rand9-l50",
+            "random dirtying, 80 MiB at 2.2 MiB/s, 224 MiB guest",
+            mem("mem-rand", 80, 2.2),
+            false,
+            h9("rand9", 50.0, 224),
+        ),
+        sc(
+            "hottcp9-l40",
+            "5 Mbit/s TCP stream beside a hot set: 80% of 1.6 MiB/s on an eighth of 64 MiB",
+            app("tcp", 5.0, 64, 1.6).with("hot-pct", 80),
+            true,
+            h9("hottcp9", 40.0, 192),
+        ),
+        sc(
+            "sequdp9-l60",
+            "6 Mbit/s UDP stream beside sequential dirtying of 96 MiB at 3 MiB/s",
+            app("udp", 6.0, 96, 3.0).with("pattern", "seq"),
+            true,
+            h9("sequdp9", 60.0, 224),
+        ),
+        sc(
+            "grow9-l50",
+            "growing set: random over 16 -> 80 MiB in 25 s at 2 MiB/s, 160 MiB guest",
+            mem("mem-rand", 80, 2.0).with("grow-s", 25),
+            false,
+            h9("grow9", 50.0, 160),
+        ),
+        sc(
+            "hotramp9-l40",
+            "hot set under a ramp: 70% on an eighth of 96 MiB, 0 -> 2.5 MiB/s over 20 s",
+            mem("mem-rand", 96, 2.5)
+                .with("hot-pct", 70)
+                .with("ramp-s", 20),
+            false,
+            h9("hotramp9", 40.0, 192),
+        ),
+        sc(
+            "onoff9-l50",
+            "on/off UDP stream, 8 Mbit/s 3 s on, 3 s off, beside random dirtying of 64 MiB at 1.5 MiB/s",
+            app("udp", 8.0, 64, 1.5)
+                .with("app-on-ms", 3000)
+                .with("app-off-ms", 3000),
+            true,
+            h9("onoff9", 50.0, 160),
+        ),
+        sc(
+            "xrand9-l400",
+            "1 GiB guest: random dirtying, 320 MiB at 15 MiB/s",
+            mem("mem-rand", 320, 15.0),
+            false,
+            h9("xrand9", 400.0, 1024),
+        ),
+        sc(
+            "xhotudp9-l500",
+            "1 GiB guest: 40 Mbit/s UDP stream beside a hot set, 70% of 20 MiB/s on an eighth of 512 MiB",
+            app("udp", 40.0, 512, 20.0).with("hot-pct", 70),
+            true,
+            h9("xhotudp9", 500.0, 1024),
+        ),
+        sc(
+            "xseq9-l300",
+            "768 MiB guest: sequential dirtying, 256 MiB at 10 MiB/s",
+            mem("mem-seq", 256, 10.0),
+            false,
+            h9("xseq9", 300.0, 768),
+        ),
+        sc(
+            "xgrow9-l500",
+            "1.25 GiB guest: growing set, random over 128 -> 512 MiB in 25 s at 22 MiB/s",
+            mem("mem-rand", 512, 22.0).with("grow-s", 25),
+            false,
+            h9("xgrow9", 500.0, 1280),
+        ),
+        sc(
+            "xramp9-l300",
+            "768 MiB guest: random over 256 MiB ramping 0 -> 14 MiB/s over 20 s",
+            mem("mem-rand", 256, 14.0).with("ramp-s", 20),
+            false,
+            h9("xramp9", 300.0, 768),
+        ),
+        sc(
+            "xburst9-l400",
+            "1 GiB guest: bursts, 24 MiB/s over 256 MiB for 4 s, 4 s idle",
+            mem("burst", 256, 24.0)
+                .with("on-ms", 4000)
+                .with("off-ms", 4000),
+            false,
+            h9("xburst9", 400.0, 1024),
         ),
     ]
 }
