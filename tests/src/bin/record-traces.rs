@@ -1394,7 +1394,7 @@ fn corpus_scenarios() -> Vec<Scenario> {
         ),
         sc(
             "grow9-l50",
-            "growing set: random over 16 -> 80 MiB in 25 s at 2 MiB/s, 160 MiB guest",
+            "growing set: random over 20 -> 80 MiB in 25 s at 2 MiB/s, 160 MiB guest",
             mem("mem-rand", 80, 2.0).with("grow-s", 25),
             false,
             h9("grow9", 50.0, 160),
