@@ -218,16 +218,17 @@ const DURATION_MIN_PAIRS: usize = 3;
 /// the time some 0.4 MB take at the pass's rate, before the migration
 /// has shown by how much.
 const EARLY_END_S: f64 = 0.26;
-const EARLY_END_BURST_BYTES: f64 = 0.4e6;
+const EARLY_END_LESS_BYTES: f64 = 0.4e6;
 
 /// The prior early end of a pass at `bandwidth` bytes/s, seconds (≤ 0):
-/// `−(EARLY_END_S − EARLY_END_BURST_BYTES / bandwidth)`, none below
+/// `−(EARLY_END_S − EARLY_END_LESS_BYTES / bandwidth)`, none below
 /// 1.5 MB/s.
 ///
 /// Why: QEMU syncs once what it estimates is left drops under what it
 /// could send within the downtime limit (300 ms by default) at the
-/// bandwidth it measured over its last ~100 ms. Over every pass after the bulk pass in the sets seen by 2026-12-05
-/// (tuning .. holdout7, 1 428 passes), the median early end was 0.10 s
+/// bandwidth it measured over its last ~100 ms. Over every pass after
+/// the bulk pass in the sets seen by 2026-12-05 (tuning .. holdout7,
+/// 1 428 passes), the median early end was 0.10 s
 /// at 2-3 MB/s, 0.15 at 3-5, 0.18 at 6, 0.20 at 7 and 0.25-0.26 s at
 /// 31-60 MB/s: a constant (the −0.15 s before) is 0.1 s off at both
 /// ends, which weighs most on the 1 GiB guests' short migrations, mostly
@@ -237,7 +238,7 @@ const EARLY_END_BURST_BYTES: f64 = 0.4e6;
 /// left, or the send buffers its bandwidth reading includes. On another
 /// link they may differ, and three passes replace the prior there too.
 pub(crate) fn duration_prior_offset_s(bandwidth: f64) -> f64 {
-    -(EARLY_END_S - EARLY_END_BURST_BYTES / bandwidth).max(0.0)
+    -(EARLY_END_S - EARLY_END_LESS_BYTES / bandwidth).max(0.0)
 }
 
 /// T̃: the next iteration's duration as this migration's own past says T̂
@@ -1055,8 +1056,9 @@ mod tests {
     }
 
     /// The prior early end grows with the link's rate towards
-    /// [`EARLY_END_S`], less the burst's time: about 0.1 s at 2.5 MB/s,
-    /// 0.25 s at 50 MB/s, none where the burst alone takes longer.
+    /// [`EARLY_END_S`], less the time [`EARLY_END_LESS_BYTES`] take:
+    /// about 0.1 s at 2.5 MB/s, 0.25 s at 50 MB/s, none where those bytes
+    /// alone take longer.
     #[test]
     fn the_prior_early_end_follows_the_link_rate() {
         let at = duration_prior_offset_s;
